@@ -1,0 +1,104 @@
+"""``coco-ai guest``: the guest-components emulator and the initdata builder."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    guest = subparsers.add_parser("guest", help="CoCo guest side: emulator and initdata")
+    sub = guest.add_subparsers(dest="guest_command", required=True)
+
+    serve = sub.add_parser(
+        "serve",
+        help="run the guest-components emulator (api-server-rest routes on loopback)",
+    )
+    serve.add_argument("--kbs-url", help="KBS URL (default: cdh.toml [kbc] url in the initdata)")
+    serve.add_argument(
+        "--kbs-ca", type=Path, help="PEM CA of the KBS (default: cdh.toml kbs_cert in the initdata)"
+    )
+    serve.add_argument("--initdata", type=Path, required=True, help="initdata TOML file")
+    serve.add_argument("--host", default="127.0.0.1", help="loopback address to listen on")
+    serve.add_argument("--port", type=int, default=8006, help="port (default 8006)")
+    serve.add_argument("--gpus", type=int, default=0, help="number of sampledevice GPUs")
+    serve.set_defaults(func=_serve)
+
+    init = sub.add_parser(
+        "initdata", help="write initdata TOML and print its digest and pod annotation"
+    )
+    init.add_argument("--kbs-url", required=True, help="KBS URL for aa.toml and cdh.toml")
+    init.add_argument("--kbs-ca", type=Path, help="PEM CA of the KBS to pin")
+    init.add_argument(
+        "--claim",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="custom [data] entry, key prefixed io.coco-ai. (repeatable)",
+    )
+    init.add_argument(
+        "--algorithm", default="sha384", choices=["sha256", "sha384", "sha512"], help="digest"
+    )
+    init.add_argument("--out", type=Path, required=True, help="where to write the TOML")
+    init.set_defaults(func=_initdata)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from coco_ai.guest.emulator import EmulatorConfigError, GuestComponentsEmulator, bind_loopback
+    from coco_ai.guest.initdata import Initdata, InitdataError
+
+    try:
+        initdata = Initdata.parse(args.initdata.read_bytes())
+        ca = args.kbs_ca.read_bytes() if args.kbs_ca else None
+        emulator = GuestComponentsEmulator(
+            initdata, kbs_url=args.kbs_url, kbs_ca=ca, gpus=args.gpus
+        )
+        sock = bind_loopback(args.host, args.port)
+    except (OSError, InitdataError, EmulatorConfigError) as exc:
+        print(f"coco-ai guest serve: {exc}", file=sys.stderr)
+        return 2
+
+    import uvicorn
+
+    print(
+        f"guest-components emulator on http://{args.host}:{args.port} "
+        f"(KBS {emulator.kbs_url}, {args.gpus} sample GPU(s))",
+        flush=True,
+    )
+    server = uvicorn.Server(
+        uvicorn.Config(emulator.app, log_level="info", access_log=False, lifespan="off")
+    )
+    server.run(sockets=[sock])
+    return 0
+
+
+def _initdata(args: argparse.Namespace) -> int:
+    from coco_ai.guest.initdata import InitdataError, build_initdata
+
+    claims: dict[str, str] = {}
+    for item in args.claim:
+        key, sep, value = item.partition("=")
+        if not sep:
+            print(f"coco-ai guest initdata: --claim {item!r} is not KEY=VALUE", file=sys.stderr)
+            return 2
+        claims[key] = value
+    try:
+        ca = args.kbs_ca.read_bytes() if args.kbs_ca else None
+        initdata = build_initdata(args.kbs_url, ca, claims, algorithm=args.algorithm)
+        args.out.write_bytes(initdata.toml_bytes())  # the digest is over these exact bytes
+    except (OSError, InitdataError) as exc:
+        print(f"coco-ai guest initdata: {exc}", file=sys.stderr)
+        return 2
+    print(
+        json.dumps(
+            {
+                "path": str(args.out),
+                "algorithm": initdata.algorithm,
+                "digest": initdata.digest().hex(),
+                "annotation": initdata.annotation(),
+            }
+        )
+    )
+    return 0

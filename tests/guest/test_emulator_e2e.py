@@ -1,0 +1,211 @@
+"""The emulator end to end over real HTTP: workload → GuestClient → emulator → KbsClient →
+the Trustee stand-in (TLS, dev policy set, real Rego), and back."""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ed25519
+
+from coco_ai.guest.client import GuestClient, GuestError
+from coco_ai.guest.emulator import GuestComponentsEmulator, RunningServer, serve_in_thread
+from coco_ai.guest.initdata import CHECKPOINT_KEY_KEY, RUN_ID_KEY, Initdata, build_initdata
+from coco_ai.kbs.admin_auth import SelfSignedAdminAuth
+from coco_ai.kbs.client import KbsAdminClient
+from coco_ai.kbs.ear import verify_ear_token
+from coco_ai.kbs.jwe import TeeKeyPair
+from coco_ai.trustee_dev.server import RunningServer as TrusteeServer
+from coco_ai.trustee_dev.server import serve_in_thread as serve_trustee
+
+pytestmark = pytest.mark.timeout(120)
+
+DATASET_KEY = "kbs:///coco-ai/dataset/key"
+
+
+@pytest.fixture(scope="module")
+def trustee(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TrusteeServer]:
+    admin_key = ed25519.Ed25519PrivateKey.generate()
+    public_pem = admin_key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    state = tmp_path_factory.mktemp("trustee-state")
+    server = serve_trustee(state, public_pem, policy_set="dev")
+    server.admin_private_pem = admin_key.private_bytes(  # type: ignore[attr-defined]
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def trustee_ca(trustee: TrusteeServer) -> bytes:
+    return Path(trustee.ca_cert_path).read_bytes()
+
+
+@pytest.fixture(scope="module")
+def admin(trustee: TrusteeServer, trustee_ca: bytes) -> Iterator[KbsAdminClient]:
+    auth = SelfSignedAdminAuth(trustee.admin_private_pem)  # type: ignore[attr-defined]
+    with KbsAdminClient(trustee.url, auth=auth, ca_cert=trustee_ca) as client:
+        yield client
+
+
+@pytest.fixture(scope="module")
+def dataset_key(admin: KbsAdminClient) -> bytes:
+    key = secrets.token_bytes(32)
+    admin.set_resource(DATASET_KEY, key)
+    return key
+
+
+class _Guest:
+    """One emulated pod: an emulator served on loopback and the workload's client to it."""
+
+    def __init__(self, initdata: Initdata, gpus: int, **kwargs: object) -> None:
+        # No --kbs-url / --kbs-ca: the emulator takes both from the initdata's cdh.toml.
+        self.emulator = GuestComponentsEmulator(initdata, gpus=gpus, **kwargs)  # type: ignore[arg-type]
+        self.server: RunningServer = serve_in_thread(self.emulator)
+        self.client = GuestClient(self.server.url)
+
+    def close(self) -> None:
+        self.client.close()
+        self.server.stop()
+
+
+@pytest.fixture()
+def guest_factory(trustee: TrusteeServer, trustee_ca: bytes) -> Iterator:
+    started: list[_Guest] = []
+
+    def make(claims: dict[str, str], gpus: int = 1, **kwargs: object) -> _Guest:
+        guest = _Guest(build_initdata(trustee.url, trustee_ca, claims), gpus, **kwargs)
+        started.append(guest)
+        return guest
+
+    yield make
+    for guest in started:
+        guest.close()
+
+
+def test_resource_released_to_attested_guest_with_gpu(guest_factory, dataset_key: bytes) -> None:
+    guest = guest_factory({RUN_ID_KEY: "run-ok"}, gpus=1)
+    assert guest.client.get_resource(DATASET_KEY) == dataset_key
+    # Again on the same session (cookie mode), and with two sample GPUs.
+    assert guest.client.get_resource(DATASET_KEY) == dataset_key
+    assert (
+        guest_factory({RUN_ID_KEY: "run-2gpu"}, gpus=2).client.get_resource(DATASET_KEY)
+        == dataset_key
+    )
+
+
+def test_no_gpu_guest_is_refused_with_policy_reason(guest_factory, dataset_key: bytes) -> None:
+    guest = guest_factory({RUN_ID_KEY: "run-nogpu"}, gpus=0)
+    with pytest.raises(GuestError) as err:
+        guest.client.get_resource(DATASET_KEY)
+    assert err.value.status == 500
+    assert err.value.policy_denied, err.value.message
+    assert dataset_key.hex() not in err.value.message
+
+
+def test_missing_resource_is_an_error_not_empty_bytes(guest_factory) -> None:
+    guest = guest_factory({RUN_ID_KEY: "run-missing"})
+    with pytest.raises(GuestError) as err:
+        guest.client.get_resource("kbs:///coco-ai/dataset/absent")
+    assert err.value.status == 500
+
+
+def test_token_carries_the_returned_keys_public_half(
+    guest_factory, trustee_ca: bytes, trustee: TrusteeServer
+) -> None:
+    guest = guest_factory({RUN_ID_KEY: "run-token"}, gpus=2)
+    token, pem = guest.client.get_token()
+    claims = verify_ear_token(token, trustee_ca)
+    attested = claims.tee_pubkey()
+    ours = TeeKeyPair.from_pem(pem).public_jwk()
+    assert {k: attested[k] for k in ("kty", "crv", "x", "y")} == {
+        k: ours[k] for k in ("kty", "crv", "x", "y")
+    }
+    assert claims.init_data_claims()[RUN_ID_KEY] == "run-token"
+    assert claims.gpu_submods() == ["gpu0", "gpu1"]
+    # One TEE key per guest: a second call reuses the still-valid token and the same key.
+    assert guest.client.get_token() == (token, pem)
+
+
+def test_token_is_renewed_near_expiry_with_the_same_key(guest_factory, trustee_ca: bytes) -> None:
+    offset = [0.0]
+    import time
+
+    guest = guest_factory({RUN_ID_KEY: "run-renew"}, clock=lambda: time.time() + offset[0])
+    token1, pem1 = guest.client.get_token()
+    offset[0] = 24 * 3600.0  # the emulator's clock says the token has expired
+    token2, pem2 = guest.client.get_token()
+    assert token2 != token1 and pem2 == pem1
+    verify_ear_token(token2, trustee_ca)
+
+
+def test_per_run_key_released_only_to_its_run(guest_factory, admin: KbsAdminClient) -> None:
+    path = admin.provision_run_key(
+        "coco-ai-run/run-a/checkpoint-key", {"initdata_key": RUN_ID_KEY, "value": "run-a"}
+    )
+    uri = f"kbs:///{path}"
+    run_a = guest_factory({RUN_ID_KEY: "run-a", CHECKPOINT_KEY_KEY: uri})
+    key = run_a.client.get_resource(uri)
+    assert len(key) == 32
+    assert run_a.client.get_resource(uri) == key
+
+    # Another run naming run A's key in its own initdata: the binding (run id) refuses it.
+    run_b = guest_factory({RUN_ID_KEY: "run-b", CHECKPOINT_KEY_KEY: uri})
+    with pytest.raises(GuestError) as err:
+        run_b.client.get_resource(uri)
+    assert err.value.status == 500 and key.hex() not in err.value.message
+    # A run whose initdata does not name the key at all: the policy refuses it.
+    run_c = guest_factory({RUN_ID_KEY: "run-a"})
+    with pytest.raises(GuestError):
+        run_c.client.get_resource(uri)
+
+    admin.delete_resource(path)  # revoked: not even run A gets it now
+    with pytest.raises(GuestError):
+        run_a.client.get_resource(uri)
+
+
+def test_cli_serve_end_to_end(
+    tmp_path: Path, trustee: TrusteeServer, trustee_ca: bytes, dataset_key: bytes
+) -> None:
+    """`coco-ai guest serve` as its own process, configured only by the initdata file."""
+    import subprocess
+    import sys
+    import time
+
+    from coco_ai.guest.emulator import bind_loopback
+
+    initdata = tmp_path / "initdata.toml"
+    initdata.write_bytes(
+        build_initdata(trustee.url, trustee_ca, {RUN_ID_KEY: "run-cli"}).toml_bytes()
+    )
+    sock = bind_loopback("127.0.0.1", 0)
+    port = sock.getsockname()[1]
+    sock.close()
+    cmd = [sys.executable, "-m", "coco_ai.cli", "guest", "serve", "--initdata", str(initdata)]
+    proc = subprocess.Popen(
+        [*cmd, "--port", str(port), "--gpus", "1"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        with GuestClient(f"http://127.0.0.1:{port}", timeout=10) as client:
+            deadline = time.monotonic() + 60
+            while True:
+                try:
+                    assert client.info()["additional_tees"] == ["sampledevice"]
+                    break
+                except GuestError:
+                    assert proc.poll() is None, proc.stdout.read().decode()  # type: ignore[union-attr]
+                    assert time.monotonic() < deadline, "emulator did not come up"
+                    time.sleep(0.2)
+            assert client.get_resource(DATASET_KEY) == dataset_key
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
+    output = proc.stdout.read().decode()  # type: ignore[union-attr]
+    assert dataset_key.hex() not in output and "PRIVATE KEY" not in output
