@@ -1,0 +1,582 @@
+"""RCAR client and admin client for a Trustee KBS (protocol 0.4.0). No Airflow here.
+
+The guest-side flow mirrors CoCo's `rcar_client.rs`: POST /auth → challenge + session cookie,
+POST /attest with evidence bound to the nonce and the TEE key → EAR token, then GET resources as
+JWE encrypted to the TEE key. The transport is injectable (`httpx.BaseTransport`), so tests can
+run the client against an in-process server without patching anything.
+"""
+
+from __future__ import annotations
+
+import base64
+import ipaddress
+import json
+import logging
+import ssl
+import time
+from collections.abc import Callable, Sequence
+from http.cookies import CookieError, SimpleCookie
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote, urlsplit
+
+import httpx
+
+from coco_ai.kbs.admin_auth import (
+    AdminAuth,
+    BearerTokenAdminAuth,
+    SelfSignedAdminAuth,
+    mint_admin_token,
+)
+from coco_ai.kbs.errors import (
+    AttestationError,
+    KbsError,
+    KbsTlsError,
+    KbsUnavailable,
+    PolicyDenied,
+    UnexpectedResponse,
+    error_from_response,
+)
+from coco_ai.kbs.evidence import Attester, tee_evidence
+from coco_ai.kbs.jwe import TeeKeyPair
+from coco_ai.kbs.wire import (
+    PROTOCOL_VERSION,
+    ResourcePath,
+    b64url_decode,
+    b64url_encode,
+    to_resource_path,
+)
+
+__all__ = [
+    "AdminAuth",
+    "BearerTokenAdminAuth",
+    "KbsAdminClient",
+    "KbsClient",
+    "SelfSignedAdminAuth",
+    "get_resource_with_token",
+    "mint_admin_token",
+]
+
+log = logging.getLogger(__name__)
+
+API_PREFIX = "/kbs/v0"
+SESSION_COOKIE = "kbs-session-id"
+HASH_ALGORITHM = "sha384"  # Trustee's default for every TEE but IBM SE
+RESOURCE_MAX_ATTEMPTS = 3  # KBS_GET_RESOURCE_MAX_ATTEMPT in rcar_client.rs
+MAX_UPLOAD_BYTES = 2 * 1024 * 1024  # Trustee's default payload_request_size
+ATTESTATION_POLICY_IDS = ("default_cpu", "default_gpu", "default_switch", "default_ppcie")
+RVPS_MESSAGE_VERSION = "0.1.0"
+
+# Transient conditions worth another handshake; evidence or policy failures are not.
+_RETRY_STATUSES = frozenset({408, 425, 429, 500, 502, 503, 504})
+
+
+def _tls_verify(ca_cert: bytes | str | None) -> ssl.SSLContext | bool:
+    """An SSL context trusting only `ca_cert` (PEM bytes/text or a file path), else system CAs."""
+    if ca_cert is None:
+        return True
+    if isinstance(ca_cert, bytes):
+        pem = ca_cert.decode("ascii", "strict")
+    elif "-----BEGIN" in ca_cert:
+        pem = ca_cert
+    else:
+        pem = Path(ca_cert).read_text()
+    try:
+        return ssl.create_default_context(cadata=pem)
+    except ssl.SSLError as exc:
+        raise ValueError(f"KBS CA certificate is not a usable PEM certificate: {exc}") from None
+
+
+def _base_url(url: str, allow_insecure_http: bool) -> str:
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"KBS URL {url!r} must be http(s)://host[:port]")
+    if parts.query or parts.fragment or parts.path not in ("", "/"):
+        raise ValueError(f"KBS URL {url!r} must not have a path, query or fragment")
+    if parts.scheme == "http" and not allow_insecure_http and not _is_loopback(parts.hostname):
+        raise ValueError(
+            f"refusing plain HTTP to non-loopback KBS {parts.hostname!r}; use https with a "
+            "pinned CA (or pass allow_insecure_http=True knowingly)"
+        )
+    return f"{parts.scheme}://{parts.netloc}"
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class _Http:
+    """httpx wrapper: base URL, TLS pinning, error mapping. Cookies are handled explicitly."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        ca_cert: bytes | str | None,
+        transport: httpx.BaseTransport | None,
+        timeout: float,
+        allow_insecure_http: bool,
+    ) -> None:
+        self.base = _base_url(url, allow_insecure_http)
+        self._client = httpx.Client(
+            verify=_tls_verify(ca_cert),
+            transport=transport,
+            timeout=timeout,
+            follow_redirects=False,
+            trust_env=False,
+        )
+
+    def request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        try:
+            response = self._client.request(method, self.base + path, **kwargs)
+        except httpx.TimeoutException as exc:
+            raise KbsUnavailable(f"{method} {path} timed out: {type(exc).__name__}") from None
+        except httpx.TransportError as exc:
+            if _caused_by_certificate(exc):
+                raise KbsTlsError(
+                    f"{method} {path}: the KBS certificate does not verify against the pinned "
+                    f"CA: {exc}"
+                ) from None
+            raise KbsUnavailable(f"{method} {path} failed: {type(exc).__name__}: {exc}") from None
+        finally:
+            # The session cookie is sent explicitly; never let the jar replay an old one.
+            self._client.cookies.clear()
+        return response
+
+    def close(self) -> None:
+        self._client.close()
+
+
+def _caused_by_certificate(exc: BaseException) -> bool:
+    seen: BaseException | None = exc
+    for _ in range(10):  # the chain httpx -> httpcore -> ssl is short; bound it anyway
+        if seen is None:
+            return False
+        if isinstance(seen, ssl.SSLCertVerificationError):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+def _raise_for(response: httpx.Response) -> None:
+    if response.is_success:
+        return
+    raise error_from_response(response.status_code, response.content)
+
+
+def _json(response: httpx.Response, what: str) -> Any:
+    try:
+        return response.json()
+    except ValueError:
+        raise UnexpectedResponse(f"{what} is not JSON", status=response.status_code) from None
+
+
+def _session_cookie(response: httpx.Response) -> str | None:
+    for header in response.headers.get_list("set-cookie"):
+        jar: SimpleCookie = SimpleCookie()
+        try:
+            jar.load(header)
+        except CookieError:
+            continue
+        if SESSION_COOKIE in jar and jar[SESSION_COOKIE].value:
+            return jar[SESSION_COOKIE].value
+    return None
+
+
+def _challenge_extra_params(value: Any) -> dict:
+    """`extra-params` of a Challenge: Trustee sends "" (string), IBM SE an object."""
+    if value is None or value == "":
+        return {}
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except ValueError:
+            raise UnexpectedResponse("challenge extra-params is a non-JSON string") from None
+    if not isinstance(value, dict):
+        raise UnexpectedResponse("challenge extra-params is neither a string nor an object")
+    return value
+
+
+def _is_transient(err: KbsError) -> bool:
+    if isinstance(err, KbsTlsError):
+        return False
+    if isinstance(err, KbsUnavailable):
+        return True
+    return isinstance(err, UnexpectedResponse) and (
+        err.status is None or err.status in _RETRY_STATUSES
+    )
+
+
+def _fetch_resource(
+    http: _Http, path: ResourcePath, headers: dict[str, str], tee_key: TeeKeyPair
+) -> bytes:
+    response = http.request("GET", f"{API_PREFIX}/resource/{path.url_path()}", headers=headers)
+    _raise_for(response)
+    return tee_key.decrypt(response.content)
+
+
+class KbsClient:
+    """RCAR client: attests the given attesters to a KBS and fetches resources.
+
+    `cpu` produces the primary evidence, `devices` the additional evidence (one attester per
+    TEE kind). `initdata_toml` is sent verbatim as `init-data` (its digest must be what the CPU
+    evidence carries). `ca_cert` pins the KBS TLS CA. `transport` replaces the network.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        cpu: Attester,
+        devices: Sequence[Attester] = (),
+        *,
+        tee_key: TeeKeyPair | None = None,
+        initdata_toml: str | None = None,
+        ca_cert: bytes | str | None = None,
+        transport: httpx.BaseTransport | None = None,
+        timeout: float = 30.0,
+        handshake_retries: int = 5,
+        retry_delay: float = 1.0,
+        allow_insecure_http: bool = False,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        if handshake_retries < 1:
+            raise ValueError("handshake_retries must be at least 1")
+        self._http = _Http(
+            url,
+            ca_cert=ca_cert,
+            transport=transport,
+            timeout=timeout,
+            allow_insecure_http=allow_insecure_http,
+        )
+        self.cpu = cpu
+        self.devices = tuple(devices)
+        self.tee_key = tee_key if tee_key is not None else TeeKeyPair.generate()
+        self.initdata_toml = initdata_toml
+        self.token: str | None = None
+        self._session: str | None = None
+        self._retries = handshake_retries
+        self._delay = retry_delay
+        self._sleep = sleep
+
+    @property
+    def url(self) -> str:
+        return self._http.base
+
+    # -- RCAR handshake -------------------------------------------------------------------
+    def attest(self) -> str:
+        """Run the RCAR handshake (retrying transient failures with backoff); return the EAR."""
+        for attempt in range(1, self._retries + 1):
+            try:
+                return self._handshake()
+            except KbsError as err:
+                if not _is_transient(err) or attempt == self._retries:
+                    raise
+                delay = self._delay * 2 ** (attempt - 1)
+                log.info(
+                    "KBS handshake attempt %d failed (%s); retry in %.1fs", attempt, err, delay
+                )
+                self._sleep(delay)
+        raise AssertionError("unreachable")
+
+    def _handshake(self) -> str:
+        self._session = self.token = None
+        request = {
+            "version": PROTOCOL_VERSION,
+            "tee": self.cpu.tee,
+            "extra-params": {"supported-hash-algorithms": [HASH_ALGORITHM]},
+        }
+        response = self._http.request("POST", f"{API_PREFIX}/auth", json=request)
+        _raise_for(response)
+        challenge = _json(response, "auth challenge")
+        nonce = challenge.get("nonce") if isinstance(challenge, dict) else None
+        if not isinstance(nonce, str) or not nonce:
+            raise UnexpectedResponse("auth challenge has no nonce", status=response.status_code)
+        params = _challenge_extra_params(challenge.get("extra-params"))
+        selected = params.get("selected-hash-algorithm", HASH_ALGORITHM)
+        if selected != HASH_ALGORITHM:
+            raise AttestationError(
+                f"KBS selected hash algorithm {selected!r}; this client implements only "
+                f"{HASH_ALGORITHM}"
+            )
+        session = _session_cookie(response)
+        if session is None:
+            raise UnexpectedResponse(
+                f"auth response set no {SESSION_COOKIE} cookie", status=response.status_code
+            )
+
+        tee_pubkey = self.tee_key.public_jwk()
+        attestation: dict[str, Any] = {
+            "runtime-data": {"nonce": nonce, "tee-pubkey": tee_pubkey},
+            "tee-evidence": tee_evidence(self.cpu, self.devices, nonce, tee_pubkey),
+        }
+        if self.initdata_toml is not None:
+            attestation["init-data"] = {"format": "toml", "body": self.initdata_toml}
+        response = self._http.request(
+            "POST",
+            f"{API_PREFIX}/attest",
+            json=attestation,
+            headers={"Cookie": f"{SESSION_COOKIE}={session}"},
+        )
+        _raise_for(response)
+        body = _json(response, "attest response")
+        token = body.get("token") if isinstance(body, dict) else None
+        if not isinstance(token, str) or token.count(".") != 2:
+            raise UnexpectedResponse("attest response has no token", status=response.status_code)
+        self._session = _session_cookie(response) or session
+        self.token = token
+        return token
+
+    # -- resources ------------------------------------------------------------------------
+    def get_resource(self, uri_or_path: str | ResourcePath) -> bytes:
+        """Fetch and decrypt a resource over the attested session (cookie mode).
+
+        On a 401 (expired session, token rejected, …) re-attest and retry, at most
+        RESOURCE_MAX_ATTEMPTS requests in all. A policy denial is final: fresh evidence of the
+        same TEE cannot change it. 404 (bad path / plugin) is final too.
+        """
+        path = to_resource_path(uri_or_path)
+        for attempt in range(1, RESOURCE_MAX_ATTEMPTS + 1):
+            if self._session is None:
+                self.attest()
+            headers = {"Cookie": f"{SESSION_COOKIE}={self._session}"}
+            try:
+                return _fetch_resource(self._http, path, headers, self.tee_key)
+            except KbsError as err:
+                final = attempt == RESOURCE_MAX_ATTEMPTS
+                if final or isinstance(err, PolicyDenied) or err.status != 401:
+                    raise
+                log.info("KBS answered 401 for %s (%s); re-attesting", path.uri(), err.variant)
+                self._session = None
+        raise AssertionError("unreachable")
+
+    def get_resource_with_token(self, path: str | ResourcePath, token: str) -> bytes:
+        """Fetch a resource with `Authorization: Bearer <EAR>` (the token must attest this
+        client's TEE key). No retry: a refused token needs a new one from its owner."""
+        return _fetch_resource(self._http, to_resource_path(path), _bearer(token), self.tee_key)
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> KbsClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        devices = [d.tee for d in self.devices]
+        return f"KbsClient({self.url!r}, cpu={self.cpu.tee!r}, devices={devices!r})"
+
+
+def _bearer(token: str) -> dict[str, str]:
+    if not isinstance(token, str) or token.count(".") != 2:
+        raise ValueError("token must be an EAR JWT (header.payload.signature)")
+    return {"Authorization": f"Bearer {token}"}
+
+
+def get_resource_with_token(
+    url: str,
+    path: str | ResourcePath,
+    token: str,
+    tee_key: TeeKeyPair,
+    *,
+    ca_cert: bytes | str | None = None,
+    transport: httpx.BaseTransport | None = None,
+    timeout: float = 30.0,
+    allow_insecure_http: bool = False,
+) -> bytes:
+    """Bearer mode without an attester: e.g. a workload holding `/aa/token`'s token and key."""
+    headers = _bearer(token)
+    resource = to_resource_path(path)
+    http = _Http(
+        url,
+        ca_cert=ca_cert,
+        transport=transport,
+        timeout=timeout,
+        allow_insecure_http=allow_insecure_http,
+    )
+    try:
+        return _fetch_resource(http, resource, headers, tee_key)
+    finally:
+        http.close()
+
+
+class KbsAdminClient:
+    """Trustee admin API: policies, resources, reference values, per-run keys, health."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        auth: AdminAuth,
+        ca_cert: bytes | str | None = None,
+        transport: httpx.BaseTransport | None = None,
+        timeout: float = 30.0,
+        allow_insecure_http: bool = False,
+    ) -> None:
+        self._http = _Http(
+            url,
+            ca_cert=ca_cert,
+            transport=transport,
+            timeout=timeout,
+            allow_insecure_http=allow_insecure_http,
+        )
+        self._auth = auth
+
+    @property
+    def url(self) -> str:
+        return self._http.base
+
+    def _call(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        headers = {"Authorization": self._auth.authorization(), **kwargs.pop("headers", {})}
+        response = self._http.request(method, API_PREFIX + path, headers=headers, **kwargs)
+        _raise_for(response)
+        return response
+
+    # -- policies -------------------------------------------------------------------------
+    def set_resource_policy(self, rego: str) -> None:
+        """Replace the KBS resource policy (`data.policy.allow`); Trustee rejects bad Rego."""
+        self._call(
+            "POST", "/resource-policy", json={"policy": b64url_encode(_text(rego).encode("utf-8"))}
+        )
+
+    def get_resource_policy(self) -> str:
+        """The Rego text of the current resource policy (Trustee returns it base64url)."""
+        body = self._call("GET", "/resource-policy").text.strip()
+        if body.startswith('"'):
+            try:
+                body = json.loads(body)
+            except ValueError:
+                raise UnexpectedResponse("resource policy response is malformed") from None
+        try:
+            return b64url_decode(body).decode("utf-8")
+        except (ValueError, UnicodeDecodeError):
+            raise UnexpectedResponse("resource policy response is not base64url Rego") from None
+
+    def set_attestation_policy(self, rego: str, policy_id: str = "default_cpu") -> None:
+        """Upload an attestation (EAR) policy under `default_<class>`.
+
+        A policy under plain "default" is never used for EAR (KBS appends the class), so it is
+        refused here rather than silently ignored by Trustee.
+        """
+        if policy_id not in ATTESTATION_POLICY_IDS:
+            raise ValueError(
+                f"attestation policy id {policy_id!r} is not one of {ATTESTATION_POLICY_IDS}"
+            )
+        self._call(
+            "POST",
+            "/attestation-policy",
+            json={
+                "type": "rego",
+                "policy_id": policy_id,
+                "policy": b64url_encode(_text(rego).encode("utf-8")),
+            },
+        )
+
+    # -- resources ------------------------------------------------------------------------
+    def set_resource(self, path: str | ResourcePath, data: bytes) -> None:
+        resource = to_resource_path(path)
+        if not isinstance(data, bytes):
+            raise TypeError("resource data must be bytes")
+        if len(data) > MAX_UPLOAD_BYTES:
+            raise ValueError(
+                f"resource is {len(data)} bytes; KBS accepts at most {MAX_UPLOAD_BYTES} "
+                "(store wrapping keys in KBS, not payloads)"
+            )
+        self._call(
+            "POST",
+            f"/resource/{resource.url_path()}",
+            content=data,
+            headers={"Content-Type": "application/octet-stream"},
+        )
+
+    def delete_resource(self, path: str | ResourcePath) -> None:
+        self._call("DELETE", f"/resource/{to_resource_path(path).url_path()}")
+
+    def provision_run_key(self, path: str | ResourcePath | None, bind: dict) -> str:
+        """Have the KBS create a random key bound to one run; return its `repo/type/tag`.
+
+        `bind` = {"initdata_key": "io.coco-ai.run-id", "value": "<run id>"}: the key is released
+        only to a token whose init_data_claims[initdata_key] == value (and the resource policy
+        allows). The key bytes never reach the caller. Revoke with delete_resource(path).
+        """
+        if (
+            not isinstance(bind, dict)
+            or set(bind) != {"initdata_key", "value"}
+            or not all(isinstance(v, str) and v for v in bind.values())
+        ):
+            raise ValueError('bind must be {"initdata_key": <str>, "value": <str>}')
+        body: dict[str, Any] = {"bind": bind}
+        if path is not None:
+            body["resource_path"] = to_resource_path(path).url_path()
+        response = self._call("POST", "/provisioner/provision", json=body)
+        result = _json(response, "provision response")
+        returned = result.get("resource_path") if isinstance(result, dict) else None
+        if not isinstance(returned, str):
+            raise UnexpectedResponse("provision response has no resource_path")
+        try:
+            resource = to_resource_path(returned)
+        except ValueError as exc:
+            raise UnexpectedResponse(f"provision response has a bad resource_path: {exc}") from None
+        if path is not None and resource != to_resource_path(path):
+            raise UnexpectedResponse(
+                f"KBS provisioned {resource.url_path()}, not the requested path"
+            )
+        return resource.url_path()
+
+    # -- reference values -----------------------------------------------------------------
+    def set_sample_reference_value(
+        self, name: str, values: Any, *, as_single_value: bool = False
+    ) -> None:
+        """Register a reference value through RVPS's `sample` extractor.
+
+        Like kbs-client, a single value is wrapped in a list unless `as_single_value`.
+        """
+        if not isinstance(name, str) or not name:
+            raise ValueError("reference value name must be a non-empty string")
+        if not as_single_value and not isinstance(values, list):
+            values = [values]
+        payload = json.dumps({name: values}, separators=(",", ":")).encode("utf-8")
+        message = {
+            "version": RVPS_MESSAGE_VERSION,
+            "type": "sample",
+            "payload": base64.b64encode(payload).decode("ascii"),
+        }
+        self._call("POST", "/reference-value", json=message)
+
+    def get_reference_value(self, name: str) -> Any:
+        if not isinstance(name, str) or not name or ".." in name.split("/"):
+            raise ValueError("reference value name must be a non-empty id without '..'")
+        response = self._call("GET", f"/reference-value/{quote(name, safe=':/')}")
+        return _json(response, "reference value")
+
+    # -- health ---------------------------------------------------------------------------
+    def healthz(self) -> bool:
+        """True when `/healthz` answers 200 (no admin auth needed)."""
+        try:
+            return self._http.request("GET", "/healthz").status_code == 200
+        except KbsUnavailable:
+            return False
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> KbsAdminClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"KbsAdminClient({self.url!r}, auth={self._auth!r})"
+
+
+def _text(rego: str) -> str:
+    if not isinstance(rego, str) or not rego.strip():
+        raise ValueError("policy must be non-empty Rego text")
+    return rego
