@@ -9,7 +9,12 @@ from pathlib import Path
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    guest = subparsers.add_parser("guest", help="CoCo guest side: emulator and initdata")
+    guest = subparsers.add_parser(
+        "guest",
+        help="CoCo guest side: emulator and initdata",
+        description="Emulate the CoCo guest components (attestation agent + confidential data "
+        "hub behind api-server-rest) with sample evidence, or build a run's initdata.",
+    )
     sub = guest.add_subparsers(dest="guest_command", required=True)
 
     serve = sub.add_parser(

@@ -1,0 +1,52 @@
+# CoCo AI Pipelines: DEVELOPMENT resource policy (KBS `data.policy.allow`). Never deploy to a
+# production Trustee: it accepts Trustee's sample CPU and sample GPU evidence.
+#
+# input = the verified EAR token claims; data = {"plugin", "resource-path", "query"}.
+# Releases a `resource` only when cpu0 and every other submod (each GPU, switch…) is
+# affirming and at least `min_gpus` GPUs were attested (Trustee sample/sampledevice evidence
+# is accepted), and a per-run key (repository `coco-ai-run`) is named in the initdata.
+package policy
+
+import rego.v1
+
+default allow := false
+
+# Raise for multi-GPU jobs: a token with fewer gpuN submods is refused.
+min_gpus := 1
+
+# Resources in this repository are per-run keys, pinned to the run's initdata.
+per_run_repository := "coco-ai-run"
+
+cpu0 := input.submods.cpu0
+
+gpu_submods := [name |
+	some name
+	input.submods[name]
+	regex.match(`^gpu[0-9]+$`, name)
+]
+
+allow if {
+	data.plugin == "resource"
+	count(data["resource-path"]) == 3
+	cpu0["ear.status"] == "affirming"
+	count(gpu_submods) >= min_gpus
+	not any_not_affirming
+	per_run_binding_ok
+}
+
+any_not_affirming if {
+	some _, submod in input.submods
+	submod["ear.status"] != "affirming"
+}
+
+per_run_binding_ok if data["resource-path"][0] != per_run_repository
+
+# The requested kbs:/// URI must be the value of one of the run's io.coco-ai.* initdata claims
+# (e.g. io.coco-ai.checkpoint-key), so another run's TEE cannot obtain this run's key.
+per_run_binding_ok if {
+	data["resource-path"][0] == per_run_repository
+	uri := concat("", ["kbs:///", concat("/", data["resource-path"])])
+	some key, value in cpu0["ear.veraison.annotated-evidence"].init_data_claims
+	startswith(key, "io.coco-ai.")
+	value == uri
+}

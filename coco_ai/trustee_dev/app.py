@@ -1,0 +1,523 @@
+"""The stand-in's HTTP surface: Trustee's KBS endpoints, status codes and error bodies.
+
+Dispatch mirrors `kbs/src/api_server.rs` `api`: the first segment after `/kbs/v0/` picks a
+built-in endpoint (auth, attest, attestation-policy, reference-value, resource-policy) or a
+plugin (resource, provisioner); errors answer `{"type": ".../errors/<Variant>", "detail"}` with
+404 for InvalidRequestPath/PluginNotFound and 401 for everything else, including a policy
+denial and a missing resource. Request bodies are capped at 2 MiB (413, as actix answers).
+
+All work runs inline on the event loop: each step is a few milliseconds of CPU, and keeping it
+on one thread makes sessions, policy caches and the state directory single-writer.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import logging
+import re
+import secrets
+import time
+import uuid as uuidlib
+from collections.abc import Callable
+from email.utils import formatdate
+from os import PathLike
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.routing import Route
+
+from coco_ai import policies
+from coco_ai.kbs import errors as kerr
+from coco_ai.kbs.jwe import encrypt_for_tee
+from coco_ai.kbs.wire import parse_resource_path
+from coco_ai.trustee_dev.admin import AdminAuthDenied, check_admin, load_admin_public_key
+from coco_ai.trustee_dev.attestation import (
+    DEFAULT_SESSION_TIMEOUT_S,
+    DEFAULT_TOKEN_LIFETIME_S,
+    SESSION_COOKIE,
+    AttestationService,
+    RcarError,
+    Sessions,
+    parse_request,
+)
+from coco_ai.trustee_dev.policy import (
+    AttestationPolicy,
+    PolicyCompileError,
+    ResourcePolicyEvaluator,
+    check_policy,
+)
+from coco_ai.trustee_dev.state import Binding, StateDir, StateError
+from coco_ai.trustee_dev.tokens import TokenBroker
+from coco_ai.trustee_dev.verifiers import verifiers as default_verifiers
+
+log = logging.getLogger("coco_ai.trustee_dev")
+
+KBS_PREFIX = "/kbs/v0/"
+MAX_BODY_BYTES = 2 * 1024 * 1024  # Trustee's payload_request_size default (2 MiB)
+RESOURCE_POLICY_ID = policies.RESOURCE_POLICY_ID
+PER_RUN_REPOSITORY = "coco-ai-run"
+RVPS_MESSAGE_VERSION = "0.1.0"
+# Trustee's ResourceDesc regex (kbs/src/plugins/implementations/resource/backend.rs).
+_RESOURCE_DESC = re.compile(r"[a-zA-Z0-9_\-]+[a-zA-Z0-9_\-.]*")
+_POLICY_ID = re.compile(r"[A-Za-z0-9_-]+")
+# uuid5 namespace for per-run keys, so a retried provisioning call is idempotent.
+_PROVISION_NAMESPACE = uuidlib.uuid5(uuidlib.NAMESPACE_URL, "coco-ai/trustee_dev/provisioner")
+
+
+class _Reply(Exception):
+    """Short-circuit with a KbsError response."""
+
+    def __init__(self, err: kerr.KbsError) -> None:
+        super().__init__(err.detail)
+        self.err = err
+
+
+def _attestation_error(stage: str, reason: str) -> _Reply:
+    return _Reply(
+        kerr.AttestationError(f"Attestation error: RCAR handshake {stage} failed: {reason}")
+    )
+
+
+def _b64url_nopad(text: Any) -> bytes:
+    """URL_SAFE_NO_PAD decoding only, as Trustee: '=', '+' and '/' are refused."""
+    if not isinstance(text, str) or not re.fullmatch(r"[A-Za-z0-9_-]*", text) or len(text) % 4 == 1:
+        raise ValueError("not base64url without padding")
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+class TrusteeStandIn:
+    """A development Trustee (KBS + attestation service + RVPS) over one state directory.
+
+    `app` is the ASGI application. `clock` is injectable so tests can expire sessions and
+    tokens without sleeping.
+    """
+
+    def __init__(
+        self,
+        state_dir: str | PathLike[str],
+        admin_public_key_pem: bytes | str,
+        *,
+        policy_set: str = "dev",
+        reference_values: dict[str, Any] | None = None,
+        clock: Callable[[], float] = time.time,
+        session_timeout_s: int = DEFAULT_SESSION_TIMEOUT_S,
+        token_lifetime_s: int = DEFAULT_TOKEN_LIFETIME_S,
+    ) -> None:
+        if policy_set not in policies.POLICY_SETS:
+            raise ValueError(
+                f"unknown policy set {policy_set!r}; known: {', '.join(policies.POLICY_SETS)}"
+            )
+        self._admin_key = load_admin_public_key(admin_public_key_pem)
+        self._clock = clock
+        self.state = StateDir(state_dir)
+        self.broker = TokenBroker(self.state)
+        self.sessions = Sessions(clock=clock, timeout_s=session_timeout_s)
+        # Like Trustee's built-in defaults: installed when absent, never overwriting uploads.
+        for policy_id, name in policies.POLICY_SETS[policy_set].items():
+            if self.state.get_policy(policy_id) is None:
+                self.state.put_policy(policy_id, policies.load(name))
+        if reference_values is not None:
+            self.state.put_reference_values(reference_values)
+        elif not (self.state.root / "reference-values.json").exists():
+            self.state.put_reference_values(dict(policies.DEV_SAMPLE_REFERENCE_VALUES))
+        self._policy_cache: dict[str, AttestationPolicy] = {}
+        self._resource_policy = ResourcePolicyEvaluator()
+        self.attestation = AttestationService(
+            default_verifiers(), self._attestation_policy, self.broker, clock, token_lifetime_s
+        )
+        self.app = Starlette(
+            routes=[
+                Route("/healthz", self._healthz, methods=["GET"]),
+                Route("/kbs/v0/{path:path}", self._kbs, methods=["GET", "POST", "PUT", "DELETE"]),
+            ]
+        )
+
+    @property
+    def ca_cert_path(self):
+        return self.broker.ca_cert_path
+
+    # -- plumbing ---------------------------------------------------------------------------
+
+    async def _healthz(self, request: Request) -> Response:
+        return Response(status_code=200)
+
+    async def _kbs(self, request: Request) -> Response:
+        body = await _read_body(request)
+        if body is None:
+            return PlainTextResponse("A payload reached size limit.", status_code=413)
+        try:
+            return self._dispatch(request, body)
+        except _Reply as reply:
+            return _error_response(reply.err)
+        except StateError as exc:
+            log.error("state directory error: %s", exc)
+            return _error_response(kerr.PluginInternalError("Plugin internal error"))
+
+    def _dispatch(self, request: Request, body: bytes) -> Response:
+        raw_path = request.scope.get("raw_path") or request.url.path.encode()
+        path = raw_path.decode("latin-1")[len(KBS_PREFIX) :]
+        parts = path.split("/")
+        # Stricter than Trustee, which would hand these to the plugin: no dot segments, no
+        # percent-encoding, no backslashes ever reach a handler or the state directory.
+        if any(p in (".", "..") or "%" in p or "\\" in p for p in parts):
+            raise _Reply(kerr.InvalidRequestPath(f"Request path {path} is invalid"))
+        plugin, rest = parts[0], parts[1:]
+        method = request.method
+        if plugin == "auth" and method == "POST":
+            return self._auth(body)
+        if plugin == "attest" and method == "POST":
+            return self._attest(request, body)
+        if plugin == "attestation-policy" and method == "POST":
+            self._admin(request, plugin)
+            return self._set_attestation_policy(body)
+        if plugin == "reference-value" and method == "GET":
+            self._admin(request, plugin)
+            return self._get_reference_value("/".join(rest))
+        if plugin == "reference-value" and method == "POST":
+            self._admin(request, plugin)
+            return self._register_reference_value(body)
+        if plugin == "resource-policy" and method == "POST":
+            self._admin(request, plugin)
+            return self._set_resource_policy(body)
+        if plugin == "resource-policy" and method == "GET":
+            self._admin(request, plugin)
+            return JSONResponse([RESOURCE_POLICY_ID])
+        if plugin == "resource":
+            return self._resource(request, method, rest, body)
+        if plugin == "provisioner":
+            return self._provisioner(request, method, rest, body)
+        raise _Reply(kerr.PluginNotFound(f"Plugin {plugin} not found"))
+
+    def _admin(self, request: Request, endpoint: str) -> None:
+        try:
+            check_admin(request.headers.get("authorization"), self._admin_key, self._clock())
+        except AdminAuthDenied as exc:
+            raise _Reply(
+                kerr.AdminAuthError(
+                    f"admin access denied for endpoint {endpoint}: Admin access denied: {exc}"
+                )
+            ) from None
+
+    # -- RCAR -------------------------------------------------------------------------------
+
+    def _auth(self, body: bytes) -> Response:
+        try:
+            tee = parse_request(body)
+        except RcarError as exc:
+            raise _attestation_error(exc.stage, exc.reason) from None
+        session = self.sessions.create(tee)
+        response = JSONResponse({"nonce": session.nonce, "extra-params": ""})
+        self._set_cookie(response, session.id, session.expires_at)
+        return response
+
+    def _attest(self, request: Request, body: bytes) -> Response:
+        session_id = request.cookies.get(SESSION_COOKIE)
+        if not session_id:
+            raise _attestation_error("Attest", "cookie not found")
+        try:
+            json.loads(body)
+        except (ValueError, UnicodeDecodeError):
+            raise _attestation_error("Attest", "deserialize Attestation: not JSON") from None
+        session = self.sessions.get(session_id)
+        if session is None:
+            raise _attestation_error("Attest", "session not found or expired")
+        if session.token is None:
+            try:
+                session.token = self.attestation.attest(session, body)
+            except RcarError as exc:
+                raise _attestation_error(exc.stage, exc.reason) from None
+        response = JSONResponse({"token": session.token})
+        self._set_cookie(response, session.id, session.expires_at)
+        return response
+
+    @staticmethod
+    def _set_cookie(response: Response, session_id: str, expires_at: float) -> None:
+        response.headers.append(
+            "set-cookie",
+            f"{SESSION_COOKIE}={session_id}; Expires={formatdate(expires_at, usegmt=True)}",
+        )
+
+    def _token_claims(self, request: Request) -> dict[str, Any]:
+        """The verified claims of the cookie session's token, else of the Bearer token."""
+        session = self.sessions.get(request.cookies.get(SESSION_COOKIE))
+        token = session.token if session is not None else None
+        if token is None:
+            scheme, _, value = (request.headers.get("authorization") or "").partition(" ")
+            if scheme.lower() != "bearer" or not value.strip():
+                raise _Reply(kerr.TokenNotFound("Attestation Token not found"))
+            token = value.strip()
+        try:
+            return self.broker.verify(token, self._clock()).raw
+        except kerr.TokenVerifierError as exc:
+            raise _Reply(kerr.TokenVerifierError(f"Token Verifier error: {exc.detail}")) from None
+
+    # -- plugins ----------------------------------------------------------------------------
+
+    def _resource(self, request: Request, method: str, rest: list[str], body: bytes) -> Response:
+        if method in ("POST", "DELETE"):
+            self._admin(request, "resource")
+            path = _resource_desc(rest)
+            if method == "POST":
+                self.state.put_resource(path, body)
+            else:
+                self.state.delete_resource(path)
+            return Response(status_code=200)
+        if method != "GET":
+            raise _Reply(
+                kerr.PluginInternalError(
+                    "Plugin internal error: Illegal HTTP method. Only supports `GET`, `POST` "
+                    "and `DELETE`"
+                )
+            )
+        claims = self._token_claims(request)
+        descriptor = {
+            "plugin": "resource",
+            "resource-path": rest,
+            "query": dict(request.query_params),
+        }
+        text = self.state.get_policy(RESOURCE_POLICY_ID) or ""
+        if not self._resource_policy.allow(text, claims, descriptor):
+            raise _Reply(kerr.PolicyDenied("Access denied by policy"))
+        path = _resource_desc(rest)
+        record = self.state.get_resource(path)
+        if record is None:
+            raise _Reply(kerr.PluginInternalError("Plugin internal error: resource not found"))
+        if record.bind is not None:
+            init_claims = (
+                claims.get("submods", {})
+                .get("cpu0", {})
+                .get("ear.veraison.annotated-evidence", {})
+                .get("init_data_claims")
+            )
+            bound = (
+                init_claims.get(record.bind.initdata_key) if isinstance(init_claims, dict) else None
+            )
+            if bound != record.bind.value:
+                raise _Reply(
+                    kerr.PluginInternalError(
+                        "Plugin internal error: init_data claim "
+                        f"{record.bind.initdata_key} does not match this per-run key's binding"
+                    )
+                )
+        pubkey = (
+            claims.get("submods", {})
+            .get("cpu0", {})
+            .get("ear.veraison.annotated-evidence", {})
+            .get("runtime_data_claims", {})
+            .get("tee-pubkey")
+        )
+        try:
+            jwe = encrypt_for_tee(record.data, pubkey)
+        except (kerr.JweError, TypeError) as exc:
+            raise _Reply(kerr.JweError(f"JWE failed: {exc}")) from None
+        return JSONResponse(jwe)
+
+    def _provisioner(self, request: Request, method: str, rest: list[str], body: bytes) -> Response:
+        if method == "POST" and rest == ["provision"]:
+            self._admin(request, "provisioner")
+            return self._provision(body)
+        if method == "DELETE" and len(rest) == 2 and rest[0] == "provision":
+            self._admin(request, "provisioner")
+            for path in self._provisioned_paths(rest[1]):
+                self.state.delete_resource(path)
+            return Response(b'{"status":"deleted"}', media_type="text/xml")
+        raise _Reply(
+            kerr.PluginInternalError(
+                f"Plugin internal error: unsupported: {method} /kbs/v0/provisioner/"
+                + "/".join(rest)
+            )
+        )
+
+    def _provision(self, body: bytes) -> Response:
+        try:
+            req = json.loads(body)
+            bind = req["bind"]
+            key, value = bind["initdata_key"], bind["value"]
+            if not (isinstance(key, str) and key and isinstance(value, str) and value):
+                raise ValueError
+            requested = req.get("resource_path")
+            if requested is not None and not isinstance(requested, str):
+                raise ValueError
+        except (ValueError, UnicodeDecodeError, KeyError, TypeError):
+            raise _Reply(
+                kerr.PluginInternalError(
+                    'Plugin internal error: invalid JSON body: expected {"resource_path"?: '
+                    '"repo/type/tag", "bind": {"initdata_key": str, "value": str}}'
+                )
+            ) from None
+        binding = Binding(key, value)
+        ident = uuidlib.uuid5(_PROVISION_NAMESPACE, json.dumps([key, value, requested])).hex
+        path = requested if requested is not None else f"{PER_RUN_REPOSITORY}/key/{ident}"
+        path = _resource_desc(path.split("/"))
+        existing = self.state.get_resource(path)
+        if existing is not None and (existing.kind != "provisioned" or existing.bind != binding):
+            raise _Reply(
+                kerr.PluginInternalError(
+                    f"Plugin internal error: {path} already holds a different resource"
+                )
+            )
+        if existing is None:
+            self.state.put_resource(
+                path, secrets.token_bytes(32), kind="provisioned", bind=binding, uuid=ident
+            )
+        return Response(
+            json.dumps({"uuid": ident, "resource_path": path}).encode(), media_type="text/xml"
+        )
+
+    def _provisioned_paths(self, ident: str) -> list[str]:
+        root = self.state.root / "resources"
+        found = []
+        for file in root.glob("*/*/*.json") if root.is_dir() else []:
+            try:
+                record = json.loads(file.read_bytes())
+            except ValueError:
+                continue
+            if record.get("uuid") == ident and record.get("kind") == "provisioned":
+                found.append(record["path"])
+        return found
+
+    # -- policies and reference values ------------------------------------------------------
+
+    def _attestation_policy(self, policy_id: str) -> AttestationPolicy | None:
+        cached = self._policy_cache.get(policy_id)
+        if cached is None:
+            text = self.state.get_policy(policy_id)
+            if text is None:
+                return None
+            cached = AttestationPolicy(policy_id, text, self.state.get_reference_values())
+            self._policy_cache[policy_id] = cached
+        return cached
+
+    def _set_attestation_policy(self, body: bytes) -> Response:
+        def fail(reason: str) -> _Reply:
+            return _Reply(
+                kerr.AttestationError(f"Attestation error: Set Attestation Policy failed: {reason}")
+            )
+
+        try:
+            req = json.loads(body)
+            policy_id, encoded = req["policy_id"], req["policy"]
+        except (ValueError, UnicodeDecodeError, KeyError, TypeError):
+            raise fail("parse set policy request") from None
+        if not isinstance(policy_id, str) or not _POLICY_ID.fullmatch(policy_id):
+            raise fail("Illegal policy id. Only support alphabet, numeric, `-` or `_`")
+        if policy_id == RESOURCE_POLICY_ID:
+            raise fail(f"{RESOURCE_POLICY_ID} is the KBS resource policy's id")
+        if req.get("type", "rego") != "rego":
+            raise fail(f"unsupported policy type {req.get('type')!r}")
+        try:
+            text = _b64url_nopad(encoded).decode("utf-8")
+        except (ValueError, UnicodeDecodeError):
+            raise fail("policy is not base64url (no padding) UTF-8") from None
+        try:
+            check_policy(policy_id, text)
+        except PolicyCompileError as exc:
+            raise fail(f"Failed to load policy: {exc}") from None
+        self.state.put_policy(policy_id, text)
+        self._policy_cache.clear()
+        return Response(status_code=200)
+
+    def _set_resource_policy(self, body: bytes) -> Response:
+        def fail(reason: str) -> _Reply:
+            return _Reply(kerr.ParsePolicyError(f"Failed to parse policy: {reason}"))
+
+        try:
+            req = json.loads(body)
+        except (ValueError, UnicodeDecodeError):
+            raise fail("Illegal SetPolicy Request Json") from None
+        encoded = req.get("policy") if isinstance(req, dict) else None
+        if encoded is None:
+            raise fail("No `policy` field inside SetPolicy Request Json")
+        if not isinstance(encoded, str):
+            raise fail("`policy` field is not a string in SetPolicy Request Json")
+        try:
+            text = _b64url_nopad(encoded).decode("utf-8")
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise fail(f"Failed to decode policy: {exc}") from None
+        try:
+            check_policy(RESOURCE_POLICY_ID, text)
+        except PolicyCompileError as exc:
+            # Trustee's policy engine rejects it before storing: the old policy stays.
+            raise _Reply(
+                kerr.PolicyEngineError(f"Policy engine error: Failed to load policy: {exc}")
+            ) from None
+        self.state.put_policy(RESOURCE_POLICY_ID, text)
+        return Response(status_code=200)
+
+    def _register_reference_value(self, body: bytes) -> Response:
+        def fail(reason: str) -> _Reply:
+            return _Reply(
+                kerr.RvpsError(
+                    f"RVPS configuration failed: Failed to register reference value: {reason}"
+                )
+            )
+
+        try:
+            message = json.loads(body)
+            payload, kind = message["payload"], message["type"]
+            version = message.get("version", RVPS_MESSAGE_VERSION)
+        except (ValueError, UnicodeDecodeError, KeyError, TypeError):
+            raise fail("parse message") from None
+        if version != RVPS_MESSAGE_VERSION:
+            raise fail(f"Version unmatched! Need {RVPS_MESSAGE_VERSION}, given {version}.")
+        if kind != "sample":
+            raise fail(f"Could not find extractor for {kind}")
+        try:
+            values = json.loads(base64.b64decode(payload, validate=True))
+        except (binascii.Error, ValueError, TypeError):
+            raise fail("base64 decode / deserialize sample provenance") from None
+        if not isinstance(values, dict):
+            raise fail("deserialize sample provenance: not a JSON object")
+        merged = self.state.get_reference_values()
+        merged.update(values)
+        self.state.put_reference_values(merged)
+        self._policy_cache.clear()
+        return Response(status_code=200, media_type="application/json")
+
+    def _get_reference_value(self, rv_id: str) -> Response:
+        values = self.state.get_reference_values()
+        if rv_id not in values:
+            raise _Reply(
+                kerr.RvpsError(
+                    "RVPS configuration failed: Failed to get reference_values: No reference "
+                    f"value found for the given id: {rv_id}"
+                )
+            )
+        return Response(json.dumps(values[rv_id]).encode(), media_type="application/json")
+
+
+def _resource_desc(segments: list[str]) -> str:
+    """Trustee's ResourceDesc check (3 segments, its regex), else PluginInternalError."""
+    if len(segments) != 3 or not all(_RESOURCE_DESC.fullmatch(s) for s in segments):
+        raise _Reply(
+            kerr.PluginInternalError("Plugin internal error: illegal ResourceDesc format.")
+        )
+    try:
+        return parse_resource_path("/".join(segments)).url_path()
+    except ValueError:
+        raise _Reply(
+            kerr.PluginInternalError("Plugin internal error: illegal ResourceDesc format.")
+        ) from None
+
+
+async def _read_body(request: Request) -> bytes | None:
+    """The request body, or None when it exceeds MAX_BODY_BYTES (checked while streaming)."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+        return None
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > MAX_BODY_BYTES:
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _error_response(err: kerr.KbsError) -> Response:
+    return JSONResponse(kerr.error_body(err), status_code=kerr.error_status(err))

@@ -1,0 +1,118 @@
+"""`coco-ai trustee …`: run the development Trustee stand-in, make its admin key pair."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "trustee",
+        help="development stand-in of Trustee (KBS + attestation service)",
+        description="Run the development Trustee stand-in (KBS protocol 0.4.0) or make its keys.",
+    )
+    sub = parser.add_subparsers(dest="trustee_command", required=True)
+
+    serve = sub.add_parser(
+        "serve",
+        help="serve the Trustee stand-in with uvicorn",
+        description="Serve the Trustee stand-in. Plain HTTP only on loopback; the token and "
+        "TLS CA for relying parties is <state-dir>/ca.pem.",
+    )
+    serve.add_argument("--host", default="127.0.0.1", help="listen address (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, default=8080, help="listen port (default 8080)")
+    serve.add_argument("--state-dir", required=True, type=Path, help="state directory")
+    serve.add_argument(
+        "--admin-public-key", required=True, type=Path, help="Ed25519 admin public key (PEM)"
+    )
+    serve.add_argument("--tls-cert", help="TLS server certificate chain (PEM)")
+    serve.add_argument("--tls-key", help="TLS server private key (PEM)")
+    serve.add_argument(
+        "--insecure-http", action="store_true", help="plain HTTP (loopback addresses only)"
+    )
+    serve.add_argument(
+        "--policy-set",
+        default="dev",
+        choices=("dev", "prod"),
+        help="policies installed when the state dir has none: dev (accepts sample evidence), "
+        "prod (refuses it)",
+    )
+    serve.set_defaults(func=_serve)
+
+    keygen = sub.add_parser(
+        "keygen",
+        help="create an Ed25519 admin key pair (and optionally a loopback TLS cert)",
+        description="Write admin-key.pem (0600) and admin-public.pem for --admin-public-key.",
+    )
+    keygen.add_argument("--out-dir", required=True, type=Path, help="where to write the files")
+    keygen.add_argument(
+        "--tls-for-state-dir",
+        type=Path,
+        help="also write tls.pem/tls-key.pem for 127.0.0.1, issued by this state dir's CA",
+    )
+    keygen.set_defaults(func=_keygen)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from coco_ai.trustee_dev.app import TrusteeStandIn
+    from coco_ai.trustee_dev.server import ServeConfigError, uvicorn_config
+
+    try:
+        pem = args.admin_public_key.read_bytes()
+        standin = TrusteeStandIn(args.state_dir, pem, policy_set=args.policy_set)
+        config = uvicorn_config(
+            standin,
+            args.host,
+            args.port,
+            tls_cert=args.tls_cert,
+            tls_key=args.tls_key,
+            insecure_http=args.insecure_http,
+            log_level="info",
+        )
+    except (ServeConfigError, ValueError, OSError) as exc:
+        print(f"coco-ai trustee serve: {exc}", file=sys.stderr)
+        return 2
+    print(f"token/TLS CA for relying parties: {standin.ca_cert_path}", file=sys.stderr)
+    uvicorn.Server(config).run()
+    return 0
+
+
+def _keygen(args: argparse.Namespace) -> int:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+
+    from coco_ai.trustee_dev.state import write_atomic
+
+    key = ed25519.Ed25519PrivateKey.generate()
+    private = args.out_dir / "admin-key.pem"
+    public = args.out_dir / "admin-public.pem"
+    write_atomic(
+        private,
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        ),
+    )
+    write_atomic(
+        public,
+        key.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        ),
+        mode=0o644,
+    )
+    print(f"admin private key: {private}\nadmin public key: {public}")
+    if args.tls_for_state_dir:
+        from coco_ai.trustee_dev.server import write_server_certificate
+        from coco_ai.trustee_dev.state import StateDir
+        from coco_ai.trustee_dev.tokens import TokenBroker
+
+        TokenBroker(StateDir(args.tls_for_state_dir))  # creates the CA on first use
+        cert, tls_key = args.out_dir / "tls.pem", args.out_dir / "tls-key.pem"
+        write_server_certificate(args.tls_for_state_dir, cert, tls_key, ("127.0.0.1", "localhost"))
+        print(f"TLS certificate: {cert} (pin {args.tls_for_state_dir / 'ca.pem'})")
+    return 0

@@ -1,0 +1,199 @@
+"""The stand-in's state directory: resources encrypted at rest, policies, reference values.
+
+Layout and record format are in docs/formats/trustee_dev.md. Every write is atomic (temporary
+file + rename) so a crash never leaves a half-written record. Resource records are AES-256-GCM
+under `state.key` (created 0600) with the record's metadata (path, binding, kind) as AAD, so
+moving a ciphertext to another path or editing its binding makes it undecryptable.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import secrets
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from coco_ai.kbs.wire import canonical_json, parse_resource_path
+
+RECORD_VERSION = 1
+STATE_KEY_FILE = "state.key"
+CA_CERT_FILE = "ca.pem"
+
+
+class StateError(Exception):
+    """The state directory is unusable or a record failed its integrity check."""
+
+
+@dataclass(frozen=True)
+class Binding:
+    """Release condition of a provisioned per-run key: init_data_claims[key] must equal value."""
+
+    initdata_key: str
+    value: str
+
+    def as_dict(self) -> dict[str, str]:
+        return {"initdata_key": self.initdata_key, "value": self.value}
+
+
+@dataclass(frozen=True)
+class ResourceRecord:
+    path: str
+    data: bytes
+    kind: str  # "uploaded" (admin POST) or "provisioned" (per-run key)
+    bind: Binding | None
+    uuid: str | None
+
+    def __repr__(self) -> str:  # never show the bytes
+        return f"ResourceRecord(path={self.path!r}, kind={self.kind!r}, bind={self.bind!r})"
+
+
+def write_atomic(path: Path, data: bytes, mode: int = 0o600) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        os.fchmod(fd, mode)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+class StateDir:
+    """All persistent state of one stand-in instance."""
+
+    def __init__(self, root: str | os.PathLike[str]) -> None:
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+        os.chmod(self.root, 0o700)
+        self._aead = AESGCM(self._state_key())
+
+    # -- keys -------------------------------------------------------------------------------
+
+    def _state_key(self) -> bytes:
+        path = self.root / STATE_KEY_FILE
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            if path.stat().st_mode & 0o077:
+                raise StateError(
+                    f"{path} is readable by group/others; expected mode 0600"
+                ) from None
+            key = path.read_bytes()
+            if len(key) != 32:
+                raise StateError(f"{path} does not hold a 32-byte key") from None
+            return key
+        key = secrets.token_bytes(32)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(key)
+        return key
+
+    @property
+    def ca_cert_path(self) -> Path:
+        return self.root / CA_CERT_FILE
+
+    @property
+    def signer_dir(self) -> Path:
+        return self.root / "token-signer"
+
+    # -- resources --------------------------------------------------------------------------
+
+    def _resource_file(self, path: str) -> Path:
+        rp = parse_resource_path(path)  # validated segments only: no traversal possible
+        return self.root / "resources" / rp.repo / rp.type / f"{rp.tag}.json"
+
+    def put_resource(
+        self,
+        path: str,
+        data: bytes,
+        *,
+        kind: str = "uploaded",
+        bind: Binding | None = None,
+        uuid: str | None = None,
+    ) -> None:
+        meta: dict[str, Any] = {
+            "version": RECORD_VERSION,
+            "path": path,
+            "kind": kind,
+            "bind": bind.as_dict() if bind else None,
+            "uuid": uuid,
+        }
+        nonce = secrets.token_bytes(12)
+        ciphertext = self._aead.encrypt(nonce, data, canonical_json(meta))
+        record = dict(meta, nonce=_b64(nonce), ciphertext=_b64(ciphertext))
+        write_atomic(self._resource_file(path), json.dumps(record).encode())
+
+    def get_resource(self, path: str) -> ResourceRecord | None:
+        file = self._resource_file(path)
+        try:
+            record = json.loads(file.read_bytes())
+        except FileNotFoundError:
+            return None
+        except ValueError:
+            raise StateError(f"resource record for {path} is corrupt") from None
+        meta = {k: record.get(k) for k in ("version", "path", "kind", "bind", "uuid")}
+        if meta["path"] != path or meta["version"] != RECORD_VERSION:
+            raise StateError(f"resource record for {path} does not belong to that path")
+        try:
+            data = self._aead.decrypt(
+                base64.b64decode(record["nonce"]),
+                base64.b64decode(record["ciphertext"]),
+                canonical_json(meta),
+            )
+        except (InvalidTag, KeyError, ValueError, TypeError):
+            raise StateError(f"resource record for {path} failed its integrity check") from None
+        bind = Binding(**meta["bind"]) if meta["bind"] else None
+        return ResourceRecord(path, data, meta["kind"], bind, meta["uuid"])
+
+    def delete_resource(self, path: str) -> bool:
+        file = self._resource_file(path)
+        try:
+            file.unlink()
+        except FileNotFoundError:
+            return False
+        return True
+
+    # -- policies and reference values ------------------------------------------------------
+
+    def _policy_file(self, policy_id: str) -> Path:
+        return self.root / "policies" / f"{policy_id}.rego"
+
+    def put_policy(self, policy_id: str, text: str) -> None:
+        write_atomic(self._policy_file(policy_id), text.encode("utf-8"), mode=0o644)
+
+    def get_policy(self, policy_id: str) -> str | None:
+        try:
+            return self._policy_file(policy_id).read_text("utf-8")
+        except FileNotFoundError:
+            return None
+
+    def policy_ids(self) -> list[str]:
+        folder = self.root / "policies"
+        return sorted(p.stem for p in folder.glob("*.rego")) if folder.is_dir() else []
+
+    def get_reference_values(self) -> dict[str, Any]:
+        try:
+            return json.loads((self.root / "reference-values.json").read_bytes())
+        except FileNotFoundError:
+            return {}
+
+    def put_reference_values(self, values: dict[str, Any]) -> None:
+        write_atomic(
+            self.root / "reference-values.json",
+            json.dumps(values, sort_keys=True).encode(),
+            mode=0o644,
+        )
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")

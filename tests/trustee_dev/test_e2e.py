@@ -1,0 +1,242 @@
+"""Happy paths end to end with the real KbsClient over real HTTP (TLS with a pinned CA, and
+plain HTTP on loopback): token shape, cookie and Bearer modes, per-run keys, revocation."""
+
+from __future__ import annotations
+
+import base64
+import json
+
+import pytest
+
+from coco_ai.guest.attesters.sample import SampleAttester
+from coco_ai.guest.attesters.sampledevice import SampleDeviceAttester
+from coco_ai.guest.initdata import build_initdata
+from coco_ai.kbs.admin_auth import SelfSignedAdminAuth
+from coco_ai.kbs.client import KbsAdminClient, KbsClient
+from coco_ai.kbs.ear import TRUSTEE_EAT_PROFILE, verify_ear_token
+from coco_ai.kbs.errors import KbsUnavailable, PluginInternalError, PolicyDenied, RvpsError
+from coco_ai.trustee_dev import serve_in_thread
+from coco_ai.trustee_dev.state import StateDir
+from tests.trustee_dev.conftest import handshake
+
+pytestmark = pytest.mark.timeout(60)
+
+RUN_KEY = "io.coco-ai.run-id"
+
+
+def test_attest_and_fetch_over_tls(stand):
+    stand.admin.set_resource("coco-ai/dataset-key/e2e", b"dataset key bytes")
+    with stand.client(gpus=3, run_id="run-e2e") as client:
+        token = client.attest()
+        assert client.get_resource("kbs:///coco-ai/dataset-key/e2e") == b"dataset key bytes"
+        # Bearer mode: the token alone, verified against the stand-in's CA.
+        assert (
+            client.get_resource_with_token("coco-ai/dataset-key/e2e", token) == b"dataset key bytes"
+        )
+        tee_pubkey = client.tee_key.public_jwk()
+    claims = verify_ear_token(token, stand.server.ca_cert_path.read_bytes())
+    raw = claims.raw
+    assert raw["eat_profile"] == TRUSTEE_EAT_PROFILE
+    assert raw["iss"] == "CoCo-Attestation-Service"
+    assert raw["exp"] - raw["iat"] == 300
+    assert raw["ear.verifier-id"]["developer"] == "https://confidentialcontainers.org"
+    assert sorted(raw["submods"]) == ["cpu0", "gpu0", "gpu1", "gpu2"]
+    for name, submod in raw["submods"].items():
+        assert submod["ear.status"] == "affirming", name
+        assert submod["ear.appraisal-policy-id"] == "default"
+        assert submod["ear.trustworthiness-vector"]["hardware"] == 2
+    cpu = raw["submods"]["cpu0"]["ear.veraison.annotated-evidence"]
+    assert cpu["sample"]["svn"] == "1"
+    assert cpu["runtime_data_claims"]["tee-pubkey"] == {
+        k: tee_pubkey[k] for k in ("kty", "crv", "alg", "x", "y")
+    }
+    assert json.loads(cpu["runtime_data_claims"]["additional-evidence"])["sampledevice"]
+    initdata = build_initdata(stand.url, stand.ca, {RUN_KEY: "run-e2e"})
+    assert cpu["init_data_claims"][RUN_KEY] == "run-e2e"
+    assert cpu["init_data_claims"]["cdh.toml"]["kbc"]["url"] == stand.url
+    assert claims.init_data() is not None
+    assert base64.b64decode(claims.init_data()) == initdata.digest()
+    gpu = raw["submods"]["gpu1"]["ear.veraison.annotated-evidence"]
+    assert gpu["sampledevice"]["svn"] == "2"
+    assert set(gpu["runtime_data_claims"]) == {"nonce", "tee-pubkey"}
+    assert "init_data" not in gpu
+
+
+def test_plain_http_on_loopback(tmp_path, admin_keys):
+    server = serve_in_thread(tmp_path / "state", admin_keys.public_pem, tls=False)
+    try:
+        assert server.url.startswith("http://127.0.0.1:")
+        admin = KbsAdminClient(server.url, auth=SelfSignedAdminAuth(admin_keys.private_pem))
+        admin.set_resource("coco-ai/k/plain", b"over http")
+        ca = server.ca_cert_path.read_bytes()
+        initdata = build_initdata(server.url, ca, {RUN_KEY: "r"})
+        client = KbsClient(
+            server.url,
+            SampleAttester(init_data_digest=initdata.digest()),
+            [SampleDeviceAttester()],
+            initdata_toml=initdata.toml,
+        )
+        assert client.get_resource("kbs:///coco-ai/k/plain") == b"over http"
+    finally:
+        server.stop()
+
+
+def test_tls_client_without_pinned_ca_is_refused(stand):
+    client = KbsClient(stand.url, SampleAttester(), [SampleDeviceAttester()], handshake_retries=1)
+    with pytest.raises(KbsUnavailable):
+        client.attest()
+
+
+def test_per_run_key_bound_to_initdata_and_revoked(stand):
+    bind = {"initdata_key": RUN_KEY, "value": "run-42"}
+    path = stand.admin.provision_run_key(None, bind)
+    assert path.startswith("coco-ai-run/")
+    assert stand.admin.provision_run_key(None, bind) == path  # idempotent, same key
+    uri = f"kbs:///{path}"
+
+    def fetch(run_id: str, named_uri: str | None) -> bytes:
+        extra = {RUN_KEY: run_id}
+        if named_uri:
+            extra["io.coco-ai.checkpoint-key"] = named_uri
+        initdata = build_initdata(stand.url, stand.ca, extra)
+        with KbsClient(
+            stand.url,
+            SampleAttester(init_data_digest=initdata.digest()),
+            [SampleDeviceAttester()],
+            initdata_toml=initdata.toml,
+            ca_cert=stand.ca,
+            handshake_retries=1,
+        ) as client:
+            return client.get_resource(uri)
+
+    key = fetch("run-42", uri)
+    assert len(key) == 32
+    assert fetch("run-42", uri) == key  # same key for the same run
+    # Another run naming this key in its initdata: the binding refuses it.
+    with pytest.raises(PluginInternalError):
+        fetch("run-43", uri)
+    # The right run without naming the key: the resource policy refuses it.
+    with pytest.raises(PolicyDenied):
+        fetch("run-42", None)
+    # The admin API never returns the key bytes.
+    with stand.http() as http:
+        response_text = http.post(
+            "/kbs/v0/provisioner/provision",
+            json={"bind": bind},
+            headers={"Authorization": SelfSignedAdminAuth(stand.keys.private_pem).authorization()},
+        ).text
+    assert json.loads(response_text)["resource_path"] == path
+    assert key.hex() not in response_text
+    stand.admin.delete_resource(path)
+    with pytest.raises(PluginInternalError):
+        fetch("run-42", uri)
+
+
+def test_provision_at_requested_path_refuses_to_rebind(stand):
+    path = "coco-ai-run/checkpoint-key/run-7"
+    bind = {"initdata_key": RUN_KEY, "value": "run-7"}
+    assert stand.admin.provision_run_key(path, bind) == path
+    with pytest.raises(PluginInternalError):
+        stand.admin.provision_run_key(path, {"initdata_key": RUN_KEY, "value": "run-8"})
+    stand.admin.set_resource("coco-ai/plain/key", b"k")
+    with pytest.raises(PluginInternalError):
+        stand.admin.provision_run_key("coco-ai/plain/key", bind)
+
+
+def test_prod_policy_set_denies_sample_evidence(tmp_path, admin_keys):
+    server = serve_in_thread(tmp_path / "state", admin_keys.public_pem, policy_set="prod")
+    try:
+        ca = server.ca_cert_path.read_bytes()
+        with KbsAdminClient(
+            server.url, auth=SelfSignedAdminAuth(admin_keys.private_pem), ca_cert=ca
+        ) as admin:
+            admin.set_resource("coco-ai/k/prod", b"never to sample")
+        client = KbsClient(
+            server.url, SampleAttester(), [SampleDeviceAttester()], ca_cert=ca, handshake_retries=1
+        )
+        with client:
+            client.attest()  # attestation succeeds; the production resource policy refuses
+            with pytest.raises(PolicyDenied):
+                client.get_resource("kbs:///coco-ai/k/prod")
+    finally:
+        server.stop()
+
+
+def test_reference_values_drive_the_trust_vector(stand):
+    assert stand.admin.get_reference_value("svn") == ["1"]
+    with pytest.raises(RvpsError):
+        stand.admin.get_reference_value("no-such-id")
+    stand.admin.set_resource("coco-ai/dataset-key/rv", b"rv")
+    stand.admin.set_sample_reference_value("svn", ["7"])
+    try:
+        with stand.client() as client:
+            token = client.attest()
+            with pytest.raises(PolicyDenied):
+                client.get_resource("kbs:///coco-ai/dataset-key/rv")
+        cpu0 = verify_ear_token(token, stand.ca).raw["submods"]["cpu0"]
+        assert cpu0["ear.status"] == "contraindicated"
+        assert cpu0["ear.trustworthiness-vector"]["hardware"] == 97
+    finally:
+        stand.admin.set_sample_reference_value("svn", ["1"])
+    with stand.client() as client:
+        assert client.get_resource("kbs:///coco-ai/dataset-key/rv") == b"rv"
+
+
+def test_reattest_on_same_session_returns_same_token(stand):
+    with stand.http() as http:
+        hs = handshake(http)
+        body = hs.attestation()
+        first = hs.attest(body).json()["token"]
+        again = hs.attest(body).json()["token"]
+    assert first == again
+
+
+def test_challenge_shape_and_cookie(stand):
+    with stand.http() as http:
+        response = http.post(
+            "/kbs/v0/auth", json={"version": "0.4.0", "tee": "sample", "extra-params": ""}
+        )
+    challenge = response.json()
+    assert challenge["extra-params"] == ""
+    assert len(base64.b64decode(challenge["nonce"], validate=True)) == 32
+    cookie = response.headers["set-cookie"]
+    name, _, rest = cookie.partition("=")
+    assert name == "kbs-session-id"
+    value = rest.split(";")[0]
+    assert len(value) == 32 and int(value, 16) >= 0
+    assert "Expires=" in cookie
+    with stand.http() as http:
+        assert http.get("/healthz").status_code == 200
+        listing = http.get(
+            "/kbs/v0/resource-policy",
+            headers={"Authorization": SelfSignedAdminAuth(stand.keys.private_pem).authorization()},
+        )
+    assert listing.json() == ["resource-policy"]
+
+
+def test_deprovision_by_uuid(stand):
+    bind = {"initdata_key": RUN_KEY, "value": "run-99"}
+    auth = {"Authorization": SelfSignedAdminAuth(stand.keys.private_pem).authorization()}
+    with stand.http() as http:
+        denied = http.post("/kbs/v0/provisioner/provision", json={"bind": bind})
+        assert denied.status_code == 401
+        created = http.post("/kbs/v0/provisioner/provision", json={"bind": bind}, headers=auth)
+        created = json.loads(created.text)
+        unauthorised = http.delete(f"/kbs/v0/provisioner/provision/{created['uuid']}")
+        assert unauthorised.status_code == 401
+        path = created["resource_path"]
+        assert StateDir(stand.state_dir).get_resource(path) is not None
+        gone = http.delete(f"/kbs/v0/provisioner/provision/{created['uuid']}", headers=auth)
+        assert gone.status_code == 200
+        assert StateDir(stand.state_dir).get_resource(path) is None
+
+
+def test_rsa_tee_key(stand):
+    from coco_ai.kbs.jwe import TeeKeyPair
+
+    stand.admin.set_resource("coco-ai/dataset-key/rsa", b"to an RSA key")
+    with stand.client(tee_key=TeeKeyPair.generate("RSA-OAEP-256")) as client:
+        assert client.get_resource("kbs:///coco-ai/dataset-key/rsa") == b"to an RSA key"
+        pubkey = verify_ear_token(client.token, stand.ca).tee_pubkey()
+    assert pubkey["kty"] == "RSA" and pubkey["alg"] == "RSA-OAEP-256"
+    assert set(pubkey) == {"kty", "alg", "n", "e"}
