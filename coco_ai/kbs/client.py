@@ -445,9 +445,22 @@ class KbsAdminClient:
             "POST", "/resource-policy", json={"policy": b64url_encode(_text(rego).encode("utf-8"))}
         )
 
-    def get_resource_policy(self) -> str:
-        """The Rego text of the current resource policy (Trustee returns it base64url)."""
+    def get_resource_policy(self) -> str | None:
+        """The Rego text of the deployed resource policy, or None where Trustee hides it.
+
+        Older Trustee answers with the policy base64url-encoded; v0.20 and later answer with the
+        JSON list of policy ids only, so the text cannot be read back and a caller that needs it
+        to match must upload (sync) it instead.
+        """
         body = self._call("GET", "/resource-policy").text.strip()
+        if body.startswith("["):
+            try:
+                ids = json.loads(body)
+            except ValueError:
+                raise UnexpectedResponse("resource policy listing is malformed") from None
+            if not all(isinstance(i, str) for i in ids):
+                raise UnexpectedResponse("resource policy listing is not a list of ids")
+            return None
         if body.startswith('"'):
             try:
                 body = json.loads(body)

@@ -181,6 +181,17 @@ def test_get_resource_policy_decodes(admin, recorder):
         admin.get_resource_policy()
 
 
+def test_get_resource_policy_is_none_when_trustee_lists_only_ids(admin, recorder):
+    # Trustee v0.20+ answers GET with the policy ids, not the text.
+    recorder.answers[("GET", "/kbs/v0/resource-policy")] = httpx.Response(
+        200, json=["resource-policy"]
+    )
+    assert admin.get_resource_policy() is None
+    recorder.answers[("GET", "/kbs/v0/resource-policy")] = httpx.Response(200, json=[1, 2])
+    with pytest.raises(UnexpectedResponse):
+        admin.get_resource_policy()
+
+
 @pytest.mark.parametrize("policy_id", ["default_cpu", "default_gpu"])
 def test_attestation_policy_message(admin, recorder, policy_id):
     admin.set_attestation_policy(REGO, policy_id)
