@@ -1,0 +1,92 @@
+# Promotion policy: may this attested, verified checkpoint become a served model?
+#
+# Evaluated with regopy by coco_ai.promotion after the cryptographic chain has been verified
+# (token genuine, claims meeting policy, manifest signed by the attested key, ciphertext digests).
+# `input` is the promotion input documented in docs/formats/promotion.md; `data.promotion` holds
+# the run's expectations (thresholds and approved digests). The decision is `allow` plus a set of
+# `deny` reasons; `allow` holds only when there is no reason to deny.
+package coco_ai.promotion
+
+import rego.v1
+
+default allow := false
+
+allow if {
+	input.attestation.verified == true
+	count(deny) == 0
+}
+
+# ---- attestation summary (already enforced by the verification chain; restated here so the
+# promotion decision stands on its own when audited) ---------------------------------------------
+
+deny contains "attestation chain was not verified" if not input.attestation.verified == true
+
+deny contains msg if {
+	some name, status in input.attestation.submods
+	status != "affirming"
+	msg := sprintf("attestation submod %s is %s, not affirming", [name, status])
+}
+
+deny contains msg if {
+	not input.attestation.submods.cpu0
+	msg := "attestation has no cpu0 submod"
+}
+
+deny contains msg if {
+	input.attestation.gpu_count < data.promotion.min_gpus
+	msg := sprintf("attestation covers %d GPU(s), at least %d required", [input.attestation.gpu_count, data.promotion.min_gpus])
+}
+
+# ---- inputs: the model must come from an approved base model and an approved data set ---------
+
+deny contains msg if {
+	not input.checkpoint.base_model_digest in data.promotion.approved_base_models
+	msg := sprintf("base model %v is not approved", [object.get(input.checkpoint, "base_model_digest", null)])
+}
+
+deny contains msg if {
+	not input.checkpoint.dataset_digest in data.promotion.approved_datasets
+	msg := sprintf("data set %v is not approved", [object.get(input.checkpoint, "dataset_digest", null)])
+}
+
+deny contains msg if {
+	wanted := data.promotion.checkpoint_key_uri
+	input.checkpoint.key_uri != wanted
+	msg := sprintf("checkpoint is encrypted under %v, not this run's key %v", [input.checkpoint.key_uri, wanted])
+}
+
+# ---- metrics -----------------------------------------------------------------------------------
+
+deny contains msg if {
+	"max_eval_loss" in object.keys(data.promotion)
+	not is_number(input.metrics.eval_loss)
+	msg := "metric eval_loss is missing from the manifest"
+}
+
+deny contains msg if {
+	limit := data.promotion.max_eval_loss
+	input.metrics.eval_loss > limit
+	msg := sprintf("eval_loss %v is above the maximum %v", [input.metrics.eval_loss, limit])
+}
+
+deny contains msg if {
+	"min_relative_improvement" in object.keys(data.promotion)
+	not valid_baseline
+	msg := "metrics eval_loss and eval_loss_before (> 0) are needed to measure improvement"
+}
+
+deny contains msg if {
+	valid_baseline
+	wanted := data.promotion.min_relative_improvement
+	gained := relative_improvement
+	gained < wanted
+	msg := sprintf("eval_loss improved by %v (relative), at least %v required", [gained, wanted])
+}
+
+valid_baseline if {
+	is_number(input.metrics.eval_loss)
+	is_number(input.metrics.eval_loss_before)
+	input.metrics.eval_loss_before > 0
+}
+
+relative_improvement := (input.metrics.eval_loss_before - input.metrics.eval_loss) / input.metrics.eval_loss_before

@@ -1,0 +1,361 @@
+"""The promotion gate: prove the whole evidence chain of a stored checkpoint, then decide.
+
+1. Cryptographic chain, by coco_ai.crypto (no key needed): the EAR token chains to the trust
+   anchor and meets the run's policy (cpu0 and every gpuN affirming, at least `min_gpus` GPUs,
+   this run's initdata digest and claims: run id, image digest), the manifest is signed by the
+   TEE key attested in that token and was created while the token was valid, the manifest is the
+   run's (replay check), and the ciphertext in the store matches the manifest.
+2. Promotion policy, in Rego (`promotion.rego`, evaluated by regopy): metric thresholds and
+   approved base-model and data-set digests, with a reason for every rule that denies.
+
+Every failure raises PromotionRefused naming what failed. The evidence returned holds public
+references only (digests, URIs, claims summary, the token itself), never a key.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import hashlib
+import hmac
+import math
+import re
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from jwcrypto import jwk
+
+from coco_ai.crypto.errors import (
+    AttestationError,
+    CheckpointError,
+    IntegrityError,
+    ManifestError,
+    SignatureError,
+)
+from coco_ai.crypto.manifest import MANIFEST_FILE, SIGNATURE_FILE, TOKEN_FILE
+from coco_ai.crypto.verify import RUN_ID_CLAIM, VerificationPolicy, verify_signed_manifest
+from coco_ai.kbs.ear import EarClaims
+from coco_ai.kbs.errors import KbsError
+from coco_ai.promotion import _policy
+from coco_ai.promotion.errors import PromotionRefused
+from coco_ai.storage import open_store, read_manifest, verify_objects
+
+IMAGE_DIGEST_CLAIM = "io.coco-ai.image-digest"
+
+_DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
+_HEX = re.compile(r"^[0-9a-f]+$")
+
+
+@dataclass(frozen=True)
+class PromotionExpectations:
+    """What this run's checkpoint must prove to be promoted.
+
+    `init_data_digest` is the run's initdata digest, lowercase hex (`Initdata.digest().hex()`);
+    the token's cpu0 `init_data` must carry it, in whichever encoding and hardware-field size its
+    verifier uses (see `init_data_matches`). Thresholds left None are not applied; the approved
+    digest sets are required (an empty set approves nothing).
+    """
+
+    run_id: str
+    approved_base_models: frozenset[str]
+    approved_datasets: frozenset[str]
+    init_data_digest: str | None = None
+    image_digest: str | None = None
+    checkpoint_key_uri: str | None = None
+    min_gpus: int = 1
+    max_eval_loss: float | None = None
+    min_relative_improvement: float | None = None
+    leeway: int = 0  # clock skew tolerated when judging the token, seconds
+
+    def __post_init__(self) -> None:
+        for what in ("approved_base_models", "approved_datasets"):
+            if isinstance(getattr(self, what), str | bytes):
+                raise ValueError(f"invalid promotion expectations: {what} must be a set of digests")
+        object.__setattr__(self, "approved_base_models", frozenset(self.approved_base_models))
+        object.__setattr__(self, "approved_datasets", frozenset(self.approved_datasets))
+        bad = []
+        if not isinstance(self.run_id, str) or not self.run_id:
+            bad.append("run_id must be a non-empty string")
+        for what, digests in (
+            ("approved_base_models", self.approved_base_models),
+            ("approved_datasets", self.approved_datasets),
+        ):
+            bad += [f"{what}: {d!r} is not 'sha256:<64 hex>'" for d in digests if not _ok(d)]
+        if self.image_digest is not None and not _ok(self.image_digest):
+            bad.append(f"image_digest {self.image_digest!r} is not 'sha256:<64 hex>'")
+        if self.init_data_digest is not None and not (
+            _HEX.match(self.init_data_digest) and len(self.init_data_digest) in (64, 96, 128)
+        ):
+            bad.append("init_data_digest must be a sha256/384/512 digest in lowercase hex")
+        if isinstance(self.min_gpus, bool) or not isinstance(self.min_gpus, int):
+            bad.append("min_gpus must be an integer")
+        elif self.min_gpus < 0:
+            bad.append("min_gpus must not be negative")
+        for what in ("max_eval_loss", "min_relative_improvement"):
+            value = getattr(self, what)
+            if value is not None and (
+                isinstance(value, bool)
+                or not isinstance(value, int | float)
+                or not math.isfinite(value)
+            ):
+                bad.append(f"{what} must be a finite number")
+        if bad:
+            raise ValueError("invalid promotion expectations: " + "; ".join(bad))
+
+    def verification_policy(self) -> VerificationPolicy:
+        claims = {RUN_ID_CLAIM: self.run_id}
+        if self.image_digest is not None:
+            claims[IMAGE_DIGEST_CLAIM] = self.image_digest
+        # init_data is matched here (init_data_matches), not by string equality: its encoding
+        # depends on the TEE verifier.
+        return VerificationPolicy(
+            run_id=self.run_id,
+            min_gpus=self.min_gpus,
+            init_data_claims=claims,
+            init_data=None,
+            leeway=self.leeway,
+        )
+
+    def policy_data(self) -> dict[str, Any]:
+        """`data.promotion` for the Rego policy."""
+        data: dict[str, Any] = {
+            "min_gpus": self.min_gpus,
+            "approved_base_models": sorted(self.approved_base_models),
+            "approved_datasets": sorted(self.approved_datasets),
+        }
+        for what in ("max_eval_loss", "min_relative_improvement", "checkpoint_key_uri"):
+            if getattr(self, what) is not None:
+                data[what] = getattr(self, what)
+        return data
+
+
+@dataclass(frozen=True)
+class PromotionEvidence:
+    """Public references proving where a promoted checkpoint came from (no key, no plaintext)."""
+
+    checkpoint_uri: str
+    manifest_digest: str  # "sha256:<hex>" of manifest.json (canonical manifest bytes)
+    run_id: str
+    checkpoint_id: str
+    key_uri: str  # the checkpoint key's kbs:/// reference (the key stays in Trustee)
+    created_at: int
+    base_model_digest: str | None
+    dataset_digest: str | None
+    training_config_digest: str | None
+    metrics: dict[str, float]
+    token: str  # the EAR token (public evidence)
+    token_digest: str  # "sha256:<hex>" of token.jwt
+    manifest_signature_digest: str  # "sha256:<hex>" of manifest.jws
+    init_data: str | None
+    image_digest: str | None
+    attestation: dict[str, Any]  # claims summary: submod statuses, GPU count, TEE, iat/exp
+    tee_key_thumbprint: str  # RFC 7638 SHA-256 thumbprint of the attested key that signed
+    policy_digest: str  # "sha256:<hex>" of the promotion policy text that allowed it
+    files: dict[str, str] = field(default_factory=dict)  # stored file -> "sha256:<hex>"
+
+    def provenance(self) -> dict[str, Any]:
+        """What the model registry records (see docs/formats/promotion.md)."""
+        return {
+            "checkpoint_uri": self.checkpoint_uri,
+            "manifest_digest": self.manifest_digest,
+            "token_digest": self.token_digest,
+            "run_id": self.run_id,
+            "checkpoint_id": self.checkpoint_id,
+            "key_uri": self.key_uri,
+            "base_model_digest": self.base_model_digest,
+            "dataset_digest": self.dataset_digest,
+            "training_config_digest": self.training_config_digest,
+            "init_data": self.init_data,
+            "image_digest": self.image_digest,
+            "tee": self.attestation.get("tee"),
+            "gpu_count": self.attestation.get("gpu_count"),
+            "token_issued_at": self.attestation.get("issued_at"),
+            "token_expires_at": self.attestation.get("expires_at"),
+            "tee_key_thumbprint": self.tee_key_thumbprint,
+            "promotion_policy_digest": self.policy_digest,
+            "metrics": dict(self.metrics),
+        }
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-serialisable form (for XCom or an Asset event's extra)."""
+        return asdict(self)
+
+
+def verify_for_promotion(
+    checkpoint_uri: str,
+    *,
+    trust_anchor_pem: bytes,
+    expectations: PromotionExpectations,
+    now: float | None = None,
+    storage_options: Mapping[str, Any] | None = None,
+) -> PromotionEvidence:
+    """Verify the stored checkpoint end to end and evaluate the promotion policy.
+
+    Raises PromotionRefused with every reason found. An unauthentic manifest (token, signature
+    or replay failure) stops at once; once the manifest is proven authentic the ciphertext check
+    and the policy both run, so one refusal names all their failures.
+    """
+    try:
+        store = open_store(checkpoint_uri, **dict(storage_options or {}))
+        _, manifest_bytes = read_manifest(store)
+        signature = _read_text(store, SIGNATURE_FILE)
+        token = _read_text(store, TOKEN_FILE)
+        # The same bytes are verified here and recorded in the evidence below.
+        manifest, claims, signer = verify_signed_manifest(
+            manifest_bytes,
+            signature,
+            token,
+            trust_anchor_pem=trust_anchor_pem,
+            policy=expectations.verification_policy(),
+            now=now,
+        )
+        attestation = _attestation_summary(claims)
+    except (CheckpointError, KbsError, OSError, ValueError) as exc:
+        raise PromotionRefused([_label(exc)]) from None
+    if expectations.init_data_digest is not None and not init_data_matches(
+        attestation["init_data"], bytes.fromhex(expectations.init_data_digest)
+    ):
+        raise PromotionRefused(
+            [
+                f"attestation: token init_data {attestation['init_data']!r} is not this run's "
+                f"initdata digest {expectations.init_data_digest}"
+            ]
+        )
+
+    reasons = []
+    try:
+        verify_objects(store, manifest)
+    except (CheckpointError, OSError) as exc:
+        reasons.append(_label(exc))
+
+    checkpoint = {
+        "uri": checkpoint_uri,
+        "manifest_digest": manifest.digest(),
+        "run_id": manifest.run_id,
+        "checkpoint_id": manifest.checkpoint_id,
+        "key_uri": manifest.key_uri,
+        "created_at": manifest.created_at,
+        "base_model_digest": manifest.base_model_digest,
+        "dataset_digest": manifest.dataset_digest,
+        "training_config_digest": manifest.training_config_digest,
+        "file_count": len(manifest.files),
+    }
+    decision = _policy.evaluate(
+        {
+            "attestation": {**attestation, "verified": True},
+            "checkpoint": checkpoint,
+            "metrics": dict(manifest.metrics),
+        },
+        expectations.policy_data(),
+    )
+    reasons += [f"promotion policy: {d}" for d in decision.deny]
+    if reasons or not decision.allow:
+        raise PromotionRefused(reasons or ["promotion policy did not allow the checkpoint"])
+
+    assert signature is not None and token is not None  # verify_signed_manifest checked both
+    files = {f.object_name: "sha256:" + f.ciphertext_sha256 for f in manifest.files}
+    files[MANIFEST_FILE] = manifest.digest()
+    files[SIGNATURE_FILE] = _sha256(signature.encode())
+    files[TOKEN_FILE] = _sha256(token.encode())
+    return PromotionEvidence(
+        checkpoint_uri=checkpoint_uri,
+        manifest_digest=manifest.digest(),
+        run_id=manifest.run_id,
+        checkpoint_id=manifest.checkpoint_id,
+        key_uri=manifest.key_uri,
+        created_at=manifest.created_at,
+        base_model_digest=manifest.base_model_digest,
+        dataset_digest=manifest.dataset_digest,
+        training_config_digest=manifest.training_config_digest,
+        metrics=dict(manifest.metrics),
+        token=token,
+        token_digest=files[TOKEN_FILE],
+        manifest_signature_digest=files[SIGNATURE_FILE],
+        init_data=attestation["init_data"],
+        image_digest=attestation["image_digest"],
+        attestation=attestation,
+        tee_key_thumbprint=jwk.JWK(**signer).thumbprint(),
+        policy_digest=decision.policy_digest,
+        files=files,
+    )
+
+
+def init_data_matches(token_value: str | None, digest: bytes) -> bool:
+    """Does a token's cpu0 `init_data` carry the initdata `digest`?
+
+    Trustee's TDX/SNP verifiers report the hardware field as hex, its sample verifier (and the
+    stand-in's) as standard base64. The field holds the digest adjusted to its size as Kata
+    does (`adjust_digest`): truncated (SNP HOST_DATA, 32 bytes) or zero-padded (a sha256 in
+    TDX MRCONFIGID, 48 bytes).
+    """
+    if not isinstance(token_value, str) or not token_value:
+        return False
+    candidates = []
+    if len(token_value) % 2 == 0 and re.fullmatch(r"[0-9a-fA-F]+", token_value):
+        candidates.append(bytes.fromhex(token_value))
+    with contextlib.suppress(ValueError):
+        candidates.append(base64.b64decode(token_value, validate=True))
+    for field_bytes in candidates:
+        n = len(field_bytes)
+        if n == len(digest) and hmac.compare_digest(field_bytes, digest):
+            return True
+        if 32 <= n < len(digest) and hmac.compare_digest(field_bytes, digest[:n]):
+            return True
+        if n > len(digest) and hmac.compare_digest(field_bytes, digest + bytes(n - len(digest))):
+            return True
+    return False
+
+
+# ---- internals ---------------------------------------------------------------------------------
+
+
+def _read_text(store, name: str) -> str | None:
+    return store.read_bytes(name).decode() if store.exists(name) else None
+
+
+def _attestation_summary(claims: EarClaims) -> dict[str, Any]:
+    """The claims a reviewer needs, not the whole token (which the evidence also carries)."""
+    evidence = claims.annotated_evidence("cpu0")
+    tees = sorted(
+        k
+        for k, v in evidence.items()
+        if isinstance(v, dict) and k not in ("init_data_claims", "runtime_data_claims")
+    )
+    init_claims = claims.init_data_claims() or {}
+    return {
+        "tee": tees[0] if tees else None,
+        "submods": {name: claims.submod(name).get("ear.status") for name in claims.submod_names()},
+        "gpu_count": len(claims.gpu_submods()),
+        "issued_at": claims.issued_at,
+        "expires_at": claims.expires_at,
+        "init_data": claims.init_data(),
+        "run_id": init_claims.get(RUN_ID_CLAIM),
+        "image_digest": init_claims.get(IMAGE_DIGEST_CLAIM),
+    }
+
+
+_LABELS: tuple[tuple[type[BaseException], str], ...] = (
+    (AttestationError, "attestation"),  # includes ReplayError (another run's checkpoint)
+    (SignatureError, "manifest signature"),
+    (IntegrityError, "ciphertext"),
+    (ManifestError, "manifest"),
+    (CheckpointError, "checkpoint"),
+    (KbsError, "attestation token"),
+    (OSError, "storage"),
+    (ValueError, "checkpoint"),
+)
+
+
+def _label(exc: BaseException) -> str:
+    label = next(name for kind, name in _LABELS if isinstance(exc, kind))
+    detail = exc.detail if isinstance(exc, KbsError) else str(exc)
+    return f"{label}: {detail}"
+
+
+def _ok(digest: Any) -> bool:
+    return isinstance(digest, str) and bool(_DIGEST.match(digest))
+
+
+def _sha256(data: bytes) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()

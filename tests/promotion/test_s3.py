@@ -1,0 +1,82 @@
+"""Promotion of a checkpoint held in S3 (a real S3 API on loopback: moto's server)."""
+
+from __future__ import annotations
+
+import socket
+
+import pytest
+
+from coco_ai.promotion import (
+    PromotionExpectations,
+    SignatureInvalid,
+    model_versions,
+    promote,
+    sqlite_registry_uri,
+    verify_model_signature,
+)
+from coco_ai.storage import open_store, upload_checkpoint
+
+from .conftest import BASE_MODEL_DIGEST, DATASET_DIGEST, IMAGE_DIGEST, RUN_ID
+
+
+@pytest.fixture(scope="module")
+def s3_options():
+    boto3 = pytest.importorskip("boto3")
+    from moto.server import ThreadedMotoServer
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    options = {"endpoint_url": f"http://127.0.0.1:{port}", "key": "test", "secret": "test"}
+    boto3.client(
+        "s3",
+        endpoint_url=options["endpoint_url"],
+        aws_access_key_id="test",
+        aws_secret_access_key="test",
+        region_name="us-east-1",
+    ).create_bucket(Bucket="checkpoints")
+    yield options
+    server.stop()
+
+
+@pytest.mark.timeout(120)
+def test_promotes_and_signs_a_checkpoint_in_s3(
+    s3_options, checkpoints, issuer, initdata, promotion_keys, tmp_path
+):
+    local = checkpoints.make()
+    uri = f"s3://checkpoints/runs/{RUN_ID}"
+    upload_checkpoint(local, uri, **s3_options)
+    registry = sqlite_registry_uri(tmp_path / "mlflow.db")
+
+    result = promote(
+        uri,
+        trust_anchor_pem=issuer.ca_pem,
+        expectations=PromotionExpectations(
+            run_id=RUN_ID,
+            approved_base_models={BASE_MODEL_DIGEST},
+            approved_datasets={DATASET_DIGEST},
+            init_data_digest=initdata.digest().hex(),
+            image_digest=IMAGE_DIGEST,
+            max_eval_loss=2.0,
+        ),
+        model_name="s3-model",
+        signing_key_path=promotion_keys[0],
+        registry_uri=registry,
+        storage_options=s3_options,
+    )
+
+    assert result.signature.signature_uri == uri + ".sig"
+    assert open_store("s3://checkpoints/runs", **s3_options).exists(f"{RUN_ID}.sig")
+    assert [v.source for v in model_versions("s3-model", registry_uri=registry)] == [uri]
+    verify_model_signature(uri, public_key_path=promotion_keys[1], storage_options=s3_options)
+
+    # tampering with the stored ciphertext breaks the signature
+    store = open_store(uri, **s3_options)
+    victim = store.list("objects")[0]
+    data = bytearray(store.read_bytes(victim))
+    data[7] ^= 0x80
+    store.put_bytes(victim, bytes(data))
+    with pytest.raises(SignatureInvalid, match="changed since signing"):
+        verify_model_signature(uri, public_key_path=promotion_keys[1], storage_options=s3_options)

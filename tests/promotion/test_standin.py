@@ -1,0 +1,110 @@
+"""Promotion of a checkpoint whose token came through the KBS protocol from the Trustee stand-in
+(sample CPU + two sampledevice GPUs, initdata bound), exactly as the workload would get it."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ed25519
+
+from coco_ai.crypto.checkpoint import encrypt_checkpoint
+from coco_ai.crypto.manifest import sign_manifest
+from coco_ai.guest.attesters.sample import SampleAttester
+from coco_ai.guest.attesters.sampledevice import SampleDeviceAttester
+from coco_ai.guest.initdata import build_initdata
+from coco_ai.kbs.client import KbsClient
+from coco_ai.promotion import (
+    PromotionExpectations,
+    PromotionRefused,
+    promote,
+    sqlite_registry_uri,
+    verify_model_signature,
+)
+from coco_ai.trustee_dev.server import serve_in_thread
+
+from .conftest import BASE_MODEL_DIGEST, DATASET_DIGEST, IMAGE_DIGEST, KEY_URI, RUN_ID
+
+
+@pytest.mark.timeout(120)
+def test_stand_in_token_promotes_end_to_end(tmp_path, promotion_keys):
+    admin = (
+        ed25519.Ed25519PrivateKey.generate()
+        .public_key()
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    )
+    with serve_in_thread(tmp_path / "trustee", admin) as trustee:
+        ca_pem = trustee.ca_cert_path.read_bytes()
+        initdata = build_initdata(
+            trustee.url,
+            ca_pem,
+            {"io.coco-ai.run-id": RUN_ID, "io.coco-ai.image-digest": IMAGE_DIGEST},
+        )
+        client = KbsClient(
+            trustee.url,
+            SampleAttester(init_data_digest=initdata.digest()),
+            [SampleDeviceAttester(count=2)],
+            initdata_toml=initdata.toml,
+            ca_cert=ca_pem,
+        )
+        token = client.attest()
+        tee_private_pem = client.tee_key.private_pem()
+
+    plain = tmp_path / "adapter"
+    plain.mkdir()
+    (plain / "adapter_model.safetensors").write_bytes(os.urandom(20_000))
+    ckpt = tmp_path / "ckpt"
+    manifest = encrypt_checkpoint(
+        plain,
+        ckpt,
+        kek=os.urandom(32),
+        key_uri=KEY_URI,
+        run_id=RUN_ID,
+        meta={
+            "base_model_digest": BASE_MODEL_DIGEST,
+            "dataset_digest": DATASET_DIGEST,
+            "metrics": {"eval_loss": 1.1, "eval_loss_before": 2.5},
+        },
+    )
+    sign_manifest(manifest, tee_private_pem, token, dst_dir=str(ckpt))
+    registry = sqlite_registry_uri(tmp_path / "mlflow.db")
+
+    def expectations(**overrides):
+        args = {
+            "run_id": RUN_ID,
+            "approved_base_models": {BASE_MODEL_DIGEST},
+            "approved_datasets": {DATASET_DIGEST},
+            "init_data_digest": initdata.digest().hex(),
+            "image_digest": IMAGE_DIGEST,
+            "min_gpus": 2,
+            "max_eval_loss": 1.5,
+        }
+        return PromotionExpectations(**{**args, **overrides})
+
+    with pytest.raises(PromotionRefused, match="token attests 2 GPU"):
+        promote(
+            str(ckpt),
+            trust_anchor_pem=ca_pem,
+            expectations=expectations(min_gpus=3),
+            model_name="standin-model",
+            signing_key_path=promotion_keys[0],
+            registry_uri=registry,
+        )
+
+    result = promote(
+        str(ckpt),
+        trust_anchor_pem=ca_pem,
+        expectations=expectations(),
+        model_name="standin-model",
+        signing_key_path=promotion_keys[0],
+        registry_uri=registry,
+    )
+    assert result.version == 1
+    assert result.evidence.attestation["submods"] == {
+        "cpu0": "affirming",
+        "gpu0": "affirming",
+        "gpu1": "affirming",
+    }
+    assert result.evidence.attestation["tee"] == "sample"
+    verify_model_signature(str(ckpt), public_key_path=promotion_keys[1])
