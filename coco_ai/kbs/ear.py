@@ -89,7 +89,11 @@ class EarClaims:
         return key
 
     def init_data(self) -> str | None:
-        """cpu0 `init_data`: hex of the initdata digest as placed in the hardware field."""
+        """cpu0 `init_data`: the initdata digest as the verifier reports it.
+
+        Hex of the hardware field (truncated/padded digest) from the TDX and SNP verifiers;
+        standard base64 of the digest from the `sample` verifier.
+        """
         value = self.annotated_evidence("cpu0").get("init_data")
         return value if isinstance(value, str) else None
 
