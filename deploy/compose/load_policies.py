@@ -1,0 +1,84 @@
+#!/usr/bin/env python3
+"""Load one of the project's policy sets into a Trustee KBS over the authenticated admin API.
+
+    python deploy/compose/load_policies.py --kbs-url https://kbs:8080 --kbs-ca CA.pem \
+        --admin-key trustee-admin-private.pem --policy-dir coco_ai/policies --policy-set prod-tdx \
+        [--reference-values values.json]
+
+The set (coco_ai.policies.POLICY_SETS) maps Trustee policy ids to policy files: the KBS
+resource policy and the attestation service's `default_cpu` / `default_gpu` policies. Files are
+read from --policy-dir (the mounted coco_ai/policies/), so what Trustee enforces is exactly what
+is reviewed in the repository. Each upload must be accepted (Trustee compiles the Rego before
+storing it; a refused one keeps the old policy); any error exits non-zero. The SHA-256 of every
+uploaded file is printed for the audit log.
+
+--reference-values takes a JSON object {name: value or [values]} and registers each entry with
+RVPS through the KBS (`sample` extractor, as kbs-client set-sample-reference-value does).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import sys
+from pathlib import Path
+
+
+def main(argv: list[str] | None = None) -> int:
+    from coco_ai.kbs.admin_auth import SelfSignedAdminAuth
+    from coco_ai.kbs.client import KbsAdminClient
+    from coco_ai.kbs.errors import KbsError
+    from coco_ai.policies import POLICY_SETS, RESOURCE_POLICY_ID
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--kbs-url", required=True)
+    parser.add_argument("--kbs-ca", type=Path, required=True, help="CA of the KBS HTTPS cert")
+    parser.add_argument("--admin-key", type=Path, required=True, help="Ed25519 private key PEM")
+    parser.add_argument("--policy-dir", type=Path, required=True)
+    parser.add_argument("--policy-set", choices=sorted(POLICY_SETS), required=True)
+    parser.add_argument("--reference-values", type=Path, help="JSON {name: value or [values]}")
+    args = parser.parse_args(argv)
+
+    reference_values = {}
+    if args.reference_values is not None:
+        reference_values = json.loads(args.reference_values.read_text())
+        if not isinstance(reference_values, dict):
+            print("load-policies: --reference-values must hold a JSON object", file=sys.stderr)
+            return 2
+
+    texts = {}
+    for policy_id, name in POLICY_SETS[args.policy_set].items():
+        path = args.policy_dir / f"{name}.rego"
+        if not path.is_file():
+            print(f"load-policies: {path} is missing (policy {policy_id})", file=sys.stderr)
+            return 2
+        texts[policy_id] = path.read_text(encoding="utf-8")
+
+    admin = KbsAdminClient(
+        args.kbs_url,
+        auth=SelfSignedAdminAuth(args.admin_key.read_bytes()),
+        ca_cert=args.kbs_ca.read_bytes(),
+    )
+    try:
+        for policy_id, rego in texts.items():
+            if policy_id == RESOURCE_POLICY_ID:
+                admin.set_resource_policy(rego)
+            else:
+                admin.set_attestation_policy(rego, policy_id)
+            digest = hashlib.sha256(rego.encode()).hexdigest()
+            print(
+                f"load-policies: {policy_id} <- {POLICY_SETS[args.policy_set][policy_id]} "
+                f"sha256:{digest}"
+            )
+        for name, values in reference_values.items():
+            admin.set_sample_reference_value(name, values)
+            print(f"load-policies: reference value {name} registered")
+    except KbsError as exc:
+        print(f"load-policies: KBS refused: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

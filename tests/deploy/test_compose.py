@@ -1,0 +1,248 @@
+"""docker-compose.yaml: valid against the compose-spec schema, and the deployment invariants hold.
+
+No Docker engine runs here, so the file is checked statically: the vendored compose-spec JSON
+schema (compose-spec.SOURCE.md), then what the schema cannot say (shared Airflow secrets,
+healthchecks, digests, no insecure Trustee admin mode, no literal secrets).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import re
+import tomllib
+from pathlib import Path
+
+import jsonschema
+import pytest
+import yaml
+from distributed.harness import REPO_ROOT, init_env
+
+COMPOSE = REPO_ROOT / "docker-compose.yaml"
+TRUSTEE_DIR = REPO_ROOT / "deploy" / "compose" / "trustee"
+SCHEMA = Path(__file__).with_name("compose-spec.json")
+
+AIRFLOW_SERVICES = {
+    "airflow-apiserver",
+    "airflow-scheduler",
+    "airflow-dag-processor",
+    "airflow-triggerer",
+    "airflow-worker",
+    "airflow-init",
+}
+SHARED_AIRFLOW_SETTINGS = (
+    "AIRFLOW__CORE__FERNET_KEY",
+    "AIRFLOW__API_AUTH__JWT_SECRET",
+    "AIRFLOW__API__SECRET_KEY",
+    "AIRFLOW__CORE__EXECUTION_API_SERVER_URL",
+    "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN",
+    "AIRFLOW__CELERY__BROKER_URL",
+    "AIRFLOW__CELERY__RESULT_BACKEND",
+    "AIRFLOW__CORE__EXECUTOR",
+)
+DIGEST_REF = re.compile(
+    r"^[a-z0-9][a-z0-9._/-]*(:[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?@sha256:(?P<digest>[0-9a-f]{64})$"
+)
+PLACEHOLDER_DIGEST = "0" * 64
+SECRET_NAME = re.compile(r"PASSWORD|SECRET|FERNET|PRIVATE|TOKEN|(^|_)KEY(_|$)", re.IGNORECASE)
+INTERPOLATION = re.compile(r"\$\{(?P<name>[A-Z0-9_]+)(?P<op>:\?|:-|\?|-)?(?P<rest>[^}]*)\}")
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict:
+    return yaml.safe_load(COMPOSE.read_text())
+
+
+@pytest.fixture(scope="module")
+def services(compose: dict) -> dict:
+    return compose["services"]
+
+
+def _env(service: dict) -> dict[str, str]:
+    env = service.get("environment") or {}
+    assert isinstance(env, dict), "environment must be a mapping (one place to read each value)"
+    return {k: str(v) for k, v in env.items()}
+
+
+def test_compose_file_is_valid_against_the_compose_spec_schema(compose: dict) -> None:
+    validator = jsonschema.Draft7Validator(json.loads(SCHEMA.read_text()))
+    errors = [f"{list(e.path)}: {e.message}" for e in validator.iter_errors(compose)]
+    assert errors == []
+
+
+def test_schema_validation_rejects_a_malformed_compose_file(compose: dict) -> None:
+    validator = jsonschema.Draft7Validator(json.loads(SCHEMA.read_text()))
+    broken = copy.deepcopy(compose)
+    broken["services"]["postgres"]["healthcheck"]["test"] = {"cmd": "pg_isready"}
+    broken["services"]["redis"]["restartt"] = "always"
+    errors = {tuple(e.path): e.message for e in validator.iter_errors(broken)}
+    assert ("services", "postgres", "healthcheck", "test") in errors
+    assert any("restartt" in m for m in errors.values())
+
+
+def test_official_layout_services_are_present(services: dict) -> None:
+    expected = AIRFLOW_SERVICES | {"postgres", "redis", "kbs", "as", "rvps", "minio", "mlflow"}
+    assert expected <= set(services)
+    assert services["postgres"]["image"].startswith("postgres:16@")
+    assert services["redis"]["image"].startswith("redis:7.2-bookworm@")
+    assert services["airflow-worker"]["command"] == "celery worker"
+
+
+def test_every_airflow_service_shares_secrets_and_execution_api_url(services: dict) -> None:
+    envs = {name: _env(services[name]) for name in AIRFLOW_SERVICES}
+    for setting in SHARED_AIRFLOW_SETTINGS:
+        values = {name: env.get(setting) for name, env in envs.items()}
+        assert None not in values.values(), f"{setting} missing in {values}"
+        assert len(set(values.values())) == 1, f"{setting} differs between services: {values}"
+    url = envs["airflow-worker"]["AIRFLOW__CORE__EXECUTION_API_SERVER_URL"]
+    assert url == "http://airflow-apiserver:8080/execution/"
+    assert envs["airflow-worker"]["AIRFLOW__CORE__EXECUTOR"] == "CeleryExecutor"
+
+
+def test_every_long_running_service_has_a_healthcheck(services: dict) -> None:
+    one_shot = {n for n, s in services.items() if s.get("restart") == "no"}
+    assert one_shot == {"airflow-init", "trustee-init"}
+    for name, service in services.items():
+        if name in one_shot:
+            continue
+        check = service.get("healthcheck")
+        assert check and not check.get("disable") and check.get("test"), name
+
+
+def test_one_shot_services_gate_their_dependents(services: dict) -> None:
+    """airflow-init and trustee-init have no healthcheck: dependents wait for their success."""
+    gated = {
+        dep
+        for service in services.values()
+        for dep, cond in (service.get("depends_on") or {}).items()
+        if cond.get("condition") == "service_completed_successfully"
+    }
+    assert {"airflow-init", "trustee-init"} <= gated
+    for name in AIRFLOW_SERVICES - {"airflow-init"}:
+        assert (
+            services[name]["depends_on"]["airflow-init"]["condition"]
+            == "service_completed_successfully"
+        )
+
+
+def test_airflow_init_checks_secrets_before_anything_else(services: dict) -> None:
+    flag, script = services["airflow-init"]["command"]
+    assert flag == "-c"
+    first = next(line for line in script.splitlines() if line.strip() and "set -e" not in line)
+    assert "init_env.py check --from-environment --secrets-dir /run/secrets" in first
+    assert "set -euo pipefail" in script
+    env = _env(services["airflow-init"])
+    for spec in init_env.ENV_SECRETS:
+        assert spec.name in env, f"airflow-init cannot check {spec.name}"
+
+
+def _image_refs(services: dict) -> dict[str, str]:
+    refs = {n: s["image"] for n, s in services.items() if "image" in s and "build" not in s}
+    for name, service in services.items():
+        if "build" in service:
+            dockerfile = REPO_ROOT / service["build"]["context"] / service["build"]["dockerfile"]
+            for i, line in enumerate(dockerfile.read_text().splitlines()):
+                if line.upper().startswith("FROM "):
+                    refs[f"{name} ({dockerfile.name} FROM #{i})"] = line.split()[1]
+    return refs
+
+
+def test_every_image_is_pinned_by_digest(services: dict) -> None:
+    refs = _image_refs(services)
+    assert len(refs) >= 10
+    unpinned = {n: r for n, r in refs.items() if not DIGEST_REF.match(r)}
+    assert unpinned == {}
+
+
+def test_placeholder_digests_are_documented_for_resolution(services: dict) -> None:
+    """An all-zero digest cannot be pulled (fail closed); each one must be listed in the
+    operations guide with the command that resolves it."""
+    ops = (REPO_ROOT / "docs" / "OPERATIONS.md").read_text()
+    for name, ref in _image_refs(services).items():
+        if DIGEST_REF.match(ref).group("digest") == PLACEHOLDER_DIGEST:
+            assert ref.split("@")[0] in ops, f"{name}: placeholder {ref} not in OPERATIONS.md"
+
+
+def test_no_literal_secret_in_the_compose_file(services: dict) -> None:
+    for name, service in services.items():
+        for key, value in _env(service).items():
+            refs = list(INTERPOLATION.finditer(value))
+            if SECRET_NAME.search(key) or any(spec.name in value for spec in init_env.ENV_SECRETS):
+                assert refs, f"{name}.{key} holds a literal value"
+            for ref in refs:
+                if ref.group("name") in {s.name for s in init_env.ENV_SECRETS}:
+                    # `:?`: compose refuses to start when the variable is unset or empty.
+                    assert ref.group("op") == ":?", f"{name}.{key}: {ref.group(0)} has a default"
+
+
+def test_every_generated_secret_is_used_and_required(services: dict) -> None:
+    text = COMPOSE.read_text()
+    for spec in init_env.ENV_SECRETS:
+        assert f"${{{spec.name}:?" in text, spec.name
+    names = "|".join(s.name for s in init_env.ENV_SECRETS)
+    assert not re.search(r"\$\{(" + names + r")(:-|-)", text), "a secret has a default value"
+
+
+def test_secret_files_match_what_init_env_generates(compose: dict) -> None:
+    files = {Path(s["file"]).name for s in compose["secrets"].values()}
+    assert files == set(init_env.SECRET_FILES)
+    for secret in compose["secrets"].values():
+        assert secret["file"].startswith("./deploy/compose/secrets/")
+    ignore = (REPO_ROOT / "deploy" / "compose" / ".gitignore").read_text().split()
+    assert "secrets/" in ignore
+
+
+def test_env_file_is_ignored_by_git() -> None:
+    lines = (REPO_ROOT / ".gitignore").read_text().split()
+    assert ".env" in lines
+
+
+def test_no_insecure_trustee_admin_mode_anywhere() -> None:
+    paths = [COMPOSE, *TRUSTEE_DIR.iterdir(), *(REPO_ROOT / "deploy" / "kubernetes").iterdir()]
+    for path in paths:
+        assert "InsecureAllowAll" not in path.read_text(), path
+
+
+def test_kbs_config_uses_v020_simple_admin_auth_and_https() -> None:
+    config = tomllib.loads((TRUSTEE_DIR / "kbs-config.toml").read_text())
+    assert config["admin"]["type"] == "Simple"
+    personas = config["admin"]["personas"]
+    assert personas and all(p["public_key_path"].startswith("/run/secrets/") for p in personas)
+    for role in config["admin"].get("roles", []):
+        regex = role["allowed_endpoints"]
+        assert regex.startswith("^/kbs") and regex.endswith("$")
+    assert config["http_server"]["insecure_http"] is False
+    assert config["http_server"]["private_key"].startswith("/run/secrets/")
+    token = config["attestation_token"]
+    # v0.20.0 key name (v0.21+: insecure_header_jwk, which v0.20 would ignore).
+    assert token["insecure_key"] is False
+    assert "insecure_header_jwk" not in token
+    assert token["trusted_certs_paths"] == ["/run/secrets/token_ca"]
+
+
+def test_trustee_config_files_reference_mounted_secrets(services: dict) -> None:
+    mounted = {
+        "kbs": ("kbs-config.toml", services["kbs"]),
+        "as": ("as-config.json", services["as"]),
+    }
+    for name, (config_file, service) in mounted.items():
+        text = (TRUSTEE_DIR / config_file).read_text()
+        used = set(re.findall(r"/run/secrets/([a-z_]+)", text))
+        assert used, name
+        assert used <= set(service["secrets"]), f"{name} reads unmounted secrets"
+    signer = json.loads((TRUSTEE_DIR / "as-config.json").read_text())["attestation_token_broker"]
+    assert signer["signer"]["key_path"] == "/run/secrets/as_token_signer_key"
+
+
+def test_policies_are_mounted_and_loaded_by_trustee_init(services: dict) -> None:
+    assert "./coco_ai/policies:/opt/coco-ai/policies:ro" in services["kbs"]["volumes"]
+    init = services["trustee-init"]
+    assert "./coco_ai/policies:/opt/coco-ai/policies:ro" in init["volumes"]
+    assert "--policy-dir=/opt/coco-ai/policies" in init["command"]
+    assert init["environment"] == {}, "trustee-init needs no Airflow secret"
+
+
+def test_published_ports_bind_loopback_only(services: dict) -> None:
+    for name, service in services.items():
+        for port in service.get("ports", []):
+            assert str(port).startswith("127.0.0.1:"), f"{name} publishes {port} on all hosts"

@@ -1,0 +1,207 @@
+"""deploy/compose/init_env.py: strong generated secrets, and a clear refusal to start without them.
+
+The `check` command is exercised as airflow-init runs it: a separate process, environment in,
+exit status and stderr out.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+from cryptography.fernet import Fernet
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519
+from cryptography.x509.oid import ExtensionOID
+from distributed.harness import REPO_ROOT, init_env
+
+SCRIPT = REPO_ROOT / "deploy" / "compose" / "init_env.py"
+
+
+@pytest.fixture
+def generated(tmp_path: Path) -> tuple[Path, Path]:
+    env_file, secrets_dir = tmp_path / ".env", tmp_path / "secrets"
+    init_env.generate(env_file, secrets_dir)
+    return env_file, secrets_dir
+
+
+def _check(env: dict[str, str], *extra: str) -> subprocess.CompletedProcess:
+    base = dict(os.environ)
+    for spec in init_env.ENV_SECRETS:
+        base.pop(spec.name, None)
+    return subprocess.run(
+        [sys.executable, str(SCRIPT), "check", "--from-environment", *extra],
+        env={**base, **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_generated_env_file_is_private_and_passes_the_check(generated) -> None:
+    env_file, secrets_dir = generated
+    assert stat.S_IMODE(env_file.stat().st_mode) == 0o600
+    assert stat.S_IMODE(secrets_dir.stat().st_mode) == 0o700
+    values = init_env.read_env_file(env_file)
+    assert init_env.check_env_values(values) == []
+    assert init_env.check_secret_files(secrets_dir) == []
+    assert values["AIRFLOW_UID"] == str(os.getuid())
+    result = _check(values, "--secrets-dir", str(secrets_dir))
+    assert result.returncode == 0, result.stderr
+
+
+def test_generated_values_are_strong_and_distinct(generated) -> None:
+    values = init_env.read_env_file(generated[0])
+    secrets = [values[s.name] for s in init_env.ENV_SECRETS if s.name != "MINIO_ROOT_USER"]
+    assert len(set(secrets)) == len(secrets)
+    for value in secrets:
+        assert len(value) >= 32
+    Fernet(values["FERNET_KEY"].encode()).decrypt(
+        Fernet(values["FERNET_KEY"].encode()).encrypt(b"x")
+    )
+    assert len(base64.urlsafe_b64decode(values["FERNET_KEY"])) == 32
+    # A second generation shares nothing with the first.
+    again = init_env.generate_env_values()
+    assert not set(again.values()) & set(values.values())
+
+
+def test_generated_key_files_fit_together(generated) -> None:
+    secrets_dir = generated[1]
+    for name in ("trustee-admin-private.pem", "as-token-signer-key.pem", "kbs-tls-key.pem"):
+        assert stat.S_IMODE((secrets_dir / name).stat().st_mode) == 0o600, name
+    admin = serialization.load_pem_private_key(
+        (secrets_dir / "trustee-admin-private.pem").read_bytes(), None
+    )
+    assert isinstance(admin, ed25519.Ed25519PrivateKey)
+    public = serialization.load_pem_public_key(
+        (secrets_dir / "trustee-admin-public.pem").read_bytes()
+    )
+    public.verify(admin.sign(b"admin request"), b"admin request")
+
+    # The token signer is P-256 (Trustee refuses anything else) and chains to token-ca.pem.
+    signer_key = serialization.load_pem_private_key(
+        (secrets_dir / "as-token-signer-key.pem").read_bytes(), None
+    )
+    assert isinstance(signer_key, ec.EllipticCurvePrivateKey)
+    assert signer_key.curve.name == "secp256r1"
+    chain = x509.load_pem_x509_certificates((secrets_dir / "as-token-signer-cert.pem").read_bytes())
+    ca = x509.load_pem_x509_certificate((secrets_dir / "token-ca.pem").read_bytes())
+    assert chain[0].public_key() == signer_key.public_key()
+    chain[0].verify_directly_issued_by(ca)
+    assert chain[1] == ca
+
+    tls = x509.load_pem_x509_certificates((secrets_dir / "kbs-tls-cert.pem").read_bytes())
+    kbs_ca = x509.load_pem_x509_certificate((secrets_dir / "kbs-ca.pem").read_bytes())
+    tls[0].verify_directly_issued_by(kbs_ca)
+    names = tls[0].extensions.get_extension_for_oid(ExtensionOID.SUBJECT_ALTERNATIVE_NAME)
+    assert "kbs" in names.value.get_values_for_type(x509.DNSName)
+    assert kbs_ca != ca, "TLS and token trust anchors are separate"
+
+
+@pytest.mark.parametrize("variable", [s.name for s in init_env.ENV_SECRETS])
+def test_missing_secret_fails_with_the_variable_named(generated, variable: str) -> None:
+    values = init_env.read_env_file(generated[0])
+    del values[variable]
+    result = _check(values)
+    assert result.returncode == 2
+    assert f"{variable} is missing" in result.stderr
+    assert "refusing to start" in result.stderr
+
+
+@pytest.mark.parametrize("variable", ["FERNET_KEY", "AIRFLOW_JWT_SECRET", "POSTGRES_PASSWORD"])
+def test_empty_secret_fails_with_the_variable_named(generated, variable: str) -> None:
+    values = init_env.read_env_file(generated[0])
+    values[variable] = "  "
+    result = _check(values)
+    assert result.returncode == 2
+    assert f"{variable} is empty" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "reason"),
+    [
+        ("AIRFLOW_JWT_SECRET", "airflow_jwt_secret", "well-known default"),
+        ("MINIO_ROOT_PASSWORD", "minioadmin", "well-known default"),
+        ("POSTGRES_PASSWORD", "short", "shorter than"),
+        ("FERNET_KEY", base64.urlsafe_b64encode(b"16 bytes only!!!").decode(), "32 bytes"),
+        ("FERNET_KEY", "not base64 !!", "not url-safe base64"),
+    ],
+)
+def test_weak_secret_fails(generated, variable: str, value: str, reason: str) -> None:
+    values = init_env.read_env_file(generated[0])
+    values[variable] = value
+    result = _check(values)
+    assert result.returncode == 2
+    assert variable in result.stderr and reason in result.stderr
+
+
+def test_missing_key_file_fails_with_the_file_named(generated) -> None:
+    env_file, secrets_dir = generated
+    (secrets_dir / "trustee-admin-public.pem").unlink()
+    (secrets_dir / "token-ca.pem").write_bytes(b"")
+    result = _check(init_env.read_env_file(env_file), "--secrets-dir", str(secrets_dir))
+    assert result.returncode == 2
+    assert "trustee-admin-public.pem is missing" in result.stderr
+    assert "token-ca.pem is empty" in result.stderr
+
+
+def test_errors_never_print_secret_values(generated) -> None:
+    values = init_env.read_env_file(generated[0])
+    values["POSTGRES_PASSWORD"] = "tooShortButSecret"
+    result = _check(values)
+    assert result.returncode == 2
+    for value in values.values():
+        if len(value) > 8:
+            assert value not in result.stderr + result.stdout
+
+
+def test_generate_refuses_to_overwrite_existing_secrets(generated) -> None:
+    env_file, secrets_dir = generated
+    before = env_file.read_bytes()
+    with pytest.raises(init_env.SecretsError, match="refusing to overwrite"):
+        init_env.generate(env_file, secrets_dir)
+    assert env_file.read_bytes() == before
+    init_env.generate(env_file, secrets_dir, force=True)
+    assert env_file.read_bytes() != before
+
+
+def test_check_without_env_file_says_how_to_generate(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, str(SCRIPT), "check", "--env-file", str(tmp_path / ".env")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    assert "init_env.py generate" in result.stderr
+
+
+def test_fernet_rotation_pair_is_accepted_but_each_key_is_checked(generated) -> None:
+    values = init_env.read_env_file(generated[0])
+    old = values["FERNET_KEY"]
+    values["FERNET_KEY"] = f"{Fernet.generate_key().decode()},{old}"
+    assert init_env.check_env_values(values) == []
+    values["FERNET_KEY"] = f"{old},tooshort"
+    (problem,) = init_env.check_env_values(values)
+    assert problem.startswith("FERNET_KEY key #2")
+
+
+@pytest.mark.parametrize("group", sorted(init_env.KEY_GROUPS))
+def test_rotate_replaces_one_group_and_keeps_the_previous_keys(generated, group: str) -> None:
+    secrets_dir = generated[1]
+    before = {n: (secrets_dir / n).read_bytes() for n in init_env.SECRET_FILES}
+    previous = init_env.rotate_key_group(secrets_dir, group)
+    for name, content in before.items():
+        now = (secrets_dir / name).read_bytes()
+        if name in init_env.KEY_GROUPS[group]:
+            assert now != content and (previous / name).read_bytes() == content
+        else:
+            assert now == content
+    assert init_env.check_secret_files(secrets_dir) == []
+    assert stat.S_IMODE(previous.stat().st_mode) == 0o700
