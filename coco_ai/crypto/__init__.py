@@ -1,0 +1,40 @@
+"""Checkpoint encryption format, signed manifests and keyless verification.
+
+Exports resolve lazily (PEP 562): `coco_ai.storage` builds on `coco_ai.crypto.manifest`, and
+`coco_ai.crypto.verify` on `coco_ai.storage`, so importing this package must not import them.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "encrypt_checkpoint": "checkpoint",
+    "decrypt_checkpoint": "checkpoint",
+    "encrypt_blob": "stream",
+    "decrypt_blob": "stream",
+    "encrypt_stream": "stream",
+    "decrypt_stream": "stream",
+    "read_header": "stream",
+    "Manifest": "manifest",
+    "FileEntry": "manifest",
+    "SignedManifest": "manifest",
+    "sign_manifest": "manifest",
+    "VerificationPolicy": "verify",
+    "VerifiedCheckpoint": "verify",
+    "verify_checkpoint": "verify",
+    "verify_signed_manifest": "verify",
+    "export_kserve_jwe": "kserve",
+    "decrypt_kserve_jwe": "kserve",
+    "export_checkpoint_file": "kserve",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'coco_ai.crypto' has no attribute {name!r}")
+    return getattr(importlib.import_module(f"coco_ai.crypto.{module}"), name)

@@ -1,0 +1,164 @@
+"""Encrypt a checkpoint directory into the checkpoint layout, and decrypt it back.
+
+Both directions stage into a hidden sibling directory and rename it into place only when every
+file succeeded, so a failure (bad input, wrong key, tampering, crash) leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+import uuid
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from coco_ai.crypto.errors import IntegrityError
+from coco_ai.crypto.manifest import (
+    MANIFEST_FILE,
+    OBJECTS_DIR,
+    FileEntry,
+    Manifest,
+    file_context,
+    validate_id,
+    validate_relpath,
+)
+from coco_ai.crypto.stream import DEFAULT_SEGMENT_SIZE, decrypt_stream, encrypt_stream
+from coco_ai.storage import open_store
+from coco_ai.storage.checkpoints import check_object_set, read_manifest
+
+
+def _source_files(src: Path) -> list[str]:
+    if not src.is_dir():
+        raise FileNotFoundError(f"checkpoint source {src} is not a directory")
+    files = []
+    for root, dirs, names in os.walk(src):
+        dirs.sort()
+        for name in [*names, *[d for d in dirs if (Path(root) / d).is_symlink()]]:
+            path = Path(root) / name
+            rel = path.relative_to(src).as_posix()
+            if path.is_symlink() or not path.is_file():
+                raise ValueError(f"checkpoint source entry {rel!r} is not a regular file")
+            files.append(validate_relpath(rel))
+    if not files:
+        raise ValueError(f"checkpoint source {src} holds no files")
+    return sorted(files)
+
+
+def _staging_for(dst: Path) -> Path:
+    if dst.exists() and (not dst.is_dir() or any(dst.iterdir())):
+        raise FileExistsError(f"destination {dst} exists and is not an empty directory")
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    staging = dst.parent / f".{dst.name}.partial-{uuid.uuid4().hex[:12]}"
+    staging.mkdir()
+    return staging
+
+
+def _commit(staging: Path, dst: Path) -> None:
+    if dst.exists():
+        dst.rmdir()  # empty, checked by _staging_for
+    os.rename(staging, dst)
+
+
+def encrypt_checkpoint(
+    src_dir: str | os.PathLike,
+    dst_dir: str | os.PathLike,
+    *,
+    kek: bytes,
+    key_uri: str,
+    run_id: str,
+    meta: Mapping[str, Any],
+    segment_size: int = DEFAULT_SEGMENT_SIZE,
+    now: float | None = None,
+) -> Manifest:
+    """Encrypt every file of `src_dir` into `dst_dir` (objects/ + manifest.json, unsigned).
+
+    Each file gets a fresh data key wrapped by `kek` (the key at `key_uri`) and is bound to
+    (run id, checkpoint id, path). `meta` may hold base_model_digest, dataset_digest,
+    training_config_digest, metrics, checkpoint_id, created_at.
+    """
+    src, dst = Path(src_dir), Path(dst_dir)
+    validate_id(run_id, "run id")
+    checkpoint_id = validate_id(meta.get("checkpoint_id") or uuid.uuid4().hex, "checkpoint id")
+    files = _source_files(src)
+    staging = _staging_for(dst)
+    try:
+        (staging / OBJECTS_DIR).mkdir()
+        entries = []
+        for rel in files:
+            tmp = staging / OBJECTS_DIR / ".encrypting"
+            with open(src / rel, "rb") as f, open(tmp, "wb") as out:
+                r = encrypt_stream(
+                    f,
+                    out,
+                    kek=kek,
+                    key_uri=key_uri,
+                    context=file_context(run_id, checkpoint_id, rel),
+                    segment_size=segment_size,
+                )
+            os.rename(tmp, staging / OBJECTS_DIR / r.ciphertext_sha256)
+            entries.append(
+                FileEntry(
+                    path=rel,
+                    size=r.plaintext_size,
+                    sha256=r.plaintext_sha256,
+                    ciphertext_size=r.ciphertext_size,
+                    ciphertext_sha256=r.ciphertext_sha256,
+                    segment_size=segment_size,
+                )
+            )
+        manifest = Manifest.build(
+            run_id=run_id,
+            key_uri=key_uri,
+            files=entries,
+            meta={**meta, "checkpoint_id": checkpoint_id},
+            created_at=int(time.time() if now is None else now),
+        )
+        (staging / MANIFEST_FILE).write_bytes(manifest.canonical_bytes())
+        _commit(staging, dst)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return manifest
+
+
+def decrypt_checkpoint(
+    src: str | os.PathLike,
+    dst_dir: str | os.PathLike,
+    *,
+    kek: bytes,
+    storage_options: Mapping[str, Any] | None = None,
+) -> Manifest:
+    """Decrypt the checkpoint at `src` (directory or store URI) into `dst_dir`.
+
+    Every file must be listed, bound to its manifest path/run/checkpoint, authentic under `kek`
+    and match its manifest digests; otherwise nothing is written. This does not check who
+    signed the manifest: use `verify_checkpoint` for that before trusting its metadata.
+    """
+    store = open_store(str(src), **dict(storage_options or {}))
+    manifest, _ = read_manifest(store)
+    check_object_set(store, manifest)
+    dst = Path(dst_dir)
+    staging = _staging_for(dst)
+    try:
+        for entry in manifest.files:
+            target = staging / entry.path
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with store.open(entry.object_name) as f, open(target, "wb") as out:
+                r = decrypt_stream(
+                    f,
+                    out,
+                    kek=kek,
+                    expected_context=manifest.file_context(entry.path),
+                    expected_key_uri=manifest.key_uri,
+                )
+            got = (r.plaintext_size, r.plaintext_sha256, r.ciphertext_size, r.ciphertext_sha256)
+            want = (entry.size, entry.sha256, entry.ciphertext_size, entry.ciphertext_sha256)
+            if got != want:
+                raise IntegrityError(f"{entry.path}: sizes or digests differ from the manifest")
+        _commit(staging, dst)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return manifest

@@ -1,0 +1,354 @@
+"""Checkpoint manifest (RFC 8785 canonical JSON) and its ES256 JWS signature by the TEE key.
+
+A checkpoint location holds (names fixed, see docs/formats/checkpoint.md):
+
+    objects/<ciphertext sha256 hex>   one encrypted file per manifest entry (content-addressed)
+    token.jwt                         the EAR attestation token of the signing TEE (when signed)
+    manifest.jws                      JWS compact, payload = the manifest bytes (when signed)
+    manifest.json                     the canonical manifest; written last = "checkpoint complete"
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import re
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from coco_ai.crypto.errors import ManifestError, SignatureError
+from coco_ai.crypto.stream import FORMAT_VERSION as ENCRYPTION_FORMAT_VERSION
+from coco_ai.kbs.wire import canonical_json, parse_resource_uri
+
+MANIFEST_FORMAT = "coco-ai/checkpoint-manifest"
+MANIFEST_VERSION = 1
+MANIFEST_FILE = "manifest.json"
+SIGNATURE_FILE = "manifest.jws"
+TOKEN_FILE = "token.jwt"  # noqa: S105  (a file name)
+OBJECTS_DIR = "objects"
+JWS_TYPE = "coco-ai-manifest+jws"
+
+_HEX64 = re.compile(r"[0-9a-f]{64}")
+_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@+-]{0,127}")
+_META_KEYS = frozenset(
+    {
+        "base_model_digest",
+        "dataset_digest",
+        "training_config_digest",
+        "metrics",
+        "checkpoint_id",
+        "created_at",
+    }
+)
+
+
+def validate_relpath(path: str) -> str:
+    """A manifest path: relative POSIX, no empty/'.'/'..' parts, no backslash or control chars."""
+    if not isinstance(path, str) or not path or path.startswith("/"):
+        raise ManifestError(f"file path {path!r} must be a non-empty relative path")
+    if "\\" in path or any(ord(c) < 0x20 for c in path):
+        raise ManifestError(f"file path {path!r} contains a backslash or control character")
+    if any(part in ("", ".", "..") for part in path.split("/")):
+        raise ManifestError(f"file path {path!r} has an empty, '.' or '..' component")
+    return path
+
+
+def validate_id(value: str, what: str) -> str:
+    if not isinstance(value, str) or not _ID.fullmatch(value):
+        raise ManifestError(f"{what} {value!r} must match {_ID.pattern}")
+    return value
+
+
+def file_context(run_id: str, checkpoint_id: str, path: str) -> dict[str, Any]:
+    """What each encrypted file's header binds: a file is only valid at this path of this
+    checkpoint of this run."""
+    return {
+        "kind": "checkpoint-file",
+        "checkpoint_id": checkpoint_id,
+        "path": path,
+        "run_id": run_id,
+    }
+
+
+@dataclass(frozen=True)
+class FileEntry:
+    path: str
+    size: int
+    sha256: str
+    ciphertext_size: int
+    ciphertext_sha256: str
+    segment_size: int
+
+    @property
+    def object_name(self) -> str:
+        """Where the ciphertext lives, relative to the checkpoint root (content-addressed)."""
+        return f"{OBJECTS_DIR}/{self.ciphertext_sha256}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "path": self.path,
+            "size": self.size,
+            "sha256": self.sha256,
+            "ciphertext_size": self.ciphertext_size,
+            "ciphertext_sha256": self.ciphertext_sha256,
+            "segment_size": self.segment_size,
+        }
+
+    @classmethod
+    def from_dict(cls, d: Any) -> FileEntry:
+        if not isinstance(d, dict) or set(d) != set(cls.__dataclass_fields__):
+            raise ManifestError(
+                f"file entry has wrong fields: {sorted(d) if isinstance(d, dict) else d!r}"
+            )
+        for k in ("size", "ciphertext_size", "segment_size"):
+            if not isinstance(d[k], int) or isinstance(d[k], bool) or d[k] < 0:
+                raise ManifestError(f"file entry {k} must be a non-negative integer")
+        for k in ("sha256", "ciphertext_sha256"):
+            if not isinstance(d[k], str) or not _HEX64.fullmatch(d[k]):
+                raise ManifestError(f"file entry {k} must be 64 lowercase hex digits")
+        return cls(
+            path=validate_relpath(d["path"]),
+            size=d["size"],
+            sha256=d["sha256"],
+            ciphertext_size=d["ciphertext_size"],
+            ciphertext_sha256=d["ciphertext_sha256"],
+            segment_size=d["segment_size"],
+        )
+
+
+def _check_metrics(metrics: Any) -> dict[str, float | int]:
+    if not isinstance(metrics, dict):
+        raise ManifestError("metrics must be an object of name -> number")
+    for k, v in metrics.items():
+        if not isinstance(k, str) or isinstance(v, bool) or not isinstance(v, int | float):
+            raise ManifestError(f"metric {k!r} must be a number")
+        if isinstance(v, float) and not math.isfinite(v):
+            raise ManifestError(f"metric {k!r} is not finite")
+    return dict(metrics)
+
+
+def _opt_str(d: Mapping[str, Any], key: str) -> str | None:
+    v = d.get(key)
+    if v is not None and (not isinstance(v, str) or not v):
+        raise ManifestError(f"{key} must be a non-empty string or null")
+    return v
+
+
+@dataclass(frozen=True)
+class Manifest:
+    checkpoint_id: str
+    run_id: str
+    key_uri: str
+    created_at: int
+    files: tuple[FileEntry, ...]
+    base_model_digest: str | None = None
+    dataset_digest: str | None = None
+    training_config_digest: str | None = None
+    metrics: dict[str, float | int] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        validate_id(self.run_id, "run id")
+        validate_id(self.checkpoint_id, "checkpoint id")
+        try:
+            parse_resource_uri(self.key_uri)
+        except ValueError as exc:
+            raise ManifestError(f"key URI {self.key_uri!r}: {exc}") from None
+        if not isinstance(self.created_at, int) or isinstance(self.created_at, bool):
+            raise ManifestError("created_at must be integer Unix seconds")
+        paths = [f.path for f in self.files]
+        if not paths:
+            raise ManifestError("a checkpoint lists at least one file")
+        if len(set(paths)) != len(paths):
+            raise ManifestError("duplicate file path in manifest")
+        if len({f.ciphertext_sha256 for f in self.files}) != len(self.files):
+            raise ManifestError("two entries share one ciphertext")
+        _check_metrics(self.metrics)
+
+    @classmethod
+    def build(
+        cls,
+        *,
+        run_id: str,
+        key_uri: str,
+        files: list[FileEntry],
+        meta: Mapping[str, Any],
+        created_at: int,
+    ) -> Manifest:
+        unknown = set(meta) - _META_KEYS
+        if unknown:
+            raise ManifestError(f"unknown manifest meta keys: {sorted(unknown)}")
+        return cls(
+            checkpoint_id=meta.get("checkpoint_id") or uuid.uuid4().hex,
+            run_id=run_id,
+            key_uri=key_uri,
+            created_at=int(meta.get("created_at", created_at)),
+            files=tuple(sorted(files, key=lambda f: f.path)),
+            base_model_digest=_opt_str(meta, "base_model_digest"),
+            dataset_digest=_opt_str(meta, "dataset_digest"),
+            training_config_digest=_opt_str(meta, "training_config_digest"),
+            metrics=_check_metrics(meta.get("metrics", {})),
+        )
+
+    def file_context(self, path: str) -> dict[str, Any]:
+        """The context bound into the header of the encrypted file at `path`."""
+        return file_context(self.run_id, self.checkpoint_id, path)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "format": MANIFEST_FORMAT,
+            "format_version": MANIFEST_VERSION,
+            "encryption": {
+                "format_version": ENCRYPTION_FORMAT_VERSION,
+                "suite": "AES-256-GCM-STREAM+A256KW",
+            },
+            "checkpoint_id": self.checkpoint_id,
+            "run_id": self.run_id,
+            "key_uri": self.key_uri,
+            "created_at": self.created_at,
+            "base_model_digest": self.base_model_digest,
+            "dataset_digest": self.dataset_digest,
+            "training_config_digest": self.training_config_digest,
+            "metrics": self.metrics,
+            "files": [f.to_dict() for f in self.files],
+        }
+
+    def canonical_bytes(self) -> bytes:
+        return canonical_json(self.to_dict())
+
+    def digest(self) -> str:
+        return "sha256:" + hashlib.sha256(self.canonical_bytes()).hexdigest()
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> Manifest:
+        """Parse and validate manifest bytes; they must be exactly the canonical form."""
+        try:
+            d = json.loads(data)
+        except (UnicodeDecodeError, ValueError) as exc:
+            raise ManifestError(f"manifest is not JSON: {exc}") from None
+        if not isinstance(d, dict):
+            raise ManifestError("manifest is not a JSON object")
+        if d.get("format") != MANIFEST_FORMAT:
+            raise ManifestError(f"not a checkpoint manifest (format {d.get('format')!r})")
+        if d.get("format_version") != MANIFEST_VERSION:
+            raise ManifestError(f"unsupported manifest version {d.get('format_version')!r}")
+        enc = d.get("encryption")
+        if not isinstance(enc, dict) or enc.get("format_version") != ENCRYPTION_FORMAT_VERSION:
+            raise ManifestError(f"unsupported encryption format {enc!r}")
+        files = d.get("files")
+        if not isinstance(files, list):
+            raise ManifestError("manifest files must be a list")
+        try:
+            m = cls(
+                checkpoint_id=d.get("checkpoint_id"),
+                run_id=d.get("run_id"),
+                key_uri=d.get("key_uri"),
+                created_at=d.get("created_at"),
+                files=tuple(FileEntry.from_dict(f) for f in files),
+                base_model_digest=_opt_str(d, "base_model_digest"),
+                dataset_digest=_opt_str(d, "dataset_digest"),
+                training_config_digest=_opt_str(d, "training_config_digest"),
+                metrics=d.get("metrics"),
+            )
+        except TypeError as exc:
+            raise ManifestError(f"manifest field has the wrong type: {exc}") from None
+        if m.canonical_bytes() != data:
+            raise ManifestError(
+                "manifest bytes are not the canonical form (edited or extra fields)"
+            )
+        return m
+
+
+def public_jwk_of(private_key_pem: bytes) -> dict[str, str]:
+    """The P-256 public JWK (kty, crv, x, y) of a PEM private key; refuses other key types."""
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.hazmat.primitives.serialization import load_pem_private_key
+    from jwcrypto import jwk
+
+    try:
+        key = load_pem_private_key(private_key_pem, password=None)
+    except (ValueError, TypeError):
+        raise SignatureError("TEE private key is not a readable unencrypted PEM key") from None
+    if not isinstance(key, ec.EllipticCurvePrivateKey) or key.curve.name != "secp256r1":
+        raise SignatureError("TEE key must be an EC P-256 key to sign ES256")
+    pub = jwk.JWK.from_pyca(key.public_key()).export_public(as_dict=True)
+    return {k: pub[k] for k in ("kty", "crv", "x", "y")}
+
+
+def same_ec_key(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
+    return all(a.get(k) == b.get(k) for k in ("kty", "crv", "x", "y"))
+
+
+@dataclass(frozen=True)
+class SignedManifest:
+    manifest: Manifest
+    manifest_bytes: bytes
+    jws: str
+    token: str
+
+    def write(self, dst_dir: str) -> None:
+        """Write token, signature, then the manifest itself last (each atomically)."""
+        from coco_ai.storage import open_store
+
+        store = open_store(str(dst_dir))
+        store.put_bytes(TOKEN_FILE, self.token.encode())
+        store.put_bytes(SIGNATURE_FILE, self.jws.encode())
+        store.put_bytes(MANIFEST_FILE, self.manifest_bytes)
+
+
+def sign_manifest(
+    manifest: Manifest,
+    private_key_pem: bytes,
+    token: str,
+    *,
+    dst_dir: str | None = None,
+) -> SignedManifest:
+    """Sign the canonical manifest with the TEE key (ES256) and attach the EAR token.
+
+    The key must be the one attested in the token (cpu0 runtime_data_claims tee-pubkey); a
+    mismatch is refused here, before anything is written. Verification also requires the token
+    to have been valid at `manifest.created_at`, so a workload fetches its token (`/aa/token`)
+    *before* `encrypt_checkpoint` and signs within the token's lifetime. With `dst_dir` (the
+    checkpoint root) the token, the signature and the manifest are written there, manifest last.
+    """
+    from jwcrypto import jwk, jws
+
+    pub = public_jwk_of(private_key_pem)
+    claims = _unverified_claims(token)
+    if not same_ec_key(pub, claims.tee_pubkey()):
+        raise SignatureError("signing key is not the TEE key attested in the token")
+    payload = manifest.canonical_bytes()
+    key = jwk.JWK.from_pem(private_key_pem)
+    sig = jws.JWS(payload)
+    sig.add_signature(
+        key,
+        alg="ES256",
+        protected={"alg": "ES256", "typ": JWS_TYPE, "kid": key.thumbprint()},
+    )
+    signed = SignedManifest(
+        manifest=manifest, manifest_bytes=payload, jws=sig.serialize(compact=True), token=token
+    )
+    if dst_dir is not None:
+        signed.write(dst_dir)
+    return signed
+
+
+def _unverified_claims(token: str) -> Any:
+    """The token's claims read without verification: only to refuse, before anything is written,
+    a signature that verification would reject anyway (verification re-reads them verified)."""
+    import base64
+
+    from coco_ai.kbs.ear import parse_ear_claims
+    from coco_ai.kbs.errors import KbsError
+
+    try:
+        payload = token.split(".")[1]
+        claims = parse_ear_claims(
+            json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+        )
+        claims.tee_pubkey()
+    except (AttributeError, IndexError, ValueError, KbsError) as exc:
+        raise SignatureError(f"token is not a usable EAR token: {exc}") from None
+    return claims

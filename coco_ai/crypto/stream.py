@@ -1,0 +1,486 @@
+"""Streaming segmented AEAD: the byte format of every encrypted checkpoint file and data-set blob.
+
+Layout (all integers big-endian; byte-exact spec in docs/formats/checkpoint.md):
+
+    header  = MAGIC "COCOAI" | version u8 (=1) | suite u8 (=1) | segment_size u32
+              | plaintext_size u64 | nonce_prefix 7B | wrapped_key 40B (AES-KW of the data key)
+              | key_uri_len u16 | key_uri | context_len u32 | context (RFC 8785 JSON)
+              | header_tag 16B
+    segments: N = max(1, ceil(plaintext_size / segment_size)); segment i is
+              AES-256-GCM(data_key, nonce_prefix | u32 i | u8 final, plaintext_i,
+                          aad = SHA-256(header) | u32 i | u8 final)  -> ciphertext_i | tag_i
+
+The construction is the STREAM scheme (Hoang et al. 2015) as Tink's AES-GCM-HKDF streaming AEAD
+uses it: the segment index and the final flag in each nonce make reordering, truncation and
+extension fail authentication; the header digest in each AAD binds every segment to this file's
+fresh data key, key URI and context (run, checkpoint, path), so segments or whole files spliced
+from elsewhere fail too. The header tag (GCM over the header, with a nonce no segment can use)
+authenticates the header itself before any segment is read.
+
+Memory is constant: one preallocated output buffer per segment size, reused with
+`AESGCM.encrypt_into` / `decrypt_into`; input comes from a read-only map of the file (no copy)
+or through one reused buffer (`coco_ai.crypto.views`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import struct
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, BinaryIO
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.keywrap import InvalidUnwrap, aes_key_unwrap, aes_key_wrap
+
+from coco_ai.crypto.errors import (
+    ContextMismatchError,
+    HeaderError,
+    KeyUnwrapError,
+    SegmentAuthError,
+    TrailingDataError,
+    TruncatedError,
+)
+from coco_ai.crypto.views import read_views
+from coco_ai.kbs.wire import canonical_json, parse_resource_uri
+
+MAGIC = b"COCOAI"
+FORMAT_VERSION = 1
+SUITE_AES256GCM_AESKW = 1
+KEY_SIZE = 32
+TAG_SIZE = 16
+NONCE_PREFIX_SIZE = 7
+DEFAULT_SEGMENT_SIZE = 4 * 1024 * 1024
+MIN_SEGMENT_SIZE = 4096
+MAX_SEGMENT_SIZE = 64 * 1024 * 1024
+MAX_KEY_URI_SIZE = 1024
+MAX_CONTEXT_SIZE = 64 * 1024
+# Segment indices are u32; 0xFFFFFFFF with flag 2 is the header tag's nonce, never a segment's.
+_HEADER_TAG_INDEX = 0xFFFFFFFF
+_HEADER_TAG_FLAG = 2
+_MAX_SEGMENTS = _HEADER_TAG_INDEX
+
+_FIXED = struct.Struct(">6sBBIQ7s40sH")  # magic .. key_uri_len (40 = AES-KW of a 32-byte key)
+_SEG = struct.Struct(">IB")
+
+
+@dataclass(frozen=True)
+class FileHeader:
+    """A parsed header. Reading it needs no key; trusting it needs the header tag verified."""
+
+    version: int
+    suite: int
+    segment_size: int
+    plaintext_size: int
+    nonce_prefix: bytes
+    wrapped_key: bytes
+    key_uri: str
+    context: dict[str, Any]
+    raw: bytes  # the header bytes as stored, tag included
+
+    def __repr__(self) -> str:  # the wrapped key is not secret, but keeps reprs short
+        return (
+            f"FileHeader(version={self.version}, segment_size={self.segment_size}, "
+            f"plaintext_size={self.plaintext_size}, key_uri={self.key_uri!r}, "
+            f"context={self.context!r})"
+        )
+
+    @property
+    def segment_count(self) -> int:
+        return segment_count(self.plaintext_size, self.segment_size)
+
+    @property
+    def ciphertext_size(self) -> int:
+        return len(self.raw) + self.plaintext_size + TAG_SIZE * self.segment_count
+
+
+@dataclass(frozen=True)
+class StreamResult:
+    """Sizes and SHA-256 digests (hex) of what was streamed; digests empty when not computed."""
+
+    plaintext_size: int
+    ciphertext_size: int
+    plaintext_sha256: str
+    ciphertext_sha256: str
+
+
+def segment_count(plaintext_size: int, segment_size: int) -> int:
+    return max(1, -(-plaintext_size // segment_size))
+
+
+def _check_kek(kek: bytes) -> None:
+    if not isinstance(kek, bytes | bytearray) or len(kek) != KEY_SIZE:
+        raise ValueError("key-encryption key must be exactly 32 bytes (AES-256)")
+
+
+def _check_segment_size(segment_size: int) -> None:
+    if not MIN_SEGMENT_SIZE <= segment_size <= MAX_SEGMENT_SIZE:
+        raise ValueError(
+            f"segment size {segment_size} outside [{MIN_SEGMENT_SIZE}, {MAX_SEGMENT_SIZE}]"
+        )
+
+
+def _segment_nonce_aad(prefix: bytes, header_digest: bytes, index: int, final: bool) -> tuple:
+    tail = _SEG.pack(index, 1 if final else 0)
+    return prefix + tail, header_digest + tail
+
+
+def _header_tag_nonce(prefix: bytes) -> bytes:
+    return prefix + _SEG.pack(_HEADER_TAG_INDEX, _HEADER_TAG_FLAG)
+
+
+def _build_header(
+    aead: AESGCM,
+    *,
+    segment_size: int,
+    plaintext_size: int,
+    nonce_prefix: bytes,
+    wrapped_key: bytes,
+    key_uri: str,
+    context_bytes: bytes,
+) -> bytes:
+    uri = key_uri.encode()
+    body = (
+        _FIXED.pack(
+            MAGIC,
+            FORMAT_VERSION,
+            SUITE_AES256GCM_AESKW,
+            segment_size,
+            plaintext_size,
+            nonce_prefix,
+            wrapped_key,
+            len(uri),
+        )
+        + uri
+        + struct.pack(">I", len(context_bytes))
+        + context_bytes
+    )
+    return body + aead.encrypt(_header_tag_nonce(nonce_prefix), b"", body)
+
+
+def _read_exact(src: BinaryIO, n: int, what: str) -> bytes:
+    data = src.read(n)
+    if len(data) != n:
+        raise HeaderError(f"header truncated while reading {what}")
+    return data
+
+
+def read_header(src: BinaryIO) -> FileHeader:
+    """Parse the header at the current position of `src` (no key needed, nothing trusted yet)."""
+    fixed = _read_exact(src, _FIXED.size, "fixed fields")
+    magic, version, suite, seg, size, prefix, wrapped, uri_len = _FIXED.unpack(fixed)
+    if magic != MAGIC:
+        raise HeaderError("not a CoCo AI encrypted file (bad magic)")
+    if version != FORMAT_VERSION:
+        raise HeaderError(f"unsupported format version {version} (this reader knows 1)")
+    if suite != SUITE_AES256GCM_AESKW:
+        raise HeaderError(f"unsupported cipher suite {suite}")
+    if not MIN_SEGMENT_SIZE <= seg <= MAX_SEGMENT_SIZE:
+        raise HeaderError(f"segment size {seg} out of range")
+    if segment_count(size, seg) > _MAX_SEGMENTS:
+        raise HeaderError("plaintext size needs more segments than the format allows")
+    if uri_len > MAX_KEY_URI_SIZE:
+        raise HeaderError("key URI length out of range")
+    uri_b = _read_exact(src, uri_len, "key URI")
+    (ctx_len,) = struct.unpack(">I", _read_exact(src, 4, "context length"))
+    if ctx_len > MAX_CONTEXT_SIZE:
+        raise HeaderError("context length out of range")
+    ctx_b = _read_exact(src, ctx_len, "context")
+    tag = _read_exact(src, TAG_SIZE, "header tag")
+    try:
+        key_uri = uri_b.decode()
+        parse_resource_uri(key_uri)
+        context = json.loads(ctx_b)
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise HeaderError(f"header field unreadable: {exc}") from None
+    if not isinstance(context, dict) or canonical_json(context) != ctx_b:
+        raise HeaderError("header context is not a canonical JSON object")
+    return FileHeader(
+        version=version,
+        suite=suite,
+        segment_size=seg,
+        plaintext_size=size,
+        nonce_prefix=prefix,
+        wrapped_key=wrapped,
+        key_uri=key_uri,
+        context=context,
+        raw=fixed + uri_b + struct.pack(">I", ctx_len) + ctx_b + tag,
+    )
+
+
+def _stream_size(src: BinaryIO) -> int:
+    """Bytes left in `src` from its current position."""
+    pos = src.tell()
+    end = src.seek(0, io.SEEK_END)
+    src.seek(pos)
+    return end - pos
+
+
+def _new_file(
+    kek: bytes, key_uri: str, context: Mapping[str, Any], segment_size: int, plaintext_size: int
+) -> tuple[AESGCM, bytes, bytes]:
+    """A fresh data key (wrapped by `kek`), nonce prefix and authenticated header."""
+    _check_kek(kek)
+    _check_segment_size(segment_size)
+    parse_resource_uri(key_uri)
+    if segment_count(plaintext_size, segment_size) > _MAX_SEGMENTS:
+        raise ValueError("input too large for this segment size")
+    ctx_bytes = canonical_json(dict(context))
+    if len(ctx_bytes) > MAX_CONTEXT_SIZE:
+        raise ValueError("context too large")
+    data_key = AESGCM.generate_key(bit_length=256)
+    aead = AESGCM(data_key)
+    prefix = os.urandom(NONCE_PREFIX_SIZE)
+    header = _build_header(
+        aead,
+        segment_size=segment_size,
+        plaintext_size=plaintext_size,
+        nonce_prefix=prefix,
+        wrapped_key=aes_key_wrap(bytes(kek), data_key),
+        key_uri=key_uri,
+        context_bytes=ctx_bytes,
+    )
+    del data_key
+    return aead, prefix, header
+
+
+def encrypt_stream(
+    src: BinaryIO,
+    dst: BinaryIO,
+    *,
+    kek: bytes,
+    key_uri: str,
+    context: Mapping[str, Any],
+    segment_size: int = DEFAULT_SEGMENT_SIZE,
+    plaintext_size: int | None = None,
+    digests: bool = True,
+) -> StreamResult:
+    """Encrypt everything left in `src` to `dst` under a fresh data key wrapped by `kek`.
+
+    `src` must be seekable or `plaintext_size` given: the size is authenticated in the header so
+    truncation and extension are detected exactly. `context` is bound into every segment.
+    """
+    if plaintext_size is None:
+        plaintext_size = _stream_size(src)
+    aead, prefix, header = _new_file(kek, key_uri, context, segment_size, plaintext_size)
+    header_digest = hashlib.sha256(header).digest()
+    pt_hash = hashlib.sha256() if digests else None
+    ct_hash = hashlib.sha256(header) if digests else None
+    dst.write(header)
+
+    outbuf = memoryview(bytearray(segment_size + TAG_SIZE))
+    count = segment_count(plaintext_size, segment_size)
+    lengths = (min(segment_size, plaintext_size - i * segment_size) for i in range(count))
+    inbuf = memoryview(bytearray(segment_size))
+    for index, chunk in enumerate(read_views(src, lengths, inbuf)):
+        want = min(segment_size, plaintext_size - index * segment_size)
+        if len(chunk) != want:
+            raise ValueError("input ended early (it changed while read)")
+        nonce, aad = _segment_nonce_aad(prefix, header_digest, index, index == count - 1)
+        out = outbuf[: want + TAG_SIZE]
+        aead.encrypt_into(nonce, chunk, aad, out)
+        dst.write(out)
+        if pt_hash is not None:
+            pt_hash.update(chunk)
+            ct_hash.update(out)
+        del chunk
+    if src.read(1):
+        raise ValueError("input is longer than its declared size (it changed while read)")
+    return StreamResult(
+        plaintext_size=plaintext_size,
+        ciphertext_size=len(header) + plaintext_size + TAG_SIZE * count,
+        plaintext_sha256=pt_hash.hexdigest() if pt_hash else "",
+        ciphertext_sha256=ct_hash.hexdigest() if ct_hash else "",
+    )
+
+
+def open_header(
+    header: FileHeader,
+    *,
+    kek: bytes,
+    expected_context: Mapping[str, Any] | None,
+    expected_key_uri: str | None = None,
+) -> AESGCM:
+    """Unwrap the data key, authenticate the header, check its bound context; returns the AEAD."""
+    _check_kek(kek)
+    try:
+        data_key = aes_key_unwrap(bytes(kek), header.wrapped_key)
+    except InvalidUnwrap:
+        raise KeyUnwrapError(
+            f"data key did not unwrap with the given key for {header.key_uri}: "
+            "wrong key-encryption key, or the wrapped key is corrupted"
+        ) from None
+    aead = AESGCM(data_key)
+    del data_key
+    body, tag = header.raw[:-TAG_SIZE], header.raw[-TAG_SIZE:]
+    try:
+        aead.decrypt(_header_tag_nonce(header.nonce_prefix), tag, body)
+    except InvalidTag:
+        raise HeaderError("header authentication failed (header modified)") from None
+    if expected_key_uri is not None and header.key_uri != expected_key_uri:
+        raise ContextMismatchError(
+            f"file is encrypted under {header.key_uri}, expected {expected_key_uri}"
+        )
+    if expected_context is not None and header.context != dict(expected_context):
+        raise ContextMismatchError(
+            f"file is bound to context {header.context}, expected {dict(expected_context)} "
+            "(file from another run, checkpoint or path)"
+        )
+    return aead
+
+
+def decrypt_stream(
+    src: BinaryIO,
+    dst: BinaryIO,
+    *,
+    kek: bytes,
+    expected_context: Mapping[str, Any] | None,
+    expected_key_uri: str | None = None,
+    digests: bool = True,
+) -> StreamResult:
+    """Decrypt one encrypted file from `src` to `dst`, authenticating every segment.
+
+    Writes only authenticated plaintext, but a failure can leave a prefix in `dst`: callers
+    write to a temporary and discard it on error (the checkpoint functions do).
+    `expected_context=None` skips the context check (only for tools that display headers).
+    """
+    header = read_header(src)
+    aead = open_header(
+        header, kek=kek, expected_context=expected_context, expected_key_uri=expected_key_uri
+    )
+    if src.seekable():
+        left = _stream_size(src)
+        body = header.ciphertext_size - len(header.raw)
+        if left < body:
+            raise TruncatedError(f"ciphertext truncated: {body - left} bytes missing")
+        if left > body:
+            raise TrailingDataError(f"{left - body} bytes after the final segment")
+    header_digest = hashlib.sha256(header.raw).digest()
+    seg = header.segment_size
+    outbuf = memoryview(bytearray(seg))
+    pt_hash = hashlib.sha256() if digests else None
+    ct_hash = hashlib.sha256(header.raw) if digests else None
+    count, size = header.segment_count, header.plaintext_size
+    lengths = (min(seg, size - i * seg) + TAG_SIZE for i in range(count))
+    inbuf = memoryview(bytearray(seg + TAG_SIZE))
+    for index, data in enumerate(read_views(src, lengths, inbuf)):
+        want = min(seg, size - index * seg)
+        if len(data) != want + TAG_SIZE:
+            raise TruncatedError(f"ciphertext truncated in segment {index} of {count}")
+        nonce, aad = _segment_nonce_aad(
+            header.nonce_prefix, header_digest, index, index == count - 1
+        )
+        out = outbuf[:want]
+        try:
+            aead.decrypt_into(nonce, data, aad, out)
+        except InvalidTag:
+            raise SegmentAuthError(
+                f"segment {index} of {count} failed authentication "
+                "(modified, reordered, or spliced from another file)",
+                index,
+            ) from None
+        dst.write(out)
+        if pt_hash is not None:
+            pt_hash.update(out)
+            ct_hash.update(data)
+        del data
+    if src.read(1):
+        raise TrailingDataError("bytes after the final segment")
+    return StreamResult(
+        plaintext_size=header.plaintext_size,
+        ciphertext_size=header.ciphertext_size,
+        plaintext_sha256=pt_hash.hexdigest() if pt_hash else "",
+        ciphertext_sha256=ct_hash.hexdigest() if ct_hash else "",
+    )
+
+
+def _blob_context(aad_context: Mapping[str, Any]) -> dict[str, Any]:
+    if "kind" in aad_context:
+        raise ValueError("aad_context must not contain the reserved key 'kind'")
+    return {"kind": "blob", **aad_context}
+
+
+def encrypt_blob(
+    plaintext: bytes,
+    *,
+    kek: bytes,
+    key_uri: str,
+    aad_context: Mapping[str, Any],
+    segment_size: int = DEFAULT_SEGMENT_SIZE,
+) -> bytes:
+    """Encrypt a data-set blob (in memory) in the checkpoint file format, bound to `aad_context`.
+
+    Same bytes as `encrypt_stream`; segments are sealed straight from and into the buffers
+    (no per-segment copies). For data sets (MBs): the result is built in memory.
+    """
+    size = len(plaintext)
+    aead, prefix, header = _new_file(kek, key_uri, _blob_context(aad_context), segment_size, size)
+    header_digest = hashlib.sha256(header).digest()
+    count = segment_count(size, segment_size)
+    out = bytearray(len(header) + size + TAG_SIZE * count)
+    out[: len(header)] = header
+    src, dst = memoryview(plaintext), memoryview(out)
+    pos = len(header)
+    for index in range(count):
+        chunk = src[index * segment_size : (index + 1) * segment_size]
+        nonce, aad = _segment_nonce_aad(prefix, header_digest, index, index == count - 1)
+        aead.encrypt_into(nonce, chunk, aad, dst[pos : pos + len(chunk) + TAG_SIZE])
+        pos += len(chunk) + TAG_SIZE
+    return bytes(out)
+
+
+def decrypt_blob(
+    blob: bytes,
+    *,
+    kek: bytes,
+    aad_context: Mapping[str, Any],
+    key_uri: str | None = None,
+) -> bytes:
+    """Decrypt a blob from `encrypt_blob`; the same `aad_context` must be given."""
+    header = read_header(io.BytesIO(blob))
+    aead = open_header(
+        header, kek=kek, expected_context=_blob_context(aad_context), expected_key_uri=key_uri
+    )
+    if len(blob) < header.ciphertext_size:
+        raise TruncatedError(f"blob truncated: {header.ciphertext_size - len(blob)} bytes missing")
+    if len(blob) > header.ciphertext_size:
+        raise TrailingDataError(
+            f"{len(blob) - header.ciphertext_size} bytes after the final segment"
+        )
+    header_digest = hashlib.sha256(header.raw).digest()
+    seg, count = header.segment_size, header.segment_count
+    out = bytearray(header.plaintext_size)
+    src, dst = memoryview(blob), memoryview(out)
+    pos = len(header.raw)
+    for index in range(count):
+        want = min(seg, header.plaintext_size - index * seg)
+        nonce, aad = _segment_nonce_aad(
+            header.nonce_prefix, header_digest, index, index == count - 1
+        )
+        try:
+            aead.decrypt_into(
+                nonce, src[pos : pos + want + TAG_SIZE], aad, dst[index * seg : index * seg + want]
+            )
+        except InvalidTag:
+            raise SegmentAuthError(
+                f"blob segment {index} of {count} failed authentication", index
+            ) from None
+        pos += want + TAG_SIZE
+    return bytes(out)
+
+
+__all__ = [
+    "DEFAULT_SEGMENT_SIZE",
+    "FORMAT_VERSION",
+    "FileHeader",
+    "StreamResult",
+    "decrypt_blob",
+    "decrypt_stream",
+    "encrypt_blob",
+    "encrypt_stream",
+    "read_header",
+]

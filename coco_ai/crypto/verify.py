@@ -1,0 +1,178 @@
+"""Keyless verification of a signed checkpoint: attestation, signature, ciphertext.
+
+(a) the EAR token chains to the trust anchor and meets the policy (CPU and every GPU
+    affirming, enough GPUs, expected initdata claims such as the run id);
+(b) the manifest is signed (ES256) by the TEE key attested in that token, and was created
+    while the token was valid (iat <= created_at <= exp);
+(c) the ciphertext in the store matches the manifest (exact object set, sizes, SHA-256);
+plus the replay check: the manifest's run id is the run being verified.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from jwcrypto import jwk, jws
+from jwcrypto.common import JWException
+
+from coco_ai.crypto.errors import AttestationError, ReplayError, SignatureError
+from coco_ai.crypto.manifest import JWS_TYPE, SIGNATURE_FILE, TOKEN_FILE, Manifest
+from coco_ai.kbs.ear import EarClaims, verify_ear_token
+from coco_ai.kbs.errors import KbsError
+from coco_ai.storage import Store, open_store
+from coco_ai.storage.checkpoints import read_manifest, verify_objects
+
+RUN_ID_CLAIM = "io.coco-ai.run-id"
+
+
+@dataclass(frozen=True)
+class VerificationPolicy:
+    """What a checkpoint must prove. `run_id` is the run being verified (replay check)."""
+
+    run_id: str
+    min_gpus: int = 1
+    init_data_claims: Mapping[str, str] = field(default_factory=dict)
+    init_data_digest: bytes | None = None  # this run's initdata digest, when pinned
+    leeway: int = 0  # clock skew tolerated, seconds
+
+    @classmethod
+    def for_run(cls, run_id: str, *, min_gpus: int = 1, **extra: Any) -> VerificationPolicy:
+        """The pipeline's policy: the token's initdata must name this run."""
+        claims = {RUN_ID_CLAIM: run_id, **extra.pop("init_data_claims", {})}
+        return cls(run_id=run_id, min_gpus=min_gpus, init_data_claims=claims, **extra)
+
+
+@dataclass(frozen=True)
+class VerifiedCheckpoint:
+    manifest: Manifest
+    manifest_digest: str
+    claims: EarClaims
+    signer_jwk: dict
+    location: str
+
+
+def check_policy(claims: EarClaims, policy: VerificationPolicy) -> None:
+    """Raise AttestationError unless the verified claims meet `policy`."""
+    names = claims.submod_names()
+    if "cpu0" not in names:
+        raise AttestationError("token has no cpu0 submod")
+    gpus = claims.gpu_submods()
+    if len(gpus) < policy.min_gpus:
+        raise AttestationError(
+            f"token attests {len(gpus)} GPU(s), policy requires {policy.min_gpus}"
+        )
+    for name in names:
+        status = claims.submod(name).get("ear.status")
+        if status != "affirming":
+            raise AttestationError(f"submod {name} is {status!r}, policy requires 'affirming'")
+    have = claims.init_data_claims() or {}
+    for key, want in policy.init_data_claims.items():
+        if have.get(key) != want:
+            if key == RUN_ID_CLAIM:
+                raise ReplayError(
+                    f"token was issued to run {have.get(key)!r}, expected run {want!r}"
+                )
+            raise AttestationError(f"token init_data_claims[{key!r}] is not {want!r}")
+    if policy.init_data_digest is not None and not claims.carries_init_data(
+        policy.init_data_digest
+    ):
+        raise AttestationError(
+            f"token init_data {claims.init_data()!r} is not this run's initdata digest "
+            f"{policy.init_data_digest.hex()}"
+        )
+
+
+def verify_signed_manifest(
+    manifest_bytes: bytes,
+    signature: str | None,
+    token: str | None,
+    *,
+    trust_anchor_pem: bytes,
+    policy: VerificationPolicy,
+    now: float | None = None,
+) -> tuple[Manifest, EarClaims, dict]:
+    """(a) + (b) + replay check. Returns the manifest, the verified claims, the signer JWK."""
+    manifest = Manifest.from_bytes(manifest_bytes)
+    if not signature:
+        raise SignatureError("checkpoint has no manifest signature")
+    if not token:
+        raise AttestationError("checkpoint has no attestation token")
+    at = time.time() if now is None else now
+    if manifest.created_at > at + policy.leeway:
+        raise SignatureError("manifest claims a creation time in the future")
+    # The token is judged at the manifest's creation time: it must have been valid (issued,
+    # not expired, chain valid) when the TEE signed. created_at itself is covered by the
+    # signature checked below, so a forged time fails there.
+    try:
+        claims = verify_ear_token(
+            token, trust_anchor_pem, now=manifest.created_at, leeway=policy.leeway
+        )
+    except KbsError as exc:
+        raise AttestationError(
+            f"attestation token not valid at manifest creation "
+            f"(created_at={manifest.created_at}): {exc.detail}"
+        ) from None
+    if not claims.issued_at - policy.leeway <= manifest.created_at <= claims.expires_at:
+        raise AttestationError("manifest was not created within the token's validity")
+    check_policy(claims, policy)
+    try:
+        attested = claims.tee_pubkey()
+        key = jwk.JWK(**{k: attested[k] for k in ("kty", "crv", "x", "y")})
+    except (KbsError, KeyError, TypeError, ValueError, JWException):
+        raise AttestationError("token carries no usable P-256 tee-pubkey") from None
+    try:
+        sig = jws.JWS()
+        sig.allowed_algs = ["ES256"]
+        sig.deserialize(signature)
+        sig.verify(key, alg="ES256")
+    except (JWException, ValueError):
+        raise SignatureError(
+            "manifest signature does not verify with the attested TEE key "
+            "(signed by another key, or signature/manifest altered)"
+        ) from None
+    if sig.jose_header.get("typ") != JWS_TYPE:
+        raise SignatureError(f"signature typ is not {JWS_TYPE}")
+    if sig.payload != manifest_bytes:
+        raise SignatureError(
+            "manifest.json differs from the signed manifest (edited after signing)"
+        )
+    if manifest.run_id != policy.run_id:
+        raise ReplayError(
+            f"manifest belongs to run {manifest.run_id!r}, not to run {policy.run_id!r}"
+        )
+    return manifest, claims, {k: attested[k] for k in ("kty", "crv", "x", "y")}
+
+
+def verify_checkpoint(
+    src: str | os.PathLike | Store,
+    *,
+    trust_anchor_pem: bytes,
+    policy: VerificationPolicy,
+    now: float | None = None,
+    storage_options: Mapping[str, Any] | None = None,
+) -> VerifiedCheckpoint:
+    """Prove (a), (b), (c) and the replay check for the checkpoint at `src`, without a key."""
+    store = src if isinstance(src, Store) else open_store(str(src), **dict(storage_options or {}))
+    _, manifest_bytes = read_manifest(store)
+    signature = store.read_bytes(SIGNATURE_FILE).decode() if store.exists(SIGNATURE_FILE) else None
+    token = store.read_bytes(TOKEN_FILE).decode() if store.exists(TOKEN_FILE) else None
+    manifest, claims, signer = verify_signed_manifest(
+        manifest_bytes,
+        signature,
+        token,
+        trust_anchor_pem=trust_anchor_pem,
+        policy=policy,
+        now=now,
+    )
+    verify_objects(store, manifest)
+    return VerifiedCheckpoint(
+        manifest=manifest,
+        manifest_digest=manifest.digest(),
+        claims=claims,
+        signer_jwk=signer,
+        location=store.uri,
+    )
