@@ -9,6 +9,8 @@ that chain ends at its configured trust anchor (KBS `trusted_certs_paths`).
 from __future__ import annotations
 
 import base64
+import contextlib
+import hmac
 import itertools
 import json
 import re
@@ -96,6 +98,10 @@ class EarClaims:
         """
         value = self.annotated_evidence("cpu0").get("init_data")
         return value if isinstance(value, str) else None
+
+    def carries_init_data(self, digest: bytes) -> bool:
+        """Does cpu0's `init_data` carry the initdata `digest` (any verifier's encoding)?"""
+        return init_data_matches(self.init_data(), digest)
 
     def init_data_claims(self) -> dict | None:
         """cpu0 `init_data_claims`: the parsed initdata `[data]` (None when absent/null)."""
@@ -267,3 +273,29 @@ def _verify_chain(
                 raise TokenVerifierError("trust anchor certificate is not valid now")
             return
     raise TokenVerifierError("token x5c chain does not lead to the configured trust anchor")
+
+
+def init_data_matches(token_value: str | None, digest: bytes) -> bool:
+    """Does a token's cpu0 `init_data` carry the initdata `digest`?
+
+    Trustee's TDX/SNP verifiers report the hardware field as hex, its sample verifier (and the
+    stand-in's) as standard base64. The field holds the digest adjusted to its size as Kata
+    does (`adjust_digest`): truncated (SNP HOST_DATA, 32 bytes) or zero-padded (a sha256 in
+    TDX MRCONFIGID, 48 bytes).
+    """
+    if not isinstance(token_value, str) or not token_value:
+        return False
+    candidates = []
+    if len(token_value) % 2 == 0 and re.fullmatch(r"[0-9a-fA-F]+", token_value):
+        candidates.append(bytes.fromhex(token_value))
+    with contextlib.suppress(ValueError):
+        candidates.append(base64.b64decode(token_value, validate=True))
+    for field_bytes in candidates:
+        n = len(field_bytes)
+        if n == len(digest) and hmac.compare_digest(field_bytes, digest):
+            return True
+        if 32 <= n < len(digest) and hmac.compare_digest(field_bytes, digest[:n]):
+            return True
+        if n > len(digest) and hmac.compare_digest(field_bytes, digest + bytes(n - len(digest))):
+            return True
+    return False

@@ -14,10 +14,7 @@ references only (digests, URIs, claims summary, the token itself), never a key.
 
 from __future__ import annotations
 
-import base64
-import contextlib
 import hashlib
-import hmac
 import math
 import re
 from collections.abc import Mapping
@@ -107,13 +104,13 @@ class PromotionExpectations:
         claims = {RUN_ID_CLAIM: self.run_id}
         if self.image_digest is not None:
             claims[IMAGE_DIGEST_CLAIM] = self.image_digest
-        # init_data is matched here (init_data_matches), not by string equality: its encoding
-        # depends on the TEE verifier.
         return VerificationPolicy(
             run_id=self.run_id,
             min_gpus=self.min_gpus,
             init_data_claims=claims,
-            init_data=None,
+            init_data_digest=(
+                None if self.init_data_digest is None else bytes.fromhex(self.init_data_digest)
+            ),
             leeway=self.leeway,
         )
 
@@ -213,15 +210,6 @@ def verify_for_promotion(
         attestation = _attestation_summary(claims)
     except (CheckpointError, KbsError, OSError, ValueError) as exc:
         raise PromotionRefused([_label(exc)]) from None
-    if expectations.init_data_digest is not None and not init_data_matches(
-        attestation["init_data"], bytes.fromhex(expectations.init_data_digest)
-    ):
-        raise PromotionRefused(
-            [
-                f"attestation: token init_data {attestation['init_data']!r} is not this run's "
-                f"initdata digest {expectations.init_data_digest}"
-            ]
-        )
 
     reasons = []
     try:
@@ -279,32 +267,6 @@ def verify_for_promotion(
         policy_digest=decision.policy_digest,
         files=files,
     )
-
-
-def init_data_matches(token_value: str | None, digest: bytes) -> bool:
-    """Does a token's cpu0 `init_data` carry the initdata `digest`?
-
-    Trustee's TDX/SNP verifiers report the hardware field as hex, its sample verifier (and the
-    stand-in's) as standard base64. The field holds the digest adjusted to its size as Kata
-    does (`adjust_digest`): truncated (SNP HOST_DATA, 32 bytes) or zero-padded (a sha256 in
-    TDX MRCONFIGID, 48 bytes).
-    """
-    if not isinstance(token_value, str) or not token_value:
-        return False
-    candidates = []
-    if len(token_value) % 2 == 0 and re.fullmatch(r"[0-9a-fA-F]+", token_value):
-        candidates.append(bytes.fromhex(token_value))
-    with contextlib.suppress(ValueError):
-        candidates.append(base64.b64decode(token_value, validate=True))
-    for field_bytes in candidates:
-        n = len(field_bytes)
-        if n == len(digest) and hmac.compare_digest(field_bytes, digest):
-            return True
-        if 32 <= n < len(digest) and hmac.compare_digest(field_bytes, digest[:n]):
-            return True
-        if n > len(digest) and hmac.compare_digest(field_bytes, digest + bytes(n - len(digest))):
-            return True
-    return False
 
 
 # ---- internals ---------------------------------------------------------------------------------

@@ -324,7 +324,7 @@ def test_init_data_matches_each_verifier_encoding_and_field_size():
     import base64
     import hashlib
 
-    from coco_ai.promotion.verify import init_data_matches
+    from coco_ai.kbs.ear import init_data_matches
 
     d384 = hashlib.sha384(b"initdata").digest()
     d256 = hashlib.sha256(b"initdata").digest()
