@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import ipaddress
 import json
 import re
 import socket
@@ -44,6 +43,7 @@ from coco_ai.guest.attesters import SampleAttester, SampleDeviceAttester
 from coco_ai.guest.initdata import Initdata
 from coco_ai.kbs.client import KbsClient
 from coco_ai.kbs.jwe import TeeKeyPair
+from coco_ai.net import is_loopback
 
 EMULATOR_VERSION = "coco-ai-guest-emulator 0.1.0"
 OCTET_STREAM = "application/octet-stream"
@@ -237,19 +237,6 @@ async def _not_found(request: Request) -> Response:
     return _not_found_response()
 
 
-def is_loopback(host: str | None) -> bool:
-    """True for 127.0.0.0/8, ::1 and IPv4-mapped loopback; False for anything else or unknown."""
-    if not host:
-        return False
-    try:
-        ip = ipaddress.ip_address(host.split("%", 1)[0])
-    except ValueError:
-        return False
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
-    return ip.is_loopback
-
-
 class _LoopbackOnly:
     """ASGI wrapper: 403 "Forbidden" for any peer that is not loopback (or is unknown)."""
 
@@ -317,7 +304,7 @@ def serve_in_thread(
 
 def bind_loopback(host: str, port: int) -> socket.socket:
     """A listening socket on a loopback address; anything else is refused (fail closed)."""
-    if not is_loopback(host) and host != "localhost":
+    if not is_loopback(host):
         raise EmulatorConfigError(
             f"refusing to bind the guest-components emulator to {host!r}: it releases plaintext "
             "keys and TEE private keys, so it listens on loopback only"

@@ -9,7 +9,6 @@ run the client against an in-process server without patching anything.
 from __future__ import annotations
 
 import base64
-import ipaddress
 import json
 import logging
 import ssl
@@ -46,6 +45,7 @@ from coco_ai.kbs.wire import (
     b64url_encode,
     to_resource_path,
 )
+from coco_ai.net import is_loopback
 
 __all__ = [
     "AdminAuth",
@@ -93,21 +93,12 @@ def _base_url(url: str, allow_insecure_http: bool) -> str:
         raise ValueError(f"KBS URL {url!r} must be http(s)://host[:port]")
     if parts.query or parts.fragment or parts.path not in ("", "/"):
         raise ValueError(f"KBS URL {url!r} must not have a path, query or fragment")
-    if parts.scheme == "http" and not allow_insecure_http and not _is_loopback(parts.hostname):
+    if parts.scheme == "http" and not allow_insecure_http and not is_loopback(parts.hostname):
         raise ValueError(
             f"refusing plain HTTP to non-loopback KBS {parts.hostname!r}; use https with a "
             "pinned CA (or pass allow_insecure_http=True knowingly)"
         )
     return f"{parts.scheme}://{parts.netloc}"
-
-
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 class _Http:

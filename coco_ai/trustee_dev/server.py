@@ -17,20 +17,12 @@ from typing import Any
 
 import uvicorn
 
+from coco_ai.net import is_loopback
 from coco_ai.trustee_dev.app import TrusteeStandIn
 
 
 class ServeConfigError(ValueError):
     """The requested listen configuration is unsafe or inconsistent."""
-
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def check_listen(host: str, tls_cert: str | None, tls_key: str | None, insecure_http: bool) -> None:

@@ -21,10 +21,10 @@ from coco_ai.guest.emulator import (
     GuestComponentsEmulator,
     RunningServer,
     bind_loopback,
-    is_loopback,
     serve_in_thread,
 )
 from coco_ai.guest.initdata import build_initdata
+from coco_ai.net import is_loopback
 
 # Nothing listens here: these tests never get an answer from a broker.
 UNUSED_KBS = "http://127.0.0.1:9"
