@@ -14,7 +14,6 @@ _airflow_home = Path(tempfile.mkdtemp(prefix="coco-ai-airflow-test-"))
 os.environ.setdefault("AIRFLOW_HOME", str(_airflow_home))
 os.environ.setdefault("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
 os.environ.setdefault("AIRFLOW__CORE__DAGS_FOLDER", str(REPO_ROOT / "dags"))
-os.environ.setdefault("AIRFLOW__CORE__UNIT_TEST_MODE", "True")
 # Nothing may reach a model hub: models are built locally or come from a PyPI package.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")

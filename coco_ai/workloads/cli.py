@@ -1,0 +1,149 @@
+"""`coco-ai dataset generate|encrypt` (data-owner tooling) and `coco-ai model prepare|digest`.
+
+Heavy imports (torch, transformers, cryptography) happen inside the handlers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from coco_ai.workloads.dataset import DEFAULT_EXAMPLES
+
+
+def register(subparsers) -> None:
+    ds = subparsers.add_parser("dataset", help="generate and encrypt instruction data sets")
+    ds_sub = ds.add_subparsers(dest="dataset_command", metavar="SUBCOMMAND")
+
+    gen = ds_sub.add_parser(
+        "generate", help="write the deterministic Northwind Aerospace support data set (JSONL)"
+    )
+    gen.add_argument("--out", required=True, help="output JSONL file")
+    gen.add_argument(
+        "--examples",
+        type=int,
+        default=DEFAULT_EXAMPLES,
+        help=f"records (default {DEFAULT_EXAMPLES})",
+    )
+    gen.add_argument("--seed", type=int, default=0, help="generator seed (default 0)")
+    gen.set_defaults(func=_generate)
+
+    enc = ds_sub.add_parser(
+        "encrypt", help="validate a JSONL data set and encrypt it under a data key (data owner)"
+    )
+    enc.add_argument("--key-file", required=True, help="file holding the raw 32-byte data key")
+    enc.add_argument("--key-uri", required=True, help="kbs:///repo/type/tag the key is stored at")
+    enc.add_argument("src", help="plaintext JSONL")
+    enc.add_argument("dst", help="encrypted output file")
+    enc.set_defaults(func=_encrypt)
+
+    model = subparsers.add_parser("model", help="prepare base models and compute their digests")
+    m_sub = model.add_subparsers(dest="model_command", metavar="SUBCOMMAND")
+    prep = m_sub.add_parser(
+        "prepare", help="convert SmolLM2-135M-Instruct (GGUF) or build a tiny test model"
+    )
+    prep.add_argument(
+        "--kind", choices=("smollm2", "tiny-1m", "tiny-10m"), default="smollm2", help="which model"
+    )
+    prep.add_argument("--out", required=True, help="cache dir (smollm2) or output dir (tiny)")
+    prep.add_argument("--corpus", help="JSONL data set the tiny model's tokenizer is trained on")
+    prep.set_defaults(func=_prepare)
+    dig = m_sub.add_parser("digest", help="print the canonical sha256 digest of a model directory")
+    dig.add_argument("model_dir")
+    dig.set_defaults(func=_digest)
+
+
+def _err(message: str) -> int:
+    print(f"coco-ai: error: {message}", file=sys.stderr)
+    return 2
+
+
+def _generate(args: argparse.Namespace) -> int:
+    from coco_ai.workloads.dataset import generate_examples, to_jsonl
+
+    try:
+        examples = generate_examples(args.examples, args.seed)
+    except ValueError as exc:
+        return _err(str(exc))
+    data = to_jsonl(examples)
+    Path(args.out).write_bytes(data)
+    print(
+        json.dumps(
+            {
+                "out": args.out,
+                "records": len(examples),
+                "facts": len({e.response for e in examples}),
+            }
+        )
+    )
+    return 0
+
+
+def _encrypt(args: argparse.Namespace) -> int:
+    import hashlib
+
+    from coco_ai.crypto import encrypt_blob
+    from coco_ai.workloads.dataset import DatasetError, parse_jsonl
+    from coco_ai.workloads.finetune.workload import DATASET_AAD
+
+    try:
+        key = Path(args.key_file).read_bytes()
+        plaintext = Path(args.src).read_bytes()
+    except OSError as exc:
+        return _err(f"{exc.filename}: {exc.strerror}")
+    if len(key) != 32:
+        return _err(f"{args.key_file} holds {len(key)} bytes; a raw 32-byte key is required")
+    try:
+        records = parse_jsonl(plaintext)  # refuse to encrypt what the workload would reject
+    except DatasetError as exc:
+        return _err(f"{args.src}: {exc}")
+    try:
+        blob = encrypt_blob(plaintext, kek=key, key_uri=args.key_uri, aad_context=DATASET_AAD)
+    except ValueError as exc:
+        return _err(str(exc))
+    Path(args.dst).write_bytes(blob)
+    # the digest the signed manifest will carry as dataset_digest (what a promotion policy approves)
+    print(
+        json.dumps(
+            {
+                "out": args.dst,
+                "records": len(records),
+                "key_uri": args.key_uri,
+                "dataset_digest": "sha256:" + hashlib.sha256(blob).hexdigest(),
+            }
+        )
+    )
+    return 0
+
+
+def _prepare(args: argparse.Namespace) -> int:
+    from coco_ai.workloads.models import ModelError, build_tiny_model, convert_smollm2, model_digest
+
+    try:
+        if args.kind == "smollm2":
+            path = convert_smollm2(args.out)
+        else:
+            from coco_ai.workloads.dataset import corpus_text, generate_examples, parse_jsonl
+
+            examples = (
+                parse_jsonl(Path(args.corpus).read_bytes()) if args.corpus else generate_examples()
+            )
+            path = build_tiny_model(
+                args.out, args.kind.removeprefix("tiny-"), corpus_text(examples)
+            )
+    except (ModelError, ValueError, OSError) as exc:
+        return _err(str(exc))
+    print(json.dumps({"model_dir": str(path), "digest": model_digest(path)}))
+    return 0
+
+
+def _digest(args: argparse.Namespace) -> int:
+    from coco_ai.workloads.models import ModelError, model_digest
+
+    try:
+        print(model_digest(args.model_dir))
+    except ModelError as exc:
+        return _err(str(exc))
+    return 0

@@ -1,0 +1,257 @@
+"""The fine-tune workload's one validated configuration.
+
+Standard library only: the training core (and the GPU benchmark, on an image without the crypto
+stack) imports the LoRA and training sections from here.
+
+A config file is TOML (``.toml``) or JSON (anything else), shaped like
+:func:`FinetuneConfig.to_dict`.
+Unknown fields and out-of-range values are rejected with a message naming the dotted field.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+CONFIG_ENV = "COCO_AI_FINETUNE_CONFIG"
+
+_RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+_DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
+_MODULE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.]*$")
+_DEVICES = ("auto", "cpu", "cuda")
+_PRECISIONS = ("auto", "fp32", "bf16")
+
+
+class ConfigError(ValueError):
+    """The configuration is invalid; the message names the field."""
+
+
+@dataclass(frozen=True)
+class LoraSettings:
+    r: int = 8
+    alpha: int = 16
+    dropout: float = 0.05
+    target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj")
+
+
+@dataclass(frozen=True)
+class TrainingSettings:
+    epochs: int = 1
+    learning_rate: float = 1e-3
+    max_steps: int | None = None  # None: as many as the epochs give
+    batch_size: int = 8
+    seed: int = 0
+    max_seq_length: int = 256
+    eval_fraction: float = 0.2
+    device: str = "auto"  # auto | cpu | cuda
+    precision: str = "auto"  # auto | fp32 | bf16
+    sample_questions: int = 3  # held-out questions answered greedily before and after
+    max_new_tokens: int = 48
+
+
+@dataclass(frozen=True)
+class DatasetSettings:
+    uri: str  # object-store URI of the encrypted JSONL
+    key_uri: str  # kbs:///repo/type/tag of its data key
+
+
+@dataclass(frozen=True)
+class BaseModelSettings:
+    path: str  # local directory or object-store URI of a Hugging Face causal-LM directory
+    digest: str  # "sha256:<hex>" from coco_ai.workloads.models.model_digest
+
+
+@dataclass(frozen=True)
+class FinetuneConfig:
+    run_id: str
+    staging_uri: str
+    checkpoint_key_uri: str
+    dataset: DatasetSettings
+    base_model: BaseModelSettings
+    guest_api_url: str = "http://127.0.0.1:8006"
+    store_attempts: int = 5  # object-store operations: bounded retries with exponential backoff
+    store_backoff_s: float = 1.0  # first retry delay; doubles each attempt
+    lora: LoraSettings = field(default_factory=LoraSettings)
+    training: TrainingSettings = field(default_factory=TrainingSettings)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-able form (defaults filled in); what the manifest's config digest covers."""
+        return _jsonable(dataclasses.asdict(self))
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> FinetuneConfig:
+        return _build(cls, data, "")
+
+
+def load_config(path: str | Path) -> FinetuneConfig:
+    """Read and validate a config file (TOML if it ends in .toml, JSON otherwise)."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+    try:
+        data = tomllib.loads(text) if path.suffix == ".toml" else json.loads(text)
+    except (tomllib.TOMLDecodeError, json.JSONDecodeError) as exc:
+        raise ConfigError(f"config file {path} is not valid {_fmt(path)}: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold an object at the top level")
+    return FinetuneConfig.from_dict(data)
+
+
+def _fmt(path: Path) -> str:
+    return "TOML" if path.suffix == ".toml" else "JSON"
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    return value
+
+
+# ---- validation -------------------------------------------------------------------------------
+
+_NESTED = {
+    "dataset": DatasetSettings,
+    "base_model": BaseModelSettings,
+    "lora": LoraSettings,
+    "training": TrainingSettings,
+}
+
+
+def _build(cls: type, data: Any, prefix: str) -> Any:
+    where = prefix.rstrip(".") or "config"
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{where}: expected a table/object, got {type(data).__name__}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise ConfigError(f"{prefix}{unknown[0]}: unknown field")
+    values: dict[str, Any] = {}
+    for name, f in fields.items():
+        dotted = prefix + name
+        if name not in data:
+            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+                raise ConfigError(f"{dotted}: required field missing")
+            continue
+        raw = data[name]
+        if cls is FinetuneConfig and name in _NESTED:
+            values[name] = _build(_NESTED[name], raw, dotted + ".")
+        else:
+            values[name] = _check(dotted, raw)
+    return cls(**values)
+
+
+def _check(dotted: str, raw: Any) -> Any:
+    check = _CHECKS[dotted]
+    return check(dotted, raw)
+
+
+def _int(lo: int, hi: int, *, optional: bool = False):
+    def check(name: str, v: Any) -> int | None:
+        if v is None and optional:
+            return None
+        if isinstance(v, bool) or not isinstance(v, int):
+            raise ConfigError(f"{name}: expected an integer, got {type(v).__name__}")
+        if not lo <= v <= hi:
+            raise ConfigError(f"{name}: {v} is out of range [{lo}, {hi}]")
+        return v
+
+    return check
+
+
+def _float(lo: float, hi: float, *, lo_open: bool = False, hi_open: bool = False):
+    def check(name: str, v: Any) -> float:
+        if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
+            raise ConfigError(f"{name}: expected a finite number, got {v!r}")
+        v = float(v)
+        bad_lo = v <= lo if lo_open else v < lo
+        bad_hi = v >= hi if hi_open else v > hi
+        if bad_lo or bad_hi:
+            lb, hb = "(" if lo_open else "[", ")" if hi_open else "]"
+            raise ConfigError(f"{name}: {v} is out of range {lb}{lo}, {hi}{hb}")
+        return v
+
+    return check
+
+
+def _choice(options: tuple[str, ...]):
+    def check(name: str, v: Any) -> str:
+        if v not in options:
+            raise ConfigError(f"{name}: {v!r} is not one of {', '.join(options)}")
+        return v
+
+    return check
+
+
+def _string(pattern: re.Pattern[str] | None = None, what: str = "", *, prefixes=()):
+    def check(name: str, v: Any) -> str:
+        if not isinstance(v, str) or not v.strip():
+            raise ConfigError(f"{name}: expected a non-empty string")
+        if pattern is not None and not pattern.match(v):
+            raise ConfigError(f"{name}: {v!r} is not {what}")
+        if prefixes and not v.startswith(prefixes):
+            raise ConfigError(f"{name}: {v!r} must start with one of {', '.join(prefixes)}")
+        return v
+
+    return check
+
+
+def _kbs_uri(name: str, v: Any) -> str:
+    _string(prefixes=("kbs:///",))(name, v)
+    parts = v[len("kbs:///") :].split("/")
+    seg = re.compile(r"^[A-Za-z0-9._-]+$")
+    if len(parts) != 3 or any(p in (".", "..") or not seg.match(p) for p in parts):
+        raise ConfigError(f"{name}: {v!r} is not a kbs:///repo/type/tag resource URI")
+    return v
+
+
+def _modules(name: str, v: Any) -> tuple[str, ...]:
+    if isinstance(v, str) or not isinstance(v, list | tuple) or not v:
+        raise ConfigError(f"{name}: expected a non-empty list of module names")
+    for m in v:
+        if not isinstance(m, str) or not _MODULE_NAME.match(m):
+            raise ConfigError(f"{name}: {m!r} is not a module name")
+    if len(set(v)) != len(v):
+        raise ConfigError(f"{name}: duplicate module names")
+    return tuple(v)
+
+
+_URL = _string(prefixes=("http://", "https://"))
+
+_CHECKS = {
+    "run_id": _string(_RUN_ID, "a run id ([A-Za-z0-9._-], at most 128, not starting with . - _)"),
+    "staging_uri": _string(),
+    "checkpoint_key_uri": _kbs_uri,
+    "guest_api_url": _URL,
+    "store_attempts": _int(1, 20),
+    "store_backoff_s": _float(0.0, 60.0),
+    "dataset.uri": _string(),
+    "dataset.key_uri": _kbs_uri,
+    "base_model.path": _string(),
+    "base_model.digest": _string(_DIGEST, "a digest of the form sha256:<64 lowercase hex>"),
+    "lora.r": _int(1, 1024),
+    "lora.alpha": _int(1, 4096),
+    "lora.dropout": _float(0.0, 1.0, hi_open=True),
+    "lora.target_modules": _modules,
+    "training.epochs": _int(1, 1000),
+    "training.learning_rate": _float(0.0, 1.0, lo_open=True),
+    "training.max_steps": _int(1, 10_000_000, optional=True),
+    "training.batch_size": _int(1, 4096),
+    "training.seed": _int(0, 2**32 - 1),
+    "training.max_seq_length": _int(8, 131_072),
+    "training.eval_fraction": _float(0.0, 0.9, lo_open=True),
+    "training.device": _choice(_DEVICES),
+    "training.precision": _choice(_PRECISIONS),
+    "training.sample_questions": _int(0, 64),
+    "training.max_new_tokens": _int(1, 2048),
+}

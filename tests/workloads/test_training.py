@@ -1,0 +1,93 @@
+"""The training core on a tiny model: real PEFT LoRA training on CPU, a few dozen steps."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from coco_ai.workloads.dataset import split_examples
+from coco_ai.workloads.finetune import train as core
+from coco_ai.workloads.finetune.config import LoraSettings, TrainingSettings
+
+SETTINGS = TrainingSettings(epochs=3, learning_rate=3e-3, batch_size=8, seed=0, max_seq_length=96)
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_model: Path, examples, tmp_path_factory):
+    runtime = core.select_runtime("cpu", "auto")
+    model, tok = core.load_model(tiny_model, runtime)
+    train_set, eval_set = split_examples(examples, 0.2, seed=0)
+    train_enc = core.encode_examples(tok, train_set, SETTINGS.max_seq_length)
+    eval_enc = core.encode_examples(tok, eval_set, SETTINGS.max_seq_length)
+    pad = tok.pad_token_id
+    before = core.evaluate(model, eval_enc, runtime, batch_size=16, pad_id=pad)
+    model = core.add_lora(model, LoraSettings(), seed=0)
+    seen: list[core.Progress] = []
+    result = core.train(model, train_enc, SETTINGS, runtime, pad_id=pad, progress=seen.append)
+    after = core.evaluate(model, eval_enc, runtime, batch_size=16, pad_id=pad)
+    adapter = tmp_path_factory.mktemp("adapter")
+    model.save_pretrained(adapter)
+    return dict(model=model, tok=tok, before=before, after=after, result=result, seen=seen,
+                adapter=adapter, eval_enc=eval_enc, runtime=runtime)  # fmt: skip
+
+
+def test_lora_training_lowers_held_out_loss(trained) -> None:
+    before, after = trained["before"], trained["after"]
+    assert after.loss < before.loss - 0.05, (before, after)
+    assert after.perplexity < before.perplexity
+    assert before.tokens == after.tokens > 0
+    r = trained["result"]
+    assert r.steps == 3 * -(-96 // 8) == len(r.step_losses)  # 96 train examples
+    assert r.tokens > 0 and r.tokens_per_s > 0
+    assert trained["seen"][0].step == 1 and trained["seen"][-1].step == r.steps
+    assert trained["seen"][-1].eta_s == 0
+
+
+def test_only_lora_parameters_train(trained) -> None:
+    total, trainable = core.count_parameters(trained["model"])
+    names = [n for n, p in trained["model"].named_parameters() if p.requires_grad]
+    assert names and all("lora_" in n for n in names)
+    assert 0 < trainable < total / 10
+
+
+def test_adapter_reload_gives_identical_logits(trained, tiny_model: Path) -> None:
+    from peft import PeftModel
+
+    runtime = trained["runtime"]
+    base, _ = core.load_model(tiny_model, runtime)
+    reloaded = PeftModel.from_pretrained(base, trained["adapter"], local_files_only=True).eval()
+    model = trained["model"].eval()
+    batch = next(core.make_batches(trained["eval_enc"], 8, trained["tok"].pad_token_id))
+    with torch.no_grad():
+        a = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+        b = reloaded(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+    assert torch.equal(a, b)
+    with reloaded.disable_adapter(), torch.no_grad():
+        c = reloaded(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+    assert not torch.equal(a, c)  # the adapter is not a no-op
+
+
+def test_labels_mask_the_prompt(tiny_model: Path, examples) -> None:
+    _, tok = core.load_model(tiny_model, core.select_runtime("cpu"))
+    enc = core.encode_examples(tok, examples[:1], 512)[0]
+    prompt = core.prompt_ids(tok, examples[0].instruction)
+    assert enc.input_ids[: len(prompt)] == prompt
+    assert enc.labels[: len(prompt)] == [core.IGNORE_INDEX] * len(prompt)
+    assert enc.labels[len(prompt) :] == enc.input_ids[len(prompt) :]
+    assert enc.input_ids[-1] == tok.eos_token_id
+    # a window shorter than the prompt leaves nothing to learn: the example is dropped
+    assert core.encode_examples(tok, examples[:1], len(prompt)) == []
+
+
+def test_dynamic_padding(tiny_model: Path, examples) -> None:
+    _, tok = core.load_model(tiny_model, core.select_runtime("cpu"))
+    enc = core.encode_examples(tok, examples[:8], 512)
+    batches = list(core.make_batches(enc, 3, tok.pad_token_id))
+    assert [b.input_ids.shape[0] for b in batches] == [3, 3, 2]
+    for i, b in enumerate(batches):
+        rows = enc[3 * i : 3 * i + 3]
+        assert b.input_ids.shape[1] == max(len(r.input_ids) for r in rows)
+        assert b.tokens == int(b.attention_mask.sum()) == sum(len(r.input_ids) for r in rows)
+        assert (b.labels[b.attention_mask == 0] == core.IGNORE_INDEX).all()
