@@ -37,6 +37,7 @@ FIXED_PHASES = (
     "keys",
     "dataset",
     "base_model_check",
+    "attest",
     "encrypt",
     "sign",
     "upload",

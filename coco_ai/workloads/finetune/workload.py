@@ -172,14 +172,20 @@ class FinetuneWorkload:
 
             encrypted = Path(tempfile.mkdtemp(prefix="coco-ai-checkpoint-"))
             stack.callback(shutil.rmtree, encrypted, ignore_errors=True)
+            # The manifest's creation time must fall inside the token's validity, so the token
+            # (which the guest renews near expiry, possibly re-attesting) is fetched right before
+            # encrypting, not after a long training run.
+            with phase("attest"):
+                token, tee_key = self._attestation_token(guest)
             with phase("encrypt"):
                 manifest = self._encrypt(
                     outputs, encrypted, checkpoint_key, dataset_digest, metrics
                 )
                 del checkpoint_key
                 shutil.rmtree(outputs)  # plaintext gone before anything leaves the TEE
-            with phase("sign"):  # fetching the token may re-attest
-                self._sign(guest, manifest, encrypted)
+            with phase("sign"):
+                self._sign(manifest, encrypted, token, tee_key)
+                del tee_key
             with phase("upload"):
                 self._upload(encrypted)
         self.log("timings: " + ", ".join(f"{k} {v:.2f} s" for k, v in self.timings.items()))
@@ -471,18 +477,21 @@ class FinetuneWorkload:
         self.log(f"adapter encrypted: {len(manifest.files)} files under {cfg.checkpoint_key_uri}")
         return manifest
 
-    def _sign(self, guest, manifest, dst: Path) -> None:
-        from coco_ai.crypto import sign_manifest
-        from coco_ai.crypto.errors import CheckpointError
+    def _attestation_token(self, guest) -> tuple[str, bytes]:
         from coco_ai.guest.client import GuestError
 
         try:
-            token, tee_key = guest.get_token()
+            return guest.get_token()
         except GuestError as exc:
             raise WorkloadError(
                 f"attestation token unavailable from {self.config.guest_api_url}: {exc}",
                 EXIT_ATTESTATION,
             ) from None
+
+    def _sign(self, manifest, dst: Path, token: str, tee_key: bytes) -> None:
+        from coco_ai.crypto import sign_manifest
+        from coco_ai.crypto.errors import CheckpointError
+
         try:
             sign_manifest(manifest, tee_key, token, dst_dir=str(dst))
         except CheckpointError as exc:
