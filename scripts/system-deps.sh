@@ -1,16 +1,16 @@
 #!/usr/bin/env bash
-# Debian packages for the browser (Chromium) and distributed (PostgreSQL, Redis) test tiers.
-# Idempotent: installs only what is missing. Needs root (or passwordless sudo).
+# Debian packages the test tiers need, installed only when missing (idempotent; needs root):
+# Chromium for the browser tier here, PostgreSQL and Redis for the distributed tier through
+# deploy/local/install-services.sh (which keeps Debian from starting system-wide daemons).
 set -euo pipefail
-need=()
-command -v chromium >/dev/null 2>&1 || need+=(chromium)
-command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
-ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need+=(postgresql)
-[ ${#need[@]} -eq 0 ] && exit 0
-SUDO=""
-[ "$(id -u)" -eq 0 ] || SUDO="sudo -n"
-echo "system-deps: installing ${need[*]}"
-$SUDO apt-get update -q
-DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q --no-install-recommends "${need[@]}"
-# the Debian postinst starts a cluster service on 5432; tests start their own on a free port
-if command -v service >/dev/null 2>&1; then $SUDO service postgresql stop >/dev/null 2>&1 || true; fi
+cd "$(dirname "$0")/.."
+if ! command -v chromium >/dev/null 2>&1; then
+    if [ "$(id -u)" -ne 0 ]; then
+        echo "system-deps: chromium is missing; run as root or install Debian's chromium" >&2
+        exit 1
+    fi
+    echo "system-deps: installing chromium"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium
+fi
+sh deploy/local/install-services.sh
