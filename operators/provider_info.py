@@ -29,7 +29,9 @@ def get_provider_info() -> dict:
                 "tags": ["software"],
             }
         ],
-        "hooks": [{"integration-name": _INTEGRATION, "python-modules": ["operators.hooks.trustee"]}],
+        "hooks": [
+            {"integration-name": _INTEGRATION, "python-modules": ["operators.hooks.trustee"]}
+        ],
         "operators": [
             {
                 "integration-name": _INTEGRATION,
@@ -41,9 +43,6 @@ def get_provider_info() -> dict:
                     "operators.promotion",
                 ],
             }
-        ],
-        "triggers": [
-            {"integration-name": _INTEGRATION, "python-modules": ["operators.triggers.process"]}
         ],
         "connection-types": [
             {
@@ -146,6 +145,38 @@ def get_provider_info() -> dict:
                         "example": "s3://coco-datasets/support-v1.enc",
                         "default": "",
                     },
+                    "dataset_key_uri": {
+                        "description": "KBS resource holding the data set's key, preselected in "
+                        "the trigger form.",
+                        "version_added": None,
+                        "type": "string",
+                        "example": "kbs:///coco-ai/dataset-key/support-v1",
+                        "default": "kbs:///coco-ai/dataset-key/default",
+                    },
+                    "base_model": {
+                        "description": "Base model directory preselected in the trigger form.",
+                        "version_added": None,
+                        "type": "string",
+                        "example": "/models/SmolLM2-135M-Instruct",
+                        "default": "",
+                    },
+                    "retrain_cron": {
+                        "description": "Cron expression (UTC) of periodic retraining (empty: "
+                        "none); runs also start when a new data-set version is published as an "
+                        "Asset event.",
+                        "version_added": None,
+                        "type": "string",
+                        "example": None,
+                        "default": "0 3 * * 1",
+                    },
+                    "policy_set": {
+                        "description": "Policy files the attestation gate expects Trustee to "
+                        "serve: dev (accepts sample evidence) or prod.",
+                        "version_added": None,
+                        "type": "string",
+                        "example": "dev",
+                        "default": "prod",
+                    },
                     "mlflow_tracking_uri": {
                         "description": "MLflow tracking/registry URI for promoted models.",
                         "version_added": None,
@@ -167,11 +198,28 @@ def get_provider_info() -> dict:
                         "example": None,
                         "default": "serving",
                     },
+                    "model_signing_key": {
+                        "description": "Path of the EC P-256 private key PEM that signs promoted "
+                        "models (OpenSSF model signing).",
+                        "version_added": None,
+                        "type": "string",
+                        "example": "/var/run/secrets/coco-ai/model-signing.pem",
+                        "default": "",
+                    },
+                    "local_guest_command": {
+                        "description": "JSON list: the command serving the guest-components "
+                        "API in local mode (--initdata/--port/--gpus are appended). Empty: the "
+                        "bundled emulator, coco-ai guest serve.",
+                        "version_added": None,
+                        "type": "string",
+                        "example": '["coco-ai", "guest", "serve"]',
+                        "default": "",
+                    },
                     "local_workdir": {
                         "description": "Scratch directory of the local execution mode.",
                         "version_added": None,
                         "type": "string",
-                        "example": "/tmp/coco-ai-local",
+                        "example": "/var/lib/coco-ai/local",
                         "default": "",
                     },
                 },

@@ -111,5 +111,7 @@ def test_in_process_run_with_base_model_from_object_store(tmp_path, tiny_model, 
         result = FinetuneWorkload(config(model_digest(tiny_model), "s2"), out=log).run()
     assert result.metrics["train_steps"] == 2
     assert (tmp_path / "s2" / "manifest.json").is_file()
-    assert {"keys", "dataset", "train", "attest", "encrypt", "sign", "upload"} <= set(result.timings)
+    assert {"keys", "dataset", "train", "attest", "encrypt", "sign", "upload"} <= set(
+        result.timings
+    )
     assert "step 2/2" in log.getvalue()

@@ -1,0 +1,445 @@
+"""The embedded default on one machine: everything `coco-ai demo` needs, under one directory.
+
+Layout of the state directory (default ``<repo>/.demo``)::
+
+    state.json              URLs, references and running services (no secrets)
+    services.json           services started so far (pid + start ticks), kept up to date
+    keys/                   admin Ed25519 key pair, model-signing key (0600)
+    trustee/                Trustee stand-in state (its CA signs TLS and EAR tokens)
+    trustee-tls/            loopback TLS certificate issued by that CA
+    store/datasets/         encrypted data set(s)            (file:// object store)
+    store/staging/          TEE output before verification
+    store/checkpoints/      verified, encrypted checkpoints
+    models/                 base models (tiny built from config, or SmolLM2-135M converted)
+    mlflow/mlflow.db        model registry
+    airflow/                AIRFLOW_HOME (SQLite metadata DB, logs, airflow.cfg)
+    logs/                   one log per service
+    local/                  scratch of the local execution mode (initdata, workload config)
+
+Roles: this process plays the *data owner* (it creates the data-set key, uploads it to Trustee
+and forgets it) and the *platform operator* (it starts Airflow and registers the ``trustee``
+connection through the REST API, so the admin credential is stored Fernet-encrypted in the
+metadata DB, never in a process environment). No Airflow import here.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import secrets
+import ssl
+import sys
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+import coco_ai
+from coco_ai.devstack.airflow import (
+    AirflowDeployment,
+    AirflowRestClient,
+    AirflowSettings,
+    free_port,
+)
+from coco_ai.devstack.processes import (
+    ServiceError,
+    ServiceProcess,
+    start_service,
+    stop_service,
+    wait_until,
+)
+
+DAG_ID = "confidential_finetune"
+STATE_FILE = "state.json"
+SERVICES_FILE = "services.json"
+DATASET_NAME = "demo-v1"
+DATASET_KEY_PATH = f"coco-ai/dataset-key/{DATASET_NAME}"
+TRUSTEE_CONN_ID = "trustee_default"
+SYNC_POLICIES_VARIABLE = "coco_ai_sync_policies"
+MODELS = ("tiny", "smollm2")
+# The tiny model's tokenizer is trained on *public* text of the same shape (another seed),
+# never on the confidential data set.
+_PUBLIC_CORPUS_SEED = 20260101
+
+
+def repo_root() -> Path:
+    return Path(coco_ai.__file__).resolve().parent.parent
+
+
+def default_state_dir() -> Path:
+    return repo_root() / ".demo"
+
+
+@dataclass
+class StackInfo:
+    """What is running and where; saved as state.json (references only, no secret)."""
+
+    root: str
+    api_url: str
+    username: str
+    password_file: str
+    trustee_url: str
+    trustee_state_dir: str
+    dataset_uri: str
+    dataset_key_uri: str
+    base_model: str
+    model: str
+    registry_uri: str
+    registered_model_name: str
+    checkpoint_store_uri: str
+    staging_uri: str
+    services: list[ServiceProcess] = field(default_factory=list)
+
+    def to_json(self) -> str:
+        data = asdict(self)
+        data["services"] = [s.to_dict() for s in self.services]
+        return json.dumps(data, indent=2)
+
+    @classmethod
+    def from_json(cls, text: str) -> StackInfo:
+        data = json.loads(text)
+        data["services"] = [ServiceProcess.from_dict(s) for s in data["services"]]
+        return cls(**data)
+
+    def password(self) -> str:
+        return json.loads(Path(self.password_file).read_text())[self.username]
+
+    def client(self) -> AirflowRestClient:
+        return AirflowRestClient(self.api_url, self.username, self.password())
+
+    def alive(self) -> bool:
+        return bool(self.services) and all(s.alive() for s in self.services)
+
+
+def load_state(root: Path) -> StackInfo | None:
+    try:
+        return StackInfo.from_json((root / STATE_FILE).read_text())
+    except FileNotFoundError:
+        return None
+
+
+def _record_services(root: Path, services: list[ServiceProcess]) -> None:
+    """Written after every start, so a crash mid-setup still leaves what to stop."""
+    (root / SERVICES_FILE).write_text(json.dumps([s.to_dict() for s in services], indent=2))
+
+
+def stop_stack(root: Path) -> list[str]:
+    """Stop every service recorded in ``root`` (Airflow first, Trustee last)."""
+    try:
+        recorded = [
+            ServiceProcess.from_dict(s) for s in json.loads((root / SERVICES_FILE).read_text())
+        ]
+    except FileNotFoundError:
+        recorded = []
+    info = load_state(root)
+    for service in info.services if info else []:
+        if service not in recorded:
+            recorded.append(service)
+    stopped = []
+    for service in reversed(recorded):
+        if service.alive():
+            stop_service(service)
+            stopped.append(service.name)
+    _record_services(root, [])
+    if info is not None:
+        info.services = []
+        (root / STATE_FILE).write_text(info.to_json())
+    return stopped
+
+
+def _cli() -> list[str]:
+    return [str(Path(sys.executable).with_name("coco-ai"))]
+
+
+def local_image_reference() -> str:
+    """The local mode's "image": a digest of the workload code that actually runs."""
+    root = Path(coco_ai.__file__).resolve().parent
+    listing = hashlib.sha256()
+    for path in sorted(root.rglob("*.py")):
+        listing.update(f"{path.relative_to(root).as_posix()}\0".encode())
+        listing.update(hashlib.sha256(path.read_bytes()).digest())
+    return f"localhost/coco-ai-finetune@sha256:{listing.hexdigest()}"
+
+
+def _write_secret(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(data)
+
+
+class DevStack:
+    """Set up and start the embedded default under ``root``; see the module docstring."""
+
+    def __init__(
+        self,
+        root: Path,
+        *,
+        model: str = "tiny",
+        executor: str = "LocalExecutor",
+        sql_alchemy_conn: str | None = None,
+        api_port: int | None = None,
+        parallelism: int = 2,
+        extra_env: dict[str, str] | None = None,
+        progress: Callable[[str], None] = lambda message: None,
+    ) -> None:
+        if model not in MODELS:
+            raise ValueError(f"model must be one of {', '.join(MODELS)}, got {model!r}")
+        self.root = root.resolve()
+        self.model = model
+        self.executor = executor
+        self.sql_alchemy_conn = sql_alchemy_conn
+        self.api_port = api_port
+        self.parallelism = parallelism
+        self.extra_env = dict(extra_env or {})
+        self.progress = progress
+        self.keys = self.root / "keys"
+        self.trustee_dir = self.root / "trustee"
+        self.store = self.root / "store"
+        self.logs = self.root / "logs"
+
+    # -- the parts --------------------------------------------------------------------------
+
+    def _admin_keys(self) -> tuple[bytes, Path]:
+        from cryptography.hazmat.primitives import serialization
+        from cryptography.hazmat.primitives.asymmetric import ed25519
+
+        private, public = self.keys / "admin-key.pem", self.keys / "admin-public.pem"
+        if not private.exists():
+            key = ed25519.Ed25519PrivateKey.generate()
+            _write_secret(
+                private,
+                key.private_bytes(
+                    serialization.Encoding.PEM,
+                    serialization.PrivateFormat.PKCS8,
+                    serialization.NoEncryption(),
+                ),
+            )
+            public.write_bytes(
+                key.public_key().public_bytes(
+                    serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+                )
+            )
+        return private.read_bytes(), public
+
+    def _signing_key(self) -> Path:
+        from cryptography.hazmat.primitives import serialization
+        from cryptography.hazmat.primitives.asymmetric import ec
+
+        path = self.keys / "model-signing.pem"
+        if not path.exists():
+            key = ec.generate_private_key(ec.SECP256R1())
+            _write_secret(
+                path,
+                key.private_bytes(
+                    serialization.Encoding.PEM,
+                    serialization.PrivateFormat.PKCS8,
+                    serialization.NoEncryption(),
+                ),
+            )
+        return path
+
+    def _start_trustee(self, admin_public: Path) -> tuple[ServiceProcess, str, bytes]:
+        from coco_ai.trustee_dev.server import write_server_certificate
+        from coco_ai.trustee_dev.state import StateDir
+        from coco_ai.trustee_dev.tokens import TokenBroker
+
+        state = StateDir(self.trustee_dir)
+        TokenBroker(state)  # creates the CA (TLS issuer and EAR signer) on first use
+        cert, key = self.root / "trustee-tls" / "server.pem", self.root / "trustee-tls" / "key.pem"
+        if not cert.exists():
+            write_server_certificate(self.trustee_dir, cert, key, ("127.0.0.1", "localhost"))
+        port = free_port()
+        url = f"https://127.0.0.1:{port}"
+        argv = [*_cli(), "trustee", "serve", "--port", str(port), "--state-dir"]
+        argv += [str(self.trustee_dir), "--admin-public-key", str(admin_public)]
+        argv += ["--tls-cert", str(cert), "--tls-key", str(key), "--policy-set", "dev"]
+        service = start_service(
+            "trustee",
+            argv,
+            {k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "LANG", "TMPDIR")},
+            self.logs / "trustee.log",
+        )
+        ca = state.ca_cert_path.read_bytes()
+        context = ssl.create_default_context(cadata=ca.decode())
+        wait_until(
+            "the Trustee stand-in",
+            lambda: httpx.get(f"{url}/healthz", verify=context, timeout=2).status_code == 200,
+            60,
+            [service],
+        )
+        return service, url, ca
+
+    def _dataset(self, admin: Any) -> str:
+        """Encrypt the demo data set under a fresh key held only by Trustee (data owner's step)."""
+        from coco_ai.crypto import encrypt_blob
+        from coco_ai.trustee_dev.state import StateDir
+        from coco_ai.workloads.dataset import generate_examples, to_jsonl
+        from coco_ai.workloads.finetune.workload import DATASET_AAD
+
+        path = self.store / "datasets" / f"{DATASET_NAME}.enc"
+        if path.exists() and StateDir(self.trustee_dir).get_resource(DATASET_KEY_PATH):
+            return f"file://{path}"
+        key = secrets.token_bytes(32)
+        blob = encrypt_blob(
+            to_jsonl(generate_examples()),
+            kek=key,
+            key_uri=f"kbs:///{DATASET_KEY_PATH}",
+            aad_context=DATASET_AAD,
+        )
+        admin.set_resource(DATASET_KEY_PATH, key)
+        del key  # from now on only Trustee holds it
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(blob)
+        return f"file://{path}"
+
+    def _base_model(self) -> Path:
+        """Build (tiny) or convert (smollm2) the base model once, in a child process: torch and
+        tokenizers abort when loaded after regopy, which this process has imported."""
+        import subprocess
+
+        models_dir = self.root / "models"
+        if self.model == "smollm2":
+            call = f"convert_smollm2({str(models_dir)!r})"
+        else:
+            path = models_dir / "tiny"
+            if path.is_dir():
+                return path
+            corpus = f"corpus_text(generate_examples(seed={_PUBLIC_CORPUS_SEED}))"
+            call = f"build_tiny_model({str(path)!r}, '1m', {corpus})"
+        script = (
+            "from coco_ai.workloads.models import build_tiny_model, convert_smollm2\n"
+            "from coco_ai.workloads.dataset import corpus_text, generate_examples\n"
+            f"print({call})\n"
+        )
+        argv = [sys.executable, "-c", script]
+        done = subprocess.run(argv, capture_output=True, text=True, check=False)
+        if done.returncode != 0:
+            raise ServiceError(f"preparing the {self.model} model failed: {done.stderr[-2000:]}")
+        return Path(done.stdout.strip().splitlines()[-1])
+
+    # -- the whole -------------------------------------------------------------------------
+
+    def start(self) -> StackInfo:
+        from coco_ai.kbs.admin_auth import SelfSignedAdminAuth
+        from coco_ai.kbs.client import KbsAdminClient
+
+        dags = repo_root() / "dags"
+        if not (dags / f"{DAG_ID}.py").is_file():
+            raise ServiceError(
+                f"{dags / (DAG_ID + '.py')} not found: run from a repository checkout"
+            )
+        self.root.mkdir(parents=True, exist_ok=True)
+        running = load_state(self.root)
+        if running is not None and running.alive():
+            raise ServiceError(f"a stack is already running in {self.root} (coco-ai demo stop)")
+        services: list[ServiceProcess] = []
+        try:
+            admin_pem, admin_public = self._admin_keys()
+            self.progress("starting the Trustee stand-in (dev policies, loopback TLS)")
+            trustee, trustee_url, ca = self._start_trustee(admin_public)
+            services.append(trustee)
+            _record_services(self.root, services)
+            with KbsAdminClient(
+                trustee_url, auth=SelfSignedAdminAuth(admin_pem), ca_cert=ca
+            ) as admin:
+                self.progress("encrypting the demo data set; its key goes to Trustee only")
+                dataset_uri = self._dataset(admin)
+            self.progress(f"preparing the base model ({self.model})")
+            base_model = self._base_model()
+            signing_key = self._signing_key()
+
+            registry_uri = f"sqlite:///{self.root / 'mlflow' / 'mlflow.db'}"
+            (self.root / "mlflow").mkdir(exist_ok=True)
+            for sub in ("staging", "checkpoints"):
+                (self.store / sub).mkdir(parents=True, exist_ok=True)
+            coco = {
+                "EXECUTION_MODE": "local",
+                "DEFAULT_TEE": "sample",
+                "POLICY_SET": "dev",
+                "WORKLOAD_IMAGE": local_image_reference(),
+                "STAGING_URI": f"file://{self.store / 'staging'}",
+                "CHECKPOINT_STORE_URI": f"file://{self.store / 'checkpoints'}",
+                "DATASET_URI": dataset_uri,
+                "DATASET_KEY_URI": f"kbs:///{DATASET_KEY_PATH}",
+                "BASE_MODEL": str(base_model),
+                "MLFLOW_TRACKING_URI": registry_uri,
+                "MODEL_SIGNING_KEY": str(signing_key),
+                "LOCAL_WORKDIR": str(self.root / "local"),
+                # Runs start on demand or on a data-set Asset event, not by the clock.
+                "RETRAIN_CRON": "",
+            }
+            env = {f"AIRFLOW__COCO_AI__{k}": v for k, v in coco.items()}
+            env.update(
+                {
+                    "HF_HUB_OFFLINE": "1",
+                    "TRANSFORMERS_OFFLINE": "1",
+                    "TOKENIZERS_PARALLELISM": "false",
+                }
+            )
+            env.update(self.extra_env)
+            settings = AirflowSettings(
+                home=self.root / "airflow",
+                dags_folder=dags,
+                api_port=self.api_port or free_port(),
+                executor=self.executor,
+                sql_alchemy_conn=self.sql_alchemy_conn,
+                parallelism=self.parallelism,
+                extra_env=env,
+            )
+            deployment = AirflowDeployment(settings, self.logs)
+            self.progress("migrating the Airflow metadata DB")
+            deployment.prepare()
+            self.progress("starting Airflow: " + ", ".join(settings.components))
+            airflow_services = deployment.start()
+            services.extend(airflow_services)
+            _record_services(self.root, services)
+            deployment.wait_ready(airflow_services)
+            info = StackInfo(
+                root=str(self.root),
+                api_url=settings.base_url,
+                username=settings.username,
+                password_file=str(settings.passwords_file),
+                trustee_url=trustee_url,
+                trustee_state_dir=str(self.trustee_dir),
+                dataset_uri=dataset_uri,
+                dataset_key_uri=f"kbs:///{DATASET_KEY_PATH}",
+                base_model=str(base_model),
+                model=self.model,
+                registry_uri=registry_uri,
+                registered_model_name="coco-ai-finetuned",
+                checkpoint_store_uri=coco["CHECKPOINT_STORE_URI"],
+                staging_uri=coco["STAGING_URI"],
+                services=services,
+            )
+            (self.root / STATE_FILE).write_text(info.to_json())
+            client = info.client()
+            try:
+                self.progress("registering the trustee_default connection (encrypted in the DB)")
+                client.put_connection(
+                    TRUSTEE_CONN_ID,
+                    "trustee",
+                    {
+                        "kbs_url": trustee_url,
+                        "ca_cert": ca.decode(),
+                        "admin_secret": admin_pem.decode(),
+                        "admin_auth": "self-signed",
+                        "trust_anchor": ca.decode(),
+                    },
+                )
+                self.progress(f"waiting for the {DAG_ID} DAG to be parsed")
+                client.wait_for_dag(DAG_ID)
+                client.unpause(DAG_ID)
+                # The demo operator is also the data owner: the gate may upload the repository's
+                # policies (this Trustee, like v0.20+, cannot show them for comparison).
+                client.put_variable(SYNC_POLICIES_VARIABLE, "true")
+            finally:
+                client.close()
+            return info
+        except BaseException:
+            for service in reversed(services):
+                stop_service(service)
+            raise

@@ -1,0 +1,247 @@
+"""Confidential fine-tuning: attest, release keys, train in a TEE, verify, promote, revoke.
+
+The same file runs on a CoCo cluster (``[coco_ai] execution_mode = kubernetes``) and on one
+machine (``local``, the embedded default of ``coco-ai demo``). Deployment settings come from the
+``[coco_ai]`` config section (``AIRFLOW__COCO_AI__*``) and the ``trustee_default`` connection
+(``AIRFLOW_CONN_TRUSTEE_DEFAULT``); per-run choices come from the trigger form below.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pendulum
+from airflow.sdk import (
+    DAG,
+    Asset,
+    AssetOrTimeSchedule,
+    CronTriggerTimetable,
+    Param,
+    conf,
+)
+
+from operators.attestation import AttestationGateOperator
+from operators.checkpoint import EncryptedCheckpointUploadOperator
+from operators.finetune import ConfidentialFineTuneOperator
+from operators.keys import KeyReleaseOperator, KeyRevokeOperator
+from operators.promotion import AttestedModelPromotionOperator
+
+
+def _setting(option: str) -> str:
+    return conf.get("coco_ai", option)
+
+
+#: Data owners publish a new encrypted data-set version as an event on this Asset, with extra
+#: {"dataset_uri": "<object URI>", "dataset_key_uri": "kbs:///..."}; each event starts a run.
+TRAINING_DATA = Asset(name="coco_ai_training_data", uri="x-coco-ai://datasets/training")
+#: Each promotion emits an event here carrying references only (registry version, digests).
+PROMOTED_MODEL = Asset(
+    name="coco_ai_promoted_model",
+    uri=f"x-coco-ai://models/{_setting('registered_model_name')}",
+)
+
+
+def _schedule() -> Asset | AssetOrTimeSchedule:
+    """Retrain when a new data-set version lands and, if ``retrain_cron`` is set, by the clock."""
+    cron = _setting("retrain_cron").strip()
+    if not cron:
+        return TRAINING_DATA
+    return AssetOrTimeSchedule(
+        timetable=CronTriggerTimetable(cron, timezone="UTC"), assets=TRAINING_DATA
+    )
+
+
+DATA, LORA, TRAIN, TEE, PROMOTE = (
+    "Data",
+    "LoRA adapter",
+    "Training",
+    "Confidential computing",
+    "Promotion gate",
+)
+
+PARAMS = {
+    "base_model": Param(
+        _setting("base_model"),
+        type="string",
+        title="Base model",
+        description="Hugging Face model directory (path or object-store URI) to fine-tune; "
+        "its digest is recorded in the signed manifest.",
+        section=DATA,
+    ),
+    "dataset_uri": Param(
+        _setting("dataset_uri"),
+        type="string",
+        title="Data set URI",
+        description="Object-store URI of the encrypted training data (JSONL). Only the TEE can "
+        "decrypt it; Airflow sees the URI.",
+        section=DATA,
+    ),
+    "dataset_key_uri": Param(
+        _setting("dataset_key_uri"),
+        type="string",
+        # three [A-Za-z0-9._-] segments, none of them "." or ".."
+        pattern=r"^kbs:///(?:(?!\.\.?/)[A-Za-z0-9._-]+/){2}(?!\.\.?$)[A-Za-z0-9._-]+$",
+        title="Data-set key (KBS resource)",
+        description="kbs:///repo/type/tag of the data set's key in Trustee; released only to "
+        "attested TEEs.",
+        section=DATA,
+    ),
+    "lora_r": Param(8, type="integer", minimum=1, maximum=256, title="LoRA rank (r)", section=LORA),
+    "lora_alpha": Param(
+        16, type="integer", minimum=1, maximum=512, title="LoRA alpha", section=LORA
+    ),
+    "lora_dropout": Param(
+        0.05, type="number", minimum=0, maximum=0.9, title="LoRA dropout", section=LORA
+    ),
+    "epochs": Param(1, type="integer", minimum=1, maximum=100, title="Epochs", section=TRAIN),
+    "max_steps": Param(
+        None,
+        type=["null", "integer"],
+        minimum=1,
+        title="Maximum optimizer steps",
+        description="Stop after this many steps (empty: as many as the epochs give).",
+        section=TRAIN,
+    ),
+    "tee": Param(
+        _setting("default_tee"),
+        type="string",
+        enum=["tdx", "snp", "sample"],
+        values_display={
+            "tdx": "Intel TDX + NVIDIA confidential GPU",
+            "snp": "AMD SEV-SNP + NVIDIA confidential GPU",
+            "sample": "Sample TEE (development: local emulator, dev policy only)",
+        },
+        title="TEE type",
+        description="Hardware the fine-tune must attest on; picks the Kata runtime class.",
+        section=TEE,
+    ),
+    "gpu_count": Param(
+        1,
+        type="integer",
+        minimum=0,
+        maximum=8,
+        title="Confidential GPUs",
+        description="nvidia.com/pgpu per pod; the resource policy refuses keys to fewer "
+        "attested GPUs than it requires.",
+        section=TEE,
+    ),
+    "max_eval_loss": Param(
+        None,
+        type=["null", "number"],
+        minimum=0,
+        title="Maximum eval loss",
+        description="Promote only if the held-out loss is at most this (empty: no limit).",
+        section=PROMOTE,
+    ),
+    "min_relative_improvement": Param(
+        0.0,
+        type="number",
+        minimum=-1,
+        maximum=1,
+        title="Minimum relative improvement",
+        description="Promote only if (loss before - loss after) / loss before is at least this.",
+        section=PROMOTE,
+    ),
+}
+
+with DAG(
+    dag_id="confidential_finetune",
+    description="PEFT fine-tuning on confidential GPUs with attested key release and promotion",
+    doc_md=__doc__,
+    start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
+    schedule=_schedule(),
+    catchup=False,
+    max_active_runs=1,
+    # Only the idempotent tasks set retries; a short delay suits transient network errors.
+    default_args={"retry_delay": timedelta(seconds=15)},
+    params=PARAMS,
+    render_template_as_native_obj=True,
+    tags=["confidential-computing", "coco", "fine-tuning"],
+) as dag:
+    attestation_gate = AttestationGateOperator(
+        task_id="attestation_gate",
+        retries=2,  # read-only checks: safe to retry on a transient network error
+        doc_md="""Pre-flight: Trustee answers over TLS with the pinned CA, serves exactly the
+repository's resource and attestation policies (by digest), and holds the required
+reference values. Fails closed, naming the mismatch.""",
+    )
+    key_release = KeyReleaseOperator(
+        task_id="key_release",
+        dataset_uri="{{ params.dataset_uri }}",
+        dataset_key_uri="{{ params.dataset_key_uri }}",
+        base_model="{{ params.base_model }}",
+        doc_md="""Creates this run's checkpoint key *inside* Trustee, released only to a TEE
+whose initdata names this run; builds that initdata (KBS URL and CA, run id, key URIs, image
+digest) and pins the inputs (digests of the encrypted data set and of the base model).
+XCom holds references only. No retries: a second key would orphan the first.""",
+    )
+    confidential_finetune = ConfidentialFineTuneOperator(
+        task_id="confidential_finetune",
+        run_refs=key_release.output,
+        tee="{{ params.tee }}",
+        gpu_count="{{ params.gpu_count }}",
+        finetune={
+            "lora": {
+                "r": "{{ params.lora_r }}",
+                "alpha": "{{ params.lora_alpha }}",
+                "dropout": "{{ params.lora_dropout }}",
+            },
+            "training": {
+                "epochs": "{{ params.epochs }}",
+                "max_steps": "{{ params.max_steps }}",
+            },
+        },
+        doc_md="""LoRA fine-tuning inside the TEE. The workload fetches the data-set and
+checkpoint keys from the confidential data hub (after attestation), trains, evaluates, encrypts
+the adapter and signs its manifest with the attested TEE key. Kubernetes mode: a Kata pod with
+a confidential GPU runtime class; local mode: a process beside the guest emulator.""",
+    )
+    encrypted_checkpoint_upload = EncryptedCheckpointUploadOperator(
+        task_id="encrypted_checkpoint_upload",
+        staged=confidential_finetune.output,
+        run_refs=key_release.output,
+        retries=2,  # content-addressed and manifest-last: a retry resumes, never duplicates
+        doc_md="""Copies the ciphertext and signed manifest from staging to the durable
+checkpoint store, verifying token, signature and digests first, without any key.""",
+    )
+    attested_promotion = AttestedModelPromotionOperator(
+        task_id="attested_promotion",
+        checkpoint=encrypted_checkpoint_upload.output,
+        run_refs=key_release.output,
+        min_gpus="{{ params.gpu_count }}",
+        thresholds={
+            "max_eval_loss": "{{ params.max_eval_loss }}",
+            "min_relative_improvement": "{{ params.min_relative_improvement }}",
+        },
+        outlets=[PROMOTED_MODEL],
+        doc_md="""Verifies the whole chain (EAR token genuine and affirming for CPU and every
+GPU, this run's initdata, manifest signed by the attested key while the token was valid,
+ciphertext digests, metric thresholds), then signs the model (OpenSSF model signing), registers
+it in MLflow with its provenance and moves the serving alias. Any failed check leaves the
+registry untouched.""",
+    )
+    revoke_keys = KeyRevokeOperator(
+        task_id="revoke_keys",
+        run_refs="{{ ti.xcom_pull(task_ids='key_release') }}",
+        retries=2,  # deleting a key is idempotent
+        doc_md="""Always runs (trigger rule all_done): deletes this run's keys from Trustee.
+Marked as a teardown so that its success never hides a failed run.""",
+    )
+    # Cleanup must not decide the run's state: a teardown leaf is ignored for it, and keeping
+    # trigger rule all_done (not all_done_setup_success) revokes even after a failed key release.
+    revoke_keys.is_teardown = True
+
+    (
+        attestation_gate
+        >> key_release
+        >> confidential_finetune
+        >> encrypted_checkpoint_upload
+        >> attested_promotion
+        >> revoke_keys
+    )
+    [
+        attestation_gate,
+        key_release,
+        confidential_finetune,
+        encrypted_checkpoint_upload,
+    ] >> revoke_keys

@@ -1,0 +1,191 @@
+"""`AttestationGateOperator`: pre-flight checks of the Trustee a run will depend on."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from typing import Any
+from urllib.parse import urlsplit
+
+from airflow.sdk import BaseOperator, Context, Variable
+
+from coco_ai import policies
+from operators._settings import setting
+from operators.hooks.trustee import TrusteeHook
+
+SYNC_POLICIES_VAR = "coco_ai_sync_policies"
+
+
+class AttestationGateError(RuntimeError):
+    """Trustee is not in the state this pipeline requires (the message names what differs)."""
+
+
+def _sha256(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def _default_reference_values(policy_set: str) -> list[str]:
+    # The sample attestation policies read these; real TEE policies name their own.
+    if policies.POLICY_SETS[policy_set]["default_cpu"] == "attestation_cpu_sample":
+        return sorted(policies.DEV_SAMPLE_REFERENCE_VALUES)
+    return []
+
+
+def _sync_allowed() -> bool:
+    """The data owner's switch: Variable ``coco_ai_sync_policies`` ("true"/"false", default false).
+
+    A Variable, not a config option, so that it can be turned off at runtime without restarting
+    workers (e.g. while the data owner edits policies by hand).
+    """
+    value = Variable.get(SYNC_POLICIES_VAR, default="false")
+    return str(value).strip().lower() in ("true", "1", "yes")
+
+
+def _check_resource_policy(client: Any, name: str, expected: str, sync: bool) -> str:
+    """Make sure Trustee enforces the repository's resource policy; return how it was ensured."""
+    text = client.get_resource_policy()  # None: Trustee v0.20+ lists policy ids only
+    deployed = _sha256(text) if text is not None else None
+    if deployed == expected:
+        return "match"
+    if not sync:
+        if deployed is None:
+            raise AttestationGateError(
+                f"cannot verify the resource policy: this Trustee does not expose it (it lists "
+                f"policy ids only), so it may differ from the repository's {name}.rego "
+                f"(sha256:{expected}); set Variable {SYNC_POLICIES_VAR}=true to let the gate "
+                "upload it"
+            )
+        raise AttestationGateError(
+            f"resource policy mismatch: Trustee serves sha256:{deployed}, the repository's "
+            f"{name}.rego is sha256:{expected} (set Variable {SYNC_POLICIES_VAR}=true to "
+            "replace it)"
+        )
+    client.set_resource_policy(policies.load(name))
+    readback = client.get_resource_policy()
+    if readback is not None and _sha256(readback) != expected:
+        raise AttestationGateError(
+            f"resource policy still differs after upload: sha256:{_sha256(readback)}"
+        )
+    return "synced"
+
+
+def _has_reference_value(client: Any, name: str) -> bool:
+    from coco_ai.kbs.errors import RvpsError
+
+    try:
+        return bool(client.get_reference_value(name))
+    except RvpsError:  # Trustee's answer for an unknown id
+        return False
+
+
+class AttestationGateOperator(BaseOperator):
+    """Fail the run before any key exists unless Trustee is exactly as the repository says.
+
+    Checks, in order, each failing closed with a message that names the mismatch:
+
+    1. the connection's KBS URL is ``https://`` and ``/healthz`` answers through TLS pinned to
+       the connection's CA certificate;
+    2. the resource policy Trustee serves has the SHA-256 of the repository's file for
+       ``policy_set`` (``coco_ai/policies``). Where sync is allowed (``sync_policies``, else
+       Variable ``coco_ai_sync_policies``), a differing or unreadable policy is uploaded
+       instead; otherwise a mismatch fails, and so does a Trustee that hides its policy
+       (v0.20+ lists policy ids only): what cannot be verified is not trusted;
+    3. where sync is allowed, the attestation policies of the set are uploaded too (Trustee has
+       no API to read them back, so without syncing they are reported as not verifiable);
+    4. every name in ``required_reference_values`` resolves to a non-empty reference value.
+
+    Returns a summary of what was verified (digests and names, no secrets).
+
+    Example::
+
+        gate = AttestationGateOperator(
+            task_id="attestation_gate",
+            policy_set="prod-tdx",
+            required_reference_values=["tdx_mr_td", "nvidia_driver_version"],
+            retries=2,
+        )
+    """
+
+    template_fields = ("policy_set", "required_reference_values")
+    ui_color = "#e2ece9"
+
+    def __init__(
+        self,
+        *,
+        policy_set: str | None = None,
+        sync_policies: bool | None = None,
+        required_reference_values: Sequence[str] | None = None,
+        trustee_conn_id: str = TrusteeHook.default_conn_name,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.policy_set = policy_set
+        self.sync_policies = sync_policies
+        self.required_reference_values = required_reference_values
+        self.trustee_conn_id = trustee_conn_id
+
+    def execute(self, context: Context) -> dict[str, Any]:
+        policy_set = self.policy_set or setting("policy_set")
+        if policy_set not in policies.POLICY_SETS:
+            raise AttestationGateError(
+                f"unknown policy set {policy_set!r}; known: {', '.join(policies.POLICY_SETS)}"
+            )
+        sync = self.sync_policies if self.sync_policies is not None else _sync_allowed()
+        wanted = policies.POLICY_SETS[policy_set]
+        required = (
+            list(self.required_reference_values)
+            if self.required_reference_values is not None
+            else _default_reference_values(policy_set)
+        )
+
+        hook = TrusteeHook(self.trustee_conn_id)
+        url = hook.settings.kbs_url
+        if urlsplit(url).scheme != "https":
+            raise AttestationGateError(f"KBS {url} is not served over TLS (https required)")
+        with hook.get_conn() as client:
+            if not client.healthz():
+                raise AttestationGateError(f"KBS {url} is not healthy (/healthz)")
+            self.log.info(
+                "KBS %s healthy over TLS (CA pinned: %s)", url, bool(hook.settings.ca_cert_pem)
+            )
+
+            resource_name = wanted[policies.RESOURCE_POLICY_ID]
+            expected = policies.digest(resource_name)
+            resource_state = _check_resource_policy(client, resource_name, expected, sync)
+            self.log.info(
+                "Resource policy %s: %s (sha256:%s)", resource_name, resource_state, expected
+            )
+
+            attestation: dict[str, dict[str, str]] = {}
+            for policy_id, name in sorted(wanted.items()):
+                if policy_id == policies.RESOURCE_POLICY_ID:
+                    continue
+                state = "not verifiable (no read API in Trustee)"
+                if sync:
+                    client.set_attestation_policy(policies.load(name), policy_id)
+                    state = "synced"
+                attestation[policy_id] = {
+                    "file": f"{name}.rego",
+                    "sha256": policies.digest(name),
+                    "state": state,
+                }
+                self.log.info("Attestation policy %s = %s: %s", policy_id, name, state)
+
+            missing = [name for name in required if not _has_reference_value(client, name)]
+            if missing:
+                raise AttestationGateError(
+                    f"reference values missing in Trustee: {', '.join(missing)}"
+                )
+            self.log.info("Reference values present: %s", ", ".join(required) or "none required")
+
+        return {
+            "kbs_url": url,
+            "policy_set": policy_set,
+            "resource_policy": {
+                "file": f"{resource_name}.rego",
+                "sha256": expected,
+                "state": resource_state,
+            },
+            "attestation_policies": attestation,
+            "reference_values": required,
+        }

@@ -1,0 +1,103 @@
+"""`EncryptedCheckpointUploadOperator`: staging → durable checkpoint store, verified, keyless."""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+from airflow.sdk import BaseOperator, Context
+
+from operators._settings import as_int, required_setting
+from operators.hooks.trustee import TrusteeHook
+from operators.keys import expected_initdata_claims
+
+
+def verification_policy(run_refs: dict[str, str], min_gpus: int) -> Any:
+    """What a checkpoint of this run must prove: its token names this run's initdata claims."""
+    from coco_ai.crypto import VerificationPolicy
+
+    return VerificationPolicy(
+        run_id=run_refs["run_id"],
+        min_gpus=min_gpus,
+        init_data_claims=expected_initdata_claims(run_refs),
+    )
+
+
+class EncryptedCheckpointUploadOperator(BaseOperator):
+    """Move the encrypted, signed checkpoint from staging to the durable checkpoint store.
+
+    Before a byte is copied, the EAR token must chain to the connection's trust anchor and meet
+    the run's policy (CPU and GPUs affirming, this run's initdata claims) and the manifest must
+    be signed by the attested TEE key; every object is hashed on read and re-read after write;
+    the manifest is written last. No key is involved: ciphertext stays ciphertext. Re-running
+    after a failure resumes, and re-running after success is a no-op, so retries are safe.
+
+    Returns ``{"run_id", "checkpoint_uri", "manifest_digest", "files", "ciphertext_bytes"}``.
+
+    Example::
+
+        upload = EncryptedCheckpointUploadOperator(
+            task_id="encrypted_checkpoint_upload",
+            staged=finetune.output,          # {"run_id", "staging_uri"}
+            run_refs=key_release.output,
+            destination_root="s3://coco-checkpoints",
+            retries=2,
+        )
+    """
+
+    template_fields = ("staged", "run_refs", "destination_root", "min_gpus")
+    template_fields_renderers: ClassVar[dict[str, str]] = {"staged": "json", "run_refs": "json"}
+    ui_color = "#e9ecef"
+
+    def __init__(
+        self,
+        *,
+        staged: Any,
+        run_refs: Any,
+        destination_root: str | None = None,
+        min_gpus: int | str = 1,
+        trustee_conn_id: str = TrusteeHook.default_conn_name,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.staged = staged
+        self.run_refs = run_refs
+        self.destination_root = destination_root
+        self.min_gpus = min_gpus
+        self.trustee_conn_id = trustee_conn_id
+
+    def execute(self, context: Context) -> dict[str, Any]:
+        from coco_ai.storage import copy_checkpoint
+
+        run_id = self.run_refs["run_id"]
+        if self.staged.get("run_id") != run_id:
+            raise ValueError(
+                f"staged checkpoint belongs to run {self.staged.get('run_id')!r}, not {run_id!r}"
+            )
+        source = self.staged["staging_uri"]
+        root = self.destination_root or required_setting("checkpoint_store_uri")
+        destination = f"{root.rstrip('/')}/{run_id}"
+        anchor = TrusteeHook(self.trustee_conn_id).trust_anchor()
+        policy = verification_policy(self.run_refs, as_int("min_gpus", self.min_gpus))
+        self.log.info("Verifying %s and copying it to %s", source, destination)
+        manifest = copy_checkpoint(
+            source,
+            destination,
+            trust_anchor_pem=anchor,
+            policy=policy,
+            on_progress=self._progress,
+        )
+        result = {
+            "run_id": run_id,
+            "checkpoint_uri": destination,
+            "manifest_digest": manifest.digest(),
+            "files": len(manifest.files),
+            "ciphertext_bytes": sum(f.ciphertext_size for f in manifest.files),
+        }
+        self.log.info("Checkpoint stored: %s", result)
+        return result
+
+    def _progress(self, event: Any) -> None:
+        from coco_ai.storage.store import OBJECT_SKIPPED, OBJECT_WRITTEN
+
+        if event.kind in (OBJECT_SKIPPED, OBJECT_WRITTEN):  # not every chunk
+            self.log.info("%s %s", event.kind, event.name)

@@ -1,0 +1,203 @@
+"""Execution mode ``local``: the fine-tune workload as a local process beside the emulator.
+
+For hosts with no TEE and no cluster (the embedded default, tests, laptops). What runs is what
+the pod runs: ``python -m coco_ai.workloads.finetune --config F``, talking to the guest components
+REST API; here that API is ``coco-ai guest serve`` (the guest-components emulator) started with the
+run's initdata, so Trustee sees the run's initdata digest and ``sample``/``sampledevice``
+evidence. Both processes get a minimal environment (no ``AIRFLOW_*`` variables, no connections):
+they stand for the TEE, which never receives anything from Airflow but references.
+
+The emulator only produces Trustee's ``sample`` evidence, so only ``tee="sample"`` runs here;
+the development resource policy accepts it, the production policy refuses it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import deque
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import httpx
+
+from coco_ai.guest.initdata import Initdata
+from operators._settings import setting
+
+if TYPE_CHECKING:
+    from operators.finetune import ConfidentialFineTuneOperator
+
+LOCAL_TEES = ("sample",)
+_EMULATOR_START_TIMEOUT_S = 30
+_ERROR_TAIL_LINES = 20
+# Passed through to the "TEE" processes; everything else (AIRFLOW_*, cloud credentials) is not.
+_PASS_ENV = ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "TZ", "HF_HOME", "OMP_NUM_THREADS")
+_FIXED_ENV = {
+    "PYTHONUNBUFFERED": "1",
+    "HF_HUB_OFFLINE": "1",
+    "TRANSFORMERS_OFFLINE": "1",
+    "TOKENIZERS_PARALLELISM": "false",
+}
+
+
+class LocalWorkloadError(RuntimeError):
+    """The local workload or its emulator failed; the message carries the workload's last lines."""
+
+
+def tee_environment() -> dict[str, str]:
+    env = {k: os.environ[k] for k in _PASS_ENV if k in os.environ}
+    env.update(_FIXED_ENV)
+    return env
+
+
+def guest_command() -> list[str]:
+    """``[coco_ai] local_guest_command`` (a JSON list) or the bundled ``coco-ai guest serve``.
+
+    Whatever serves the guest-components API for one run; it is called with ``--initdata FILE
+    --port P --gpus N`` appended and must listen on 127.0.0.1:P.
+    """
+    configured = setting("local_guest_command").strip()
+    if configured:
+        argv = json.loads(configured)
+        if not isinstance(argv, list) or not argv or not all(isinstance(a, str) for a in argv):
+            raise LocalWorkloadError("[coco_ai] local_guest_command must be a JSON list of strings")
+        return argv
+    # The console script installed beside this interpreter (venv or image), not one on PATH.
+    return [str(Path(sys.executable).with_name("coco-ai")), "guest", "serve"]
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _stop(proc: subprocess.Popen | None, grace_s: float = 10.0) -> None:
+    if proc is None or proc.poll() is not None:
+        return
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(grace_s)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+def _start_emulator(initdata_path: Path, gpus: int, log_path: Path) -> tuple[subprocess.Popen, str]:
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    argv = [*guest_command(), "--initdata", str(initdata_path), "--port", str(port)]
+    argv += ["--gpus", str(gpus)]
+    with log_path.open("ab") as log:
+        proc = subprocess.Popen(
+            argv,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=tee_environment(),
+            start_new_session=True,
+        )
+    deadline = time.monotonic() + _EMULATOR_START_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise LocalWorkloadError(
+                f"guest-components emulator exited with {proc.returncode}: "
+                + log_path.read_text(errors="replace")[-2000:]
+            )
+        try:
+            if httpx.get(f"{url}/info", timeout=1.0, trust_env=False).status_code == 200:
+                return proc, url
+        except httpx.TransportError:
+            pass
+        time.sleep(0.2)
+    _stop(proc)
+    raise LocalWorkloadError(f"guest-components emulator did not answer on {url} in time")
+
+
+def run_workload(op: ConfidentialFineTuneOperator, config: dict[str, Any]) -> None:
+    """Run the workload for ``config`` beside an emulator holding the run's initdata."""
+    tee = str(op.tee)
+    if tee not in LOCAL_TEES:
+        raise LocalWorkloadError(
+            f"the local execution mode emulates only the {', '.join(LOCAL_TEES)} TEE; "
+            f"tee={tee!r} needs execution_mode=kubernetes on {tee.upper()} hardware"
+        )
+    initdata = Initdata.from_annotation(op.run_refs["initdata_annotation"])
+    root = Path(setting("local_workdir") or tempfile.gettempdir()) / "coco-ai-local"
+    run_dir = root / config["run_id"]
+    run_dir.mkdir(parents=True, exist_ok=True)
+    initdata_path = run_dir / "initdata.toml"
+    initdata_path.write_bytes(initdata.toml_bytes())  # the digest is over these exact bytes
+
+    emulator, url = _start_emulator(initdata_path, op.gpus(), run_dir / "emulator.log")
+    op._local_procs = [emulator]
+    try:
+        config = {**config, "guest_api_url": url}
+        config_path = run_dir / "finetune.json"
+        config_path.write_text(json.dumps(config, indent=2, sort_keys=True))
+        op.log.info("Guest-components emulator at %s (initdata %s)", url, initdata_path)
+        _run_streaming(
+            op,
+            [sys.executable, "-m", "coco_ai.workloads.finetune", "--config", str(config_path)],
+            timeout_s=op.active_deadline_seconds,
+        )
+    finally:
+        _stop(emulator)
+        op._local_procs = []
+
+
+def _run_streaming(
+    op: ConfidentialFineTuneOperator, argv: list[str], timeout_s: int | None
+) -> None:
+    proc = subprocess.Popen(
+        argv,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        env=tee_environment(),
+        start_new_session=True,
+        text=True,
+        bufsize=1,
+    )
+    op._local_procs.append(proc)
+    expired = threading.Event()
+
+    def _expire() -> None:
+        expired.set()
+        _stop(proc, grace_s=5)
+
+    timer = threading.Timer(timeout_s, _expire) if timeout_s else None
+    if timer:
+        timer.daemon = True
+        timer.start()
+    tail: deque[str] = deque(maxlen=_ERROR_TAIL_LINES)
+    try:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            line = line.rstrip("\n")
+            tail.append(line)
+            op.log.info("[workload] %s", line)
+        rc = proc.wait()
+    finally:
+        if timer:
+            timer.cancel()
+        _stop(proc)
+    if expired.is_set():
+        raise LocalWorkloadError(f"workload exceeded its deadline of {timeout_s} s and was killed")
+    if rc != 0:
+        raise LocalWorkloadError(
+            f"workload exited with status {rc}; last lines:\n" + "\n".join(tail)
+        )
+
+
+def kill(op: ConfidentialFineTuneOperator) -> None:
+    """Stop the local workload and emulator (task killed or marked failed)."""
+    for proc in reversed(getattr(op, "_local_procs", [])):
+        _stop(proc, grace_s=5)

@@ -1,0 +1,153 @@
+"""`TrusteeHook`: the `trustee` connection type, a thin layer over `coco_ai.kbs.KbsAdminClient`.
+
+Connection (all fields live in ``extra``; the form is declared in ``operators.provider_info``)::
+
+    AIRFLOW_CONN_TRUSTEE_DEFAULT='{"conn_type": "trustee", "extra": {
+        "kbs_url": "https://kbs.example:8080",
+        "ca_cert": "-----BEGIN CERTIFICATE-----...",        # TLS CA of the KBS (optional)
+        "admin_secret": "-----BEGIN PRIVATE KEY-----...",   # Ed25519 key PEM, or an admin JWT
+        "admin_auth": "self-signed",                        # or "bearer" (Trustee v0.21+)
+        "trust_anchor": "-----BEGIN CERTIFICATE-----..."}}' # CA of the EAR token's x5c chain
+
+The admin credential is registered with Airflow's secrets masker as soon as it is read.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
+
+from airflow.sdk import BaseHook
+from airflow.sdk.log import mask_secret
+
+if TYPE_CHECKING:
+    from coco_ai.kbs.client import KbsAdminClient
+
+ADMIN_AUTH_STYLES = ("self-signed", "bearer")
+_LOOPBACK = {"127.0.0.1", "::1", "localhost"}
+
+
+class TrusteeConnectionError(ValueError):
+    """The `trustee` connection is incomplete or malformed (the message names the field)."""
+
+
+@dataclass(frozen=True)
+class TrusteeSettings:
+    """The parsed `trustee` connection. `admin_secret` never appears in the repr."""
+
+    kbs_url: str
+    ca_cert_pem: str | None
+    trust_anchor_pem: str | None
+    admin_auth: str
+    admin_secret: str | None = field(repr=False)
+
+    @classmethod
+    def from_extra(cls, extra: dict[str, Any]) -> TrusteeSettings:
+        url = str(extra.get("kbs_url") or "").strip().rstrip("/")
+        if not url:
+            raise TrusteeConnectionError("trustee connection: 'kbs_url' is required")
+        parts = urlsplit(url)
+        if parts.scheme not in ("https", "http") or not parts.hostname:
+            raise TrusteeConnectionError(f"trustee connection: kbs_url {url!r} is not http(s)://")
+        # Plain HTTP only on loopback: the key broker's admin API must never cross a network
+        # in clear text (the stand-ins refuse it too).
+        if parts.scheme == "http" and parts.hostname not in _LOOPBACK:
+            raise TrusteeConnectionError(
+                f"trustee connection: kbs_url {url!r} uses plain HTTP off loopback; use https"
+            )
+        auth = str(extra.get("admin_auth") or "self-signed")
+        if auth not in ADMIN_AUTH_STYLES:
+            raise TrusteeConnectionError(
+                f"trustee connection: admin_auth {auth!r} is not one of "
+                f"{', '.join(ADMIN_AUTH_STYLES)}"
+            )
+        return cls(
+            kbs_url=url,
+            ca_cert_pem=_pem_or_none(extra, "ca_cert"),
+            trust_anchor_pem=_pem_or_none(extra, "trust_anchor"),
+            admin_auth=auth,
+            admin_secret=(str(extra["admin_secret"]).strip() or None)
+            if extra.get("admin_secret")
+            else None,
+        )
+
+
+def _pem_or_none(extra: dict[str, Any], name: str) -> str | None:
+    value = str(extra.get(name) or "").strip()
+    if not value:
+        return None
+    if "-----BEGIN CERTIFICATE-----" not in value:
+        raise TrusteeConnectionError(f"trustee connection: {name!r} is not a PEM certificate")
+    return value + "\n"
+
+
+def _mask_credential(secret: str) -> None:
+    mask_secret(secret)
+    # A PEM may be logged line by line (or re-wrapped); mask its base64 body lines as well.
+    for line in secret.splitlines():
+        line = line.strip()
+        if line and not line.startswith("-----"):
+            mask_secret(line)
+
+
+class TrusteeHook(BaseHook):
+    """Admin access to a Trustee KBS (policies, resources, per-run keys, reference values).
+
+    Example::
+
+        hook = TrusteeHook("trustee_default")
+        client = hook.get_conn()            # coco_ai.kbs.client.KbsAdminClient
+        client.healthz()
+        anchor = hook.settings.trust_anchor_pem
+    """
+
+    conn_name_attr = "trustee_conn_id"
+    default_conn_name = "trustee_default"
+    conn_type = "trustee"
+    hook_name = "Trustee (CoCo Key Broker)"
+
+    def __init__(self, trustee_conn_id: str = default_conn_name) -> None:
+        super().__init__()
+        self.trustee_conn_id = trustee_conn_id
+
+    @cached_property
+    def settings(self) -> TrusteeSettings:
+        conn = self.get_connection(self.trustee_conn_id)
+        settings = TrusteeSettings.from_extra(conn.extra_dejson)
+        if settings.admin_secret:
+            _mask_credential(settings.admin_secret)
+        return settings
+
+    def get_conn(self) -> KbsAdminClient:
+        """An admin client authenticated in the connection's style (TLS pinned to its CA)."""
+        from coco_ai.kbs.client import BearerTokenAdminAuth, KbsAdminClient, SelfSignedAdminAuth
+
+        s = self.settings
+        if not s.admin_secret:
+            raise TrusteeConnectionError(
+                f"trustee connection {self.trustee_conn_id!r}: 'admin_secret' is required for "
+                "admin operations"
+            )
+        if s.admin_auth == "bearer":
+            auth: Any = BearerTokenAdminAuth(s.admin_secret)
+        else:
+            auth = SelfSignedAdminAuth(s.admin_secret.encode())
+        return KbsAdminClient(s.kbs_url, auth=auth, ca_cert=s.ca_cert_pem)
+
+    def trust_anchor(self) -> bytes:
+        """The EAR token trust anchor PEM; required by every verifier downstream."""
+        if not self.settings.trust_anchor_pem:
+            raise TrusteeConnectionError(
+                f"trustee connection {self.trustee_conn_id!r}: 'trust_anchor' is required to "
+                "verify attestation tokens"
+            )
+        return self.settings.trust_anchor_pem.encode()
+
+    def test_connection(self) -> tuple[bool, str]:
+        try:
+            healthy = self.get_conn().healthz()
+        except Exception as exc:  # the UI shows the message; any failure is a failed test
+            return False, f"{type(exc).__name__}: {exc}"
+        return (True, "KBS is healthy") if healthy else (False, "KBS health check failed")

@@ -1,0 +1,140 @@
+"""One real embedded stack for the whole e2e tier (session scope: it takes ~40 s to start).
+
+Trustee stand-in (subprocess, loopback TLS, dev policies), Airflow scheduler, dag-processor,
+triggerer and api-server (subprocesses, SQLite + LocalExecutor), the DAG from the repository's
+dags/ folder, in local execution mode. The only test-specific setting: the guest-components
+emulator is `guest_with_recorded_key.py`, which records each run's TEE private key so the
+secret-hygiene test knows which bytes to look for.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from coco_ai.devstack import DAG_ID, DevStack, RunKeyWatcher, StackInfo, stop_stack
+from coco_ai.devstack.stack import DATASET_KEY_PATH
+
+HERE = Path(__file__).resolve().parent
+TERMINAL = ("success", "failed")
+
+
+@dataclass
+class E2EStack:
+    info: StackInfo
+    root: Path
+    tee_key_dir: Path
+
+    def admin(self) -> Any:
+        from coco_ai.kbs.admin_auth import SelfSignedAdminAuth
+        from coco_ai.kbs.client import KbsAdminClient
+
+        return KbsAdminClient(
+            self.info.trustee_url,
+            auth=SelfSignedAdminAuth((self.root / "keys" / "admin-key.pem").read_bytes()),
+            ca_cert=(Path(self.info.trustee_state_dir) / "ca.pem").read_bytes(),
+        )
+
+    def resource(self, path: str) -> bytes | None:
+        """What the data owner's Trustee holds at `path` (None when absent)."""
+        from coco_ai.trustee_dev.state import StateDir
+
+        record = StateDir(self.info.trustee_state_dir).get_resource(path)
+        return record.data if record else None
+
+    def dataset_key(self) -> bytes:
+        key = self.resource(DATASET_KEY_PATH)
+        assert key is not None and len(key) == 32
+        return key
+
+    def token(self) -> str:
+        r = httpx.post(
+            f"{self.info.api_url}/auth/token",
+            json={"username": self.info.username, "password": self.info.password()},
+            timeout=30,
+        )
+        assert r.status_code in (200, 201), r.text
+        return r.json()["access_token"]
+
+    def registry_versions(self) -> int:
+        from coco_ai.promotion import model_versions
+
+        name, uri = self.info.registered_model_name, self.info.registry_uri
+        return len(model_versions(name, registry_uri=uri))
+
+
+@pytest.fixture(scope="session")
+def e2e_stack(tmp_path_factory) -> E2EStack:
+    root = tmp_path_factory.mktemp("coco-demo")
+    tee_keys = root / "recorded-tee-keys"
+    guest = [
+        sys.executable,
+        str(HERE / "guest_with_recorded_key.py"),
+        "--record-dir",
+        str(tee_keys),
+    ]
+    info = DevStack(
+        root, extra_env={"AIRFLOW__COCO_AI__LOCAL_GUEST_COMMAND": json.dumps(guest)}
+    ).start()
+    try:
+        yield E2EStack(info, root, tee_keys)
+    finally:
+        stop_stack(root)
+
+
+@dataclass
+class FollowedRun:
+    run_id: str
+    state: str
+    tasks: dict[str, dict]
+    refs: dict | None
+    checkpoint_key: bytes | None
+
+
+def follow_run(
+    stack: E2EStack,
+    run_id: str,
+    *,
+    timeout_s: float = 300,
+    on_refs=None,
+) -> FollowedRun:
+    """Poll a run to its end, capturing its checkpoint key while Trustee holds it."""
+    client = stack.info.client()
+    watcher = None
+    refs = None
+    deadline = time.monotonic() + timeout_s
+    try:
+        while True:
+            run = client.dag_run(DAG_ID, run_id)
+            tasks = {t["task_id"]: t for t in client.task_instances(DAG_ID, run_id)}
+            if refs is None and (tasks.get("key_release") or {}).get("state") == "success":
+                refs = client.xcom(DAG_ID, run_id, "key_release")
+                path = refs["checkpoint_key_uri"].removeprefix("kbs:///")
+                watcher = RunKeyWatcher(stack.info.trustee_state_dir, path, 0.05).start()
+                if on_refs:
+                    on_refs(refs)
+            if run["state"] in TERMINAL:
+                # the run is final once its teardown (revocation) is final too
+                revoke = (tasks.get("revoke_keys") or {}).get("state")
+                if revoke in ("success", "failed", "skipped", "upstream_failed"):
+                    break
+            assert time.monotonic() < deadline, f"run {run_id} still {run['state']}: {tasks}"
+            time.sleep(0.5)
+    finally:
+        if watcher is not None:
+            watcher.stop()
+        client.close()
+    return FollowedRun(run_id, run["state"], tasks, refs, watcher.key if watcher else None)
+
+
+@pytest.fixture(scope="session")
+def follow(e2e_stack):
+    """`follow(run_id, timeout_s=..., on_refs=...)` on the session's stack."""
+    return lambda run_id, **kwargs: follow_run(e2e_stack, run_id, **kwargs)

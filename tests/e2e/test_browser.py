@@ -1,0 +1,80 @@
+"""The web UI path: log in, open the DAG, fill the trigger form, submit, watch the run succeed.
+
+Headless Chromium from Debian (`apt-get install chromium`) driven by Playwright.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+from urllib.parse import unquote
+
+import pytest
+
+from coco_ai.devstack import DAG_ID
+
+pytestmark = [pytest.mark.e2e, pytest.mark.browser, pytest.mark.slow, pytest.mark.timeout(900)]
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not shutil.which(CHROMIUM):
+        pytest.fail(f"{CHROMIUM} is missing: apt-get install -y chromium (make setup does)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        chromium = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield chromium
+        chromium.close()
+
+
+def test_trigger_form_starts_a_run_that_succeeds(e2e_stack, follow, browser):
+    info = e2e_stack.info
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    page.set_default_timeout(60_000)
+
+    page.goto(f"{info.api_url}/auth/login")
+    page.get_by_label("Username").fill(info.username)
+    page.get_by_label("Password").fill(info.password())
+    page.get_by_role("button", name="Sign in").click()
+    page.wait_for_url(re.compile(r".*/$"))
+
+    page.goto(f"{info.api_url}/dags/{DAG_ID}")
+    page.get_by_role("button", name="Trigger").first.click()
+    dialog = page.get_by_role("dialog")
+    # sections of the form are the Param sections; fields are found by their titles
+    for section in ("Data", "LoRA adapter", "Training", "Confidential computing"):
+        assert dialog.get_by_text(section, exact=True).is_visible()
+    dialog.get_by_text("LoRA adapter", exact=True).click()
+    dialog.get_by_label("LoRA rank (r)").fill("4")
+    dialog.get_by_text("Training", exact=True).click()
+    dialog.get_by_label("Epochs").fill("2")
+    dialog.get_by_role("button", name="Trigger").click()
+
+    page.wait_for_url(re.compile(rf".*/dags/{DAG_ID}/runs/.+"))
+    run_id = unquote(page.url.rsplit("/runs/", 1)[1])
+    run = follow(run_id, timeout_s=600)
+    assert run.state == "success", {t: ti["state"] for t, ti in run.tasks.items()}
+
+    client = info.client()
+    conf = client.dag_run(DAG_ID, run_id)["conf"]
+    client.close()
+    assert conf["lora_r"] == 4 and conf["epochs"] == 2  # what was typed into the form
+
+    page.reload()  # the badge updates before the task table; reload before asserting
+    badge = page.get_by_test_id("state-badge").first
+    badge.wait_for()
+    assert badge.inner_text().strip().lower() == "success"
+    page.close()

@@ -1,0 +1,119 @@
+"""Each gate refuses on its own: the run fails at the right task, the registry is untouched and
+the run's key is revoked anyway."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from coco_ai import policies
+from coco_ai.devstack import DAG_ID
+from coco_ai.devstack.stack import SYNC_POLICIES_VARIABLE
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(600)]
+
+
+def _trigger(stack, conf: dict, note: str) -> str:
+    client = stack.info.client()
+    try:
+        return client.trigger(DAG_ID, conf, note=note)["dag_run_id"]
+    finally:
+        client.close()
+
+
+def _task_log(stack, run_id: str, task_id: str) -> str:
+    logs = (Path(stack.info.root) / "airflow" / "logs").rglob("*.log")
+    return "\n".join(
+        p.read_text(errors="replace")
+        for p in logs
+        if f"task_id={task_id}" in str(p) and run_id.replace(":", "") in str(p).replace(":", "")
+    )
+
+
+def _assert_failed_at(run, task_id: str) -> None:
+    states = {t: ti["state"] for t, ti in run.tasks.items()}
+    assert run.state == "failed", states
+    assert states[task_id] == "failed", states
+    assert states["revoke_keys"] == "success", states
+    order = [
+        "attestation_gate",
+        "key_release",
+        "confidential_finetune",
+        "encrypted_checkpoint_upload",
+        "attested_promotion",
+    ]
+    for later in order[order.index(task_id) + 1 :]:
+        assert states[later] == "upstream_failed", states
+    for earlier in order[: order.index(task_id)]:
+        assert states[earlier] == "success", states
+
+
+def test_policy_mismatch_stops_the_run_at_the_gate(e2e_stack, follow):
+    """The policy was edited out of band and the data owner has not allowed the gate to sync."""
+    before = e2e_stack.registry_versions()
+    original = policies.load("resource_dev")
+    client = e2e_stack.info.client()
+    client.put_variable(SYNC_POLICIES_VARIABLE, "false")
+    try:
+        with e2e_stack.admin() as admin:
+            admin.set_resource_policy(original + "\n# edited out of band\n")
+        run = follow(_trigger(e2e_stack, {}, "e2e: policy mismatch"), timeout_s=240)
+    finally:
+        client.put_variable(SYNC_POLICIES_VARIABLE, "true")
+        client.close()
+    _assert_failed_at(run, "attestation_gate")
+    assert "resource policy" in _task_log(e2e_stack, run.run_id, "attestation_gate")
+    assert run.refs is None  # no key was ever provisioned
+    assert e2e_stack.registry_versions() == before
+
+
+def test_broker_refuses_keys_without_gpu_evidence(e2e_stack, follow):
+    """gpu_count 0: the emulator presents no GPU; the dev policy requires one affirming GPU."""
+    before = e2e_stack.registry_versions()
+    run = follow(_trigger(e2e_stack, {"gpu_count": 0}, "e2e: no GPU evidence"), timeout_s=300)
+    _assert_failed_at(run, "confidential_finetune")
+    assert "PolicyDeny" in _task_log(e2e_stack, run.run_id, "confidential_finetune")
+    path = run.refs["checkpoint_key_uri"].removeprefix("kbs:///")
+    assert e2e_stack.resource(path) is None  # revoked
+    assert e2e_stack.registry_versions() == before
+
+
+def test_tampered_checkpoint_is_never_promoted(e2e_stack, follow):
+    """One ciphertext byte flipped in the checkpoint store after upload, before promotion."""
+    before = e2e_stack.registry_versions()
+    store = Path(e2e_stack.info.checkpoint_store_uri.removeprefix("file://"))
+    tampered: list[Path] = []
+    stop = threading.Event()
+
+    def tamper_when_stored(refs: dict) -> None:
+        def watch() -> None:
+            checkpoint = store / refs["run_id"]
+            while not stop.is_set():
+                if (checkpoint / "manifest.json").exists():  # written last by the upload
+                    victim = max(p for p in (checkpoint / "objects").rglob("*") if p.is_file())
+                    data = bytearray(victim.read_bytes())
+                    data[len(data) // 2] ^= 0x01
+                    victim.write_bytes(bytes(data))
+                    tampered.append(victim)
+                    return
+                time.sleep(0.01)
+
+        threading.Thread(target=watch, daemon=True).start()
+
+    try:
+        run = follow(
+            _trigger(e2e_stack, {}, "e2e: tampered checkpoint"),
+            timeout_s=300,
+            on_refs=tamper_when_stored,
+        )
+    finally:
+        stop.set()
+    assert tampered, "the checkpoint never reached the store"
+    _assert_failed_at(run, "attested_promotion")
+    log = _task_log(e2e_stack, run.run_id, "attested_promotion")
+    assert "ciphertext SHA-256 differs from the manifest" in log, log[-2000:]
+    assert e2e_stack.registry_versions() == before
+    assert e2e_stack.resource(run.refs["checkpoint_key_uri"].removeprefix("kbs:///")) is None

@@ -1,0 +1,179 @@
+"""The confidential fine-tune pod, built offline and validated against the Kubernetes schema."""
+
+from __future__ import annotations
+
+import base64
+import json
+
+import jinja2
+import kubernetes_validate
+import pytest
+from airflow.providers.cncf.kubernetes.secret import Secret
+from kubernetes.client import ApiClient
+
+from coco_ai.guest.initdata import INITDATA_ANNOTATION, Initdata, build_initdata
+from operators.execution.kubernetes import PodSpecError
+from operators.finetune import ConfidentialFineTuneOperator
+
+IMAGE = "registry.example/coco-ai/finetune@sha256:" + "ab" * 32
+KUBERNETES = "1.34.0"
+
+
+def _plain_jinja():
+    # pod specs are not HTML: no autoescaping, as Airflow renders them
+    return jinja2.Environment(autoescape=False)  # noqa: S701
+
+
+def _run_refs(run_id: str = "run-7") -> dict:
+    initdata = build_initdata(
+        "https://kbs.example:8080",
+        None,
+        {"io.coco-ai.run-id": run_id, "io.coco-ai.image-digest": IMAGE.partition("@")[2]},
+    )
+    return {
+        "run_id": run_id,
+        "checkpoint_key_uri": f"kbs:///coco-ai-run/checkpoint-key/{run_id}",
+        "dataset_uri": "s3://datasets/support-v1.enc",
+        "dataset_key_uri": "kbs:///coco-ai/dataset-key/support-v1",
+        "dataset_digest": "sha256:" + "11" * 32,
+        "base_model": "/models/smollm2",
+        "base_model_digest": "sha256:" + "22" * 32,
+        "image": IMAGE,
+        "initdata_digest": f"sha384:{initdata.digest().hex()}",
+        "initdata_annotation": initdata.annotation(),
+    }
+
+
+def _operator(run_refs: dict | None = None, **kwargs) -> ConfidentialFineTuneOperator:
+    args = {
+        "task_id": "confidential_finetune",
+        "run_refs": run_refs or _run_refs(),
+        "tee": "{{ params.tee }}",
+        "gpu_count": "{{ params.gpu_count }}",
+        "finetune": {"lora": {"r": 4}, "training": {"epochs": 2, "max_steps": None}},
+        "image": IMAGE,
+        "namespace": "confidential-ai",
+        "staging_root": "s3://staging/runs",
+        "execution_mode": "kubernetes",
+        **kwargs,
+    }
+    return ConfidentialFineTuneOperator(**args)
+
+
+def _manifest(op: ConfidentialFineTuneOperator, tee: str = "tdx", gpus: int = 1) -> dict:
+    op.render_template_fields(
+        {"params": {"tee": tee, "gpu_count": gpus}},
+        jinja_env=jinja2.Environment(autoescape=False),  # noqa: S701 - not HTML
+    )
+    pod = op.build_pod_request_obj(dry_run=True)
+    manifest = ApiClient().sanitize_for_serialization(pod)
+    kubernetes_validate.validate(manifest, KUBERNETES, strict=True)
+    return manifest
+
+
+@pytest.mark.parametrize(
+    ("tee", "runtime_class"),
+    [("tdx", "kata-qemu-nvidia-gpu-tdx"), ("snp", "kata-qemu-nvidia-gpu-snp")],
+)
+def test_pod_is_a_valid_confidential_gpu_pod(tee, runtime_class):
+    manifest = _manifest(_operator(), tee=tee, gpus=2)
+    spec = manifest["spec"]
+    assert spec["runtimeClassName"] == runtime_class
+    assert spec["activeDeadlineSeconds"] == 6 * 3600
+    assert spec["restartPolicy"] == "Never"
+    (container,) = spec["containers"]
+    assert container["resources"]["limits"] == {"nvidia.com/pgpu": "2"}
+    assert container["image"] == IMAGE
+
+
+def test_annotation_decodes_to_the_runs_initdata_with_the_pinned_digest():
+    refs = _run_refs("run-42")
+    manifest = _manifest(_operator(refs))
+    annotation = manifest["metadata"]["annotations"][INITDATA_ANNOTATION]
+    initdata = Initdata.from_annotation(annotation)
+    assert f"sha384:{initdata.digest().hex()}" == refs["initdata_digest"]
+    assert initdata.claim("io.coco-ai.run-id") == "run-42"
+
+
+def test_workload_config_in_the_pod_holds_references_only():
+    manifest = _manifest(_operator())
+    (container,) = manifest["spec"]["containers"]
+    assert container["command"] == ["/bin/sh", "-c"]
+    assert "python -m coco_ai.workloads.finetune --config" in container["args"][0]
+    config = json.loads(container["args"][1])
+    assert config["checkpoint_key_uri"].startswith("kbs:///")
+    assert config["dataset"] == {
+        "uri": "s3://datasets/support-v1.enc",
+        "key_uri": "kbs:///coco-ai/dataset-key/support-v1",
+    }
+    assert config["staging_uri"] == "s3://staging/runs/run-7"
+    assert config["lora"]["r"] == 4 and config["training"]["epochs"] == 2
+    # no env at all: keys come from the confidential data hub inside the TEE
+    assert not container.get("env") and not container.get("envFrom")
+
+
+def test_no_gpu_means_no_pgpu_limit():
+    manifest = _manifest(_operator(), gpus=0)
+    assert "nvidia.com/pgpu" not in (
+        manifest["spec"]["containers"][0].get("resources", {}).get("limits") or {}
+    )
+
+
+@pytest.mark.parametrize(
+    "image",
+    [
+        "registry.example/coco-ai/finetune:1.0",
+        "registry.example/coco-ai/finetune@sha256:" + "ab" * 31,
+        "registry.example/coco-ai/finetune:latest@sha512:" + "ab" * 64,
+    ],
+)
+def test_image_must_be_pinned_by_digest(image):
+    with pytest.raises(PodSpecError, match="pinned by digest"):
+        _manifest(_operator(image=image))
+
+
+def test_image_must_be_the_one_in_the_initdata():
+    other = "registry.example/coco-ai/finetune@sha256:" + "cd" * 32
+    with pytest.raises(PodSpecError, match="not the image"):
+        _manifest(_operator(image=other))
+
+
+def test_sample_tee_has_no_confidential_runtime_class():
+    with pytest.raises(PodSpecError, match="'sample' runs only in local mode"):
+        _manifest(_operator(), tee="sample")
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"env_vars": {"DATASET_KEY": "x"}},
+        {"env_vars": {"HF_TOKEN": "x"}},
+        {"secrets": [Secret("env", "KBS_TOKEN", "kbs-token", "token")]},
+        {"configmaps": ["settings"]},
+    ],
+)
+def test_no_secret_channel_into_the_pod(kwargs):
+    with pytest.raises(PodSpecError):
+        _manifest(_operator(**kwargs))
+
+
+def test_tampered_initdata_annotation_is_refused():
+    refs = _run_refs()
+    other = build_initdata("https://kbs.example:8080", None, {"io.coco-ai.run-id": "someone-else"})
+    refs["initdata_annotation"] = other.annotation()
+    with pytest.raises(PodSpecError, match="differs from the pinned"):
+        _manifest(_operator(refs))
+
+
+def test_bad_workload_settings_fail_before_any_pod_exists():
+    from coco_ai.workloads.finetune.config import ConfigError
+
+    op = _operator(finetune={"lora": {"r": 0}})
+    with pytest.raises(ConfigError, match=r"lora\.r"):
+        _manifest(op)
+
+
+def test_annotation_is_standard_base64_gzip():
+    manifest = _manifest(_operator())
+    raw = base64.b64decode(manifest["metadata"]["annotations"][INITDATA_ANNOTATION], validate=True)
+    assert raw[:2] == b"\x1f\x8b"

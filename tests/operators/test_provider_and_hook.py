@@ -1,0 +1,125 @@
+"""The provider as Airflow sees it, and the `trustee` connection / hook."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from airflow.sdk._shared.secrets_masker.secrets_masker import redact
+
+from operators.hooks.trustee import TrusteeConnectionError, TrusteeHook, TrusteeSettings
+from operators.provider_info import get_provider_info
+
+AIRFLOW = str(Path(sys.executable).with_name("airflow"))
+
+
+def _airflow_json(*args: str, home: Path) -> list[dict]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW")}
+    env.update(AIRFLOW_HOME=str(home), AIRFLOW__CORE__LOAD_EXAMPLES="False")
+    out = subprocess.run(
+        [AIRFLOW, "providers", *args, "-o", "json"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    ).stdout
+    return json.loads(out[out.index("[") :])
+
+
+def test_airflow_lists_the_provider_and_the_trustee_connection_fields(tmp_path):
+    providers = _airflow_json("list", home=tmp_path)
+    assert any(p["package_name"] == "coco-ai-pipelines" for p in providers)
+    hooks = _airflow_json("hooks", home=tmp_path)
+    (trustee,) = [h for h in hooks if h["connection_type"] == "trustee"]
+    assert trustee["class"] == "operators.hooks.trustee.TrusteeHook"
+    widgets = _airflow_json("widgets", home=tmp_path)
+    fields = {
+        w["connection_parameter_name"]
+        for w in widgets
+        if w["connection_parameter_name"].startswith("extra__trustee__")
+    }
+    assert fields == {
+        f"extra__trustee__{f}"
+        for f in ("kbs_url", "ca_cert", "admin_secret", "admin_auth", "trust_anchor")
+    }
+
+
+def test_connection_form_declares_a_password_field_and_hides_the_generic_ones():
+    (conn_type,) = get_provider_info()["connection-types"]
+    fields = conn_type["conn-fields"]
+    assert fields["admin_secret"]["schema"]["format"] == "password"
+    assert fields["ca_cert"]["schema"]["format"] == "multiline"
+    assert fields["admin_auth"]["schema"]["enum"] == ["self-signed", "bearer"]
+    assert {"host", "login", "password", "port"} <= set(
+        conn_type["ui-field-behaviour"]["hidden-fields"]
+    )
+    # every declared module exists
+    import importlib
+
+    for group in ("hooks", "operators"):
+        for entry in get_provider_info()[group]:
+            for module in entry["python-modules"]:
+                importlib.import_module(module)
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        ({}, "'kbs_url' is required"),
+        ({"kbs_url": "ftp://kbs"}, "not http"),
+        ({"kbs_url": "http://kbs.example:8080"}, "plain HTTP off loopback"),
+        ({"kbs_url": "https://kbs", "admin_auth": "basic"}, "admin_auth 'basic'"),
+        ({"kbs_url": "https://kbs", "ca_cert": "not a pem"}, "'ca_cert' is not a PEM"),
+    ],
+)
+def test_bad_connections_are_refused_with_the_field_named(extra, message):
+    with pytest.raises(TrusteeConnectionError, match=message):
+        TrusteeSettings.from_extra(extra)
+
+
+def test_admin_credential_never_in_repr_and_masked_in_logs(trustee_conn):
+    hook = TrusteeHook()
+    settings = hook.settings
+    assert "PRIVATE KEY" not in repr(settings)
+    body = [line for line in trustee_conn.admin_pem.splitlines() if not line.startswith("-----")]
+    assert body
+    for line in body:
+        assert redact(f"admin={line};") == "admin=***;"
+
+
+def test_hook_talks_to_trustee_over_pinned_tls(trustee_conn):
+    assert TrusteeHook().test_connection() == (True, "KBS is healthy")
+    assert TrusteeHook().trust_anchor().startswith(b"-----BEGIN CERTIFICATE-----")
+
+
+def test_hook_fails_with_a_foreign_ca(trustee, monkeypatch, tmp_path):
+    import datetime as dt
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "someone else")])
+    now = dt.datetime.now(dt.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(1)
+        .not_valid_before(now)
+        .not_valid_after(now + dt.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    other_ca = cert.public_bytes(serialization.Encoding.PEM).decode()
+    monkeypatch.setenv("AIRFLOW_CONN_TRUSTEE_DEFAULT", trustee.connection(ca_cert=other_ca))
+    ok, message = TrusteeHook().test_connection()
+    assert not ok and message  # TLS to a server whose CA we do not pin fails
