@@ -19,7 +19,8 @@ authenticates the header itself before any segment is read.
 
 Memory is constant: one preallocated output buffer per segment size, reused with
 `AESGCM.encrypt_into` / `decrypt_into`; input comes from a read-only map of the file (no copy)
-or through one reused buffer (`coco_ai.crypto.views`).
+or through one reused buffer, allocated only for streams that cannot be mapped
+(`coco_ai.crypto.views`).
 """
 
 from __future__ import annotations
@@ -275,8 +276,7 @@ def encrypt_stream(
     outbuf = memoryview(bytearray(segment_size + TAG_SIZE))
     count = segment_count(plaintext_size, segment_size)
     lengths = (min(segment_size, plaintext_size - i * segment_size) for i in range(count))
-    inbuf = memoryview(bytearray(segment_size))
-    for index, chunk in enumerate(read_views(src, lengths, inbuf)):
+    for index, chunk in enumerate(read_views(src, lengths, segment_size)):
         want = min(segment_size, plaintext_size - index * segment_size)
         if len(chunk) != want:
             raise ValueError("input ended early (it changed while read)")
@@ -366,8 +366,7 @@ def decrypt_stream(
     ct_hash = hashlib.sha256(header.raw) if digests else None
     count, size = header.segment_count, header.plaintext_size
     lengths = (min(seg, size - i * seg) + TAG_SIZE for i in range(count))
-    inbuf = memoryview(bytearray(seg + TAG_SIZE))
-    for index, data in enumerate(read_views(src, lengths, inbuf)):
+    for index, data in enumerate(read_views(src, lengths, seg + TAG_SIZE)):
         want = min(seg, size - index * seg)
         if len(data) != want + TAG_SIZE:
             raise TruncatedError(f"ciphertext truncated in segment {index} of {count}")

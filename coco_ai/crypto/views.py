@@ -49,12 +49,17 @@ def _map_file(src: BinaryIO) -> mmap.mmap | None:
     return mm
 
 
-def read_views(src: BinaryIO, lengths: Iterator[int], buf: memoryview) -> Iterator[memoryview]:
+def read_views(
+    src: BinaryIO, lengths: Iterator[int], buf: memoryview | int
+) -> Iterator[memoryview]:
     """Views of the next `lengths` bytes of `src` (shorter only at end of stream); `src` is
-    left positioned after what was consumed, as if read. Memory stays constant: `buf` is
-    reused, or, for a mapped file, pages already consumed are dropped from the mapping."""
+    left positioned after what was consumed, as if read. Memory stays constant: `buf` (a
+    buffer, or the size of one to allocate only if `src` cannot be mapped) is reused, or, for
+    a mapped file, pages already consumed are dropped from the mapping."""
     mm = _map_file(src)
     if mm is None:
+        if isinstance(buf, int):
+            buf = memoryview(bytearray(buf))
         for n in lengths:
             yield buf[: _readfull(src, buf[:n])]
         return

@@ -411,3 +411,25 @@ def test_file_source_longer_than_declared(tmp_path, kek):
     (tmp_path / "p").write_bytes(b"abcdef")
     with open(tmp_path / "p", "rb") as f, pytest.raises(ValueError, match="longer"):
         encrypt_stream(f, io.BytesIO(), kek=kek, key_uri=KEY_URI, context=CTX, plaintext_size=3)
+
+
+# --- release: nothing unauthenticated is written -----------------------------------------
+
+
+@pytest.mark.parametrize("segment", [SEGMENT, 2 * 1024 * 1024])
+def test_failed_segment_releases_no_plaintext_of_it(kek, segment):
+    """Plaintext reaches the destination only once its segment is authenticated: a tampered
+    segment's plaintext, and anything after it, is never written."""
+    data = os.urandom(4 * segment)
+    out = io.BytesIO()
+    encrypt_stream(
+        io.BytesIO(data), out, kek=kek, key_uri=KEY_URI, context=CTX, segment_size=segment
+    )
+    header_len = len(read_header(io.BytesIO(out.getvalue())).raw)
+    bad = flip(out.getvalue(), header_len + 2 * (segment + TAG_SIZE) + 5)  # in segment 2
+    released = io.BytesIO()
+    with pytest.raises(SegmentAuthError) as e:
+        decrypt_stream(io.BytesIO(bad), released, kek=kek, expected_context=CTX)
+    assert e.value.index == 2
+    assert len(released.getvalue()) <= 2 * segment
+    assert released.getvalue() == data[: len(released.getvalue())]
