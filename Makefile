@@ -45,7 +45,7 @@ bench: setup
 
 ## demo: setup + the embedded default end to end (Trustee stand-in, Airflow on loopback)
 demo: setup
-	$(VENV)/bin/coco-ai demo
+	$(VENV)/bin/coco-ai demo --model smollm2
 
 demo-stop:
 	$(VENV)/bin/coco-ai demo stop
