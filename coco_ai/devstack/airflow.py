@@ -5,9 +5,10 @@ Nothing here imports Airflow: components are started as ``airflow <component>`` 
 interpreter's environment, configured only through environment variables and the
 ``airflow.cfg`` that ``airflow db migrate`` generates in ``AIRFLOW_HOME`` (fernet key, JWT secret,
 API secret key: shared by every component because they read the same file). The executor and
-database URL are settings, so a CeleryExecutor/PostgreSQL deployment can reuse this launcher
-(pass ``executor``, ``sql_alchemy_conn``, extra env such as the Celery broker, and add
-``"celery worker"`` to ``components``).
+database URL are settings, so a CeleryExecutor/PostgreSQL deployment reuses this launcher: pass
+``executor="CeleryExecutor"``, ``sql_alchemy_conn``, ``celery_broker_url`` and
+``celery_result_backend``, and add ``"celery worker"`` to ``components`` (or start workers
+with ``AirflowDeployment.start_component``).
 """
 
 from __future__ import annotations
@@ -29,6 +30,8 @@ import httpx
 from coco_ai.devstack.processes import ServiceError, ServiceProcess, start_service, wait_until
 
 LOCAL_COMPONENTS = ("scheduler", "dag-processor", "triggerer", "api-server")
+CELERY_WORKER = "celery worker"
+CELERY_EXECUTOR = "CeleryExecutor"
 # Inherited from the caller; everything else (notably any AIRFLOW_* of the caller) is not.
 _PASS_ENV = ("HOME", "LANG", "LC_ALL", "TZ", "TMPDIR", "USER", "LOGNAME")
 _HEALTH_COMPONENTS = ("metadatabase", "scheduler", "triggerer", "dag_processor")
@@ -44,7 +47,11 @@ def free_port() -> int:
 
 @dataclass
 class AirflowSettings:
-    """How to run one Airflow deployment. Secrets never go in ``extra_env``."""
+    """How to run one Airflow deployment. Secrets never go in ``extra_env``.
+
+    The Celery URLs carry the broker's and result backend's passwords: they reach only the
+    Airflow components, as in the compose deployment.
+    """
 
     home: Path
     dags_folder: Path
@@ -55,8 +62,22 @@ class AirflowSettings:
     components: tuple[str, ...] = LOCAL_COMPONENTS
     username: str = "admin"
     extra_env: dict[str, str] = field(default_factory=dict)
+    celery_broker_url: str | None = field(default=None, repr=False)
+    celery_result_backend: str | None = field(default=None, repr=False)
+    worker_concurrency: int = 2
     worker_log_port: int = field(default_factory=free_port)
     trigger_log_port: int = field(default_factory=free_port)
+
+    def __post_init__(self) -> None:
+        self.components = tuple(self.components)
+        celery = self.executor == CELERY_EXECUTOR
+        if celery and not (self.celery_broker_url and self.celery_result_backend):
+            raise ValueError("CeleryExecutor needs celery_broker_url and celery_result_backend")
+        if celery and not self.sql_alchemy_conn:
+            # Workers on other processes (or hosts) cannot share a SQLite file safely.
+            raise ValueError("CeleryExecutor needs a server database in sql_alchemy_conn")
+        if CELERY_WORKER in self.components and not celery:
+            raise ValueError(f"component {CELERY_WORKER!r} needs executor={CELERY_EXECUTOR!r}")
 
     @property
     def base_url(self) -> str:
@@ -94,8 +115,21 @@ class AirflowSettings:
                 "PYTHONUNBUFFERED": "1",
             }
         )
+        if self.executor == CELERY_EXECUTOR:
+            env.update(
+                {
+                    "AIRFLOW__CELERY__BROKER_URL": str(self.celery_broker_url),
+                    "AIRFLOW__CELERY__RESULT_BACKEND": str(self.celery_result_backend),
+                    "AIRFLOW__CELERY__WORKER_CONCURRENCY": str(self.worker_concurrency),
+                }
+            )
         env.update(self.extra_env)
         return env
+
+
+def service_name(component: str) -> str:
+    """``"celery worker"`` -> ``"airflow-celery-worker"`` (also the log file's stem)."""
+    return "airflow-" + component.replace(" ", "-")
 
 
 class AirflowDeployment:
@@ -134,19 +168,21 @@ class AirflowDeployment:
         return json.loads(self.settings.passwords_file.read_text())[self.settings.username]
 
     def start(self) -> list[ServiceProcess]:
-        env = self.settings.environment()
-        started = []
-        for component in self.settings.components:
-            name = "airflow-" + component.replace(" ", "-")
-            started.append(
-                start_service(
-                    name,
-                    [self._airflow(), *component.split()],
-                    env,
-                    self.log_dir / f"{name}.log",
-                )
-            )
-        return started
+        return [self.start_component(component) for component in self.settings.components]
+
+    def log_path(self, component: str) -> Path:
+        return self.log_dir / f"{service_name(component)}.log"
+
+    def start_component(self, component: str, *args: str) -> ServiceProcess:
+        """Start ``airflow <component> <args>`` (e.g. another Celery worker, or a replacement
+        for a dead one); its output is appended to the component's log."""
+        return start_service(
+            service_name(component),
+            [self._airflow(), *component.split(), *args],
+            self.settings.environment(),
+            self.log_path(component),
+            cwd=self.settings.home,
+        )
 
     def wait_ready(self, services: Sequence[ServiceProcess], timeout_s: float = 180) -> None:
         url = f"{self.settings.base_url}/api/v2/monitor/health"

@@ -1,8 +1,9 @@
 """Detached service processes that outlive the command that started them, stopped by record.
 
 A record keeps the pid *and* the kernel's start time of that pid, so `stop` never signals a
-recycled pid that now belongs to someone else. Each service leads its own process group (its
-workers, e.g. LocalExecutor's, die with it).
+recycled pid that now belongs to someone else. Each service leads its own process group; stopping
+it also signals every descendant that started a session of its own (Airflow's task runners and
+the local workload do), so nothing of the service outlives it.
 """
 
 from __future__ import annotations
@@ -58,9 +59,19 @@ def _start_ticks(pid: int) -> int | None:
 
 
 def start_service(
-    name: str, argv: Sequence[str], env: Mapping[str, str], log_path: Path, cwd: Path | None = None
+    name: str,
+    argv: Sequence[str],
+    env: Mapping[str, str],
+    log_path: Path,
+    cwd: Path | None = None,
+    run_as: tuple[int, int] | None = None,
 ) -> ServiceProcess:
+    """Start `argv` detached, output appended to `log_path`; `run_as` is (uid, gid) for servers
+    that refuse to run as root (PostgreSQL)."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
+    identity = {}
+    if run_as is not None:
+        identity = {"user": run_as[0], "group": run_as[1], "extra_groups": []}
     with log_path.open("ab") as log:
         proc = subprocess.Popen(
             list(argv),
@@ -70,6 +81,7 @@ def start_service(
             env=dict(env),
             cwd=cwd,
             start_new_session=True,  # own process group; survives the starting terminal
+            **identity,
         )
     ticks = _start_ticks(proc.pid)
     if ticks is None:
@@ -78,29 +90,65 @@ def start_service(
     return ServiceProcess(name, proc.pid, ticks, str(log_path))
 
 
-def stop_service(service: ServiceProcess, grace_s: float = 20.0) -> None:
-    """SIGTERM the service's process group, SIGKILL it after `grace_s`."""
-    if not service.alive():
-        return
-    try:
-        os.killpg(service.pid, signal.SIGTERM)
-    except ProcessLookupError:
-        return
-    deadline = time.monotonic() + grace_s
-    while time.monotonic() < deadline:
-        if not service.alive():
-            break
-        _reap(service.pid)
-        time.sleep(0.2)
-    else:
+def descendants(pid: int) -> list[int]:
+    """Every live descendant of `pid` (from /proc), collected before anything is killed: once a
+    parent dies its children are re-parented and can no longer be found from it."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
+            text = stat.read_text()
+        except OSError:
+            continue
+        parent = int(text[text.rindex(")") + 2 :].split()[1])
+        children.setdefault(parent, []).append(int(stat.parent.name))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def signal_tree(service: ServiceProcess, sig: int, tree: Sequence[int] | None = None) -> None:
+    """Signal the service's process group and every descendant (`tree`, default: collected
+    now), including those in sessions of their own, as the death of a container would."""
+    if tree is None:
+        tree = descendants(service.pid) if service.alive() else []
+    if service.alive():
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(service.pid, sig)
+    for pid in tree:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, sig)
+
+
+def stop_services(
+    services: Sequence[ServiceProcess], grace_s: float = 20.0, term_signal: int = signal.SIGTERM
+) -> None:
+    """Stop all of `services` at once: `term_signal` to each whole tree, SIGKILL to whatever of
+    it is left after `grace_s`."""
+    trees = {s: descendants(s.pid) for s in services if s.alive()}
+    for service, tree in trees.items():
+        signal_tree(service, term_signal, tree)
+    deadline = time.monotonic() + grace_s
+    while time.monotonic() < deadline and any(s.alive() for s in trees):
+        for service in trees:
+            _reap(service.pid)
+        time.sleep(0.2)
+    # Leaders that ignored the signal, and group members or own-session descendants that
+    # outlived their leader.
+    for service, tree in trees.items():
+        with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(service.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            return
-    # Workers of the group may outlive their leader briefly; the group dies with SIGKILL.
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(service.pid, signal.SIGKILL)
-    _reap(service.pid)
+        signal_tree(service, signal.SIGKILL, tree)
+        _reap(service.pid)
+
+
+def stop_service(
+    service: ServiceProcess, grace_s: float = 20.0, term_signal: int = signal.SIGTERM
+) -> None:
+    """Stop one service's tree (see stop_services)."""
+    stop_services([service], grace_s, term_signal)
 
 
 def _reap(pid: int) -> None:

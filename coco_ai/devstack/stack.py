@@ -30,7 +30,7 @@ import os
 import secrets
 import ssl
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,6 +39,7 @@ import httpx
 
 import coco_ai
 from coco_ai.devstack.airflow import (
+    LOCAL_COMPONENTS,
     AirflowDeployment,
     AirflowRestClient,
     AirflowSettings,
@@ -172,7 +173,12 @@ def _write_secret(path: Path, data: bytes) -> None:
 
 
 class DevStack:
-    """Set up and start the embedded default under ``root``; see the module docstring."""
+    """Set up and start the embedded default under ``root``; see the module docstring.
+
+    The Airflow part is configurable as a distributed deployment: ``executor="CeleryExecutor"``
+    with ``sql_alchemy_conn`` (PostgreSQL), ``celery_broker_url`` (Redis),
+    ``celery_result_backend`` and ``components=(*LOCAL_COMPONENTS, "celery worker")``.
+    """
 
     def __init__(
         self,
@@ -183,6 +189,9 @@ class DevStack:
         sql_alchemy_conn: str | None = None,
         api_port: int | None = None,
         parallelism: int = 2,
+        components: Sequence[str] = LOCAL_COMPONENTS,
+        celery_broker_url: str | None = None,
+        celery_result_backend: str | None = None,
         extra_env: dict[str, str] | None = None,
         progress: Callable[[str], None] = lambda message: None,
     ) -> None:
@@ -194,12 +203,15 @@ class DevStack:
         self.sql_alchemy_conn = sql_alchemy_conn
         self.api_port = api_port
         self.parallelism = parallelism
+        self.components = tuple(components)
+        self._celery_urls = (celery_broker_url, celery_result_backend)
         self.extra_env = dict(extra_env or {})
         self.progress = progress
         self.keys = self.root / "keys"
         self.trustee_dir = self.root / "trustee"
         self.store = self.root / "store"
         self.logs = self.root / "logs"
+        self.deployment: AirflowDeployment | None = None  # set by start()
 
     # -- the parts --------------------------------------------------------------------------
 
@@ -388,9 +400,12 @@ class DevStack:
                 executor=self.executor,
                 sql_alchemy_conn=self.sql_alchemy_conn,
                 parallelism=self.parallelism,
+                components=self.components,
+                celery_broker_url=self._celery_urls[0],
+                celery_result_backend=self._celery_urls[1],
                 extra_env=env,
             )
-            deployment = AirflowDeployment(settings, self.logs)
+            deployment = self.deployment = AirflowDeployment(settings, self.logs)
             self.progress("migrating the Airflow metadata DB")
             deployment.prepare()
             self.progress("starting Airflow: " + ", ".join(settings.components))
@@ -443,3 +458,18 @@ class DevStack:
             for service in reversed(services):
                 stop_service(service)
             raise
+
+    def start_component(self, component: str, *args: str) -> ServiceProcess:
+        """Start one more Airflow component of the running stack (e.g. a Celery worker that
+        replaces a dead one), recorded so that ``stop_stack`` stops it too."""
+        if self.deployment is None:
+            raise ServiceError("start() the stack first")
+        service = self.deployment.start_component(component, *args)
+        info = load_state(self.root)
+        if info is None:
+            stop_service(service)
+            raise ServiceError(f"no stack state in {self.root}")
+        info.services.append(service)
+        (self.root / STATE_FILE).write_text(info.to_json())
+        _record_services(self.root, info.services)
+        return service

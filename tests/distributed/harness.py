@@ -16,46 +16,58 @@ processes sharing one set of generated secrets and one Execution-API URL.
 `AirflowCluster(home, dags, executor="LocalExecutor")` (no database_url) gives the
 standalone-like layout on SQLite for tests that do not need Celery.
 
-Every process runs in its own session, so `kill_worker()` can SIGKILL a worker together with the
-task processes it forked, as a crashed container or node would.
+The Airflow side is `coco_ai.devstack`'s launcher (`AirflowSettings`, `AirflowDeployment`,
+`AirflowRestClient`, `start_service`/`stop_services`); this module adds what a test of the
+distributed shape needs on top: PostgreSQL and Redis, one set of generated shared secrets given
+to every component as the compose file gives them, Celery tuning for quick fault detection, the
+process-tree kill of a worker and its restart.
 """
 
 from __future__ import annotations
 
-import contextlib
 import importlib.util
 import json
 import os
 import pwd
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.parse
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from types import ModuleType
 
-import httpx
+from coco_ai.devstack.airflow import (
+    CELERY_WORKER,
+    LOCAL_COMPONENTS,
+    AirflowApiError,
+    AirflowDeployment,
+    AirflowRestClient,
+    AirflowSettings,
+    free_port,
+    service_name,
+)
+from coco_ai.devstack.processes import (
+    ServiceError,
+    ServiceProcess,
+    descendants,
+    signal_tree,
+    start_service,
+    stop_service,
+    stop_services,
+    wait_until,
+)
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 INSTALL_SCRIPT = REPO_ROOT / "deploy" / "local" / "install-services.sh"
 HARNESS_DAGS = Path(__file__).resolve().parent / "dags"  # coco_harness_* test DAGs
-AIRFLOW_COMPONENTS = ("api-server", "scheduler", "dag-processor", "triggerer")
 TERMINAL_RUN_STATES = frozenset({"success", "failed"})
 
 
 class HarnessError(RuntimeError):
     """A service did not start or behave; the message carries the relevant log tail."""
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def load_deploy_script(name: str) -> ModuleType:
@@ -95,6 +107,14 @@ def check_python_dependencies() -> None:
         raise HarnessError("this celery release breaks the Airflow Celery provider: use <5.7")
 
 
+def keep_or_remove(path: Path) -> None:
+    """Delete a test deployment's directory, unless COCO_DISTRIBUTED_KEEP=1 (to read its logs)."""
+    if os.environ.get("COCO_DISTRIBUTED_KEEP") == "1":
+        print(f"kept {path}")
+    else:
+        shutil.rmtree(path, ignore_errors=True)
+
+
 def _postgres_bin_dir(*, required: bool = True) -> Path | None:
     candidates = sorted(
         Path("/usr/lib/postgresql").glob("*/bin/postgres"),
@@ -117,84 +137,40 @@ def _tail(path: Path, lines: int = 60) -> str:
     return "\n".join(text.splitlines()[-lines:])
 
 
-def _descendants(pid: int) -> list[int]:
-    """Every live descendant of `pid` (from /proc), collected before anything is killed: once a
-    parent dies its children are re-parented and can no longer be found from it."""
-    children: dict[int, list[int]] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            # The command name (field 2) may hold spaces: split after its closing parenthesis.
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
-            continue
-        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
-    found, todo = [], [pid]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            found.append(child)
-            todo.append(child)
-    return found
+def kill_tree(
+    service: ServiceProcess, sig: int = signal.SIGKILL, timeout: float = 30.0
+) -> list[int]:
+    """Signal a service's whole process tree (task runners and workloads start sessions of
+    their own) as a crashed container or node would; wait until the leader is gone. Returns
+    the pids signalled besides the leader."""
+    tree = descendants(service.pid)
+    signal_tree(service, sig, tree)
+    wait_until(f"{service.name} to die", lambda: not service.alive(), timeout)
+    return tree
 
 
-class _Process:
-    """A child in its own session (so its whole process group can be signalled)."""
+def wait_for_log(
+    path: Path, text: bytes, offset: int, service: ServiceProcess, timeout: float
+) -> None:
+    """Wait until `text` appears in `path` after byte `offset`, failing early if `service` dies."""
 
-    def __init__(self, name: str, argv: Sequence[str], log_path: Path, **popen_kwargs) -> None:
-        self.name = name
-        self.log_path = log_path
-        self._log = open(log_path, "ab")  # noqa: SIM115 - closed in stop()
-        self.popen = subprocess.Popen(
-            list(argv),
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
-            **popen_kwargs,
-        )
+    def written() -> bool:
+        with open(path, "rb") as f:
+            f.seek(offset)
+            return text in f.read()
 
-    def alive(self) -> bool:
-        return self.popen.poll() is None
-
-    def kill_group(self, sig: int, targets: Sequence[int] | None = None) -> None:
-        """Signal the process group and every descendant, including those that started their own
-        session (Airflow's task runners do), as the death of a container or node would."""
-        if targets is None:
-            targets = _descendants(self.popen.pid)
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.popen.pid, sig)
-        for pid in targets:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, sig)
-
-    def terminate(self, term_signal: int = signal.SIGTERM) -> list[int]:
-        """Ask the process tree to stop; returns the tree, for finish()."""
-        targets = _descendants(self.popen.pid)
-        if self.alive():
-            self.kill_group(term_signal, targets)
-        return targets
-
-    def finish(self, targets: Sequence[int], deadline: float) -> None:
-        """Wait until `deadline` (monotonic), then SIGKILL whatever of the tree is left."""
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self.popen.wait(timeout=max(0.0, deadline - time.monotonic()))
-        # Whatever ignored the first signal (pool children, task runners in own sessions).
-        self.kill_group(signal.SIGKILL, targets)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self.popen.wait(timeout=10)
-        self._log.close()
-
-    def stop(self, grace: float = 20.0, term_signal: int = signal.SIGTERM) -> None:
-        self.finish(self.terminate(term_signal), time.monotonic() + grace)
-
-    def tail(self, lines: int = 60) -> str:
-        return _tail(self.log_path, lines)
+    try:
+        wait_until(f"{text!r} in {path.name}", written, timeout, [service], 0.5)
+    except ServiceError as exc:
+        raise HarnessError(f"{exc}\n{_tail(path)}") from None
 
 
 class PostgresServer:
     """A private PostgreSQL cluster on 127.0.0.1 (no Unix socket), deleted on stop().
 
     Runs as the current user, or as `postgres` when the current user is root (PostgreSQL
-    refuses to run as root).
+    refuses to run as root). `create_database(name)` gives further databases on the same server
+    (one per Airflow deployment sharing it).
     """
 
     def __init__(self, *, port: int | None = None, database: str = "airflow") -> None:
@@ -203,24 +179,27 @@ class PostgresServer:
         self.user = "airflow"
         self.password = init_env.generate_env_values()["POSTGRES_PASSWORD"]
         self._dir: Path | None = None
-        self._proc: _Process | None = None
+        self._service: ServiceProcess | None = None
+
+    def sqlalchemy_url_for(self, database: str) -> str:
+        return f"postgresql+psycopg2://{self.user}:{self.password}@127.0.0.1:{self.port}/{database}"
 
     @property
     def sqlalchemy_url(self) -> str:
-        return (
-            f"postgresql+psycopg2://{self.user}:{self.password}@127.0.0.1:{self.port}/"
-            f"{self.database}"
-        )
+        return self.sqlalchemy_url_for(self.database)
+
+    def celery_result_backend_for(self, database: str) -> str:
+        return "db+" + self.sqlalchemy_url_for(database)
 
     @property
     def celery_result_backend(self) -> str:
-        return f"db+postgresql+psycopg2://{self.user}:{self.password}@127.0.0.1:{self.port}/{self.database}"
+        return self.celery_result_backend_for(self.database)
 
-    def _run_as(self) -> dict:
+    def _run_as(self) -> tuple[int, int] | None:
         if os.geteuid() != 0:
-            return {}
+            return None
         account = pwd.getpwnam("postgres")
-        return {"user": account.pw_uid, "group": account.pw_gid, "extra_groups": []}
+        return account.pw_uid, account.pw_gid
 
     def start(self, timeout: float = 60.0) -> PostgresServer:
         bindir = _postgres_bin_dir()
@@ -229,13 +208,15 @@ class PostgresServer:
         # traverse when the tests run as root.
         self._dir = Path(tempfile.mkdtemp(prefix="coco-pg-"))
         run_as = self._run_as()
+        identity = {}
         if run_as:
-            os.chown(self._dir, run_as["user"], run_as["group"])
+            os.chown(self._dir, *run_as)
+            identity = {"user": run_as[0], "group": run_as[1], "extra_groups": []}
         pwfile = self._dir / "pwfile"
         pwfile.write_text(self.password + "\n")
         os.chmod(pwfile, 0o600)
         if run_as:
-            os.chown(pwfile, run_as["user"], run_as["group"])
+            os.chown(pwfile, *run_as)
         data = self._dir / "data"
         result = subprocess.run(
             [
@@ -254,12 +235,12 @@ class PostgresServer:
             capture_output=True,
             text=True,
             cwd=self._dir,
-            **run_as,
+            **identity,
         )
         pwfile.unlink()
         if result.returncode != 0:
             raise HarnessError(f"initdb failed:\n{result.stdout}\n{result.stderr}")
-        self._proc = _Process(
+        self._service = start_service(
             "postgres",
             [
                 str(bindir / "postgres"),
@@ -279,13 +260,15 @@ class PostgresServer:
                 "-c",
                 "full_page_writes=off",
                 "-c",
-                "max_connections=200",
+                "max_connections=300",
             ],
+            {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LANG": "C.UTF-8"},
             self._dir / "postgres.log",
             cwd=self._dir,
-            **run_as,
+            run_as=run_as,
         )
         self._wait_ready(timeout)
+        self.create_database(self.database)
         return self
 
     def _connect(self, database: str):
@@ -301,30 +284,31 @@ class PostgresServer:
         )
 
     def _wait_ready(self, timeout: float) -> None:
-        import psycopg2
+        assert self._service is not None
+        try:
+            wait_until(
+                "postgres",
+                lambda: self._connect("postgres").close() is None,
+                timeout,
+                [self._service],
+            )
+        except ServiceError as exc:
+            raise HarnessError(f"{exc}\n{self._service.log_tail()}") from None
 
-        assert self._proc is not None
-        deadline = time.monotonic() + timeout
-        while True:
-            if not self._proc.alive():
-                raise HarnessError("postgres exited:\n" + self._proc.tail())
-            try:
-                conn = self._connect("postgres")
-                break
-            except psycopg2.OperationalError:
-                if time.monotonic() > deadline:
-                    raise HarnessError("postgres not ready:\n" + self._proc.tail()) from None
-                time.sleep(0.5)
+    def create_database(self, name: str) -> str:
+        """Create database `name`; returns its SQLAlchemy URL."""
+        conn = self._connect("postgres")
         conn.autocommit = True
         with conn.cursor() as cur:
-            cur.execute(f'CREATE DATABASE "{self.database}"')
+            cur.execute(f'CREATE DATABASE "{name}"')
         conn.close()
+        return self.sqlalchemy_url_for(name)
 
     def stop(self) -> None:
-        if self._proc is not None:
+        if self._service is not None:
             # SIGINT is PostgreSQL's "fast" shutdown; SIGTERM ("smart") waits for every client.
-            self._proc.stop(term_signal=signal.SIGINT)
-            self._proc = None
+            stop_service(self._service, term_signal=signal.SIGINT)
+            self._service = None
         if self._dir is not None:
             shutil.rmtree(self._dir, ignore_errors=True)
             self._dir = None
@@ -337,17 +321,21 @@ class PostgresServer:
 
 
 class RedisServer:
-    """A private, password-protected, non-persistent Redis on 127.0.0.1."""
+    """A private, password-protected, non-persistent Redis on 127.0.0.1; `url_for(n)` names
+    logical database n (one per deployment sharing the server)."""
 
     def __init__(self, *, port: int | None = None) -> None:
         self.port = port or free_port()
         self.password = init_env.generate_env_values()["REDIS_PASSWORD"]
         self._dir: Path | None = None
-        self._proc: _Process | None = None
+        self._service: ServiceProcess | None = None
+
+    def url_for(self, db: int) -> str:
+        return f"redis://:{self.password}@127.0.0.1:{self.port}/{db}"
 
     @property
     def url(self) -> str:
-        return f"redis://:{self.password}@127.0.0.1:{self.port}/0"
+        return self.url_for(0)
 
     def start(self, timeout: float = 30.0) -> RedisServer:
         binary = shutil.which("redis-server")
@@ -362,28 +350,27 @@ class RedisServer:
                 f"port {self.port}\nbind 127.0.0.1\nprotected-mode yes\ndaemonize no\n"
                 f'save ""\nappendonly no\ndir {self._dir}\nrequirepass {self.password}\n'
             )
-        self._proc = _Process("redis", [binary, str(conf)], self._dir / "redis.log")
+        self._service = start_service(
+            "redis",
+            [binary, str(conf)],
+            {"PATH": os.environ.get("PATH", "")},
+            self._dir / "redis.log",
+        )
         import redis
 
         client = redis.Redis(host="127.0.0.1", port=self.port, password=self.password)
-        deadline = time.monotonic() + timeout
-        while True:
-            if not self._proc.alive():
-                raise HarnessError("redis-server exited:\n" + self._proc.tail())
-            try:
-                if client.ping():
-                    break
-            except redis.exceptions.ConnectionError:
-                if time.monotonic() > deadline:
-                    raise HarnessError("redis not ready:\n" + self._proc.tail()) from None
-                time.sleep(0.2)
-        client.close()
+        try:
+            wait_until("redis", client.ping, timeout, [self._service], 0.2)
+        except ServiceError as exc:
+            raise HarnessError(f"{exc}\n{self._service.log_tail()}") from None
+        finally:
+            client.close()
         return self
 
     def stop(self) -> None:
-        if self._proc is not None:
-            self._proc.stop()
-            self._proc = None
+        if self._service is not None:
+            stop_service(self._service)
+            self._service = None
         if self._dir is not None:
             shutil.rmtree(self._dir, ignore_errors=True)
             self._dir = None
@@ -393,6 +380,75 @@ class RedisServer:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+def cluster_tuning_env(heartbeat_timeout: int = 30) -> dict[str, str]:
+    """Settings every test deployment adds to the launcher's: a dead worker's task is noticed
+    within `heartbeat_timeout` s (default 300), the scheduler serves its health check (as the
+    compose healthcheck uses it) on a free loopback port, one Celery sync process."""
+    return {
+        "AIRFLOW__SCHEDULER__ENABLE_HEALTH_CHECK": "True",
+        "AIRFLOW__SCHEDULER__SCHEDULER_HEALTH_CHECK_SERVER_HOST": "127.0.0.1",
+        "AIRFLOW__SCHEDULER__SCHEDULER_HEALTH_CHECK_SERVER_PORT": str(free_port()),
+        "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT": str(heartbeat_timeout),
+        "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT_DETECTION_INTERVAL": "5",
+        "AIRFLOW__CELERY__SYNC_PARALLELISM": "1",
+    }
+
+
+def shared_secrets_env() -> dict[str, str]:
+    """One generated set of the secrets every Airflow component of a deployment must share,
+    from the compose deployment's generator, given to each component as compose gives them."""
+    secrets = init_env.generate_env_values()
+    return {
+        "AIRFLOW__CORE__FERNET_KEY": secrets["FERNET_KEY"],
+        "AIRFLOW__API_AUTH__JWT_SECRET": secrets["AIRFLOW_JWT_SECRET"],
+        "AIRFLOW__API__SECRET_KEY": secrets["AIRFLOW_API_SECRET_KEY"],
+    }
+
+
+class CeleryWorkers:
+    """Kill and replace the Celery worker of a running deployment.
+
+    `start` is how to start a worker (the devstack launcher's `start_component`, given the
+    component name and extra arguments); the worker's log is appended to, so readiness is
+    looked for after the offset where the newest worker started writing.
+    """
+
+    def __init__(self, start: Callable[..., ServiceProcess], log_path: Path) -> None:
+        self._start = start
+        self.log_path = log_path
+        self.current: ServiceProcess | None = None
+        self._generation = 0
+        self._offset = 0
+
+    def adopt(self, service: ServiceProcess) -> None:
+        """Take over a worker started with the deployment (its log starts at offset 0)."""
+        self.current = service
+        self._generation += 1
+
+    def start(self) -> ServiceProcess:
+        """Start (or restart, after kill) the worker, under a fresh Celery node name."""
+        self._generation += 1
+        self._offset = self.log_path.stat().st_size if self.log_path.exists() else 0
+        self.current = self._start(
+            CELERY_WORKER,
+            "--celery-hostname",
+            f"coco-worker-{self._generation}@%h",
+            "--without-mingle",
+            "--without-gossip",
+        )
+        return self.current
+
+    def wait_ready(self, timeout: float = 120.0) -> None:
+        assert self.current is not None
+        wait_for_log(self.log_path, b" ready.", self._offset, self.current, timeout)
+
+    def kill(self, sig: int = signal.SIGKILL) -> list[int]:
+        """Signal the worker's whole process tree (worker, pool children, task runners and
+        whatever they started); returns the pids signalled besides the worker itself."""
+        assert self.current is not None
+        return kill_tree(self.current, sig)
 
 
 class AirflowCluster:
@@ -419,70 +475,18 @@ class AirflowCluster:
     ) -> None:
         if not dag_folders:
             raise ValueError("at least one DAG folder is needed")
-        if executor == "CeleryExecutor" and not (database_url and broker_url and result_backend):
-            raise ValueError("CeleryExecutor needs database_url, broker_url and result_backend")
         self.home = Path(home)
         self.home.mkdir(parents=True, exist_ok=True)
         self.executor = executor
-        self.port = free_port()
-        self.api_url = f"http://127.0.0.1:{self.port}"
-        secrets = init_env.generate_env_values()
-        self._admin_password = secrets["AIRFLOW_ADMIN_PASSWORD"]
-        passwords_file = self.home / "simple_auth_manager_passwords.json"
-        fd = os.open(passwords_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            json.dump({"admin": self._admin_password}, f)
-
-        env = {k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW")}
-        venv_bin = str(Path(sys.executable).parent)
-        env["PATH"] = venv_bin + os.pathsep + env.get("PATH", "")
-        env.update(
-            {
-                "AIRFLOW_HOME": str(self.home),
-                "AIRFLOW__CORE__EXECUTOR": executor,
-                "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-                "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "False",
-                "AIRFLOW__CORE__PARALLELISM": "4",
-                "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": database_url
-                or f"sqlite:///{self.home / 'airflow.db'}",
-                # The shared-secret rule of every multi-process Airflow deployment.
-                "AIRFLOW__CORE__FERNET_KEY": secrets["FERNET_KEY"],
-                "AIRFLOW__API_AUTH__JWT_SECRET": secrets["AIRFLOW_JWT_SECRET"],
-                "AIRFLOW__API__SECRET_KEY": secrets["AIRFLOW_API_SECRET_KEY"],
-                "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{self.api_url}/execution/",
-                "AIRFLOW__API__HOST": "127.0.0.1",
-                "AIRFLOW__API__PORT": str(self.port),
-                "AIRFLOW__API__BASE_URL": self.api_url,
-                "AIRFLOW__API__WORKERS": "1",
-                "AIRFLOW__CORE__AUTH_MANAGER": (
-                    "airflow.api_fastapi.auth.managers.simple.simple_auth_manager.SimpleAuthManager"
-                ),
-                "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": "admin:admin",
-                "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(passwords_file),
-                "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "5",
-                "AIRFLOW__SCHEDULER__ENABLE_HEALTH_CHECK": "True",
-                "AIRFLOW__SCHEDULER__SCHEDULER_HEALTH_CHECK_SERVER_HOST": "127.0.0.1",
-                "AIRFLOW__SCHEDULER__SCHEDULER_HEALTH_CHECK_SERVER_PORT": str(free_port()),
-                "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT": str(heartbeat_timeout),
-                "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT_DETECTION_INTERVAL": "5",
-                # Log servers default to fixed ports on all interfaces; give each cluster its own.
-                "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(free_port()),
-                "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT": str(free_port()),
-            }
-        )
-        if executor == "CeleryExecutor":
-            env.update(
-                {
-                    "AIRFLOW__CELERY__BROKER_URL": str(broker_url),
-                    "AIRFLOW__CELERY__RESULT_BACKEND": str(result_backend),
-                    "AIRFLOW__CELERY__WORKER_CONCURRENCY": str(worker_concurrency),
-                    "AIRFLOW__CELERY__SYNC_PARALLELISM": "1",
-                }
-            )
+        env = {
+            **shared_secrets_env(),
+            **cluster_tuning_env(heartbeat_timeout),
+            "AIRFLOW__CORE__AUTH_MANAGER": (
+                "airflow.api_fastapi.auth.managers.simple.simple_auth_manager.SimpleAuthManager"
+            ),
+        }
         folders = [Path(p).resolve() for p in dag_folders]
-        if len(folders) == 1:
-            env["AIRFLOW__CORE__DAGS_FOLDER"] = str(folders[0])
-        else:
+        if len(folders) > 1:
             env["AIRFLOW__DAG_PROCESSOR__DAG_BUNDLE_CONFIG_LIST"] = json.dumps(
                 [
                     {
@@ -494,113 +498,73 @@ class AirflowCluster:
                 ]
             )
         env.update(extra_env or {})
-        self.env = env
-        self._procs: dict[str, _Process] = {}
-        self._worker_generation = 0
-        self._ready_offset = 0
-        self._client: httpx.Client | None = None
+        # The worker is started apart from the other components (with a node name per
+        # generation), so that it can be killed and replaced.
+        self.settings = AirflowSettings(
+            home=self.home,
+            dags_folder=folders[0],
+            api_port=free_port(),
+            executor=executor,
+            sql_alchemy_conn=database_url,
+            parallelism=4,
+            components=LOCAL_COMPONENTS,
+            celery_broker_url=broker_url,
+            celery_result_backend=result_backend,
+            worker_concurrency=worker_concurrency,
+            extra_env=env,
+        )
+        self.api_url = self.settings.base_url
+        self.deployment = AirflowDeployment(self.settings, self.home)
+        self.workers = CeleryWorkers(
+            self.deployment.start_component, self.deployment.log_path(CELERY_WORKER)
+        )
+        self._admin_password = init_env.generate_env_values()["AIRFLOW_ADMIN_PASSWORD"]
+        self._services: list[ServiceProcess] = []
+        self._client: AirflowRestClient | None = None
 
     # -- lifecycle -------------------------------------------------------------------------
 
     def start(self, timeout: float = 300.0) -> AirflowCluster:
         deadline = time.monotonic() + timeout
-        migrate = subprocess.run(
-            ["airflow", "db", "migrate"],
-            env=self.env,
-            cwd=self.home,
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-        )
-        if migrate.returncode != 0:
-            raise HarnessError(
-                "airflow db migrate failed:\n" + migrate.stdout[-4000:] + migrate.stderr[-4000:]
-            )
-        for name in AIRFLOW_COMPONENTS:
-            argv = ["airflow", name]
-            if name == "api-server":
-                argv += ["--host", "127.0.0.1", "--port", str(self.port), "--workers", "1"]
-            self._spawn(name, argv)
+        # The launcher keeps an existing password entry: this makes the password a generated one.
+        passwords = self.settings.passwords_file
+        fd = os.open(passwords, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            json.dump({self.settings.username: self._admin_password}, f)
+        try:
+            self.deployment.prepare()
+        except ServiceError as exc:
+            migrate_log = self.home / "airflow-db-migrate.log"
+            raise HarnessError(f"{exc}\n{_tail(migrate_log)}") from None
+        self._services = self.deployment.start()
         if self.executor == "CeleryExecutor":
-            self.start_worker()
-        self._wait_healthy(deadline)
+            self._services.append(self.workers.start())
+        try:
+            self.deployment.wait_ready(self._services, max(1.0, deadline - time.monotonic()))
+            if self.executor == "CeleryExecutor":
+                self.workers.wait_ready(max(1.0, deadline - time.monotonic()))
+        except ServiceError as exc:
+            raise HarnessError(f"cluster not healthy in time: {exc}\n{self.log_tail()}") from None
         return self
-
-    def _spawn(self, name: str, argv: Sequence[str]) -> _Process:
-        proc = _Process(name, argv, self.home / f"{name}.log", env=self.env, cwd=self.home)
-        self._procs[name] = proc
-        return proc
 
     def start_worker(self) -> None:
         """Start (or restart, after kill_worker) the Celery worker."""
-        self._worker_generation += 1
-        log = self.home / "celery-worker.log"
-        self._ready_offset = log.stat().st_size if log.exists() else 0
-        self._spawn(
-            "celery-worker",
-            [
-                "airflow",
-                "celery",
-                "worker",
-                "--celery-hostname",
-                f"coco-worker-{self._worker_generation}@%h",
-                "--without-mingle",
-                "--without-gossip",
-            ],
-        )
-
-    def worker_ready(self) -> bool:
-        proc = self._procs.get("celery-worker")
-        if proc is None or not proc.alive():
-            return False
-        with open(proc.log_path, "rb") as f:
-            f.seek(self._ready_offset)
-            return b" ready." in f.read()
+        self._services.append(self.workers.start())
 
     def wait_worker_ready(self, timeout: float = 120.0) -> None:
-        deadline = time.monotonic() + timeout
-        while not self.worker_ready():
-            proc = self._procs["celery-worker"]
-            if not proc.alive() or time.monotonic() > deadline:
-                raise HarnessError("celery worker not ready:\n" + proc.tail())
-            time.sleep(1)
+        self.workers.wait_ready(timeout)
 
     def kill_worker(self, sig: int = signal.SIGKILL) -> None:
-        """Signal the worker's whole process group (worker, pool children, task runners)."""
-        proc = self._procs["celery-worker"]
-        proc.kill_group(sig)
-        proc.popen.wait(timeout=30)
-
-    def _wait_healthy(self, deadline: float) -> None:
-        wanted = ("metadatabase", "scheduler", "triggerer", "dag_processor")
-        last: object = None
-        while True:
-            for proc in self._procs.values():
-                if not proc.alive():
-                    raise HarnessError(f"{proc.name} exited during start-up:\n{proc.tail()}")
-            try:
-                health = httpx.get(f"{self.api_url}/api/v2/monitor/health", timeout=5).json()
-                last = health
-                if all(health.get(k, {}).get("status") == "healthy" for k in wanted) and (
-                    self.executor != "CeleryExecutor" or self.worker_ready()
-                ):
-                    return
-            except (httpx.HTTPError, ValueError) as exc:
-                last = exc
-            if time.monotonic() > deadline:
-                raise HarnessError(f"cluster not healthy in time (last: {last})\n{self.log_tail()}")
-            time.sleep(2)
+        """Signal the worker's whole process tree (worker, pool children, task runners)."""
+        self.workers.kill(sig)
 
     def stop(self) -> None:
         if self._client is not None:
             self._client.close()
             self._client = None
         # All at once (sequential graceful stops cost up to 20 s each), then SIGKILL leftovers.
-        procs = [self._procs.pop(name) for name in list(self._procs)]
-        trees = [(proc, proc.terminate()) for proc in procs]
-        deadline = time.monotonic() + 20
-        for proc, tree in trees:
-            proc.finish(tree, deadline)
+        stop_services(self._services)
+        self._services = []
 
     def __enter__(self) -> AirflowCluster:
         return self.start()
@@ -611,66 +575,34 @@ class AirflowCluster:
     # -- REST ------------------------------------------------------------------------------
 
     @property
-    def client(self) -> httpx.Client:
+    def client(self) -> AirflowRestClient:
         if self._client is None:
-            resp = httpx.post(
-                f"{self.api_url}/auth/token",
-                json={"username": "admin", "password": self._admin_password},
-                timeout=30,
-            )
-            resp.raise_for_status()
-            token = resp.json()["access_token"]
-            self._client = httpx.Client(
-                base_url=self.api_url,
-                headers={"Authorization": f"Bearer {token}"},
-                timeout=30,
+            self._client = AirflowRestClient(
+                self.api_url, self.settings.username, self._admin_password
             )
         return self._client
 
     def wait_dag(self, dag_id: str, timeout: float = 120.0) -> dict:
         """Wait until the dag-processor has serialized `dag_id`; fail on its import errors."""
-        deadline = time.monotonic() + timeout
-        while True:
-            resp = self.client.get(f"/api/v2/dags/{dag_id}")
-            if resp.status_code == 200:
-                return resp.json()
-            if time.monotonic() > deadline:
-                errors = self.client.get("/api/v2/importErrors").json()
-                raise HarnessError(
-                    f"DAG {dag_id!r} not registered in {timeout}s; import errors: {errors}\n"
-                    + self.log_tail(("dag-processor",))
-                )
-            time.sleep(2)
+        try:
+            return self.client.wait_for_dag(dag_id, timeout)
+        except (AirflowApiError, ServiceError) as exc:
+            raise HarnessError(
+                f"DAG {dag_id!r} not registered: {exc}\n" + self.log_tail(("dag-processor",))
+            ) from None
 
     def trigger(self, dag_id: str, conf: Mapping | None = None) -> str:
         """Unpause and trigger `dag_id` over REST; returns the dag_run_id."""
         self.wait_dag(dag_id)
-        self.client.patch(f"/api/v2/dags/{dag_id}", json={"is_paused": False}).raise_for_status()
-        resp = self.client.post(
-            f"/api/v2/dags/{dag_id}/dagRuns",
-            json={"logical_date": None, "conf": dict(conf or {})},
-        )
-        if resp.status_code != 200:
-            raise HarnessError(f"trigger {dag_id} -> {resp.status_code}: {resp.text}")
-        return resp.json()["dag_run_id"]
-
-    def _run_path(self, dag_id: str, run_id: str) -> str:
-        return f"/api/v2/dags/{dag_id}/dagRuns/{urllib.parse.quote(run_id, safe='')}"
+        self.client.unpause(dag_id)
+        return self.client.trigger(dag_id, dict(conf or {}))["dag_run_id"]
 
     def run_state(self, dag_id: str, run_id: str) -> str:
-        resp = self.client.get(self._run_path(dag_id, run_id))
-        resp.raise_for_status()
-        return resp.json()["state"]
+        return self.client.dag_run(dag_id, run_id)["state"]
 
     def task_instances(self, dag_id: str, run_id: str) -> dict[str, dict]:
         """Task instances of the run keyed by task_id (mapped ones as 'task_id[index]')."""
-        resp = self.client.get(self._run_path(dag_id, run_id) + "/taskInstances")
-        resp.raise_for_status()
-        out = {}
-        for ti in resp.json()["task_instances"]:
-            key = ti["task_id"] if ti["map_index"] < 0 else f"{ti['task_id']}[{ti['map_index']}]"
-            out[key] = ti
-        return out
+        return index_task_instances(self.client.task_instances(dag_id, run_id))
 
     def wait(
         self,
@@ -680,18 +612,7 @@ class AirflowCluster:
         states: Iterable[str] = TERMINAL_RUN_STATES,
     ) -> str:
         """Poll the run until it reaches one of `states`; returns that state."""
-        wanted = set(states)
-        deadline = time.monotonic() + timeout
-        while True:
-            state = self.run_state(dag_id, run_id)
-            if state in wanted:
-                return state
-            if time.monotonic() > deadline:
-                tis = {k: v["state"] for k, v in self.task_instances(dag_id, run_id).items()}
-                raise HarnessError(
-                    f"run {run_id} still {state} after {timeout}s; tasks {tis}\n" + self.log_tail()
-                )
-            time.sleep(2)
+        return wait_run(self.client, dag_id, run_id, timeout, states, self.log_tail)
 
     def wait_task(
         self,
@@ -701,39 +622,102 @@ class AirflowCluster:
         states: Iterable[str],
         timeout: float = 180.0,
     ) -> dict:
-        wanted = set(states)
-        deadline = time.monotonic() + timeout
-        while True:
-            ti = self.task_instances(dag_id, run_id).get(task_id)
-            if ti is not None and ti["state"] in wanted:
-                return ti
-            if time.monotonic() > deadline:
-                raise HarnessError(
-                    f"task {task_id} not in {sorted(wanted)} after {timeout}s "
-                    f"(now {ti and ti['state']})\n" + self.log_tail()
-                )
-            time.sleep(1)
+        return wait_task(self.client, dag_id, run_id, task_id, states, timeout, self.log_tail)
 
     def task_log(self, dag_id: str, run_id: str, task_id: str, try_number: int = 1) -> str:
-        resp = self.client.get(
-            self._run_path(dag_id, run_id) + f"/taskInstances/{task_id}/logs/{try_number}",
-            headers={"Accept": "application/json"},
-        )
-        resp.raise_for_status()
-        content = resp.json().get("content", [])
-        return "\n".join(
-            line.get("event", json.dumps(line)) if isinstance(line, dict) else str(line)
-            for line in content
-        )
+        return self.client.task_log(dag_id, run_id, task_id, try_number)
 
     # -- logs ------------------------------------------------------------------------------
 
     def logs(self) -> dict[str, str]:
-        """Full output of every component, by component name."""
-        return {path.stem: path.read_text(errors="replace") for path in self.home.glob("*.log")}
+        """Full output of every component, by component name ("scheduler", "celery-worker")."""
+        return {
+            path.stem.removeprefix("airflow-"): path.read_text(errors="replace")
+            for path in self.home.glob("airflow-*.log")
+        }
 
     def log_tail(self, names: Iterable[str] | None = None, lines: int = 40) -> str:
-        chosen = list(names) if names is not None else [*AIRFLOW_COMPONENTS, "celery-worker"]
-        return "\n".join(
-            f"--- {name} ---\n{_tail(self.home / f'{name}.log', lines)}" for name in chosen
-        )
+        return components_log_tail(self.deployment, names, lines)
+
+
+def components_log_tail(
+    deployment: AirflowDeployment, names: Iterable[str] | None = None, lines: int = 40
+) -> str:
+    """The last lines of each component's log (default: all of them and the worker's)."""
+    chosen = list(names) if names is not None else [*LOCAL_COMPONENTS, CELERY_WORKER]
+    return "\n".join(
+        f"--- {service_name(c)} ---\n{_tail(deployment.log_dir / f'{service_name(c)}.log', lines)}"
+        for c in chosen
+    )
+
+
+def index_task_instances(task_instances: Iterable[dict]) -> dict[str, dict]:
+    out = {}
+    for ti in task_instances:
+        key = ti["task_id"] if ti["map_index"] < 0 else f"{ti['task_id']}[{ti['map_index']}]"
+        out[key] = ti
+    return out
+
+
+def wait_run(
+    client: AirflowRestClient,
+    dag_id: str,
+    run_id: str,
+    timeout: float,
+    states: Iterable[str] = TERMINAL_RUN_STATES,
+    diagnostics=lambda: "",
+) -> str:
+    """Poll the run until it reaches one of `states`; returns that state."""
+    wanted = set(states)
+    deadline = time.monotonic() + timeout
+    while True:
+        state = client.dag_run(dag_id, run_id)["state"]
+        if state in wanted:
+            return state
+        if time.monotonic() > deadline:
+            tis = index_task_instances(client.task_instances(dag_id, run_id))
+            summary = {k: v["state"] for k, v in tis.items()}
+            raise HarnessError(
+                f"run {run_id} still {state} after {timeout}s; tasks {summary}\n" + diagnostics()
+            )
+        time.sleep(2)
+
+
+def wait_task(
+    client: AirflowRestClient,
+    dag_id: str,
+    run_id: str,
+    task_id: str,
+    states: Iterable[str],
+    timeout: float = 180.0,
+    diagnostics=lambda: "",
+) -> dict:
+    """Poll until the task instance is in one of `states`; returns it."""
+    wanted = set(states)
+    deadline = time.monotonic() + timeout
+    while True:
+        ti = index_task_instances(client.task_instances(dag_id, run_id)).get(task_id)
+        if ti is not None and ti["state"] in wanted:
+            return ti
+        if time.monotonic() > deadline:
+            raise HarnessError(
+                f"task {task_id} not in {sorted(wanted)} after {timeout}s "
+                f"(now {ti and ti['state']})\n" + diagnostics()
+            )
+        time.sleep(1)
+
+
+def assert_dead(pid: int, timeout: float = 10.0) -> None:
+    """The process is gone. A zombie counts as gone: where PID 1 does not reap orphans, killed
+    processes linger as <defunct>."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except FileNotFoundError:
+            return
+        if state in ("Z", "X"):
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"process {pid} survived the kill (state {state})")
+        time.sleep(0.2)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from .harness import AirflowCluster
+from .harness import AirflowCluster, assert_dead
 
 pytestmark = [pytest.mark.distributed, pytest.mark.slow, pytest.mark.timeout(900)]
 
@@ -27,11 +27,8 @@ def test_rest_triggered_run_succeeds_on_celery_worker(celery_cluster: AirflowClu
     tis = celery_cluster.task_instances("coco_harness_smoke", run_id)
     assert {k: v["state"] for k, v in tis.items()} == {"produce": "success", "consume": "success"}
     # The XCom went through the metadata DB from one Celery task to the next.
-    xcom = celery_cluster.client.get(
-        f"/api/v2/dags/coco_harness_smoke/dagRuns/{run_id}/taskInstances/consume"
-        "/xcomEntries/return_value"
-    ).json()
-    assert xcom["value"] in (42, "42")
+    xcom = celery_cluster.client.xcom("coco_harness_smoke", run_id, "consume")
+    assert xcom in (42, "42")
     # The tasks ran in the Celery worker, not in the scheduler.
     logs = celery_cluster.logs()
     assert "CeleryExecutor" in logs["scheduler"]
@@ -48,7 +45,7 @@ def test_worker_killed_mid_task_fails_run_without_downstream(
     _wait_for_line(marker, "long_task try=1")
 
     celery_cluster.kill_worker()
-    _assert_dead(_attempt_pid(marker, 1))
+    assert_dead(_attempt_pid(marker, 1))
     try:
         # No retries: the scheduler notices the missing heartbeats and fails the attempt.
         assert celery_cluster.wait(dag_id, run_id, timeout=300) == "failed"
@@ -72,7 +69,7 @@ def test_worker_killed_mid_task_is_retried_before_downstream(
     _wait_for_line(marker, "long_task try=1")
 
     celery_cluster.kill_worker()
-    _assert_dead(_attempt_pid(marker, 1))
+    assert_dead(_attempt_pid(marker, 1))
     celery_cluster.start_worker()  # the replacement container
     celery_cluster.wait_worker_ready()
     assert celery_cluster.wait(dag_id, run_id, timeout=300) == "success"
@@ -92,22 +89,6 @@ def _attempt_pid(marker: Path, try_number: int) -> int:
     match = re.search(rf"long_task try={try_number} pid=(\d+)", marker.read_text())
     assert match, marker.read_text()
     return int(match.group(1))
-
-
-def _assert_dead(pid: int, timeout: float = 10.0) -> None:
-    """The killed attempt's task process is gone too (it runs in its own session). A zombie
-    counts as gone: where PID 1 does not reap orphans, killed processes linger as <defunct>."""
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-        except FileNotFoundError:
-            return
-        if state in ("Z", "X"):
-            return
-        if time.monotonic() > deadline:
-            raise AssertionError(f"task process {pid} survived the worker kill (state {state})")
-        time.sleep(0.2)
 
 
 def _wait_for_line(path: Path, text: str, timeout: float = 60.0) -> None:
