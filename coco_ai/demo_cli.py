@@ -28,6 +28,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default="tiny",
         help="base model: tiny (built from config, seconds) or smollm2 (SmolLM2-135M-Instruct)",
     )
+    demo.add_argument(
+        "--epochs",
+        type=int,
+        help="training epochs (default: 1 for tiny, 3 for smollm2, enough for it to learn the "
+        "facts' format and many of the facts)",
+    )
     demo.add_argument("--dir", type=Path, help="state directory (default: <repo>/.demo)")
     demo.add_argument("--port", type=int, help="Airflow API/UI port (default: a free port)")
     demo.add_argument(
@@ -41,6 +47,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     status = sub.add_parser("status", help="show whether the demo stack is running, and where")
     status.add_argument("--dir", type=Path, help="state directory (default: <repo>/.demo)")
     status.set_defaults(func=_status)
+
+
+DEFAULT_EPOCHS = {"tiny": 1, "smollm2": 3}
 
 
 def _progress(message: str) -> None:
@@ -75,7 +84,8 @@ def _run(args: argparse.Namespace) -> int:
             return 1
         started_here = True
     try:
-        summary = run_pipeline(info, progress=_progress, timeout_s=args.timeout)
+        epochs = args.epochs or DEFAULT_EPOCHS[args.model]
+        summary = run_pipeline(info, {"epochs": epochs}, progress=_progress, timeout_s=args.timeout)
     except KeyboardInterrupt:
         _progress("interrupted")
         return 130
