@@ -17,6 +17,7 @@ from airflow_client.client.models import TriggerDAGRunPostBody
 from cryptography.hazmat.primitives import serialization
 
 from coco_ai.devstack import DAG_ID
+from coco_ai.devstack.processes import descendants
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(900)]
 
@@ -226,30 +227,12 @@ def test_no_secret_in_the_pod_spec_of_this_run(e2e_stack, successful_run, secret
     assert _find(json.dumps(manifest).encode(), secrets_of_the_run) == []
 
 
-def _descendants(pid: int) -> set[int]:
-    children: dict[int, list[int]] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            text = stat.read_text()
-        except OSError:
-            continue
-        fields = text[text.rindex(")") + 2 :].split()
-        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
-    found, todo = set(), [pid]
-    while todo:
-        p = todo.pop()
-        if p not in found:
-            found.add(p)
-            todo += children.get(p, [])
-    return found
-
-
 def test_no_secret_in_the_environment_of_airflow_processes(e2e_stack, secrets_of_the_run):
     pids = set()
     for service in e2e_stack.info.services:
         if service.name.startswith("airflow-"):
             assert service.alive(), service.name
-            pids |= _descendants(service.pid)
+            pids |= {service.pid, *descendants(service.pid)}
     assert len(pids) >= 4
     found, readable = [], 0
     for pid in pids:
