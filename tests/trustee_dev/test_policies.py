@@ -12,7 +12,8 @@ import pytest
 from coco_ai import policies
 from coco_ai.trustee_dev.policy import AttestationPolicy, check_policy, evaluate_resource_policy
 
-FIXTURE = Path("/work/shared/fixtures/trustee/example.token.json")
+# the real Trustee token claims, copied from shared/fixtures (see tests/kbs/data/README.md)
+FIXTURE = Path(__file__).resolve().parent.parent / "kbs" / "data" / "example.token.json"
 AE = "ear.veraison.annotated-evidence"
 
 
