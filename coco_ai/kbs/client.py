@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable, Sequence
 from http.cookies import CookieError, SimpleCookie
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 from urllib.parse import quote, urlsplit
 
 import httpx
@@ -211,7 +211,22 @@ def _fetch_resource(
     return tee_key.decrypt(response.content)
 
 
-class KbsClient:
+class _ClosingClient:
+    """Closes its HTTP connection pool on close() or at the end of a `with` block."""
+
+    _http: _Http
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class KbsClient(_ClosingClient):
     """RCAR client: attests the given attesters to a KBS and fetches resources.
 
     `cpu` produces the primary evidence, `devices` the additional evidence (one attester per
@@ -350,15 +365,6 @@ class KbsClient:
         client's TEE key). No retry: a refused token needs a new one from its owner."""
         return _fetch_resource(self._http, to_resource_path(path), _bearer(token), self.tee_key)
 
-    def close(self) -> None:
-        self._http.close()
-
-    def __enter__(self) -> KbsClient:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
     def __repr__(self) -> str:
         devices = [d.tee for d in self.devices]
         return f"KbsClient({self.url!r}, cpu={self.cpu.tee!r}, devices={devices!r})"
@@ -397,7 +403,7 @@ def get_resource_with_token(
         http.close()
 
 
-class KbsAdminClient:
+class KbsAdminClient(_ClosingClient):
     """Trustee admin API: policies, resources, reference values, per-run keys, health."""
 
     def __init__(
@@ -566,15 +572,6 @@ class KbsAdminClient:
             return self._http.request("GET", "/healthz").status_code == 200
         except KbsUnavailable:
             return False
-
-    def close(self) -> None:
-        self._http.close()
-
-    def __enter__(self) -> KbsAdminClient:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     def __repr__(self) -> str:
         return f"KbsAdminClient({self.url!r}, auth={self._auth!r})"
