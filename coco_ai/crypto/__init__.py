@@ -6,8 +6,7 @@ Exports resolve lazily (PEP 562): `coco_ai.storage` builds on `coco_ai.crypto.ma
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from coco_ai._lazy import lazy_exports
 
 _EXPORTS = {
     "encrypt_checkpoint": "checkpoint",
@@ -33,8 +32,4 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'coco_ai.crypto' has no attribute {name!r}")
-    return getattr(importlib.import_module(f"coco_ai.crypto.{module}"), name)
+__getattr__ = lazy_exports(__name__, _EXPORTS)

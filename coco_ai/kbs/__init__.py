@@ -6,8 +6,7 @@ that importing a submodule (e.g. `coco_ai.kbs.wire`) stays cheap.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from coco_ai._lazy import lazy_exports
 
 _EXPORTS = {
     # wire
@@ -64,13 +63,7 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'coco_ai.kbs' has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"coco_ai.kbs.{module}"), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_exports(__name__, _EXPORTS)
 
 
 def __dir__() -> list[str]:
