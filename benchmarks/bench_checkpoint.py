@@ -239,7 +239,8 @@ def _throughput(size: int, segment: int, repeat: int, workdir: Path) -> dict:
 
 def _verify_throughput(size: int, workdir: Path, repeat: int) -> dict:
     from coco_ai.crypto.checkpoint import encrypt_checkpoint
-    from coco_ai.storage import open_store, read_manifest, verify_objects
+    from coco_ai.crypto.transfer import read_manifest, verify_objects
+    from coco_ai.storage import open_store
 
     src = workdir / "verify-src"
     src.mkdir()
@@ -297,7 +298,8 @@ import os, sys, time, json
 from pathlib import Path
 op, workdir = sys.argv[1], Path(sys.argv[2])
 from coco_ai.crypto.checkpoint import decrypt_checkpoint, encrypt_checkpoint
-from coco_ai.storage import open_store, read_manifest, verify_objects
+from coco_ai.crypto.transfer import read_manifest, verify_objects
+from coco_ai.storage import open_store
 
 def status(field):
     with open("/proc/self/status") as f:

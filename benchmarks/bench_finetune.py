@@ -90,8 +90,8 @@ def _plain_tokens_per_s(model_dir: Path, cfg, examples) -> tuple[float, float]:
 
 
 def bench_size(size: str, rounds: int, root: Path) -> dict:
+    from coco_ai.devstack.workload import start_local_stack
     from coco_ai.workloads.dataset import corpus_text, generate_examples, to_jsonl
-    from coco_ai.workloads.devstack import start_local_stack
     from coco_ai.workloads.finetune.config import FinetuneConfig
     from coco_ai.workloads.finetune.workload import FinetuneWorkload
     from coco_ai.workloads.models import model_digest

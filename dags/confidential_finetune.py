@@ -20,11 +20,12 @@ from airflow.sdk import (
     conf,
 )
 
+from coco_ai.kbs.resource_path import RESOURCE_URI_PATTERN
 from operators.attestation import AttestationGateOperator
 from operators.checkpoint import EncryptedCheckpointUploadOperator
-from operators.finetune import ConfidentialFineTuneOperator
 from operators.keys import KeyReleaseOperator, KeyRevokeOperator
 from operators.promotion import AttestedModelPromotionOperator
+from operators.workload import ConfidentialWorkloadOperator
 
 
 def _setting(option: str) -> str:
@@ -79,8 +80,7 @@ PARAMS = {
     "dataset_key_uri": Param(
         _setting("dataset_key_uri"),
         type="string",
-        # three [A-Za-z0-9._-] segments, none of them "." or ".."
-        pattern=r"^kbs:///(?:(?!\.\.?/)[A-Za-z0-9._-]+/){2}(?!\.\.?$)[A-Za-z0-9._-]+$",
+        pattern=RESOURCE_URI_PATTERN,  # the KBS client's own rule, for the form
         title="Data-set key (KBS resource)",
         description="kbs:///repo/type/tag of the data set's key in Trustee; released only to "
         "attested TEEs.",
@@ -167,20 +167,25 @@ reference values. Fails closed, naming the mismatch.""",
     )
     key_release = KeyReleaseOperator(
         task_id="key_release",
-        dataset_uri="{{ params.dataset_uri }}",
-        dataset_key_uri="{{ params.dataset_key_uri }}",
-        base_model="{{ params.base_model }}",
+        workload="finetune",
+        inputs={
+            "dataset": {
+                "uri": "{{ params.dataset_uri }}",
+                "key_uri": "{{ params.dataset_key_uri }}",
+            },
+            "base_model": {"uri": "{{ params.base_model }}"},
+        },
         doc_md="""Creates this run's checkpoint key *inside* Trustee, released only to a TEE
 whose initdata names this run; builds that initdata (KBS URL and CA, run id, key URIs, image
 digest) and pins the inputs (digests of the encrypted data set and of the base model).
 XCom holds references only. No retries: a second key would orphan the first.""",
     )
-    confidential_finetune = ConfidentialFineTuneOperator(
+    confidential_finetune = ConfidentialWorkloadOperator(
         task_id="confidential_finetune",
         run_refs=key_release.output,
         tee="{{ params.tee }}",
         gpu_count="{{ params.gpu_count }}",
-        finetune={
+        settings={
             "lora": {
                 "r": "{{ params.lora_r }}",
                 "alpha": "{{ params.lora_alpha }}",

@@ -6,20 +6,9 @@ from typing import Any, ClassVar
 
 from airflow.sdk import BaseOperator, Context
 
+from coco_ai.runs import RunRefs, staging_location
 from operators._settings import as_int, required_setting
 from operators.hooks.trustee import TrusteeHook
-from operators.keys import expected_initdata_claims
-
-
-def verification_policy(run_refs: dict[str, str], min_gpus: int) -> Any:
-    """What a checkpoint of this run must prove: its token names this run's initdata claims."""
-    from coco_ai.crypto import VerificationPolicy
-
-    return VerificationPolicy(
-        run_id=run_refs["run_id"],
-        min_gpus=min_gpus,
-        init_data_claims=expected_initdata_claims(run_refs),
-    )
 
 
 class EncryptedCheckpointUploadOperator(BaseOperator):
@@ -66,21 +55,26 @@ class EncryptedCheckpointUploadOperator(BaseOperator):
         self.trustee_conn_id = trustee_conn_id
 
     def execute(self, context: Context) -> dict[str, Any]:
-        from coco_ai.storage import copy_checkpoint
+        from coco_ai.crypto.transfer import copy_checkpoint
+        from coco_ai.crypto.verify import VerificationPolicy
 
-        run_id = self.run_refs["run_id"]
-        if self.staged.get("run_id") != run_id:
+        refs = RunRefs.from_xcom(self.run_refs)
+        run_id = refs.run_id
+        if not isinstance(self.staged, dict) or self.staged.get("run_id") != run_id:
+            staged_run = self.staged.get("run_id") if isinstance(self.staged, dict) else None
+            raise ValueError(f"staged checkpoint belongs to run {staged_run!r}, not {run_id!r}")
+        if self.staged.get("staging_uri") != refs.staging_uri:
             raise ValueError(
-                f"staged checkpoint belongs to run {self.staged.get('run_id')!r}, not {run_id!r}"
+                f"staged checkpoint is at {self.staged.get('staging_uri')!r}, not at the run's "
+                f"staging location {refs.staging_uri!r}"
             )
-        source = self.staged["staging_uri"]
         root = self.destination_root or required_setting("checkpoint_store_uri")
-        destination = f"{root.rstrip('/')}/{run_id}"
+        destination = staging_location(root, run_id)
         anchor = TrusteeHook(self.trustee_conn_id).trust_anchor()
-        policy = verification_policy(self.run_refs, as_int("min_gpus", self.min_gpus))
-        self.log.info("Verifying %s and copying it to %s", source, destination)
+        policy = VerificationPolicy.for_refs(refs, min_gpus=as_int("min_gpus", self.min_gpus))
+        self.log.info("Verifying %s and copying it to %s", refs.staging_uri, destination)
         manifest = copy_checkpoint(
-            source,
+            refs.staging_uri,
             destination,
             trust_anchor_pem=anchor,
             policy=policy,

@@ -1,9 +1,10 @@
-"""Per-run key release and revocation through Trustee.
+"""Key release (the run's identity and its per-run key) and revocation, for any workload kind.
 
-The checkpoint key of a run is created *inside* Trustee (provisioner API): Airflow learns its
-``kbs:///`` URI, never its bytes. Release is bound to the run's initdata (claim
-``io.coco-ai.run-id``) and to the resource policy (CPU and every GPU affirming); the initdata
-also names the key URIs, so the policy can tie a per-run key to the run that asked for it.
+The checkpoint key of a run is created *inside* Trustee: Airflow learns its ``kbs:///``
+reference, never its bytes. Release is bound to the run's initdata (claim ``io.coco-ai.run-id``)
+and to the resource policy (CPU and every GPU affirming); the initdata also names the key URIs,
+so the policy can tie a per-run key to the run that asked for it. What the run is — workload,
+image, pinned inputs, keys, staging, initdata — travels on as :class:`coco_ai.runs.RunRefs`.
 """
 
 from __future__ import annotations
@@ -12,129 +13,121 @@ from typing import Any, ClassVar
 
 from airflow.sdk import BaseOperator, Context, TriggerRule
 
-from coco_ai.guest.initdata import (
-    CHECKPOINT_KEY_KEY,
-    DATASET_KEY_KEY,
-    IMAGE_DIGEST_KEY,
-    RUN_ID_KEY,
-    build_initdata,
-)
-from coco_ai.kbs.wire import parse_resource_uri
-from coco_ai.workloads.models import model_digest
-from operators._settings import coco_run_id, setting
-from operators.execution.kubernetes import require_image_digest
+from coco_ai.digest import Digest
+from coco_ai.guest.initdata import RUN_ID_KEY
+from coco_ai.kbs.wire import parse_resource_path, parse_resource_uri
+from coco_ai.runs import RunInput, RunRefs, RunRefsError, checkpoint_key_path, pinned_image
+from coco_ai.workloads.kinds import WorkloadKind, workload_kind
+from operators._settings import coco_run_id, required_setting, setting
 from operators.hooks.trustee import TrusteeHook
 
-#: Trustee repository of per-run keys (the resource policies pin it to the run's initdata).
-RUN_KEY_REPOSITORY = "coco-ai-run"
-CHECKPOINT_KEY_TYPE = "checkpoint-key"
-#: Extra key of a data-set Asset event naming the new version's object URI.
-DATASET_URI_EXTRA = "dataset_uri"
-DATASET_KEY_URI_EXTRA = "dataset_key_uri"
 
+def _inputs_from_asset_events(context: Context, kind: WorkloadKind) -> dict[str, dict[str, str]]:
+    """The newest input versions named by the Asset events that triggered this run, if any.
 
-def checkpoint_key_path(run_id: str) -> str:
-    return f"{RUN_KEY_REPOSITORY}/{CHECKPOINT_KEY_TYPE}/{run_id}"
-
-
-def object_digest(uri: str) -> str:
-    """``sha256:<hex>`` of the (encrypted) object at ``uri``, read without any key."""
-    from coco_ai.storage import open_store
-
-    parent, _, name = uri.rstrip("/").rpartition("/")
-    if not parent or not name:
-        raise ValueError(f"{uri!r} is not an object URI")
-    return "sha256:" + open_store(parent).sha256(name)
-
-
-def expected_initdata_claims(run_refs: dict[str, str]) -> dict[str, str]:
-    """The ``io.coco-ai.*`` claims a TEE of this run must present (what key release wrote)."""
-    return {
-        RUN_ID_KEY: run_refs["run_id"],
-        IMAGE_DIGEST_KEY: run_refs["image"].partition("@")[2],
-        CHECKPOINT_KEY_KEY: run_refs["checkpoint_key_uri"],
-        DATASET_KEY_KEY: run_refs["dataset_key_uri"],
-    }
-
-
-def _dataset_from_asset_events(context: Context) -> dict[str, str]:
-    """The newest data-set version named by the Asset events that triggered this run, if any."""
+    An event's extra may name ``<input>_uri`` (and ``<input>_key_uri``) for any input of the
+    workload, e.g. ``{"dataset_uri": "s3://…", "dataset_key_uri": "kbs:///…"}``.
+    """
     events = context.get("triggering_asset_events") or {}
-    newest: dict[str, str] = {}
+    newest: dict[str, dict[str, str]] = {}
     for asset_events in events.values():
         for event in asset_events:
             extra = event.extra or {}
-            if extra.get(DATASET_URI_EXTRA):
-                newest = {
-                    k: extra[k] for k in (DATASET_URI_EXTRA, DATASET_KEY_URI_EXTRA) if k in extra
-                }
+            for spec in kind.inputs:
+                if extra.get(f"{spec.name}_uri"):
+                    newest[spec.name] = {"uri": extra[f"{spec.name}_uri"]}
+                    if extra.get(f"{spec.name}_key_uri"):
+                        newest[spec.name]["key_uri"] = extra[f"{spec.name}_key_uri"]
     return newest
 
 
+def _pin_input(kind: WorkloadKind, name: str, given: dict[str, Any]) -> RunInput:
+    spec = next((s for s in kind.inputs if s.name == name), None)
+    if spec is None:
+        raise ValueError(f"workload {kind.name!r} takes no input {name!r}")
+    uri = str(given.get("uri") or "").strip()
+    if not uri:
+        raise ValueError(
+            f"no {name}: set its URI (Param or [coco_ai] setting) or trigger with an Asset event"
+        )
+    key = None
+    if spec.keyed:
+        key_uri = str(given.get("key_uri") or "").strip()
+        if not key_uri:
+            raise ValueError(f"no key for {name}: set its kbs:///repo/type/tag key URI")
+        key = parse_resource_uri(key_uri)
+    try:
+        digest = Digest.parse(spec.digest(uri))
+    except (OSError, ValueError, RuntimeError) as exc:  # missing, unreadable, not a model …
+        raise ValueError(f"cannot pin {name} {uri!r}: {exc}") from exc
+    return RunInput(uri=uri, digest=digest, key=key)
+
+
 class KeyReleaseOperator(BaseOperator):
-    """Provision the run's checkpoint key in Trustee and build the run's initdata.
+    """Provision the run's checkpoint key in Trustee and pin the run's identity.
 
-    Returns references only (pushed as XCom, read by the fine-tune and revoke tasks)::
+    ``inputs`` maps each input of the ``workload`` kind to ``{"uri", "key_uri"?}`` (templated).
+    Each input is pinned by digest, read without any key (the encrypted data-set object, the
+    base-model directory); the checkpoint key is created *inside* Trustee, so Airflow learns its
+    ``kbs:///`` reference, never its bytes; and the run's initdata is built from exactly the
+    claims a TEE of this run must present (:meth:`coco_ai.runs.RunRefs.expected_claims`).
 
-        {"run_id", "checkpoint_key_uri", "dataset_uri", "dataset_key_uri",
-         "dataset_digest": "sha256:<hex of the encrypted object>", "base_model",
-         "base_model_digest": "sha256:<model directory digest>", "image",
-         "initdata_digest": "sha384:<hex>", "initdata_annotation": "<base64 gzip TOML>"}
-
-    The digests pin the run's inputs: promotion later requires the TEE to have trained on
-    exactly that data-set object and base model (unless governance Variables approve others).
-
-    When the run was triggered by a data-set Asset event whose extra names ``dataset_uri``
-    (and optionally ``dataset_key_uri``), that version is used instead of the arguments.
+    Returns :meth:`coco_ai.runs.RunRefs.to_xcom`: references only, read by every later step.
+    When the run was triggered by an Asset event whose extra names ``<input>_uri`` (and
+    ``<input>_key_uri``), that version of the input is used instead of the argument.
 
     Example::
 
         key_release = KeyReleaseOperator(
             task_id="key_release",
-            dataset_uri="{{ params.dataset_uri }}",
-            dataset_key_uri="{{ params.dataset_key_uri }}",
-            base_model="{{ params.base_model }}",
+            workload="finetune",
+            inputs={
+                "dataset": {"uri": "{{ params.dataset_uri }}",
+                            "key_uri": "{{ params.dataset_key_uri }}"},
+                "base_model": {"uri": "{{ params.base_model }}"},
+            },
             image="registry.example/coco-ai/finetune@sha256:" + "0" * 64,
         )
     """
 
-    template_fields = ("dataset_uri", "dataset_key_uri", "base_model", "image")
+    template_fields = ("inputs", "image", "staging_root")
+    template_fields_renderers: ClassVar[dict[str, str]] = {"inputs": "json"}
     ui_color = "#fde2e4"
 
     def __init__(
         self,
         *,
-        dataset_uri: str,
-        dataset_key_uri: str,
-        base_model: str,
+        workload: str,
+        inputs: dict[str, dict[str, Any]],
         image: str | None = None,
+        staging_root: str | None = None,
         trustee_conn_id: str = TrusteeHook.default_conn_name,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        self.dataset_uri = dataset_uri
-        self.dataset_key_uri = dataset_key_uri
-        self.base_model = base_model
+        self.workload = workload
+        self.inputs = inputs
         self.image = image
+        self.staging_root = staging_root
         self.trustee_conn_id = trustee_conn_id
 
-    def execute(self, context: Context) -> dict[str, str]:
+    def execute(self, context: Context) -> dict[str, Any]:
+        kind = workload_kind(self.workload)
         run_id = coco_run_id(self.dag_id, context["run_id"])
-        dataset = {DATASET_URI_EXTRA: self.dataset_uri, DATASET_KEY_URI_EXTRA: self.dataset_key_uri}
-        from_asset = _dataset_from_asset_events(context)
+        given = {name: dict(value or {}) for name, value in (self.inputs or {}).items()}
+        from_asset = _inputs_from_asset_events(context, kind)
         if from_asset:
-            self.log.info("Data set from the triggering Asset event: %s", from_asset)
-            dataset.update(from_asset)
-        if not dataset[DATASET_URI_EXTRA]:
-            raise ValueError(
-                "no data set: set the dataset_uri param or trigger with an Asset event"
-            )
-        dataset_key_uri = parse_resource_uri(dataset[DATASET_KEY_URI_EXTRA]).uri()
-        image = require_image_digest(self.image or setting("workload_image"))
-        if not self.base_model:
-            raise ValueError("no base model: set the base_model param ([coco_ai] base_model)")
-        dataset_digest = object_digest(dataset[DATASET_URI_EXTRA])
-        base_model_digest = model_digest(self.base_model)
+            self.log.info("Inputs from the triggering Asset event: %s", from_asset)
+            for name, value in from_asset.items():
+                given.setdefault(name, {}).update(value)
+        unknown = sorted(set(given) - {spec.name for spec in kind.inputs})
+        if unknown:
+            raise ValueError(f"workload {kind.name!r} takes no input {unknown[0]!r}")
+        inputs = {
+            spec.name: _pin_input(kind, spec.name, given.get(spec.name, {})) for spec in kind.inputs
+        }
+        image = pinned_image(self.image or setting("workload_image"))
+        staging_root = self.staging_root or required_setting("staging_uri")
 
         hook = TrusteeHook(self.trustee_conn_id)
         settings = hook.settings
@@ -142,27 +135,22 @@ class KeyReleaseOperator(BaseOperator):
             path = client.provision_run_key(
                 checkpoint_key_path(run_id), bind={"initdata_key": RUN_ID_KEY, "value": run_id}
             )
-        checkpoint_key_uri = parse_resource_uri(f"kbs:///{path}").uri()
+        checkpoint_key = parse_resource_path(path)
         self.log.info(
-            "Provisioned %s inside Trustee, released only to run %s", checkpoint_key_uri, run_id
+            "Provisioned %s inside Trustee, released only to run %s", checkpoint_key, run_id
         )
-
-        refs = {
-            "run_id": run_id,
-            "checkpoint_key_uri": checkpoint_key_uri,
-            "dataset_uri": dataset[DATASET_URI_EXTRA],
-            "dataset_key_uri": dataset_key_uri,
-            "dataset_digest": dataset_digest,
-            "base_model": self.base_model,
-            "base_model_digest": base_model_digest,
-            "image": image,
-        }
-        initdata = build_initdata(
-            settings.kbs_url, settings.ca_cert_pem, expected_initdata_claims(refs)
+        refs = RunRefs.plan(
+            workload=kind.name,
+            run_id=run_id,
+            image=image,
+            checkpoint_key=checkpoint_key,
+            inputs=inputs,
+            staging_root=staging_root,
+            kbs_url=settings.kbs_url,
+            kbs_ca_pem=settings.ca_cert_pem,
         )
-        digest = f"{initdata.algorithm}:{initdata.digest().hex()}"
-        self.log.info("Run initdata digest %s", digest)
-        return {**refs, "initdata_digest": digest, "initdata_annotation": initdata.annotation()}
+        self.log.info("Run initdata digest %s", refs.initdata_digest)
+        return refs.to_xcom()
 
 
 class KeyRevokeOperator(BaseOperator):
@@ -195,12 +183,18 @@ class KeyRevokeOperator(BaseOperator):
 
     def execute(self, context: Context) -> dict[str, Any]:
         run_id = coco_run_id(self.dag_id, context["run_id"])
-        refs = self.run_refs if isinstance(self.run_refs, dict) else {}
-        uris = {f"kbs:///{checkpoint_key_path(run_id)}"}
-        if refs.get("checkpoint_key_uri"):
-            uris.add(refs["checkpoint_key_uri"])
+        keys = {checkpoint_key_path(run_id)}
+        unreadable: RunRefsError | None = None
+        if self.run_refs:  # absent when key release failed before returning
+            try:
+                keys.add(RunRefs.from_xcom(self.run_refs).checkpoint_key)
+            except RunRefsError as exc:
+                unreadable = exc  # still revoke what the run id names, then fail loudly
         with TrusteeHook(self.trustee_conn_id).get_conn() as client:
-            for uri in sorted(uris):
-                client.delete_resource(parse_resource_uri(uri))
-        self.log.info("Revoked %s", ", ".join(sorted(uris)))
-        return {"run_id": run_id, "revoked": sorted(uris)}
+            for key in sorted(keys, key=str):
+                client.delete_resource(key)
+        revoked = sorted(str(key) for key in keys)
+        self.log.info("Revoked %s", ", ".join(revoked))
+        if unreadable is not None:
+            raise unreadable
+        return {"run_id": run_id, "revoked": revoked}

@@ -6,6 +6,7 @@ from typing import Any, ClassVar
 
 from airflow.sdk import BaseOperator, Context, Variable
 
+from coco_ai.runs import RunRefs
 from operators._settings import as_int, required_setting, setting
 from operators.hooks.trustee import TrusteeHook
 
@@ -106,20 +107,22 @@ class AttestedModelPromotionOperator(BaseOperator):
     def execute(self, context: Context) -> dict[str, Any]:
         from coco_ai.promotion import PromotionExpectations, promote
 
-        refs = self.run_refs
-        if self.checkpoint.get("run_id") != refs["run_id"]:
-            raise ValueError(
-                f"checkpoint belongs to run {self.checkpoint.get('run_id')!r}, "
-                f"not {refs['run_id']!r}"
-            )
+        refs = RunRefs.from_xcom(self.run_refs)
+        checkpoint = self.checkpoint if isinstance(self.checkpoint, dict) else {}
+        checkpoint_run = checkpoint.get("run_id")
+        if checkpoint_run != refs.run_id:
+            raise ValueError(f"checkpoint belongs to run {checkpoint_run!r}, not {refs.run_id!r}")
         thresholds = self.thresholds or {}
         expectations = PromotionExpectations(
-            run_id=refs["run_id"],
-            approved_base_models=_approved(APPROVED_BASE_MODELS_VAR, refs["base_model_digest"]),
-            approved_datasets=_approved(APPROVED_DATASETS_VAR, refs["dataset_digest"]),
-            init_data_digest=refs["initdata_digest"].partition(":")[2],
-            image_digest=refs["image"].partition("@")[2],
-            checkpoint_key_uri=refs["checkpoint_key_uri"],
+            run_id=refs.run_id,
+            approved_base_models=_approved(
+                APPROVED_BASE_MODELS_VAR, str(refs.input("base_model").digest)
+            ),
+            approved_datasets=_approved(APPROVED_DATASETS_VAR, str(refs.input("dataset").digest)),
+            init_data_digest=refs.initdata_digest.hex,
+            image_digest=str(refs.image_digest),
+            init_data_claims=refs.expected_claims(),
+            checkpoint_key_uri=refs.checkpoint_key.uri(),
             min_gpus=as_int("min_gpus", self.min_gpus),
             max_eval_loss=_optional_number("max_eval_loss", thresholds.get("max_eval_loss")),
             min_relative_improvement=_optional_number(
@@ -129,8 +132,8 @@ class AttestedModelPromotionOperator(BaseOperator):
         self.log.info(
             "Verifying %s (run %s, initdata %s) for promotion",
             self.checkpoint["checkpoint_uri"],
-            refs["run_id"],
-            refs["initdata_digest"],
+            refs.run_id,
+            refs.initdata_digest,
         )
         result = promote(
             self.checkpoint["checkpoint_uri"],

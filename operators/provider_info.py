@@ -38,7 +38,7 @@ def get_provider_info() -> dict:
                 "python-modules": [
                     "operators.attestation",
                     "operators.keys",
-                    "operators.finetune",
+                    "operators.workload",
                     "operators.checkpoint",
                     "operators.promotion",
                 ],
@@ -94,7 +94,7 @@ def get_provider_info() -> dict:
                 "description": "Deployment settings of the CoCo AI Pipelines operators.",
                 "options": {
                     "execution_mode": {
-                        "description": "How ConfidentialFineTuneOperator runs the workload: "
+                        "description": "How ConfidentialWorkloadOperator runs the workload: "
                         "kubernetes (a CoCo pod) or local (a process beside the "
                         "guest-components emulator; development only).",
                         "version_added": None,

@@ -1,7 +1,7 @@
 """Checkpoint encryption format, signed manifests and keyless verification.
 
-Exports resolve lazily (PEP 562): `coco_ai.storage` builds on `coco_ai.crypto.manifest`, and
-`coco_ai.crypto.verify` on `coco_ai.storage`, so importing this package must not import them.
+Exports resolve lazily (PEP 562), so that importing one light module (e.g. the error classes)
+does not load the JOSE and storage stacks.
 """
 
 from __future__ import annotations
@@ -22,7 +22,12 @@ _EXPORTS = {
     "sign_manifest": "manifest",
     "VerificationPolicy": "verify",
     "VerifiedCheckpoint": "verify",
-    "verify_checkpoint": "verify",
+    "verify_checkpoint": "transfer",
+    "copy_checkpoint": "transfer",
+    "upload_checkpoint": "transfer",
+    "read_manifest": "transfer",
+    "verify_objects": "transfer",
+    "is_complete": "transfer",
     "verify_signed_manifest": "verify",
     "export_kserve_jwe": "kserve",
     "decrypt_kserve_jwe": "kserve",

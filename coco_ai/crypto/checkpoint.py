@@ -25,8 +25,8 @@ from coco_ai.crypto.manifest import (
     validate_relpath,
 )
 from coco_ai.crypto.stream import DEFAULT_SEGMENT_SIZE, decrypt_stream, encrypt_stream
+from coco_ai.crypto.transfer import check_object_set, read_manifest
 from coco_ai.storage import open_store
-from coco_ai.storage.checkpoints import check_object_set, read_manifest
 
 
 def _source_files(src: Path) -> list[str]:

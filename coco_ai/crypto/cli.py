@@ -137,7 +137,7 @@ def _encrypt(args: argparse.Namespace) -> int:
 
         from coco_ai.crypto.checkpoint import encrypt_checkpoint
         from coco_ai.crypto.stream import DEFAULT_SEGMENT_SIZE
-        from coco_ai.storage import upload_checkpoint
+        from coco_ai.crypto.transfer import upload_checkpoint
 
         kek = _read_key(args.key_file)
         meta: dict[str, Any] = {}
@@ -183,7 +183,8 @@ def _decrypt(args: argparse.Namespace) -> int:
 
 def _verify(args: argparse.Namespace) -> int:
     def body() -> None:
-        from coco_ai.storage import open_store, read_manifest, verify_objects
+        from coco_ai.crypto.transfer import read_manifest, verify_objects
+        from coco_ai.storage import open_store
 
         options = _store_options(args)
         if args.trust_anchor is None:
@@ -194,7 +195,8 @@ def _verify(args: argparse.Namespace) -> int:
             verify_objects(store, manifest)
             _report(manifest, args.src, signed=False)
             return
-        from coco_ai.crypto.verify import VerificationPolicy, verify_checkpoint
+        from coco_ai.crypto.transfer import verify_checkpoint
+        from coco_ai.crypto.verify import VerificationPolicy
 
         if not args.run_id:
             raise _UsageError("--trust-anchor needs --run-id (the run this checkpoint is for)")

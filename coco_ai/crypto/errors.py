@@ -5,6 +5,8 @@ Messages name what failed (file path, segment index, field) and never carry key 
 
 from __future__ import annotations
 
+from coco_ai.storage.errors import ObjectIntegrityError
+
 
 class CheckpointError(Exception):
     """Base class: the checkpoint or blob must not be used."""
@@ -42,7 +44,7 @@ class ContextMismatchError(CheckpointError):
     """An authentic file bound to another context (run, checkpoint, path or key) than expected."""
 
 
-class IntegrityError(CheckpointError):
+class IntegrityError(CheckpointError, ObjectIntegrityError):
     """Ciphertext or plaintext does not match the manifest (digest, size, missing or extra file)."""
 
 

@@ -66,7 +66,8 @@ def export_checkpoint_file(
 ) -> str:
     """Decrypt `path` of the checkpoint at `src` (authenticated, digests checked) and return it
     as a KServe JWE under the serving key."""
-    from coco_ai.storage import open_store, read_manifest
+    from coco_ai.crypto.transfer import read_manifest
+    from coco_ai.storage import open_store
 
     store = open_store(str(src), **dict(storage_options or {}))
     manifest, _ = read_manifest(store)

@@ -22,6 +22,7 @@ from typing import Any
 from coco_ai.crypto.errors import ManifestError, SignatureError
 from coco_ai.crypto.stream import FORMAT_VERSION as ENCRYPTION_FORMAT_VERSION
 from coco_ai.kbs.wire import canonical_json, parse_resource_uri
+from coco_ai.storage import open_store
 
 MANIFEST_FORMAT = "coco-ai/checkpoint-manifest"
 MANIFEST_VERSION = 1
@@ -290,8 +291,6 @@ class SignedManifest:
 
     def write(self, dst_dir: str) -> None:
         """Write token, signature, then the manifest itself last (each atomically)."""
-        from coco_ai.storage import open_store
-
         store = open_store(str(dst_dir))
         store.put_bytes(TOKEN_FILE, self.token.encode())
         store.put_bytes(SIGNATURE_FILE, self.jws.encode())

@@ -46,8 +46,8 @@ from coco_ai.crypto.errors import (
     TrailingDataError,
     TruncatedError,
 )
-from coco_ai.crypto.views import read_views
 from coco_ai.kbs.wire import canonical_json, parse_resource_uri
+from coco_ai.storage.views import read_views
 
 MAGIC = b"COCOAI"
 FORMAT_VERSION = 1

@@ -10,23 +10,22 @@ plus the replay check: the manifest's run id is the run being verified.
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from jwcrypto import jwk, jws
 from jwcrypto.common import JWException
 
 from coco_ai.crypto.errors import AttestationError, ReplayError, SignatureError
-from coco_ai.crypto.manifest import JWS_TYPE, SIGNATURE_FILE, TOKEN_FILE, Manifest
+from coco_ai.crypto.manifest import JWS_TYPE, Manifest
+from coco_ai.guest.initdata import RUN_ID_KEY
 from coco_ai.kbs.ear import EarClaims, verify_ear_token
 from coco_ai.kbs.errors import KbsError
-from coco_ai.storage import Store, open_store
-from coco_ai.storage.checkpoints import read_manifest, verify_objects
 
-RUN_ID_CLAIM = "io.coco-ai.run-id"
+if TYPE_CHECKING:
+    from coco_ai.runs import RunRefs
 
 
 @dataclass(frozen=True)
@@ -41,9 +40,20 @@ class VerificationPolicy:
 
     @classmethod
     def for_run(cls, run_id: str, *, min_gpus: int = 1, **extra: Any) -> VerificationPolicy:
-        """The pipeline's policy: the token's initdata must name this run."""
-        claims = {RUN_ID_CLAIM: run_id, **extra.pop("init_data_claims", {})}
+        """The least a checkpoint must prove: its token's initdata names this run."""
+        claims = {RUN_ID_KEY: run_id, **extra.pop("init_data_claims", {})}
         return cls(run_id=run_id, min_gpus=min_gpus, init_data_claims=claims, **extra)
+
+    @classmethod
+    def for_refs(cls, refs: RunRefs, *, min_gpus: int = 1) -> VerificationPolicy:
+        """What a checkpoint of the pipeline's run must prove: the token carries exactly this
+        run's initdata (digest) and every claim key release wrote into it."""
+        return cls(
+            run_id=refs.run_id,
+            min_gpus=min_gpus,
+            init_data_claims=refs.expected_claims(),
+            init_data_digest=refs.initdata_digest.value,
+        )
 
 
 @dataclass(frozen=True)
@@ -72,7 +82,7 @@ def check_policy(claims: EarClaims, policy: VerificationPolicy) -> None:
     have = claims.init_data_claims() or {}
     for key, want in policy.init_data_claims.items():
         if have.get(key) != want:
-            if key == RUN_ID_CLAIM:
+            if key == RUN_ID_KEY:
                 raise ReplayError(
                     f"token was issued to run {have.get(key)!r}, expected run {want!r}"
                 )
@@ -145,34 +155,3 @@ def verify_signed_manifest(
             f"manifest belongs to run {manifest.run_id!r}, not to run {policy.run_id!r}"
         )
     return manifest, claims, {k: attested[k] for k in ("kty", "crv", "x", "y")}
-
-
-def verify_checkpoint(
-    src: str | os.PathLike | Store,
-    *,
-    trust_anchor_pem: bytes,
-    policy: VerificationPolicy,
-    now: float | None = None,
-    storage_options: Mapping[str, Any] | None = None,
-) -> VerifiedCheckpoint:
-    """Prove (a), (b), (c) and the replay check for the checkpoint at `src`, without a key."""
-    store = src if isinstance(src, Store) else open_store(str(src), **dict(storage_options or {}))
-    _, manifest_bytes = read_manifest(store)
-    signature = store.read_bytes(SIGNATURE_FILE).decode() if store.exists(SIGNATURE_FILE) else None
-    token = store.read_bytes(TOKEN_FILE).decode() if store.exists(TOKEN_FILE) else None
-    manifest, claims, signer = verify_signed_manifest(
-        manifest_bytes,
-        signature,
-        token,
-        trust_anchor_pem=trust_anchor_pem,
-        policy=policy,
-        now=now,
-    )
-    verify_objects(store, manifest)
-    return VerifiedCheckpoint(
-        manifest=manifest,
-        manifest_digest=manifest.digest(),
-        claims=claims,
-        signer_jwk=signer,
-        location=store.uri,
-    )

@@ -19,6 +19,7 @@ from typing import Any
 from urllib.parse import quote
 
 from coco_ai.devstack.stack import DAG_ID, StackInfo
+from coco_ai.runs import RunRefs
 
 TASKS = (
     "attestation_gate",
@@ -146,7 +147,7 @@ def run_pipeline(
             if inspect and watcher is None and seen.get("key_release") == "success":
                 refs = client.xcom(DAG_ID, run_id, "key_release")
                 if refs:
-                    path = refs["checkpoint_key_uri"].removeprefix("kbs:///")
+                    path = RunRefs.from_xcom(refs).checkpoint_key.url_path()
                     watcher = RunKeyWatcher(info.trustee_state_dir, path).start()
             if dag_run["state"] in _FINAL:
                 break

@@ -29,10 +29,20 @@ INITDATA_ANNOTATION = "io.katacontainers.config.hypervisor.cc_init_data"
 INITDATA_VERSION = "0.1.0"
 #: Prefix of the project's own ``[data]`` keys; everything else in ``[data]`` is upstream's.
 CUSTOM_KEY_PREFIX = "io.coco-ai."
+# The claims a run's initdata carries (built by coco_ai.runs.RunRefs; read by the resource
+# policies, the workload and every verifier). This is their one definition.
+WORKLOAD_KEY = "io.coco-ai.workload"
 RUN_ID_KEY = "io.coco-ai.run-id"
 IMAGE_DIGEST_KEY = "io.coco-ai.image-digest"
 CHECKPOINT_KEY_KEY = "io.coco-ai.checkpoint-key"
-DATASET_KEY_KEY = "io.coco-ai.dataset-key"
+
+
+def input_key_claim(input_name: str) -> str:
+    """Claim naming the key of a workload input, e.g. ``io.coco-ai.dataset-key``."""
+    return f"{CUSTOM_KEY_PREFIX}{input_name}-key"
+
+
+DATASET_KEY_KEY = input_key_claim("dataset")
 
 # Trustee's kbs-types HashAlgorithm serde names; "sha-384", "SHA384" … are not accepted there.
 _ALGORITHMS = {"sha256": hashlib.sha256, "sha384": hashlib.sha384, "sha512": hashlib.sha512}

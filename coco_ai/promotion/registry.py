@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from coco_ai.digest import is_sha256
 from coco_ai.promotion.errors import RegistryError
 
 TAG_PREFIX = "coco-ai."
@@ -25,7 +26,6 @@ DEFAULT_ALIAS = "serving"
 REGISTRY_URI_ENV = "COCO_AI_REGISTRY_URI"
 HOME_ENV = "COCO_AI_HOME"
 
-_DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,255}$")
 _KEY = re.compile(r"^[A-Za-z0-9_]{1,100}$")
 
@@ -74,7 +74,7 @@ def provenance_tags(provenance: Mapping[str, Any]) -> dict[str, str]:
         else:
             raise RegistryError(f"provenance {key!r} must be a string or number, not a structure")
     digest = tags.get(MANIFEST_DIGEST_TAG, "")
-    if not _DIGEST.match(digest):
+    if not is_sha256(digest):
         raise RegistryError("provenance needs manifest_digest as 'sha256:<64 hex>'")
     return tags
 
@@ -84,7 +84,7 @@ def find_model_version(
 ) -> RegisteredVersion | None:
     """The version of `name` registered for `manifest_digest`, or None."""
     _check_name(name)
-    if not _DIGEST.match(manifest_digest):
+    if not is_sha256(manifest_digest):
         raise RegistryError("manifest_digest must be 'sha256:<64 hex>'")
     return _find(_client(registry_uri), name, manifest_digest)
 

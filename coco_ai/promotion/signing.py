@@ -27,9 +27,9 @@ from typing import Any
 
 from coco_ai.crypto.errors import CheckpointError
 from coco_ai.crypto.manifest import MANIFEST_FILE, SIGNATURE_FILE, TOKEN_FILE, Manifest
+from coco_ai.crypto.transfer import read_manifest
 from coco_ai.promotion.errors import SignatureInvalid
-from coco_ai.storage.checkpoints import read_manifest
-from coco_ai.storage.store import Store, open_store
+from coco_ai.storage.store import Store, open_store, split_object_uri
 
 _COPY_CHUNK = 8 * 1024 * 1024
 
@@ -99,7 +99,7 @@ def sign_model(
         raise SignatureInvalid(
             f"checkpoint {checkpoint_uri} changed after verification: {changed}; nothing signed"
         )
-    parent, name = _split_uri(signature_uri)
+    parent, name = _signature_location(signature_uri)
     open_store(parent, **options).put_bytes(name, bundle)
     return ModelSignature(signature_uri, _sha256(bundle), signed)
 
@@ -120,7 +120,7 @@ def verify_model_signature(
 
     signature_uri = signature_uri or default_signature_uri(checkpoint_uri)
     options = dict(storage_options or {})
-    parent, name = _split_uri(signature_uri)
+    parent, name = _signature_location(signature_uri)
     try:
         bundle = open_store(parent, **options).read_bytes(name)
     except FileNotFoundError:
@@ -211,11 +211,11 @@ def _local_checkpoint(
         yield root, [], files
 
 
-def _split_uri(uri: str) -> tuple[str, str]:
-    parent, _, name = uri.rstrip("/").rpartition("/")
-    if not name or not parent or parent.endswith(":/"):
-        raise SignatureInvalid(f"signature location {uri!r} has no parent directory")
-    return parent, name
+def _signature_location(uri: str) -> tuple[str, str]:
+    try:
+        return split_object_uri(uri)
+    except ValueError as exc:
+        raise SignatureInvalid(f"signature location: {exc}") from None
 
 
 def _check_private_key(path: Path) -> None:

@@ -31,16 +31,16 @@ from coco_ai.crypto.errors import (
     SignatureError,
 )
 from coco_ai.crypto.manifest import MANIFEST_FILE, SIGNATURE_FILE, TOKEN_FILE
-from coco_ai.crypto.verify import RUN_ID_CLAIM, VerificationPolicy, verify_signed_manifest
+from coco_ai.crypto.transfer import read_manifest, verify_objects
+from coco_ai.crypto.verify import VerificationPolicy, verify_signed_manifest
+from coco_ai.digest import is_sha256
+from coco_ai.guest.initdata import IMAGE_DIGEST_KEY, RUN_ID_KEY
 from coco_ai.kbs.ear import EarClaims
 from coco_ai.kbs.errors import KbsError
 from coco_ai.promotion import _policy
 from coco_ai.promotion.errors import PromotionRefused
-from coco_ai.storage import open_store, read_manifest, verify_objects
+from coco_ai.storage import open_store
 
-IMAGE_DIGEST_CLAIM = "io.coco-ai.image-digest"
-
-_DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
 _HEX = re.compile(r"^[0-9a-f]+$")
 
 
@@ -60,6 +60,8 @@ class PromotionExpectations:
     init_data_digest: str | None = None
     image_digest: str | None = None
     checkpoint_key_uri: str | None = None
+    #: further init_data_claims the token must carry (key release's, via RunRefs.expected_claims)
+    init_data_claims: Mapping[str, str] = field(default_factory=dict)
     min_gpus: int = 1
     max_eval_loss: float | None = None
     min_relative_improvement: float | None = None
@@ -78,8 +80,8 @@ class PromotionExpectations:
             ("approved_base_models", self.approved_base_models),
             ("approved_datasets", self.approved_datasets),
         ):
-            bad += [f"{what}: {d!r} is not 'sha256:<64 hex>'" for d in digests if not _ok(d)]
-        if self.image_digest is not None and not _ok(self.image_digest):
+            bad += [f"{what}: {d!r} is not 'sha256:<64 hex>'" for d in digests if not is_sha256(d)]
+        if self.image_digest is not None and not is_sha256(self.image_digest):
             bad.append(f"image_digest {self.image_digest!r} is not 'sha256:<64 hex>'")
         if self.init_data_digest is not None and not (
             _HEX.match(self.init_data_digest) and len(self.init_data_digest) in (64, 96, 128)
@@ -101,9 +103,9 @@ class PromotionExpectations:
             raise ValueError("invalid promotion expectations: " + "; ".join(bad))
 
     def verification_policy(self) -> VerificationPolicy:
-        claims = {RUN_ID_CLAIM: self.run_id}
+        claims = {**self.init_data_claims, RUN_ID_KEY: self.run_id}
         if self.image_digest is not None:
-            claims[IMAGE_DIGEST_CLAIM] = self.image_digest
+            claims[IMAGE_DIGEST_KEY] = self.image_digest
         return VerificationPolicy(
             run_id=self.run_id,
             min_gpus=self.min_gpus,
@@ -292,8 +294,8 @@ def _attestation_summary(claims: EarClaims) -> dict[str, Any]:
         "issued_at": claims.issued_at,
         "expires_at": claims.expires_at,
         "init_data": claims.init_data(),
-        "run_id": init_claims.get(RUN_ID_CLAIM),
-        "image_digest": init_claims.get(IMAGE_DIGEST_CLAIM),
+        "run_id": init_claims.get(RUN_ID_KEY),
+        "image_digest": init_claims.get(IMAGE_DIGEST_KEY),
     }
 
 
@@ -313,10 +315,6 @@ def _label(exc: BaseException) -> str:
     label = next(name for kind, name in _LABELS if isinstance(exc, kind))
     detail = exc.detail if isinstance(exc, KbsError) else str(exc)
     return f"{label}: {detail}"
-
-
-def _ok(digest: Any) -> bool:
-    return isinstance(digest, str) and bool(_DIGEST.match(digest))
 
 
 def _sha256(data: bytes) -> str:

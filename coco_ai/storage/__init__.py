@@ -1,21 +1,23 @@
-"""Object storage for checkpoints: fsspec stores (file:// default, s3://) and transfers."""
+"""Object storage: fsspec stores (file:// default, s3://) behind one small interface.
 
-from coco_ai.storage.store import ProgressEvent, Store, open_store  # noqa: I001  (store first)
-from coco_ai.storage.checkpoints import (
-    copy_checkpoint,
-    is_complete,
-    read_manifest,
-    upload_checkpoint,
-    verify_objects,
+The storage layer knows nothing of checkpoints, manifests or keys; checkpoint transfer and
+verification build on it in `coco_ai.crypto.transfer`.
+"""
+
+from coco_ai.storage.errors import ObjectIntegrityError
+from coco_ai.storage.store import (
+    ProgressEvent,
+    Store,
+    object_digest,
+    open_store,
+    split_object_uri,
 )
 
 __all__ = [
+    "ObjectIntegrityError",
     "ProgressEvent",
     "Store",
-    "copy_checkpoint",
-    "is_complete",
+    "object_digest",
     "open_store",
-    "read_manifest",
-    "upload_checkpoint",
-    "verify_objects",
+    "split_object_uri",
 ]

@@ -26,8 +26,8 @@ from urllib.parse import urlsplit
 
 import fsspec
 
-from coco_ai.crypto.errors import IntegrityError
-from coco_ai.crypto.views import read_views
+from coco_ai.storage.errors import ObjectIntegrityError
+from coco_ai.storage.views import read_views
 
 CHUNK_SIZE = 8 * 1024 * 1024
 DEFAULT_MULTIPART_THRESHOLD = 16 * 1024 * 1024
@@ -141,7 +141,7 @@ class Store:
             _copy_hashing(src, out, size, h, name, on_progress)
         if h.hexdigest() != sha256:
             self._fs.rm(staging)
-            raise IntegrityError(f"{name}: source bytes do not hash to the expected SHA-256")
+            raise ObjectIntegrityError(f"{name}: source bytes do not hash to the expected SHA-256")
         self._fs.mv(staging, self._path(name))
 
     def delete(self, name: str) -> None:
@@ -165,7 +165,7 @@ def _copy_hashing(
         want = min(len(buf), size - done)
         n = src.readinto(buf[:want])
         if not n:
-            raise IntegrityError(f"{name}: source ended {size - done} bytes early")
+            raise ObjectIntegrityError(f"{name}: source ended {size - done} bytes early")
         h.update(buf[:n])
         out.write(buf[:n])
         done += n
@@ -206,7 +206,7 @@ class _LocalStore(Store):
             os.fsync(out.fileno())
         if h.hexdigest() != sha256:
             os.remove(staging)
-            raise IntegrityError(f"{name}: source bytes do not hash to the expected SHA-256")
+            raise ObjectIntegrityError(f"{name}: source bytes do not hash to the expected SHA-256")
         if have and _file_sha256(staging) != sha256:
             # The kept prefix was not this content (e.g. corrupted by the crash): start over.
             os.remove(staging)
@@ -237,7 +237,7 @@ def _hash_prefix(src: BinaryIO, n: int, h: Any, name: str) -> None:
     while left:
         got = src.readinto(buf[: min(len(buf), left)])
         if not got:
-            raise IntegrityError(f"{name}: source shorter than the partial upload")
+            raise ObjectIntegrityError(f"{name}: source shorter than the partial upload")
         h.update(buf[:got])
         left -= got
 
@@ -289,7 +289,9 @@ class _S3Store(Store):
         if size < self._threshold:
             data = src.read(size)
             if len(data) != size or hashlib.sha256(data).hexdigest() != sha256:
-                raise IntegrityError(f"{name}: source bytes do not hash to the expected SHA-256")
+                raise ObjectIntegrityError(
+                    f"{name}: source bytes do not hash to the expected SHA-256"
+                )
             self.put_bytes(name, data)
             return
         self._put_multipart(name, src, size, sha256, on_progress)
@@ -338,7 +340,7 @@ class _S3Store(Store):
         for number, offset in enumerate(range(0, size, part_size), start=1):
             data = src.read(min(part_size, size - offset))
             if len(data) != min(part_size, size - offset):
-                raise IntegrityError(f"{name}: source ended early at part {number}")
+                raise ObjectIntegrityError(f"{name}: source ended early at part {number}")
             h.update(data)
             # MD5 is S3's part ETag; it only decides whether to resend a part. Integrity is
             # the SHA-256 checked before completing and again by re-reading the object.
@@ -359,7 +361,7 @@ class _S3Store(Store):
                 on_progress(ProgressEvent(kind, name, number, len(data)))
         if h.hexdigest() != sha256:
             self._client.abort_multipart_upload(Bucket=self._bucket, Key=key, UploadId=upload_id)
-            raise IntegrityError(f"{name}: source bytes do not hash to the expected SHA-256")
+            raise ObjectIntegrityError(f"{name}: source bytes do not hash to the expected SHA-256")
         self._client.complete_multipart_upload(
             Bucket=self._bucket, Key=key, UploadId=upload_id, MultipartUpload={"Parts": done}
         )
@@ -378,6 +380,23 @@ def _s3_client(options: dict[str, Any]) -> Any:
         aws_session_token=options.get("token"),
         region_name=client_kwargs.pop("region_name", None) or "us-east-1",
     )
+
+
+def split_object_uri(uri: str) -> tuple[str, str]:
+    """``(parent URI, last name)`` of an object or directory URI such as ``s3://b/p/x``.
+
+    Raises ValueError when there is no parent to open as a store or no name in it.
+    """
+    parent, _, name = str(uri).rstrip("/").rpartition("/")
+    if not parent or not name or parent.endswith((":", ":/", "://")):
+        raise ValueError(f"{uri!r} is not an object URI (a parent location and a name)")
+    return parent, name
+
+
+def object_digest(uri: str, **storage_options: Any) -> str:
+    """``sha256:<hex>`` of the object at ``uri``, read back from its store in bounded chunks."""
+    parent, name = split_object_uri(uri)
+    return "sha256:" + open_store(parent, **storage_options).sha256(name)
 
 
 def open_store(

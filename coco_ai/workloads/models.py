@@ -5,6 +5,9 @@ manifest and the operators: ``sha256:`` + SHA-256 over the canonical listing of 
 one line per regular file (recursively, symlinks followed, sorted by UTF-8 relative POSIX path)::
 
     <sha256 hex of the file> <size in bytes> <relative/posix/path>\\n
+
+The directory may be local (a path or ``file://``) or in an object store (``s3://…``; a flat
+directory, as the workload downloads it); the same files give the same digest wherever they are.
 """
 
 from __future__ import annotations
@@ -43,13 +46,31 @@ def _file_sha256(path: Path) -> str:
 
 def model_listing(model_dir: str | Path) -> bytes:
     """The canonical listing that :func:`model_digest` hashes (see the module docstring)."""
-    root = Path(model_dir)
+    location = str(model_dir)
+    if "://" in location and not location.startswith("file://"):
+        return _object_store_listing(location)
+    root = Path(location.removeprefix("file://"))
     if not root.is_dir():
         raise ModelError(f"model directory {root} does not exist")
     files = sorted((p.relative_to(root).as_posix(), p) for p in root.rglob("*") if p.is_file())
     if not files:
         raise ModelError(f"model directory {root} holds no files")
     lines = (f"{_file_sha256(p)} {p.stat().st_size} {rel}\n" for rel, p in files)
+    return "".join(lines).encode("utf-8")
+
+
+def _object_store_listing(uri: str) -> bytes:
+    from coco_ai.storage import open_store, split_object_uri
+
+    try:
+        parent, name = split_object_uri(uri)
+    except ValueError as exc:
+        raise ModelError(f"model directory {uri!r}: {exc}") from None
+    store = open_store(parent)
+    objects = sorted((obj.rpartition("/")[2], obj) for obj in store.list(name))
+    if not objects:
+        raise ModelError(f"model directory {uri} holds no files (or does not exist)")
+    lines = (f"{store.sha256(obj)} {store.size(obj)} {rel}\n" for rel, obj in objects)
     return "".join(lines).encode("utf-8")
 
 

@@ -1,4 +1,4 @@
-"""Execution modes of `ConfidentialFineTuneOperator`, one module per mode (like astronomer-cosmos).
+"""Execution modes of `ConfidentialWorkloadOperator`, one module per mode (like astronomer-cosmos).
 
 ``[coco_ai] execution_mode`` (env ``AIRFLOW__COCO_AI__EXECUTION_MODE``) picks the module:
 

@@ -1,4 +1,4 @@
-"""Execution mode ``kubernetes``: the fine-tune as a CoCo pod on confidential GPUs.
+"""Execution mode ``kubernetes``: the workload as a CoCo pod on confidential GPUs.
 
 Everything the pod needs to be confidential is decided here, from the operator's rendered fields:
 
@@ -20,33 +20,18 @@ from typing import Any
 
 from kubernetes.client import models as k8s
 
-from coco_ai.guest.initdata import INITDATA_ANNOTATION, Initdata
+from coco_ai.guest.initdata import INITDATA_ANNOTATION, InitdataError
+from coco_ai.runs import RunRefs, RunRefsError
 
 RUNTIME_CLASSES = {"tdx": "kata-qemu-nvidia-gpu-tdx", "snp": "kata-qemu-nvidia-gpu-snp"}
 GPU_RESOURCE = "nvidia.com/pgpu"
-WORKLOAD_CONFIG_PATH = "/tmp/coco-ai/finetune.json"  # noqa: S108 - the pod's own tmpfs
-_IMAGE_BY_DIGEST = re.compile(r"^[a-z0-9][a-z0-9._:/-]*@sha256:[0-9a-f]{64}$")
+WORKLOAD_CONFIG_PATH = "/tmp/coco-ai/workload.json"  # noqa: S108 - the pod's own tmpfs
 _SECRET_NAME = re.compile(r"KEY|TOKEN|SECRET|PASSW|CREDENTIAL|PRIVATE", re.IGNORECASE)
-# Write the (reference-only) config to a file and exec the workload; `$0` is the JSON argument.
-_LAUNCH = (
-    f'mkdir -p "$(dirname {WORKLOAD_CONFIG_PATH})" && '
-    f'printf "%s" "$0" > {WORKLOAD_CONFIG_PATH} && '
-    f"exec python -m coco_ai.workloads.finetune --config {WORKLOAD_CONFIG_PATH}"
-)
+_MODULE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
 
 
 class PodSpecError(ValueError):
     """The confidential pod cannot be built as asked (the message names the setting)."""
-
-
-def require_image_digest(image: str | None) -> str:
-    """Return ``image`` if it is pinned by ``@sha256:<64 hex>``, else raise PodSpecError."""
-    if not image or not _IMAGE_BY_DIGEST.match(image):
-        raise PodSpecError(
-            f"workload image {image!r} must be pinned by digest (name@sha256:<64 hex>); "
-            "tags can be re-pointed and would not match the image digest in the initdata"
-        )
-    return image
 
 
 def runtime_class_for(tee: str) -> str:
@@ -88,24 +73,25 @@ def check_no_secrets(env_vars: Any, secrets: list, env_from: list, configmaps: l
         raise PodSpecError(f"env vars with secret-looking names are refused: {', '.join(bad)}")
 
 
-def launch_command(config: dict[str, Any]) -> tuple[list[str], list[str]]:
-    """Container command and args that run the workload with ``config`` (references only)."""
-    return ["/bin/sh", "-c"], [_LAUNCH, json.dumps(config, sort_keys=True, separators=(",", ":"))]
+def launch_command(module: str, config: dict[str, Any]) -> tuple[list[str], list[str]]:
+    """Container command and args that run ``python -m module`` with ``config`` (references
+    only): the config is written to a file of the pod's own, `$0` being the JSON argument."""
+    if not _MODULE.match(module):
+        raise PodSpecError(f"workload module {module!r} is not a Python module name")
+    launch = (
+        f'mkdir -p "$(dirname {WORKLOAD_CONFIG_PATH})" && '
+        f'printf "%s" "$0" > {WORKLOAD_CONFIG_PATH} && '
+        f"exec python -m {module} --config {WORKLOAD_CONFIG_PATH}"
+    )
+    return ["/bin/sh", "-c"], [launch, json.dumps(config, sort_keys=True, separators=(",", ":"))]
 
 
-def initdata_annotation(run_refs: dict[str, Any]) -> str:
-    """The run's annotation, checked to decode to initdata with the digest key release pinned."""
-    annotation = run_refs["initdata_annotation"]
-    digest = Initdata.from_annotation(annotation).digest().hex()
-    expected = run_refs["initdata_digest"].partition(":")[2]
-    if digest != expected:
-        raise PodSpecError(
-            f"initdata annotation digest {digest} differs from the pinned {expected}"
-        )
-    return annotation
-
-
-def annotations_with_initdata(annotations: dict[str, str] | None, run_refs: dict) -> dict:
+def annotations_with_initdata(annotations: dict[str, str] | None, refs: RunRefs) -> dict:
+    """``annotations`` plus the run's initdata, checked to have the digest key release pinned."""
+    try:
+        refs.initdata()
+    except (RunRefsError, InitdataError) as exc:
+        raise PodSpecError(str(exc)) from None
     merged = dict(annotations or {})
-    merged[INITDATA_ANNOTATION] = initdata_annotation(run_refs)
+    merged[INITDATA_ANNOTATION] = refs.initdata_annotation
     return merged

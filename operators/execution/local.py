@@ -1,7 +1,7 @@
-"""Execution mode ``local``: the fine-tune workload as a local process beside the emulator.
+"""Execution mode ``local``: the workload as a local process beside the guest-components emulator.
 
 For hosts with no TEE and no cluster (the embedded default, tests, laptops). What runs is what
-the pod runs: ``python -m coco_ai.workloads.finetune --config F``, talking to the guest components
+the pod runs: ``python -m <workload module> --config F``, talking to the guest components
 REST API; here that API is ``coco-ai guest serve`` (the guest-components emulator) started with the
 run's initdata, so Trustee sees the run's initdata digest and ``sample``/``sampledevice``
 evidence. Both processes get a minimal environment (no ``AIRFLOW_*`` variables, no connections):
@@ -14,6 +14,7 @@ the development resource policy accepts it, the production policy refuses it.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import socket
@@ -24,15 +25,12 @@ import threading
 import time
 from collections import deque
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import httpx
 
 from coco_ai.guest.initdata import Initdata
 from operators._settings import setting
-
-if TYPE_CHECKING:
-    from operators.finetune import ConfidentialFineTuneOperator
 
 LOCAL_TEES = ("sample",)
 _EMULATOR_START_TIMEOUT_S = 30
@@ -121,83 +119,102 @@ def _start_emulator(initdata_path: Path, gpus: int, log_path: Path) -> tuple[sub
     raise LocalWorkloadError(f"guest-components emulator did not answer on {url} in time")
 
 
-def run_workload(op: ConfidentialFineTuneOperator, config: dict[str, Any]) -> None:
-    """Run the workload for ``config`` beside an emulator holding the run's initdata."""
-    tee = str(op.tee)
-    if tee not in LOCAL_TEES:
-        raise LocalWorkloadError(
-            f"the local execution mode emulates only the {', '.join(LOCAL_TEES)} TEE; "
-            f"tee={tee!r} needs execution_mode=kubernetes on {tee.upper()} hardware"
+class LocalRun:
+    """One run of a workload as a local process beside its own guest-components emulator.
+
+    ``run()`` starts the emulator with the run's initdata (so Trustee sees the run's initdata
+    digest and ``sample``/``sampledevice`` evidence), then ``python -m <module> --config F``,
+    streams its output to ``log`` and raises LocalWorkloadError on failure or past the
+    deadline. ``kill()`` (the task was killed or marked failed) stops both processes.
+    """
+
+    def __init__(
+        self,
+        *,
+        module: str,
+        config: dict[str, Any],
+        initdata: Initdata,
+        tee: str,
+        gpus: int,
+        deadline_s: float | None,
+        log: logging.Logger,
+    ) -> None:
+        if tee not in LOCAL_TEES:
+            raise LocalWorkloadError(
+                f"the local execution mode emulates only the {', '.join(LOCAL_TEES)} TEE; "
+                f"tee={tee!r} needs execution_mode=kubernetes on {tee.upper()} hardware"
+            )
+        self.module = module
+        self.config = config
+        self.initdata = initdata
+        self.gpus = gpus
+        self.deadline_s = deadline_s
+        self.log = log
+        self._procs: list[subprocess.Popen] = []
+
+    def run(self) -> None:
+        root = Path(setting("local_workdir") or tempfile.gettempdir()) / "coco-ai-local"
+        run_dir = root / self.config["run_id"]
+        run_dir.mkdir(parents=True, exist_ok=True)
+        initdata_path = run_dir / "initdata.toml"
+        initdata_path.write_bytes(self.initdata.toml_bytes())  # the digest is over these bytes
+
+        emulator, url = _start_emulator(initdata_path, self.gpus, run_dir / "emulator.log")
+        self._procs.append(emulator)
+        try:
+            config_path = run_dir / "workload.json"
+            config_path.write_text(
+                json.dumps({**self.config, "guest_api_url": url}, indent=2, sort_keys=True)
+            )
+            self.log.info("Guest-components emulator at %s (initdata %s)", url, initdata_path)
+            self._run_streaming([sys.executable, "-m", self.module, "--config", str(config_path)])
+        finally:
+            self.kill()
+
+    def kill(self) -> None:
+        for proc in reversed(self._procs):
+            _stop(proc, grace_s=5)
+        self._procs.clear()
+
+    def _run_streaming(self, argv: list[str]) -> None:
+        proc = subprocess.Popen(
+            argv,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=tee_environment(),
+            start_new_session=True,
+            text=True,
+            bufsize=1,
         )
-    initdata = Initdata.from_annotation(op.run_refs["initdata_annotation"])
-    root = Path(setting("local_workdir") or tempfile.gettempdir()) / "coco-ai-local"
-    run_dir = root / config["run_id"]
-    run_dir.mkdir(parents=True, exist_ok=True)
-    initdata_path = run_dir / "initdata.toml"
-    initdata_path.write_bytes(initdata.toml_bytes())  # the digest is over these exact bytes
+        self._procs.append(proc)
+        expired = threading.Event()
 
-    emulator, url = _start_emulator(initdata_path, op.gpus(), run_dir / "emulator.log")
-    op._local_procs = [emulator]
-    try:
-        config = {**config, "guest_api_url": url}
-        config_path = run_dir / "finetune.json"
-        config_path.write_text(json.dumps(config, indent=2, sort_keys=True))
-        op.log.info("Guest-components emulator at %s (initdata %s)", url, initdata_path)
-        _run_streaming(
-            op,
-            [sys.executable, "-m", "coco_ai.workloads.finetune", "--config", str(config_path)],
-            timeout_s=op.active_deadline_seconds,
-        )
-    finally:
-        _stop(emulator)
-        op._local_procs = []
+        def _expire() -> None:
+            expired.set()
+            _stop(proc, grace_s=5)
 
-
-def _run_streaming(
-    op: ConfidentialFineTuneOperator, argv: list[str], timeout_s: int | None
-) -> None:
-    proc = subprocess.Popen(
-        argv,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        stdin=subprocess.DEVNULL,
-        env=tee_environment(),
-        start_new_session=True,
-        text=True,
-        bufsize=1,
-    )
-    op._local_procs.append(proc)
-    expired = threading.Event()
-
-    def _expire() -> None:
-        expired.set()
-        _stop(proc, grace_s=5)
-
-    timer = threading.Timer(timeout_s, _expire) if timeout_s else None
-    if timer:
-        timer.daemon = True
-        timer.start()
-    tail: deque[str] = deque(maxlen=_ERROR_TAIL_LINES)
-    try:
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            line = line.rstrip("\n")
-            tail.append(line)
-            op.log.info("[workload] %s", line)
-        rc = proc.wait()
-    finally:
+        timer = threading.Timer(self.deadline_s, _expire) if self.deadline_s else None
         if timer:
-            timer.cancel()
-        _stop(proc)
-    if expired.is_set():
-        raise LocalWorkloadError(f"workload exceeded its deadline of {timeout_s} s and was killed")
-    if rc != 0:
-        raise LocalWorkloadError(
-            f"workload exited with status {rc}; last lines:\n" + "\n".join(tail)
-        )
-
-
-def kill(op: ConfidentialFineTuneOperator) -> None:
-    """Stop the local workload and emulator (task killed or marked failed)."""
-    for proc in reversed(getattr(op, "_local_procs", [])):
-        _stop(proc, grace_s=5)
+            timer.daemon = True
+            timer.start()
+        tail: deque[str] = deque(maxlen=_ERROR_TAIL_LINES)
+        try:
+            assert proc.stdout is not None
+            for line in proc.stdout:
+                line = line.rstrip("\n")
+                tail.append(line)
+                self.log.info("[workload] %s", line)
+            rc = proc.wait()
+        finally:
+            if timer:
+                timer.cancel()
+            _stop(proc)
+        if expired.is_set():
+            raise LocalWorkloadError(
+                f"workload exceeded its deadline of {self.deadline_s} s and was killed"
+            )
+        if rc != 0:
+            raise LocalWorkloadError(
+                f"workload exited with status {rc}; last lines:\n" + "\n".join(tail)
+            )

@@ -15,13 +15,13 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 from coco_ai.crypto.checkpoint import decrypt_checkpoint, encrypt_checkpoint
 from coco_ai.crypto.errors import AttestationError, ReplayError
 from coco_ai.crypto.manifest import sign_manifest
-from coco_ai.crypto.verify import VerificationPolicy, verify_checkpoint
+from coco_ai.crypto.transfer import copy_checkpoint, upload_checkpoint, verify_checkpoint
+from coco_ai.crypto.verify import VerificationPolicy
 from coco_ai.guest.client import GuestClient
 from coco_ai.guest.emulator import GuestComponentsEmulator, serve_in_thread
 from coco_ai.guest.initdata import CHECKPOINT_KEY_KEY, RUN_ID_KEY, build_initdata
 from coco_ai.kbs.admin_auth import SelfSignedAdminAuth
 from coco_ai.kbs.client import KbsAdminClient
-from coco_ai.storage import copy_checkpoint, upload_checkpoint
 from coco_ai.trustee_dev.server import serve_in_thread as serve_trustee
 
 pytestmark = pytest.mark.timeout(120)

@@ -23,8 +23,9 @@ from coco_ai.crypto.errors import (
     SegmentAuthError,
 )
 from coco_ai.crypto.manifest import MANIFEST_FILE, Manifest
+from coco_ai.crypto.transfer import verify_objects
 from coco_ai.kbs.wire import canonical_json
-from coco_ai.storage import open_store, verify_objects
+from coco_ai.storage import open_store
 
 from .helpers import KEY_URI, SEGMENT, leftovers
 

@@ -24,10 +24,10 @@ from coco_ai.crypto.manifest import (
     Manifest,
     sign_manifest,
 )
-from coco_ai.crypto.verify import VerificationPolicy, verify_checkpoint
+from coco_ai.crypto.transfer import copy_checkpoint, is_complete, verify_checkpoint
+from coco_ai.crypto.verify import VerificationPolicy
 from coco_ai.kbs.jwe import TeeKeyPair
 from coco_ai.kbs.wire import canonical_json
-from coco_ai.storage import copy_checkpoint, is_complete
 
 from .helpers import KEY_URI, SEGMENT, TokenIssuer
 

@@ -25,6 +25,7 @@ import pytest
 from coco_ai.devstack import DAG_ID, DevStack, StackInfo, stop_stack
 from coco_ai.devstack.airflow import CELERY_WORKER, LOCAL_COMPONENTS, AirflowRestClient
 from coco_ai.devstack.processes import descendants
+from coco_ai.runs import RunRefs
 
 from .harness import (
     CeleryWorkers,
@@ -142,7 +143,7 @@ def test_target_dag_succeeds_on_celery_over_rest(celery_stack: CeleryStack) -> N
     assert served is not None and served.version == promoted["version"]
     assert served.tags["coco-ai.manifest_digest"] == promoted["manifest_digest"]
     refs = client.xcom(DAG_ID, run_id, "key_release")
-    key_path = refs["checkpoint_key_uri"].removeprefix("kbs:///")
+    key_path = RunRefs.from_xcom(refs).checkpoint_key.url_path()
     assert refs["checkpoint_key_uri"] in client.xcom(DAG_ID, run_id, "revoke_keys")["revoked"]
     assert celery_stack.resource(key_path) is None
 
@@ -161,7 +162,7 @@ def test_worker_killed_during_finetune_never_promotes_and_revokes_key(
     run_id = celery_stack.trigger(DAG_CONF)
     wait_task(client, DAG_ID, run_id, FINETUNE, {"running"}, 300, celery_stack.log_tail)
     refs = client.xcom(DAG_ID, run_id, "key_release")
-    key_path = refs["checkpoint_key_uri"].removeprefix("kbs:///")
+    key_path = RunRefs.from_xcom(refs).checkpoint_key.url_path()
     assert celery_stack.resource(key_path) is not None  # provisioned for this run
     workload_pid = _wait_for_workload(celery_stack.workers)
 

@@ -21,6 +21,7 @@ import pytest
 
 from coco_ai.devstack import DAG_ID, DevStack, RunKeyWatcher, StackInfo, stop_stack
 from coco_ai.devstack.stack import DATASET_KEY_PATH
+from coco_ai.runs import RunRefs
 
 HERE = Path(__file__).resolve().parent
 TERMINAL = ("success", "failed")
@@ -116,7 +117,7 @@ def follow_run(
             tasks = {t["task_id"]: t for t in client.task_instances(DAG_ID, run_id)}
             if refs is None and (tasks.get("key_release") or {}).get("state") == "success":
                 refs = client.xcom(DAG_ID, run_id, "key_release")
-                path = refs["checkpoint_key_uri"].removeprefix("kbs:///")
+                path = RunRefs.from_xcom(refs).checkpoint_key.url_path()
                 watcher = RunKeyWatcher(stack.info.trustee_state_dir, path, 0.05).start()
                 if on_refs:
                     on_refs(refs)

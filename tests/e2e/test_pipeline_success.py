@@ -18,6 +18,7 @@ from cryptography.hazmat.primitives import serialization
 
 from coco_ai.devstack import DAG_ID
 from coco_ai.devstack.processes import descendants
+from coco_ai.runs import RunRefs
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(900)]
 
@@ -95,7 +96,7 @@ def test_asset_event_carries_references_only(e2e_stack, successful_run):
 def test_run_key_is_revoked(e2e_stack, successful_run):
     run, _ = successful_run
     assert run.checkpoint_key is not None and len(run.checkpoint_key) == 32
-    assert e2e_stack.resource(run.refs["checkpoint_key_uri"].removeprefix("kbs:///")) is None
+    assert e2e_stack.resource(RunRefs.from_xcom(run.refs).checkpoint_key.url_path()) is None
 
 
 # ---- secret hygiene -----------------------------------------------------------------------
@@ -208,18 +209,17 @@ def test_no_secret_in_the_pod_spec_of_this_run(e2e_stack, successful_run, secret
     """The same run's references, built into the Kubernetes pod the cluster mode would submit."""
     from kubernetes.client import ApiClient
 
-    from operators.finetune import ConfidentialFineTuneOperator
+    from operators.workload import ConfidentialWorkloadOperator
 
     run, _ = successful_run
-    op = ConfidentialFineTuneOperator(
+    op = ConfidentialWorkloadOperator(
         task_id="confidential_finetune",
         run_refs=run.refs,
         tee="tdx",
         gpu_count=1,
-        finetune={"lora": {"r": 4}, "training": {"epochs": 1}},
+        settings={"lora": {"r": 4}, "training": {"epochs": 1}},
         image=run.refs["image"],
         namespace="confidential-ai",
-        staging_root=e2e_stack.info.staging_uri,
         execution_mode="kubernetes",
     )
     op.render_template_fields({}, jinja_env=_plain_jinja())

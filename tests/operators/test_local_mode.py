@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 
+from coco_ai.guest.initdata import build_initdata
 from operators.execution import local
-from operators.finetune import ConfidentialFineTuneOperator
+from operators.workload import ConfidentialWorkloadOperator
 
 
-def _op(tee: str) -> ConfidentialFineTuneOperator:
-    return ConfidentialFineTuneOperator(
+def _op(tee: str) -> ConfidentialWorkloadOperator:
+    return ConfidentialWorkloadOperator(
         task_id="confidential_finetune",
         run_refs={"run_id": "r"},
-        finetune={},
         tee=tee,
         execution_mode="local",
     )
@@ -21,7 +23,15 @@ def _op(tee: str) -> ConfidentialFineTuneOperator:
 @pytest.mark.parametrize("tee", ["tdx", "snp"])
 def test_local_mode_never_pretends_to_be_real_hardware(tee):
     with pytest.raises(local.LocalWorkloadError, match=f"tee='{tee}' needs execution_mode"):
-        local.run_workload(_op(tee), {"run_id": "r"})
+        local.LocalRun(
+            module="coco_ai.workloads.finetune",
+            config={"run_id": "r"},
+            initdata=build_initdata("https://127.0.0.1:1", None),
+            tee=tee,
+            gpus=1,
+            deadline_s=None,
+            log=logging.getLogger(__name__),
+        )
 
 
 def test_tee_processes_get_no_airflow_or_cloud_environment(monkeypatch):

@@ -1,4 +1,5 @@
-"""The confidential fine-tune pod, built offline and validated against the Kubernetes schema."""
+"""The confidential workload pod (the fine-tune), built offline and validated against the
+Kubernetes schema."""
 
 from __future__ import annotations
 
@@ -11,9 +12,12 @@ import pytest
 from airflow.providers.cncf.kubernetes.secret import Secret
 from kubernetes.client import ApiClient
 
+from coco_ai.digest import Digest
 from coco_ai.guest.initdata import INITDATA_ANNOTATION, Initdata, build_initdata
+from coco_ai.kbs.resource_path import parse_resource_uri
+from coco_ai.runs import RunInput, RunRefs, RunRefsError, checkpoint_key_path
 from operators.execution.kubernetes import PodSpecError
-from operators.finetune import ConfidentialFineTuneOperator
+from operators.workload import ConfidentialWorkloadOperator
 
 IMAGE = "registry.example/coco-ai/finetune@sha256:" + "ab" * 32
 KUBERNETES = "1.34.0"
@@ -25,42 +29,42 @@ def _plain_jinja():
 
 
 def _run_refs(run_id: str = "run-7") -> dict:
-    initdata = build_initdata(
-        "https://kbs.example:8080",
-        None,
-        {"io.coco-ai.run-id": run_id, "io.coco-ai.image-digest": IMAGE.partition("@")[2]},
-    )
-    return {
-        "run_id": run_id,
-        "checkpoint_key_uri": f"kbs:///coco-ai-run/checkpoint-key/{run_id}",
-        "dataset_uri": "s3://datasets/support-v1.enc",
-        "dataset_key_uri": "kbs:///coco-ai/dataset-key/support-v1",
-        "dataset_digest": "sha256:" + "11" * 32,
-        "base_model": "/models/smollm2",
-        "base_model_digest": "sha256:" + "22" * 32,
-        "image": IMAGE,
-        "initdata_digest": f"sha384:{initdata.digest().hex()}",
-        "initdata_annotation": initdata.annotation(),
-    }
+    """Key release's XCom for a fine-tune run (what the pod operator receives)."""
+    return RunRefs.plan(
+        workload="finetune",
+        run_id=run_id,
+        image=IMAGE,
+        checkpoint_key=checkpoint_key_path(run_id),
+        inputs={
+            "dataset": RunInput(
+                "s3://datasets/support-v1.enc",
+                Digest("sha256", "11" * 32),
+                parse_resource_uri("kbs:///coco-ai/dataset-key/support-v1"),
+            ),
+            "base_model": RunInput("/models/smollm2", Digest("sha256", "22" * 32)),
+        },
+        staging_root="s3://staging/runs",
+        kbs_url="https://kbs.example:8080",
+        kbs_ca_pem=None,
+    ).to_xcom()
 
 
-def _operator(run_refs: dict | None = None, **kwargs) -> ConfidentialFineTuneOperator:
+def _operator(run_refs: dict | None = None, **kwargs) -> ConfidentialWorkloadOperator:
     args = {
         "task_id": "confidential_finetune",
         "run_refs": run_refs or _run_refs(),
         "tee": "{{ params.tee }}",
         "gpu_count": "{{ params.gpu_count }}",
-        "finetune": {"lora": {"r": 4}, "training": {"epochs": 2, "max_steps": None}},
+        "settings": {"lora": {"r": 4}, "training": {"epochs": 2, "max_steps": None}},
         "image": IMAGE,
         "namespace": "confidential-ai",
-        "staging_root": "s3://staging/runs",
         "execution_mode": "kubernetes",
         **kwargs,
     }
-    return ConfidentialFineTuneOperator(**args)
+    return ConfidentialWorkloadOperator(**args)
 
 
-def _manifest(op: ConfidentialFineTuneOperator, tee: str = "tdx", gpus: int = 1) -> dict:
+def _manifest(op: ConfidentialWorkloadOperator, tee: str = "tdx", gpus: int = 1) -> dict:
     op.render_template_fields(
         {"params": {"tee": tee, "gpu_count": gpus}},
         jinja_env=jinja2.Environment(autoescape=False),  # noqa: S701 - not HTML
@@ -93,6 +97,9 @@ def test_annotation_decodes_to_the_runs_initdata_with_the_pinned_digest():
     initdata = Initdata.from_annotation(annotation)
     assert f"sha384:{initdata.digest().hex()}" == refs["initdata_digest"]
     assert initdata.claim("io.coco-ai.run-id") == "run-42"
+    assert initdata.claim("io.coco-ai.workload") == "finetune"
+    assert initdata.claim("io.coco-ai.image-digest") == IMAGE.partition("@")[2]
+    assert initdata.claim("io.coco-ai.dataset-key") == "kbs:///coco-ai/dataset-key/support-v1"
 
 
 def test_workload_config_in_the_pod_holds_references_only():
@@ -161,14 +168,36 @@ def test_tampered_initdata_annotation_is_refused():
     refs = _run_refs()
     other = build_initdata("https://kbs.example:8080", None, {"io.coco-ai.run-id": "someone-else"})
     refs["initdata_annotation"] = other.annotation()
-    with pytest.raises(PodSpecError, match="differs from the pinned"):
+    with pytest.raises(RunRefsError, match="differs from the pinned"):
         _manifest(_operator(refs))
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("image", "registry.example/coco-ai/finetune:latest", "pinned by digest"),
+        ("checkpoint_key_uri", "kbs:///coco-ai-run/../x", r"\.\."),
+        ("initdata_digest", "sha256:" + "00" * 32, "sha384"),
+        ("workload", "Fine Tune", "workload"),
+        ("inputs", {"dataset": {"uri": "s3://d", "digest": "md5:00"}}, "dataset"),
+    ],
+)
+def test_malformed_run_references_are_refused_before_a_pod_exists(field, value, message):
+    refs = _run_refs()
+    refs[field] = value
+    with pytest.raises(RunRefsError, match=message):
+        _manifest(_operator(refs))
+
+
+def test_run_references_must_come_from_key_release():
+    with pytest.raises(RunRefsError, match="lack"):
+        _manifest(_operator({"run_id": "run-7"}))
 
 
 def test_bad_workload_settings_fail_before_any_pod_exists():
     from coco_ai.workloads.finetune.config import ConfigError
 
-    op = _operator(finetune={"lora": {"r": 0}})
+    op = _operator(settings={"lora": {"r": 0}})
     with pytest.raises(ConfigError, match=r"lora\.r"):
         _manifest(op)
 

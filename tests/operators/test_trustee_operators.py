@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -11,6 +13,8 @@ from airflow.sdk import DAG
 
 from coco_ai import policies
 from coco_ai.guest.initdata import Initdata
+from coco_ai.runs import RunRefs, RunRefsError
+from coco_ai.workloads.models import model_digest
 from operators.attestation import AttestationGateError, AttestationGateOperator
 from operators.keys import KeyReleaseOperator, KeyRevokeOperator
 
@@ -32,16 +36,29 @@ def inputs(tmp_path):
     return SimpleNamespace(dataset_uri=f"file://{dataset}", model=str(model))
 
 
-def _key_release(inputs, **kwargs) -> KeyReleaseOperator:
-    with DAG("unit_pipeline", schedule=None, start_date=dt.datetime(2026, 1, 1)):
+def _key_release(
+    inputs,
+    *,
+    dag_id: str = "unit_pipeline",
+    dataset_key_uri: str = "kbs:///coco-ai/dataset-key/support-v1",
+    base_model: str | None = None,
+    image: str = IMAGE,
+) -> KeyReleaseOperator:
+    with DAG(dag_id, schedule=None, start_date=dt.datetime(2026, 1, 1)):
         return KeyReleaseOperator(
             task_id="key_release",
-            dataset_uri=inputs.dataset_uri,
-            dataset_key_uri="kbs:///coco-ai/dataset-key/support-v1",
-            base_model=inputs.model,
-            image=IMAGE,
-            **kwargs,
+            workload="finetune",
+            inputs={
+                "dataset": {"uri": inputs.dataset_uri, "key_uri": dataset_key_uri},
+                "base_model": {"uri": base_model or inputs.model},
+            },
+            image=image,
+            staging_root="file:///tmp/unit-staging",
         )
+
+
+def _key_path(refs: dict) -> str:
+    return RunRefs.from_xcom(refs).checkpoint_key.url_path()
 
 
 def _revoke(refs) -> KeyRevokeOperator:
@@ -51,7 +68,7 @@ def _revoke(refs) -> KeyRevokeOperator:
 
 def test_key_release_provisions_a_bound_key_and_returns_references_only(trustee_conn, inputs):
     refs = _key_release(inputs).execute(_context())
-    path = refs["checkpoint_key_uri"].removeprefix("kbs:///")
+    path = _key_path(refs)
     assert path.startswith("coco-ai-run/checkpoint-key/unit_pipeline-manual__2026-11-26T01-02-03")
     key = trustee_conn.resource(path)
     assert key is not None and len(key) == 32
@@ -64,9 +81,17 @@ def test_key_release_provisions_a_bound_key_and_returns_references_only(trustee_
     assert initdata.claim("io.coco-ai.checkpoint-key") == refs["checkpoint_key_uri"]
     assert initdata.claim("io.coco-ai.dataset-key") == "kbs:///coco-ai/dataset-key/support-v1"
     assert initdata.claim("io.coco-ai.image-digest") == IMAGE.partition("@")[2]
+    assert initdata.claim("io.coco-ai.workload") == "finetune"
     assert initdata.kbs_url == trustee_conn.url
-    assert refs["dataset_digest"].startswith("sha256:")
-    assert refs["base_model_digest"].startswith("sha256:")
+    # the inputs are pinned by digest, taken without any key
+    assert refs["inputs"]["dataset"]["digest"] == (
+        "sha256:" + hashlib.sha256(b"ciphertext of the data set").hexdigest()
+    )
+    assert refs["inputs"]["base_model"]["digest"] == model_digest(inputs.model)
+    assert refs["staging_uri"] == f"file:///tmp/unit-staging/{refs['run_id']}"
+    assert RunRefs.from_xcom(refs).expected_claims() == {
+        k: v for k, v in initdata.claims().items() if k.startswith("io.coco-ai.")
+    }
 
     result = _revoke(refs).execute(_context())
     assert refs["checkpoint_key_uri"] in result["revoked"]
@@ -77,15 +102,44 @@ def test_two_runs_get_two_different_keys(trustee_conn, inputs):
     a = _key_release(inputs).execute(_context("manual__a"))
     b = _key_release(inputs).execute(_context("manual__b"))
     assert a["run_id"] != b["run_id"]
-    assert trustee_conn.resource(a["checkpoint_key_uri"][7:]) != trustee_conn.resource(
-        b["checkpoint_key_uri"][7:]
-    )
+    assert trustee_conn.resource(_key_path(a)) != trustee_conn.resource(_key_path(b))
 
 
 def test_revoke_without_refs_still_removes_the_runs_key(trustee_conn, inputs):
     refs = _key_release(inputs).execute(_context("manual__half"))
     _revoke(None).execute(_context("manual__half"))
-    assert trustee_conn.resource(refs["checkpoint_key_uri"][7:]) is None
+    assert trustee_conn.resource(_key_path(refs)) is None
+
+
+def test_revoke_with_tampered_refs_still_revokes_then_fails(trustee_conn, inputs):
+    refs = _key_release(inputs).execute(_context("manual__tampered"))
+    tampered = {**refs, "checkpoint_key_uri": "kbs:///coco-ai-run/../elsewhere"}
+    with pytest.raises(RunRefsError, match=r"\.\."):
+        _revoke(tampered).execute(_context("manual__tampered"))
+    assert trustee_conn.resource(_key_path(refs)) is None
+
+
+def test_base_model_in_an_object_store_is_pinned_by_the_same_digest(
+    trustee_conn, inputs, moto_endpoint, s3_admin, monkeypatch
+):
+    # Airflow workers reach S3 with the standard AWS environment (no credential in the DAG).
+    monkeypatch.setenv("AWS_ENDPOINT_URL", moto_endpoint)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    s3_admin.create_bucket(Bucket="base-models")
+    for f in Path(inputs.model).iterdir():
+        s3_admin.put_object(Bucket="base-models", Key=f"smol/{f.name}", Body=f.read_bytes())
+    refs = _key_release(inputs, base_model="s3://base-models/smol").execute(_context("s3__m"))
+    assert refs["inputs"]["base_model"] == {
+        "uri": "s3://base-models/smol",
+        "digest": model_digest(inputs.model),  # the same files give the same digest anywhere
+        "key_uri": None,
+    }
+    _revoke(refs).execute(_context("s3__m"))
+
+    with pytest.raises(ValueError, match="holds no files"):
+        _key_release(inputs, base_model="s3://base-models/absent").execute(_context("s3__x"))
 
 
 def test_asset_event_picks_the_new_dataset_version(trustee_conn, inputs, tmp_path):
@@ -95,8 +149,8 @@ def test_asset_event_picks_the_new_dataset_version(trustee_conn, inputs, tmp_pat
         extra={"dataset_uri": f"file://{v2}", "dataset_key_uri": "kbs:///coco-ai/dataset-key/v2"}
     )
     refs = _key_release(inputs).execute(_context("asset__x", events={"data": [event]}))
-    assert refs["dataset_uri"] == f"file://{v2}"
-    assert refs["dataset_key_uri"] == "kbs:///coco-ai/dataset-key/v2"
+    assert refs["inputs"]["dataset"]["uri"] == f"file://{v2}"
+    assert refs["inputs"]["dataset"]["key_uri"] == "kbs:///coco-ai/dataset-key/v2"
     _revoke(refs).execute(_context("asset__x"))
 
 
@@ -104,20 +158,15 @@ def test_asset_event_picks_the_new_dataset_version(trustee_conn, inputs, tmp_pat
     ("kwargs", "message"),
     [
         ({"dataset_key_uri": "kbs:///a/../b"}, r"\.\."),
+        ({"dataset_key_uri": ""}, "no key for dataset"),
         ({"image": "registry.example/coco-ai/finetune:latest"}, "pinned by digest"),
+        ({"base_model": "/nonexistent/model"}, "does not exist"),
     ],
 )
 def test_key_release_refuses_bad_inputs_before_any_key_exists(
     trustee_conn, inputs, kwargs, message
 ):
-    with DAG("unit_bad", schedule=None, start_date=dt.datetime(2026, 1, 1)):
-        op = KeyReleaseOperator(
-            task_id="key_release",
-            dataset_uri=inputs.dataset_uri,
-            dataset_key_uri=kwargs.get("dataset_key_uri", "kbs:///coco-ai/dataset-key/x"),
-            base_model=inputs.model,
-            image=kwargs.get("image", IMAGE),
-        )
+    op = _key_release(inputs, dag_id="unit_bad", **kwargs)
     with pytest.raises(ValueError, match=message):
         op.execute(_context("manual__bad"))
     assert not list((trustee_conn.state_dir / "resources").glob("coco-ai-run/*/unit_bad-*"))

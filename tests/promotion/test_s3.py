@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import socket
-
 import pytest
 
+from coco_ai.crypto.transfer import upload_checkpoint
 from coco_ai.promotion import (
     PromotionExpectations,
     SignatureInvalid,
@@ -14,31 +13,15 @@ from coco_ai.promotion import (
     sqlite_registry_uri,
     verify_model_signature,
 )
-from coco_ai.storage import open_store, upload_checkpoint
+from coco_ai.storage import open_store
 
 from .conftest import BASE_MODEL_DIGEST, DATASET_DIGEST, IMAGE_DIGEST, RUN_ID
 
 
 @pytest.fixture(scope="module")
-def s3_options():
-    boto3 = pytest.importorskip("boto3")
-    from moto.server import ThreadedMotoServer
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    options = {"endpoint_url": f"http://127.0.0.1:{port}", "key": "test", "secret": "test"}
-    boto3.client(
-        "s3",
-        endpoint_url=options["endpoint_url"],
-        aws_access_key_id="test",
-        aws_secret_access_key="test",
-        region_name="us-east-1",
-    ).create_bucket(Bucket="checkpoints")
-    yield options
-    server.stop()
+def s3_options(moto_endpoint, s3_admin):
+    s3_admin.create_bucket(Bucket="checkpoints")
+    return {"endpoint_url": moto_endpoint, "key": "testing", "secret": "testing"}
 
 
 @pytest.mark.timeout(120)

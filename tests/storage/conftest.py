@@ -6,9 +6,7 @@ import os
 import uuid
 from pathlib import Path
 
-import boto3
 import pytest
-from moto.server import ThreadedMotoServer
 
 from coco_ai.crypto.checkpoint import encrypt_checkpoint
 
@@ -43,17 +41,8 @@ def recorder():
     return on_progress
 
 
-@pytest.fixture(scope="session")
-def moto_endpoint():
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    yield f"http://{host}:{port}"
-    server.stop()
-
-
 @pytest.fixture
-def s3(moto_endpoint):
+def s3(moto_endpoint, s3_admin):
     """(bucket URI, storage options, boto3 client) for a fresh bucket."""
     options = {
         "endpoint_url": moto_endpoint,
@@ -61,13 +50,7 @@ def s3(moto_endpoint):
         "secret": "testing",
         "client_kwargs": {"region_name": "us-east-1"},
     }
-    client = boto3.client(
-        "s3",
-        endpoint_url=moto_endpoint,
-        aws_access_key_id="testing",
-        aws_secret_access_key="testing",
-        region_name="us-east-1",
-    )
+    client = s3_admin
     bucket = f"ckpt-{uuid.uuid4().hex[:12]}"
     client.create_bucket(Bucket=bucket)
     return f"s3://{bucket}", options, client

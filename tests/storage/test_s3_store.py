@@ -7,14 +7,14 @@ import pytest
 from coco_ai.crypto.checkpoint import decrypt_checkpoint
 from coco_ai.crypto.errors import IncompleteCheckpointError, IntegrityError
 from coco_ai.crypto.manifest import MANIFEST_FILE
-from coco_ai.storage import (
+from coco_ai.crypto.transfer import (
     copy_checkpoint,
     is_complete,
-    open_store,
     read_manifest,
     upload_checkpoint,
     verify_objects,
 )
+from coco_ai.storage import open_store
 from coco_ai.storage.store import OBJECT_SKIPPED, OBJECT_WRITTEN, PART_REUSED, PART_UPLOADED
 
 from .conftest import MIB, Crash, crash_at, recorder

@@ -80,8 +80,8 @@ def test_gpu_bench_cpu_smoke_and_fail_fast_without_cuda(tmp_path: Path) -> None:
 
 @pytest.mark.timeout(200)
 def test_in_process_run_with_base_model_from_object_store(tmp_path, tiny_model, examples) -> None:
+    from coco_ai.devstack.workload import start_local_stack
     from coco_ai.storage import open_store
-    from coco_ai.workloads.devstack import start_local_stack
     from coco_ai.workloads.finetune.config import FinetuneConfig
     from coco_ai.workloads.finetune.workload import EXIT_BASE_MODEL, FinetuneWorkload, WorkloadError
 

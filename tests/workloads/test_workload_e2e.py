@@ -31,7 +31,7 @@ pytestmark = pytest.mark.timeout(300)
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory):
-    from coco_ai.workloads.devstack import start_local_stack
+    from coco_ai.devstack.workload import start_local_stack
 
     with start_local_stack(tmp_path_factory.mktemp("trustee"), RUN_ID) as s:
         yield s

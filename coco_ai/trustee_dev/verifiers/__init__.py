@@ -8,25 +8,12 @@ service lifts those out next to the TEE-specific claims, as Trustee's `transform
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from coco_ai.trustee_dev.verifiers._base import VerificationError, Verifier
+from coco_ai.trustee_dev.verifiers.sample import SampleVerifier
+from coco_ai.trustee_dev.verifiers.sampledevice import SampleDeviceVerifier
 
-
-class VerificationError(Exception):
-    """Evidence that does not verify; the message says what did not match."""
-
-
-class Verifier(Protocol):
-    tee: str
-
-    def evaluate(
-        self, evidence: Any, report_data: bytes, init_data_digest: bytes | None
-    ) -> list[tuple[dict[str, Any], str]]:
-        """[(claims, tee_class), ...] or raise VerificationError."""
-        ...
+__all__ = ["VerificationError", "Verifier", "verifiers"]
 
 
 def verifiers() -> dict[str, Verifier]:
-    from coco_ai.trustee_dev.verifiers.sample import SampleVerifier
-    from coco_ai.trustee_dev.verifiers.sampledevice import SampleDeviceVerifier
-
     return {v.tee: v for v in (SampleVerifier(), SampleDeviceVerifier())}

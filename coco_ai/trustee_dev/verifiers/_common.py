@@ -6,7 +6,7 @@ import base64
 import binascii
 from typing import Any
 
-from coco_ai.trustee_dev.verifiers import VerificationError
+from coco_ai.trustee_dev.verifiers._base import VerificationError
 
 
 def field(evidence: dict[str, Any], name: str, tee: str, *, default: str | None = None) -> str:

@@ -14,7 +14,7 @@ import base64
 import hmac
 from typing import Any
 
-from coco_ai.trustee_dev.verifiers import VerificationError
+from coco_ai.trustee_dev.verifiers._base import VerificationError
 from coco_ai.trustee_dev.verifiers._common import b64decode, check_report_data, field
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from coco_ai.trustee_dev.verifiers import VerificationError
+from coco_ai.trustee_dev.verifiers._base import VerificationError
 from coco_ai.trustee_dev.verifiers._common import check_report_data, field
 
 MAX_DEVICES = 64

@@ -1,6 +1,7 @@
 """The fine-tune workload's one validated configuration.
 
-Standard library only: the training core (and the GPU benchmark, on an image without the crypto
+Standard library only (with the project's standard-library modules for digests and KBS
+resource URIs): the training core (and the GPU benchmark, on an image without the crypto
 stack) imports the LoRA and training sections from here.
 
 A config file is TOML (``.toml``) or JSON (anything else), shaped like
@@ -15,15 +16,17 @@ import json
 import math
 import re
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from coco_ai.digest import is_sha256
+from coco_ai.kbs.resource_path import parse_resource_uri
+from coco_ai.runs import RUN_ID_RULE, RunRefs, is_run_id
+
 CONFIG_ENV = "COCO_AI_FINETUNE_CONFIG"
 
-_RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
-_DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
 _MODULE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.]*$")
 _DEVICES = ("auto", "cpu", "cuda")
 _PRECISIONS = ("auto", "fp32", "bf16")
@@ -88,6 +91,33 @@ class FinetuneConfig:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> FinetuneConfig:
         return _build(cls, data, "")
+
+
+def config_for_run(refs: RunRefs, settings: Mapping[str, Any]) -> dict[str, Any]:
+    """The config of a pipeline run: references from ``refs`` (key release's output) and the
+    optional ``lora`` / ``training`` tables of ``settings`` (``None`` values keep the defaults).
+
+    Validated here, so that a bad setting fails before a confidential VM starts, and again by
+    the workload inside the TEE.
+    """
+    dataset, base_model = refs.input("dataset"), refs.input("base_model")
+    if dataset.key is None:
+        raise ConfigError("dataset.key_uri: the run names no key for its data set")
+    config: dict[str, Any] = {
+        "run_id": refs.run_id,
+        "staging_uri": refs.staging_uri,
+        "checkpoint_key_uri": refs.checkpoint_key.uri(),
+        "dataset": {"uri": dataset.uri, "key_uri": dataset.key.uri()},
+        "base_model": {"path": base_model.uri, "digest": str(base_model.digest)},
+    }
+    unknown = sorted(set(settings) - {"lora", "training"})
+    if unknown:
+        raise ConfigError(f"{unknown[0]}: unknown settings table (expected lora, training)")
+    for table in ("lora", "training"):
+        values = {k: v for k, v in (settings.get(table) or {}).items() if v is not None}
+        if values:
+            config[table] = values
+    return FinetuneConfig.from_dict(config).to_dict()
 
 
 def load_config(path: str | Path) -> FinetuneConfig:
@@ -193,11 +223,11 @@ def _choice(options: tuple[str, ...]):
     return check
 
 
-def _string(pattern: re.Pattern[str] | None = None, what: str = "", *, prefixes=()):
+def _string(valid: Callable[[str], bool] | None = None, what: str = "", *, prefixes=()):
     def check(name: str, v: Any) -> str:
         if not isinstance(v, str) or not v.strip():
             raise ConfigError(f"{name}: expected a non-empty string")
-        if pattern is not None and not pattern.match(v):
+        if valid is not None and not valid(v):
             raise ConfigError(f"{name}: {v!r} is not {what}")
         if prefixes and not v.startswith(prefixes):
             raise ConfigError(f"{name}: {v!r} must start with one of {', '.join(prefixes)}")
@@ -207,11 +237,11 @@ def _string(pattern: re.Pattern[str] | None = None, what: str = "", *, prefixes=
 
 
 def _kbs_uri(name: str, v: Any) -> str:
-    _string(prefixes=("kbs:///",))(name, v)
-    parts = v[len("kbs:///") :].split("/")
-    seg = re.compile(r"^[A-Za-z0-9._-]+$")
-    if len(parts) != 3 or any(p in (".", "..") or not seg.match(p) for p in parts):
-        raise ConfigError(f"{name}: {v!r} is not a kbs:///repo/type/tag resource URI")
+    _string()(name, v)
+    try:
+        parse_resource_uri(v)
+    except ValueError as exc:
+        raise ConfigError(f"{name}: {exc}") from None
     return v
 
 
@@ -229,7 +259,7 @@ def _modules(name: str, v: Any) -> tuple[str, ...]:
 _URL = _string(prefixes=("http://", "https://"))
 
 _CHECKS = {
-    "run_id": _string(_RUN_ID, "a run id ([A-Za-z0-9._-], at most 128, not starting with . - _)"),
+    "run_id": _string(is_run_id, f"a run id ({RUN_ID_RULE})"),
     "staging_uri": _string(),
     "checkpoint_key_uri": _kbs_uri,
     "guest_api_url": _URL,
@@ -238,7 +268,7 @@ _CHECKS = {
     "dataset.uri": _string(),
     "dataset.key_uri": _kbs_uri,
     "base_model.path": _string(),
-    "base_model.digest": _string(_DIGEST, "a digest of the form sha256:<64 lowercase hex>"),
+    "base_model.digest": _string(is_sha256, "a digest of the form sha256:<64 lowercase hex>"),
     "lora.r": _int(1, 1024),
     "lora.alpha": _int(1, 4096),
     "lora.dropout": _float(0.0, 1.0, hi_open=True),

@@ -121,10 +121,12 @@ def with_retries(
 
 
 def _split_object_uri(uri: str) -> tuple[str, str]:
-    parent, _, name = uri.rstrip("/").rpartition("/")
-    if not name or not parent:
-        raise WorkloadError(f"{uri!r} is not an object URI", EXIT_CONFIG)
-    return parent, name
+    from coco_ai.storage import split_object_uri
+
+    try:
+        return split_object_uri(uri)
+    except ValueError as exc:
+        raise WorkloadError(str(exc), EXIT_CONFIG) from None
 
 
 def _is_remote(path: str) -> bool:
@@ -499,7 +501,7 @@ class FinetuneWorkload:
         self.log(f"manifest {manifest.digest()} signed with the attested TEE key")
 
     def _upload(self, src: Path) -> None:
-        from coco_ai.storage import upload_checkpoint
+        from coco_ai.crypto.transfer import upload_checkpoint
 
         cfg = self.config
         with_retries(

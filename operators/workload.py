@@ -1,4 +1,9 @@
-"""`ConfidentialFineTuneOperator`: PEFT fine-tuning inside a TEE, as a CoCo pod or locally."""
+"""`ConfidentialWorkloadOperator`: a confidential workload inside a TEE, as a CoCo pod or locally.
+
+The workload kind comes from the run's references (:class:`coco_ai.runs.RunRefs`), so the same
+operator runs the fine-tune and every later workload; one module per execution mode
+(``operators/execution``) does the rest.
+"""
 
 from __future__ import annotations
 
@@ -7,85 +12,60 @@ from typing import Any, ClassVar
 from airflow.providers.cncf.kubernetes.operators.pod import KubernetesPodOperator
 from airflow.sdk import BaseXCom, Context
 
-from operators._settings import as_int, required_setting, setting
-from operators.execution import EXECUTION_MODES, kubernetes, local
+from coco_ai.runs import RunRefs, pinned_image
+from coco_ai.workloads.kinds import workload_kind
+from operators._settings import as_int, setting
+from operators.execution import EXECUTION_MODES, kubernetes
+from operators.execution.local import LocalRun
 
 _SIX_HOURS = 6 * 3600
 
 
-def workload_config(
-    run_refs: dict[str, Any], finetune: dict[str, Any], staging_root: str
-) -> dict[str, Any]:
-    """The workload's config (references only), validated by the workload's own schema.
+class ConfidentialWorkloadOperator(KubernetesPodOperator):
+    """Run the run's workload inside an attested TEE.
 
-    ``run_refs`` is KeyReleaseOperator's output (run id, key URIs, pinned data set and base
-    model); ``finetune`` holds the optional ``lora`` / ``training`` tables of the workload config.
-    """
-    from coco_ai.workloads.finetune.config import FinetuneConfig
-
-    run_id = run_refs["run_id"]
-    config: dict[str, Any] = {
-        "run_id": run_id,
-        "staging_uri": f"{staging_root.rstrip('/')}/{run_id}",
-        "checkpoint_key_uri": run_refs["checkpoint_key_uri"],
-        "dataset": {"uri": run_refs["dataset_uri"], "key_uri": run_refs["dataset_key_uri"]},
-        "base_model": {"path": run_refs["base_model"], "digest": run_refs["base_model_digest"]},
-    }
-    for table in ("lora", "training"):
-        values = {k: v for k, v in (finetune.get(table) or {}).items() if v is not None}
-        if values:
-            config[table] = values
-    # The workload validates again in the TEE; failing here saves starting a confidential VM.
-    return FinetuneConfig.from_dict(config).to_dict()
-
-
-class ConfidentialFineTuneOperator(KubernetesPodOperator):
-    """Fine-tune a base model with LoRA inside an attested TEE.
-
-    ``run_refs`` is the output of :class:`~operators.keys.KeyReleaseOperator` (run id, key URIs,
-    pinned inputs, initdata); ``finetune`` holds the ``lora`` / ``training`` settings of the
-    workload config (``None`` values are left at the workload's defaults). The execution mode
-    comes from ``[coco_ai] execution_mode`` unless given:
+    ``run_refs`` is the output of :class:`~operators.keys.KeyReleaseOperator` (run id, workload,
+    image, key references, pinned inputs, initdata); ``settings`` holds the workload's own
+    settings (for the fine-tune the ``lora`` / ``training`` tables of its config; ``None``
+    values keep the workload's defaults). The execution mode comes from
+    ``[coco_ai] execution_mode`` unless given:
 
     - ``kubernetes``: a pod with runtime class ``kata-qemu-nvidia-gpu-<tee>``, ``nvidia.com/pgpu``
       limits, the initdata annotation, the image pinned by digest, no secrets in env, a deadline,
       deleted when done (``deferrable=True`` waits in the triggerer);
     - ``local``: the same workload as a process beside the guest-components emulator.
 
-    Returns ``{"run_id", "staging_uri"}``: where the encrypted, signed adapter now is.
+    Returns ``{"run_id", "staging_uri"}``: where the encrypted, signed output now is.
 
     Example::
 
-        finetune = ConfidentialFineTuneOperator(
+        finetune = ConfidentialWorkloadOperator(
             task_id="confidential_finetune",
             run_refs=key_release.output,
             tee="{{ params.tee }}",
             gpu_count="{{ params.gpu_count }}",
-            finetune={"lora": {"r": "{{ params.lora_r }}"},
+            settings={"lora": {"r": "{{ params.lora_r }}"},
                       "training": {"epochs": "{{ params.epochs }}"}},
-            image="registry.example/coco-ai/finetune@sha256:" + "0" * 64,
         )
     """
 
     template_fields = (
         *KubernetesPodOperator.template_fields,
         "run_refs",
-        "finetune",
+        "settings",
         "tee",
         "gpu_count",
-        "staging_root",
     )
-    template_fields_renderers: ClassVar[dict[str, str]] = {"run_refs": "json", "finetune": "json"}
+    template_fields_renderers: ClassVar[dict[str, str]] = {"run_refs": "json", "settings": "json"}
     ui_color = "#d8f3dc"
 
     def __init__(
         self,
         *,
         run_refs: Any,
-        finetune: dict[str, Any],
+        settings: dict[str, Any] | None = None,
         tee: str = "tdx",
         gpu_count: int | str = 1,
-        staging_root: str | None = None,
         execution_mode: str | None = None,
         image: str | None = None,
         namespace: str | None = None,
@@ -103,13 +83,17 @@ class ConfidentialFineTuneOperator(KubernetesPodOperator):
             **kwargs,
         )
         self.run_refs = run_refs
-        self.finetune = finetune
+        self.settings = settings
         self.tee = tee
         self.gpu_count = gpu_count
-        self.staging_root = staging_root
         self.execution_mode = execution_mode
+        self._local_run: LocalRun | None = None
 
     # -- shared by both modes ------------------------------------------------------------------
+
+    @property
+    def refs(self) -> RunRefs:
+        return RunRefs.from_xcom(self.run_refs)
 
     def resolved_mode(self) -> str:
         mode = self.execution_mode or setting("execution_mode")
@@ -121,9 +105,8 @@ class ConfidentialFineTuneOperator(KubernetesPodOperator):
         return mode
 
     def build_workload_config(self) -> dict[str, Any]:
-        return workload_config(
-            self.run_refs, self.finetune, self.staging_root or required_setting("staging_uri")
-        )
+        refs = self.refs
+        return workload_kind(refs.workload).config(refs, self.settings or {})
 
     def gpus(self) -> int:
         count = as_int("gpu_count", self.gpu_count)
@@ -134,25 +117,43 @@ class ConfidentialFineTuneOperator(KubernetesPodOperator):
     # -- kubernetes mode -----------------------------------------------------------------------
 
     def build_pod_request_obj(self, context: Context | None = None, *, dry_run: bool = False):
-        self.image = kubernetes.require_image_digest(self.image or setting("workload_image"))
-        if self.image != self.run_refs.get("image"):
+        refs = self.refs
+        try:
+            self.image = pinned_image(self.image or setting("workload_image"))
+        except ValueError as exc:
+            raise kubernetes.PodSpecError(str(exc)) from None
+        if self.image != refs.image:
             raise kubernetes.PodSpecError(
-                f"pod image {self.image} is not the image {self.run_refs.get('image')} "
-                "pinned in the run's initdata"
+                f"pod image {self.image} is not the image {refs.image} pinned in the run's initdata"
             )
         self.namespace = self.namespace or setting("namespace")
         self.runtime_class_name = kubernetes.runtime_class_for(str(self.tee))
         self.container_resources = kubernetes.gpu_resources(self.gpus(), self.container_resources)
-        self.annotations = kubernetes.annotations_with_initdata(self.annotations, self.run_refs)
+        self.annotations = kubernetes.annotations_with_initdata(self.annotations, refs)
         kubernetes.check_no_secrets(self.env_vars, self.secrets, self.env_from, self.configmaps)
-        self.cmds, self.arguments = kubernetes.launch_command(self.build_workload_config())
+        self.cmds, self.arguments = kubernetes.launch_command(
+            workload_kind(refs.workload).module, self.build_workload_config()
+        )
         return super().build_pod_request_obj(context, dry_run=dry_run)
 
     def execute(self, context: Context) -> dict[str, str]:
         mode = self.resolved_mode()
         self.log.info("Execution mode %s, TEE %s, %d GPU(s)", mode, self.tee, self.gpus())
         if mode == "local":
-            local.run_workload(self, self.build_workload_config())
+            refs = self.refs
+            self._local_run = LocalRun(
+                module=workload_kind(refs.workload).module,
+                config=self.build_workload_config(),
+                initdata=refs.initdata(),
+                tee=str(self.tee),
+                gpus=self.gpus(),
+                deadline_s=self.active_deadline_seconds,
+                log=self.log,
+            )
+            try:
+                self._local_run.run()
+            finally:
+                self._local_run = None
         else:
             super().execute(context)
         return self._result(context)
@@ -163,15 +164,14 @@ class ConfidentialFineTuneOperator(KubernetesPodOperator):
         return self._result(context)
 
     def on_kill(self) -> None:
-        if self.resolved_mode() == "local":
-            local.kill(self)
-        else:
+        if self._local_run is not None:
+            self._local_run.kill()
+        elif self.resolved_mode() != "local":
             super().on_kill()
 
     def _result(self, context: Context) -> dict[str, str]:
-        run_id = self.run_refs["run_id"]
-        root = self.staging_root or required_setting("staging_uri")
-        result = {"run_id": run_id, "staging_uri": f"{root.rstrip('/')}/{run_id}"}
+        refs = self.refs
+        result = {"run_id": refs.run_id, "staging_uri": refs.staging_uri}
         # do_xcom_push stays False (True would make KubernetesPodOperator add its XCom sidecar
         # to the confidential pod), so the references are pushed explicitly.
         context["ti"].xcom_push(key=BaseXCom.XCOM_RETURN_KEY, value=result)

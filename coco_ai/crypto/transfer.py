@@ -1,4 +1,6 @@
-"""Checkpoint transfer between stores: content-addressed, idempotent, resumable, manifest last.
+"""Checkpoints in object stores: transfer (content-addressed, idempotent, resumable, manifest
+last) and keyless verification at a location. Builds on `coco_ai.storage` (the stores) and on
+the manifest and its signature verification (`coco_ai.crypto.manifest`, `.verify`).
 
 A checkpoint is complete at a location exactly when `manifest.json` is there; it is written
 after every object has been uploaded and re-read from the store with the right SHA-256, and
@@ -21,6 +23,8 @@ from coco_ai.crypto.manifest import (
     TOKEN_FILE,
     Manifest,
 )
+from coco_ai.crypto.verify import VerificationPolicy, VerifiedCheckpoint, verify_signed_manifest
+from coco_ai.storage.errors import ObjectIntegrityError
 from coco_ai.storage.store import (
     OBJECT_SKIPPED,
     OBJECT_WRITTEN,
@@ -82,7 +86,7 @@ def copy_checkpoint(
     src_options: Mapping[str, Any] | None = None,
     dst_options: Mapping[str, Any] | None = None,
     trust_anchor_pem: bytes | None = None,
-    policy: Any = None,
+    policy: VerificationPolicy | None = None,
     now: float | None = None,
     on_progress: ProgressCallback | None = None,
 ) -> Manifest:
@@ -100,9 +104,6 @@ def copy_checkpoint(
     if trust_anchor_pem is not None or policy is not None:
         if trust_anchor_pem is None or policy is None:
             raise ValueError("signature verification needs both trust_anchor_pem and policy")
-        # Imported here: coco_ai.crypto.verify itself builds on this module.
-        from coco_ai.crypto.verify import verify_signed_manifest
-
         verify_signed_manifest(
             manifest_bytes,
             src.read_bytes(SIGNATURE_FILE).decode() if src.exists(SIGNATURE_FILE) else None,
@@ -123,10 +124,13 @@ def copy_checkpoint(
             if on_progress:
                 on_progress(ProgressEvent(OBJECT_SKIPPED, name, 0, e.ciphertext_size))
             continue
-        with src.open(name) as f:
-            dst.put_stream(
-                name, f, e.ciphertext_size, sha256=e.ciphertext_sha256, on_progress=on_progress
-            )
+        try:
+            with src.open(name) as f:
+                dst.put_stream(
+                    name, f, e.ciphertext_size, sha256=e.ciphertext_sha256, on_progress=on_progress
+                )
+        except ObjectIntegrityError as exc:
+            raise IntegrityError(f"{e.path}: {exc}") from None
         if dst.sha256(name) != e.ciphertext_sha256:
             dst.delete(name)
             raise IntegrityError(f"{e.path}: the store returned other bytes than were uploaded")
@@ -149,3 +153,34 @@ def upload_checkpoint(
     """Upload a local checkpoint directory (from `encrypt_checkpoint`, maybe signed) to
     `dest_uri`; same guarantees as `copy_checkpoint`."""
     return copy_checkpoint(src_dir, dest_uri, dst_options=storage_options, on_progress=on_progress)
+
+
+def verify_checkpoint(
+    src: str | os.PathLike | Store,
+    *,
+    trust_anchor_pem: bytes,
+    policy: VerificationPolicy,
+    now: float | None = None,
+    storage_options: Mapping[str, Any] | None = None,
+) -> VerifiedCheckpoint:
+    """Prove (a), (b), (c) and the replay check for the checkpoint at `src`, without a key."""
+    store = src if isinstance(src, Store) else open_store(str(src), **dict(storage_options or {}))
+    _, manifest_bytes = read_manifest(store)
+    signature = store.read_bytes(SIGNATURE_FILE).decode() if store.exists(SIGNATURE_FILE) else None
+    token = store.read_bytes(TOKEN_FILE).decode() if store.exists(TOKEN_FILE) else None
+    manifest, claims, signer = verify_signed_manifest(
+        manifest_bytes,
+        signature,
+        token,
+        trust_anchor_pem=trust_anchor_pem,
+        policy=policy,
+        now=now,
+    )
+    verify_objects(store, manifest)
+    return VerifiedCheckpoint(
+        manifest=manifest,
+        manifest_digest=manifest.digest(),
+        claims=claims,
+        signer_jwk=signer,
+        location=store.uri,
+    )

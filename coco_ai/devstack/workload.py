@@ -1,4 +1,6 @@
-"""The workload's surroundings on a host without a TEE: the embedded Trustee stand-in (TLS on
+"""The fine-tune workload's surroundings on a host without a TEE (a fixture of the workload's
+end-to-end tests and its benchmark; it lives here, not beside the workload, because it starts
+the Trustee stand-in, which never belongs in a TEE image): the embedded Trustee stand-in (TLS on
 loopback) and the guest-components emulator (sample CPU + sampledevice GPU evidence), with a
 data-set key stored and a per-run checkpoint key provisioned and pinned in the run's initdata.
 
@@ -8,12 +10,23 @@ Used by the workload's end-to-end tests and its benchmark; the workload itself o
 
 from __future__ import annotations
 
+import hashlib
 import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from coco_ai.guest.initdata import RUN_ID_KEY
+from coco_ai.kbs.resource_path import parse_resource_path
+from coco_ai.runs import run_claims
 from coco_ai.workloads.finetune.workload import DATASET_AAD
+from coco_ai.workloads.kinds import FINETUNE
+
+#: The image the local process stands for: no image runs here, so its digest names the
+#: project's own workload module rather than a registry image.
+LOCAL_IMAGE = (
+    "localhost/coco-ai/finetune@sha256:" + hashlib.sha256(b"coco_ai.workloads.finetune").hexdigest()
+)
 
 
 @dataclass
@@ -44,9 +57,9 @@ class LocalStack:
     def provision_other_run_key(self, other_run_id: str) -> str:
         """A per-run key bound to another run: this run's TEE must be refused it."""
         path = self.admin.provision_run_key(
-            None, {"initdata_key": "io.coco-ai.run-id", "value": other_run_id}
+            None, {"initdata_key": RUN_ID_KEY, "value": other_run_id}
         )
-        return f"kbs:///{path}"
+        return parse_resource_path(path).uri()
 
     def stop(self) -> None:
         self.admin.close()  # an open keep-alive connection would hold up the server's shutdown
@@ -91,19 +104,19 @@ def start_local_stack(
         admin = KbsAdminClient(trustee.url, auth=SelfSignedAdminAuth(admin_pem), ca_cert=anchor)
         dataset_key = secrets.token_bytes(32)
         admin.set_resource(dataset_key_path, dataset_key)
-        checkpoint_path = admin.provision_run_key(
-            None, {"initdata_key": "io.coco-ai.run-id", "value": run_id}
+        dataset_key_ref = parse_resource_path(dataset_key_path)
+        checkpoint_key = parse_resource_path(
+            admin.provision_run_key(None, {"initdata_key": RUN_ID_KEY, "value": run_id})
         )
-        dataset_uri, checkpoint_uri = f"kbs:///{dataset_key_path}", f"kbs:///{checkpoint_path}"
-        initdata = build_initdata(
-            trustee.url,
-            anchor,
-            {
-                "io.coco-ai.run-id": run_id,
-                "io.coco-ai.checkpoint-key": checkpoint_uri,
-                "io.coco-ai.dataset-key": dataset_uri,
-            },
+        claims = run_claims(
+            workload=FINETUNE.name,
+            run_id=run_id,
+            image=LOCAL_IMAGE,
+            checkpoint_key=checkpoint_key,
+            input_keys={"dataset": dataset_key_ref},
         )
+        initdata = build_initdata(trustee.url, anchor, claims)
+        dataset_uri, checkpoint_uri = dataset_key_ref.uri(), checkpoint_key.uri()
         emulator = guest_emulator.GuestComponentsEmulator(initdata, gpus=gpus)
         guest = guest_emulator.serve_in_thread(emulator)
         servers.append(guest)

@@ -1,0 +1,281 @@
+"""One confidential run's identity: the references every step of a pipeline passes on.
+
+`RunRefs` is built once, by key release, and is the only thing the later steps receive about
+the run: which workload, which image (pinned by digest), which per-run key, which inputs (object
+URI, digest, key reference), where the workload stages its output, and the run's initdata with
+its digest. Everything in it is public: key *references* (`kbs:///…`), digests and URIs, never a
+key. Each invariant has one owner here: the image pin, the initdata claims a TEE of this run must
+present (`expected_claims`, from which the initdata itself is built), the staging location, and
+the one XCom encoding (`to_xcom` / `from_xcom`).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from coco_ai.digest import Digest
+from coco_ai.guest.initdata import (
+    CHECKPOINT_KEY_KEY,
+    IMAGE_DIGEST_KEY,
+    RUN_ID_KEY,
+    WORKLOAD_KEY,
+    Initdata,
+    build_initdata,
+    input_key_claim,
+)
+from coco_ai.kbs.resource_path import ResourcePath, parse_resource_uri
+
+#: Trustee repository of per-run keys (the resource policies pin it to the run's initdata).
+RUN_KEY_REPOSITORY = "coco-ai-run"
+CHECKPOINT_KEY_TYPE = "checkpoint-key"
+
+_IMAGE_BY_DIGEST = re.compile(r"^[a-z0-9][a-z0-9._:/-]*@sha256:[0-9a-f]{64}$")
+_NAME = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
+_RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+RUN_ID_RULE = "[A-Za-z0-9._-], at most 128, not starting with . - _"
+
+
+class RunRefsError(ValueError):
+    """A run reference is missing or malformed (the message names the field)."""
+
+
+def is_run_id(value: object) -> bool:
+    """A run id is safe as a KBS path segment, an initdata claim and an object-store name."""
+    return isinstance(value, str) and bool(_RUN_ID.match(value))
+
+
+def pinned_image(image: object) -> str:
+    """``image`` if it is pinned by ``@sha256:<64 hex>``; a tag could be re-pointed and would
+    not match the image digest the run's initdata names."""
+    if not isinstance(image, str) or not _IMAGE_BY_DIGEST.match(image):
+        raise RunRefsError(
+            f"workload image {image!r} must be pinned by digest (name@sha256:<64 hex>); "
+            "tags can be re-pointed and would not match the image digest in the initdata"
+        )
+    return image
+
+
+def checkpoint_key_path(run_id: str) -> ResourcePath:
+    """Where a run's checkpoint key lives in Trustee."""
+    return ResourcePath(RUN_KEY_REPOSITORY, CHECKPOINT_KEY_TYPE, run_id)
+
+
+def staging_location(staging_root: str, run_id: str) -> str:
+    """The run's own prefix under the staging root (one per run, so runs never share one)."""
+    root = staging_root.strip().rstrip("/")
+    if not root:
+        raise RunRefsError("staging root is empty")
+    return f"{root}/{run_id}"
+
+
+@dataclass(frozen=True)
+class RunInput:
+    """One input of the workload: object URI, its digest, and the key that decrypts it."""
+
+    uri: str
+    digest: Digest
+    key: ResourcePath | None = None
+
+    def to_xcom(self) -> dict[str, str | None]:
+        return {
+            "uri": self.uri,
+            "digest": str(self.digest),
+            "key_uri": self.key.uri() if self.key else None,
+        }
+
+    @classmethod
+    def from_xcom(cls, name: str, data: Any) -> RunInput:
+        if not isinstance(data, Mapping):
+            raise RunRefsError(f"input {name!r} must be an object with uri, digest, key_uri")
+        uri = data.get("uri")
+        if not isinstance(uri, str) or not uri:
+            raise RunRefsError(f"input {name!r}: uri is missing")
+        try:
+            digest = Digest.parse(data.get("digest"))
+            key_uri = data.get("key_uri")
+            key = parse_resource_uri(key_uri) if key_uri is not None else None
+        except ValueError as exc:
+            raise RunRefsError(f"input {name!r}: {exc}") from None
+        return cls(uri, digest, key)
+
+
+def run_claims(
+    *,
+    workload: str,
+    run_id: str,
+    image: str,
+    checkpoint_key: ResourcePath,
+    input_keys: Mapping[str, ResourcePath],
+) -> dict[str, str]:
+    """The ``io.coco-ai.*`` initdata claims of a run (what `RunRefs.expected_claims` returns)."""
+    claims = {
+        WORKLOAD_KEY: workload,
+        RUN_ID_KEY: run_id,
+        IMAGE_DIGEST_KEY: pinned_image(image).partition("@")[2],
+        CHECKPOINT_KEY_KEY: checkpoint_key.uri(),
+    }
+    for name, key in input_keys.items():
+        claims[input_key_claim(name)] = key.uri()
+    return claims
+
+
+def _input_keys(inputs: Mapping[str, RunInput]) -> dict[str, ResourcePath]:
+    return {name: item.key for name, item in inputs.items() if item.key is not None}
+
+
+@dataclass(frozen=True)
+class RunRefs:
+    """The typed identity of one run (see the module docstring). Build it with `plan`."""
+
+    workload: str
+    run_id: str
+    image: str
+    checkpoint_key: ResourcePath
+    inputs: Mapping[str, RunInput]
+    staging_uri: str
+    initdata_digest: Digest
+    initdata_annotation: str = field(repr=False)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.workload, str) or not _NAME.match(self.workload):
+            raise RunRefsError(f"workload {self.workload!r} is not a workload name")
+        if not is_run_id(self.run_id):
+            raise RunRefsError(f"run id {self.run_id!r} is not a run id ({RUN_ID_RULE})")
+        pinned_image(self.image)
+        for name in self.inputs:
+            if not _NAME.match(name):
+                raise RunRefsError(f"input name {name!r} is not a name")
+        if self.initdata_digest.algorithm != "sha384":
+            raise RunRefsError("the run's initdata digest must be sha384")
+
+    @classmethod
+    def plan(
+        cls,
+        *,
+        workload: str,
+        run_id: str,
+        image: str,
+        checkpoint_key: ResourcePath,
+        inputs: Mapping[str, RunInput],
+        staging_root: str,
+        kbs_url: str,
+        kbs_ca_pem: str | bytes | None,
+    ) -> RunRefs:
+        """The run's references with its initdata, built from exactly `expected_claims`."""
+        claims = run_claims(
+            workload=workload,
+            run_id=run_id,
+            image=image,
+            checkpoint_key=checkpoint_key,
+            input_keys=_input_keys(inputs),
+        )
+        initdata = build_initdata(kbs_url, kbs_ca_pem, claims)
+        return cls(
+            workload=workload,
+            run_id=run_id,
+            image=image,
+            checkpoint_key=checkpoint_key,
+            inputs=dict(inputs),
+            staging_uri=staging_location(staging_root, run_id),
+            initdata_digest=Digest(initdata.algorithm, initdata.digest().hex()),
+            initdata_annotation=initdata.annotation(),
+        )
+
+    @property
+    def image_digest(self) -> Digest:
+        return Digest.parse(self.image.partition("@")[2])
+
+    def expected_claims(self) -> dict[str, str]:
+        """The ``io.coco-ai.*`` init_data_claims a TEE of this run presents to Trustee."""
+        return run_claims(
+            workload=self.workload,
+            run_id=self.run_id,
+            image=self.image,
+            checkpoint_key=self.checkpoint_key,
+            input_keys=_input_keys(self.inputs),
+        )
+
+    def initdata(self) -> Initdata:
+        """The run's initdata, decoded from the annotation and checked against the digest."""
+        initdata = Initdata.from_annotation(self.initdata_annotation)
+        actual = Digest(initdata.algorithm, initdata.digest().hex())
+        if actual != self.initdata_digest:
+            raise RunRefsError(
+                f"initdata annotation digest {actual} differs from the pinned "
+                f"{self.initdata_digest}"
+            )
+        return initdata
+
+    def input(self, name: str) -> RunInput:
+        try:
+            return self.inputs[name]
+        except KeyError:
+            raise RunRefsError(f"run {self.run_id} has no input {name!r}") from None
+
+    # -- the one XCom encoding ------------------------------------------------------------------
+
+    def to_xcom(self) -> dict[str, Any]:
+        """JSON of references only (what key release pushes and every later step reads)."""
+        return {
+            "workload": self.workload,
+            "run_id": self.run_id,
+            "image": self.image,
+            "checkpoint_key_uri": self.checkpoint_key.uri(),
+            "inputs": {name: item.to_xcom() for name, item in sorted(self.inputs.items())},
+            "staging_uri": self.staging_uri,
+            "initdata_digest": str(self.initdata_digest),
+            "initdata_annotation": self.initdata_annotation,
+        }
+
+    @classmethod
+    def from_xcom(cls, data: Any) -> RunRefs:
+        """Parse and validate `to_xcom`'s form (XCom is Airflow-writable: trust nothing in it
+        beyond its shape; every later check is against what Trustee and the TEE attest)."""
+        if isinstance(data, RunRefs):
+            return data
+        if not isinstance(data, Mapping):
+            raise RunRefsError(
+                "run references must be key release's output (an object), "
+                f"got {type(data).__name__}"
+            )
+        missing = [
+            k
+            for k in (
+                "workload",
+                "run_id",
+                "image",
+                "checkpoint_key_uri",
+                "inputs",
+                "staging_uri",
+                "initdata_digest",
+                "initdata_annotation",
+            )
+            if k not in data
+        ]
+        if missing:
+            raise RunRefsError(f"run references lack {', '.join(missing)}")
+        inputs = data["inputs"]
+        if not isinstance(inputs, Mapping):
+            raise RunRefsError("run references: inputs must be an object")
+        try:
+            checkpoint_key = parse_resource_uri(data["checkpoint_key_uri"])
+            initdata_digest = Digest.parse(data["initdata_digest"], algorithms=("sha384",))
+        except ValueError as exc:
+            raise RunRefsError(f"run references: {exc}") from None
+        if not isinstance(data["staging_uri"], str) or not data["staging_uri"]:
+            raise RunRefsError("run references: staging_uri is missing")
+        refs = cls(
+            workload=data["workload"],
+            run_id=data["run_id"],
+            image=data["image"],
+            checkpoint_key=checkpoint_key,
+            inputs={name: RunInput.from_xcom(name, v) for name, v in inputs.items()},
+            staging_uri=data["staging_uri"],
+            initdata_digest=initdata_digest,
+            initdata_annotation=str(data["initdata_annotation"]),
+        )
+        refs.initdata()  # the annotation must be the initdata the digest names
+        return refs
