@@ -19,13 +19,13 @@ from airflow.sdk import (
     Param,
     conf,
 )
+from coco_ai_airflow.attestation import AttestationGateOperator
+from coco_ai_airflow.checkpoint import EncryptedCheckpointUploadOperator
+from coco_ai_airflow.keys import KeyReleaseOperator, KeyRevokeOperator
+from coco_ai_airflow.promotion import AttestedModelPromotionOperator
+from coco_ai_airflow.workload import ConfidentialWorkloadOperator
 
 from coco_ai.kbs.resource_path import RESOURCE_URI_PATTERN
-from operators.attestation import AttestationGateOperator
-from operators.checkpoint import EncryptedCheckpointUploadOperator
-from operators.keys import KeyReleaseOperator, KeyRevokeOperator
-from operators.promotion import AttestedModelPromotionOperator
-from operators.workload import ConfidentialWorkloadOperator
 
 
 def _setting(option: str) -> str:

@@ -1,7 +1,7 @@
 """Deployment settings of the provider: the ``[coco_ai]`` Airflow config section.
 
-Defaults are declared in ``operators.provider_info`` (``config``); override them in airflow.cfg or
-with ``AIRFLOW__COCO_AI__<OPTION>`` environment variables.
+Defaults are declared in ``coco_ai_airflow.provider_info`` (``config``); override them in
+airflow.cfg or with ``AIRFLOW__COCO_AI__<OPTION>`` environment variables.
 """
 
 from __future__ import annotations

@@ -12,14 +12,14 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 from airflow.sdk import BaseOperator, Context, TriggerRule
+from coco_ai_airflow._settings import coco_run_id, required_setting, setting
+from coco_ai_airflow.hooks.trustee import TrusteeHook
 
 from coco_ai.digest import Digest
 from coco_ai.guest.initdata import RUN_ID_KEY
 from coco_ai.kbs.wire import parse_resource_path, parse_resource_uri
 from coco_ai.runs import RunInput, RunRefs, RunRefsError, checkpoint_key_path, pinned_image
 from coco_ai.workloads.kinds import WorkloadKind, workload_kind
-from operators._settings import coco_run_id, required_setting, setting
-from operators.hooks.trustee import TrusteeHook
 
 
 def _inputs_from_asset_events(context: Context, kind: WorkloadKind) -> dict[str, dict[str, str]]:

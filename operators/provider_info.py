@@ -30,23 +30,23 @@ def get_provider_info() -> dict:
             }
         ],
         "hooks": [
-            {"integration-name": _INTEGRATION, "python-modules": ["operators.hooks.trustee"]}
+            {"integration-name": _INTEGRATION, "python-modules": ["coco_ai_airflow.hooks.trustee"]}
         ],
         "operators": [
             {
                 "integration-name": _INTEGRATION,
                 "python-modules": [
-                    "operators.attestation",
-                    "operators.keys",
-                    "operators.workload",
-                    "operators.checkpoint",
-                    "operators.promotion",
+                    "coco_ai_airflow.attestation",
+                    "coco_ai_airflow.keys",
+                    "coco_ai_airflow.workload",
+                    "coco_ai_airflow.checkpoint",
+                    "coco_ai_airflow.promotion",
                 ],
             }
         ],
         "connection-types": [
             {
-                "hook-class-name": "operators.hooks.trustee.TrusteeHook",
+                "hook-class-name": "coco_ai_airflow.hooks.trustee.TrusteeHook",
                 "connection-type": "trustee",
                 "hook-name": "Trustee (CoCo Key Broker)",
                 "conn-fields": {

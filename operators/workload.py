@@ -11,12 +11,12 @@ from typing import Any, ClassVar
 
 from airflow.providers.cncf.kubernetes.operators.pod import KubernetesPodOperator
 from airflow.sdk import BaseXCom, Context
+from coco_ai_airflow._settings import as_int, setting
+from coco_ai_airflow.execution import EXECUTION_MODES, kubernetes
+from coco_ai_airflow.execution.local import LocalRun
 
 from coco_ai.runs import RunRefs, pinned_image
 from coco_ai.workloads.kinds import workload_kind
-from operators._settings import as_int, setting
-from operators.execution import EXECUTION_MODES, kubernetes
-from operators.execution.local import LocalRun
 
 _SIX_HOURS = 6 * 3600
 
@@ -24,8 +24,8 @@ _SIX_HOURS = 6 * 3600
 class ConfidentialWorkloadOperator(KubernetesPodOperator):
     """Run the run's workload inside an attested TEE.
 
-    ``run_refs`` is the output of :class:`~operators.keys.KeyReleaseOperator` (run id, workload,
-    image, key references, pinned inputs, initdata); ``settings`` holds the workload's own
+    ``run_refs`` is the output of :class:`~coco_ai_airflow.keys.KeyReleaseOperator` (run id,
+    workload, image, key references, pinned inputs, initdata); ``settings`` holds the workload's own
     settings (for the fine-tune the ``lora`` / ``training`` tables of its config; ``None``
     values keep the workload's defaults). The execution mode comes from
     ``[coco_ai] execution_mode`` unless given:

@@ -130,9 +130,48 @@ def test_airflow_lists_the_provider_and_its_trustee_connection_type():
     )
     assert proc.returncode == 0, proc.stderr
     info = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert info["hook"] == "operators.hooks.trustee.TrusteeHook"
+    assert info["hook"] == "coco_ai_airflow.hooks.trustee.TrusteeHook"
     assert info["fields"], "the trustee connection type declares no form fields"
     assert info["behaviour"], "the trustee connection type declares no ui-field-behaviour"
+
+
+def test_every_package_folder_is_installed_under_its_import_name():
+    import tomllib
+
+    setuptools = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    folder_of = {name: folder for name, folder in setuptools["package-dir"].items()}
+    import_name = {folder: name for name, folder in folder_of.items()}
+    found = set()
+    for folder in ("coco_ai", "operators"):
+        for init in (REPO_ROOT / folder).rglob("__init__.py"):
+            parts = list(init.parent.relative_to(REPO_ROOT).parts)
+            parts[0] = import_name.get(parts[0], parts[0])
+            found.add(".".join(parts))
+    assert sorted(setuptools["packages"]) == sorted(found)
+
+
+@pytest.mark.timeout(120)
+def test_a_users_own_operators_package_does_not_clash(tmp_path):
+    # Airflow puts the dags/ and plugins/ folders on sys.path, and many users keep a package
+    # named `operators` there; the provider installs as `coco_ai_airflow`, so both import.
+    user = tmp_path / "dags" / "operators"
+    user.mkdir(parents=True)
+    (user / "__init__.py").write_text("MINE = True\n")
+    script = (
+        "import operators, coco_ai_airflow.keys as keys\n"
+        "assert operators.MINE\n"
+        "print(keys.KeyReleaseOperator.__module__)\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(tmp_path / "dags")},
+        timeout=110,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip().endswith("coco_ai_airflow.keys")
 
 
 @pytest.mark.timeout(120)

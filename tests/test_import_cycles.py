@@ -14,11 +14,13 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-PROJECT_PACKAGES = ("coco_ai", "operators")
+#: folder -> the name it installs under (pyproject.toml package-dir)
+PROJECT_PACKAGES = {"coco_ai": "coco_ai", "operators": "coco_ai_airflow"}
 
 
 def _module_name(path: Path) -> str:
     parts = list(path.relative_to(ROOT).with_suffix("").parts)
+    parts[0] = PROJECT_PACKAGES[parts[0]]
     if parts[-1] == "__init__":
         parts.pop()
     return ".".join(parts)
@@ -26,8 +28,8 @@ def _module_name(path: Path) -> str:
 
 def _modules() -> dict[str, Path]:
     found = {}
-    for package in PROJECT_PACKAGES:
-        for path in sorted((ROOT / package).rglob("*.py")):
+    for folder in PROJECT_PACKAGES:
+        for path in sorted((ROOT / folder).rglob("*.py")):
             found[_module_name(path)] = path
     return found
 

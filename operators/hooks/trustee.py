@@ -1,6 +1,7 @@
 """`TrusteeHook`: the `trustee` connection type, a thin layer over `coco_ai.kbs.KbsAdminClient`.
 
-Connection (all fields live in ``extra``; the form is declared in ``operators.provider_info``)::
+Connection (all fields live in ``extra``; the form is declared in
+``coco_ai_airflow.provider_info``)::
 
     AIRFLOW_CONN_TRUSTEE_DEFAULT='{"conn_type": "trustee", "extra": {
         "kbs_url": "https://kbs.example:8080",

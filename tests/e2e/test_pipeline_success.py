@@ -207,9 +207,8 @@ def test_no_secret_in_xcom_or_rendered_templates_via_api(
 
 def test_no_secret_in_the_pod_spec_of_this_run(e2e_stack, successful_run, secrets_of_the_run):
     """The same run's references, built into the Kubernetes pod the cluster mode would submit."""
+    from coco_ai_airflow.workload import ConfidentialWorkloadOperator
     from kubernetes.client import ApiClient
-
-    from operators.workload import ConfidentialWorkloadOperator
 
     run, _ = successful_run
     op = ConfidentialWorkloadOperator(

@@ -10,14 +10,14 @@ import jinja2
 import kubernetes_validate
 import pytest
 from airflow.providers.cncf.kubernetes.secret import Secret
+from coco_ai_airflow.execution.kubernetes import PodSpecError
+from coco_ai_airflow.workload import ConfidentialWorkloadOperator
 from kubernetes.client import ApiClient
 
 from coco_ai.digest import Digest
 from coco_ai.guest.initdata import INITDATA_ANNOTATION, Initdata, build_initdata
 from coco_ai.kbs.resource_path import parse_resource_uri
 from coco_ai.runs import RunInput, RunRefs, RunRefsError, checkpoint_key_path
-from operators.execution.kubernetes import PodSpecError
-from operators.workload import ConfidentialWorkloadOperator
 
 IMAGE = "registry.example/coco-ai/finetune@sha256:" + "ab" * 32
 KUBERNETES = "1.34.0"

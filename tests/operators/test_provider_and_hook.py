@@ -10,9 +10,8 @@ from pathlib import Path
 
 import pytest
 from airflow.sdk._shared.secrets_masker.secrets_masker import redact
-
-from operators.hooks.trustee import TrusteeConnectionError, TrusteeHook, TrusteeSettings
-from operators.provider_info import get_provider_info
+from coco_ai_airflow.hooks.trustee import TrusteeConnectionError, TrusteeHook, TrusteeSettings
+from coco_ai_airflow.provider_info import get_provider_info
 
 AIRFLOW = str(Path(sys.executable).with_name("airflow"))
 
@@ -36,7 +35,7 @@ def test_airflow_lists_the_provider_and_the_trustee_connection_fields(tmp_path):
     assert any(p["package_name"] == "coco-ai-pipelines" for p in providers)
     hooks = _airflow_json("hooks", home=tmp_path)
     (trustee,) = [h for h in hooks if h["connection_type"] == "trustee"]
-    assert trustee["class"] == "operators.hooks.trustee.TrusteeHook"
+    assert trustee["class"] == "coco_ai_airflow.hooks.trustee.TrusteeHook"
     widgets = _airflow_json("widgets", home=tmp_path)
     fields = {
         w["connection_parameter_name"]

@@ -10,13 +10,13 @@ from types import SimpleNamespace
 
 import pytest
 from airflow.sdk import DAG
+from coco_ai_airflow.attestation import AttestationGateError, AttestationGateOperator
+from coco_ai_airflow.keys import KeyReleaseOperator, KeyRevokeOperator
 
 from coco_ai import policies
 from coco_ai.guest.initdata import Initdata
 from coco_ai.runs import RunRefs, RunRefsError
 from coco_ai.workloads.models import model_digest
-from operators.attestation import AttestationGateError, AttestationGateOperator
-from operators.keys import KeyReleaseOperator, KeyRevokeOperator
 
 IMAGE = "registry.example/coco-ai/finetune@sha256:" + "ab" * 32
 
