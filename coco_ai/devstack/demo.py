@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import tempfile
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -19,7 +18,6 @@ from typing import Any
 from urllib.parse import quote
 
 from coco_ai.devstack.stack import DAG_ID, StackInfo
-from coco_ai.runs import RunRefs
 
 TASKS = (
     "attestation_gate",
@@ -30,40 +28,6 @@ TASKS = (
     "revoke_keys",
 )
 _FINAL = ("success", "failed")
-
-
-class RunKeyWatcher:
-    """Copies one resource out of a Trustee stand-in's state as soon as it exists (data owner)."""
-
-    def __init__(self, trustee_state_dir: str | Path, resource_path: str, interval_s: float = 0.1):
-        self._state_dir = Path(trustee_state_dir)
-        self._path = resource_path
-        self._interval = interval_s
-        self._stop = threading.Event()
-        self.key: bytes | None = None
-        self._thread = threading.Thread(target=self._poll, name="run-key-watcher", daemon=True)
-
-    def __repr__(self) -> str:
-        return f"RunKeyWatcher({self._path!r}, captured={self.key is not None})"
-
-    def start(self) -> RunKeyWatcher:
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=5)
-
-    def _poll(self) -> None:
-        from coco_ai.trustee_dev.state import StateDir
-
-        state = StateDir(self._state_dir)
-        while not self._stop.is_set() and self.key is None:
-            record = state.get_resource(self._path)
-            if record is not None:
-                self.key = record.data
-                return
-            time.sleep(self._interval)
 
 
 def read_report(checkpoint_uri: str, key: bytes) -> dict[str, Any]:
@@ -127,7 +91,6 @@ def run_pipeline(
 ) -> dict[str, Any]:
     """Trigger one run, follow it to the end and return the summary (see docs)."""
     client = info.client()
-    watcher: RunKeyWatcher | None = None
     try:
         started = time.monotonic()
         run = client.trigger(DAG_ID, conf or {}, note="coco-ai demo")
@@ -144,11 +107,6 @@ def run_pipeline(
                     if state != "none":
                         elapsed = time.monotonic() - started
                         progress(f"[{elapsed:6.1f} s] {task_id}: {state}")
-            if inspect and watcher is None and seen.get("key_release") == "success":
-                refs = client.xcom(DAG_ID, run_id, "key_release")
-                if refs:
-                    path = RunRefs.from_xcom(refs).checkpoint_key.url_path()
-                    watcher = RunKeyWatcher(info.trustee_state_dir, path).start()
             if dag_run["state"] in _FINAL:
                 break
             if time.monotonic() - started > timeout_s:
@@ -156,15 +114,14 @@ def run_pipeline(
             time.sleep(1)
         summary = _summary(info, client, run_id, dag_run, tis, time.monotonic() - started)
     finally:
-        if watcher is not None:
-            watcher.stop()
         client.close()
-    key = watcher.key if watcher is not None else None
-    checkpoint = summary.get("checkpoint_uri")
-    if inspect and key is not None and checkpoint:
+    checkpoint, coco_run_id = summary.get("checkpoint_uri"), summary["run_refs"].get("run_id")
+    if inspect and checkpoint and coco_run_id:
+        # The data owner derives the run's key from their own run-key root (coco_ai.run_keys).
+        key = info.data_owner_run_key(coco_run_id)
         samples = read_report(checkpoint, key)["samples"]
         summary["sample"] = samples[0] if samples else None
-    del key
+        del key
     return summary
 
 
