@@ -98,28 +98,9 @@ def test_hook_talks_to_trustee_over_pinned_tls(trustee_conn):
 
 
 def test_hook_fails_with_a_foreign_ca(trustee, monkeypatch, tmp_path):
-    import datetime as dt
+    from pki import pem, self_signed_ca
 
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "someone else")])
-    now = dt.datetime.now(dt.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(1)
-        .not_valid_before(now)
-        .not_valid_after(now + dt.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )
-    other_ca = cert.public_bytes(serialization.Encoding.PEM).decode()
+    other_ca = pem(self_signed_ca("someone else", days=1)[1]).decode()
     monkeypatch.setenv("AIRFLOW_CONN_TRUSTEE_DEFAULT", trustee.connection(ca_cert=other_ca))
     ok, message = TrusteeHook().test_connection()
     assert not ok and message  # TLS to a server whose CA we do not pin fails
