@@ -85,10 +85,10 @@ def start_local_stack(
     )
     servers: list[Any] = []
     try:
-        trustee = serve_in_thread(Path(state_dir), admin_pub)
+        trustee = serve_in_thread(Path(state_dir), admin_pub, extensions={"run-key-bind"})
         servers.append(trustee)
-        anchor = Path(trustee.ca_cert_path).read_bytes()
-        admin = KbsAdminClient(trustee.url, auth=SelfSignedAdminAuth(admin_pem), ca_cert=anchor)
+        tls_ca, anchor = trustee.tls_ca_path.read_bytes(), trustee.token_anchor_path.read_bytes()
+        admin = KbsAdminClient(trustee.url, auth=SelfSignedAdminAuth(admin_pem), ca_cert=tls_ca)
         dataset_key = secrets.token_bytes(32)
         admin.set_resource(dataset_key_path, dataset_key)
         checkpoint_path = admin.provision_run_key(
@@ -97,7 +97,7 @@ def start_local_stack(
         dataset_uri, checkpoint_uri = f"kbs:///{dataset_key_path}", f"kbs:///{checkpoint_path}"
         initdata = build_initdata(
             trustee.url,
-            anchor,
+            tls_ca,
             {
                 "io.coco-ai.run-id": run_id,
                 "io.coco-ai.checkpoint-key": checkpoint_uri,

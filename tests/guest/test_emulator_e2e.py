@@ -33,7 +33,13 @@ def trustee(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TrusteeServer]
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
     )
     state = tmp_path_factory.mktemp("trustee-state")
-    server = serve_trustee(state, public_pem, policy_set="dev")
+    # Per-run keys and two sample GPUs are stand-in extensions (no Trustee has them).
+    server = serve_trustee(
+        state,
+        public_pem,
+        policy_set="dev",
+        extensions={"run-key-bind", "multi-gpu-sampledevice"},
+    )
     server.admin_private_pem = admin_key.private_bytes(  # type: ignore[attr-defined]
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     )
@@ -43,7 +49,12 @@ def trustee(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TrusteeServer]
 
 @pytest.fixture(scope="module")
 def trustee_ca(trustee: TrusteeServer) -> bytes:
-    return Path(trustee.ca_cert_path).read_bytes()
+    return Path(trustee.tls_ca_path).read_bytes()
+
+
+@pytest.fixture(scope="module")
+def token_anchor(trustee: TrusteeServer) -> bytes:
+    return Path(trustee.token_anchor_path).read_bytes()
 
 
 @pytest.fixture(scope="module")
@@ -116,11 +127,11 @@ def test_missing_resource_is_an_error_not_empty_bytes(guest_factory) -> None:
 
 
 def test_token_carries_the_returned_keys_public_half(
-    guest_factory, trustee_ca: bytes, trustee: TrusteeServer
+    guest_factory, token_anchor: bytes, trustee: TrusteeServer
 ) -> None:
     guest = guest_factory({RUN_ID_KEY: "run-token"}, gpus=2)
     token, pem = guest.client.get_token()
-    claims = verify_ear_token(token, trustee_ca)
+    claims = verify_ear_token(token, token_anchor)
     attested = claims.tee_pubkey()
     ours = TeeKeyPair.from_pem(pem).public_jwk()
     assert {k: attested[k] for k in ("kty", "crv", "x", "y")} == {
@@ -132,7 +143,7 @@ def test_token_carries_the_returned_keys_public_half(
     assert guest.client.get_token() == (token, pem)
 
 
-def test_token_is_renewed_near_expiry_with_the_same_key(guest_factory, trustee_ca: bytes) -> None:
+def test_token_is_renewed_near_expiry_with_the_same_key(guest_factory, token_anchor: bytes) -> None:
     offset = [0.0]
     import time
 
@@ -141,7 +152,7 @@ def test_token_is_renewed_near_expiry_with_the_same_key(guest_factory, trustee_c
     offset[0] = 24 * 3600.0  # the emulator's clock says the token has expired
     token2, pem2 = guest.client.get_token()
     assert token2 != token1 and pem2 == pem1
-    verify_ear_token(token2, trustee_ca)
+    verify_ear_token(token2, token_anchor)
 
 
 def test_per_run_key_released_only_to_its_run(guest_factory, admin: KbsAdminClient) -> None:

@@ -25,8 +25,18 @@ class Verifier(Protocol):
         ...
 
 
-def verifiers() -> dict[str, Verifier]:
+def verifiers(
+    trustee_version: str, extensions: frozenset[str] = frozenset()
+) -> dict[str, Verifier]:
+    """The stand-in's verifiers as `trustee_version` behaves, plus the opted-in extensions."""
+    from coco_ai.kbs import versions
+    from coco_ai.trustee_dev.extensions import MULTI_GPU_SAMPLEDEVICE, SAMPLE_INITDATA_CHECK
     from coco_ai.trustee_dev.verifiers.sample import SampleVerifier
     from coco_ai.trustee_dev.verifiers.sampledevice import SampleDeviceVerifier
 
-    return {v.tee: v for v in (SampleVerifier(), SampleDeviceVerifier())}
+    sample = SampleVerifier(check_initdata=SAMPLE_INITDATA_CHECK in extensions)
+    device = SampleDeviceVerifier(
+        report_data_claim=versions.check_version(trustee_version) == versions.MAIN,
+        multi_gpu=MULTI_GPU_SAMPLEDEVICE in extensions,
+    )
+    return {v.tee: v for v in (sample, device)}
