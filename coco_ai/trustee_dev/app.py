@@ -652,7 +652,11 @@ class TrusteeStandIn:
                     f"value found for the given id: {rv_id}"
                 )
             )
-        return Response(json.dumps(values[rv_id]).encode(), media_type="application/json")
+        # serde_json::to_string: compact (kbs/src/attestation/backend.rs query_reference_value)
+        return Response(
+            json.dumps(values[rv_id], separators=(",", ":")).encode(),
+            media_type="application/json",
+        )
 
 
 def _resource_desc(segments: list[str]) -> str:
@@ -681,7 +685,8 @@ def _has_bind(body: bytes) -> bool:
 
 def _plugin_response(body: bytes) -> Response:
     """A plugin's answer: 200 `text/xml` (`HttpResponse::Ok().content_type("text/xml")`)."""
-    return Response(body, status_code=200, media_type="text/xml")
+    # Set as a header: Starlette would append "; charset=utf-8" to a text/* media type.
+    return Response(body, status_code=200, headers={"content-type": "text/xml"})
 
 
 async def _read_body(request: Request) -> bytes | None:
