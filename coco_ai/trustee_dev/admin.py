@@ -76,7 +76,8 @@ def check_admin(
     try:
         key.verify(_b64url(parts[2]), f"{parts[0]}.{parts[1]}".encode("ascii"))
     except InvalidSignature:
-        raise AdminAuthDenied("admin token signature does not verify") from None
+        # bearer_jwt.rs words it so when no configured issuer key verifies the token.
+        raise AdminAuthDenied("Cannot verify token with any of the issuers") from None
     if not isinstance(claims, dict):
         raise AdminAuthDenied("admin token payload is not an object")
     exp = claims.get("exp")

@@ -171,7 +171,11 @@ class TrusteeStandIn:
         ]
         if versions.has_healthz(self.trustee_version):
             routes.append(Route("/healthz", self._healthz, methods=["GET"]))
-        self.app = Starlette(routes=routes)
+        # actix answers an unrouted path (404) or method (405) with an empty body and no
+        # Content-Type; Starlette's defaults would add text.
+        self.app = Starlette(
+            routes=routes, exception_handlers={404: _empty_status, 405: _empty_status}
+        )
 
     @property
     def token_anchor_path(self):
@@ -681,6 +685,10 @@ def _has_bind(body: bytes) -> bool:
     except ValueError:
         return False
     return isinstance(req, dict) and "bind" in req
+
+
+async def _empty_status(request: Request, exc: Exception) -> Response:
+    return Response(status_code=getattr(exc, "status_code", 404), media_type=None)
 
 
 def _plugin_response(body: bytes) -> Response:
