@@ -48,6 +48,7 @@ from coco_ai.kbs.wire import (
     ResourcePath,
     b64url_decode,
     b64url_encode,
+    provisioner_binding,
     to_resource_path,
 )
 from coco_ai.net import is_loopback
@@ -418,11 +419,7 @@ class ProvisionedResource:
 
     def initdata_binding(self) -> str:
         """The value the guest's initdata must carry under `trustee.kbs.resource`."""
-        return f"{PROVISIONER_URI_SCHEME}:///{self.resource_path}"
-
-
-PROVISIONER_URI_SCHEME = "kbs+provisioner"
-PROVISIONER_INITDATA_KEY = "trustee.kbs.resource"
+        return provisioner_binding(self.resource_path)
 
 
 class KbsAdminClient(_ClosingClient):

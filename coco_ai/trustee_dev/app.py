@@ -41,7 +41,7 @@ from coco_ai import policies
 from coco_ai.kbs import errors as kerr
 from coco_ai.kbs import versions
 from coco_ai.kbs.jwe import encrypt_for_tee
-from coco_ai.kbs.wire import parse_resource_path
+from coco_ai.kbs.wire import PROVISIONER_INITDATA_KEY, parse_resource_path, provisioner_binding
 from coco_ai.trustee_dev import jsonbody
 from coco_ai.trustee_dev.admin import AdminAuthDenied, check_admin, load_admin_public_key
 from coco_ai.trustee_dev.attestation import (
@@ -83,7 +83,6 @@ PROVISIONER_NAMESPACE = uuidlib.UUID("feab5599-6854-52bc-95f0-0241c03e620a")
 PROVISIONER_KEY_LENGTH = 32  # ProvisionerConfig default key_length
 PROVISIONER_REPOSITORY = "default"
 PROVISIONER_TAG = "root"
-PROVISIONER_INITDATA_KEY = "trustee.kbs.resource"
 
 # Trustee: "Plugin internal error" is the whole Display of the variant; the cause is logged.
 PLUGIN_INTERNAL_ERROR = "Plugin internal error"
@@ -499,8 +498,8 @@ class TrusteeStandIn:
         bound = init_claims.get(PROVISIONER_INITDATA_KEY)
         if not isinstance(bound, str):
             raise _plugin_error(f"init_data missing {PROVISIONER_INITDATA_KEY}")
-        if bound != f"kbs+provisioner:///{key}":
-            raise _plugin_error(f"init_data resource mismatch: expected kbs+provisioner:///{key}")
+        if bound != provisioner_binding(key):
+            raise _plugin_error(f"init_data resource mismatch: expected {provisioner_binding(key)}")
         try:
             record = self.state.get_resource(key, "provisioner") if len(rest) == 3 else None
         except ValueError:
