@@ -14,10 +14,11 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 from coco_ai.guest.client import GuestClient, GuestError
 from coco_ai.guest.emulator import GuestComponentsEmulator, RunningServer, serve_in_thread
 from coco_ai.guest.initdata import CHECKPOINT_KEY_KEY, RUN_ID_KEY, Initdata, build_initdata
-from coco_ai.kbs.admin_auth import SelfSignedAdminAuth
+from coco_ai.kbs.admin_auth import admin_auth_for
 from coco_ai.kbs.client import KbsAdminClient
 from coco_ai.kbs.ear import verify_ear_token
 from coco_ai.kbs.jwe import TeeKeyPair
+from coco_ai.kbs.versions import TRUSTEE_VERSIONS
 from coco_ai.trustee_dev.server import RunningServer as TrusteeServer
 from coco_ai.trustee_dev.server import serve_in_thread as serve_trustee
 
@@ -26,8 +27,8 @@ pytestmark = pytest.mark.timeout(120)
 DATASET_KEY = "kbs:///coco-ai/dataset/key"
 
 
-@pytest.fixture(scope="module")
-def trustee(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TrusteeServer]:
+@pytest.fixture(scope="module", params=TRUSTEE_VERSIONS)
+def trustee(request, tmp_path_factory: pytest.TempPathFactory) -> Iterator[TrusteeServer]:
     admin_key = ed25519.Ed25519PrivateKey.generate()
     public_pem = admin_key.public_key().public_bytes(
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
@@ -39,6 +40,7 @@ def trustee(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TrusteeServer]
         public_pem,
         policy_set="dev",
         extensions={"run-key-bind", "multi-gpu-sampledevice"},
+        trustee_version=request.param,
     )
     server.admin_private_pem = admin_key.private_bytes(  # type: ignore[attr-defined]
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
@@ -59,7 +61,10 @@ def token_anchor(trustee: TrusteeServer) -> bytes:
 
 @pytest.fixture(scope="module")
 def admin(trustee: TrusteeServer, trustee_ca: bytes) -> Iterator[KbsAdminClient]:
-    auth = SelfSignedAdminAuth(trustee.admin_private_pem)  # type: ignore[attr-defined]
+    auth = admin_auth_for(
+        trustee.standin.trustee_version,
+        trustee.admin_private_pem,  # type: ignore[attr-defined]
+    )
     with KbsAdminClient(trustee.url, auth=auth, ca_cert=trustee_ca) as client:
         yield client
 
