@@ -398,3 +398,15 @@ def _provisioner_get(client: KbsClient, path: str) -> bytes:
     )
     _raise_for(response)
     return client.tee_key.decrypt(response.content)
+
+
+def test_json_depth_limit_is_serde_jsons_and_ignores_strings():
+    from coco_ai.trustee_dev import jsonbody
+
+    assert jsonbody.loads("[" * 127 + "]" * 127) is not None
+    with pytest.raises(jsonbody.JsonBodyError, match="recursion limit"):
+        jsonbody.loads("[" * 128 + "]" * 128)
+    text = json.dumps({"rego": "[" * 500 + '\\"{'})
+    assert jsonbody.loads(text) == {"rego": "[" * 500 + '\\"{'}
+    with pytest.raises(jsonbody.JsonBodyError):
+        jsonbody.loads(b"\xff")
