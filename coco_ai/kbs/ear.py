@@ -51,6 +51,10 @@ ANNOTATED_EVIDENCE = "ear.veraison.annotated-evidence"
 EAR_STATUSES = ("none", "affirming", "warning", "contraindicated")
 
 _MAX_CHAIN = 8
+_TLS_PURPOSES = {
+    ExtendedKeyUsageOID.SERVER_AUTH: "serverAuth",
+    ExtendedKeyUsageOID.CLIENT_AUTH: "clientAuth",
+}
 _GPU_SUBMOD = re.compile(r"gpu(0|[1-9][0-9]*)")
 
 
@@ -294,11 +298,11 @@ def _check_signer(leaf: x509.Certificate, pinned: ec.EllipticCurvePublicKey | No
             raise TokenVerifierError("token signer certificate does not allow digitalSignature")
     with contextlib.suppress(x509.ExtensionNotFound):
         purposes = leaf.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
-        tls = {ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH} & set(purposes)
+        tls = sorted(name for oid, name in _TLS_PURPOSES.items() if oid in purposes)
         if tls:
             raise TokenVerifierError(
-                "token signer certificate is a TLS certificate (extended key usage "
-                f"{', '.join(sorted(o._name for o in tls))}), not a token signer"
+                f"token signer certificate is a TLS certificate (extended key usage "
+                f"{', '.join(tls)}), not a token signer"
             )
 
 
