@@ -263,36 +263,38 @@ class DevStack:
             )
         return path
 
-    def _start_trustee(self, admin_public: Path) -> tuple[ServiceProcess, str, bytes]:
+    def _start_trustee(self, admin_public: Path) -> tuple[ServiceProcess, str, bytes, bytes]:
         from coco_ai.trustee_dev.server import write_server_certificate
         from coco_ai.trustee_dev.state import StateDir
         from coco_ai.trustee_dev.tokens import TokenBroker
 
         state = StateDir(self.trustee_dir)
-        TokenBroker(state)  # creates the CA (TLS issuer and EAR signer) on first use
+        TokenBroker(state)  # creates the EAR token CA and signer on first use
         cert, key = self.root / "trustee-tls" / "server.pem", self.root / "trustee-tls" / "key.pem"
         if not cert.exists():
             write_server_certificate(self.trustee_dir, cert, key, ("127.0.0.1", "localhost"))
+        tls_ca = state.tls_ca_cert_path.read_bytes()  # the TLS CA, never the token CA
         port = free_port()
         url = f"https://127.0.0.1:{port}"
         argv = [*_cli(), "trustee", "serve", "--port", str(port), "--state-dir"]
         argv += [str(self.trustee_dir), "--admin-public-key", str(admin_public)]
         argv += ["--tls-cert", str(cert), "--tls-key", str(key), "--policy-set", "dev"]
+        argv += ["--extension", "run-key-bind"]  # not Trustee; until the new per-run keys land
         service = start_service(
             "trustee",
             argv,
             {k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "LANG", "TMPDIR")},
             self.logs / "trustee.log",
         )
-        ca = state.ca_cert_path.read_bytes()
-        context = ssl.create_default_context(cadata=ca.decode())
+        context = ssl.create_default_context(cadata=tls_ca.decode())
         wait_until(
             "the Trustee stand-in",
-            lambda: httpx.get(f"{url}/healthz", verify=context, timeout=2).status_code == 200,
+            # /metrics: served by every Trustee version (v0.20.0 has no /healthz).
+            lambda: httpx.get(f"{url}/metrics", verify=context, timeout=2).status_code == 200,
             60,
             [service],
         )
-        return service, url, ca
+        return service, url, tls_ca, state.ca_cert_path.read_bytes()
 
     def _dataset(self, admin: Any) -> str:
         """Encrypt the demo data set under a fresh key held only by Trustee (data owner's step)."""
@@ -375,7 +377,7 @@ class DevStack:
         try:
             admin_pem, admin_public = self._admin_keys()
             self.progress("starting the Trustee stand-in (dev policies, loopback TLS)")
-            trustee, trustee_url, ca = self._start_trustee(admin_public)
+            trustee, trustee_url, ca, token_anchor = self._start_trustee(admin_public)
             services.append(trustee)
             _record_services(self.root, services)
             with KbsAdminClient(
@@ -466,7 +468,7 @@ class DevStack:
                         "ca_cert": ca.decode(),
                         "admin_secret": admin_pem.decode(),
                         "admin_auth": "self-signed",
-                        "trust_anchor": ca.decode(),
+                        "trust_anchor": token_anchor.decode(),
                     },
                 )
                 self.progress(f"waiting for the {DAG_ID} DAG to be parsed")
