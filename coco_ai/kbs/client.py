@@ -423,7 +423,7 @@ class ProvisionedResource:
 
 
 class KbsAdminClient(_ClosingClient):
-    """Trustee admin API: policies, resources, reference values, per-run keys, liveness.
+    """Trustee admin API: policies, resources, reference values, provisioner, liveness.
 
     `trustee_version` (one of coco_ai.kbs.versions.TRUSTEE_VERSIONS) selects version-specific
     behaviour (the liveness probe); None means "detect": see alive().
@@ -547,41 +547,6 @@ class KbsAdminClient(_ClosingClient):
             raise ResourceDeleteUnconfirmed(
                 err.detail, status=err.status, path=resource.url_path()
             ) from None
-
-    def provision_run_key(self, path: str | ResourcePath | None, bind: dict) -> str:
-        """NOT TRUSTEE (stand-in extension "run-key-bind", to be removed): per-run bound key.
-
-        No Trustee version accepts this request (v0.20.0/v0.21.0 have no provisioner plugin and
-        answer 404 PluginNotFound; main's takes `{vm_name, namespace}`, see provision_vm). Only
-        the stand-in started with the `run-key-bind` extension serves it.
-
-        `bind` = {"initdata_key": "io.coco-ai.run-id", "value": "<run id>"}: the key is released
-        only to a token whose init_data_claims[initdata_key] == value (and the resource policy
-        allows). The key bytes never reach the caller. Revoke with delete_resource(path).
-        """
-        if (
-            not isinstance(bind, dict)
-            or set(bind) != {"initdata_key", "value"}
-            or not all(isinstance(v, str) and v for v in bind.values())
-        ):
-            raise ValueError('bind must be {"initdata_key": <str>, "value": <str>}')
-        body: dict[str, Any] = {"bind": bind}
-        if path is not None:
-            body["resource_path"] = to_resource_path(path).url_path()
-        response = self._call("POST", "/provisioner/provision", json=body)
-        result = _json(response, "provision response")
-        returned = result.get("resource_path") if isinstance(result, dict) else None
-        if not isinstance(returned, str):
-            raise UnexpectedResponse("provision response has no resource_path")
-        try:
-            resource = to_resource_path(returned)
-        except ValueError as exc:
-            raise UnexpectedResponse(f"provision response has a bad resource_path: {exc}") from None
-        if path is not None and resource != to_resource_path(path):
-            raise UnexpectedResponse(
-                f"KBS provisioned {resource.url_path()}, not the requested path"
-            )
-        return resource.url_path()
 
     def provision_vm(self, vm_name: str, namespace: str = "default") -> ProvisionedResource:
         """Trustee main's provisioner plugin: `POST /kbs/v0/provisioner/provision`.

@@ -53,7 +53,6 @@ from coco_ai.trustee_dev.attestation import (
     Sessions,
     parse_request,
 )
-from coco_ai.trustee_dev.extensions import RUN_KEY_BIND as RUN_KEY_BIND_EXTENSION
 from coco_ai.trustee_dev.extensions import check_extensions
 from coco_ai.trustee_dev.metrics import KbsMetrics
 from coco_ai.trustee_dev.policy import (
@@ -62,7 +61,7 @@ from coco_ai.trustee_dev.policy import (
     ResourcePolicyEvaluator,
     check_policy,
 )
-from coco_ai.trustee_dev.state import Binding, StateDir, StateError
+from coco_ai.trustee_dev.state import StateDir, StateError
 from coco_ai.trustee_dev.tokens import TokenBroker
 from coco_ai.trustee_dev.verifiers import verifiers as version_verifiers
 
@@ -71,13 +70,10 @@ log = logging.getLogger("coco_ai.trustee_dev")
 KBS_PREFIX = "/kbs/v0/"
 MAX_BODY_BYTES = 2 * 1024 * 1024  # Trustee's payload_request_size default (2 MiB)
 RESOURCE_POLICY_ID = policies.RESOURCE_POLICY_ID
-PER_RUN_REPOSITORY = "coco-ai-run"
 RVPS_MESSAGE_VERSION = "0.1.0"
 # Trustee's ResourceDesc regex (kbs/src/plugins/implementations/resource/backend.rs).
 _RESOURCE_DESC = re.compile(r"[a-zA-Z0-9_\-]+[a-zA-Z0-9_\-.]*")
 _POLICY_ID = re.compile(r"[A-Za-z0-9_-]+")
-# uuid5 namespace for per-run keys, so a retried provisioning call is idempotent.
-_PROVISION_NAMESPACE = uuidlib.uuid5(uuidlib.NAMESPACE_URL, "coco-ai/trustee_dev/provisioner")
 # Trustee main's provisioner: Uuid::new_v5(&Uuid::NAMESPACE_URL, b"provisioner_plugin").
 PROVISIONER_NAMESPACE = uuidlib.UUID("feab5599-6854-52bc-95f0-0241c03e620a")
 PROVISIONER_KEY_LENGTH = 32  # ProvisionerConfig default key_length
@@ -257,10 +253,7 @@ class TrusteeStandIn:
             return JSONResponse([RESOURCE_POLICY_ID])
         if plugin == "resource":
             return self._resource(request, method, rest, body)
-        if plugin == "provisioner" and (
-            versions.has_provisioner(self.trustee_version)
-            or RUN_KEY_BIND_EXTENSION in self.extensions
-        ):
+        if plugin == "provisioner" and versions.has_provisioner(self.trustee_version):
             return self._provisioner(request, method, rest, body)
         raise _Reply(kerr.PluginNotFound(f"Plugin {plugin} not found"))
 
@@ -384,21 +377,6 @@ class TrusteeStandIn:
         self.metrics.inc("kbs_resource_reads_total", path)
         if record is None:
             raise _plugin_error(f"resource not found: {path}")
-        if record.bind is not None:
-            init_claims = (
-                claims.get("submods", {})
-                .get("cpu0", {})
-                .get("ear.veraison.annotated-evidence", {})
-                .get("init_data_claims")
-            )
-            bound = (
-                init_claims.get(record.bind.initdata_key) if isinstance(init_claims, dict) else None
-            )
-            if bound != record.bind.value:
-                raise _plugin_error(
-                    f"init_data claim {record.bind.initdata_key} does not match this per-run "
-                    "key's binding"
-                )
         return self._encrypted(claims, record.data)
 
     def _check_resource_policy(self, claims: dict[str, Any], descriptor: dict[str, Any]) -> None:
@@ -425,28 +403,18 @@ class TrusteeStandIn:
         return JSONResponse(jwe)
 
     def _provisioner(self, request: Request, method: str, rest: list[str], body: bytes) -> Response:
-        """main's provisioner plugin, and/or the `run-key-bind` extension on the same path.
-
-        With both, a POST body carrying `bind` is the extension's; anything else is main's.
-        """
-        main = versions.has_provisioner(self.trustee_version)
+        """main's provisioner plugin (routed only when the emulated version has it)."""
         if method == "POST" and rest[:1] == ["provision"]:
             self._admin(request, "provisioner", plugin=True)
-            if RUN_KEY_BIND_EXTENSION in self.extensions and (not main or _has_bind(body)):
-                return self._provision(body)
             return self._provision_vm(body)
         if method == "DELETE" and rest[:1] == ["provision"]:
             self._admin(request, "provisioner", plugin=True)
-            if main:
-                if len(rest) < 2:
-                    raise _plugin_error("missing uuid in path")
-                # handle_deprovision ignores the storage result: always "deleted".
-                self.state.delete_resource(_provisioner_path(rest[1]), namespace="provisioner")
-            if RUN_KEY_BIND_EXTENSION in self.extensions and len(rest) == 2:
-                for path in self._provisioned_paths(rest[1]):
-                    self.state.delete_resource(path)
+            if len(rest) < 2:
+                raise _plugin_error("missing uuid in path")
+            # handle_deprovision ignores the storage result: always "deleted".
+            self.state.delete_resource(_provisioner_path(rest[1]), namespace="provisioner")
             return _plugin_response(b'{"status":"deleted"}')
-        if method == "GET" and main:
+        if method == "GET":
             claims = self._token_claims(request)
             self._check_resource_policy(
                 claims,
@@ -507,46 +475,6 @@ class TrusteeStandIn:
         if record is None:
             raise _plugin_error(f"provisioner resource not found: {key}")
         return record.data
-
-    def _provision(self, body: bytes) -> Response:
-        try:
-            req = jsonbody.loads(body)
-            bind = req["bind"]
-            key, value = bind["initdata_key"], bind["value"]
-            if not (isinstance(key, str) and key and isinstance(value, str) and value):
-                raise ValueError
-            requested = req.get("resource_path")
-            if requested is not None and not isinstance(requested, str):
-                raise ValueError
-        except (ValueError, KeyError, TypeError):
-            raise _plugin_error(
-                'invalid JSON body: expected {"resource_path"?: "repo/type/tag", "bind": '
-                '{"initdata_key": str, "value": str}}'
-            ) from None
-        binding = Binding(key, value)
-        ident = uuidlib.uuid5(_PROVISION_NAMESPACE, json.dumps([key, value, requested])).hex
-        path = requested if requested is not None else f"{PER_RUN_REPOSITORY}/key/{ident}"
-        path = _resource_desc(path.split("/"))
-        existing = self.state.get_resource(path)
-        if existing is not None and (existing.kind != "provisioned" or existing.bind != binding):
-            raise _plugin_error(f"{path} already holds a different resource")
-        if existing is None:
-            self.state.put_resource(
-                path, secrets.token_bytes(32), kind="provisioned", bind=binding, uuid=ident
-            )
-        return _plugin_response(json.dumps({"uuid": ident, "resource_path": path}).encode())
-
-    def _provisioned_paths(self, ident: str) -> list[str]:
-        root = self.state.root / "resources"
-        found = []
-        for file in root.glob("*/*/*.json") if root.is_dir() else []:
-            try:
-                record = json.loads(file.read_bytes())
-            except ValueError:
-                continue
-            if record.get("uuid") == ident and record.get("kind") == "provisioned":
-                found.append(record["path"])
-        return found
 
     # -- policies and reference values ------------------------------------------------------
 
@@ -676,14 +604,6 @@ def _provisioner_path(ident: str) -> str:
     if not re.fullmatch(r"[A-Za-z0-9_-]+", ident):
         raise _plugin_error("illegal uuid")
     return f"{PROVISIONER_REPOSITORY}/{ident}/{PROVISIONER_TAG}"
-
-
-def _has_bind(body: bytes) -> bool:
-    try:
-        req = jsonbody.loads(body)
-    except ValueError:
-        return False
-    return isinstance(req, dict) and "bind" in req
 
 
 async def _empty_status(request: Request, exc: Exception) -> Response:

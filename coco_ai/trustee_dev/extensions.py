@@ -8,14 +8,10 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-RUN_KEY_BIND = "run-key-bind"
 MULTI_GPU_SAMPLEDEVICE = "multi-gpu-sampledevice"
 SAMPLE_INITDATA_CHECK = "sample-initdata-check"
 
 EXTENSIONS = {
-    RUN_KEY_BIND: "NOT TRUSTEE, to be removed: POST /kbs/v0/provisioner/provision with "
-    "{resource_path?, bind} creates a per-run key released only to a token whose "
-    "init_data_claims[bind.initdata_key] == bind.value",
     MULTI_GPU_SAMPLEDEVICE: "sampledevice evidence with device_evidence_list yields one gpuN "
     "submod per listed device (Trustee yields only gpu0)",
     SAMPLE_INITDATA_CHECK: "the sample verifier checks the evidence's init_data digest against "

@@ -2,8 +2,8 @@
 
 Layout and record format are in docs/formats/trustee_dev.md. Every write is atomic (temporary
 file + rename) so a crash never leaves a half-written record. Resource records are AES-256-GCM
-under `state.key` (created 0600) with the record's metadata (path, binding, kind) as AAD, so
-moving a ciphertext to another path or editing its binding makes it undecryptable.
+under `state.key` (created 0600) with the record's metadata (version, path, kind, uuid) as AAD,
+so moving a ciphertext to another path or editing its metadata makes it undecryptable.
 """
 
 from __future__ import annotations
@@ -22,7 +22,8 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from coco_ai.kbs.wire import canonical_json, parse_resource_path
 
-RECORD_VERSION = 1
+# 2: no `bind` field (version 1 records, which had one, are refused as such).
+RECORD_VERSION = 2
 # Storage namespaces, as Trustee's: the resource plugin's, and main's provisioner plugin's own
 # (`PROVISIONER_STORAGE_NAMESPACE`), so neither plugin sees the other's records.
 NAMESPACES = ("resources", "provisioner")
@@ -35,26 +36,14 @@ class StateError(Exception):
 
 
 @dataclass(frozen=True)
-class Binding:
-    """Release condition of a provisioned per-run key: init_data_claims[key] must equal value."""
-
-    initdata_key: str
-    value: str
-
-    def as_dict(self) -> dict[str, str]:
-        return {"initdata_key": self.initdata_key, "value": self.value}
-
-
-@dataclass(frozen=True)
 class ResourceRecord:
     path: str
     data: bytes
-    kind: str  # "uploaded" (admin POST) or "provisioned" (per-run key)
-    bind: Binding | None
+    kind: str  # "uploaded" (admin POST) or "provisioner" (main's provisioner plugin)
     uuid: str | None
 
     def __repr__(self) -> str:  # never show the bytes
-        return f"ResourceRecord(path={self.path!r}, kind={self.kind!r}, bind={self.bind!r})"
+        return f"ResourceRecord(path={self.path!r}, kind={self.kind!r}, uuid={self.uuid!r})"
 
 
 def write_atomic(path: Path, data: bytes, mode: int = 0o600) -> None:
@@ -136,7 +125,6 @@ class StateDir:
         data: bytes,
         *,
         kind: str = "uploaded",
-        bind: Binding | None = None,
         uuid: str | None = None,
         namespace: str = "resources",
     ) -> None:
@@ -144,7 +132,6 @@ class StateDir:
             "version": RECORD_VERSION,
             "path": path,
             "kind": kind,
-            "bind": bind.as_dict() if bind else None,
             "uuid": uuid,
         }
         nonce = secrets.token_bytes(12)
@@ -160,8 +147,13 @@ class StateDir:
             return None
         except ValueError:
             raise StateError(f"resource record for {path} is corrupt") from None
-        meta = {k: record.get(k) for k in ("version", "path", "kind", "bind", "uuid")}
-        if meta["path"] != path or meta["version"] != RECORD_VERSION:
+        meta = {k: record.get(k) for k in ("version", "path", "kind", "uuid")}
+        if meta["version"] != RECORD_VERSION:
+            raise StateError(
+                f"resource record for {path} has format version {meta['version']!r}; this "
+                f"stand-in reads version {RECORD_VERSION} only (recreate the state directory)"
+            )
+        if meta["path"] != path:
             raise StateError(f"resource record for {path} does not belong to that path")
         try:
             data = self._aead.decrypt(
@@ -171,8 +163,7 @@ class StateDir:
             )
         except (InvalidTag, KeyError, ValueError, TypeError):
             raise StateError(f"resource record for {path} failed its integrity check") from None
-        bind = Binding(**meta["bind"]) if meta["bind"] else None
-        return ResourceRecord(path, data, meta["kind"], bind, meta["uuid"])
+        return ResourceRecord(path, data, meta["kind"], meta["uuid"])
 
     def delete_resource(self, path: str, namespace: str = "resources") -> bool:
         file = self._resource_file(path, namespace)

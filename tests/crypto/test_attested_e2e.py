@@ -1,10 +1,12 @@
 """The checkpoint chain against the real stand-ins over HTTP: Trustee stand-in (TLS, dev policy,
-per-run key) → guest-components emulator → GuestClient (key from CDH, token + TEE key from
-/aa/token) → encrypt, sign, upload to staging, copy to durable with verification, verify and
-decrypt. Only the workload's and Airflow's roles are played by the test."""
+run grant + run-key root, coco_ai.run_keys) → guest-components emulator → GuestClient (grant and
+root from CDH, token + TEE key from /aa/token) → run key derived in the TEE → encrypt, sign,
+upload to staging, copy to durable with verification, verify and decrypt. Only the data owner's,
+the workload's and Airflow's roles are played by the test."""
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,11 +19,28 @@ from coco_ai.crypto.errors import AttestationError, ReplayError
 from coco_ai.crypto.manifest import sign_manifest
 from coco_ai.crypto.transfer import copy_checkpoint, upload_checkpoint, verify_checkpoint
 from coco_ai.crypto.verify import VerificationPolicy
-from coco_ai.guest.client import GuestClient
-from coco_ai.guest.emulator import GuestComponentsEmulator, serve_in_thread
-from coco_ai.guest.initdata import CHECKPOINT_KEY_KEY, RUN_ID_KEY, build_initdata
+from coco_ai.digest import Digest
+from coco_ai.guest.client import GuestClient, GuestError
+from coco_ai.guest.emulator import GuestComponentsEmulator, RunningServer, serve_in_thread
+from coco_ai.guest.initdata import (
+    CHECKPOINT_KEY_KEY,
+    RUN_GRANT_KEY,
+    RUN_ID_KEY,
+    RUN_KEY_ROOT_KEY,
+    Initdata,
+    build_initdata,
+)
 from coco_ai.kbs.admin_auth import SelfSignedAdminAuth
 from coco_ai.kbs.client import KbsAdminClient
+from coco_ai.kbs.ear import unverified_claims
+from coco_ai.run_keys import (
+    DEFAULT_ROOT,
+    Grant,
+    check_grant,
+    checkpoint_key_path,
+    derive_run_key,
+    grant_path,
+)
 from coco_ai.trustee_dev.server import serve_in_thread as serve_trustee
 
 pytestmark = pytest.mark.timeout(120)
@@ -39,7 +58,7 @@ def trustee(tmp_path_factory) -> Iterator:
         tmp_path_factory.mktemp("trustee"),
         public_pem,
         policy_set="dev",
-        extensions={"run-key-bind", "multi-gpu-sampledevice"},
+        extensions={"multi-gpu-sampledevice"},
     )
     server.admin_auth = SelfSignedAdminAuth(  # type: ignore[attr-defined]
         admin_key.private_bytes(
@@ -52,27 +71,64 @@ def trustee(tmp_path_factory) -> Iterator:
     server.stop()
 
 
-@pytest.fixture(scope="module")
-def run_guest(trustee) -> Iterator[tuple[GuestClient, str, bytes]]:
-    """A two-GPU pod of run RUN whose per-run checkpoint key was provisioned in Trustee."""
+def _guest(trustee, run_id: str) -> tuple[GuestClient, RunningServer, Initdata]:
+    """An emulated two-GPU pod of `run_id`, its initdata naming the run's grant and the root."""
     ca = Path(trustee.tls_ca_path).read_bytes()
-    with KbsAdminClient(trustee.url, auth=trustee.admin_auth, ca_cert=ca) as admin:
-        path = admin.provision_run_key(
-            f"coco-ai-run/{RUN}/checkpoint-key", {"initdata_key": RUN_ID_KEY, "value": RUN}
-        )
-    key_uri = f"kbs:///{path}"
-    initdata = build_initdata(trustee.url, ca, {RUN_ID_KEY: RUN, CHECKPOINT_KEY_KEY: key_uri})
+    claims = {
+        RUN_ID_KEY: run_id,
+        RUN_GRANT_KEY: grant_path(run_id).uri(),
+        RUN_KEY_ROOT_KEY: DEFAULT_ROOT.uri(),
+        CHECKPOINT_KEY_KEY: checkpoint_key_path(run_id).uri(),
+    }
+    initdata = build_initdata(trustee.url, ca, claims)
     server = serve_in_thread(GuestComponentsEmulator(initdata, gpus=2))
-    client = GuestClient(server.url)
-    yield client, key_uri, Path(trustee.token_anchor_path).read_bytes()
+    return GuestClient(server.url), server, initdata
+
+
+@pytest.fixture(scope="module")
+def run_guest(trustee) -> Iterator[tuple[GuestClient, bytes, bytes]]:
+    """A pod of run RUN, after the data owner stored the run-key root and key release the
+    run's grant (coco_ai.run_keys). Yields the guest client, the root (the data owner's) and
+    the token trust anchor."""
+    ca = Path(trustee.tls_ca_path).read_bytes()
+    root = secrets.token_bytes(32)
+    client, server, initdata = _guest(trustee, RUN)
+    grant = Grant(RUN, Digest(initdata.algorithm, initdata.digest().hex()))
+    with KbsAdminClient(trustee.url, auth=trustee.admin_auth, ca_cert=ca) as admin:
+        admin.set_resource(DEFAULT_ROOT, root)
+        admin.set_resource(grant_path(RUN), grant.to_bytes())
+    yield client, root, Path(trustee.token_anchor_path).read_bytes()
     client.close()
     server.stop()
 
 
+def _run_key_in_tee(guest: GuestClient, run_id: str) -> bytes:
+    """What the workload does (coco_ai.workloads.finetune): grant, own token, root, derive."""
+    grant = Grant.from_bytes(guest.get_resource(grant_path(run_id).uri()))
+    token, _ = guest.get_token()
+    check_grant(grant, run_id=run_id, initdata_matches=unverified_claims(token).carries_init_data)
+    return derive_run_key(guest.get_resource(DEFAULT_ROOT.uri()), run_id)
+
+
+def test_another_runs_tee_gets_neither_the_grant_nor_a_key(trustee, run_guest):
+    other, server, _ = _guest(trustee, "run-e2e-2")  # no grant was written for this run
+    try:
+        with pytest.raises(GuestError) as err:  # run RUN's grant: not named in its initdata
+            other.get_resource(grant_path(RUN).uri())
+        assert err.value.policy_denied, err.value.message
+        with pytest.raises(GuestError):  # its own grant: absent, so no key is derived
+            _run_key_in_tee(other, "run-e2e-2")
+    finally:
+        other.close()
+        server.stop()
+
+
 def test_attested_checkpoint_chain(run_guest, plain_dir, tmp_path):
-    guest, key_uri, anchor = run_guest
+    guest, root, anchor = run_guest
+    key_uri = checkpoint_key_path(RUN).uri()  # the derived key's name, not a stored resource
     # --- inside the TEE ---
-    kek = guest.get_resource(key_uri)
+    kek = _run_key_in_tee(guest, RUN)
+    assert len(kek) == 32
     local = tmp_path / "local"
     manifest = encrypt_checkpoint(
         plain_dir,
@@ -106,8 +162,8 @@ def test_attested_checkpoint_chain(run_guest, plain_dir, tmp_path):
             trust_anchor_pem=anchor,
             policy=VerificationPolicy.for_run(RUN, min_gpus=3),
         )
-    # --- back in a TEE of the run (or the data owner): decrypt ---
-    decrypt_checkpoint(tmp_path / "durable", tmp_path / "out", kek=kek)
+    # --- the data owner, who holds the root, derives the same key: decrypt ---
+    decrypt_checkpoint(tmp_path / "durable", tmp_path / "out", kek=derive_run_key(root, RUN))
     for p in plain_dir.rglob("*"):
         if p.is_file():
             assert (tmp_path / "out" / p.relative_to(plain_dir)).read_bytes() == p.read_bytes()

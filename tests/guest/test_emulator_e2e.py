@@ -11,14 +11,16 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
+from coco_ai.digest import Digest
 from coco_ai.guest.client import GuestClient, GuestError
 from coco_ai.guest.emulator import GuestComponentsEmulator, RunningServer, serve_in_thread
-from coco_ai.guest.initdata import CHECKPOINT_KEY_KEY, RUN_ID_KEY, Initdata, build_initdata
+from coco_ai.guest.initdata import RUN_GRANT_KEY, RUN_ID_KEY, Initdata, build_initdata
 from coco_ai.kbs.admin_auth import admin_auth_for
 from coco_ai.kbs.client import KbsAdminClient
 from coco_ai.kbs.ear import verify_ear_token
 from coco_ai.kbs.jwe import TeeKeyPair
 from coco_ai.kbs.versions import TRUSTEE_VERSIONS
+from coco_ai.run_keys import Grant, RunKeyError, check_grant, grant_path
 from coco_ai.trustee_dev.server import RunningServer as TrusteeServer
 from coco_ai.trustee_dev.server import serve_in_thread as serve_trustee
 
@@ -34,12 +36,12 @@ def trustee(request, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Trust
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
     )
     state = tmp_path_factory.mktemp("trustee-state")
-    # Per-run keys and two sample GPUs are stand-in extensions (no Trustee has them).
+    # Two sample GPUs are a stand-in extension (no Trustee has them).
     server = serve_trustee(
         state,
         public_pem,
         policy_set="dev",
-        extensions={"run-key-bind", "multi-gpu-sampledevice"},
+        extensions={"multi-gpu-sampledevice"},
         trustee_version=request.param,
     )
     server.admin_private_pem = admin_key.private_bytes(  # type: ignore[attr-defined]
@@ -160,29 +162,45 @@ def test_token_is_renewed_near_expiry_with_the_same_key(guest_factory, token_anc
     verify_ear_token(token2, token_anchor)
 
 
-def test_per_run_key_released_only_to_its_run(guest_factory, admin: KbsAdminClient) -> None:
-    path = admin.provision_run_key(
-        "coco-ai-run/run-a/checkpoint-key", {"initdata_key": RUN_ID_KEY, "value": "run-a"}
-    )
-    uri = f"kbs:///{path}"
-    run_a = guest_factory({RUN_ID_KEY: "run-a", CHECKPOINT_KEY_KEY: uri})
-    key = run_a.client.get_resource(uri)
-    assert len(key) == 32
-    assert run_a.client.get_resource(uri) == key
+def test_per_run_grant_released_only_to_its_run(
+    guest_factory, admin: KbsAdminClient, token_anchor: bytes
+) -> None:
+    """A run's grant (coco_ai.run_keys) goes only to a TEE whose initdata names it and a run."""
+    grant_uri = grant_path("run-a").uri()
+    run_a = guest_factory({RUN_ID_KEY: "run-a", RUN_GRANT_KEY: grant_uri})
+    initdata = run_a.emulator.initdata
+    grant = Grant("run-a", Digest(initdata.algorithm, initdata.digest().hex())).to_bytes()
+    admin.set_resource(grant_path("run-a"), grant)
+    assert run_a.client.get_resource(grant_uri) == grant
+    token, _ = run_a.client.get_token()
+    claims = verify_ear_token(token, token_anchor)
+    check_grant(Grant.from_bytes(grant), run_id="run-a", initdata_matches=claims.carries_init_data)
 
-    # Another run naming run A's key in its own initdata: the binding (run id) refuses it.
-    run_b = guest_factory({RUN_ID_KEY: "run-b", CHECKPOINT_KEY_KEY: uri})
+    # Another run's TEE, whose initdata names its own grant: the policy refuses run A's.
+    run_b = guest_factory({RUN_ID_KEY: "run-b", RUN_GRANT_KEY: grant_path("run-b").uri()})
     with pytest.raises(GuestError) as err:
-        run_b.client.get_resource(uri)
-    assert err.value.status == 500 and key.hex() not in err.value.message
-    # A run whose initdata does not name the key at all: the policy refuses it.
-    run_c = guest_factory({RUN_ID_KEY: "run-a"})
-    with pytest.raises(GuestError):
-        run_c.client.get_resource(uri)
+        run_b.client.get_resource(grant_uri)
+    assert err.value.status == 500 and err.value.policy_denied, err.value.message
+    # Initdata naming the grant but no run: refused too.
+    no_run = guest_factory({RUN_GRANT_KEY: grant_uri})
+    with pytest.raises(GuestError) as err:
+        no_run.client.get_resource(grant_uri)
+    assert err.value.policy_denied, err.value.message
+    # A TEE of another run that names run A's grant gets the (public) grant, and refuses it
+    # itself: the grant names run A and run A's initdata.
+    copycat = guest_factory({RUN_ID_KEY: "run-c", RUN_GRANT_KEY: grant_uri})
+    copied = Grant.from_bytes(copycat.client.get_resource(grant_uri))
+    token, _ = copycat.client.get_token()
+    with pytest.raises(RunKeyError):
+        check_grant(
+            copied,
+            run_id="run-c",
+            initdata_matches=verify_ear_token(token, token_anchor).carries_init_data,
+        )
 
-    admin.delete_resource(path)  # revoked: not even run A gets it now
+    admin.delete_resource(grant_path("run-a"))  # revoked: not even run A gets it now
     with pytest.raises(GuestError):
-        run_a.client.get_resource(uri)
+        run_a.client.get_resource(grant_uri)
 
 
 def test_cli_serve_end_to_end(

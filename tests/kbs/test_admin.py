@@ -264,40 +264,6 @@ def test_get_reference_value(admin, recorder):
         admin.get_reference_value("../x")
 
 
-def test_provision_run_key(admin, recorder):
-    bind = {"initdata_key": "io.coco-ai.run-id", "value": "run-7"}
-    recorder.answers[("POST", "/kbs/v0/provisioner/provision")] = httpx.Response(
-        200, json={"uuid": "u-1", "resource_path": "coco-ai/run-7/checkpoint-key"}
-    )
-    assert admin.provision_run_key(None, bind) == "coco-ai/run-7/checkpoint-key"
-    assert json.loads(recorder.last.content) == {"bind": bind}
-    path = admin.provision_run_key("kbs:///coco-ai/run-7/checkpoint-key", bind)
-    assert path == "coco-ai/run-7/checkpoint-key"
-    assert json.loads(recorder.last.content) == {
-        "bind": bind,
-        "resource_path": "coco-ai/run-7/checkpoint-key",
-    }
-
-
-def test_provision_run_key_refuses_bad_bind_and_answers(admin, recorder):
-    with pytest.raises(ValueError):
-        admin.provision_run_key(None, {"initdata_key": "io.coco-ai.run-id"})
-    with pytest.raises(ValueError):
-        admin.provision_run_key(None, {"initdata_key": "k", "value": ""})
-    assert recorder.requests == []
-    bind = {"initdata_key": "io.coco-ai.run-id", "value": "run-7"}
-    recorder.answers[("POST", "/kbs/v0/provisioner/provision")] = httpx.Response(
-        200, json={"uuid": "u", "resource_path": "coco-ai/../x"}
-    )
-    with pytest.raises(UnexpectedResponse):
-        admin.provision_run_key(None, bind)
-    recorder.answers[("POST", "/kbs/v0/provisioner/provision")] = httpx.Response(
-        200, json={"uuid": "u", "resource_path": "coco-ai/other/key"}
-    )
-    with pytest.raises(UnexpectedResponse, match="requested"):
-        admin.provision_run_key("coco-ai/run-7/key", bind)
-
-
 def test_healthz(admin, recorder):
     assert admin.healthz() is True
     assert recorder.last.url.path == "/healthz"

@@ -159,11 +159,9 @@ def test_liveness_detection_falls_back_from_healthz_to_metrics():
 
 @pytest.mark.parametrize("version", ["0.20.0", "0.21.0"])
 def test_no_provisioner_before_main(version):
-    with replay(version, "provision (project shape)") as (client, _):
-        with pytest.raises(PluginNotFound):
-            client.provision_vm("run-0001")
-        with pytest.raises(PluginNotFound):  # the project's old per-run key request
-            client.provision_run_key(None, {"initdata_key": "io.coco-ai.run-id", "value": "r"})
+    with replay(version, "provision") as (client, seen), pytest.raises(PluginNotFound):
+        client.provision_vm("run-0001")
+    assert json.loads(seen[0]["body"]) == _exchanges(version)["provision"]["request"]["json"]
 
 
 def test_main_provisioner():
@@ -177,14 +175,6 @@ def test_main_provisioner():
         resource_path="default/30791c26-edaf-5f07-add6-2f02bbb327c8/root",
     )
     assert provisioned.initdata_binding() == f"kbs+provisioner:///{provisioned.resource_path}"
-
-
-def test_main_refuses_the_project_provision_shape():
-    with (
-        replay("main", "provision (project shape)") as (client, _),
-        pytest.raises(PluginInternalError),
-    ):
-        client.provision_run_key(None, {"initdata_key": "io.coco-ai.run-id", "value": "r"})
 
 
 @pytest.mark.parametrize(

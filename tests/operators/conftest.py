@@ -58,7 +58,7 @@ def trustee(tmp_path_factory):
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
     )
     state = tmp_path_factory.mktemp("trustee")
-    server = serve_in_thread(state, public, policy_set="dev", extensions={"run-key-bind"})
+    server = serve_in_thread(state, public, policy_set="dev")
     try:
         yield Trustee(
             server.url,

@@ -114,9 +114,9 @@ def _ctx(ca: bytes):
 
 
 # The suite's stand: each emulated Trustee version, with the extensions the older tests of
-# per-run keys, several GPUs and the initdata check rely on. Fidelity tests without any
-# extension start their own (start_stand).
-LEGACY_EXTENSIONS = frozenset({"run-key-bind", "multi-gpu-sampledevice", "sample-initdata-check"})
+# several GPUs and the initdata check rely on. Fidelity tests without any extension start
+# their own (start_stand).
+LEGACY_EXTENSIONS = frozenset({"multi-gpu-sampledevice", "sample-initdata-check"})
 
 
 def start_stand(

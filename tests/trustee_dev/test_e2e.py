@@ -1,5 +1,5 @@
 """Happy paths end to end with the real KbsClient over real HTTP (TLS with a pinned CA, and
-plain HTTP on loopback): token shape, cookie and Bearer modes, per-run keys, revocation."""
+plain HTTP on loopback): token shape, cookie and Bearer modes, per-run grants, revocation."""
 
 from __future__ import annotations
 
@@ -16,7 +16,6 @@ from coco_ai.kbs.client import KbsAdminClient, KbsClient
 from coco_ai.kbs.ear import TRUSTEE_EAT_PROFILE, verify_ear_token
 from coco_ai.kbs.errors import KbsUnavailable, PluginInternalError, PolicyDenied, RvpsError
 from coco_ai.trustee_dev import serve_in_thread
-from coco_ai.trustee_dev.state import StateDir
 from tests.trustee_dev.conftest import handshake
 
 pytestmark = pytest.mark.timeout(60)
@@ -87,17 +86,14 @@ def test_tls_client_without_pinned_ca_is_refused(stand):
         client.attest()
 
 
-def test_per_run_key_bound_to_initdata_and_revoked(stand):
-    bind = {"initdata_key": RUN_KEY, "value": "run-42"}
-    path = stand.admin.provision_run_key(None, bind)
-    assert path.startswith("coco-ai-run/")
-    assert stand.admin.provision_run_key(None, bind) == path  # idempotent, same key
+def test_per_run_grant_pinned_to_initdata_and_revoked(stand):
+    """A run's grant (coco_ai.run_keys) under the dev policy, over real HTTP: released only to
+    a TEE whose initdata names it and a run; gone once deleted."""
+    path = "coco-ai-run/grant/run-42"
     uri = f"kbs:///{path}"
+    stand.admin.set_resource(path, b'{"run_id":"run-42"}')
 
-    def fetch(run_id: str, named_uri: str | None) -> bytes:
-        extra = {RUN_KEY: run_id}
-        if named_uri:
-            extra["io.coco-ai.checkpoint-key"] = named_uri
+    def fetch(extra: dict[str, str]) -> bytes:
         initdata = build_initdata(stand.url, stand.ca, extra)
         with KbsClient(
             stand.url,
@@ -109,38 +105,18 @@ def test_per_run_key_bound_to_initdata_and_revoked(stand):
         ) as client:
             return client.get_resource(uri)
 
-    key = fetch("run-42", uri)
-    assert len(key) == 32
-    assert fetch("run-42", uri) == key  # same key for the same run
-    # Another run naming this key in its initdata: the binding refuses it.
-    with pytest.raises(PluginInternalError):
-        fetch("run-43", uri)
-    # The right run without naming the key: the resource policy refuses it.
+    assert fetch({RUN_KEY: "run-42", "io.coco-ai.run-grant": uri}) == b'{"run_id":"run-42"}'
+    # Another run's TEE, naming its own grant: refused.
     with pytest.raises(PolicyDenied):
-        fetch("run-42", None)
-    # The admin API never returns the key bytes.
-    with stand.http() as http:
-        response_text = http.post(
-            "/kbs/v0/provisioner/provision",
-            json={"bind": bind},
-            headers={"Authorization": stand.auth_header()},
-        ).text
-    assert json.loads(response_text)["resource_path"] == path
-    assert key.hex() not in response_text
+        fetch({RUN_KEY: "run-43", "io.coco-ai.run-grant": "kbs:///coco-ai-run/grant/run-43"})
+    # The right run without naming the grant, or naming it outside a run: refused.
+    with pytest.raises(PolicyDenied):
+        fetch({RUN_KEY: "run-42"})
+    with pytest.raises(PolicyDenied):
+        fetch({"io.coco-ai.run-grant": uri})
     stand.admin.delete_resource(path)
     with pytest.raises(PluginInternalError):
-        fetch("run-42", uri)
-
-
-def test_provision_at_requested_path_refuses_to_rebind(stand):
-    path = "coco-ai-run/checkpoint-key/run-7"
-    bind = {"initdata_key": RUN_KEY, "value": "run-7"}
-    assert stand.admin.provision_run_key(path, bind) == path
-    with pytest.raises(PluginInternalError):
-        stand.admin.provision_run_key(path, {"initdata_key": RUN_KEY, "value": "run-8"})
-    stand.admin.set_resource("coco-ai/plain/key", b"k")
-    with pytest.raises(PluginInternalError):
-        stand.admin.provision_run_key("coco-ai/plain/key", bind)
+        fetch({RUN_KEY: "run-42", "io.coco-ai.run-grant": uri})
 
 
 def test_prod_policy_set_denies_sample_evidence(tmp_path, admin_keys):
@@ -214,23 +190,6 @@ def test_challenge_shape_and_cookie(stand):
             headers={"Authorization": stand.auth_header()},
         )
     assert listing.json() == ["resource-policy"]
-
-
-def test_deprovision_by_uuid(stand):
-    bind = {"initdata_key": RUN_KEY, "value": "run-99"}
-    auth = {"Authorization": stand.auth_header()}
-    with stand.http() as http:
-        denied = http.post("/kbs/v0/provisioner/provision", json={"bind": bind})
-        assert denied.status_code == 401
-        created = http.post("/kbs/v0/provisioner/provision", json={"bind": bind}, headers=auth)
-        created = json.loads(created.text)
-        unauthorised = http.delete(f"/kbs/v0/provisioner/provision/{created['uuid']}")
-        assert unauthorised.status_code == 401
-        path = created["resource_path"]
-        assert StateDir(stand.state_dir).get_resource(path) is not None
-        gone = http.delete(f"/kbs/v0/provisioner/provision/{created['uuid']}", headers=auth)
-        assert gone.status_code == 200
-        assert StateDir(stand.state_dir).get_resource(path) is None
 
 
 def test_rsa_tee_key(stand):

@@ -10,7 +10,7 @@ import pytest
 from coco_ai.kbs.errors import PluginInternalError
 from coco_ai.kbs.versions import DEFAULT_TRUSTEE_VERSION
 from coco_ai.trustee_dev import TrusteeStandIn
-from coco_ai.trustee_dev.state import Binding, StateDir, StateError
+from coco_ai.trustee_dev.state import StateDir, StateError
 from tests.trustee_dev.conftest import Stand, make_admin_keys, start_stand
 
 pytestmark = pytest.mark.timeout(60)
@@ -70,17 +70,23 @@ def test_tampered_record_is_not_released(tmp_path):
         stand.server.stop()
 
 
-def test_binding_is_authenticated(tmp_path):
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("kind", "uploaded"), ("uuid", "00000000-0000-5000-8000-000000000000"), ("version", 1)],
+)
+def test_record_metadata_is_authenticated(tmp_path, field, value):
     state = StateDir(tmp_path)
-    state.put_resource(
-        "coco-ai-run/key/x", b"k" * 32, kind="provisioned", bind=Binding("io.coco-ai.run-id", "r1")
-    )
-    file = tmp_path / "resources" / "coco-ai-run" / "key" / "x.json"
+    ident = "2a5e4c4b-0c7e-5d6f-9a8b-1c2d3e4f5a6b"
+    path = f"default/{ident}/root"
+    state.put_resource(path, b"confdata", kind="provisioner", uuid=ident, namespace="provisioner")
+    assert state.get_resource(path, "provisioner").uuid == ident
+    file = tmp_path / "provisioner" / "default" / ident / "root.json"
     record = json.loads(file.read_bytes())
-    record["bind"]["value"] = "r2"  # an attacker with disk access rebinding the key
+    assert "bind" not in record
+    record[field] = value  # an attacker with disk access relabelling the record
     file.write_text(json.dumps(record))
     with pytest.raises(StateError):
-        state.get_resource("coco-ai-run/key/x")
+        state.get_resource(path, "provisioner")
 
 
 def test_state_key_readable_by_others_is_refused(tmp_path):

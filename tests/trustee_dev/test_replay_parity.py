@@ -42,9 +42,6 @@ def test_stand_in_answers_like_the_recording(version, tmp_path, admin_keys):
         "reference value set": json.dumps(
             {"version": "0.1.0", "type": "sample", "payload": "eyJkZXZpY2Vfc3ZuIjpbIjIiXX0="}
         ).encode(),
-        "provision (project shape)": json.dumps(
-            {"bind": {"initdata_key": "io.coco-ai.run-id", "value": "r"}}
-        ).encode(),
     }
     try:
         with stand.http() as http:

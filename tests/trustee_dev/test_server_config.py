@@ -81,11 +81,11 @@ def test_cli_version_and_extension_flags():
     args = parser.parse_args(base)
     assert (args.trustee_version, args.extension) == ("0.20.0", [])  # the compose pin
     args = parser.parse_args(
-        [*base, "--trustee-version", "main", "--extension", "run-key-bind", "--extension",
-         "multi-gpu-sampledevice"]
+        [*base, "--trustee-version", "main", "--extension", "multi-gpu-sampledevice",
+         "--extension", "sample-initdata-check"]
     )  # fmt: skip
     assert args.trustee_version == "main"
-    assert args.extension == ["run-key-bind", "multi-gpu-sampledevice"]
+    assert args.extension == ["multi-gpu-sampledevice", "sample-initdata-check"]
     for bad in (["--trustee-version", "0.19.0"], ["--extension", "anything-goes"]):
         with pytest.raises(SystemExit):
             parser.parse_args([*base, *bad])
@@ -129,7 +129,8 @@ def test_cli_serves_the_chosen_version_with_its_extensions(tmp_path):
         [sys.executable, "-c", code, "trustee", "serve", "--port", str(port), "--insecure-http",
          "--state-dir", str(tmp_path / "state"),
          "--admin-public-key", str(tmp_path / "keys" / "admin-public.pem"),
-         "--trustee-version", "main", "--extension", "run-key-bind"],
+         "--trustee-version", "main", "--extension", "sample-initdata-check",
+         "--extension", "multi-gpu-sampledevice"],
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     try:
@@ -150,13 +151,17 @@ def test_cli_serves_the_chosen_version_with_its_extensions(tmp_path):
         assert main_shape.status_code == 200 and main_shape.json()["resource_path"].endswith(
             "/root"
         )
+        # main's plugin takes only {vm_name, namespace}: no extension adds another shape.
         bind = {"initdata_key": "io.coco-ai.run-id", "value": "r"}
-        extension = httpx.post(
+        other_shape = httpx.post(
             f"{url}/kbs/v0/provisioner/provision", json={"bind": bind}, headers=headers
         )
-        assert extension.status_code == 200
-        assert extension.json()["resource_path"].startswith("coco-ai-run/key/")
+        assert other_shape.status_code == 401
+        assert other_shape.json()["type"].endswith("/PluginInternalError")
     finally:
         server.terminate()
         stderr = server.communicate(timeout=20)[1]
-    assert "Trustee main stand-in; extensions: run-key-bind" in stderr
+    # Named in any order, reported sorted.
+    assert (
+        "Trustee main stand-in; extensions: multi-gpu-sampledevice, sample-initdata-check" in stderr
+    )
