@@ -607,11 +607,6 @@ class KbsAdminClient(_ClosingClient):
         return _json(response, "reference value")
 
     # -- health ---------------------------------------------------------------------------
-    def healthz(self) -> bool:
-        """Former name of alive(), kept until its callers (the gate, TrusteeHook) move to
-        alive(): probing `/healthz` alone reports every v0.20.0 KBS as down."""
-        return self.alive()
-
     def alive(self) -> bool:
         """Is the KBS serving requests? One unauthenticated read-only GET, version-aware.
 

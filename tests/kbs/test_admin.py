@@ -264,12 +264,12 @@ def test_get_reference_value(admin, recorder):
         admin.get_reference_value("../x")
 
 
-def test_healthz(admin, recorder):
-    assert admin.healthz() is True
+def test_alive_probes_healthz_without_admin_auth(admin, recorder):
+    assert admin.alive() is True
     assert recorder.last.url.path == "/healthz"
     assert "authorization" not in recorder.last.headers
     recorder.answers[("GET", "/healthz")] = httpx.Response(503)
-    assert admin.healthz() is False
+    assert admin.alive() is False
 
 
 # -- TLS with a pinned CA, over real loopback HTTPS ------------------------------------------
@@ -315,11 +315,11 @@ def https_kbs(tmp_path):
 def test_tls_pinned_ca(https_kbs, admin_key):
     url, ca_pem, tmp_path = https_kbs
     auth = SelfSignedAdminAuth(admin_key[0])
-    assert KbsAdminClient(url, auth=auth, ca_cert=ca_pem, timeout=5).healthz() is True
+    assert KbsAdminClient(url, auth=auth, ca_cert=ca_pem, timeout=5).alive() is True
     ca_file = tmp_path / "ca.pem"
     ca_file.write_bytes(ca_pem)
-    assert KbsAdminClient(url, auth=auth, ca_cert=str(ca_file), timeout=5).healthz() is True
-    assert KbsAdminClient(url, auth=auth, ca_cert=ca_pem.decode(), timeout=5).healthz() is True
+    assert KbsAdminClient(url, auth=auth, ca_cert=str(ca_file), timeout=5).alive() is True
+    assert KbsAdminClient(url, auth=auth, ca_cert=ca_pem.decode(), timeout=5).alive() is True
 
 
 @pytest.mark.timeout(30)
@@ -329,7 +329,7 @@ def test_tls_other_ca_is_refused(https_kbs, admin_key, tmp_path):
     other_dir.mkdir()
     other_ca, _, _ = _tls_material(other_dir)
     auth = SelfSignedAdminAuth(admin_key[0])
-    assert KbsAdminClient(url, auth=auth, ca_cert=other_ca, timeout=5).healthz() is False
+    assert KbsAdminClient(url, auth=auth, ca_cert=other_ca, timeout=5).alive() is False
     sleeps: list[float] = []
     client = KbsClient(url, SampleAttester(), ca_cert=other_ca, timeout=5, sleep=sleeps.append)
     with pytest.raises(KbsTlsError, match="pinned CA"):
