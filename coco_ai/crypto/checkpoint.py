@@ -2,6 +2,12 @@
 
 Both directions stage into a hidden sibling directory and rename it into place only when every
 file succeeded, so a failure (bad input, wrong key, tampering, crash) leaves nothing behind.
+`encrypt_checkpoint_to_store` encrypts straight into a store (S3 multipart parts sent while later
+segments are encrypted); there every object appears only complete and verified, and the
+manifest, written last, is the commit point.
+
+New checkpoints are format version 2: the manifest lists each file's ciphertext size and SHA-256
+only. Version 1 checkpoints (with plaintext SHA-256s) still verify and decrypt.
 """
 
 from __future__ import annotations
@@ -12,7 +18,7 @@ import time
 import uuid
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from coco_ai.crypto.errors import IntegrityError
 from coco_ai.crypto.manifest import (
@@ -24,9 +30,15 @@ from coco_ai.crypto.manifest import (
     validate_id,
     validate_relpath,
 )
-from coco_ai.crypto.stream import DEFAULT_SEGMENT_SIZE, decrypt_stream, encrypt_stream
+from coco_ai.crypto.stream import (
+    DEFAULT_SEGMENT_SIZE,
+    decrypt_stream,
+    encrypt_stream,
+    encrypt_to_writer,
+)
 from coco_ai.storage import open_store
 from coco_ai.storage.checkpoints import check_object_set, read_manifest
+from coco_ai.storage.store import ProgressCallback
 
 
 def _source_files(src: Path) -> list[str]:
@@ -96,31 +108,118 @@ def encrypt_checkpoint(
                     key_uri=key_uri,
                     context=file_context(run_id, checkpoint_id, rel),
                     segment_size=segment_size,
+                    plaintext_digest=False,
                 )
             os.rename(tmp, staging / OBJECTS_DIR / r.ciphertext_sha256)
-            entries.append(
-                FileEntry(
-                    path=rel,
-                    size=r.plaintext_size,
-                    sha256=r.plaintext_sha256,
-                    ciphertext_size=r.ciphertext_size,
-                    ciphertext_sha256=r.ciphertext_sha256,
-                    segment_size=segment_size,
-                )
-            )
-        manifest = Manifest.build(
-            run_id=run_id,
-            key_uri=key_uri,
-            files=entries,
-            meta={**meta, "checkpoint_id": checkpoint_id},
-            created_at=int(time.time() if now is None else now),
-        )
+            entries.append(_entry(rel, r, segment_size))
+        manifest = _manifest(run_id, key_uri, entries, meta, checkpoint_id, now)
         (staging / MANIFEST_FILE).write_bytes(manifest.canonical_bytes())
         _commit(staging, dst)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return manifest
+
+
+def _entry(rel: str, r: Any, segment_size: int) -> FileEntry:
+    return FileEntry(
+        path=rel,
+        size=r.plaintext_size,
+        sha256=None,
+        ciphertext_size=r.ciphertext_size,
+        ciphertext_sha256=r.ciphertext_sha256,
+        segment_size=segment_size,
+    )
+
+
+def _manifest(
+    run_id: str,
+    key_uri: str,
+    entries: list[FileEntry],
+    meta: Mapping[str, Any],
+    checkpoint_id: str,
+    now: float | None,
+) -> Manifest:
+    return Manifest.build(
+        run_id=run_id,
+        key_uri=key_uri,
+        files=entries,
+        meta={**meta, "checkpoint_id": checkpoint_id},
+        created_at=int(time.time() if now is None else now),
+    )
+
+
+def encrypt_checkpoint_to_store(
+    src_dir: str | os.PathLike,
+    dest_uri: str | os.PathLike,
+    *,
+    kek: bytes,
+    key_uri: str,
+    run_id: str,
+    meta: Mapping[str, Any],
+    segment_size: int = DEFAULT_SEGMENT_SIZE,
+    now: float | None = None,
+    write_manifest: bool = True,
+    on_progress: ProgressCallback | None = None,
+    storage_options: Mapping[str, Any] | None = None,
+) -> Manifest:
+    """Encrypt every file of `src_dir` straight into the store at `dest_uri` (no local copy of
+    the ciphertext); same files, keys and bindings as `encrypt_checkpoint`.
+
+    Each object is committed only complete and with the SHA-256 it is named by (see
+    `encrypt_to_writer`); with `write_manifest` the unsigned manifest follows, last. A signing
+    workload passes `write_manifest=False`, then `sign_manifest(manifest, key, token,
+    dst_dir=dest_uri)` writes token, signature and manifest (manifest last). A failed try leaves
+    no manifest (the checkpoint reads as incomplete); a retry encrypts afresh (new data keys),
+    so objects of an earlier try are left unreferenced, never reused.
+    """
+    src = Path(src_dir)
+    validate_id(run_id, "run id")
+    checkpoint_id = validate_id(meta.get("checkpoint_id") or uuid.uuid4().hex, "checkpoint id")
+    files = _source_files(src)
+    store = open_store(str(dest_uri), **dict(storage_options or {}))
+    if store.exists(MANIFEST_FILE):
+        raise FileExistsError(f"{store.uri} already holds a checkpoint")
+    entries = []
+    for rel in files:
+        with open(src / rel, "rb") as f:
+            r = encrypt_to_writer(
+                f,
+                lambda size, sha256: store.open_writer(
+                    f"{OBJECTS_DIR}/{sha256}", size, sha256=sha256, on_progress=on_progress
+                ),
+                kek=kek,
+                key_uri=key_uri,
+                context=file_context(run_id, checkpoint_id, rel),
+                segment_size=segment_size,
+            )
+        entries.append(_entry(rel, r, segment_size))
+    manifest = _manifest(run_id, key_uri, entries, meta, checkpoint_id, now)
+    if write_manifest:
+        store.put_bytes(MANIFEST_FILE, manifest.canonical_bytes())
+    return manifest
+
+
+def decrypt_entry(
+    src: BinaryIO, dst: BinaryIO, manifest: Manifest, entry: FileEntry, *, kek: bytes
+):
+    """Decrypt the object of `entry` from `src` to `dst` and check it against the manifest:
+    authenticated, bound to this run, checkpoint and path, of the manifest's format version,
+    sizes and ciphertext SHA-256 as listed (and the plaintext SHA-256 in version 1)."""
+    r = decrypt_stream(
+        src,
+        dst,
+        kek=kek,
+        expected_context=manifest.file_context(entry.path),
+        expected_key_uri=manifest.key_uri,
+        plaintext_digest=entry.sha256 is not None,
+        expected_version=manifest.version,
+    )
+    got = (r.plaintext_size, r.ciphertext_size, r.ciphertext_sha256, r.plaintext_sha256 or None)
+    want = (entry.size, entry.ciphertext_size, entry.ciphertext_sha256, entry.sha256)
+    if got != want:
+        raise IntegrityError(f"{entry.path}: sizes or digests differ from the manifest")
+    return r
 
 
 def decrypt_checkpoint(
@@ -146,17 +245,7 @@ def decrypt_checkpoint(
             target = staging / entry.path
             target.parent.mkdir(parents=True, exist_ok=True)
             with store.open(entry.object_name) as f, open(target, "wb") as out:
-                r = decrypt_stream(
-                    f,
-                    out,
-                    kek=kek,
-                    expected_context=manifest.file_context(entry.path),
-                    expected_key_uri=manifest.key_uri,
-                )
-            got = (r.plaintext_size, r.plaintext_sha256, r.ciphertext_size, r.ciphertext_sha256)
-            want = (entry.size, entry.sha256, entry.ciphertext_size, entry.ciphertext_sha256)
-            if got != want:
-                raise IntegrityError(f"{entry.path}: sizes or digests differ from the manifest")
+                decrypt_entry(f, out, manifest, entry, kek=kek)
         _commit(staging, dst)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import hmac
 import io
 import os
 import struct
 
 import pytest
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.keywrap import aes_key_unwrap
 
 from coco_ai.crypto.errors import (
     ContextMismatchError,
@@ -27,6 +30,7 @@ from coco_ai.crypto.stream import (
 
 from .helpers import KEY_URI, SEGMENT
 
+COMMIT_LABEL = b"coco-ai/checkpoint-file/v2 key commitment"  # docs/formats/checkpoint.md §2
 CTX = {"kind": "checkpoint-file", "run_id": "run-a", "checkpoint_id": "c1", "path": "w.bin"}
 
 
@@ -300,11 +304,35 @@ def test_header_is_byte_exact(kek):
     """The documented fixed fields sit at the documented offsets."""
     ct = encrypt(os.urandom(5000), kek)
     magic, version, suite, seg, size = struct.unpack(">6sBBIQ", ct[:20])
-    assert (magic, version, suite, seg, size) == (b"COCOAI", 1, 1, SEGMENT, 5000)
-    (uri_len,) = struct.unpack(">H", ct[67:69])
-    assert ct[69 : 69 + uri_len].decode() == KEY_URI
+    assert (magic, version, suite, seg, size) == (b"COCOAI", 2, 1, SEGMENT, 5000)
+    data_key = aes_key_unwrap(kek, ct[27:67])
+    assert ct[67:99] == hmac.digest(data_key, COMMIT_LABEL, "sha256")
+    (uri_len,) = struct.unpack(">H", ct[99:101])
+    assert ct[101 : 101 + uri_len].decode() == KEY_URI
     h = read_header(io.BytesIO(ct))
     assert h.context == CTX and len(h.wrapped_key) == 40 and h.segment_count == 2
+    assert h.version == 2 and h.key_commitment == ct[67:99]
+
+
+def test_flipped_key_commitment_refused_before_decrypting(kek):
+    ct = flip(encrypt(os.urandom(100), kek), 67 + 5)
+    with pytest.raises(HeaderError, match="key commitment"):
+        decrypt(ct, kek)
+
+
+def test_commitment_of_another_key_refused(kek):
+    """A header whose commitment names another data key does not open, even re-authenticated
+    under the wrapped key (what a holder of the KEK could forge): one data key per header."""
+    ct = bytearray(encrypt(os.urandom(100), kek))
+    data_key = aes_key_unwrap(kek, bytes(ct[27:67]))
+    ct[67:99] = hmac.digest(os.urandom(32), COMMIT_LABEL, "sha256")
+    h = read_header(io.BytesIO(bytes(ct)))
+    body_end = len(h.raw) - TAG_SIZE
+    ct[body_end : len(h.raw)] = AESGCM(data_key).encrypt(
+        h.nonce_prefix + b"\xff\xff\xff\xff\x02", b"", bytes(ct[:body_end])
+    )
+    with pytest.raises(HeaderError, match="key commitment"):
+        decrypt(bytes(ct), kek)
 
 
 def test_header_repr_has_no_wrapped_key(kek):
