@@ -185,8 +185,13 @@ def encrypt_checkpoint_to_store(
         with open(src / rel, "rb") as f:
             r = encrypt_to_writer(
                 f,
+                # verified by encrypt_to_writer (segment tags of both passes), not hashed again
                 lambda size, sha256: store.open_writer(
-                    f"{OBJECTS_DIR}/{sha256}", size, sha256=sha256, on_progress=on_progress
+                    f"{OBJECTS_DIR}/{sha256}",
+                    size,
+                    sha256=sha256,
+                    on_progress=on_progress,
+                    hash_check=False,
                 ),
                 kek=kek,
                 key_uri=key_uri,

@@ -54,6 +54,7 @@ from cryptography.hazmat.primitives.keywrap import InvalidUnwrap, aes_key_unwrap
 from coco_ai.crypto.errors import (
     ContextMismatchError,
     HeaderError,
+    IntegrityError,
     KeyUnwrapError,
     SegmentAuthError,
     TrailingDataError,
@@ -383,7 +384,18 @@ def _writer(dst: BinaryIO) -> Consumer:
 def _hasher(h: Any, *, of_output: bool) -> Consumer:
     if of_output:
         return lambda _data, out: h.update(out)
-    return lambda data, _out: h.update(data)
+
+    def of_input(data: memoryview, _out: memoryview) -> None:
+        h.update(data)
+
+    of_input.reads_input = True  # type: ignore[attr-defined]
+    return of_input
+
+
+def _input_ring(consumers: list[Consumer], slots: int) -> int:
+    """Input views that must stay valid at once: all slots when a consumer reads the input
+    (it may lag behind the cipher), else only the one being sealed (less memory)."""
+    return slots if any(getattr(c, "reads_input", False) for c in consumers) else 1
 
 
 def _seal_segments(
@@ -394,17 +406,21 @@ def _seal_segments(
     plaintext_size: int,
     segment_size: int,
     consumers: list[Consumer],
+    *,
+    slots: int | None = None,
 ) -> None:
     """Encrypt the segments of `src` in this thread; each consumer gets every (plaintext view,
-    sealed segment) in order, in its own thread. Deterministic for a given key and prefix."""
+    sealed segment) in order, in its own thread. Deterministic for a given key and prefix.
+    `slots`: segments in flight (default by segment size)."""
     header_digest = hashlib.sha256(header).digest()
     count = segment_count(plaintext_size, segment_size)
-    slots = _slot_count(segment_size)
+    slots = slots or _slot_count(segment_size)
     outbufs = [memoryview(bytearray(segment_size + TAG_SIZE)) for _ in range(min(slots, count))]
     lengths = [min(segment_size, plaintext_size - i * segment_size) for i in range(count)]
     pipe = _pipeline(consumers, count, slots)
     try:
-        with closing(read_views(src, iter(lengths), segment_size, ring=slots)) as views:
+        ring = _input_ring(consumers, slots)
+        with closing(read_views(src, iter(lengths), segment_size, ring=ring)) as views:
             for index, want in enumerate(lengths):
                 pipe.claim(index)
                 chunk = next(views)
@@ -476,32 +492,43 @@ def encrypt_to_writer(
     without staging the ciphertext anywhere.
 
     Two passes under one data key and nonce prefix, so both give the same bytes: the first
-    only hashes the ciphertext (its digest names the object), the second streams it into
-    `open_writer(ciphertext_size, ciphertext_sha256)`, an `ObjectWriter`-like object (`write`,
-    `commit`, context manager aborting on error) that must refuse to commit bytes hashing to
-    anything else, which is what catches a source changed between the passes. The writer runs
-    in its own thread beside the cipher, so its uploads overlap the encryption of later
-    segments. The plaintext digest is not computed (format version 2 does not need it)."""
+    hashes the ciphertext (its digest names the object) and keeps every segment's GCM tag; the
+    second streams the ciphertext into `open_writer(ciphertext_size, ciphertext_sha256)` (an
+    `ObjectWriter`-like object: `write`, `commit`, context manager aborting on error) and
+    commits only if every segment's tag is the one of the first pass. A tag is a MAC of the
+    segment under the secret data key, so a source that changed between the passes is caught
+    there (a change keeping all tags is a GCM forgery) without hashing the bytes again. The
+    writer runs in its own thread beside the cipher, so its uploads overlap the encryption of
+    later segments. The plaintext digest is not computed (format version 2 does not need it)."""
     origin = src.tell()
     plaintext_size = _stream_size(src)
     aead, prefix, header = _new_file(kek, key_uri, context, segment_size, plaintext_size)
     ct_hash = hashlib.sha256(header)
+    tags: list[bytes] = []
     _seal_segments(
-        src, aead, prefix, header, plaintext_size, segment_size, [_hasher(ct_hash, of_output=True)]
+        src,
+        aead,
+        prefix,
+        header,
+        plaintext_size,
+        segment_size,
+        [_hasher(ct_hash, of_output=True), lambda _data, out: tags.append(bytes(out[-TAG_SIZE:]))],
     )
     size = len(header) + plaintext_size + TAG_SIZE * segment_count(plaintext_size, segment_size)
     digest = ct_hash.hexdigest()
     src.seek(origin)
+    seen = iter(tags)
+
+    def write_checked(_data: memoryview, out: memoryview) -> None:
+        if not hmac.compare_digest(bytes(out[-TAG_SIZE:]), next(seen)):
+            raise IntegrityError("the source changed while it was encrypted; nothing committed")
+        writer.write(out)
+
     with open_writer(size, digest) as writer:
         writer.write(header)
+        # two slots: the writer double-buffers its own parts, more would only cost memory
         _seal_segments(
-            src,
-            aead,
-            prefix,
-            header,
-            plaintext_size,
-            segment_size,
-            [lambda _data, out: writer.write(out)],
+            src, aead, prefix, header, plaintext_size, segment_size, [write_checked], slots=2
         )
         writer.commit()
     return StreamResult(plaintext_size, size, "", digest)
@@ -589,7 +616,7 @@ def decrypt_stream(
     ct_hash = hashlib.sha256(header.raw) if digests else None
     consumers = [_writer(dst)]
     if ct_hash is not None:
-        consumers.append(_hasher(ct_hash, of_output=False))
+        consumers.append(_hasher(ct_hash, of_output=False))  # the ciphertext is the input
     if pt_hash is not None:
         consumers.append(_hasher(pt_hash, of_output=True))
     count, size = header.segment_count, header.plaintext_size
@@ -598,7 +625,8 @@ def decrypt_stream(
     lengths = [min(seg, size - i * seg) for i in range(count)]
     pipe = _pipeline(consumers, count, slots)
     try:
-        views = read_views(src, (n + TAG_SIZE for n in lengths), seg + TAG_SIZE, ring=slots)
+        ring = _input_ring(consumers, slots)
+        views = read_views(src, (n + TAG_SIZE for n in lengths), seg + TAG_SIZE, ring=ring)
         with closing(views):
             for index, want in enumerate(lengths):
                 pipe.claim(index)

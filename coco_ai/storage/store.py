@@ -161,10 +161,13 @@ class Store:
         *,
         sha256: str,
         on_progress: ProgressCallback | None = None,
+        hash_check: bool = True,
     ) -> ObjectWriter:
         """A writer for exactly `size` bytes pushed with `write`; `commit` makes `name` appear
         only if they hash to `sha256`, `abort` (or leaving a `with` block by an exception)
-        leaves nothing. Memory stays bounded whatever the size."""
+        leaves nothing. Memory stays bounded whatever the size. `hash_check=False` skips the
+        SHA-256 (only for a producer that proves its bytes otherwise, as `encrypt_to_writer`
+        does with the segment tags of its two passes)."""
         staging = self._path(f"{UPLOADS_DIR}/{name}.{os.urandom(6).hex()}")
         self._fs.makedirs(posixpath.dirname(staging), exist_ok=True)
         f = self._fs.open(staging, "wb")
@@ -176,20 +179,22 @@ class Store:
             elif self._fs.exists(staging):
                 self._fs.rm(staging)
 
-        return ObjectWriter(name, size, sha256, f.write, finish, on_progress)
+        return ObjectWriter(
+            name, size, sha256 if hash_check else None, f.write, finish, on_progress
+        )
 
 
 class ObjectWriter:
     """Push-style atomic write of one object: `write` the bytes, then `commit` or `abort`.
 
-    Hashes what it is given; `commit` refuses (and aborts) unless exactly `size` bytes hashing to
-    the expected SHA-256 were written. `write` is called from one thread at a time."""
+    `commit` refuses (and aborts) unless exactly `size` bytes were written, hashing to `sha256`
+    unless that is None (the producer vouches). `write` is called from one thread at a time."""
 
     def __init__(
         self,
         name: str,
         size: int,
-        sha256: str,
+        sha256: str | None,
         sink: Callable[[Any], Any],
         finish: Callable[[bool], None],
         on_progress: ProgressCallback | None,
@@ -200,7 +205,7 @@ class ObjectWriter:
         self._sink = sink
         self._finish = finish
         self._on_progress = on_progress
-        self._hash = hashlib.sha256()
+        self._hash = hashlib.sha256() if sha256 is not None else None
         self._written = 0
         self._done = False
 
@@ -208,7 +213,8 @@ class ObjectWriter:
         n = len(data)
         if self._written + n > self.size:
             raise IntegrityError(f"{self.name}: more than the declared {self.size} bytes written")
-        self._hash.update(data)
+        if self._hash is not None:
+            self._hash.update(data)
         self._sink(data)
         self._written += n
         if self._on_progress:
@@ -220,7 +226,7 @@ class ObjectWriter:
             raise IntegrityError(
                 f"{self.name}: {self._written} bytes written, {self.size} declared"
             )
-        if self._hash.hexdigest() != self._sha256:
+        if self._hash is not None and self._hash.hexdigest() != self._sha256:
             self.abort()
             raise IntegrityError(f"{self.name}: bytes written do not hash to the expected SHA-256")
         self._done = True
@@ -314,6 +320,7 @@ class _LocalStore(Store):
         *,
         sha256: str,
         on_progress: ProgressCallback | None = None,
+        hash_check: bool = True,
     ) -> ObjectWriter:
         final = self._path(name)
         staging = self._path(f"{UPLOADS_DIR}/{name}.{os.urandom(6).hex()}")
@@ -333,7 +340,9 @@ class _LocalStore(Store):
             elif os.path.exists(staging):
                 os.remove(staging)
 
-        return ObjectWriter(name, size, sha256, f.write, finish, on_progress)
+        return ObjectWriter(
+            name, size, sha256 if hash_check else None, f.write, finish, on_progress
+        )
 
     def put_bytes(self, name: str, data: bytes) -> None:
         final = self._path(name)
@@ -422,6 +431,7 @@ class _S3Store(Store):
         *,
         sha256: str,
         on_progress: ProgressCallback | None = None,
+        hash_check: bool = True,
     ) -> ObjectWriter:
         key = self._key(name)
         if size < self._threshold:
@@ -431,7 +441,9 @@ class _S3Store(Store):
                 if ok:
                     self.put_bytes(name, bytes(buf))
 
-            return ObjectWriter(name, size, sha256, buf.extend, finish_small, on_progress)
+            return ObjectWriter(
+                name, size, sha256 if hash_check else None, buf.extend, finish_small, on_progress
+            )
         upload = _PartUploader(self._client, self._bucket, key, name, on_progress)
         parts = _PartBuffer(max(self._part_size, -(-size // MAX_PARTS)), upload.send)
 
@@ -441,7 +453,9 @@ class _S3Store(Store):
             upload.finish(ok)
             self._fs.invalidate_cache()
 
-        return ObjectWriter(name, size, sha256, parts.write, finish, on_progress)
+        return ObjectWriter(
+            name, size, sha256 if hash_check else None, parts.write, finish, on_progress
+        )
 
     def _find_upload(self, key: str) -> str | None:
         """The newest unfinished multipart upload of `key`, left by an interrupted try."""
@@ -517,7 +531,7 @@ class _PartBuffer:
     """Collects written bytes into parts of `part_size`; two buffers, so one can be uploading
     while the next one fills."""
 
-    def __init__(self, part_size: int, send: Callable[[memoryview], Any]) -> None:
+    def __init__(self, part_size: int, send: Callable[[Any, Callable[[], None]], None]) -> None:
         self._bufs = [bytearray(part_size), bytearray(part_size)]
         self._free: queue.SimpleQueue = queue.SimpleQueue()
         for b in self._bufs:
@@ -539,7 +553,8 @@ class _PartBuffer:
     def flush(self) -> None:
         if self._fill:
             buf, n = self._cur, self._fill
-            self._send(memoryview(buf)[:n], lambda: self._free.put(buf))
+            # a full part goes as is (no copy); it is reused only after its upload returned
+            self._send(buf if n == len(buf) else bytes(buf[:n]), lambda: self._free.put(buf))
             self._cur, self._fill = self._free.get(), 0
 
 
@@ -569,7 +584,7 @@ class _PartUploader:
                         Key=self._key,
                         UploadId=self._id,
                         PartNumber=number,
-                        Body=bytes(body),
+                        Body=body,
                     )["ETag"]
                     self._parts.append({"PartNumber": number, "ETag": etag})
                     if self._on_progress:
@@ -581,7 +596,7 @@ class _PartUploader:
             del body
             release()
 
-    def send(self, body: memoryview, release: Callable[[], None]) -> None:
+    def send(self, body: bytes | bytearray, release: Callable[[], None]) -> None:
         if self._error is not None:
             raise self._error
         self._queue.put((body, release))

@@ -99,7 +99,7 @@ def test_source_changed_between_passes_commits_nothing(s3):
     src = SlowSource(os.urandom(12 * MIB), [], delay=0)
     src.change_on_rewind = True
     store = s3_store(s3)
-    with pytest.raises(IntegrityError, match="do not hash to the expected SHA-256"):
+    with pytest.raises(IntegrityError, match="source changed while it was encrypted"):
         encrypt_to_writer(
             src,
             lambda size, sha: store.open_writer(f"{OBJECTS_DIR}/{sha}", size, sha256=sha),
