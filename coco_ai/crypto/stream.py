@@ -87,9 +87,10 @@ _SEG = struct.Struct(">IB")
 _COMMIT_LABEL = b"coco-ai/checkpoint-file/v2 key commitment"
 COMMITMENT_SIZE = 32
 # Segments in flight per stream: one being sealed while earlier ones are hashed and written.
-# Bounded in bytes too, so memory stays flat at the largest segment size.
-_MAX_SLOTS = 4
-_SLOT_BYTES = 32 * 1024 * 1024
+# Bounded in bytes (two 4 MiB segments: double buffering is enough when the stages run at a
+# steady rate, and two files may stream at once), more slots only for small segments.
+_MAX_SLOTS = 8
+_SLOT_BYTES = 8 * 1024 * 1024
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ from typing import BinaryIO
 
 # Mapped pages already consumed are unmapped in batches of this size: RSS stays flat, and one
 # madvise call per batch (not per segment) keeps its cost out of the throughput.
-DROP_EVERY = 16 * 1024 * 1024
+DROP_EVERY = 8 * 1024 * 1024
 
 
 def _readfull(src: BinaryIO, buf: memoryview) -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import os
 import threading
@@ -151,7 +152,13 @@ def test_crash_mid_upload_leaves_no_object_and_no_manifest(s3, plain_dir, kek):
         )
     assert not is_complete(uri, **s3[1])
     keys = [o["Key"] for o in s3[2].list_objects_v2(Bucket=bucket).get("Contents", [])]
-    assert len([k for k in keys if "/objects/" in k]) == 1  # the small file, committed before
+    # Files run two at a time: the small one may have been committed, complete; the big one
+    # (crashed) must not be there at all.
+    objects = [k for k in keys if "/objects/" in k]
+    assert len(objects) <= 1
+    for key in objects:
+        body = s3[2].get_object(Bucket=bucket, Key=key)["Body"].read()
+        assert len(body) < MIB and hashlib.sha256(body).hexdigest() == key.rsplit("/", 1)[1]
     assert f"runs/run-s/{MANIFEST_FILE}" not in keys
     assert "Uploads" not in s3[2].list_multipart_uploads(Bucket=bucket)
 
