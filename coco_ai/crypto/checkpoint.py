@@ -46,10 +46,12 @@ from coco_ai.storage.store import ProgressCallback
 FILE_WORKERS = 2
 
 
-def _for_each(fn: Callable[[Any], Any], items: Iterable[Any]) -> list[Any]:
-    """`fn` over `items`, FILE_WORKERS at a time; results in order. On the first error the
-    files not started are cancelled, the running ones finish, and the error is raised."""
-    with ThreadPoolExecutor(FILE_WORKERS, thread_name_prefix="coco-ai-file") as pool:
+def _for_each(
+    fn: Callable[[Any], Any], items: Iterable[Any], workers: int = FILE_WORKERS
+) -> list[Any]:
+    """`fn` over `items`, `workers` at a time; results in order. On the first error the files
+    not started are cancelled, the running ones finish, and the error is raised."""
+    with ThreadPoolExecutor(workers, thread_name_prefix="coco-ai-file") as pool:
         futures = [pool.submit(fn, item) for item in items]
         done, _ = wait(futures, return_when=FIRST_EXCEPTION)
         failed = [f for f in futures if f in done and f.exception() is not None]
@@ -226,7 +228,9 @@ def encrypt_checkpoint_to_store(
             )
         return _entry(rel, r, segment_size)
 
-    entries = _for_each(encrypt_one, _largest_first(src, files))
+    # One file at a time: an upload holds two parts besides its segments, two would pass the
+    # memory bound, and the network, not the CPU, is the limit here.
+    entries = _for_each(encrypt_one, files, workers=1)
     manifest = _manifest(run_id, key_uri, entries, meta, checkpoint_id, now)
     if write_manifest:
         store.put_bytes(MANIFEST_FILE, manifest.canonical_bytes())
