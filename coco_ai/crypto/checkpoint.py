@@ -51,6 +51,8 @@ def _for_each(
 ) -> list[Any]:
     """`fn` over `items`, `workers` at a time; results in order. On the first error the files
     not started are cancelled, the running ones finish, and the error is raised."""
+    if workers == 1:
+        return [fn(item) for item in items]
     with ThreadPoolExecutor(workers, thread_name_prefix="coco-ai-file") as pool:
         futures = [pool.submit(fn, item) for item in items]
         done, _ = wait(futures, return_when=FIRST_EXCEPTION)
@@ -198,8 +200,9 @@ def encrypt_checkpoint_to_store(
     `encrypt_to_writer`); with `write_manifest` the unsigned manifest follows, last. A signing
     workload passes `write_manifest=False`, then `sign_manifest(manifest, key, token,
     dst_dir=dest_uri)` writes token, signature and manifest (manifest last). A failed try leaves
-    no manifest (the checkpoint reads as incomplete); a retry encrypts afresh (new data keys),
-    so objects of an earlier try are left unreferenced, never reused.
+    no manifest (the checkpoint reads as incomplete); a retry encrypts afresh (new data keys)
+    and first deletes the objects an earlier try left there: no manifest references them, and a
+    checkpoint must hold exactly its manifest's objects.
     """
     src = Path(src_dir)
     validate_id(run_id, "run id")
@@ -208,6 +211,8 @@ def encrypt_checkpoint_to_store(
     store = open_store(str(dest_uri), **dict(storage_options or {}))
     if store.exists(MANIFEST_FILE):
         raise FileExistsError(f"{store.uri} already holds a checkpoint")
+    for name in store.list(OBJECTS_DIR):  # left by a failed try: unreferenced, never trusted
+        store.delete(name)
 
     def encrypt_one(rel: str) -> FileEntry:
         with open(src / rel, "rb") as f:
