@@ -27,14 +27,17 @@ The other sections:
 - verify without key (`verify_objects`: re-read every object from the store and SHA-256 it)
   against plain `hashlib.sha256` over the same bytes in memory, and against hashing the same
   file read in the same chunks;
-- peak memory: `encrypt_checkpoint`, keyless verification and `decrypt_checkpoint` of one
-  file of 64 MiB, 1 GiB and 4 GiB, each in a fresh subprocess, peak RSS minus the peak after
-  imports (goal: flat, < 64 MiB).
+- peak memory: `encrypt_checkpoint`, keyless verification, `decrypt_checkpoint` and (up to
+  1 GiB) `encrypt_checkpoint_to_store` into S3 of a 4-shard sparse model of 64 MiB, 1 GiB and
+  4 GiB, each in a fresh subprocess, peak RSS minus the RSS after imports (for S3: after one
+  tiny checkpoint loaded its clients) (goal: flat, < 64 MiB); beside them the MB/s of each
+  and of a plain copy of the same (sparse) files.
 
 Every round runs each variant once, interleaved (the machine is shared: load drift hits all
 alike); a ratio is the median over rounds of the ratio within a round, a MB/s figure the median
 over rounds.
-Usage: python benchmarks/bench_checkpoint.py [--quick] [--workdir DIR]
+Usage: python benchmarks/bench_checkpoint.py [--quick] [--workdir DIR] [--repeat N] [--no-s3]
+       [--sections headline,memory,throughput,verify]
 """
 
 from __future__ import annotations

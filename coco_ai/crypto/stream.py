@@ -26,7 +26,7 @@ on the segments already sealed (`_Pipeline`), so with SHA-256 and the disk on ot
 file moves at the speed of its slowest stage instead of the sum of all of them. The primitives
 (`cryptography`'s AEAD, `hashlib`, file writes) release the GIL.
 
-Memory is constant: a few preallocated output buffers (`_slots`) of one segment each, reused
+Memory is constant: a few preallocated output buffers of one segment each (`_slot_count`), reused
 with `AESGCM.encrypt_into` / `decrypt_into`; input comes from a read-only map of the file (no copy)
 or through one reused buffer, allocated only for streams that cannot be mapped
 (`coco_ai.crypto.views`).

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import io
 import os
@@ -461,3 +462,58 @@ def test_failed_segment_releases_no_plaintext_of_it(kek, segment):
     assert e.value.index == 2
     assert len(released.getvalue()) <= 2 * segment
     assert released.getvalue() == data[: len(released.getvalue())]
+
+
+# --- the pipeline: digests computed in other threads, errors surfacing --------------------------
+
+
+@pytest.mark.parametrize("mapped", [True, False])
+def test_pipelined_digests_are_the_digests_of_the_bytes(kek, tmp_path, mapped):
+    data = os.urandom(9 * SEGMENT + 5)
+    (tmp_path / "p").write_bytes(data)
+    out = io.BytesIO()
+    with open(tmp_path / "p", "rb") as f:
+        src = f if mapped else io.BytesIO(f.read())
+        r = encrypt_stream(src, out, kek=kek, key_uri=KEY_URI, context=CTX, segment_size=SEGMENT)
+    ct = out.getvalue()
+    assert r.plaintext_sha256 == hashlib.sha256(data).hexdigest()
+    assert r.ciphertext_sha256 == hashlib.sha256(ct).hexdigest()
+    (tmp_path / "c").write_bytes(ct)
+    back = io.BytesIO()
+    with open(tmp_path / "c", "rb") as f:
+        src = f if mapped else io.BytesIO(f.read())
+        d = decrypt_stream(src, back, kek=kek, expected_context=CTX)
+    assert back.getvalue() == data
+    assert (d.plaintext_sha256, d.ciphertext_sha256) == (r.plaintext_sha256, r.ciphertext_sha256)
+
+
+class FailingWriter(io.RawIOBase):
+    """A destination that fails after some bytes, as a full disk does."""
+
+    def __init__(self, limit: int) -> None:
+        self.left = limit
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, b) -> int:
+        if len(b) > self.left:
+            raise OSError(28, "No space left on device")
+        self.left -= len(b)
+        return len(b)
+
+
+def test_writer_error_in_its_thread_is_raised_to_the_caller(kek):
+    data = os.urandom(20 * SEGMENT)
+    with pytest.raises(OSError, match="No space left"):
+        encrypt_stream(
+            io.BytesIO(data),
+            FailingWriter(5 * SEGMENT),
+            kek=kek,
+            key_uri=KEY_URI,
+            context=CTX,
+            segment_size=SEGMENT,
+        )
+    ct = encrypt(data, kek)
+    with pytest.raises(OSError, match="No space left"):
+        decrypt_stream(io.BytesIO(ct), FailingWriter(3 * SEGMENT), kek=kek, expected_context=CTX)
