@@ -219,3 +219,24 @@ def test_local_writer_refuses_wrong_bytes(tmp_path):
         w2.write(b"abc")
     assert not store.exists("objects/x") and not store.exists("objects/y")
     assert not [p for p in (tmp_path / "s" / ".uploads").rglob("*") if p.is_file()]
+
+
+def test_cli_encrypts_straight_into_s3_and_decrypts_back(s3, plain_dir, tmp_path, kek, monkeypatch):
+    from coco_ai.cli import main
+
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", s3[1]["key"])
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", s3[1]["secret"])
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    key = tmp_path / "kek.bin"
+    key.write_bytes(kek)
+    uri = f"{s3[0]}/cli"
+    endpoint = ["--endpoint-url", s3[1]["endpoint_url"]]
+    common = ["--key-file", str(key), *endpoint]
+    enc = ["checkpoint", "encrypt", *common, "--key-uri", KEY_URI, str(plain_dir), uri]
+    assert main(enc) == 0
+    assert is_complete(uri, **s3[1])
+    assert main(["checkpoint", "verify", *endpoint, uri]) == 0
+    assert main(["checkpoint", "decrypt", *common, uri, str(tmp_path / "out")]) == 0
+    assert (tmp_path / "out" / "model.safetensors").read_bytes() == (
+        plain_dir / "model.safetensors"
+    ).read_bytes()
