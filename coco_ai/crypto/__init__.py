@@ -11,6 +11,7 @@ from coco_ai._lazy import lazy_exports
 _EXPORTS = {
     "encrypt_checkpoint": "checkpoint",
     "decrypt_checkpoint": "checkpoint",
+    "encrypt_checkpoint_to_store": "checkpoint",
     "encrypt_blob": "stream",
     "decrypt_blob": "stream",
     "encrypt_stream": "stream",

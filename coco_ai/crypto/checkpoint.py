@@ -2,6 +2,12 @@
 
 Both directions stage into a hidden sibling directory and rename it into place only when every
 file succeeded, so a failure (bad input, wrong key, tampering, crash) leaves nothing behind.
+`encrypt_checkpoint_to_store` encrypts straight into a store (S3 multipart parts sent while later
+segments are encrypted); there every object appears only complete and verified, and the
+manifest, written last, is the commit point.
+
+New checkpoints are format version 2: the manifest lists each file's ciphertext size and SHA-256
+only. Version 1 checkpoints (with plaintext SHA-256s) still verify and decrypt.
 """
 
 from __future__ import annotations
@@ -10,9 +16,10 @@ import os
 import shutil
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from coco_ai.crypto.errors import IntegrityError
 from coco_ai.crypto.manifest import (
@@ -24,9 +31,42 @@ from coco_ai.crypto.manifest import (
     validate_id,
     validate_relpath,
 )
-from coco_ai.crypto.stream import DEFAULT_SEGMENT_SIZE, decrypt_stream, encrypt_stream
+from coco_ai.crypto.stream import (
+    DEFAULT_SEGMENT_SIZE,
+    decrypt_stream,
+    encrypt_stream,
+    encrypt_to_writer,
+)
 from coco_ai.crypto.transfer import check_object_set, read_manifest
 from coco_ai.storage import open_store
+from coco_ai.storage.store import ProgressCallback
+
+# Files processed at once. One file's SHA-256 is one sequential stream, the slowest stage of its
+# pipeline: a second file is what puts the second core to work on a sharded model.
+FILE_WORKERS = 2
+
+
+def _for_each(
+    fn: Callable[[Any], Any], items: Iterable[Any], workers: int = FILE_WORKERS
+) -> list[Any]:
+    """`fn` over `items`, `workers` at a time; results in order. On the first error the files
+    not started are cancelled, the running ones finish, and the error is raised."""
+    if workers == 1:
+        return [fn(item) for item in items]
+    with ThreadPoolExecutor(workers, thread_name_prefix="coco-ai-file") as pool:
+        futures = [pool.submit(fn, item) for item in items]
+        done, _ = wait(futures, return_when=FIRST_EXCEPTION)
+        failed = [f for f in futures if f in done and f.exception() is not None]
+        if failed:
+            for f in futures:
+                f.cancel()
+            raise failed[0].exception()
+        return [f.result() for f in futures]
+
+
+def _largest_first(root: Path, files: list[str]) -> list[str]:
+    """Big shards start first, so the two workers finish together."""
+    return sorted(files, key=lambda rel: -(root / rel).stat().st_size)
 
 
 def _source_files(src: Path) -> list[str]:
@@ -85,9 +125,9 @@ def encrypt_checkpoint(
     staging = _staging_for(dst)
     try:
         (staging / OBJECTS_DIR).mkdir()
-        entries = []
-        for rel in files:
-            tmp = staging / OBJECTS_DIR / ".encrypting"
+
+        def encrypt_one(rel: str) -> FileEntry:
+            tmp = staging / OBJECTS_DIR / f".encrypting-{uuid.uuid4().hex}"
             with open(src / rel, "rb") as f, open(tmp, "wb") as out:
                 r = encrypt_stream(
                     f,
@@ -96,31 +136,132 @@ def encrypt_checkpoint(
                     key_uri=key_uri,
                     context=file_context(run_id, checkpoint_id, rel),
                     segment_size=segment_size,
+                    plaintext_digest=False,
                 )
             os.rename(tmp, staging / OBJECTS_DIR / r.ciphertext_sha256)
-            entries.append(
-                FileEntry(
-                    path=rel,
-                    size=r.plaintext_size,
-                    sha256=r.plaintext_sha256,
-                    ciphertext_size=r.ciphertext_size,
-                    ciphertext_sha256=r.ciphertext_sha256,
-                    segment_size=segment_size,
-                )
-            )
-        manifest = Manifest.build(
-            run_id=run_id,
-            key_uri=key_uri,
-            files=entries,
-            meta={**meta, "checkpoint_id": checkpoint_id},
-            created_at=int(time.time() if now is None else now),
-        )
+            return _entry(rel, r, segment_size)
+
+        entries = _for_each(encrypt_one, _largest_first(src, files))
+        manifest = _manifest(run_id, key_uri, entries, meta, checkpoint_id, now)
         (staging / MANIFEST_FILE).write_bytes(manifest.canonical_bytes())
         _commit(staging, dst)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return manifest
+
+
+def _entry(rel: str, r: Any, segment_size: int) -> FileEntry:
+    return FileEntry(
+        path=rel,
+        size=r.plaintext_size,
+        sha256=None,
+        ciphertext_size=r.ciphertext_size,
+        ciphertext_sha256=r.ciphertext_sha256,
+        segment_size=segment_size,
+    )
+
+
+def _manifest(
+    run_id: str,
+    key_uri: str,
+    entries: list[FileEntry],
+    meta: Mapping[str, Any],
+    checkpoint_id: str,
+    now: float | None,
+) -> Manifest:
+    return Manifest.build(
+        run_id=run_id,
+        key_uri=key_uri,
+        files=entries,
+        meta={**meta, "checkpoint_id": checkpoint_id},
+        created_at=int(time.time() if now is None else now),
+    )
+
+
+def encrypt_checkpoint_to_store(
+    src_dir: str | os.PathLike,
+    dest_uri: str | os.PathLike,
+    *,
+    kek: bytes,
+    key_uri: str,
+    run_id: str,
+    meta: Mapping[str, Any],
+    segment_size: int = DEFAULT_SEGMENT_SIZE,
+    now: float | None = None,
+    write_manifest: bool = True,
+    on_progress: ProgressCallback | None = None,
+    storage_options: Mapping[str, Any] | None = None,
+) -> Manifest:
+    """Encrypt every file of `src_dir` straight into the store at `dest_uri` (no local copy of
+    the ciphertext); same files, keys and bindings as `encrypt_checkpoint`.
+
+    Each object is committed only complete and with the SHA-256 it is named by (see
+    `encrypt_to_writer`); with `write_manifest` the unsigned manifest follows, last. A signing
+    workload passes `write_manifest=False`, then `sign_manifest(manifest, key, token,
+    dst_dir=dest_uri)` writes token, signature and manifest (manifest last). A failed try leaves
+    no manifest (the checkpoint reads as incomplete); a retry encrypts afresh (new data keys)
+    and first deletes the objects an earlier try left there: no manifest references them, and a
+    checkpoint must hold exactly its manifest's objects.
+    """
+    src = Path(src_dir)
+    validate_id(run_id, "run id")
+    checkpoint_id = validate_id(meta.get("checkpoint_id") or uuid.uuid4().hex, "checkpoint id")
+    files = _source_files(src)
+    store = open_store(str(dest_uri), **dict(storage_options or {}))
+    if store.exists(MANIFEST_FILE):
+        raise FileExistsError(f"{store.uri} already holds a checkpoint")
+    for name in store.list(OBJECTS_DIR):  # left by a failed try: unreferenced, never trusted
+        store.delete(name)
+
+    def encrypt_one(rel: str) -> FileEntry:
+        with open(src / rel, "rb") as f:
+            r = encrypt_to_writer(
+                f,
+                # verified by encrypt_to_writer (segment tags of both passes), not hashed again
+                lambda size, sha256: store.open_writer(
+                    f"{OBJECTS_DIR}/{sha256}",
+                    size,
+                    sha256=sha256,
+                    on_progress=on_progress,
+                    hash_check=False,
+                ),
+                kek=kek,
+                key_uri=key_uri,
+                context=file_context(run_id, checkpoint_id, rel),
+                segment_size=segment_size,
+            )
+        return _entry(rel, r, segment_size)
+
+    # One file at a time: an upload holds two parts besides its segments, two would pass the
+    # memory bound, and the network, not the CPU, is the limit here.
+    entries = _for_each(encrypt_one, files, workers=1)
+    manifest = _manifest(run_id, key_uri, entries, meta, checkpoint_id, now)
+    if write_manifest:
+        store.put_bytes(MANIFEST_FILE, manifest.canonical_bytes())
+    return manifest
+
+
+def decrypt_entry(
+    src: BinaryIO, dst: BinaryIO, manifest: Manifest, entry: FileEntry, *, kek: bytes
+):
+    """Decrypt the object of `entry` from `src` to `dst` and check it against the manifest:
+    authenticated, bound to this run, checkpoint and path, of the manifest's format version,
+    sizes and ciphertext SHA-256 as listed (and the plaintext SHA-256 in version 1)."""
+    r = decrypt_stream(
+        src,
+        dst,
+        kek=kek,
+        expected_context=manifest.file_context(entry.path),
+        expected_key_uri=manifest.key_uri,
+        plaintext_digest=entry.sha256 is not None,
+        expected_version=manifest.version,
+    )
+    got = (r.plaintext_size, r.ciphertext_size, r.ciphertext_sha256, r.plaintext_sha256 or None)
+    want = (entry.size, entry.ciphertext_size, entry.ciphertext_sha256, entry.sha256)
+    if got != want:
+        raise IntegrityError(f"{entry.path}: sizes or digests differ from the manifest")
+    return r
 
 
 def decrypt_checkpoint(
@@ -143,20 +284,13 @@ def decrypt_checkpoint(
     staging = _staging_for(dst)
     try:
         for entry in manifest.files:
-            target = staging / entry.path
-            target.parent.mkdir(parents=True, exist_ok=True)
-            with store.open(entry.object_name) as f, open(target, "wb") as out:
-                r = decrypt_stream(
-                    f,
-                    out,
-                    kek=kek,
-                    expected_context=manifest.file_context(entry.path),
-                    expected_key_uri=manifest.key_uri,
-                )
-            got = (r.plaintext_size, r.plaintext_sha256, r.ciphertext_size, r.ciphertext_sha256)
-            want = (entry.size, entry.sha256, entry.ciphertext_size, entry.ciphertext_sha256)
-            if got != want:
-                raise IntegrityError(f"{entry.path}: sizes or digests differ from the manifest")
+            (staging / entry.path).parent.mkdir(parents=True, exist_ok=True)
+
+        def decrypt_one(entry: FileEntry) -> None:
+            with store.open(entry.object_name) as f, open(staging / entry.path, "wb") as out:
+                decrypt_entry(f, out, manifest, entry, kek=kek)
+
+        _for_each(decrypt_one, sorted(manifest.files, key=lambda e: -e.size))
         _commit(staging, dst)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)

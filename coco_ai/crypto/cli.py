@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import tempfile
 from typing import Any
 
 EXIT_OK = 0
@@ -141,9 +140,8 @@ def _encrypt(args: argparse.Namespace) -> int:
         import uuid
         from urllib.parse import urlsplit
 
-        from coco_ai.crypto.checkpoint import encrypt_checkpoint
+        from coco_ai.crypto.checkpoint import encrypt_checkpoint, encrypt_checkpoint_to_store
         from coco_ai.crypto.stream import DEFAULT_SEGMENT_SIZE
-        from coco_ai.crypto.transfer import upload_checkpoint
 
         kek = _read_key(args.key_file)
         meta: dict[str, Any] = {}
@@ -165,10 +163,10 @@ def _encrypt(args: argparse.Namespace) -> int:
         )
         if urlsplit(args.dst).scheme in ("", "file"):
             manifest = encrypt_checkpoint(args.src, args.dst, **kwargs)
-        else:  # encrypt locally (ciphertext only on disk), then upload, manifest last
-            with tempfile.TemporaryDirectory(prefix="coco-ai-ckpt-") as tmp:
-                manifest = encrypt_checkpoint(args.src, f"{tmp}/ckpt", **kwargs)
-                upload_checkpoint(f"{tmp}/ckpt", args.dst, **_store_options(args))
+        else:  # straight into the store (parts sent while encrypting), manifest last
+            manifest = encrypt_checkpoint_to_store(
+                args.src, args.dst, storage_options=_store_options(args), **kwargs
+            )
         _report(manifest, args.dst)
 
     return _run(body)

@@ -20,7 +20,7 @@ from jwcrypto import jwe, jwk
 from jwcrypto.common import JWException, base64url_encode
 
 from coco_ai.crypto.errors import CheckpointError, IntegrityError
-from coco_ai.crypto.stream import KEY_SIZE, decrypt_stream
+from coco_ai.crypto.stream import KEY_SIZE
 from coco_ai.kbs.wire import parse_resource_uri
 
 JWE_ALG = "A256KW"
@@ -66,6 +66,7 @@ def export_checkpoint_file(
 ) -> str:
     """Decrypt `path` of the checkpoint at `src` (authenticated, digests checked) and return it
     as a KServe JWE under the serving key."""
+    from coco_ai.crypto.checkpoint import decrypt_entry
     from coco_ai.crypto.transfer import read_manifest
     from coco_ai.storage import open_store
 
@@ -78,13 +79,5 @@ def export_checkpoint_file(
         raise ValueError(f"{path} is {entry.size} bytes; JWE export is for small files")
     out = io.BytesIO()
     with store.open(entry.object_name) as f:
-        r = decrypt_stream(
-            f,
-            out,
-            kek=kek,
-            expected_context=manifest.file_context(path),
-            expected_key_uri=manifest.key_uri,
-        )
-    if (r.plaintext_sha256, r.ciphertext_sha256) != (entry.sha256, entry.ciphertext_sha256):
-        raise IntegrityError(f"{path}: digests differ from the manifest")
+        decrypt_entry(f, out, manifest, entry, kek=kek)
     return export_kserve_jwe(out.getvalue(), kek=serving_kek, key_uri=serving_key_uri)

@@ -20,12 +20,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from coco_ai.crypto.errors import ManifestError, SignatureError
-from coco_ai.crypto.stream import FORMAT_VERSION as ENCRYPTION_FORMAT_VERSION
 from coco_ai.kbs.wire import canonical_json, parse_resource_uri
 from coco_ai.storage import open_store
 
 MANIFEST_FORMAT = "coco-ai/checkpoint-manifest"
-MANIFEST_VERSION = 1
+# Version 2 (file format 2, key-committing headers) drops the plaintext SHA-256 per file: the
+# signed ciphertext SHA-256 identifies the plaintext. Version 1 manifests are still read; the
+# manifest version and the file format version are the same number.
+MANIFEST_VERSION = 2
+READABLE_MANIFEST_VERSIONS = (1, 2)
 MANIFEST_FILE = "manifest.json"
 SIGNATURE_FILE = "manifest.jws"
 TOKEN_FILE = "token.jwt"  # noqa: S105  (a file name)
@@ -78,7 +81,7 @@ def file_context(run_id: str, checkpoint_id: str, path: str) -> dict[str, Any]:
 class FileEntry:
     path: str
     size: int
-    sha256: str
+    sha256: str | None  # plaintext SHA-256: manifest version 1 only
     ciphertext_size: int
     ciphertext_sha256: str
     segment_size: int
@@ -89,31 +92,35 @@ class FileEntry:
         return f"{OBJECTS_DIR}/{self.ciphertext_sha256}"
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        d = {
             "path": self.path,
             "size": self.size,
-            "sha256": self.sha256,
             "ciphertext_size": self.ciphertext_size,
             "ciphertext_sha256": self.ciphertext_sha256,
             "segment_size": self.segment_size,
         }
+        if self.sha256 is not None:
+            d["sha256"] = self.sha256
+        return d
 
     @classmethod
-    def from_dict(cls, d: Any) -> FileEntry:
-        if not isinstance(d, dict) or set(d) != set(cls.__dataclass_fields__):
+    def from_dict(cls, d: Any, version: int = MANIFEST_VERSION) -> FileEntry:
+        fields = set(cls.__dataclass_fields__) - ({"sha256"} if version >= 2 else set())
+        if not isinstance(d, dict) or set(d) != fields:
             raise ManifestError(
-                f"file entry has wrong fields: {sorted(d) if isinstance(d, dict) else d!r}"
+                f"file entry has wrong fields for manifest version {version}: "
+                f"{sorted(d) if isinstance(d, dict) else d!r}"
             )
         for k in ("size", "ciphertext_size", "segment_size"):
             if not isinstance(d[k], int) or isinstance(d[k], bool) or d[k] < 0:
                 raise ManifestError(f"file entry {k} must be a non-negative integer")
-        for k in ("sha256", "ciphertext_sha256"):
+        for k in fields & {"sha256", "ciphertext_sha256"}:
             if not isinstance(d[k], str) or not _HEX64.fullmatch(d[k]):
                 raise ManifestError(f"file entry {k} must be 64 lowercase hex digits")
         return cls(
             path=validate_relpath(d["path"]),
             size=d["size"],
-            sha256=d["sha256"],
+            sha256=d.get("sha256"),
             ciphertext_size=d["ciphertext_size"],
             ciphertext_sha256=d["ciphertext_sha256"],
             segment_size=d["segment_size"],
@@ -149,8 +156,16 @@ class Manifest:
     dataset_digest: str | None = None
     training_config_digest: str | None = None
     metrics: dict[str, float | int] = field(default_factory=dict)
+    version: int = MANIFEST_VERSION  # also the format version of its encrypted files
 
     def __post_init__(self) -> None:
+        if self.version not in READABLE_MANIFEST_VERSIONS:
+            raise ManifestError(f"unsupported manifest version {self.version!r}")
+        if any((f.sha256 is None) != (self.version >= 2) for f in self.files):
+            raise ManifestError(
+                f"manifest version {self.version} entries "
+                + ("carry no plaintext sha256" if self.version >= 2 else "need a plaintext sha256")
+            )
         validate_id(self.run_id, "run id")
         validate_id(self.checkpoint_id, "checkpoint id")
         try:
@@ -200,9 +215,9 @@ class Manifest:
     def to_dict(self) -> dict[str, Any]:
         return {
             "format": MANIFEST_FORMAT,
-            "format_version": MANIFEST_VERSION,
+            "format_version": self.version,
             "encryption": {
-                "format_version": ENCRYPTION_FORMAT_VERSION,
+                "format_version": self.version,
                 "suite": "AES-256-GCM-STREAM+A256KW",
             },
             "checkpoint_id": self.checkpoint_id,
@@ -233,11 +248,12 @@ class Manifest:
             raise ManifestError("manifest is not a JSON object")
         if d.get("format") != MANIFEST_FORMAT:
             raise ManifestError(f"not a checkpoint manifest (format {d.get('format')!r})")
-        if d.get("format_version") != MANIFEST_VERSION:
-            raise ManifestError(f"unsupported manifest version {d.get('format_version')!r}")
+        version = d.get("format_version")
+        if version not in READABLE_MANIFEST_VERSIONS or isinstance(version, bool):
+            raise ManifestError(f"unsupported manifest version {version!r}")
         enc = d.get("encryption")
-        if not isinstance(enc, dict) or enc.get("format_version") != ENCRYPTION_FORMAT_VERSION:
-            raise ManifestError(f"unsupported encryption format {enc!r}")
+        if not isinstance(enc, dict) or enc.get("format_version") != version:
+            raise ManifestError(f"unsupported encryption format {enc!r} for manifest {version}")
         files = d.get("files")
         if not isinstance(files, list):
             raise ManifestError("manifest files must be a list")
@@ -247,11 +263,12 @@ class Manifest:
                 run_id=d.get("run_id"),
                 key_uri=d.get("key_uri"),
                 created_at=d.get("created_at"),
-                files=tuple(FileEntry.from_dict(f) for f in files),
+                files=tuple(FileEntry.from_dict(f, version) for f in files),
                 base_model_digest=_opt_str(d, "base_model_digest"),
                 dataset_digest=_opt_str(d, "dataset_digest"),
                 training_config_digest=_opt_str(d, "training_config_digest"),
                 metrics=d.get("metrics"),
+                version=version,
             )
         except TypeError as exc:
             raise ManifestError(f"manifest field has the wrong type: {exc}") from None

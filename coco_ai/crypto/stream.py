@@ -2,10 +2,10 @@
 
 Layout (all integers big-endian; byte-exact spec in docs/formats/checkpoint.md):
 
-    header  = MAGIC "COCOAI" | version u8 (=1) | suite u8 (=1) | segment_size u32
+    header  = MAGIC "COCOAI" | version u8 (=2) | suite u8 (=1) | segment_size u32
               | plaintext_size u64 | nonce_prefix 7B | wrapped_key 40B (AES-KW of the data key)
-              | key_uri_len u16 | key_uri | context_len u32 | context (RFC 8785 JSON)
-              | header_tag 16B
+              | key_commitment 32B (version 2 only) | key_uri_len u16 | key_uri
+              | context_len u32 | context (RFC 8785 JSON) | header_tag 16B
     segments: N = max(1, ceil(plaintext_size / segment_size)); segment i is
               AES-256-GCM(data_key, nonce_prefix | u32 i | u8 final, plaintext_i,
                           aad = SHA-256(header) | u32 i | u8 final)  -> ciphertext_i | tag_i
@@ -15,22 +15,35 @@ uses it: the segment index and the final flag in each nonce make reordering, tru
 extension fail authentication; the header digest in each AAD binds every segment to this file's
 fresh data key, key URI and context (run, checkpoint, path), so segments or whole files spliced
 from elsewhere fail too. The header tag (GCM over the header, with a nonce no segment can use)
-authenticates the header itself before any segment is read.
+authenticates the header itself before any segment is read. Version 2 adds a key commitment
+(HMAC-SHA256 of a fixed label under the data key), checked before anything is decrypted: GCM alone
+does not commit to its key, the commitment makes the ciphertext bytes identify the plaintext, so
+the signed ciphertext SHA-256 in the manifest is the file's identity and no plaintext digest is
+needed (docs/formats/checkpoint.md §2). Readers accept versions 1 and 2; writers write 2.
 
-Memory is constant: one preallocated output buffer per segment size, reused with
-`AESGCM.encrypt_into` / `decrypt_into`; input comes from a read-only map of the file (no copy)
+Throughput: AES-GCM runs in the calling thread; hashing and writing each run in their own thread
+on the segments already sealed (`_Pipeline`), so with SHA-256 and the disk on other cores the
+file moves at the speed of its slowest stage instead of the sum of all of them. The primitives
+(`cryptography`'s AEAD, `hashlib`, file writes) release the GIL.
+
+Memory is constant: a few preallocated output buffers of one segment each (`_slot_count`), reused
+with `AESGCM.encrypt_into` / `decrypt_into`; input comes from a read-only map of the file (no copy)
 or through one reused buffer, allocated only for streams that cannot be mapped
-(`coco_ai.crypto.views`).
+(`coco_ai.storage.views`).
 """
 
 from __future__ import annotations
 
 import hashlib
+import hmac
 import io
 import json
 import os
+import queue
 import struct
-from collections.abc import Mapping
+import threading
+from collections.abc import Callable, Mapping
+from contextlib import closing
 from dataclasses import dataclass
 from typing import Any, BinaryIO
 
@@ -41,6 +54,7 @@ from cryptography.hazmat.primitives.keywrap import InvalidUnwrap, aes_key_unwrap
 from coco_ai.crypto.errors import (
     ContextMismatchError,
     HeaderError,
+    IntegrityError,
     KeyUnwrapError,
     SegmentAuthError,
     TrailingDataError,
@@ -50,7 +64,8 @@ from coco_ai.kbs.wire import canonical_json, parse_resource_uri
 from coco_ai.storage.views import read_views
 
 MAGIC = b"COCOAI"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)
 SUITE_AES256GCM_AESKW = 1
 KEY_SIZE = 32
 TAG_SIZE = 16
@@ -65,8 +80,17 @@ _HEADER_TAG_INDEX = 0xFFFFFFFF
 _HEADER_TAG_FLAG = 2
 _MAX_SEGMENTS = _HEADER_TAG_INDEX
 
-_FIXED = struct.Struct(">6sBBIQ7s40sH")  # magic .. key_uri_len (40 = AES-KW of a 32-byte key)
+_START = struct.Struct(">6sBB")  # magic, version, suite
+# after them, per version, up to key_uri_len (40 = AES-KW of a 32-byte key, 32 = commitment)
+_REST = {1: struct.Struct(">IQ7s40sH"), 2: struct.Struct(">IQ7s40s32sH")}
 _SEG = struct.Struct(">IB")
+_COMMIT_LABEL = b"coco-ai/checkpoint-file/v2 key commitment"
+COMMITMENT_SIZE = 32
+# Segments in flight per stream: one being sealed while earlier ones are hashed and written.
+# Bounded in bytes (two 4 MiB segments: double buffering is enough when the stages run at a
+# steady rate, and two files may stream at once), more slots only for small segments.
+_MAX_SLOTS = 8
+_SLOT_BYTES = 8 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -82,6 +106,7 @@ class FileHeader:
     key_uri: str
     context: dict[str, Any]
     raw: bytes  # the header bytes as stored, tag included
+    key_commitment: bytes = b""  # version 2; empty in version 1
 
     def __repr__(self) -> str:  # the wrapped key is not secret, but keeps reprs short
         return (
@@ -101,7 +126,8 @@ class FileHeader:
 
 @dataclass(frozen=True)
 class StreamResult:
-    """Sizes and SHA-256 digests (hex) of what was streamed; digests empty when not computed."""
+    """Sizes and SHA-256 digests (hex) of what was streamed; a digest is empty when it was not
+    computed (`digests=False`, or `plaintext_digest=False` for the plaintext one)."""
 
     plaintext_size: int
     ciphertext_size: int
@@ -134,6 +160,15 @@ def _header_tag_nonce(prefix: bytes) -> bytes:
     return prefix + _SEG.pack(_HEADER_TAG_INDEX, _HEADER_TAG_FLAG)
 
 
+def key_commitment(data_key: bytes) -> bytes:
+    """The version-2 header's commitment to its data key: HMAC-SHA256(data key, fixed label).
+
+    GCM is not key-committing (another key can open the same ciphertext to other bytes with
+    valid tags); a reader that checks this value before decrypting accepts exactly one data key
+    per header, so the ciphertext bytes determine the plaintext."""
+    return hmac.digest(data_key, _COMMIT_LABEL, "sha256")
+
+
 def _build_header(
     aead: AESGCM,
     *,
@@ -141,20 +176,15 @@ def _build_header(
     plaintext_size: int,
     nonce_prefix: bytes,
     wrapped_key: bytes,
+    commitment: bytes,
     key_uri: str,
     context_bytes: bytes,
 ) -> bytes:
     uri = key_uri.encode()
     body = (
-        _FIXED.pack(
-            MAGIC,
-            FORMAT_VERSION,
-            SUITE_AES256GCM_AESKW,
-            segment_size,
-            plaintext_size,
-            nonce_prefix,
-            wrapped_key,
-            len(uri),
+        _START.pack(MAGIC, FORMAT_VERSION, SUITE_AES256GCM_AESKW)
+        + _REST[FORMAT_VERSION].pack(
+            segment_size, plaintext_size, nonce_prefix, wrapped_key, commitment, len(uri)
         )
         + uri
         + struct.pack(">I", len(context_bytes))
@@ -172,14 +202,21 @@ def _read_exact(src: BinaryIO, n: int, what: str) -> bytes:
 
 def read_header(src: BinaryIO) -> FileHeader:
     """Parse the header at the current position of `src` (no key needed, nothing trusted yet)."""
-    fixed = _read_exact(src, _FIXED.size, "fixed fields")
-    magic, version, suite, seg, size, prefix, wrapped, uri_len = _FIXED.unpack(fixed)
+    start = _read_exact(src, _START.size, "magic and version")
+    magic, version, suite = _START.unpack(start)
     if magic != MAGIC:
         raise HeaderError("not a CoCo AI encrypted file (bad magic)")
-    if version != FORMAT_VERSION:
-        raise HeaderError(f"unsupported format version {version} (this reader knows 1)")
+    if version not in READABLE_VERSIONS:
+        raise HeaderError(f"unsupported format version {version} (this reader knows 1 and 2)")
     if suite != SUITE_AES256GCM_AESKW:
         raise HeaderError(f"unsupported cipher suite {suite}")
+    rest = _read_exact(src, _REST[version].size, "fixed fields")
+    fields = _REST[version].unpack(rest)
+    if version == 1:
+        seg, size, prefix, wrapped, uri_len = fields
+        commitment = b""
+    else:
+        seg, size, prefix, wrapped, commitment, uri_len = fields
     if not MIN_SEGMENT_SIZE <= seg <= MAX_SEGMENT_SIZE:
         raise HeaderError(f"segment size {seg} out of range")
     if segment_count(size, seg) > _MAX_SEGMENTS:
@@ -209,7 +246,8 @@ def read_header(src: BinaryIO) -> FileHeader:
         wrapped_key=wrapped,
         key_uri=key_uri,
         context=context,
-        raw=fixed + uri_b + struct.pack(">I", ctx_len) + ctx_b + tag,
+        raw=start + rest + uri_b + struct.pack(">I", ctx_len) + ctx_b + tag,
+        key_commitment=commitment,
     )
 
 
@@ -242,11 +280,164 @@ def _new_file(
         plaintext_size=plaintext_size,
         nonce_prefix=prefix,
         wrapped_key=aes_key_wrap(bytes(kek), data_key),
+        commitment=key_commitment(data_key),
         key_uri=key_uri,
         context_bytes=ctx_bytes,
     )
     del data_key
     return aead, prefix, header
+
+
+# A consumer of one segment: (input view, output view) -> None. It must not keep the views.
+Consumer = Callable[[memoryview, memoryview], None]
+
+
+def _slot_count(segment_size: int) -> int:
+    return max(2, min(_MAX_SLOTS, _SLOT_BYTES // (segment_size + TAG_SIZE)))
+
+
+class _Pipeline:
+    """Runs each consumer in its own thread over the segments submitted, in order.
+
+    Segment k lives in slot k % n (its input view and output buffer); the producer `claim`s a
+    slot before refilling its buffers, and a slot is free again once every consumer is done
+    with it. The first consumer error is raised at the next `claim` or at `close`; after it the
+    consumers skip the remaining segments."""
+
+    def __init__(self, consumers: list[Consumer], slots: int) -> None:
+        self._n = slots
+        self._free = [threading.Semaphore(1) for _ in range(slots)]
+        self._pending = [0] * slots
+        self._lock = threading.Lock()
+        self._error: BaseException | None = None
+        self._queues: list[queue.SimpleQueue] = [queue.SimpleQueue() for _ in consumers]
+        self._threads = [
+            threading.Thread(target=self._run, args=(fn, q), name="coco-ai-stream", daemon=True)
+            for fn, q in zip(consumers, self._queues, strict=True)
+        ]
+        for t in self._threads:
+            t.start()
+
+    def _run(self, fn: Consumer, q: queue.SimpleQueue) -> None:
+        while (item := q.get()) is not None:
+            k, data, out = item
+            if self._error is None:
+                try:
+                    fn(data, out)
+                except BaseException as exc:  # handed to the producer's thread
+                    self._error = self._error or exc
+            del data, out, item
+            with self._lock:
+                self._pending[k % self._n] -= 1
+                free = self._pending[k % self._n] == 0
+            if free:
+                self._free[k % self._n].release()
+
+    def claim(self, k: int) -> None:
+        self._free[k % self._n].acquire()
+        if self._error is not None:
+            raise self._error
+
+    def submit(self, k: int, data: memoryview, out: memoryview) -> None:
+        self._pending[k % self._n] = len(self._queues)
+        for q in self._queues:
+            q.put((k, data, out))
+
+    def close(self, *, failed: bool = False) -> None:
+        """Wait for every consumer to finish; raise the first consumer error unless `failed`
+        (the producer is already raising its own)."""
+        for q in self._queues:
+            q.put(None)
+        for t in self._threads:
+            t.join()
+        if self._error is not None and not failed:
+            raise self._error
+
+
+class _Inline:
+    """The same interface without threads, for single-segment files (no overlap to gain)."""
+
+    def __init__(self, consumers: list[Consumer]) -> None:
+        self._consumers = consumers
+
+    def claim(self, k: int) -> None:
+        pass
+
+    def submit(self, k: int, data: memoryview, out: memoryview) -> None:
+        for fn in self._consumers:
+            fn(data, out)
+
+    def close(self, *, failed: bool = False) -> None:
+        pass
+
+
+def _pipeline(consumers: list[Consumer], count: int, slots: int) -> _Pipeline | _Inline:
+    return _Pipeline(consumers, slots) if count > 1 else _Inline(consumers)
+
+
+def _writer(dst: BinaryIO) -> Consumer:
+    def write(_data: memoryview, out: memoryview) -> None:
+        dst.write(out)
+
+    return write
+
+
+def _hasher(h: Any, *, of_output: bool) -> Consumer:
+    if of_output:
+        return lambda _data, out: h.update(out)
+
+    def of_input(data: memoryview, _out: memoryview) -> None:
+        h.update(data)
+
+    of_input.reads_input = True  # type: ignore[attr-defined]
+    return of_input
+
+
+def _input_ring(consumers: list[Consumer], slots: int) -> int:
+    """Input views that must stay valid at once: all slots when a consumer reads the input
+    (it may lag behind the cipher), else only the one being sealed (less memory)."""
+    return slots if any(getattr(c, "reads_input", False) for c in consumers) else 1
+
+
+def _seal_segments(
+    src: BinaryIO,
+    aead: AESGCM,
+    prefix: bytes,
+    header: bytes,
+    plaintext_size: int,
+    segment_size: int,
+    consumers: list[Consumer],
+    *,
+    slots: int | None = None,
+) -> None:
+    """Encrypt the segments of `src` in this thread; each consumer gets every (plaintext view,
+    sealed segment) in order, in its own thread. Deterministic for a given key and prefix.
+    `slots`: segments in flight (default by segment size)."""
+    header_digest = hashlib.sha256(header).digest()
+    count = segment_count(plaintext_size, segment_size)
+    slots = slots or _slot_count(segment_size)
+    outbufs = [memoryview(bytearray(segment_size + TAG_SIZE)) for _ in range(min(slots, count))]
+    lengths = [min(segment_size, plaintext_size - i * segment_size) for i in range(count)]
+    pipe = _pipeline(consumers, count, slots)
+    try:
+        ring = _input_ring(consumers, slots)
+        with closing(read_views(src, iter(lengths), segment_size, ring=ring)) as views:
+            for index, want in enumerate(lengths):
+                pipe.claim(index)
+                chunk = next(views)
+                if len(chunk) != want:
+                    raise ValueError("input ended early (it changed while read)")
+                nonce, aad = _segment_nonce_aad(prefix, header_digest, index, index == count - 1)
+                out = outbufs[index % slots][: want + TAG_SIZE]
+                aead.encrypt_into(nonce, chunk, aad, out)
+                pipe.submit(index, chunk, out)
+                del chunk, out
+    except BaseException:
+        pipe.close(failed=True)
+        raise
+    pipe.close()
+    if src.read(1):
+        raise ValueError("input is longer than its declared size (it changed while read)")
 
 
 def encrypt_stream(
@@ -259,43 +450,89 @@ def encrypt_stream(
     segment_size: int = DEFAULT_SEGMENT_SIZE,
     plaintext_size: int | None = None,
     digests: bool = True,
+    plaintext_digest: bool = True,
 ) -> StreamResult:
     """Encrypt everything left in `src` to `dst` under a fresh data key wrapped by `kek`.
 
     `src` must be seekable or `plaintext_size` given: the size is authenticated in the header so
     truncation and extension are detected exactly. `context` is bound into every segment.
+    With `digests`, the ciphertext SHA-256 (header included) and, unless `plaintext_digest` is
+    False, the plaintext SHA-256 are computed, each in its own thread beside the cipher.
     """
     if plaintext_size is None:
         plaintext_size = _stream_size(src)
     aead, prefix, header = _new_file(kek, key_uri, context, segment_size, plaintext_size)
-    header_digest = hashlib.sha256(header).digest()
-    pt_hash = hashlib.sha256() if digests else None
+    pt_hash = hashlib.sha256() if digests and plaintext_digest else None
     ct_hash = hashlib.sha256(header) if digests else None
     dst.write(header)
-
-    outbuf = memoryview(bytearray(segment_size + TAG_SIZE))
+    consumers = [_writer(dst)]
+    if ct_hash is not None:
+        consumers.append(_hasher(ct_hash, of_output=True))
+    if pt_hash is not None:
+        consumers.append(_hasher(pt_hash, of_output=False))
+    _seal_segments(src, aead, prefix, header, plaintext_size, segment_size, consumers)
     count = segment_count(plaintext_size, segment_size)
-    lengths = (min(segment_size, plaintext_size - i * segment_size) for i in range(count))
-    for index, chunk in enumerate(read_views(src, lengths, segment_size)):
-        want = min(segment_size, plaintext_size - index * segment_size)
-        if len(chunk) != want:
-            raise ValueError("input ended early (it changed while read)")
-        nonce, aad = _segment_nonce_aad(prefix, header_digest, index, index == count - 1)
-        out = outbuf[: want + TAG_SIZE]
-        aead.encrypt_into(nonce, chunk, aad, out)
-        dst.write(out)
-        if pt_hash is not None:
-            pt_hash.update(chunk)
-            ct_hash.update(out)
-        del chunk
-    if src.read(1):
-        raise ValueError("input is longer than its declared size (it changed while read)")
     return StreamResult(
         plaintext_size=plaintext_size,
         ciphertext_size=len(header) + plaintext_size + TAG_SIZE * count,
         plaintext_sha256=pt_hash.hexdigest() if pt_hash else "",
         ciphertext_sha256=ct_hash.hexdigest() if ct_hash else "",
     )
+
+
+def encrypt_to_writer(
+    src: BinaryIO,
+    open_writer: Callable[[int, str], Any],
+    *,
+    kek: bytes,
+    key_uri: str,
+    context: Mapping[str, Any],
+    segment_size: int = DEFAULT_SEGMENT_SIZE,
+) -> StreamResult:
+    """Encrypt the seekable `src` into a destination named by the ciphertext's own SHA-256,
+    without staging the ciphertext anywhere.
+
+    Two passes under one data key and nonce prefix, so both give the same bytes: the first
+    hashes the ciphertext (its digest names the object) and keeps every segment's GCM tag; the
+    second streams the ciphertext into `open_writer(ciphertext_size, ciphertext_sha256)` (an
+    `ObjectWriter`-like object: `write`, `commit`, context manager aborting on error) and
+    commits only if every segment's tag is the one of the first pass. A tag is a MAC of the
+    segment under the secret data key, so a source that changed between the passes is caught
+    there (a change keeping all tags is a GCM forgery) without hashing the bytes again. The
+    writer runs in its own thread beside the cipher, so its uploads overlap the encryption of
+    later segments. The plaintext digest is not computed (format version 2 does not need it)."""
+    origin = src.tell()
+    plaintext_size = _stream_size(src)
+    aead, prefix, header = _new_file(kek, key_uri, context, segment_size, plaintext_size)
+    ct_hash = hashlib.sha256(header)
+    tags: list[bytes] = []
+    _seal_segments(
+        src,
+        aead,
+        prefix,
+        header,
+        plaintext_size,
+        segment_size,
+        [_hasher(ct_hash, of_output=True), lambda _data, out: tags.append(bytes(out[-TAG_SIZE:]))],
+    )
+    size = len(header) + plaintext_size + TAG_SIZE * segment_count(plaintext_size, segment_size)
+    digest = ct_hash.hexdigest()
+    src.seek(origin)
+    seen = iter(tags)
+
+    def write_checked(_data: memoryview, out: memoryview) -> None:
+        if not hmac.compare_digest(bytes(out[-TAG_SIZE:]), next(seen)):
+            raise IntegrityError("the source changed while it was encrypted; nothing committed")
+        writer.write(out)
+
+    with open_writer(size, digest) as writer:
+        writer.write(header)
+        # two slots: the writer double-buffers its own parts, more would only cost memory
+        _seal_segments(
+            src, aead, prefix, header, plaintext_size, segment_size, [write_checked], slots=2
+        )
+        writer.commit()
+    return StreamResult(plaintext_size, size, "", digest)
 
 
 def open_header(
@@ -305,7 +542,8 @@ def open_header(
     expected_context: Mapping[str, Any] | None,
     expected_key_uri: str | None = None,
 ) -> AESGCM:
-    """Unwrap the data key, authenticate the header, check its bound context; returns the AEAD."""
+    """Unwrap the data key, check its commitment (version 2), authenticate the header, check
+    its bound context; returns the AEAD."""
     _check_kek(kek)
     try:
         data_key = aes_key_unwrap(bytes(kek), header.wrapped_key)
@@ -314,6 +552,10 @@ def open_header(
             f"data key did not unwrap with the given key for {header.key_uri}: "
             "wrong key-encryption key, or the wrapped key is corrupted"
         ) from None
+    if header.version >= 2 and not hmac.compare_digest(
+        key_commitment(data_key), header.key_commitment
+    ):
+        raise HeaderError("key commitment does not match the data key (header modified)")
     aead = AESGCM(data_key)
     del data_key
     body, tag = header.raw[:-TAG_SIZE], header.raw[-TAG_SIZE:]
@@ -341,14 +583,24 @@ def decrypt_stream(
     expected_context: Mapping[str, Any] | None,
     expected_key_uri: str | None = None,
     digests: bool = True,
+    plaintext_digest: bool = True,
+    expected_version: int | None = None,
 ) -> StreamResult:
-    """Decrypt one encrypted file from `src` to `dst`, authenticating every segment.
+    """Decrypt one encrypted file (format version 1 or 2) from `src` to `dst`, authenticating
+    every segment.
 
     Writes only authenticated plaintext, but a failure can leave a prefix in `dst`: callers
     write to a temporary and discard it on error (the checkpoint functions do).
     `expected_context=None` skips the context check (only for tools that display headers).
+    With `digests` the ciphertext SHA-256 and (unless `plaintext_digest` is False) the
+    plaintext SHA-256 are computed, each in its own thread beside the cipher.
+    `expected_version` refuses a file of another format version (the manifest's).
     """
     header = read_header(src)
+    if expected_version is not None and header.version != expected_version:
+        raise HeaderError(
+            f"file is format version {header.version}, its manifest says {expected_version}"
+        )
     aead = open_header(
         header, kek=kek, expected_context=expected_context, expected_key_uri=expected_key_uri
     )
@@ -361,32 +613,45 @@ def decrypt_stream(
             raise TrailingDataError(f"{left - body} bytes after the final segment")
     header_digest = hashlib.sha256(header.raw).digest()
     seg = header.segment_size
-    outbuf = memoryview(bytearray(seg))
-    pt_hash = hashlib.sha256() if digests else None
+    pt_hash = hashlib.sha256() if digests and plaintext_digest else None
     ct_hash = hashlib.sha256(header.raw) if digests else None
+    consumers = [_writer(dst)]
+    if ct_hash is not None:
+        consumers.append(_hasher(ct_hash, of_output=False))  # the ciphertext is the input
+    if pt_hash is not None:
+        consumers.append(_hasher(pt_hash, of_output=True))
     count, size = header.segment_count, header.plaintext_size
-    lengths = (min(seg, size - i * seg) + TAG_SIZE for i in range(count))
-    for index, data in enumerate(read_views(src, lengths, seg + TAG_SIZE)):
-        want = min(seg, size - index * seg)
-        if len(data) != want + TAG_SIZE:
-            raise TruncatedError(f"ciphertext truncated in segment {index} of {count}")
-        nonce, aad = _segment_nonce_aad(
-            header.nonce_prefix, header_digest, index, index == count - 1
-        )
-        out = outbuf[:want]
-        try:
-            aead.decrypt_into(nonce, data, aad, out)
-        except InvalidTag:
-            raise SegmentAuthError(
-                f"segment {index} of {count} failed authentication "
-                "(modified, reordered, or spliced from another file)",
-                index,
-            ) from None
-        dst.write(out)
-        if pt_hash is not None:
-            pt_hash.update(out)
-            ct_hash.update(data)
-        del data
+    slots = _slot_count(seg)
+    outbufs = [memoryview(bytearray(seg)) for _ in range(min(slots, count))]
+    lengths = [min(seg, size - i * seg) for i in range(count)]
+    pipe = _pipeline(consumers, count, slots)
+    try:
+        ring = _input_ring(consumers, slots)
+        views = read_views(src, (n + TAG_SIZE for n in lengths), seg + TAG_SIZE, ring=ring)
+        with closing(views):
+            for index, want in enumerate(lengths):
+                pipe.claim(index)
+                data = next(views)
+                if len(data) != want + TAG_SIZE:
+                    raise TruncatedError(f"ciphertext truncated in segment {index} of {count}")
+                nonce, aad = _segment_nonce_aad(
+                    header.nonce_prefix, header_digest, index, index == count - 1
+                )
+                out = outbufs[index % slots][:want]
+                try:
+                    aead.decrypt_into(nonce, data, aad, out)
+                except InvalidTag:
+                    raise SegmentAuthError(
+                        f"segment {index} of {count} failed authentication "
+                        "(modified, reordered, or spliced from another file)",
+                        index,
+                    ) from None
+                pipe.submit(index, data, out)
+                del data, out
+    except BaseException:
+        pipe.close(failed=True)
+        raise
+    pipe.close()
     if src.read(1):
         raise TrailingDataError("bytes after the final segment")
     return StreamResult(
@@ -475,11 +740,13 @@ def decrypt_blob(
 __all__ = [
     "DEFAULT_SEGMENT_SIZE",
     "FORMAT_VERSION",
+    "READABLE_VERSIONS",
     "FileHeader",
     "StreamResult",
     "decrypt_blob",
     "decrypt_stream",
     "encrypt_blob",
     "encrypt_stream",
+    "encrypt_to_writer",
     "read_header",
 ]

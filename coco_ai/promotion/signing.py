@@ -3,8 +3,10 @@
 What is signed is the checkpoint exactly as stored: the ciphertext files and the signed manifest.
 Airflow, which runs the promotion, never holds a checkpoint key, so it cannot sign plaintext; and
 signing the ciphertext is what a consumer can check without any key. The plaintext is bound in
-turn by the manifest (plaintext digests, signed by the attested TEE key), which is one of the
-signed files, so a valid model signature vouches for the whole chain down to the plaintext.
+turn by the manifest's ciphertext digests (signed by the attested TEE key; the manifest is one of
+the signed files) together with each file's key-committing header, which only one data key
+opens (version-1 manifests also list plaintext digests), so a valid model signature vouches for
+the whole chain down to the plaintext.
 
 The signature is a Sigstore bundle (v0.3 JSON, DSSE envelope, in-toto statement with predicate
 `https://model_signing/signature/v1.0`) written by model-signing's key-based signer: no Fulcio,

@@ -11,6 +11,10 @@ atomic per object: an object is either absent or complete, never partial, on eve
 
 Each `put_stream` hashes what it reads and refuses to commit if the SHA-256 differs from the
 expected one; callers then re-read the committed object (`sha256`) to verify the store.
+
+`open_writer` is the push-style counterpart for bytes produced on the fly (encryption straight
+into a store): the same atomicity and SHA-256 check, no resume (the producer cannot replay), and
+on S3 each part is sent by a background thread while the next one is being filled.
 """
 
 from __future__ import annotations
@@ -19,6 +23,8 @@ import hashlib
 import itertools
 import os
 import posixpath
+import queue
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, BinaryIO
@@ -148,6 +154,102 @@ class Store:
         if self._fs.exists(self._path(name)):
             self._fs.rm(self._path(name))
 
+    def open_writer(
+        self,
+        name: str,
+        size: int,
+        *,
+        sha256: str,
+        on_progress: ProgressCallback | None = None,
+        hash_check: bool = True,
+    ) -> ObjectWriter:
+        """A writer for exactly `size` bytes pushed with `write`; `commit` makes `name` appear
+        only if they hash to `sha256`, `abort` (or leaving a `with` block by an exception)
+        leaves nothing. Memory stays bounded whatever the size. `hash_check=False` skips the
+        SHA-256 (only for a producer that proves its bytes otherwise, as `encrypt_to_writer`
+        does with the segment tags of its two passes)."""
+        staging = self._path(f"{UPLOADS_DIR}/{name}.{os.urandom(6).hex()}")
+        self._fs.makedirs(posixpath.dirname(staging), exist_ok=True)
+        f = self._fs.open(staging, "wb")
+
+        def finish(ok: bool) -> None:
+            f.close()
+            if ok:
+                self._fs.mv(staging, self._path(name))
+            elif self._fs.exists(staging):
+                self._fs.rm(staging)
+
+        return ObjectWriter(
+            name, size, sha256 if hash_check else None, f.write, finish, on_progress
+        )
+
+
+class ObjectWriter:
+    """Push-style atomic write of one object: `write` the bytes, then `commit` or `abort`.
+
+    `commit` refuses (and aborts) unless exactly `size` bytes were written, hashing to `sha256`
+    unless that is None (the producer vouches). `write` is called from one thread at a time."""
+
+    def __init__(
+        self,
+        name: str,
+        size: int,
+        sha256: str | None,
+        sink: Callable[[Any], Any],
+        finish: Callable[[bool], None],
+        on_progress: ProgressCallback | None,
+    ) -> None:
+        self.name = name
+        self.size = size
+        self._sha256 = sha256
+        self._sink = sink
+        self._finish = finish
+        self._on_progress = on_progress
+        self._hash = hashlib.sha256() if sha256 is not None else None
+        self._written = 0
+        self._done = False
+
+    def write(self, data: Any) -> None:
+        n = len(data)
+        if self._written + n > self.size:
+            raise ObjectIntegrityError(
+                f"{self.name}: more than the declared {self.size} bytes written"
+            )
+        if self._hash is not None:
+            self._hash.update(data)
+        self._sink(data)
+        self._written += n
+        if self._on_progress:
+            self._on_progress(ProgressEvent(CHUNK_WRITTEN, self.name, 0, n))
+
+    def commit(self) -> None:
+        if self._written != self.size:
+            self.abort()
+            raise ObjectIntegrityError(
+                f"{self.name}: {self._written} bytes written, {self.size} declared"
+            )
+        if self._hash is not None and self._hash.hexdigest() != self._sha256:
+            self.abort()
+            raise ObjectIntegrityError(
+                f"{self.name}: bytes written do not hash to the expected SHA-256"
+            )
+        self._done = True
+        self._finish(True)
+        if self._on_progress:
+            self._on_progress(ProgressEvent(OBJECT_WRITTEN, self.name, 0, self.size))
+
+    def abort(self) -> None:
+        if not self._done:
+            self._done = True
+            self._finish(False)
+
+    def __enter__(self) -> ObjectWriter:
+        return self
+
+    def __exit__(self, exc_type: Any, *_: Any) -> None:
+        if exc_type is not None:
+            self.abort()
+
 
 def _copy_hashing(
     src: BinaryIO,
@@ -214,6 +316,37 @@ class _LocalStore(Store):
             self.put_stream(name, src, size, sha256=sha256, on_progress=on_progress)
             return
         os.replace(staging, final)
+
+    def open_writer(
+        self,
+        name: str,
+        size: int,
+        *,
+        sha256: str,
+        on_progress: ProgressCallback | None = None,
+        hash_check: bool = True,
+    ) -> ObjectWriter:
+        final = self._path(name)
+        staging = self._path(f"{UPLOADS_DIR}/{name}.{os.urandom(6).hex()}")
+        os.makedirs(os.path.dirname(staging), exist_ok=True)
+        os.makedirs(os.path.dirname(final), exist_ok=True)
+        f = open(staging, "wb")  # noqa: SIM115  (closed by finish)
+
+        def finish(ok: bool) -> None:
+            try:
+                if ok:
+                    f.flush()
+                    os.fsync(f.fileno())
+            finally:
+                f.close()
+            if ok:
+                os.replace(staging, final)
+            elif os.path.exists(staging):
+                os.remove(staging)
+
+        return ObjectWriter(
+            name, size, sha256 if hash_check else None, f.write, finish, on_progress
+        )
 
     def put_bytes(self, name: str, data: bytes) -> None:
         final = self._path(name)
@@ -297,6 +430,39 @@ class _S3Store(Store):
         self._put_multipart(name, src, size, sha256, on_progress)
         self._fs.invalidate_cache()
 
+    def open_writer(
+        self,
+        name: str,
+        size: int,
+        *,
+        sha256: str,
+        on_progress: ProgressCallback | None = None,
+        hash_check: bool = True,
+    ) -> ObjectWriter:
+        key = self._key(name)
+        if size < self._threshold:
+            buf = bytearray()
+
+            def finish_small(ok: bool) -> None:
+                if ok:
+                    self.put_bytes(name, bytes(buf))
+
+            return ObjectWriter(
+                name, size, sha256 if hash_check else None, buf.extend, finish_small, on_progress
+            )
+        upload = _PartUploader(self._client, self._bucket, key, name, on_progress)
+        parts = _PartBuffer(max(self._part_size, -(-size // MAX_PARTS)), upload.send)
+
+        def finish(ok: bool) -> None:
+            if ok:
+                parts.flush()
+            upload.finish(ok)
+            self._fs.invalidate_cache()
+
+        return ObjectWriter(
+            name, size, sha256 if hash_check else None, parts.write, finish, on_progress
+        )
+
     def _find_upload(self, key: str) -> str | None:
         """The newest unfinished multipart upload of `key`, left by an interrupted try."""
         found: list[dict] = []
@@ -365,6 +531,96 @@ class _S3Store(Store):
         self._client.complete_multipart_upload(
             Bucket=self._bucket, Key=key, UploadId=upload_id, MultipartUpload={"Parts": done}
         )
+
+
+class _PartBuffer:
+    """Collects written bytes into parts of `part_size`; two buffers, so one can be uploading
+    while the next one fills."""
+
+    def __init__(self, part_size: int, send: Callable[[Any, Callable[[], None]], None]) -> None:
+        self._bufs = [bytearray(part_size), bytearray(part_size)]
+        self._free: queue.SimpleQueue = queue.SimpleQueue()
+        for b in self._bufs:
+            self._free.put(b)
+        self._send = send
+        self._cur = self._free.get()
+        self._fill = 0
+
+    def write(self, data: Any) -> None:
+        view = memoryview(data).cast("B")
+        while view:
+            n = min(len(view), len(self._cur) - self._fill)
+            self._cur[self._fill : self._fill + n] = view[:n]
+            self._fill += n
+            view = view[n:]
+            if self._fill == len(self._cur):
+                self.flush()
+
+    def flush(self) -> None:
+        if self._fill:
+            buf, n = self._cur, self._fill
+            # a full part goes as is (no copy); it is reused only after its upload returned
+            self._send(buf if n == len(buf) else bytes(buf[:n]), lambda: self._free.put(buf))
+            self._cur, self._fill = self._free.get(), 0
+
+
+class _PartUploader:
+    """One multipart upload whose parts are sent in order by a background thread."""
+
+    def __init__(
+        self, client: Any, bucket: str, key: str, name: str, on_progress: ProgressCallback | None
+    ) -> None:
+        self._client, self._bucket, self._key, self._name = client, bucket, key, name
+        self._on_progress = on_progress
+        self._id = client.create_multipart_upload(Bucket=bucket, Key=key)["UploadId"]
+        self._parts: list[dict[str, Any]] = []
+        self._error: BaseException | None = None
+        self._queue: queue.Queue = queue.Queue(maxsize=1)
+        self._thread = threading.Thread(target=self._run, name="coco-ai-upload", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while (item := self._queue.get()) is not None:
+            body, release = item
+            if self._error is None:
+                try:
+                    number = len(self._parts) + 1
+                    etag = self._client.upload_part(
+                        Bucket=self._bucket,
+                        Key=self._key,
+                        UploadId=self._id,
+                        PartNumber=number,
+                        Body=body,
+                    )["ETag"]
+                    self._parts.append({"PartNumber": number, "ETag": etag})
+                    if self._on_progress:
+                        self._on_progress(
+                            ProgressEvent(PART_UPLOADED, self._name, number, len(body))
+                        )
+                except BaseException as exc:  # handed to the writer's thread
+                    self._error = exc
+            del body
+            release()
+
+    def send(self, body: bytes | bytearray, release: Callable[[], None]) -> None:
+        if self._error is not None:
+            raise self._error
+        self._queue.put((body, release))
+
+    def finish(self, ok: bool) -> None:
+        self._queue.put(None)
+        self._thread.join()
+        if ok and self._error is None:
+            self._client.complete_multipart_upload(
+                Bucket=self._bucket,
+                Key=self._key,
+                UploadId=self._id,
+                MultipartUpload={"Parts": self._parts},
+            )
+            return
+        self._client.abort_multipart_upload(Bucket=self._bucket, Key=self._key, UploadId=self._id)
+        if ok:
+            raise self._error
 
 
 def _s3_client(options: dict[str, Any]) -> Any:

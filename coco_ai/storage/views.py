@@ -15,7 +15,7 @@ from typing import BinaryIO
 
 # Mapped pages already consumed are unmapped in batches of this size: RSS stays flat, and one
 # madvise call per batch (not per segment) keeps its cost out of the throughput.
-DROP_EVERY = 16 * 1024 * 1024
+DROP_EVERY = 8 * 1024 * 1024
 
 
 def _readfull(src: BinaryIO, buf: memoryview) -> int:
@@ -50,19 +50,22 @@ def _map_file(src: BinaryIO) -> mmap.mmap | None:
 
 
 def read_views(
-    src: BinaryIO, lengths: Iterator[int], buf: memoryview | int
+    src: BinaryIO, lengths: Iterator[int], buf: memoryview | int, *, ring: int = 1
 ) -> Iterator[memoryview]:
     """Views of the next `lengths` bytes of `src` (shorter only at end of stream); `src` is
     left positioned after what was consumed, as if read. Memory stays constant: `buf` (a
     buffer, or the size of one to allocate only if `src` cannot be mapped) is reused, or, for
-    a mapped file, pages already consumed are dropped from the mapping."""
+    a mapped file, pages already consumed are dropped from the mapping. With `ring` > 1 (and
+    `buf` a size) the last `ring` views stay valid: view k uses buffer k % ring, and mapped
+    pages are dropped only behind them (for consumers in other threads)."""
     mm = _map_file(src)
     if mm is None:
-        if isinstance(buf, int):
-            buf = memoryview(bytearray(buf))
-        for n in lengths:
-            yield buf[: _readfull(src, buf[:n])]
+        bufs = [memoryview(bytearray(buf)) for _ in range(ring)] if isinstance(buf, int) else [buf]
+        for k, n in enumerate(lengths):
+            b = bufs[k % len(bufs)]
+            yield b[: _readfull(src, b[:n])]
         return
+    keep = ring * buf if isinstance(buf, int) and ring > 1 else 0
     off = src.tell()
     dropped = 0
     whole = memoryview(mm)
@@ -73,7 +76,7 @@ def read_views(
             yield view
             del view
             # The page cache keeps the file; unmapping consumed pages keeps RSS flat.
-            done = off // mmap.PAGESIZE * mmap.PAGESIZE
+            done = max(0, off - keep) // mmap.PAGESIZE * mmap.PAGESIZE
             if done - dropped >= DROP_EVERY:
                 mm.madvise(mmap.MADV_DONTNEED, dropped, done - dropped)
                 dropped = done

@@ -69,7 +69,8 @@ def test_manifest_lists_every_file_with_digests(plain_dir, tmp_path, kek):
     raw = (tmp_path / "ckpt" / MANIFEST_FILE).read_bytes()
     assert raw == canonical_json(json.loads(raw)) == m.canonical_bytes()
     d = json.loads(raw)
-    assert d["format_version"] == 1 and d["run_id"] == "run-a" and d["key_uri"] == KEY_URI
+    assert d["format_version"] == 2 and d["encryption"]["format_version"] == 2
+    assert d["run_id"] == "run-a" and d["key_uri"] == KEY_URI
     assert d["checkpoint_id"] == "ck-1" and d["created_at"] == 1_700_000_000
     assert d["metrics"] == META["metrics"] and d["dataset_digest"] == META["dataset_digest"]
     paths = sorted(str(p.relative_to(plain_dir)) for p in plain_dir.rglob("*") if p.is_file())
@@ -77,7 +78,8 @@ def test_manifest_lists_every_file_with_digests(plain_dir, tmp_path, kek):
     for f in d["files"]:
         plain = (plain_dir / f["path"]).read_bytes()
         obj = (tmp_path / "ckpt" / "objects" / f["ciphertext_sha256"]).read_bytes()
-        assert f["size"] == len(plain) and f["sha256"] == hashlib.sha256(plain).hexdigest()
+        # version 2: no plaintext digest (the signed ciphertext digest identifies the file)
+        assert f["size"] == len(plain) and "sha256" not in f
         assert f["ciphertext_size"] == len(obj)
         assert f["ciphertext_sha256"] == hashlib.sha256(obj).hexdigest()
         assert f["segment_size"] == SEGMENT
@@ -182,13 +184,14 @@ def test_extra_file(plain_dir, tmp_path, kek):
 
 
 def test_manifest_digest_edited(plain_dir, tmp_path, kek):
-    """Unsigned manifest edited consistently (canonical): the recorded digest no longer fits."""
+    """Unsigned manifest edited consistently (canonical): the recorded plaintext size (bound
+    in the authenticated header) no longer fits."""
     m = make(plain_dir, tmp_path / "ckpt", kek)
     f0 = m.files[0]
     edited = Manifest(
         **{
             **m.__dict__,
-            "files": (f0.__class__(**{**f0.__dict__, "sha256": "0" * 64}), *m.files[1:]),
+            "files": (f0.__class__(**{**f0.__dict__, "size": f0.size + 1}), *m.files[1:]),
         }
     )
     (tmp_path / "ckpt" / MANIFEST_FILE).write_bytes(edited.canonical_bytes())

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import io
 import os
 import struct
 
 import pytest
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.keywrap import aes_key_unwrap
 
 from coco_ai.crypto.errors import (
     ContextMismatchError,
@@ -27,6 +31,7 @@ from coco_ai.crypto.stream import (
 
 from .helpers import KEY_URI, SEGMENT
 
+COMMIT_LABEL = b"coco-ai/checkpoint-file/v2 key commitment"  # docs/formats/checkpoint.md §2
 CTX = {"kind": "checkpoint-file", "run_id": "run-a", "checkpoint_id": "c1", "path": "w.bin"}
 
 
@@ -300,11 +305,35 @@ def test_header_is_byte_exact(kek):
     """The documented fixed fields sit at the documented offsets."""
     ct = encrypt(os.urandom(5000), kek)
     magic, version, suite, seg, size = struct.unpack(">6sBBIQ", ct[:20])
-    assert (magic, version, suite, seg, size) == (b"COCOAI", 1, 1, SEGMENT, 5000)
-    (uri_len,) = struct.unpack(">H", ct[67:69])
-    assert ct[69 : 69 + uri_len].decode() == KEY_URI
+    assert (magic, version, suite, seg, size) == (b"COCOAI", 2, 1, SEGMENT, 5000)
+    data_key = aes_key_unwrap(kek, ct[27:67])
+    assert ct[67:99] == hmac.digest(data_key, COMMIT_LABEL, "sha256")
+    (uri_len,) = struct.unpack(">H", ct[99:101])
+    assert ct[101 : 101 + uri_len].decode() == KEY_URI
     h = read_header(io.BytesIO(ct))
     assert h.context == CTX and len(h.wrapped_key) == 40 and h.segment_count == 2
+    assert h.version == 2 and h.key_commitment == ct[67:99]
+
+
+def test_flipped_key_commitment_refused_before_decrypting(kek):
+    ct = flip(encrypt(os.urandom(100), kek), 67 + 5)
+    with pytest.raises(HeaderError, match="key commitment"):
+        decrypt(ct, kek)
+
+
+def test_commitment_of_another_key_refused(kek):
+    """A header whose commitment names another data key does not open, even re-authenticated
+    under the wrapped key (what a holder of the KEK could forge): one data key per header."""
+    ct = bytearray(encrypt(os.urandom(100), kek))
+    data_key = aes_key_unwrap(kek, bytes(ct[27:67]))
+    ct[67:99] = hmac.digest(os.urandom(32), COMMIT_LABEL, "sha256")
+    h = read_header(io.BytesIO(bytes(ct)))
+    body_end = len(h.raw) - TAG_SIZE
+    ct[body_end : len(h.raw)] = AESGCM(data_key).encrypt(
+        h.nonce_prefix + b"\xff\xff\xff\xff\x02", b"", bytes(ct[:body_end])
+    )
+    with pytest.raises(HeaderError, match="key commitment"):
+        decrypt(bytes(ct), kek)
 
 
 def test_header_repr_has_no_wrapped_key(kek):
@@ -433,3 +462,58 @@ def test_failed_segment_releases_no_plaintext_of_it(kek, segment):
     assert e.value.index == 2
     assert len(released.getvalue()) <= 2 * segment
     assert released.getvalue() == data[: len(released.getvalue())]
+
+
+# --- the pipeline: digests computed in other threads, errors surfacing --------------------------
+
+
+@pytest.mark.parametrize("mapped", [True, False])
+def test_pipelined_digests_are_the_digests_of_the_bytes(kek, tmp_path, mapped):
+    data = os.urandom(9 * SEGMENT + 5)
+    (tmp_path / "p").write_bytes(data)
+    out = io.BytesIO()
+    with open(tmp_path / "p", "rb") as f:
+        src = f if mapped else io.BytesIO(f.read())
+        r = encrypt_stream(src, out, kek=kek, key_uri=KEY_URI, context=CTX, segment_size=SEGMENT)
+    ct = out.getvalue()
+    assert r.plaintext_sha256 == hashlib.sha256(data).hexdigest()
+    assert r.ciphertext_sha256 == hashlib.sha256(ct).hexdigest()
+    (tmp_path / "c").write_bytes(ct)
+    back = io.BytesIO()
+    with open(tmp_path / "c", "rb") as f:
+        src = f if mapped else io.BytesIO(f.read())
+        d = decrypt_stream(src, back, kek=kek, expected_context=CTX)
+    assert back.getvalue() == data
+    assert (d.plaintext_sha256, d.ciphertext_sha256) == (r.plaintext_sha256, r.ciphertext_sha256)
+
+
+class FailingWriter(io.RawIOBase):
+    """A destination that fails after some bytes, as a full disk does."""
+
+    def __init__(self, limit: int) -> None:
+        self.left = limit
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, b) -> int:
+        if len(b) > self.left:
+            raise OSError(28, "No space left on device")
+        self.left -= len(b)
+        return len(b)
+
+
+def test_writer_error_in_its_thread_is_raised_to_the_caller(kek):
+    data = os.urandom(20 * SEGMENT)
+    with pytest.raises(OSError, match="No space left"):
+        encrypt_stream(
+            io.BytesIO(data),
+            FailingWriter(5 * SEGMENT),
+            kek=kek,
+            key_uri=KEY_URI,
+            context=CTX,
+            segment_size=SEGMENT,
+        )
+    ct = encrypt(data, kek)
+    with pytest.raises(OSError, match="No space left"):
+        decrypt_stream(io.BytesIO(ct), FailingWriter(3 * SEGMENT), kek=kek, expected_context=CTX)

@@ -1,0 +1,160 @@
+"""Format versions: checkpoints and blobs written by the version-1 code still verify and decrypt.
+
+The fixtures in fixtures/v1 were written once by the code before version 2 (see their README);
+these tests read them with today's code, and check that versions are never mixed.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from coco_ai.cli import main
+from coco_ai.crypto.checkpoint import decrypt_checkpoint, encrypt_checkpoint
+from coco_ai.crypto.cli import EXIT_INTEGRITY, EXIT_OK
+from coco_ai.crypto.errors import HeaderError, IntegrityError, ManifestError
+from coco_ai.crypto.kserve import decrypt_kserve_jwe, export_checkpoint_file
+from coco_ai.crypto.manifest import MANIFEST_FILE, FileEntry, Manifest
+from coco_ai.crypto.stream import decrypt_blob, read_header
+from coco_ai.crypto.transfer import read_manifest, verify_checkpoint, verify_objects
+from coco_ai.crypto.verify import VerificationPolicy
+from coco_ai.kbs.wire import canonical_json
+from coco_ai.storage import open_store
+
+from .helpers import KEY_URI, SEGMENT
+
+V1 = Path(__file__).parent / "fixtures" / "v1"
+V1_KEK = (V1 / "kek.bin").read_bytes()
+
+
+@pytest.fixture
+def v1_ckpt(tmp_path) -> Path:
+    """A writable copy of the version-1 checkpoint (tests that tamper with it)."""
+    return Path(shutil.copytree(V1 / "checkpoint", tmp_path / "v1"))
+
+
+def plain_files(root: Path) -> dict[str, bytes]:
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in root.rglob("*") if p.is_file()}
+
+
+def test_v1_manifest_reads_and_reserializes_byte_for_byte():
+    raw = (V1 / "checkpoint" / MANIFEST_FILE).read_bytes()
+    m = Manifest.from_bytes(raw)
+    assert m.version == 1 and all(f.sha256 for f in m.files)
+    assert m.canonical_bytes() == raw  # the signature over these bytes stays valid
+
+
+def test_v1_checkpoint_verifies_without_key():
+    store = open_store(str(V1 / "checkpoint"))
+    verify_objects(store, read_manifest(store)[0])
+    v = verify_checkpoint(
+        V1 / "checkpoint",
+        trust_anchor_pem=(V1 / "ca.pem").read_bytes(),
+        policy=VerificationPolicy.for_run("run-v1"),
+    )
+    assert v.manifest.version == 1 and v.manifest.run_id == "run-v1"
+
+
+def test_v1_checkpoint_decrypts_to_its_plaintext(tmp_path):
+    m = decrypt_checkpoint(V1 / "checkpoint", tmp_path / "out", kek=V1_KEK)
+    assert m.version == 1
+    assert plain_files(tmp_path / "out") == plain_files(V1 / "plain")
+
+
+def test_v1_plaintext_digest_still_checked(v1_ckpt, tmp_path):
+    """Version 1 lists plaintext SHA-256s; an edited one is still caught on decrypt."""
+    d = json.loads((v1_ckpt / MANIFEST_FILE).read_bytes())
+    d["files"][0]["sha256"] = "0" * 64
+    (v1_ckpt / MANIFEST_FILE).write_bytes(canonical_json(d))
+    with pytest.raises(IntegrityError, match="digests differ"):
+        decrypt_checkpoint(v1_ckpt, tmp_path / "out", kek=V1_KEK)
+    assert not (tmp_path / "out").exists()
+
+
+def test_v1_checkpoint_through_the_cli(tmp_path):
+    key = tmp_path / "kek.bin"
+    key.write_bytes(V1_KEK)
+    assert main(["checkpoint", "verify", str(V1 / "checkpoint")]) == EXIT_OK
+    out = tmp_path / "out"
+    rc = main(["checkpoint", "decrypt", "--key-file", str(key), str(V1 / "checkpoint"), str(out)])
+    assert rc == EXIT_OK and plain_files(out) == plain_files(V1 / "plain")
+    bad = Path(shutil.copytree(V1 / "checkpoint", tmp_path / "bad"))
+    obj = next((bad / "objects").iterdir())
+    obj.write_bytes(obj.read_bytes()[:-1])
+    assert main(["checkpoint", "verify", str(bad)]) == EXIT_INTEGRITY
+
+
+def test_v1_file_exports_for_serving():
+    serving = bytes(range(32, 64))
+    token = export_checkpoint_file(
+        V1 / "checkpoint",
+        "adapter_model.safetensors",
+        kek=V1_KEK,
+        serving_kek=serving,
+        serving_key_uri="kbs:///coco-ai/serving/v1",
+    )
+    plain = (V1 / "plain" / "adapter_model.safetensors").read_bytes()
+    assert decrypt_kserve_jwe(token, kek=serving) == plain
+
+
+def test_v1_blob_decrypts():
+    blob = (V1 / "dataset.blob").read_bytes()
+    assert read_header(io.BytesIO(blob)).version == 1
+    assert read_header(io.BytesIO(blob)).key_commitment == b""
+    out = decrypt_blob(blob, kek=V1_KEK, aad_context={"dataset": "v1-fixture"})
+    assert out == b"data set rows\n" * 700
+
+
+def test_v1_file_listed_in_a_v2_manifest_refused(v1_ckpt, tmp_path):
+    """A version-2 manifest vouches for key-committing files only: a version-1 file (no
+    commitment) under a version-2 manifest is refused, not decrypted."""
+    m = read_manifest(open_store(str(v1_ckpt)))[0]
+    files = tuple(FileEntry(**{**f.__dict__, "sha256": None}) for f in m.files)
+    v2 = Manifest(**{**m.__dict__, "files": files, "version": 2})
+    (v1_ckpt / MANIFEST_FILE).write_bytes(v2.canonical_bytes())
+    with pytest.raises(HeaderError, match="format version 1, its manifest says 2"):
+        decrypt_checkpoint(v1_ckpt, tmp_path / "out", kek=V1_KEK)
+    assert not (tmp_path / "out").exists()
+
+
+def test_v2_file_listed_in_a_v1_manifest_refused(plain_dir, tmp_path, kek):
+    m = encrypt_checkpoint(
+        plain_dir, tmp_path / "ckpt", kek=kek, key_uri=KEY_URI, run_id="r", meta={},
+        segment_size=SEGMENT,
+    )  # fmt: skip
+    files = tuple(FileEntry(**{**f.__dict__, "sha256": "0" * 64}) for f in m.files)
+    v1 = Manifest(**{**m.__dict__, "files": files, "version": 1})
+    (tmp_path / "ckpt" / MANIFEST_FILE).write_bytes(v1.canonical_bytes())
+    with pytest.raises(HeaderError, match="format version 2, its manifest says 1"):
+        decrypt_checkpoint(tmp_path / "ckpt", tmp_path / "out", kek=kek)
+
+
+@pytest.mark.parametrize(
+    ("version", "drop", "why"),
+    [(1, "sha256", "wrong fields for manifest version 1"), (3, None, "unsupported manifest")],
+)
+def test_manifest_version_and_fields_must_agree(version, drop, why):
+    d = json.loads((V1 / "checkpoint" / MANIFEST_FILE).read_bytes())
+    d["format_version"] = d["encryption"]["format_version"] = version
+    for f in d["files"]:
+        f.pop(drop or "", None)
+    with pytest.raises(ManifestError, match=why):
+        Manifest.from_bytes(canonical_json(d))
+
+
+def test_v2_manifest_with_plaintext_digest_refused():
+    d = json.loads((V1 / "checkpoint" / MANIFEST_FILE).read_bytes())
+    d["format_version"] = d["encryption"]["format_version"] = 2
+    with pytest.raises(ManifestError, match="wrong fields for manifest version 2"):
+        Manifest.from_bytes(canonical_json(d))
+
+
+def test_manifest_and_encryption_versions_must_match():
+    d = json.loads((V1 / "checkpoint" / MANIFEST_FILE).read_bytes())
+    d["encryption"]["format_version"] = 2
+    with pytest.raises(ManifestError, match="unsupported encryption format"):
+        Manifest.from_bytes(canonical_json(d))
