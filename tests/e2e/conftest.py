@@ -141,3 +141,19 @@ def follow_run(
 def follow(e2e_stack):
     """`follow(run_id, timeout_s=..., on_refs=...)` on the session's stack."""
     return lambda run_id, **kwargs: follow_run(e2e_stack, run_id, **kwargs)
+
+
+@pytest.fixture(scope="module")
+def v021_stack(tmp_path_factory) -> E2EStack:
+    """A second stack whose stand-in emulates Trustee v0.21.0 (the session's emulates v0.20.0)."""
+    root = tmp_path_factory.mktemp("coco-v021")
+    info = DevStack(root, trustee_version="0.21.0").start()
+    try:
+        yield E2EStack(info, root, root / "no-recorded-keys")
+    finally:
+        stop_stack(root)
+
+
+@pytest.fixture(scope="module")
+def follow_v021(v021_stack):
+    return lambda run_id, **kwargs: follow_run(v021_stack, run_id, **kwargs)
