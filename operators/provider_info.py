@@ -44,6 +44,15 @@ def get_provider_info() -> dict:
                 ],
             }
         ],
+        # The provenance view (FastAPI app, external views, extra links); loaded by the API
+        # server through the providers manager, like every other part of this provider.
+        "plugins": [
+            {
+                "name": "coco_ai_provenance",
+                "plugin-class": "operators.provenance.plugin.ProvenancePlugin",
+            }
+        ],
+        "extra-links": ["operators.provenance.links.ProvenanceLink"],
         "connection-types": [
             {
                 "hook-class-name": "coco_ai_airflow.hooks.trustee.TrusteeHook",
@@ -197,6 +206,15 @@ def get_provider_info() -> dict:
                         "type": "string",
                         "example": None,
                         "default": "serving",
+                    },
+                    "model_signing_public_key": {
+                        "description": "Path of the public key PEM of the promotion key; the "
+                        "provenance view verifies model signatures with it (empty: derived from "
+                        "model_signing_key where the API server can read that file).",
+                        "version_added": None,
+                        "type": "string",
+                        "example": "/etc/coco-ai/model-signing.pub.pem",
+                        "default": "",
                     },
                     "model_signing_key": {
                         "description": "Path of the EC P-256 private key PEM that signs promoted "
