@@ -44,15 +44,6 @@ def get_provider_info() -> dict:
                 ],
             }
         ],
-        # The provenance view (FastAPI app, external views, extra links); loaded by the API
-        # server through the providers manager, like every other part of this provider.
-        "plugins": [
-            {
-                "name": "coco_ai_provenance",
-                "plugin-class": "operators.provenance.plugin.ProvenancePlugin",
-            }
-        ],
-        "extra-links": ["operators.provenance.links.ProvenanceLink"],
         "connection-types": [
             {
                 "hook-class-name": "coco_ai_airflow.hooks.trustee.TrusteeHook",

@@ -34,7 +34,7 @@ TASKS = (
 )
 _FINAL = ("success", "failed")
 FINETUNE_TASK = "confidential_finetune"
-PROGRESS_POLL_S = 3.0
+PROGRESS_POLL_S = 2.0
 
 # The workload's progress line (coco_ai.workloads.finetune.workload), as relayed into the
 # task log: "[finetune] step 12/90 epoch 1 loss 2.3456 tokens/s 812 eta 00:01:05".

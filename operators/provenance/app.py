@@ -22,7 +22,7 @@ from airflow.api_fastapi.core_api.security import requires_access_asset, require
 from fastapi import Depends, FastAPI, HTTPException
 from fastapi.responses import HTMLResponse, JSONResponse
 
-from operators.provenance import URL_PREFIX
+from coco_ai_airflow.provenance import URL_PREFIX
 
 WORKLOAD_TASK = "confidential_finetune"
 KEY_RELEASE_TASK = "key_release"
@@ -103,7 +103,7 @@ def _setting(option: str) -> str:
 def _trust_anchor() -> bytes | None:
     from airflow.models.connection import Connection
 
-    from operators.hooks.trustee import TrusteeSettings
+    from coco_ai_airflow.hooks.trustee import TrusteeSettings
 
     try:
         conn = Connection.get_connection_from_secrets(TRUSTEE_CONN_ID)

@@ -6,7 +6,7 @@ from urllib.parse import quote
 
 from airflow.sdk import BaseOperatorLink, conf
 
-from operators.provenance import RUN_TAB_ROUTE
+from coco_ai_airflow.provenance import RUN_TAB_ROUTE
 
 
 class ProvenanceLink(BaseOperatorLink):

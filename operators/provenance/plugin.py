@@ -1,6 +1,6 @@
 """`ProvenancePlugin`: the provenance view inside the Airflow 3 UI.
 
-- ``fastapi_apps``: `operators.provenance.app.app` under ``/coco-ai`` (HTML pages and JSON).
+- ``fastapi_apps``: `coco_ai_airflow.provenance.app.app` under ``/coco-ai`` (HTML pages and JSON).
 - ``external_views``: a "Provenance" tab on every DAG run page (an iframe of the run's page,
   same origin, so the UI's session authenticates it) and a "Promoted models" entry in the
   navigation. No Flask, no FAB.
@@ -12,9 +12,9 @@ from __future__ import annotations
 
 from airflow.plugins_manager import AirflowPlugin
 
-from operators.provenance import RUN_TAB_ROUTE, URL_PREFIX
-from operators.provenance.app import app
-from operators.provenance.links import ProvenanceLink
+from coco_ai_airflow.provenance import RUN_TAB_ROUTE, URL_PREFIX
+from coco_ai_airflow.provenance.app import app
+from coco_ai_airflow.provenance.links import ProvenanceLink
 
 
 class ProvenancePlugin(AirflowPlugin):
