@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from coco_ai.devstack.stack import DAG_ID, StackInfo
+from coco_ai.devstack.stack import DAG_ID, StackInfo, write_secret
 from coco_ai.runs import RunRefs
 
 TASKS = (
@@ -226,6 +226,11 @@ def run_pipeline(
     if inspect and key is not None and checkpoint:
         samples = read_report(checkpoint, key)["samples"]
         summary["sample"] = samples[0] if samples else None
+        # The data owner keeps the run's checkpoint key (Trustee deletes it when the run ends)
+        # in its own state, never Airflow's: `coco-ai report` reads the full report with it.
+        owner_key = Path(info.root) / "owner" / f"{summary['run_refs']['run_id']}.key"
+        write_secret(owner_key, key)
+        summary["owner_key_file"] = str(owner_key)
     del key
     return summary
 
@@ -269,6 +274,7 @@ def _summary(
         "eval_loss_before": metrics.get("eval_loss_before"),
         "eval_loss_after": metrics.get("eval_loss"),
         "sample": None,
+        "owner_key_file": None,
         "registry": {
             "uri": info.registry_uri,
             "model_name": (promoted or {}).get("model_name"),
@@ -331,6 +337,12 @@ def format_summary(summary: dict[str, Any]) -> str:
         lines.append(f"  model signature: {reg['signature_uri']}")
     ui = summary["ui"]
     lines.append(f"  UI: {ui['url']}  (login {ui['username']} / {ui['password']})")
+    lines.append("       the run's Provenance tab shows the attestation and every check")
+    if summary.get("owner_key_file") and summary.get("checkpoint_uri"):
+        lines.append(
+            "  data owner's report (loss curve, answers): coco-ai report "
+            f"{summary['checkpoint_uri']} --key-file {summary['owner_key_file']}"
+        )
     return "\n".join(lines)
 
 

@@ -165,7 +165,8 @@ def local_image_reference() -> str:
     return f"localhost/coco-ai-finetune@sha256:{listing.hexdigest()}"
 
 
-def _write_secret(path: Path, data: bytes) -> None:
+def write_secret(path: Path, data: bytes) -> None:
+    """Write `data` to a new or truncated file readable by its owner only (0600)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "wb") as fh:
@@ -222,7 +223,7 @@ class DevStack:
         private, public = self.keys / "admin-key.pem", self.keys / "admin-public.pem"
         if not private.exists():
             key = ed25519.Ed25519PrivateKey.generate()
-            _write_secret(
+            write_secret(
                 private,
                 key.private_bytes(
                     serialization.Encoding.PEM,
@@ -244,7 +245,7 @@ class DevStack:
         path = self.keys / "model-signing.pem"
         if not path.exists():
             key = ec.generate_private_key(ec.SECP256R1())
-            _write_secret(
+            write_secret(
                 path,
                 key.private_bytes(
                     serialization.Encoding.PEM,

@@ -12,6 +12,7 @@ docs/ (committed).
 from __future__ import annotations
 
 import base64
+import html
 import re
 import shutil
 from pathlib import Path
@@ -22,7 +23,7 @@ import pytest
 from conftest import STRANGER  # tests/e2e is on sys.path (rootdir-relative test modules)
 from test_browser import CHROMIUM, CHROMIUM_ARGS
 
-from coco_ai.devstack import DAG_ID, RunKeyWatcher, run_pipeline
+from coco_ai.devstack import DAG_ID, run_pipeline
 
 pytestmark = [pytest.mark.e2e, pytest.mark.browser, pytest.mark.slow, pytest.mark.timeout(900)]
 
@@ -37,43 +38,14 @@ CHECKS = (
 )
 
 
-class _KeyCapture:
-    """Plays the data owner beside `run_pipeline`: records the run's checkpoint key while
-    Trustee holds it, so the test can look for it in what the view serves."""
-
-    def __init__(self, stack) -> None:
-        self.stack = stack
-        self.watcher: RunKeyWatcher | None = None
-        self.run_id: str | None = None
-
-    def __call__(self, message: str) -> None:
-        if self.run_id is None and (m := re.search(r"run (\S+) through the REST API", message)):
-            self.run_id = m.group(1)
-        if self.watcher is None and self.run_id and "key_release: success" in message:
-            client = self.stack.info.client()
-            refs = client.xcom(DAG_ID, self.run_id, "key_release")
-            client.close()
-            path = refs["checkpoint_key_uri"].removeprefix("kbs:///")
-            self.watcher = RunKeyWatcher(self.stack.info.trustee_state_dir, path, 0.05).start()
-
-
 @pytest.fixture(scope="module")
 def promoted(e2e_stack):
-    capture = _KeyCapture(e2e_stack)
+    """One run as `coco-ai demo` drives it; the demo (as data owner) keeps the run's key."""
     progress = []
-    summary = run_pipeline(
-        e2e_stack.info,
-        {"epochs": 3},
-        progress=capture,
-        training=progress.append,
-        timeout_s=600,
-        inspect=False,
-    )
-    if capture.watcher is not None:
-        capture.watcher.stop()
+    summary = run_pipeline(e2e_stack.info, {"epochs": 3}, training=progress.append, timeout_s=600)
     assert summary["state"] == "success", summary["tasks"]
-    key = capture.watcher.key if capture.watcher else None
-    assert key is not None and len(key) == 32
+    key = Path(summary["owner_key_file"]).read_bytes()
+    assert len(key) == 32
     return {"summary": summary, "progress": progress, "checkpoint_key": key}
 
 
@@ -174,6 +146,36 @@ def test_provenance_tab_on_the_run_page(e2e_stack, promoted, browser):
     assert f"version {reg['version']}" in page.locator("#registry").inner_text()
     page.screenshot(path=str(DOCS / "provenance-model-version.png"), full_page=True)
     page.close()
+
+
+def test_data_owner_report_for_the_run(e2e_stack, promoted, tmp_path):
+    from coco_ai.cli import main
+
+    summary = promoted["summary"]
+    out = tmp_path / "report.html"
+    anchor = tmp_path / "anchor.pem"
+    anchor.write_bytes((Path(e2e_stack.info.trustee_state_dir) / "ca.pem").read_bytes())
+    reg = summary["registry"]
+    rc = main(
+        [
+            "report",
+            f"models:/{reg['model_name']}/{reg['version']}",
+            "--key-file",
+            summary["owner_key_file"],
+            "--registry-uri",
+            e2e_stack.info.registry_uri,
+            "--trust-anchor",
+            str(anchor),
+            "--out",
+            str(out),
+        ]
+    )
+    page = out.read_text()
+    assert re.search(r"<td>ciphertext</td><td class='passed'>passed", page)
+    assert rc == 1  # no promotion public key given: the model signature check did not run
+    sample = summary["sample"]
+    assert sample is not None and sample["question"] in html.unescape(page)
+    assert 'id="loss-curve"' in page and "data:image/png;base64," in page
 
 
 def test_tampered_ciphertext_shows_as_failed(e2e_stack, promoted, browser):
