@@ -214,7 +214,8 @@ class KeylessChainVerifier:
             add(
                 "manifest signature",
                 True,
-                f"ES256 by the attested TEE key (thumbprint {jwk.JWK(**signer).thumbprint()}) "
+                "ES256 by the attested TEE key (JWK thumbprint "
+                f"{thumbprint_digest(jwk.JWK(**signer).thumbprint())}) "
                 f"within the token's validity; manifest belongs to run {manifest.run_id}",
             )
         except (CheckpointError, ValueError) as exc:
@@ -379,7 +380,22 @@ _VERIFIER_DIGEST_FIELDS = frozenset({"init_data"})
 
 
 def _field(name: str, value: Any) -> Any:
+    if name == "tee_key_thumbprint":
+        return thumbprint_digest(value)
     return public_digest(value) if name in _VERIFIER_DIGEST_FIELDS else public_reference(value)
+
+
+def thumbprint_digest(thumbprint: Any) -> Any:
+    """An RFC 7638 JWK thumbprint (base64url of SHA-256) as ``sha256:<hex>``.
+
+    The same digest, in the one shape the view accepts for a digest (a bare base64 run cannot
+    be told apart from key material).
+    """
+    try:
+        raw = _b64url(thumbprint)
+    except (TypeError, ValueError):
+        return WITHHELD
+    return "sha256:" + raw.hex() if len(raw) == 32 else WITHHELD
 
 
 #: Keys of the run's references (key release output) that the view shows.

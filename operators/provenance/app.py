@@ -22,8 +22,6 @@ from airflow.api_fastapi.core_api.security import requires_access_asset, require
 from fastapi import Depends, FastAPI, HTTPException
 from fastapi.responses import HTMLResponse, JSONResponse
 
-from coco_ai_airflow.provenance import URL_PREFIX
-
 WORKLOAD_TASK = "confidential_finetune"
 KEY_RELEASE_TASK = "key_release"
 UPLOAD_TASK = "encrypted_checkpoint_upload"
@@ -166,20 +164,34 @@ def _registry(model_name: str | None, manifest_digest: str | None) -> tuple[dict
 
 
 def _registry_view(found, versions) -> dict:
+    aliases = _aliases(found.name)
     return {
         "model_name": found.name,
         "version": found.version,
-        "aliases": list(found.aliases),
+        "aliases": aliases.get(found.version, []),
         "versions": [
             {
                 "version": v.version,
                 "run_id": v.tags.get("coco-ai.run_id"),
                 "manifest_digest": v.tags.get("coco-ai.manifest_digest"),
-                "aliases": list(v.aliases),
+                "aliases": aliases.get(v.version, []),
             }
             for v in sorted(versions, key=lambda v: -v.version)
         ],
     }
+
+
+def _aliases(name: str) -> dict[int, list[str]]:
+    """version -> aliases now on it, for the alias promotion moves (MLflow's version search
+    does not return aliases)."""
+    from coco_ai.promotion import RegistryError, version_by_alias
+
+    alias = _setting("serving_alias") or "serving"
+    try:
+        holder = version_by_alias(name, alias, registry_uri=_setting("mlflow_tracking_uri") or None)
+    except RegistryError:
+        return {}
+    return {holder.version: [alias]} if holder else {}
 
 
 # ---- records -----------------------------------------------------------------------------------
@@ -249,7 +261,8 @@ def _int(value: Any) -> int:
 
 
 def _airflow_links(dag_id: str, run_id: str) -> list[dict[str, str]]:
-    base = f"/dags/{quote(dag_id, safe='')}/runs/{quote(run_id, safe='')}"
+    # relative to the page (<base>/coco-ai/runs/<dag>/<run>), so a base URL path is kept
+    base = f"../../../dags/{quote(dag_id, safe='')}/runs/{quote(run_id, safe='')}"
     return [
         {"name": "run", "href": base},
         *(
@@ -296,10 +309,12 @@ def models_page() -> HTMLResponse:
     except RegistryError as exc:
         raise HTTPException(400, str(exc)) from None
     e = html.escape
+    aliases = _aliases(name) if versions else {}
     rows = "".join(
-        f"<tr><td><a href='{URL_PREFIX}/models/{quote(name)}/{v.version}'>version {v.version}</a>"
+        # relative links: the page is /coco-ai/models, wherever the API server's base URL is
+        f"<tr><td><a href='models/{quote(name)}/{v.version}'>version {v.version}</a>"
         f"</td><td><code>{e(v.tags.get('coco-ai.run_id', '-'))}</code></td>"
-        f"<td>{e(', '.join(v.aliases) or '-')}</td></tr>"
+        f"<td>{e(', '.join(aliases.get(v.version, [])) or '-')}</td></tr>"
         for v in sorted(versions, key=lambda v: -v.version)
     )
     body = (
@@ -346,6 +361,16 @@ def _kv_table(table_id: str, items: dict[str, Any]) -> str:
     return f"<table id='{table_id}'>{rows}</table>"
 
 
+def _when(timestamp: Any) -> Any:
+    """A Unix time as "<seconds> (<UTC ISO time>)"; anything else unchanged."""
+    import datetime
+
+    if isinstance(timestamp, int) and not isinstance(timestamp, bool):
+        when = datetime.datetime.fromtimestamp(timestamp, datetime.UTC)
+        return f"{timestamp} ({when:%Y-%m-%d %H:%M:%S} UTC)"
+    return timestamp
+
+
 def _text(value: Any) -> str:
     return value if isinstance(value, str) else json.dumps(value, sort_keys=True)
 
@@ -388,9 +413,9 @@ def render_page(record: dict[str, Any]) -> str:
                 "attestation",
                 {
                     "TEE": att.get("tee"),
-                    "token issued at": att.get("issued_at"),
-                    "token expires at": att.get("expires_at"),
-                    "initdata digest": att.get("initdata_digest"),
+                    "token issued at": _when(att.get("issued_at")),
+                    "token expires at": _when(att.get("expires_at")),
+                    "initdata digest (as the verifier reports it)": att.get("initdata_digest"),
                 },
             )
         )
@@ -428,6 +453,7 @@ def render_page(record: dict[str, Any]) -> str:
             "manifest",
             {
                 **manifest,
+                "created_at": _when(manifest.get("created_at")),
                 "signer (attested TEE key thumbprint)": (
                     (record.get("registry") or {}).get("provenance") or {}
                 ).get("tee_key_thumbprint"),
