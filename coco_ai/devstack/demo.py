@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import re
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -147,15 +146,12 @@ class RunKeyWatcher:
 
 
 def read_report(checkpoint_uri: str, key: bytes) -> dict[str, Any]:
-    """Decrypt the checkpoint in a private temporary directory; return its metrics and samples."""
-    from coco_ai.crypto import decrypt_checkpoint
-    from coco_ai.owner_report import sample_answers
+    """Decrypt the checkpoint's report in memory (not the adapter); return its sample answers."""
+    from coco_ai.owner_report import read_owner_files, sample_answers
+    from coco_ai.workloads.finetune.report import REPORT_FILE
 
-    with tempfile.TemporaryDirectory(prefix="coco-ai-demo-") as tmp:
-        out = Path(tmp) / "checkpoint"
-        decrypt_checkpoint(checkpoint_uri, str(out), kek=key)
-        report = (out / "report.md").read_text()
-    return {"samples": sample_answers(report)}
+    _, files, _ = read_owner_files(checkpoint_uri, key)
+    return {"samples": sample_answers(files[REPORT_FILE].decode())}
 
 
 def _duration(ti: dict) -> float | None:
@@ -337,7 +333,8 @@ def format_summary(summary: dict[str, Any]) -> str:
         lines.append(f"  model signature: {reg['signature_uri']}")
     ui = summary["ui"]
     lines.append(f"  UI: {ui['url']}  (login {ui['username']} / {ui['password']})")
-    lines.append("       the run's Provenance tab shows the attestation and every check")
+    # the provenance plugin's run tab (operators.provenance.RUN_TAB_ROUTE; no Airflow import here)
+    lines.append(f"  provenance (attestation, every check): {ui['url']}/plugin/provenance")
     if summary.get("owner_key_file") and summary.get("checkpoint_uri"):
         lines.append(
             "  data owner's report (loss curve, answers): coco-ai report "
