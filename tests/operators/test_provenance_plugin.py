@@ -90,3 +90,19 @@ def test_view_code_cannot_decrypt_or_reach_trustee():
         names = _names(path)
         bad = {n for n in names if n in _FORBIDDEN or n.startswith(tuple(_FORBIDDEN))}
         assert not bad, f"{path.relative_to(ROOT)} uses {sorted(bad)}"
+
+
+def test_page_escapes_every_value():
+    from operators.provenance.app import render_page
+
+    hostile = "<img src=x onerror=alert(1)>"
+    page = render_page(
+        {
+            "dag_id": "d",
+            "airflow_run_id": hostile,
+            "pending": hostile,
+            "links": [{"name": hostile, "href": "javascript:alert(1)' onclick='x"}],
+        }
+    )
+    assert hostile not in page and "&lt;img src=x onerror=alert(1)&gt;" in page
+    assert "href='javascript:alert(1)' onclick" not in page  # the quote cannot end the attribute
