@@ -95,8 +95,8 @@ def read_owner_files(
     from coco_ai.crypto.errors import CheckpointError
     from coco_ai.crypto.manifest import TOKEN_FILE
     from coco_ai.crypto.stream import decrypt_stream
-    from coco_ai.storage import open_store, read_manifest
-    from coco_ai.storage.checkpoints import check_object_set
+    from coco_ai.crypto.transfer import check_object_set, read_manifest
+    from coco_ai.storage import open_store
 
     try:
         store = open_store(checkpoint_uri, **dict(storage_options or {}))

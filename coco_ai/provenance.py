@@ -20,9 +20,12 @@ import json
 import re
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from coco_ai.crypto.manifest import MANIFEST_FILE, SIGNATURE_FILE, TOKEN_FILE
+
+if TYPE_CHECKING:
+    from coco_ai.runs import RunRefs
 
 PASSED, FAILED, NOT_RUN = "passed", "failed", "not run"
 WITHHELD = "(withheld: not a public reference)"
@@ -116,6 +119,9 @@ class Subject:
     min_gpus: int = 0
     signature_uri: str | None = None  # OpenSSF model signature bundle (None: not promoted)
     registry_tags: Mapping[str, str] = field(default_factory=dict)  # coco-ai.* tags, if any
+    # The run's references (key release output). When given, the policy is the pipeline's own:
+    # the token must carry exactly this run's initdata digest and every claim key release wrote.
+    run_refs: RunRefs | None = None
 
 
 class Verifier(Protocol):
@@ -150,10 +156,11 @@ class KeylessChainVerifier:
 
     def verify(self, subject: Subject) -> Verification:
         from coco_ai.crypto.errors import CheckpointError
+        from coco_ai.crypto.transfer import read_manifest, verify_objects
         from coco_ai.crypto.verify import check_policy, verify_signed_manifest
         from coco_ai.kbs.ear import verify_ear_token
         from coco_ai.kbs.errors import KbsError
-        from coco_ai.storage import open_store, read_manifest, verify_objects
+        from coco_ai.storage import open_store
 
         checks: list[Check] = []
 
@@ -227,7 +234,7 @@ class KeylessChainVerifier:
                 True,
                 f"{len(manifest.files)} encrypted object(s) match the manifest's sizes and SHA-256",
             )
-        except (CheckpointError, OSError) as exc:
+        except (CheckpointError, OSError, ValueError) as exc:
             add("ciphertext", False, str(exc))
         self._model_signature(subject, add)
         self._registry(subject, manifest.digest(), token, signature, add)
@@ -280,12 +287,14 @@ class KeylessChainVerifier:
 
 
 def _policy(subject: Subject):
-    from coco_ai.crypto.verify import RUN_ID_CLAIM, VerificationPolicy
-    from coco_ai.promotion.verify import IMAGE_DIGEST_CLAIM
+    from coco_ai.crypto.verify import VerificationPolicy
+    from coco_ai.guest.initdata import IMAGE_DIGEST_KEY, RUN_ID_KEY
 
-    claims = {RUN_ID_CLAIM: subject.run_id}
+    if subject.run_refs is not None:
+        return VerificationPolicy.for_refs(subject.run_refs, min_gpus=subject.min_gpus)
+    claims = {RUN_ID_KEY: subject.run_id}
     if subject.image_digest:
-        claims[IMAGE_DIGEST_CLAIM] = subject.image_digest
+        claims[IMAGE_DIGEST_KEY] = subject.image_digest
     digest = subject.initdata_digest
     return VerificationPolicy(
         run_id=subject.run_id,
@@ -296,6 +305,12 @@ def _policy(subject: Subject):
 
 
 def _binding_reason(subject: Subject) -> str:
+    if subject.run_refs is not None:
+        refs = subject.run_refs
+        return (
+            f"initdata digest {refs.initdata_digest} and its {len(refs.expected_claims())} "
+            f"claims (run {refs.run_id}, image, key URIs) are this run's"
+        )
     parts = [f"initdata names run {subject.run_id}"]
     if subject.image_digest:
         parts.append(f"image {subject.image_digest}")
@@ -398,17 +413,40 @@ def thumbprint_digest(thumbprint: Any) -> Any:
     return "sha256:" + raw.hex() if len(raw) == 32 else WITHHELD
 
 
-#: Keys of the run's references (key release output) that the view shows.
+#: Keys of the run's references (key release output, `RunRefs.to_xcom`) that the view shows;
+#: each of its ``inputs`` adds ``<input> uri``, ``<input> digest`` and ``<input> key_uri``.
 RUN_REF_FIELDS = (
+    "workload",
     "run_id",
-    "initdata_digest",
     "image",
     "checkpoint_key_uri",
-    "dataset_key_uri",
-    "dataset_uri",
-    "dataset_digest",
-    "base_model_digest",
+    "staging_uri",
+    "initdata_digest",
 )
+_INPUT_FIELDS = ("uri", "digest", "key_uri")
+
+
+def run_ref_fields(run_refs: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The displayed run references, flat, each a public reference (or withheld)."""
+    if not isinstance(run_refs, Mapping):
+        return {}
+    shown = {k: _field(k, run_refs[k]) for k in RUN_REF_FIELDS if k in run_refs}
+    inputs = run_refs.get("inputs")
+    for name, item in sorted(inputs.items()) if isinstance(inputs, Mapping) else ():
+        for k in _INPUT_FIELDS:
+            if isinstance(item, Mapping) and item.get(k) is not None:
+                shown[f"{public_reference(name)} {k}"] = public_reference(item[k])
+    return shown
+
+
+def released_key_uris(run_refs: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The keys released to the run's TEE, by reference: checkpoint key and each input's key."""
+    shown = run_ref_fields(run_refs)
+    keys = {"checkpoint key": shown["checkpoint_key_uri"]} if "checkpoint_key_uri" in shown else {}
+    keys.update({k.removesuffix("_uri"): v for k, v in shown.items() if k.endswith(" key_uri")})
+    return keys
+
+
 #: Registry tags (without the ``coco-ai.`` prefix) that the view shows.
 REGISTRY_FIELDS = (
     "run_id",
@@ -448,13 +486,12 @@ def provenance_record(
     record: dict[str, Any] = {
         "checkpoint_uri": public_reference(subject.checkpoint_uri),
         "run_id": public_reference(subject.run_id),
-        "run_refs": {
-            k: _field(k, run_refs[k]) for k in RUN_REF_FIELDS if run_refs and k in run_refs
-        },
+        "run_refs": run_ref_fields(run_refs),
+        "released_keys": released_key_uris(run_refs),
     }
     try:
         store = open_store(subject.checkpoint_uri, **dict(storage_options or {}))
-        from coco_ai.storage import read_manifest
+        from coco_ai.crypto.transfer import read_manifest
 
         manifest, _ = read_manifest(store)
         token = _text(store, TOKEN_FILE)

@@ -100,7 +100,6 @@ def _setting(option: str) -> str:
 
 def _trust_anchor() -> bytes | None:
     from airflow.models.connection import Connection
-
     from coco_ai_airflow.hooks.trustee import TrusteeSettings
 
     try:
@@ -199,10 +198,11 @@ def _aliases(name: str) -> dict[int, list[str]]:
 
 def run_record(dag_id: str, run_id: str) -> dict[str, Any]:
     from coco_ai.provenance import Subject, provenance_record
+    from coco_ai.runs import RunRefs, RunRefsError
 
     if not _run_exists(dag_id, run_id):
         raise HTTPException(404, f"DAG run {dag_id}/{run_id} not found")
-    refs = _xcom(dag_id, run_id, KEY_RELEASE_TASK) or {}
+    refs_xcom = _xcom(dag_id, run_id, KEY_RELEASE_TASK)
     upload = _xcom(dag_id, run_id, UPLOAD_TASK) or {}
     promoted = _xcom(dag_id, run_id, PROMOTION_TASK) or {}
     links = _airflow_links(dag_id, run_id)
@@ -213,18 +213,28 @@ def run_record(dag_id: str, run_id: str) -> dict[str, Any]:
             "pending": "no checkpoint is stored for this run (yet): the upload task has no output",
             "links": links,
         }
+    try:
+        refs = RunRefs.from_xcom(refs_xcom)
+    except RunRefsError:
+        refs = None  # malformed references: the policy check then pins only the run id
+    if not isinstance(promoted, dict):
+        promoted = {}
     registry, tags = _registry(promoted.get("model_name"), upload.get("manifest_digest"))
     min_gpus = _rendered(dag_id, run_id, PROMOTION_TASK).get("min_gpus", 0)
     subject = Subject(
         checkpoint_uri=upload["checkpoint_uri"],
-        run_id=str(refs.get("run_id") or upload.get("run_id") or ""),
-        initdata_digest=str(refs.get("initdata_digest") or "").partition(":")[2] or None,
-        image_digest=str(refs.get("image") or "").partition("@")[2] or None,
+        run_id=refs.run_id if refs else str(upload.get("run_id") or ""),
         min_gpus=_int(min_gpus),
         signature_uri=tags.get("coco-ai.signature_uri") or promoted.get("signature_uri"),
         registry_tags=tags,
+        run_refs=refs,
     )
-    record = provenance_record(subject, _verifier(), run_refs=refs, registry=registry)
+    record = provenance_record(
+        subject,
+        _verifier(),
+        run_refs=refs_xcom if isinstance(refs_xcom, dict) else None,
+        registry=registry,
+    )
     return {"dag_id": dag_id, "airflow_run_id": run_id, **record, "links": links}
 
 
@@ -433,17 +443,10 @@ def render_page(record: dict[str, Any]) -> str:
             + _kv_table("initdata", att.get("initdata_binds") or {})
         )
     refs = record.get("run_refs") or {}
-    parts.append("<h2>Keys released (references only)</h2>")
-    parts.append(
-        _kv_table(
-            "keys",
-            {
-                "checkpoint key": refs.get("checkpoint_key_uri")
-                or (record.get("manifest") or {}).get("key_uri"),
-                "data-set key": refs.get("dataset_key_uri"),
-            },
-        )
-    )
+    keys = record.get("released_keys") or {
+        "checkpoint key": (record.get("manifest") or {}).get("key_uri")
+    }
+    parts.append("<h2>Keys released (references only)</h2>" + _kv_table("keys", keys))
     if refs:
         parts.append("<h2>Run references</h2>" + _kv_table("run-refs", refs))
     manifest = record.get("manifest") or {}

@@ -63,7 +63,9 @@ _FORBIDDEN = {
     "RunKeyWatcher",
     "get_resource",
     "coco_ai.kbs.client",
-    "coco_ai.guest",
+    "coco_ai.guest.client",
+    "coco_ai.guest.emulator",
+    "coco_ai.guest.attesters",
     "coco_ai.trustee_dev",
 }
 
@@ -93,7 +95,7 @@ def test_view_code_cannot_decrypt_or_reach_trustee():
 
 
 def test_page_escapes_every_value():
-    from operators.provenance.app import render_page
+    from coco_ai_airflow.provenance.app import render_page
 
     hostile = "<img src=x onerror=alert(1)>"
     page = render_page(

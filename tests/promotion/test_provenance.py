@@ -178,8 +178,8 @@ def test_record_withholds_values_that_are_not_public_references(promoted, issuer
     planted = {
         "run_id": RUN_ID,
         "checkpoint_key_uri": base64.b64encode(key).decode(),  # a key where a URI belongs
-        "dataset_key_uri": key.hex(),
-        "initdata_digest": "sha256:" + initdata.digest().hex(),
+        "inputs": {"dataset": {"uri": "s3://data/v1.enc", "key_uri": key.hex()}},
+        "initdata_digest": "sha384:" + initdata.digest().hex(),
     }
     record = provenance_record(
         _subject(ckpt, tags, initdata),
@@ -190,6 +190,7 @@ def test_record_withholds_values_that_are_not_public_references(promoted, issuer
     assert base64.b64encode(key).decode() not in text
     assert key.hex() not in text
     assert record["run_refs"]["checkpoint_key_uri"] == WITHHELD
+    assert record["released_keys"]["dataset key"] == WITHHELD
     assert record["run_refs"]["initdata_digest"] == planted["initdata_digest"]
     assert record["manifest"]["key_uri"] == KEY_URI
     assert record["verification"]["verdict"] == "failed"  # model signature: no public key
@@ -212,3 +213,53 @@ def test_record_withholds_values_that_are_not_public_references(promoted, issuer
 )
 def test_public_reference_shapes(value, shown):
     assert (public_reference(value) == value) is shown
+
+
+def _run_refs(run_id: str = RUN_ID):
+    from coco_ai.digest import Digest
+    from coco_ai.kbs.resource_path import parse_resource_uri
+    from coco_ai.runs import RunInput, RunRefs, checkpoint_key_path
+
+    return RunRefs.plan(
+        workload="finetune",
+        run_id=run_id,
+        image="registry.example/coco-ai/finetune@" + IMAGE_DIGEST,
+        checkpoint_key=checkpoint_key_path(run_id),
+        inputs={
+            "dataset": RunInput(
+                "s3://data/v1.enc",
+                Digest.parse(DATASET_DIGEST),
+                parse_resource_uri("kbs:///coco-ai/dataset-key/v1"),
+            ),
+            "base_model": RunInput("s3://models/smol", Digest.parse(BASE_MODEL_DIGEST)),
+        },
+        staging_root="s3://staging/",
+        kbs_url="https://127.0.0.1:8080",
+        kbs_ca_pem=None,
+    )
+
+
+def test_run_refs_pin_the_runs_whole_initdata(checkpoints, issuer):
+    refs = _run_refs()
+    initdata = refs.initdata()
+    token = checkpoints.token(
+        init_data_hex=initdata.digest().hex(), init_data_claims=initdata.claims()
+    )
+    ckpt = checkpoints.make(token=token)
+    verifier = KeylessChainVerifier(trust_anchor_pem=issuer.ca_pem)
+    subject = Subject(checkpoint_uri=str(ckpt), run_id=RUN_ID, min_gpus=1, run_refs=refs)
+    assert _statuses(verifier.verify(subject))["attestation policy"] == PASSED
+    # another run's references (other initdata, other key) do not match this token
+    other = Subject(
+        checkpoint_uri=str(ckpt), run_id=RUN_ID, min_gpus=1, run_refs=_run_refs("run-other")
+    )
+    assert _statuses(verifier.verify(other))["attestation policy"] == FAILED
+
+    record = provenance_record(subject, verifier, run_refs=refs.to_xcom())
+    assert record["released_keys"] == {
+        "checkpoint key": refs.checkpoint_key.uri(),
+        "dataset key": "kbs:///coco-ai/dataset-key/v1",
+    }
+    assert record["run_refs"]["dataset digest"] == DATASET_DIGEST
+    assert record["run_refs"]["initdata_digest"] == str(refs.initdata_digest)
+    assert "initdata_annotation" not in record["run_refs"]
