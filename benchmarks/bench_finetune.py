@@ -114,6 +114,7 @@ def bench_size(size: str, rounds: int, root: Path) -> dict:
                     "guest_api_url": stack.guest_url,
                     "staging_uri": f"file://{work}/staging/{i}",
                     "checkpoint_key_uri": stack.checkpoint_key_uri,
+                    "run_key_root_uri": stack.run_key_root_uri,
                     "dataset": {
                         "uri": f"file://{work}/store/data.enc",
                         "key_uri": stack.dataset_key_uri,

@@ -4,7 +4,8 @@ The workload puts its report (``report.md``: eval before/after, sample answers),
 (``metrics.json``: per-step losses) and its loss curve (``loss_curve.png``) *inside* the
 encrypted checkpoint, so only the holder of the checkpoint key can see them. This command runs
 on the data owner's machine, never in Airflow: it reads the checkpoint (directly, or through a
-registry entry ``models:/<name>/<version>`` or ``models:/<name>@<alias>``), decrypts only those
+registry entry ``models:/<name>/<version>`` or ``models:/<name>@<alias>``), with the run's key or
+the data owner's run-key root (the run's key is derived from it), decrypts only those
 three files in memory (each authenticated against the manifest), and writes one self-contained
 HTML page with the provenance summary beside them.
 """
@@ -89,9 +90,21 @@ def resolve_target(target: str, registry_uri: str | None = None) -> tuple[str, d
 
 
 def read_owner_files(
-    checkpoint_uri: str, key: bytes, storage_options: Mapping[str, Any] | None = None
+    checkpoint_uri: str,
+    key: bytes | None = None,
+    storage_options: Mapping[str, Any] | None = None,
+    *,
+    run_key_root: bytes | None = None,
 ) -> tuple[dict[str, Any], dict[str, bytes], str | None]:
-    """Decrypt report, metrics and loss curve in memory; (manifest summary, files, token)."""
+    """Decrypt report, metrics and loss curve in memory; (manifest summary, files, token).
+
+    The key is the checkpoint's own (`key`) or derived from the data owner's run-key root and
+    the run id in the manifest (`run_key_root`, see coco_ai.run_keys).
+    """
+    from coco_ai.run_keys import RunKeyError, derive_run_key
+
+    if (key is None) == (run_key_root is None):
+        raise ReportError("give exactly one of the checkpoint key or the run-key root")
     from coco_ai.crypto.errors import CheckpointError
     from coco_ai.crypto.manifest import TOKEN_FILE
     from coco_ai.crypto.stream import decrypt_stream
@@ -102,6 +115,11 @@ def read_owner_files(
         store = open_store(checkpoint_uri, **dict(storage_options or {}))
         manifest, _ = read_manifest(store)
         check_object_set(store, manifest)
+        if key is None:
+            try:
+                key = derive_run_key(run_key_root, manifest.run_id)
+            except RunKeyError as exc:
+                raise ReportError(f"run-key root: {exc}") from None
         files: dict[str, bytes] = {}
         for entry in manifest.files:
             if entry.path not in (REPORT_FILE, METRICS_FILE, LOSS_CURVE_FILE):
@@ -177,8 +195,9 @@ def _cells(row: str) -> list[str]:
 
 def build_report(
     target: str,
-    key: bytes,
+    key: bytes | None = None,
     *,
+    run_key_root: bytes | None = None,
     registry_uri: str | None = None,
     trust_anchor_pem: bytes | None = None,
     promotion_public_key: str | None = None,
@@ -187,7 +206,9 @@ def build_report(
     from coco_ai.provenance import KeylessChainVerifier, Subject, attestation_summary
 
     checkpoint_uri, entry = resolve_target(target, registry_uri)
-    manifest, files, token = read_owner_files(checkpoint_uri, key, storage_options)
+    manifest, files, token = read_owner_files(
+        checkpoint_uri, key, storage_options, run_key_root=run_key_root
+    )
     try:
         metrics = json.loads(files[METRICS_FILE])
     except ValueError:
@@ -352,8 +373,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "models:/<name>/<version> or models:/<name>@<alias>.",
     )
     p.add_argument("target", help="checkpoint URI or registry entry (models:/name/version)")
-    p.add_argument(
-        "--key-file", required=True, help="the checkpoint key: a file of exactly 32 raw bytes"
+    key = p.add_mutually_exclusive_group(required=True)
+    key.add_argument("--key-file", help="the checkpoint key: a file of exactly 32 raw bytes")
+    key.add_argument(
+        "--run-key-root-file",
+        help="the data owner's 32-byte run-key root: the run's checkpoint key is derived from "
+        "it and the run id in the manifest (coco_ai.run_keys)",
     )
     p.add_argument("--out", default="report.html", help="HTML file to write (default report.html)")
     p.add_argument("--registry-uri", help="MLflow registry URI (default: $COCO_AI_REGISTRY_URI)")
@@ -381,11 +406,13 @@ def read_key_file(path: str) -> bytes:
 
 def _run(args: argparse.Namespace) -> int:
     try:
-        key = read_key_file(args.key_file)
+        key = read_key_file(args.key_file) if args.key_file else None
+        root = read_key_file(args.run_key_root_file) if args.run_key_root_file else None
         anchor = Path(args.trust_anchor).read_bytes() if args.trust_anchor else None
         report = build_report(
             args.target,
             key,
+            run_key_root=root,
             registry_uri=args.registry_uri,
             trust_anchor_pem=anchor,
             promotion_public_key=args.promotion_key,

@@ -20,17 +20,16 @@ from coco_ai.digest import Digest
 from coco_ai.guest.initdata import (
     CHECKPOINT_KEY_KEY,
     IMAGE_DIGEST_KEY,
+    RUN_GRANT_KEY,
     RUN_ID_KEY,
+    RUN_KEY_ROOT_KEY,
     WORKLOAD_KEY,
     Initdata,
     build_initdata,
     input_key_claim,
 )
 from coco_ai.kbs.resource_path import ResourcePath, parse_resource_uri
-
-#: Trustee repository of per-run keys (the resource policies pin it to the run's initdata).
-RUN_KEY_REPOSITORY = "coco-ai-run"
-CHECKPOINT_KEY_TYPE = "checkpoint-key"
+from coco_ai.run_keys import checkpoint_key_path, grant_path
 
 _IMAGE_BY_DIGEST = re.compile(r"^[a-z0-9][a-z0-9._:/-]*@sha256:[0-9a-f]{64}$")
 _NAME = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
@@ -56,11 +55,6 @@ def pinned_image(image: object) -> str:
             "tags can be re-pointed and would not match the image digest in the initdata"
         )
     return image
-
-
-def checkpoint_key_path(run_id: str) -> ResourcePath:
-    """Where a run's checkpoint key lives in Trustee."""
-    return ResourcePath(RUN_KEY_REPOSITORY, CHECKPOINT_KEY_TYPE, run_id)
 
 
 def staging_location(staging_root: str, run_id: str) -> str:
@@ -107,15 +101,23 @@ def run_claims(
     workload: str,
     run_id: str,
     image: str,
-    checkpoint_key: ResourcePath,
+    run_key_root: ResourcePath,
     input_keys: Mapping[str, ResourcePath],
 ) -> dict[str, str]:
-    """The ``io.coco-ai.*`` initdata claims of a run (what `RunRefs.expected_claims` returns)."""
+    """The ``io.coco-ai.*`` initdata claims of a run (what `RunRefs.expected_claims` returns).
+
+    Besides the run and its image they name every key the run's TEE may obtain — the run-key
+    root and the run's grant (coco_ai.run_keys), each keyed input's key — and the name of the
+    run's derived checkpoint key; the resource policies release a key only to a TEE whose
+    initdata names it.
+    """
     claims = {
         WORKLOAD_KEY: workload,
         RUN_ID_KEY: run_id,
         IMAGE_DIGEST_KEY: pinned_image(image).partition("@")[2],
-        CHECKPOINT_KEY_KEY: checkpoint_key.uri(),
+        CHECKPOINT_KEY_KEY: checkpoint_key_path(run_id).uri(),
+        RUN_GRANT_KEY: grant_path(run_id).uri(),
+        RUN_KEY_ROOT_KEY: run_key_root.uri(),
     }
     for name, key in input_keys.items():
         claims[input_key_claim(name)] = key.uri()
@@ -133,7 +135,7 @@ class RunRefs:
     workload: str
     run_id: str
     image: str
-    checkpoint_key: ResourcePath
+    run_key_root: ResourcePath
     inputs: Mapping[str, RunInput]
     staging_uri: str
     initdata_digest: Digest
@@ -158,7 +160,7 @@ class RunRefs:
         workload: str,
         run_id: str,
         image: str,
-        checkpoint_key: ResourcePath,
+        run_key_root: ResourcePath,
         inputs: Mapping[str, RunInput],
         staging_root: str,
         kbs_url: str,
@@ -169,7 +171,7 @@ class RunRefs:
             workload=workload,
             run_id=run_id,
             image=image,
-            checkpoint_key=checkpoint_key,
+            run_key_root=run_key_root,
             input_keys=_input_keys(inputs),
         )
         initdata = build_initdata(kbs_url, kbs_ca_pem, claims)
@@ -177,7 +179,7 @@ class RunRefs:
             workload=workload,
             run_id=run_id,
             image=image,
-            checkpoint_key=checkpoint_key,
+            run_key_root=run_key_root,
             inputs=dict(inputs),
             staging_uri=staging_location(staging_root, run_id),
             initdata_digest=Digest(initdata.algorithm, initdata.digest().hex()),
@@ -188,13 +190,23 @@ class RunRefs:
     def image_digest(self) -> Digest:
         return Digest.parse(self.image.partition("@")[2])
 
+    @property
+    def checkpoint_key(self) -> ResourcePath:
+        """The name of the run's checkpoint key (derived in the TEE, see coco_ai.run_keys)."""
+        return checkpoint_key_path(self.run_id)
+
+    @property
+    def grant(self) -> ResourcePath:
+        """Where key release publishes the run's grant."""
+        return grant_path(self.run_id)
+
     def expected_claims(self) -> dict[str, str]:
         """The ``io.coco-ai.*`` init_data_claims a TEE of this run presents to Trustee."""
         return run_claims(
             workload=self.workload,
             run_id=self.run_id,
             image=self.image,
-            checkpoint_key=self.checkpoint_key,
+            run_key_root=self.run_key_root,
             input_keys=_input_keys(self.inputs),
         )
 
@@ -224,6 +236,8 @@ class RunRefs:
             "run_id": self.run_id,
             "image": self.image,
             "checkpoint_key_uri": self.checkpoint_key.uri(),
+            "grant_uri": self.grant.uri(),
+            "run_key_root_uri": self.run_key_root.uri(),
             "inputs": {name: item.to_xcom() for name, item in sorted(self.inputs.items())},
             "staging_uri": self.staging_uri,
             "initdata_digest": str(self.initdata_digest),
@@ -247,7 +261,7 @@ class RunRefs:
                 "workload",
                 "run_id",
                 "image",
-                "checkpoint_key_uri",
+                "run_key_root_uri",
                 "inputs",
                 "staging_uri",
                 "initdata_digest",
@@ -261,7 +275,7 @@ class RunRefs:
         if not isinstance(inputs, Mapping):
             raise RunRefsError("run references: inputs must be an object")
         try:
-            checkpoint_key = parse_resource_uri(data["checkpoint_key_uri"])
+            run_key_root = parse_resource_uri(data["run_key_root_uri"])
             initdata_digest = Digest.parse(data["initdata_digest"], algorithms=("sha384",))
         except ValueError as exc:
             raise RunRefsError(f"run references: {exc}") from None
@@ -271,11 +285,17 @@ class RunRefs:
             workload=data["workload"],
             run_id=data["run_id"],
             image=data["image"],
-            checkpoint_key=checkpoint_key,
+            run_key_root=run_key_root,
             inputs={name: RunInput.from_xcom(name, v) for name, v in inputs.items()},
             staging_uri=data["staging_uri"],
             initdata_digest=initdata_digest,
             initdata_annotation=str(data["initdata_annotation"]),
         )
         refs.initdata()  # the annotation must be the initdata the digest names
+        for name, derived in (
+            ("checkpoint_key_uri", refs.checkpoint_key.uri()),
+            ("grant_uri", refs.grant.uri()),
+        ):
+            if name in data and data[name] != derived:  # informative copies, never an input
+                raise RunRefsError(f"run references: {name} is not {derived}")
         return refs

@@ -19,13 +19,13 @@ from airflow.sdk import (
     Param,
     conf,
 )
+
+from coco_ai.kbs.resource_path import RESOURCE_URI_PATTERN
 from coco_ai_airflow.attestation import AttestationGateOperator
 from coco_ai_airflow.checkpoint import EncryptedCheckpointUploadOperator
 from coco_ai_airflow.keys import KeyReleaseOperator, KeyRevokeOperator
 from coco_ai_airflow.promotion import AttestedModelPromotionOperator
 from coco_ai_airflow.workload import ConfidentialWorkloadOperator
-
-from coco_ai.kbs.resource_path import RESOURCE_URI_PATTERN
 
 
 def _setting(option: str) -> str:
@@ -167,6 +167,7 @@ reference values. Fails closed, naming the mismatch.""",
     )
     key_release = KeyReleaseOperator(
         task_id="key_release",
+        retries=2,  # the grant goes to a path fixed by the run id: writing it again is harmless
         workload="finetune",
         inputs={
             "dataset": {
@@ -175,10 +176,11 @@ reference values. Fails closed, naming the mismatch.""",
             },
             "base_model": {"uri": "{{ params.base_model }}"},
         },
-        doc_md="""Creates this run's checkpoint key *inside* Trustee, released only to a TEE
-whose initdata names this run; builds that initdata (KBS URL and CA, run id, key URIs, image
-digest) and pins the inputs (digests of the encrypted data set and of the base model).
-XCom holds references only. No retries: a second key would orphan the first.""",
+        doc_md="""Pins the inputs (digests of the encrypted data set and of the base model),
+builds this run's initdata (KBS URL and CA, workload, run id, key references, image digest)
+and writes the run's grant to Trustee: only a TEE whose attested initdata names this run
+obtains it, and with it derives the run's checkpoint key from the data owner's root. XCom holds
+references only.""",
     )
     confidential_finetune = ConfidentialWorkloadOperator(
         task_id="confidential_finetune",
@@ -227,10 +229,10 @@ registry untouched.""",
     )
     revoke_keys = KeyRevokeOperator(
         task_id="revoke_keys",
-        run_refs="{{ ti.xcom_pull(task_ids='key_release') }}",
-        retries=2,  # deleting a key is idempotent
-        doc_md="""Always runs (trigger rule all_done): deletes this run's keys from Trustee.
-Marked as a teardown so that its success never hides a failed run.""",
+        retries=2,  # tombstone + delete: a retry repeats both harmlessly
+        doc_md="""Always runs (trigger rule all_done): revokes this run's grant in Trustee, so
+no TEE of this run obtains its key any more. Marked as a teardown so that its success never
+hides a failed run.""",
     )
     # Cleanup must not decide the run's state: a teardown leaf is ignored for it, and keeping
     # trigger rule all_done (not all_done_setup_success) revokes even after a failed key release.

@@ -8,10 +8,10 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from airflow.sdk import BaseOperator, Context, Variable
-from coco_ai_airflow._settings import setting
-from coco_ai_airflow.hooks.trustee import TrusteeHook
 
 from coco_ai import policies
+from coco_ai_airflow._settings import setting
+from coco_ai_airflow.hooks.trustee import TrusteeHook
 
 SYNC_POLICIES_VAR = "coco_ai_sync_policies"
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 from airflow.sdk import BaseOperator, Context
-from coco_ai_airflow._settings import as_int, required_setting
-from coco_ai_airflow.hooks.trustee import TrusteeHook
 
 from coco_ai.runs import RunRefs, staging_location
+from coco_ai_airflow._settings import as_int, required_setting
+from coco_ai_airflow.hooks.trustee import TrusteeHook
 
 
 class EncryptedCheckpointUploadOperator(BaseOperator):

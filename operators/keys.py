@@ -1,10 +1,11 @@
-"""Key release (the run's identity and its per-run key) and revocation, for any workload kind.
+"""Key release (the run's identity and its grant) and revocation, for any workload kind.
 
-The checkpoint key of a run is created *inside* Trustee: Airflow learns its ``kbs:///``
-reference, never its bytes. Release is bound to the run's initdata (claim ``io.coco-ai.run-id``)
-and to the resource policy (CPU and every GPU affirming); the initdata also names the key URIs,
-so the policy can tie a per-run key to the run that asked for it. What the run is — workload,
-image, pinned inputs, keys, staging, initdata — travels on as :class:`coco_ai.runs.RunRefs`.
+A run's checkpoint key is derived inside its TEE from the data owner's run-key root, after the
+TEE has fetched the run's *grant* (coco_ai.run_keys): Airflow writes the grant — public JSON, the
+run id and its initdata digest — and never holds a key. Trustee releases the grant and the root
+only to a TEE whose attested initdata names them (and, by the resource policy, whose CPU and
+every GPU are affirming). What the run is — workload, image, pinned inputs, key references,
+staging, initdata — travels on as :class:`coco_ai.runs.RunRefs`.
 """
 
 from __future__ import annotations
@@ -12,14 +13,14 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 from airflow.sdk import BaseOperator, Context, TriggerRule
-from coco_ai_airflow._settings import coco_run_id, required_setting, setting
-from coco_ai_airflow.hooks.trustee import TrusteeHook
 
 from coco_ai.digest import Digest
-from coco_ai.guest.initdata import RUN_ID_KEY
-from coco_ai.kbs.wire import parse_resource_path, parse_resource_uri
-from coco_ai.runs import RunInput, RunRefs, RunRefsError, checkpoint_key_path, pinned_image
+from coco_ai.kbs.wire import parse_resource_uri
+from coco_ai.run_keys import Grant, grant_path, tombstone
+from coco_ai.runs import RunInput, RunRefs, pinned_image
 from coco_ai.workloads.kinds import WorkloadKind, workload_kind
+from coco_ai_airflow._settings import coco_run_id, required_setting, setting
+from coco_ai_airflow.hooks.trustee import TrusteeHook
 
 
 def _inputs_from_asset_events(context: Context, kind: WorkloadKind) -> dict[str, dict[str, str]]:
@@ -64,13 +65,15 @@ def _pin_input(kind: WorkloadKind, name: str, given: dict[str, Any]) -> RunInput
 
 
 class KeyReleaseOperator(BaseOperator):
-    """Provision the run's checkpoint key in Trustee and pin the run's identity.
+    """Pin the run's identity and grant the run its key.
 
     ``inputs`` maps each input of the ``workload`` kind to ``{"uri", "key_uri"?}`` (templated).
     Each input is pinned by digest, read without any key (the encrypted data-set object, the
-    base-model directory); the checkpoint key is created *inside* Trustee, so Airflow learns its
-    ``kbs:///`` reference, never its bytes; and the run's initdata is built from exactly the
-    claims a TEE of this run must present (:meth:`coco_ai.runs.RunRefs.expected_claims`).
+    base-model directory); the run's initdata is built from exactly the claims a TEE of this run
+    must present (:meth:`coco_ai.runs.RunRefs.expected_claims`); then the run's grant (its id and
+    initdata digest, no key) is written to Trustee, from which the run's TEE — and only it —
+    derives its checkpoint key (``run_key_root``, default ``[coco_ai] run_key_root_uri``: the data
+    owner's root in Trustee). Airflow never holds a key.
 
     Returns :meth:`coco_ai.runs.RunRefs.to_xcom`: references only, read by every later step.
     When the run was triggered by an Asset event whose extra names ``<input>_uri`` (and
@@ -90,7 +93,7 @@ class KeyReleaseOperator(BaseOperator):
         )
     """
 
-    template_fields = ("inputs", "image", "staging_root")
+    template_fields = ("inputs", "image", "staging_root", "run_key_root")
     template_fields_renderers: ClassVar[dict[str, str]] = {"inputs": "json"}
     ui_color = "#fde2e4"
 
@@ -101,6 +104,7 @@ class KeyReleaseOperator(BaseOperator):
         inputs: dict[str, dict[str, Any]],
         image: str | None = None,
         staging_root: str | None = None,
+        run_key_root: str | None = None,
         trustee_conn_id: str = TrusteeHook.default_conn_name,
         **kwargs: Any,
     ) -> None:
@@ -109,6 +113,7 @@ class KeyReleaseOperator(BaseOperator):
         self.inputs = inputs
         self.image = image
         self.staging_root = staging_root
+        self.run_key_root = run_key_root
         self.trustee_conn_id = trustee_conn_id
 
     def execute(self, context: Context) -> dict[str, Any]:
@@ -129,72 +134,61 @@ class KeyReleaseOperator(BaseOperator):
         image = pinned_image(self.image or setting("workload_image"))
         staging_root = self.staging_root or required_setting("staging_uri")
 
+        run_key_root = parse_resource_uri(self.run_key_root or setting("run_key_root_uri"))
+
         hook = TrusteeHook(self.trustee_conn_id)
         settings = hook.settings
-        with hook.get_conn() as client:
-            path = client.provision_run_key(
-                checkpoint_key_path(run_id), bind={"initdata_key": RUN_ID_KEY, "value": run_id}
-            )
-        checkpoint_key = parse_resource_path(path)
-        self.log.info(
-            "Provisioned %s inside Trustee, released only to run %s", checkpoint_key, run_id
-        )
         refs = RunRefs.plan(
             workload=kind.name,
             run_id=run_id,
             image=image,
-            checkpoint_key=checkpoint_key,
+            run_key_root=run_key_root,
             inputs=inputs,
             staging_root=staging_root,
             kbs_url=settings.kbs_url,
             kbs_ca_pem=settings.ca_cert_pem,
         )
         self.log.info("Run initdata digest %s", refs.initdata_digest)
+        with hook.get_conn() as client:
+            client.set_resource(refs.grant, Grant(run_id, refs.initdata_digest).to_bytes())
+        self.log.info(
+            "Granted run %s: its TEE derives %s from %s", run_id, refs.checkpoint_key, run_key_root
+        )
         return refs.to_xcom()
 
 
 class KeyRevokeOperator(BaseOperator):
-    """Delete the run's per-run keys from Trustee; runs whatever happened upstream.
+    """Revoke the run's grant in Trustee; runs whatever happened upstream.
 
-    ``trigger_rule`` defaults to ``all_done``. Deleting is idempotent, so retries are safe. The
-    key path is derived from the run id as well, so a key provisioned by a key release that then
-    failed (no ``run_refs``) is removed too.
+    ``trigger_rule`` defaults to ``all_done``. The grant's path follows from the run id alone,
+    so a key release that failed half-way is cleaned up too. The grant is first overwritten with
+    a tombstone, then deleted: writing always succeeds, so the delete then always finds it —
+    Trustee v0.20/v0.21 answer a DELETE of an absent resource with 401 PluginInternalError — and
+    a retry (say after a lost answer) repeats both steps harmlessly, while any other failure
+    (network, credential) still fails the task.
 
     Example::
 
-        revoke = KeyRevokeOperator(task_id="revoke_keys", run_refs=key_release.output)
+        revoke = KeyRevokeOperator(task_id="revoke_keys")
     """
 
-    template_fields = ("run_refs",)
-    template_fields_renderers: ClassVar[dict[str, str]] = {"run_refs": "json"}
     ui_color = "#ffccd5"
 
     def __init__(
         self,
         *,
-        run_refs: Any = None,
         trustee_conn_id: str = TrusteeHook.default_conn_name,
         trigger_rule: str = TriggerRule.ALL_DONE,
         **kwargs: Any,
     ) -> None:
         super().__init__(trigger_rule=trigger_rule, **kwargs)
-        self.run_refs = run_refs
         self.trustee_conn_id = trustee_conn_id
 
     def execute(self, context: Context) -> dict[str, Any]:
         run_id = coco_run_id(self.dag_id, context["run_id"])
-        keys = {checkpoint_key_path(run_id)}
-        unreadable: RunRefsError | None = None
-        if self.run_refs:  # absent when key release failed before returning
-            try:
-                keys.add(RunRefs.from_xcom(self.run_refs).checkpoint_key)
-            except RunRefsError as exc:
-                unreadable = exc  # still revoke what the run id names, then fail loudly
+        grant = grant_path(run_id)
         with TrusteeHook(self.trustee_conn_id).get_conn() as client:
-            for key in sorted(keys, key=str):
-                client.delete_resource(key)
-        revoked = sorted(str(key) for key in keys)
-        self.log.info("Revoked %s", ", ".join(revoked))
-        if unreadable is not None:
-            raise unreadable
-        return {"run_id": run_id, "revoked": revoked}
+            client.set_resource(grant, tombstone(run_id))
+            client.delete_resource(grant)
+        self.log.info("Revoked run %s: %s tombstoned and deleted", run_id, grant)
+        return {"run_id": run_id, "revoked": [grant.uri()]}

@@ -5,10 +5,10 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 from airflow.sdk import BaseOperator, Context, Variable
-from coco_ai_airflow._settings import as_int, required_setting, setting
-from coco_ai_airflow.hooks.trustee import TrusteeHook
 
 from coco_ai.runs import RunRefs
+from coco_ai_airflow._settings import as_int, required_setting, setting
+from coco_ai_airflow.hooks.trustee import TrusteeHook
 
 #: Governance Variables (JSON lists of "sha256:<hex>"). When unset, exactly the inputs that key
 #: release pinned for this run are approved.

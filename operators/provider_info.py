@@ -131,6 +131,15 @@ def get_provider_info() -> dict:
                         "example": "s3://coco-staging/runs",
                         "default": "",
                     },
+                    "run_key_root_uri": {
+                        "description": "The data owner's run-key root in Trustee: each run's "
+                        "TEE derives its checkpoint key from it after fetching the run's grant. "
+                        "Stored by the data owner, never by Airflow.",
+                        "version_added": None,
+                        "type": "string",
+                        "example": "kbs:///coco-ai/run-key-root/v1",
+                        "default": "kbs:///coco-ai/run-key-root/v1",
+                    },
                     "checkpoint_store_uri": {
                         "description": "Durable object-store prefix for verified checkpoints.",
                         "version_added": None,

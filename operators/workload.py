@@ -11,12 +11,12 @@ from typing import Any, ClassVar
 
 from airflow.providers.cncf.kubernetes.operators.pod import KubernetesPodOperator
 from airflow.sdk import BaseXCom, Context
-from coco_ai_airflow._settings import as_int, setting
-from coco_ai_airflow.execution import EXECUTION_MODES, kubernetes
-from coco_ai_airflow.execution.local import LocalRun
 
 from coco_ai.runs import RunRefs, pinned_image
 from coco_ai.workloads.kinds import workload_kind
+from coco_ai_airflow._settings import as_int, setting
+from coco_ai_airflow.execution import EXECUTION_MODES, kubernetes
+from coco_ai_airflow.execution.local import LocalRun
 
 _SIX_HOURS = 6 * 3600
 

@@ -9,14 +9,8 @@ import pytest
 from coco_ai.digest import Digest, is_sha256
 from coco_ai.guest.initdata import build_initdata
 from coco_ai.kbs.resource_path import parse_resource_uri
-from coco_ai.runs import (
-    RunInput,
-    RunRefs,
-    RunRefsError,
-    checkpoint_key_path,
-    pinned_image,
-    staging_location,
-)
+from coco_ai.run_keys import DEFAULT_ROOT
+from coco_ai.runs import RunInput, RunRefs, RunRefsError, pinned_image, staging_location
 from coco_ai.workloads.finetune.config import ConfigError
 from coco_ai.workloads.kinds import FINETUNE, workload_kind
 
@@ -29,7 +23,7 @@ def _refs(run_id: str = "run-1", **overrides) -> RunRefs:
         "workload": "finetune",
         "run_id": run_id,
         "image": IMAGE,
-        "checkpoint_key": checkpoint_key_path(run_id),
+        "run_key_root": DEFAULT_ROOT,
         "inputs": {
             "dataset": RunInput(
                 "s3://data/v1.enc", Digest("sha256", "11" * 32), parse_resource_uri(DATASET_KEY)
@@ -65,6 +59,8 @@ def test_initdata_is_built_from_exactly_the_expected_claims():
             "io.coco-ai.run-id": "run-1",
             "io.coco-ai.image-digest": "sha256:" + "ab" * 32,
             "io.coco-ai.checkpoint-key": "kbs:///coco-ai-run/checkpoint-key/run-1",
+            "io.coco-ai.run-grant": "kbs:///coco-ai-run/grant/run-1",
+            "io.coco-ai.run-key-root": "kbs:///coco-ai/run-key-root/v1",
             "io.coco-ai.dataset-key": DATASET_KEY,
         }
     )
@@ -82,8 +78,11 @@ def test_two_runs_have_different_initdata():
         ({"run_id": "../x"}, "not a run id"),
         ({"workload": "fine tune"}, "workload"),
         ({"image": "registry.example/x:latest"}, "pinned by digest"),
-        ({"checkpoint_key_uri": "kbs:///a/../b"}, r"\.\."),
-        ({"checkpoint_key_uri": "kbs:///a/b"}, "3 segments"),
+        ({"run_key_root_uri": "kbs:///a/../b"}, r"\.\."),
+        ({"run_key_root_uri": "kbs:///a/b"}, "3 segments"),
+        ({"run_key_root_uri": None}, "lack run_key_root_uri"),
+        ({"checkpoint_key_uri": "kbs:///coco-ai-run/checkpoint-key/other"}, "is not kbs:///"),
+        ({"grant_uri": "kbs:///coco-ai-run/grant/other"}, "grant_uri is not"),
         ({"initdata_digest": "sha256:" + "00" * 32}, "sha384"),
         ({"initdata_digest": "sha384:XYZ"}, "hex"),
         ({"inputs": []}, "inputs must be an object"),
@@ -160,6 +159,7 @@ def test_finetune_kind_builds_the_workload_config_from_the_refs():
     assert config["run_id"] == "run-1"
     assert config["staging_uri"] == refs.staging_uri
     assert config["checkpoint_key_uri"] == refs.checkpoint_key.uri()
+    assert config["run_key_root_uri"] == "kbs:///coco-ai/run-key-root/v1"
     assert config["dataset"] == {"uri": "s3://data/v1.enc", "key_uri": DATASET_KEY}
     assert config["base_model"] == {"path": "s3://models/smol", "digest": "sha256:" + "22" * 32}
     assert config["lora"]["r"] == 4 and config["lora"]["alpha"] == 16  # None keeps the default

@@ -50,7 +50,13 @@ def register(subparsers: Any) -> None:
     enc.set_defaults(func=_encrypt)
 
     dec = sub.add_parser("decrypt", help="decrypt a checkpoint into a new directory")
-    dec.add_argument("--key-file", required=True, help="file holding the 32-byte raw KEK")
+    key = dec.add_mutually_exclusive_group(required=True)
+    key.add_argument("--key-file", help="file holding the 32-byte raw KEK")
+    key.add_argument(
+        "--run-key-root-file",
+        help="the data owner's 32-byte run-key root: the KEK of a pipeline run's checkpoint "
+        "is derived from it and the run id in the manifest (coco_ai.run_keys)",
+    )
     _store_args(dec)
     dec.add_argument("src", help="checkpoint directory or store URI")
     dec.add_argument("dst", help="destination directory (must be absent or empty)")
@@ -172,7 +178,15 @@ def _decrypt(args: argparse.Namespace) -> int:
     def body() -> None:
         from coco_ai.crypto.checkpoint import decrypt_checkpoint
 
-        kek = _read_key(args.key_file)
+        if args.run_key_root_file:
+            from coco_ai.crypto.transfer import read_manifest
+            from coco_ai.run_keys import derive_run_key
+            from coco_ai.storage import open_store
+
+            manifest, _ = read_manifest(open_store(args.src, **_store_options(args)))
+            kek = derive_run_key(_read_key(args.run_key_root_file), manifest.run_id)
+        else:
+            kek = _read_key(args.key_file)
         manifest = decrypt_checkpoint(
             args.src, args.dst, kek=kek, storage_options=_store_options(args)
         )

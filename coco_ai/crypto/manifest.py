@@ -337,16 +337,11 @@ def sign_manifest(
 def _unverified_claims(token: str) -> Any:
     """The token's claims read without verification: only to refuse, before anything is written,
     a signature that verification would reject anyway (verification re-reads them verified)."""
-    import base64
-
-    from coco_ai.kbs.ear import parse_ear_claims
+    from coco_ai.kbs.ear import unverified_claims
     from coco_ai.kbs.errors import KbsError
 
     try:
-        payload = token.split(".")[1]
-        claims = parse_ear_claims(
-            json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
-        )
+        claims = unverified_claims(token)
         claims.tee_pubkey()
     except (AttributeError, IndexError, ValueError, KbsError) as exc:
         raise SignatureError(f"token is not a usable EAR token: {exc}") from None

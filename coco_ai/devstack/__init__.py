@@ -6,7 +6,7 @@ default) started as subprocesses and driven over REST with httpx. No Airflow imp
 """
 
 from coco_ai.devstack.airflow import AirflowDeployment, AirflowRestClient, AirflowSettings
-from coco_ai.devstack.demo import RunKeyWatcher, format_summary, run_pipeline
+from coco_ai.devstack.demo import format_summary, run_pipeline
 from coco_ai.devstack.stack import (
     DAG_ID,
     DevStack,
@@ -22,7 +22,6 @@ __all__ = [
     "AirflowRestClient",
     "AirflowSettings",
     "DevStack",
-    "RunKeyWatcher",
     "StackInfo",
     "default_state_dir",
     "format_summary",

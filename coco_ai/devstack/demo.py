@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import re
 import sys
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -20,8 +19,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from coco_ai.devstack.stack import DAG_ID, StackInfo, write_secret
-from coco_ai.runs import RunRefs
+from coco_ai.devstack.stack import DAG_ID, RUN_KEY_ROOT_FILE, StackInfo
 
 TASKS = (
     "attestation_gate",
@@ -111,40 +109,6 @@ class ProgressRelay:
         self._last = None
 
 
-class RunKeyWatcher:
-    """Copies one resource out of a Trustee stand-in's state as soon as it exists (data owner)."""
-
-    def __init__(self, trustee_state_dir: str | Path, resource_path: str, interval_s: float = 0.1):
-        self._state_dir = Path(trustee_state_dir)
-        self._path = resource_path
-        self._interval = interval_s
-        self._stop = threading.Event()
-        self.key: bytes | None = None
-        self._thread = threading.Thread(target=self._poll, name="run-key-watcher", daemon=True)
-
-    def __repr__(self) -> str:
-        return f"RunKeyWatcher({self._path!r}, captured={self.key is not None})"
-
-    def start(self) -> RunKeyWatcher:
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=5)
-
-    def _poll(self) -> None:
-        from coco_ai.trustee_dev.state import StateDir
-
-        state = StateDir(self._state_dir)
-        while not self._stop.is_set() and self.key is None:
-            record = state.get_resource(self._path)
-            if record is not None:
-                self.key = record.data
-                return
-            time.sleep(self._interval)
-
-
 def read_report(checkpoint_uri: str, key: bytes) -> dict[str, Any]:
     """Decrypt the checkpoint's report in memory (not the adapter); return its sample answers."""
     from coco_ai.owner_report import read_owner_files, sample_answers
@@ -174,7 +138,6 @@ def run_pipeline(
     the newest training progress is passed to `training`.
     """
     client = info.client()
-    watcher: RunKeyWatcher | None = None
     last_log_read = 0.0
     try:
         started = time.monotonic()
@@ -202,11 +165,6 @@ def run_pipeline(
                     if state != "none":
                         elapsed = time.monotonic() - started
                         progress(f"[{elapsed:6.1f} s] {task_id}: {state}")
-            if inspect and watcher is None and seen.get("key_release") == "success":
-                refs = client.xcom(DAG_ID, run_id, "key_release")
-                if refs:
-                    path = RunRefs.from_xcom(refs).checkpoint_key.url_path()
-                    watcher = RunKeyWatcher(info.trustee_state_dir, path).start()
             if dag_run["state"] in _FINAL:
                 break
             if time.monotonic() - started > timeout_s:
@@ -214,20 +172,14 @@ def run_pipeline(
             time.sleep(1)
         summary = _summary(info, client, run_id, dag_run, tis, time.monotonic() - started)
     finally:
-        if watcher is not None:
-            watcher.stop()
         client.close()
-    key = watcher.key if watcher is not None else None
-    checkpoint = summary.get("checkpoint_uri")
-    if inspect and key is not None and checkpoint:
+    checkpoint, coco_run_id = summary.get("checkpoint_uri"), summary["run_refs"].get("run_id")
+    if inspect and checkpoint and coco_run_id:
+        # The data owner derives the run's key from their own run-key root (coco_ai.run_keys).
+        key = info.data_owner_run_key(coco_run_id)
         samples = read_report(checkpoint, key)["samples"]
         summary["sample"] = samples[0] if samples else None
-        # The data owner keeps the run's checkpoint key (Trustee deletes it when the run ends)
-        # in its own state, never Airflow's: `coco-ai report` reads the full report with it.
-        owner_key = Path(info.root) / "owner" / f"{summary['run_refs']['run_id']}.key"
-        write_secret(owner_key, key)
-        summary["owner_key_file"] = str(owner_key)
-    del key
+        del key
     return summary
 
 
@@ -270,7 +222,8 @@ def _summary(
         "eval_loss_before": metrics.get("eval_loss_before"),
         "eval_loss_after": metrics.get("eval_loss"),
         "sample": None,
-        "owner_key_file": None,
+        # the data owner's copy of the run-key root: `coco-ai report` derives the run's key
+        "run_key_root_file": str(Path(info.root) / RUN_KEY_ROOT_FILE),
         "registry": {
             "uri": info.registry_uri,
             "model_name": (promoted or {}).get("model_name"),
@@ -335,10 +288,10 @@ def format_summary(summary: dict[str, Any]) -> str:
     lines.append(f"  UI: {ui['url']}  (login {ui['username']} / {ui['password']})")
     # the provenance plugin's run tab (operators.provenance.RUN_TAB_ROUTE; no Airflow import here)
     lines.append(f"  provenance (attestation, every check): {ui['url']}/plugin/provenance")
-    if summary.get("owner_key_file") and summary.get("checkpoint_uri"):
+    if summary.get("checkpoint_uri"):
         lines.append(
             "  data owner's report (loss curve, answers): coco-ai report "
-            f"{summary['checkpoint_uri']} --key-file {summary['owner_key_file']}"
+            f"{summary['checkpoint_uri']} --run-key-root-file {summary['run_key_root_file']}"
         )
     return "\n".join(lines)
 

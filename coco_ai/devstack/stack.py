@@ -4,7 +4,8 @@ Layout of the state directory (default ``<repo>/.demo``)::
 
     state.json              URLs, references and running services (no secrets)
     services.json           services started so far (pid + start ticks), kept up to date
-    keys/                   admin Ed25519 key pair, model-signing key (0600)
+    keys/                   admin Ed25519 key pair, model-signing key, the data owner's copy of
+                            the run-key root (0600)
     trustee/                Trustee stand-in state (its CA signs TLS and EAR tokens)
     trustee-tls/            loopback TLS certificate issued by that CA
     store/datasets/         encrypted data set(s)            (file:// object store)
@@ -59,6 +60,7 @@ SERVICES_FILE = "services.json"
 DATASET_NAME = "demo-v1"
 DATASET_KEY_PATH = f"coco-ai/dataset-key/{DATASET_NAME}"
 TRUSTEE_CONN_ID = "trustee_default"
+RUN_KEY_ROOT_FILE = "keys/run-key-root.bin"  # the data owner's copy, under the stack's root
 SYNC_POLICIES_VARIABLE = "coco_ai_sync_policies"
 MODELS = ("tiny", "smollm2")
 # The tiny model's tokenizer is trained on *public* text of the same shape (another seed),
@@ -107,6 +109,12 @@ class StackInfo:
 
     def password(self) -> str:
         return json.loads(Path(self.password_file).read_text())[self.username]
+
+    def data_owner_run_key(self, run_id: str) -> bytes:
+        """A run's checkpoint key, derived the data owner's way: from their copy of the root."""
+        from coco_ai.run_keys import derive_run_key
+
+        return derive_run_key((Path(self.root) / RUN_KEY_ROOT_FILE).read_bytes(), run_id)
 
     def client(self) -> AirflowRestClient:
         return AirflowRestClient(self.api_url, self.username, self.password())
@@ -165,8 +173,7 @@ def local_image_reference() -> str:
     return f"localhost/coco-ai-finetune@sha256:{listing.hexdigest()}"
 
 
-def write_secret(path: Path, data: bytes) -> None:
-    """Write `data` to a new or truncated file readable by its owner only (0600)."""
+def _write_secret(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "wb") as fh:
@@ -209,6 +216,7 @@ class DevStack:
         self.extra_env = dict(extra_env or {})
         self.progress = progress
         self.keys = self.root / "keys"
+        self.run_key_root_file = self.root / RUN_KEY_ROOT_FILE
         self.trustee_dir = self.root / "trustee"
         self.store = self.root / "store"
         self.logs = self.root / "logs"
@@ -223,7 +231,7 @@ class DevStack:
         private, public = self.keys / "admin-key.pem", self.keys / "admin-public.pem"
         if not private.exists():
             key = ed25519.Ed25519PrivateKey.generate()
-            write_secret(
+            _write_secret(
                 private,
                 key.private_bytes(
                     serialization.Encoding.PEM,
@@ -245,7 +253,7 @@ class DevStack:
         path = self.keys / "model-signing.pem"
         if not path.exists():
             key = ec.generate_private_key(ec.SECP256R1())
-            write_secret(
+            _write_secret(
                 path,
                 key.private_bytes(
                     serialization.Encoding.PEM,
@@ -309,6 +317,20 @@ class DevStack:
         path.write_bytes(blob)
         return f"file://{path}"
 
+    def _run_key_root(self, admin: Any) -> None:
+        """Store the data owner's run-key root in Trustee (coco_ai.run_keys), keeping the data
+        owner's own copy under keys/ (0600): the demo, playing the data owner, derives a run's
+        key from it to read the report inside the encrypted checkpoint."""
+        from coco_ai.run_keys import DEFAULT_ROOT
+        from coco_ai.trustee_dev.state import StateDir
+
+        path = self.run_key_root_file
+        if path.exists() and StateDir(self.trustee_dir).get_resource(DEFAULT_ROOT.url_path()):
+            return
+        root = secrets.token_bytes(32)
+        admin.set_resource(DEFAULT_ROOT, root)
+        _write_secret(path, root)
+
     def _base_model(self) -> Path:
         """Build (tiny) or convert (smollm2) the base model once, in a child process: torch and
         tokenizers abort when loaded after regopy, which this process has imported."""
@@ -361,6 +383,7 @@ class DevStack:
             ) as admin:
                 self.progress("encrypting the demo data set; its key goes to Trustee only")
                 dataset_uri = self._dataset(admin)
+                self._run_key_root(admin)
             self.progress(f"preparing the base model ({self.model})")
             base_model = self._base_model()
             signing_key = self._signing_key()

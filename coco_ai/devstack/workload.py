@@ -2,7 +2,7 @@
 end-to-end tests and its benchmark; it lives here, not beside the workload, because it starts
 the Trustee stand-in, which never belongs in a TEE image): the embedded Trustee stand-in (TLS on
 loopback) and the guest-components emulator (sample CPU + sampledevice GPU evidence), with a
-data-set key stored and a per-run checkpoint key provisioned and pinned in the run's initdata.
+data-set key and the run-key root stored and the run's grant written for its initdata.
 
 Used by the workload's end-to-end tests and its benchmark; the workload itself only ever sees
 ``guest_url``. Development only: the stand-in's dev policy accepts sample evidence.
@@ -10,23 +10,18 @@ Used by the workload's end-to-end tests and its benchmark; the workload itself o
 
 from __future__ import annotations
 
-import hashlib
 import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from coco_ai.guest.initdata import RUN_ID_KEY
+from coco_ai.devstack.stack import local_image_reference
+from coco_ai.digest import Digest
 from coco_ai.kbs.resource_path import parse_resource_path
+from coco_ai.run_keys import DEFAULT_ROOT, Grant, checkpoint_key_path, derive_run_key, grant_path
 from coco_ai.runs import run_claims
 from coco_ai.workloads.finetune.workload import DATASET_AAD
 from coco_ai.workloads.kinds import FINETUNE
-
-#: The image the local process stands for: no image runs here, so its digest names the
-#: project's own workload module rather than a registry image.
-LOCAL_IMAGE = (
-    "localhost/coco-ai/finetune@sha256:" + hashlib.sha256(b"coco_ai.workloads.finetune").hexdigest()
-)
 
 
 @dataclass
@@ -39,9 +34,22 @@ class LocalStack:
     )  # the stand-in's CA: verifies its TLS and its EAR tokens
     dataset_key_uri: str
     checkpoint_key_uri: str
+    run_key_root_uri: str
+    initdata_digest: Digest
     dataset_key: bytes = field(repr=False)  # the data owner's key (the owner's side, not the TEE)
+    run_key_root: bytes = field(repr=False)  # the data owner's copy of the run-key root
     admin: Any = field(repr=False)  # KbsAdminClient
     _servers: list[Any] = field(repr=False, default_factory=list)
+
+    @property
+    def run_key(self) -> bytes:
+        """The run's checkpoint key as the data owner derives it (the TEE derives the same)."""
+        return derive_run_key(self.run_key_root, self.run_id)
+
+    def grant(self, content: bytes | None = None) -> None:
+        """Write the run's grant, as key release does (``content`` replaces it, for tests)."""
+        default = Grant(self.run_id, self.initdata_digest).to_bytes()
+        self.admin.set_resource(grant_path(self.run_id), default if content is None else content)
 
     def encrypt_dataset(self, plaintext: bytes, *, kek: bytes | None = None) -> bytes:
         """What ``coco-ai dataset encrypt`` does for the data owner (``kek`` overrides the key)."""
@@ -53,13 +61,6 @@ class LocalStack:
             key_uri=self.dataset_key_uri,
             aad_context=DATASET_AAD,
         )
-
-    def provision_other_run_key(self, other_run_id: str) -> str:
-        """A per-run key bound to another run: this run's TEE must be refused it."""
-        path = self.admin.provision_run_key(
-            None, {"initdata_key": RUN_ID_KEY, "value": other_run_id}
-        )
-        return parse_resource_path(path).uri()
 
     def stop(self) -> None:
         self.admin.close()  # an open keep-alive connection would hold up the server's shutdown
@@ -105,18 +106,18 @@ def start_local_stack(
         dataset_key = secrets.token_bytes(32)
         admin.set_resource(dataset_key_path, dataset_key)
         dataset_key_ref = parse_resource_path(dataset_key_path)
-        checkpoint_key = parse_resource_path(
-            admin.provision_run_key(None, {"initdata_key": RUN_ID_KEY, "value": run_id})
-        )
+        run_key_root = secrets.token_bytes(32)
+        admin.set_resource(DEFAULT_ROOT, run_key_root)
         claims = run_claims(
             workload=FINETUNE.name,
             run_id=run_id,
-            image=LOCAL_IMAGE,
-            checkpoint_key=checkpoint_key,
+            image=local_image_reference(),
+            run_key_root=DEFAULT_ROOT,
             input_keys={"dataset": dataset_key_ref},
         )
         initdata = build_initdata(trustee.url, anchor, claims)
-        dataset_uri, checkpoint_uri = dataset_key_ref.uri(), checkpoint_key.uri()
+        initdata_digest = Digest(initdata.algorithm, initdata.digest().hex())
+        admin.set_resource(grant_path(run_id), Grant(run_id, initdata_digest).to_bytes())
         emulator = guest_emulator.GuestComponentsEmulator(initdata, gpus=gpus)
         guest = guest_emulator.serve_in_thread(emulator)
         servers.append(guest)
@@ -129,9 +130,12 @@ def start_local_stack(
         trustee_url=trustee.url,
         guest_url=guest.url,
         trust_anchor_pem=anchor,
-        dataset_key_uri=dataset_uri,
-        checkpoint_key_uri=checkpoint_uri,
+        dataset_key_uri=dataset_key_ref.uri(),
+        checkpoint_key_uri=checkpoint_key_path(run_id).uri(),
+        run_key_root_uri=DEFAULT_ROOT.uri(),
+        initdata_digest=initdata_digest,
         dataset_key=dataset_key,
+        run_key_root=run_key_root,
         admin=admin,
         _servers=servers,
     )

@@ -35,6 +35,8 @@ WORKLOAD_KEY = "io.coco-ai.workload"
 RUN_ID_KEY = "io.coco-ai.run-id"
 IMAGE_DIGEST_KEY = "io.coco-ai.image-digest"
 CHECKPOINT_KEY_KEY = "io.coco-ai.checkpoint-key"
+RUN_GRANT_KEY = "io.coco-ai.run-grant"
+RUN_KEY_ROOT_KEY = "io.coco-ai.run-key-root"
 
 
 def input_key_claim(input_name: str) -> str:

@@ -144,6 +144,18 @@ def unverified_header(token: str) -> dict:
     return header
 
 
+def unverified_claims(token: str) -> EarClaims:
+    """A token's claims read WITHOUT verifying it: only for a TEE reading the token its own
+    attestation agent just gave it, or to refuse early what verification would refuse anyway."""
+    if not isinstance(token, str) or token.count(".") != 2:
+        raise TokenVerifierError("attestation token is not a JWS compact string")
+    try:
+        payload = json.loads(b64url_decode(token.split(".")[1]))
+    except (ValueError, UnicodeDecodeError):
+        raise TokenVerifierError("attestation token payload is not base64url JSON") from None
+    return parse_ear_claims(payload)
+
+
 def verify_ear_token(
     token: str, trust_anchor_pem: bytes, *, now: float | None = None, leeway: int = 0
 ) -> EarClaims:

@@ -28,9 +28,9 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from coco_ai_airflow._settings import setting
 
 from coco_ai.guest.initdata import Initdata
+from coco_ai_airflow._settings import setting
 
 LOCAL_TEES = ("sample",)
 _EMULATOR_START_TIMEOUT_S = 30

@@ -100,6 +100,7 @@ def _setting(option: str) -> str:
 
 def _trust_anchor() -> bytes | None:
     from airflow.models.connection import Connection
+
     from coco_ai_airflow.hooks.trustee import TrusteeSettings
 
     try:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from urllib.parse import quote
 
 from airflow.sdk import BaseOperatorLink, conf
+
 from coco_ai_airflow.provenance import RUN_TAB_ROUTE
 
 

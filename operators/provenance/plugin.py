@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 from airflow.plugins_manager import AirflowPlugin
+
 from coco_ai_airflow.provenance import RUN_TAB_ROUTE, URL_PREFIX
 from coco_ai_airflow.provenance.app import app
 from coco_ai_airflow.provenance.links import ProvenanceLink

@@ -68,6 +68,24 @@ def test_encrypt_verify_decrypt(plain_dir, tmp_path, key_file, capsys):
     ).read_bytes()
 
 
+def test_data_owner_decrypts_a_run_checkpoint_with_the_run_key_root(plain_dir, tmp_path):
+    from coco_ai.run_keys import derive_run_key
+
+    root = tmp_path / "root.bin"
+    root.write_bytes(os.urandom(32))
+    run_key = tmp_path / "run.key"
+    run_key.write_bytes(derive_run_key(root.read_bytes(), "run-a"))  # what the TEE derived
+    assert encrypt(plain_dir, tmp_path / "c", run_key) == EXIT_OK
+    args = ["checkpoint", "decrypt", "--run-key-root-file"]
+    assert main([*args, str(root), str(tmp_path / "c"), str(tmp_path / "d")]) == EXIT_OK
+    assert (tmp_path / "d" / "adapter_model.safetensors").read_bytes() == (
+        plain_dir / "adapter_model.safetensors"
+    ).read_bytes()
+    other = tmp_path / "other-root.bin"
+    other.write_bytes(os.urandom(32))
+    assert main([*args, str(other), str(tmp_path / "c"), str(tmp_path / "e")]) == EXIT_KEY
+
+
 def test_meta_file(plain_dir, tmp_path, key_file):
     meta = tmp_path / "meta.json"
     meta.write_text(json.dumps({"metrics": {"loss": 1.5}, "dataset_digest": "sha256:ab"}))

@@ -143,8 +143,8 @@ def test_target_dag_succeeds_on_celery_over_rest(celery_stack: CeleryStack) -> N
     assert served is not None and served.version == promoted["version"]
     assert served.tags["coco-ai.manifest_digest"] == promoted["manifest_digest"]
     refs = client.xcom(DAG_ID, run_id, "key_release")
-    key_path = RunRefs.from_xcom(refs).checkpoint_key.url_path()
-    assert refs["checkpoint_key_uri"] in client.xcom(DAG_ID, run_id, "revoke_keys")["revoked"]
+    key_path = RunRefs.from_xcom(refs).grant.url_path()
+    assert refs["grant_uri"] in client.xcom(DAG_ID, run_id, "revoke_keys")["revoked"]
     assert celery_stack.resource(key_path) is None
 
 
@@ -162,8 +162,8 @@ def test_worker_killed_during_finetune_never_promotes_and_revokes_key(
     run_id = celery_stack.trigger(DAG_CONF)
     wait_task(client, DAG_ID, run_id, FINETUNE, {"running"}, 300, celery_stack.log_tail)
     refs = client.xcom(DAG_ID, run_id, "key_release")
-    key_path = RunRefs.from_xcom(refs).checkpoint_key.url_path()
-    assert celery_stack.resource(key_path) is not None  # provisioned for this run
+    key_path = RunRefs.from_xcom(refs).grant.url_path()
+    assert celery_stack.resource(key_path) is not None  # granted for this run
     workload_pid = _wait_for_workload(celery_stack.workers)
 
     tree = celery_stack.workers.kill()
@@ -191,7 +191,7 @@ def test_worker_killed_during_finetune_never_promotes_and_revokes_key(
     assert (serving_after and serving_after.version) == (serving_before and serving_before.version)
     # The run's key is revoked all the same.
     assert celery_stack.resource(key_path) is None
-    assert refs["checkpoint_key_uri"] in client.xcom(DAG_ID, run_id, "revoke_keys")["revoked"]
+    assert refs["grant_uri"] in client.xcom(DAG_ID, run_id, "revoke_keys")["revoked"]
 
 
 def _wait_for_workload(workers: CeleryWorkers, timeout: float = 120.0) -> int:

@@ -19,8 +19,9 @@ from typing import Any
 import httpx
 import pytest
 
-from coco_ai.devstack import DAG_ID, DevStack, RunKeyWatcher, StackInfo, stop_stack
+from coco_ai.devstack import DAG_ID, DevStack, StackInfo, stop_stack
 from coco_ai.devstack.stack import DATASET_KEY_PATH
+from coco_ai.run_keys import DEFAULT_ROOT
 from coco_ai.runs import RunRefs
 
 HERE = Path(__file__).resolve().parent
@@ -50,6 +51,11 @@ class E2EStack:
 
         record = StateDir(self.info.trustee_state_dir).get_resource(path)
         return record.data if record else None
+
+    def run_key_root(self) -> bytes:
+        root = self.resource(DEFAULT_ROOT.url_path())
+        assert root is not None and len(root) == 32
+        return root
 
     def dataset_key(self) -> bytes:
         key = self.resource(DATASET_KEY_PATH)
@@ -116,9 +122,8 @@ def follow_run(
     timeout_s: float = 300,
     on_refs=None,
 ) -> FollowedRun:
-    """Poll a run to its end, capturing its checkpoint key while Trustee holds it."""
+    """Poll a run to its end; its checkpoint key is what the data owner derives for it."""
     client = stack.info.client()
-    watcher = None
     refs = None
     deadline = time.monotonic() + timeout_s
     try:
@@ -127,8 +132,6 @@ def follow_run(
             tasks = {t["task_id"]: t for t in client.task_instances(DAG_ID, run_id)}
             if refs is None and (tasks.get("key_release") or {}).get("state") == "success":
                 refs = client.xcom(DAG_ID, run_id, "key_release")
-                path = RunRefs.from_xcom(refs).checkpoint_key.url_path()
-                watcher = RunKeyWatcher(stack.info.trustee_state_dir, path, 0.05).start()
                 if on_refs:
                     on_refs(refs)
             if run["state"] in TERMINAL:
@@ -139,10 +142,9 @@ def follow_run(
             assert time.monotonic() < deadline, f"run {run_id} still {run['state']}: {tasks}"
             time.sleep(0.5)
     finally:
-        if watcher is not None:
-            watcher.stop()
         client.close()
-    return FollowedRun(run_id, run["state"], tasks, refs, watcher.key if watcher else None)
+    key = stack.info.data_owner_run_key(RunRefs.from_xcom(refs).run_id) if refs else None
+    return FollowedRun(run_id, run["state"], tasks, refs, key)
 
 
 @pytest.fixture(scope="session")

@@ -40,12 +40,11 @@ CHECKS = (
 
 @pytest.fixture(scope="module")
 def promoted(e2e_stack):
-    """One run as `coco-ai demo` drives it; the demo (as data owner) keeps the run's key."""
+    """One run as `coco-ai demo` drives it; the run's key derived the data owner's way."""
     progress = []
     summary = run_pipeline(e2e_stack.info, {"epochs": 2}, training=progress.append, timeout_s=600)
     assert summary["state"] == "success", summary["tasks"]
-    key = Path(summary["owner_key_file"]).read_bytes()
-    assert len(key) == 32
+    key = e2e_stack.info.data_owner_run_key(summary["run_refs"]["run_id"])
     return {"summary": summary, "progress": progress, "checkpoint_key": key}
 
 
@@ -105,7 +104,8 @@ def test_run_record_verifies_and_shows_no_secret(e2e_stack, promoted):
     assert {s["status"] for s in record["attestation"]["submods"]} == {"affirming"}
     assert record["run_refs"]["checkpoint_key_uri"].startswith("kbs:///")
     assert record["registry"]["version"] == promoted["summary"]["registry"]["version"]
-    for secret in (promoted["checkpoint_key"], e2e_stack.dataset_key()):
+    root = Path(promoted["summary"]["run_key_root_file"]).read_bytes()
+    for secret in (promoted["checkpoint_key"], e2e_stack.dataset_key(), root):
         for form in (secret.hex(), base64.b64encode(secret).decode()):
             assert form not in r.text
 
@@ -161,8 +161,8 @@ def test_data_owner_report_for_the_run(e2e_stack, promoted, tmp_path):
         [
             "report",
             f"models:/{reg['model_name']}/{reg['version']}",
-            "--key-file",
-            summary["owner_key_file"],
+            "--run-key-root-file",
+            summary["run_key_root_file"],
             "--registry-uri",
             e2e_stack.info.registry_uri,
             "--trust-anchor",

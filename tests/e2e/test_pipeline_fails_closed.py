@@ -77,7 +77,7 @@ def test_broker_refuses_keys_without_gpu_evidence(e2e_stack, follow):
     run = follow(_trigger(e2e_stack, {"gpu_count": 0}, "e2e: no GPU evidence"), timeout_s=300)
     _assert_failed_at(run, "confidential_finetune")
     assert "PolicyDeny" in _task_log(e2e_stack, run.run_id, "confidential_finetune")
-    path = RunRefs.from_xcom(run.refs).checkpoint_key.url_path()
+    path = RunRefs.from_xcom(run.refs).grant.url_path()
     assert e2e_stack.resource(path) is None  # revoked
     assert e2e_stack.registry_versions() == before
 
@@ -117,4 +117,4 @@ def test_tampered_checkpoint_is_never_promoted(e2e_stack, follow):
     log = _task_log(e2e_stack, run.run_id, "attested_promotion")
     assert "ciphertext SHA-256 differs from the manifest" in log, log[-2000:]
     assert e2e_stack.registry_versions() == before
-    assert e2e_stack.resource(RunRefs.from_xcom(run.refs).checkpoint_key.url_path()) is None
+    assert e2e_stack.resource(RunRefs.from_xcom(run.refs).grant.url_path()) is None

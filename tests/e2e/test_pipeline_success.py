@@ -93,10 +93,10 @@ def test_asset_event_carries_references_only(e2e_stack, successful_run):
     assert set(event["extra"]) >= {"model_name", "version", "manifest_digest", "checkpoint_uri"}
 
 
-def test_run_key_is_revoked(e2e_stack, successful_run):
+def test_run_grant_is_revoked(e2e_stack, successful_run):
     run, _ = successful_run
     assert run.checkpoint_key is not None and len(run.checkpoint_key) == 32
-    assert e2e_stack.resource(RunRefs.from_xcom(run.refs).checkpoint_key.url_path()) is None
+    assert e2e_stack.resource(RunRefs.from_xcom(run.refs).grant.url_path()) is None
 
 
 # ---- secret hygiene -----------------------------------------------------------------------
@@ -135,6 +135,7 @@ def secrets_of_the_run(e2e_stack, successful_run) -> dict[str, bytes]:
     secrets = {
         "data-set key": e2e_stack.dataset_key(),
         "checkpoint key": run.checkpoint_key,
+        "run-key root": e2e_stack.run_key_root(),
         **_tee_private_forms(pem_file.read_bytes()),
     }
     assert all(isinstance(v, bytes) and len(v) >= 32 for v in secrets.values())
@@ -207,8 +208,9 @@ def test_no_secret_in_xcom_or_rendered_templates_via_api(
 
 def test_no_secret_in_the_pod_spec_of_this_run(e2e_stack, successful_run, secrets_of_the_run):
     """The same run's references, built into the Kubernetes pod the cluster mode would submit."""
-    from coco_ai_airflow.workload import ConfidentialWorkloadOperator
     from kubernetes.client import ApiClient
+
+    from coco_ai_airflow.workload import ConfidentialWorkloadOperator
 
     run, _ = successful_run
     op = ConfidentialWorkloadOperator(

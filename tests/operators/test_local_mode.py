@@ -5,10 +5,10 @@ from __future__ import annotations
 import logging
 
 import pytest
-from coco_ai_airflow.execution import local
-from coco_ai_airflow.workload import ConfidentialWorkloadOperator
 
 from coco_ai.guest.initdata import build_initdata
+from coco_ai_airflow.execution import local
+from coco_ai_airflow.workload import ConfidentialWorkloadOperator
 
 
 def _op(tee: str) -> ConfidentialWorkloadOperator:

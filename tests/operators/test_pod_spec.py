@@ -10,14 +10,15 @@ import jinja2
 import kubernetes_validate
 import pytest
 from airflow.providers.cncf.kubernetes.secret import Secret
-from coco_ai_airflow.execution.kubernetes import PodSpecError
-from coco_ai_airflow.workload import ConfidentialWorkloadOperator
 from kubernetes.client import ApiClient
 
 from coco_ai.digest import Digest
 from coco_ai.guest.initdata import INITDATA_ANNOTATION, Initdata, build_initdata
 from coco_ai.kbs.resource_path import parse_resource_uri
-from coco_ai.runs import RunInput, RunRefs, RunRefsError, checkpoint_key_path
+from coco_ai.run_keys import DEFAULT_ROOT
+from coco_ai.runs import RunInput, RunRefs, RunRefsError
+from coco_ai_airflow.execution.kubernetes import PodSpecError
+from coco_ai_airflow.workload import ConfidentialWorkloadOperator
 
 IMAGE = "registry.example/coco-ai/finetune@sha256:" + "ab" * 32
 KUBERNETES = "1.34.0"
@@ -34,7 +35,7 @@ def _run_refs(run_id: str = "run-7") -> dict:
         workload="finetune",
         run_id=run_id,
         image=IMAGE,
-        checkpoint_key=checkpoint_key_path(run_id),
+        run_key_root=DEFAULT_ROOT,
         inputs={
             "dataset": RunInput(
                 "s3://datasets/support-v1.enc",
@@ -176,7 +177,7 @@ def test_tampered_initdata_annotation_is_refused():
     ("field", "value", "message"),
     [
         ("image", "registry.example/coco-ai/finetune:latest", "pinned by digest"),
-        ("checkpoint_key_uri", "kbs:///coco-ai-run/../x", r"\.\."),
+        ("run_key_root_uri", "kbs:///coco-ai/../x", r"\.\."),
         ("initdata_digest", "sha256:" + "00" * 32, "sha384"),
         ("workload", "Fine Tune", "workload"),
         ("inputs", {"dataset": {"uri": "s3://d", "digest": "md5:00"}}, "dataset"),

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 from airflow.sdk._shared.secrets_masker.secrets_masker import redact
+
 from coco_ai_airflow.hooks.trustee import TrusteeConnectionError, TrusteeHook, TrusteeSettings
 from coco_ai_airflow.provider_info import get_provider_info
 

@@ -17,6 +17,7 @@ from coco_ai.cli import main
 from coco_ai.crypto.checkpoint import encrypt_checkpoint
 from coco_ai.crypto.manifest import sign_manifest
 from coco_ai.promotion import PromotionExpectations, promote, sqlite_registry_uri
+from coco_ai.run_keys import derive_run_key
 from coco_ai.workloads.finetune.report import (
     LOSS_CURVE_FILE,
     write_loss_curve,
@@ -64,7 +65,9 @@ def owned(tmp_path, checkpoints):
         metrics=METRICS,
         samples=[SAMPLE],
     )
-    key = os.urandom(32)
+    root = os.urandom(32)
+    (tmp_path / "run-key-root.bin").write_bytes(root)
+    key = derive_run_key(root, RUN_ID)  # what the TEE derives for this run
     dst = tmp_path / "checkpoint"
     manifest = encrypt_checkpoint(
         src,
@@ -99,6 +102,17 @@ def test_report_decrypts_locally_and_writes_the_page(owned, tmp_path, capsys):
     assert "affirming" in page
     assert key_file.read_bytes().hex() not in page
     assert "wrote" in capsys.readouterr().out
+
+
+def test_run_key_root_derives_the_runs_key(owned, tmp_path):
+    ckpt, _ = owned
+    out = tmp_path / "from-root.html"
+    root = tmp_path / "run-key-root.bin"
+    assert main(["report", str(ckpt), "--run-key-root-file", str(root), "--out", str(out)]) == 0
+    assert "Port 8443." in out.read_text()
+    other_root = tmp_path / "other-root.bin"
+    other_root.write_bytes(os.urandom(32))
+    assert main(["report", str(ckpt), "--run-key-root-file", str(other_root)]) == 1
 
 
 def test_wrong_key_fails_and_writes_nothing(owned, tmp_path, capsys):

@@ -246,6 +246,21 @@ def test_per_run_keys_pinned_to_initdata(policy):
     assert not allowed(policy, token(claims=upstream), path=path)
 
 
+@pytest.mark.parametrize("policy", ["resource_prod", "resource_dev"])
+def test_run_key_root_only_to_a_run_that_names_it(policy):
+    path = ("coco-ai", "run-key-root", "v1")
+    named = {"io.coco-ai.run-id": "r1", "io.coco-ai.run-key-root": "kbs:///coco-ai/run-key-root/v1"}
+    assert allowed(policy, token(claims=named), path=path)
+    assert not allowed(policy, token(claims=named, gpus=()), path=path)  # still attested in full
+    no_run = {"io.coco-ai.run-key-root": "kbs:///coco-ai/run-key-root/v1"}
+    assert not allowed(policy, token(claims=no_run), path=path)
+    other_root = dict(named, **{"io.coco-ai.run-key-root": "kbs:///coco-ai/run-key-root/v2"})
+    assert not allowed(policy, token(claims=other_root), path=path)
+    assert not allowed(policy, token(claims=None), path=path)
+    # a plain resource of the data owner is not bound this way (the data-set key)
+    assert allowed(policy, token(claims=None), path=("coco-ai", "dataset-key", "v1"))
+
+
 def test_prod_denies_sample_and_dev_accepts_it():
     sample = token(cpu_tee="sample", gpu_tee="sampledevice")
     assert not allowed("resource_prod", sample)

@@ -15,6 +15,7 @@ def minimal() -> dict:
         "run_id": "run-1",
         "staging_uri": "file:///tmp/staging/run-1",
         "checkpoint_key_uri": "kbs:///default/checkpoint/run-1",
+        "run_key_root_uri": "kbs:///coco-ai/run-key-root/v1",
         "dataset": {"uri": "file:///tmp/ds.jsonl.enc", "key_uri": "kbs:///default/dataset/nw"},
         "base_model": {"path": "/models/tiny", "digest": DIGEST},
     }
@@ -33,6 +34,7 @@ def test_toml_config(tmp_path: Path) -> None:
     p = tmp_path / "c.toml"
     p.write_text(
         'run_id = "r2"\nstaging_uri = "s3://b/r2"\ncheckpoint_key_uri = "kbs:///a/b/c"\n'
+        'run_key_root_uri = "kbs:///a/b/r"\n'
         '[dataset]\nuri = "s3://b/d.enc"\nkey_uri = "kbs:///a/b/d"\n'
         f'[base_model]\npath = "/m"\ndigest = "{DIGEST}"\n'
         '[lora]\nr = 4\ntarget_modules = ["q_proj"]\n[training]\nprecision = "bf16"\n'
@@ -71,6 +73,7 @@ def test_unknown_fields_are_named(patch: dict, field: str) -> None:
         ({"store_attempts": 0}, "store_attempts"),
         ({"run_id": "../escape"}, "run_id"),
         ({"checkpoint_key_uri": "kbs:///a/../b"}, "checkpoint_key_uri"),
+        ({"run_key_root_uri": "kbs:///a/b"}, "run_key_root_uri"),
         ({"guest_api_url": "ftp://x"}, "guest_api_url"),
     ],
 )

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from coco_ai.digest import Digest
+from coco_ai.run_keys import Grant, tombstone
 from coco_ai.workloads.dataset import to_jsonl
 from coco_ai.workloads.finetune.workload import (
     EXIT_BASE_MODEL,
@@ -60,6 +62,7 @@ def make_config(tmp_path: Path, stack, store: Path, tiny_model: Path, **override
         "guest_api_url": stack.guest_url,
         "staging_uri": f"file://{tmp_path}/staging/{RUN_ID}",
         "checkpoint_key_uri": stack.checkpoint_key_uri,
+        "run_key_root_uri": stack.run_key_root_uri,
         "store_attempts": 2,
         "store_backoff_s": 0.05,
         "dataset": {"uri": f"file://{store}/northwind.jsonl.enc", "key_uri": stack.dataset_key_uri},
@@ -105,7 +108,6 @@ def staged_files(tmp_path: Path) -> list[Path]:
 def test_workload_end_to_end(tmp_path, stack, store, tiny_model, examples) -> None:
     from coco_ai.crypto import decrypt_checkpoint, verify_checkpoint
     from coco_ai.crypto.verify import VerificationPolicy
-    from coco_ai.guest.client import GuestClient
 
     cfg = make_config(tmp_path, stack, store, tiny_model)
     proc = run_workload(tmp_path, cfg)
@@ -133,9 +135,8 @@ def test_workload_end_to_end(tmp_path, stack, store, tiny_model, examples) -> No
         "metrics.json",
     }
 
-    # what the data owner gets back with the checkpoint key
-    with GuestClient(stack.guest_url) as guest:
-        key = guest.get_resource(stack.checkpoint_key_uri)
+    # what the data owner reads with the run's key, derived from their own run-key root
+    key = stack.run_key
     out = tmp_path / "decrypted"
     decrypt_checkpoint(staging, out, kek=key)
     metrics = json.loads((out / "metrics.json").read_text())
@@ -156,10 +157,16 @@ def test_workload_end_to_end(tmp_path, stack, store, tiny_model, examples) -> No
 
 BAD_INPUTS = [
     pytest.param(
-        {"checkpoint_key_uri": "OTHER_RUN"},
+        {"run_id": "some-other-run"},
         EXIT_KEY_RELEASE,
-        "key release denied for the checkpoint key",
-        id="key-release-denied",
+        "key release denied for the grant kbs:///coco-ai-run/grant/some-other-run",
+        id="grant-of-another-run-denied",
+    ),
+    pytest.param(
+        {"run_key_root_uri": "kbs:///coco-ai/run-key-root/v2"},
+        EXIT_KEY_RELEASE,
+        "key release denied for the run-key root kbs:///coco-ai/run-key-root/v2",
+        id="root-not-named-in-initdata",
     ),
     pytest.param(
         {"dataset__uri": "other-key.jsonl.enc"},
@@ -215,9 +222,7 @@ def test_bad_input_fails_closed(
 ) -> None:
     fixed = {}
     for key, value in override.items():
-        if value == "OTHER_RUN":
-            value = stack.provision_other_run_key("some-other-run")
-        elif value == "UNREACHABLE":  # a "bucket" path whose parent is a plain file
+        if value == "UNREACHABLE":  # a "bucket" path whose parent is a plain file
             (tmp_path / "not-a-dir").write_text("")
             value = f"file://{tmp_path}/not-a-dir/staging/{RUN_ID}"
         elif key == "dataset__uri":
@@ -230,6 +235,31 @@ def test_bad_input_fails_closed(
     assert message in error_lines[0]
     assert staged_files(tmp_path) == []
     assert stack.dataset_key.hex() not in proc.stdout + proc.stderr
+
+
+@pytest.mark.parametrize(
+    ("grant", "message"),
+    [
+        (lambda stack: tombstone(RUN_ID), "was revoked"),
+        (
+            lambda stack: Grant(RUN_ID, Digest.of(b"other initdata", "sha384")).to_bytes(),
+            "not this TEE's initdata",
+        ),
+        (lambda stack: b"not a grant", "not JSON"),
+    ],
+    ids=["revoked", "other-initdata", "malformed"],
+)
+def test_run_key_needs_a_live_grant_for_this_tees_initdata(
+    tmp_path, stack, store, tiny_model, grant, message
+) -> None:
+    stack.grant(grant(stack))
+    try:
+        proc = run_workload(tmp_path, make_config(tmp_path, stack, store, tiny_model))
+    finally:
+        stack.grant()  # the module's other tests use the run's real grant
+    assert proc.returncode == EXIT_KEY_RELEASE, (proc.stdout, proc.stderr)
+    assert message in proc.stderr and proc.stderr.startswith("finetune: error: run key for ")
+    assert staged_files(tmp_path) == []
 
 
 def test_retries_are_bounded_with_exponential_backoff() -> None:

@@ -75,7 +75,8 @@ class BaseModelSettings:
 class FinetuneConfig:
     run_id: str
     staging_uri: str
-    checkpoint_key_uri: str
+    checkpoint_key_uri: str  # the name of the run's derived key (coco_ai.run_keys)
+    run_key_root_uri: str  # the data owner's run-key root it is derived from
     dataset: DatasetSettings
     base_model: BaseModelSettings
     guest_api_url: str = "http://127.0.0.1:8006"
@@ -107,6 +108,7 @@ def config_for_run(refs: RunRefs, settings: Mapping[str, Any]) -> dict[str, Any]
         "run_id": refs.run_id,
         "staging_uri": refs.staging_uri,
         "checkpoint_key_uri": refs.checkpoint_key.uri(),
+        "run_key_root_uri": refs.run_key_root.uri(),
         "dataset": {"uri": dataset.uri, "key_uri": dataset.key.uri()},
         "base_model": {"path": base_model.uri, "digest": str(base_model.digest)},
     }
@@ -262,6 +264,7 @@ _CHECKS = {
     "run_id": _string(is_run_id, f"a run id ({RUN_ID_RULE})"),
     "staging_uri": _string(),
     "checkpoint_key_uri": _kbs_uri,
+    "run_key_root_uri": _kbs_uri,
     "guest_api_url": _URL,
     "store_attempts": _int(1, 20),
     "store_backoff_s": _float(0.0, 60.0),

@@ -157,8 +157,8 @@ class FinetuneWorkload:
             with phase("staging_check"):
                 self._check_staging()
             with phase("keys"):  # the first key request attests
-                data_key = self._fetch_key(guest, cfg.dataset.key_uri, "data-set")
-                checkpoint_key = self._fetch_key(guest, cfg.checkpoint_key_uri, "checkpoint")
+                data_key = self._fetch_key(guest, cfg.dataset.key_uri, "data-set key")
+                checkpoint_key = self._run_key(guest)
             with phase("dataset"):
                 examples, dataset_digest = self._load_dataset(data_key)
                 del data_key
@@ -241,7 +241,8 @@ class FinetuneWorkload:
                 EXIT_STAGING,
             )
 
-    def _fetch_key(self, guest, uri: str, what: str) -> bytes:
+    def _fetch_key(self, guest, uri: str, what: str, *, size: int | None = 32) -> bytes:
+        """A resource from the confidential data hub (``size``: the exact length it must have)."""
         from coco_ai.guest.client import GuestError
 
         try:
@@ -249,14 +250,36 @@ class FinetuneWorkload:
         except GuestError as exc:
             detail = str(exc).splitlines()[0] if str(exc) else "no reason given"
             raise WorkloadError(
-                f"key release denied for the {what} key {uri}: {detail}", EXIT_KEY_RELEASE
+                f"key release denied for the {what} {uri}: {detail}", EXIT_KEY_RELEASE
             ) from None
-        if len(key) != 32:
+        if size is not None and len(key) != size:
             raise WorkloadError(
-                f"the {what} key {uri} is {len(key)} bytes; a 32-byte AES-256 key is required",
+                f"the {what} {uri} is {len(key)} bytes; a {size}-byte AES-256 key is required",
                 EXIT_KEY_RELEASE,
             )
-        self.log(f"{what} key released: {uri}")
+        self.log(f"{what} released: {uri}")
+        return key
+
+    def _run_key(self, guest) -> bytes:
+        """The run's checkpoint key: the run's grant must name this run and this TEE's own
+        initdata (as its attestation token reports it); then the key is derived from the data
+        owner's root (coco_ai.run_keys)."""
+        from coco_ai.kbs.ear import unverified_claims
+        from coco_ai.kbs.errors import KbsError
+        from coco_ai.run_keys import Grant, RunKeyError, check_grant, derive_run_key, grant_path
+
+        cfg = self.config
+        grant_uri = grant_path(cfg.run_id).uri()
+        try:
+            grant = Grant.from_bytes(self._fetch_key(guest, grant_uri, "grant", size=None))
+            token, _ = self._attestation_token(guest)
+            claims = unverified_claims(token)  # this TEE's own token, fresh from its AA
+            check_grant(grant, run_id=cfg.run_id, initdata_matches=claims.carries_init_data)
+            root = self._fetch_key(guest, cfg.run_key_root_uri, "run-key root")
+            key = derive_run_key(root, cfg.run_id)
+        except (RunKeyError, KbsError) as exc:
+            raise WorkloadError(f"run key for {cfg.run_id}: {exc}", EXIT_KEY_RELEASE) from None
+        self.log(f"checkpoint key {cfg.checkpoint_key_uri} derived (grant {grant_uri})")
         return key
 
     def _load_dataset(self, data_key: bytes) -> tuple[list[Example], str]:
