@@ -419,6 +419,8 @@ RUN_REF_FIELDS = (
     "workload",
     "run_id",
     "image",
+    "grant_uri",
+    "run_key_root_uri",
     "checkpoint_key_uri",
     "staging_uri",
     "initdata_digest",
@@ -440,10 +442,14 @@ def run_ref_fields(run_refs: Mapping[str, Any] | None) -> dict[str, Any]:
 
 
 def released_key_uris(run_refs: Mapping[str, Any] | None) -> dict[str, Any]:
-    """The keys released to the run's TEE, by reference: checkpoint key and each input's key."""
+    """What Trustee releases to the run's TEE, by reference (coco_ai.run_keys): the run's grant,
+    the run-key root and each input's key; and the checkpoint key's name (derived in the TEE)."""
     shown = run_ref_fields(run_refs)
-    keys = {"checkpoint key": shown["checkpoint_key_uri"]} if "checkpoint_key_uri" in shown else {}
+    named = {"grant_uri": "run grant", "run_key_root_uri": "run-key root"}
+    keys = {label: shown[k] for k, label in named.items() if k in shown}
     keys.update({k.removesuffix("_uri"): v for k, v in shown.items() if k.endswith(" key_uri")})
+    if "checkpoint_key_uri" in shown:
+        keys["checkpoint key (derived in the TEE)"] = shown["checkpoint_key_uri"]
     return keys
 
 

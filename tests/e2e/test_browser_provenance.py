@@ -136,7 +136,9 @@ def test_provenance_tab_on_the_run_page(e2e_stack, promoted, browser):
         for row in view.locator("#submods tr[data-submod]").all()
     }
     assert submods == {"cpu0": "affirming", "gpu0": "affirming"}, submods
-    assert view.locator("#keys").inner_text().count("kbs:///") == 2
+    keys = view.locator("#keys").inner_text()
+    # grant, run-key root, data-set key, and the checkpoint key's name: references only
+    assert keys.count("kbs:///") == 4 and "kbs:///coco-ai/dataset-key/" in keys
     DOCS.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(DOCS / "provenance-run.png"), full_page=True)
 

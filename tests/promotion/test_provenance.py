@@ -218,13 +218,14 @@ def test_public_reference_shapes(value, shown):
 def _run_refs(run_id: str = RUN_ID):
     from coco_ai.digest import Digest
     from coco_ai.kbs.resource_path import parse_resource_uri
-    from coco_ai.runs import RunInput, RunRefs, checkpoint_key_path
+    from coco_ai.run_keys import DEFAULT_ROOT
+    from coco_ai.runs import RunInput, RunRefs
 
     return RunRefs.plan(
         workload="finetune",
         run_id=run_id,
         image="registry.example/coco-ai/finetune@" + IMAGE_DIGEST,
-        checkpoint_key=checkpoint_key_path(run_id),
+        run_key_root=DEFAULT_ROOT,
         inputs={
             "dataset": RunInput(
                 "s3://data/v1.enc",
@@ -257,8 +258,10 @@ def test_run_refs_pin_the_runs_whole_initdata(checkpoints, issuer):
 
     record = provenance_record(subject, verifier, run_refs=refs.to_xcom())
     assert record["released_keys"] == {
-        "checkpoint key": refs.checkpoint_key.uri(),
+        "run grant": refs.grant.uri(),
+        "run-key root": "kbs:///coco-ai/run-key-root/v1",
         "dataset key": "kbs:///coco-ai/dataset-key/v1",
+        "checkpoint key (derived in the TEE)": refs.checkpoint_key.uri(),
     }
     assert record["run_refs"]["dataset digest"] == DATASET_DIGEST
     assert record["run_refs"]["initdata_digest"] == str(refs.initdata_digest)
