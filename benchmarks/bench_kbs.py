@@ -29,6 +29,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 RESOURCE = "coco-ai/bench/key"
+TRUSTEE_VERSION = "0.21.0"
 
 
 def _admin_keys() -> tuple[bytes, bytes]:
@@ -51,7 +52,8 @@ def _serve(state_dir: str, public_pem: bytes, port: int, tls: bool) -> None:
     from coco_ai.trustee_dev.app import TrusteeStandIn
     from coco_ai.trustee_dev.server import uvicorn_config
 
-    standin = TrusteeStandIn(state_dir, public_pem)
+    # v0.21.0 mode: the baseline is a bare /healthz round trip, which v0.20.0 does not have.
+    standin = TrusteeStandIn(state_dir, public_pem, trustee_version=TRUSTEE_VERSION)
     tls_dir = Path(state_dir) / "tls"
     config = uvicorn_config(
         standin,
@@ -191,7 +193,7 @@ def main() -> int:
 
     import httpx
 
-    from coco_ai.kbs.admin_auth import SelfSignedAdminAuth
+    from coco_ai.kbs.admin_auth import admin_auth_for
     from coco_ai.kbs.client import KbsAdminClient
     from coco_ai.trustee_dev.server import free_port, write_server_certificate
     from coco_ai.trustee_dev.state import StateDir
@@ -199,19 +201,19 @@ def main() -> int:
 
     private, public = _admin_keys()
     state_dir = tempfile.mkdtemp(prefix="bench-kbs-state-")
-    TokenBroker(StateDir(state_dir))  # create the CA before the server process starts
+    TokenBroker(StateDir(state_dir))  # create the token CA before the server process starts
+    ca = b""
     if tls:
         tls_dir = Path(state_dir) / "tls"
-        write_server_certificate(
+        ca = write_server_certificate(
             state_dir, tls_dir / "server.pem", tls_dir / "server-key.pem", ("127.0.0.1",)
-        )
+        ).read_bytes()  # the TLS CA (separate from the token CA)
     port = free_port()
     server = mp.get_context("spawn").Process(
         target=_serve, args=(state_dir, public, port, tls), daemon=True
     )
     server.start()
     url = f"{'https' if tls else 'http'}://127.0.0.1:{port}"
-    ca = (Path(state_dir) / "ca.pem").read_bytes()
     verify: Any = True
     if tls:
         import ssl
@@ -228,7 +230,7 @@ def main() -> int:
             else:
                 raise RuntimeError("stand-in did not come up")
             with KbsAdminClient(
-                url, auth=SelfSignedAdminAuth(private), ca_cert=ca if tls else None
+                url, auth=admin_auth_for(TRUSTEE_VERSION, private), ca_cert=ca if tls else None
             ) as admin:
                 admin.set_resource(RESOURCE, os.urandom(32))
 
@@ -257,6 +259,7 @@ def main() -> int:
     result = {
         "benchmark": "bench_kbs",
         "transport": "https (loopback, pinned CA)" if tls else "http (loopback)",
+        "trustee_version": TRUSTEE_VERSION,
         "cpus": os.cpu_count(),
         "iterations": iterations,
         "baseline_healthz_ms": {"p50": round(base50, 3), "p95": round(_pct(baseline, 0.95), 3)},

@@ -83,8 +83,9 @@ class AttestationGateOperator(BaseOperator):
 
     Checks, in order, each failing closed with a message that names the mismatch:
 
-    1. the connection's KBS URL is ``https://`` and ``/healthz`` answers through TLS pinned to
-       the connection's CA certificate;
+    1. the connection's KBS URL is ``https://`` and the KBS answers its liveness probe through
+       TLS pinned to the connection's CA certificate (``/healthz`` from Trustee v0.21.0; v0.20.0
+       has none, so ``/metrics`` there; see ``KbsAdminClient.alive``);
     2. the resource policy Trustee serves has the SHA-256 of the repository's file for
        ``policy_set`` (``coco_ai/policies``). Where sync is allowed (``sync_policies``, else
        Variable ``coco_ai_sync_policies``), a differing or unreadable policy is uploaded
@@ -143,10 +144,13 @@ class AttestationGateOperator(BaseOperator):
         if urlsplit(url).scheme != "https":
             raise AttestationGateError(f"KBS {url} is not served over TLS (https required)")
         with hook.get_conn() as client:
-            if not client.healthz():
-                raise AttestationGateError(f"KBS {url} is not healthy (/healthz)")
+            if not client.alive():
+                raise AttestationGateError(
+                    f"KBS {url} is not alive (liveness probe for Trustee "
+                    f"{hook.settings.trustee_version or 'of unknown version'} over pinned TLS)"
+                )
             self.log.info(
-                "KBS %s healthy over TLS (CA pinned: %s)", url, bool(hook.settings.ca_cert_pem)
+                "KBS %s alive over TLS (CA pinned: %s)", url, bool(hook.settings.ca_cert_pem)
             )
 
             resource_name = wanted[policies.RESOURCE_POLICY_ID]

@@ -70,8 +70,11 @@ class EncryptedCheckpointUploadOperator(BaseOperator):
             )
         root = self.destination_root or required_setting("checkpoint_store_uri")
         destination = staging_location(root, run_id)
-        anchor = TrusteeHook(self.trustee_conn_id).trust_anchor()
-        policy = VerificationPolicy.for_refs(refs, min_gpus=as_int("min_gpus", self.min_gpus))
+        hook = TrusteeHook(self.trustee_conn_id)
+        anchor = hook.trust_anchor()
+        policy = VerificationPolicy.for_refs(
+            refs, min_gpus=as_int("min_gpus", self.min_gpus), token_signer_pem=hook.token_signer()
+        )
         self.log.info("Verifying %s and copying it to %s", refs.staging_uri, destination)
         manifest = copy_checkpoint(
             refs.staging_uri,

@@ -113,6 +113,7 @@ class AttestedModelPromotionOperator(BaseOperator):
         if checkpoint_run != refs.run_id:
             raise ValueError(f"checkpoint belongs to run {checkpoint_run!r}, not {refs.run_id!r}")
         thresholds = self.thresholds or {}
+        hook = TrusteeHook(self.trustee_conn_id)
         expectations = PromotionExpectations(
             run_id=refs.run_id,
             approved_base_models=_approved(
@@ -124,6 +125,7 @@ class AttestedModelPromotionOperator(BaseOperator):
             init_data_claims=refs.expected_claims(),
             checkpoint_key_uri=refs.checkpoint_key.uri(),
             min_gpus=as_int("min_gpus", self.min_gpus),
+            token_signer_pem=hook.token_signer(),
             max_eval_loss=_optional_number("max_eval_loss", thresholds.get("max_eval_loss")),
             min_relative_improvement=_optional_number(
                 "min_relative_improvement", thresholds.get("min_relative_improvement")
@@ -137,7 +139,7 @@ class AttestedModelPromotionOperator(BaseOperator):
         )
         result = promote(
             self.checkpoint["checkpoint_uri"],
-            trust_anchor_pem=TrusteeHook(self.trustee_conn_id).trust_anchor(),
+            trust_anchor_pem=hook.trust_anchor(),
             expectations=expectations,
             model_name=self.model_name or setting("registered_model_name"),
             signing_key_path=required_setting("model_signing_key"),

@@ -73,9 +73,25 @@ def get_provider_info() -> dict:
                         "admin key); bearer: Trustee v0.21+ (pre-issued JWT with a role claim).",
                         "schema": {"type": "string", "enum": ["self-signed", "bearer"]},
                     },
+                    "trustee_version": {
+                        "label": "Trustee version",
+                        "description": "The Trustee release this KBS runs; picks the liveness "
+                        "probe (/healthz from v0.21.0, /metrics on v0.20.0). Empty: probe both.",
+                        "schema": {
+                            "type": ["string", "null"],
+                            "enum": [None, "0.20.0", "0.21.0", "main"],
+                        },
+                    },
                     "trust_anchor": {
                         "label": "Attestation-token trust anchor (PEM)",
                         "description": "CA certificate that the EAR token's x5c chain must end at.",
+                        "schema": {**_TEXT, "format": "multiline"},
+                    },
+                    "token_signer": {
+                        "label": "Attestation-token signer (PEM)",
+                        "description": "The attestation service's signing certificate or public "
+                        "key: only tokens it signed verify (empty: any signing certificate under "
+                        "the anchor, never a CA or a TLS certificate).",
                         "schema": {**_TEXT, "format": "multiline"},
                     },
                 },

@@ -37,6 +37,9 @@ class VerificationPolicy:
     init_data_claims: Mapping[str, str] = field(default_factory=dict)
     init_data_digest: bytes | None = None  # this run's initdata digest, when pinned
     leeway: int = 0  # clock skew tolerated, seconds
+    # The attestation service's signer (certificate or public key PEM); None: any signing leaf
+    # under the anchor (never a CA or TLS certificate, see coco_ai.kbs.ear.verify_ear_token).
+    token_signer_pem: bytes | None = None
 
     @classmethod
     def for_run(cls, run_id: str, *, min_gpus: int = 1, **extra: Any) -> VerificationPolicy:
@@ -45,7 +48,9 @@ class VerificationPolicy:
         return cls(run_id=run_id, min_gpus=min_gpus, init_data_claims=claims, **extra)
 
     @classmethod
-    def for_refs(cls, refs: RunRefs, *, min_gpus: int = 1) -> VerificationPolicy:
+    def for_refs(
+        cls, refs: RunRefs, *, min_gpus: int = 1, token_signer_pem: bytes | None = None
+    ) -> VerificationPolicy:
         """What a checkpoint of the pipeline's run must prove: the token carries exactly this
         run's initdata (digest) and every claim key release wrote into it."""
         return cls(
@@ -53,6 +58,7 @@ class VerificationPolicy:
             min_gpus=min_gpus,
             init_data_claims=refs.expected_claims(),
             init_data_digest=refs.initdata_digest.value,
+            token_signer_pem=token_signer_pem,
         )
 
 
@@ -119,7 +125,11 @@ def verify_signed_manifest(
     # signature checked below, so a forged time fails there.
     try:
         claims = verify_ear_token(
-            token, trust_anchor_pem, now=manifest.created_at, leeway=policy.leeway
+            token,
+            trust_anchor_pem,
+            now=manifest.created_at,
+            leeway=policy.leeway,
+            signer_pem=policy.token_signer_pem,
         )
     except KbsError as exc:
         raise AttestationError(

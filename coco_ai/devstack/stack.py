@@ -53,6 +53,7 @@ from coco_ai.devstack.processes import (
     stop_service,
     wait_until,
 )
+from coco_ai.kbs.versions import DEFAULT_TRUSTEE_VERSION, check_version, self_signed_admin_auth
 
 DAG_ID = "confidential_finetune"
 STATE_FILE = "state.json"
@@ -63,6 +64,8 @@ TRUSTEE_CONN_ID = "trustee_default"
 RUN_KEY_ROOT_FILE = "keys/run-key-root.bin"  # the data owner's copy, under the stack's root
 SYNC_POLICIES_VARIABLE = "coco_ai_sync_policies"
 MODELS = ("tiny", "smollm2")
+# The demo's pre-minted admin token (Trustee v0.21.0+) outlives any demo session.
+_BEARER_LIFETIME_S = 30 * 24 * 3600
 # The tiny model's tokenizer is trained on *public* text of the same shape (another seed),
 # never on the confidential data set.
 _PUBLIC_CORPUS_SEED = 20260101
@@ -201,6 +204,7 @@ class DevStack:
         celery_broker_url: str | None = None,
         celery_result_backend: str | None = None,
         extra_env: dict[str, str] | None = None,
+        trustee_version: str = DEFAULT_TRUSTEE_VERSION,
         progress: Callable[[str], None] = lambda message: None,
     ) -> None:
         if model not in MODELS:
@@ -215,6 +219,7 @@ class DevStack:
         self._celery_urls = (celery_broker_url, celery_result_backend)
         self.extra_env = dict(extra_env or {})
         self.progress = progress
+        self.trustee_version = check_version(trustee_version)
         self.keys = self.root / "keys"
         self.run_key_root_file = self.root / RUN_KEY_ROOT_FILE
         self.trustee_dir = self.root / "trustee"
@@ -263,36 +268,46 @@ class DevStack:
             )
         return path
 
-    def _start_trustee(self, admin_public: Path) -> tuple[ServiceProcess, str, bytes]:
+    def _start_trustee(self, admin_public: Path) -> tuple[ServiceProcess, str, bytes, bytes, bytes]:
+        """The stand-in as the compose stack's Trustee version; returns the service, its URL,
+        its TLS CA, its EAR token CA and its token signer certificate (PEMs)."""
         from coco_ai.trustee_dev.server import write_server_certificate
         from coco_ai.trustee_dev.state import StateDir
         from coco_ai.trustee_dev.tokens import TokenBroker
 
         state = StateDir(self.trustee_dir)
-        TokenBroker(state)  # creates the CA (TLS issuer and EAR signer) on first use
+        TokenBroker(state)  # creates the EAR token CA and signer on first use
         cert, key = self.root / "trustee-tls" / "server.pem", self.root / "trustee-tls" / "key.pem"
         if not cert.exists():
             write_server_certificate(self.trustee_dir, cert, key, ("127.0.0.1", "localhost"))
+        tls_ca = state.tls_ca_cert_path.read_bytes()  # the TLS CA, never the token CA
         port = free_port()
         url = f"https://127.0.0.1:{port}"
         argv = [*_cli(), "trustee", "serve", "--port", str(port), "--state-dir"]
         argv += [str(self.trustee_dir), "--admin-public-key", str(admin_public)]
         argv += ["--tls-cert", str(cert), "--tls-key", str(key), "--policy-set", "dev"]
+        argv += ["--trustee-version", self.trustee_version]
         service = start_service(
             "trustee",
             argv,
             {k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "LANG", "TMPDIR")},
             self.logs / "trustee.log",
         )
-        ca = state.ca_cert_path.read_bytes()
-        context = ssl.create_default_context(cadata=ca.decode())
+        context = ssl.create_default_context(cadata=tls_ca.decode())
         wait_until(
             "the Trustee stand-in",
-            lambda: httpx.get(f"{url}/healthz", verify=context, timeout=2).status_code == 200,
+            # /metrics: served by every Trustee version (v0.20.0 has no /healthz).
+            lambda: httpx.get(f"{url}/metrics", verify=context, timeout=2).status_code == 200,
             60,
             [service],
         )
-        return service, url, ca
+        return (
+            service,
+            url,
+            tls_ca,
+            state.ca_cert_path.read_bytes(),
+            state.token_signer_cert_path.read_bytes(),
+        )
 
     def _dataset(self, admin: Any) -> str:
         """Encrypt the demo data set under a fresh key held only by Trustee (data owner's step)."""
@@ -359,7 +374,7 @@ class DevStack:
     # -- the whole -------------------------------------------------------------------------
 
     def start(self) -> StackInfo:
-        from coco_ai.kbs.admin_auth import SelfSignedAdminAuth
+        from coco_ai.kbs.admin_auth import admin_auth_for, mint_admin_token
         from coco_ai.kbs.client import KbsAdminClient
 
         dags = repo_root() / "dags"
@@ -375,11 +390,11 @@ class DevStack:
         try:
             admin_pem, admin_public = self._admin_keys()
             self.progress("starting the Trustee stand-in (dev policies, loopback TLS)")
-            trustee, trustee_url, ca = self._start_trustee(admin_public)
+            trustee, trustee_url, ca, token_anchor, token_signer = self._start_trustee(admin_public)
             services.append(trustee)
             _record_services(self.root, services)
             with KbsAdminClient(
-                trustee_url, auth=SelfSignedAdminAuth(admin_pem), ca_cert=ca
+                trustee_url, auth=admin_auth_for(self.trustee_version, admin_pem), ca_cert=ca
             ) as admin:
                 self.progress("encrypting the demo data set; its key goes to Trustee only")
                 dataset_uri = self._dataset(admin)
@@ -464,9 +479,20 @@ class DevStack:
                     {
                         "kbs_url": trustee_url,
                         "ca_cert": ca.decode(),
-                        "admin_secret": admin_pem.decode(),
-                        "admin_auth": "self-signed",
-                        "trust_anchor": ca.decode(),
+                        # v0.20.0 signs its own admin JWTs; v0.21.0+ takes a pre-minted one.
+                        **(
+                            {"admin_auth": "self-signed", "admin_secret": admin_pem.decode()}
+                            if self_signed_admin_auth(self.trustee_version)
+                            else {
+                                "admin_auth": "bearer",
+                                "admin_secret": mint_admin_token(
+                                    admin_pem, lifetime=_BEARER_LIFETIME_S
+                                ),
+                            }
+                        ),
+                        "trustee_version": self.trustee_version,
+                        "trust_anchor": token_anchor.decode(),
+                        "token_signer": token_signer.decode(),
                     },
                 )
                 self.progress(f"waiting for the {DAG_ID} DAG to be parsed")

@@ -101,8 +101,8 @@ def start_local_stack(
     try:
         trustee = serve_in_thread(Path(state_dir), admin_pub)
         servers.append(trustee)
-        anchor = Path(trustee.ca_cert_path).read_bytes()
-        admin = KbsAdminClient(trustee.url, auth=SelfSignedAdminAuth(admin_pem), ca_cert=anchor)
+        tls_ca, anchor = trustee.tls_ca_path.read_bytes(), trustee.token_anchor_path.read_bytes()
+        admin = KbsAdminClient(trustee.url, auth=SelfSignedAdminAuth(admin_pem), ca_cert=tls_ca)
         dataset_key = secrets.token_bytes(32)
         admin.set_resource(dataset_key_path, dataset_key)
         dataset_key_ref = parse_resource_path(dataset_key_path)
@@ -115,7 +115,7 @@ def start_local_stack(
             run_key_root=DEFAULT_ROOT,
             input_keys={"dataset": dataset_key_ref},
         )
-        initdata = build_initdata(trustee.url, anchor, claims)
+        initdata = build_initdata(trustee.url, tls_ca, claims)
         initdata_digest = Digest(initdata.algorithm, initdata.digest().hex())
         admin.set_resource(grant_path(run_id), Grant(run_id, initdata_digest).to_bytes())
         emulator = guest_emulator.GuestComponentsEmulator(initdata, gpus=gpus)

@@ -38,6 +38,7 @@ _EXPORTS = {
     "UnexpectedResponse": "errors",
     "KbsUnavailable": "errors",
     "KbsTlsError": "errors",
+    "ResourceDeleteUnconfirmed": "errors",
     "error_from_response": "errors",
     "error_body": "errors",
     "error_status": "errors",
@@ -58,6 +59,11 @@ _EXPORTS = {
     "SelfSignedAdminAuth": "admin_auth",
     "BearerTokenAdminAuth": "admin_auth",
     "mint_admin_token": "admin_auth",
+    "admin_auth_for": "admin_auth",
+    "ProvisionedResource": "client",
+    # versions
+    "TRUSTEE_VERSIONS": "versions",
+    "DEFAULT_TRUSTEE_VERSION": "versions",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -90,6 +90,19 @@ class BearerTokenAdminAuth:
         return "BearerTokenAdminAuth(<token hidden>)"
 
 
+def admin_auth_for(trustee_version: str, ed25519_private_pem: bytes | str) -> AdminAuth:
+    """The admin auth generation `trustee_version` expects, from one Ed25519 private key.
+
+    v0.20.0: SelfSignedAdminAuth (its `Simple` persona backend). v0.21.0/main: a bearer token
+    minted as Trustee's docker-compose setup does (role "admin").
+    """
+    from coco_ai.kbs import versions
+
+    if versions.self_signed_admin_auth(trustee_version):
+        return SelfSignedAdminAuth(ed25519_private_pem)
+    return BearerTokenAdminAuth(mint_admin_token(ed25519_private_pem))
+
+
 def mint_admin_token(
     ed25519_private_pem: bytes | str,
     *,

@@ -11,9 +11,11 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import re
 import ssl
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from http.cookies import CookieError, SimpleCookie
 from pathlib import Path
 from typing import Any, Self
@@ -21,6 +23,7 @@ from urllib.parse import quote, urlsplit
 
 import httpx
 
+from coco_ai.kbs import versions
 from coco_ai.kbs.admin_auth import (
     AdminAuth,
     BearerTokenAdminAuth,
@@ -32,7 +35,9 @@ from coco_ai.kbs.errors import (
     KbsError,
     KbsTlsError,
     KbsUnavailable,
+    PluginInternalError,
     PolicyDenied,
+    ResourceDeleteUnconfirmed,
     UnexpectedResponse,
     error_from_response,
 )
@@ -43,6 +48,7 @@ from coco_ai.kbs.wire import (
     ResourcePath,
     b64url_decode,
     b64url_encode,
+    provisioner_binding,
     to_resource_path,
 )
 from coco_ai.net import is_loopback
@@ -52,6 +58,7 @@ __all__ = [
     "BearerTokenAdminAuth",
     "KbsAdminClient",
     "KbsClient",
+    "ProvisionedResource",
     "SelfSignedAdminAuth",
     "get_resource_with_token",
     "mint_admin_token",
@@ -163,7 +170,7 @@ def _raise_for(response: httpx.Response) -> None:
 def _json(response: httpx.Response, what: str) -> Any:
     try:
         return response.json()
-    except ValueError:
+    except (ValueError, RecursionError):
         raise UnexpectedResponse(f"{what} is not JSON", status=response.status_code) from None
 
 
@@ -403,8 +410,24 @@ def get_resource_with_token(
         http.close()
 
 
+@dataclass(frozen=True)
+class ProvisionedResource:
+    """What Trustee main's provisioner plugin answers: `{uuid, resource_path}`."""
+
+    uuid: str
+    resource_path: str
+
+    def initdata_binding(self) -> str:
+        """The value the guest's initdata must carry under `trustee.kbs.resource`."""
+        return provisioner_binding(self.resource_path)
+
+
 class KbsAdminClient(_ClosingClient):
-    """Trustee admin API: policies, resources, reference values, per-run keys, health."""
+    """Trustee admin API: policies, resources, reference values, per-run keys, liveness.
+
+    `trustee_version` (one of coco_ai.kbs.versions.TRUSTEE_VERSIONS) selects version-specific
+    behaviour (the liveness probe); None means "detect": see alive().
+    """
 
     def __init__(
         self,
@@ -415,7 +438,11 @@ class KbsAdminClient(_ClosingClient):
         transport: httpx.BaseTransport | None = None,
         timeout: float = 30.0,
         allow_insecure_http: bool = False,
+        trustee_version: str | None = None,
     ) -> None:
+        self.trustee_version = (
+            versions.check_version(trustee_version) if trustee_version is not None else None
+        )
         self._http = _Http(
             url,
             ca_cert=ca_cert,
@@ -506,10 +533,27 @@ class KbsAdminClient(_ClosingClient):
         )
 
     def delete_resource(self, path: str | ResourcePath) -> None:
-        self._call("DELETE", f"/resource/{to_resource_path(path).url_path()}")
+        """Delete a resource; 200 from Trustee means it existed and is gone.
+
+        Raises ResourceDeleteUnconfirmed (a PluginInternalError) when Trustee answers 401
+        `PluginInternalError`, which it does for an absent resource and for a storage failure
+        alike (see that class): the caller decides whether "maybe absent" is acceptable.
+        Every other failure raises as usual.
+        """
+        resource = to_resource_path(path)
+        try:
+            self._call("DELETE", f"/resource/{resource.url_path()}")
+        except PluginInternalError as err:
+            raise ResourceDeleteUnconfirmed(
+                err.detail, status=err.status, path=resource.url_path()
+            ) from None
 
     def provision_run_key(self, path: str | ResourcePath | None, bind: dict) -> str:
-        """Have the KBS create a random key bound to one run; return its `repo/type/tag`.
+        """NOT TRUSTEE (stand-in extension "run-key-bind", to be removed): per-run bound key.
+
+        No Trustee version accepts this request (v0.20.0/v0.21.0 have no provisioner plugin and
+        answer 404 PluginNotFound; main's takes `{vm_name, namespace}`, see provision_vm). Only
+        the stand-in started with the `run-key-bind` extension serves it.
 
         `bind` = {"initdata_key": "io.coco-ai.run-id", "value": "<run id>"}: the key is released
         only to a token whose init_data_claims[initdata_key] == value (and the resource policy
@@ -539,6 +583,38 @@ class KbsAdminClient(_ClosingClient):
             )
         return resource.url_path()
 
+    def provision_vm(self, vm_name: str, namespace: str = "default") -> ProvisionedResource:
+        """Trustee main's provisioner plugin: `POST /kbs/v0/provisioner/provision`.
+
+        Body `{"vm_name", "namespace"}`; Trustee answers `{"uuid", "resource_path"}` with a uuid5
+        of "<namespace>/<vm_name>" and `default/<uuid>/root`, and stores a confdata TOML
+        (`io.cryptsetup.key.text.root`) there, released at `/kbs/v0/provisioner/<path>` only to
+        a token whose initdata claims bind `trustee.kbs.resource` to
+        `kbs+provisioner:///<path>` (`kbs/src/plugins/implementations/provisioner/mod.rs`).
+        Idempotent. v0.20.0/v0.21.0 answer 404 PluginNotFound.
+        """
+        for name, value in (("vm_name", vm_name), ("namespace", namespace)):
+            if not isinstance(value, str) or not value:
+                raise ValueError(f"{name} must be a non-empty string")
+        response = self._call(
+            "POST", "/provisioner/provision", json={"vm_name": vm_name, "namespace": namespace}
+        )
+        result = _json(response, "provision response")
+        uuid = result.get("uuid") if isinstance(result, dict) else None
+        returned = result.get("resource_path") if isinstance(result, dict) else None
+        if not isinstance(uuid, str) or returned != f"default/{uuid}/root":
+            raise UnexpectedResponse(
+                "provision response is not {uuid, resource_path: default/<uuid>/root}"
+            )
+        return ProvisionedResource(uuid=uuid, resource_path=returned)
+
+    def deprovision_vm(self, uuid: str) -> None:
+        """Trustee main: `DELETE /kbs/v0/provisioner/provision/<uuid>` (answers 200 even when
+        nothing was stored: the plugin ignores the storage result)."""
+        if not isinstance(uuid, str) or not re.fullmatch(r"[0-9a-f-]{36}", uuid):
+            raise ValueError("uuid must be the provisioner's hyphenated uuid")
+        self._call("DELETE", f"/provisioner/provision/{uuid}")
+
     # -- reference values -----------------------------------------------------------------
     def set_sample_reference_value(
         self, name: str, values: Any, *, as_single_value: bool = False
@@ -567,11 +643,31 @@ class KbsAdminClient(_ClosingClient):
 
     # -- health ---------------------------------------------------------------------------
     def healthz(self) -> bool:
-        """True when `/healthz` answers 200 (no admin auth needed)."""
-        try:
-            return self._http.request("GET", "/healthz").status_code == 200
-        except KbsUnavailable:
-            return False
+        """Former name of alive(), kept until its callers (the gate, TrusteeHook) move to
+        alive(): probing `/healthz` alone reports every v0.20.0 KBS as down."""
+        return self.alive()
+
+    def alive(self) -> bool:
+        """Is the KBS serving requests? One unauthenticated read-only GET, version-aware.
+
+        v0.21.0 and main: `/healthz` (200). v0.20.0 has no `/healthz` (404), so there the probe
+        is `/metrics`, which every version serves without auth. With no configured version,
+        `/healthz` is tried first and a 404 falls back to `/metrics`. An unreachable KBS, or one
+        whose certificate does not verify against the pinned CA, gives False.
+        """
+        paths = (
+            [versions.liveness_path(self.trustee_version)]
+            if self.trustee_version is not None
+            else ["/healthz", "/metrics"]
+        )
+        for path in paths:
+            try:
+                status = self._http.request("GET", path).status_code
+            except KbsUnavailable:
+                return False
+            if status != 404:
+                return status == 200
+        return False
 
     def __repr__(self) -> str:
         return f"KbsAdminClient({self.url!r}, auth={self._auth!r})"

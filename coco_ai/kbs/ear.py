@@ -2,13 +2,20 @@
 
 Trustee's attestation service issues an EAR (EAT Attestation Result) as a JWT signed with ES256;
 the header's `jwk` carries the signer's P-256 key and, with a signer certificate configured,
-its chain as `x5c` (DER, standard base64, leaf first). A relying party trusts the token only if
-that chain ends at its configured trust anchor (KBS `trusted_certs_paths`).
+its chain as `x5c` (DER, leaf first). A relying party trusts the token only if that chain ends at
+its configured trust anchor (KBS `trusted_certs_paths`) and its leaf is the configured signer.
+
+Encodings differ by version (`attestation-service/src/ear_token/broker.rs` `pubkey_jwk`):
+v0.20.0 writes `x5c` entries as base64url without padding and the EC coordinates without
+left-padding; v0.21.0 writes standard base64 and 32-byte coordinates. Trustee's KBS accepts both
+(`kbs/src/token/jwk.rs`: STANDARD, then URL_SAFE_NO_PAD), and so does this verifier; it compares
+the header key with the certificate's key by value, never as strings.
 """
 
 from __future__ import annotations
 
 import base64
+import binascii
 import contextlib
 import hmac
 import itertools
@@ -21,14 +28,22 @@ from datetime import UTC, datetime
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.hazmat.primitives.serialization import Encoding
-from jwcrypto import jwk as _jwk
-from jwcrypto import jws as _jws
-from jwcrypto.common import JWException
+from cryptography.hazmat.primitives.asymmetric.utils import (
+    decode_dss_signature,
+    encode_dss_signature,
+)
+from cryptography.hazmat.primitives.serialization import (
+    Encoding,
+    PublicFormat,
+    load_pem_public_key,
+)
+from cryptography.x509.oid import ExtendedKeyUsageOID
 
+from coco_ai.kbs import versions
 from coco_ai.kbs.errors import TokenVerifierError
-from coco_ai.kbs.wire import b64url_decode
+from coco_ai.kbs.wire import b64url_decode, b64url_encode
 
 EAR_ALG = "ES256"
 TRUSTEE_EAT_PROFILE = "tag:github.com,2024:confidential-containers/Trustee"
@@ -36,6 +51,10 @@ ANNOTATED_EVIDENCE = "ear.veraison.annotated-evidence"
 EAR_STATUSES = ("none", "affirming", "warning", "contraindicated")
 
 _MAX_CHAIN = 8
+_TLS_PURPOSES = {
+    ExtendedKeyUsageOID.SERVER_AUTH: "serverAuth",
+    ExtendedKeyUsageOID.CLIENT_AUTH: "clientAuth",
+}
 _GPU_SUBMOD = re.compile(r"gpu(0|[1-9][0-9]*)")
 
 
@@ -137,7 +156,7 @@ def unverified_header(token: str) -> dict:
         raise TokenVerifierError("attestation token is not a JWS compact string")
     try:
         header = json.loads(b64url_decode(token.split(".", 1)[0]))
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         raise TokenVerifierError("attestation token header is not base64url JSON") from None
     if not isinstance(header, dict):
         raise TokenVerifierError("attestation token header is not a JSON object")
@@ -157,39 +176,44 @@ def unverified_claims(token: str) -> EarClaims:
 
 
 def verify_ear_token(
-    token: str, trust_anchor_pem: bytes, *, now: float | None = None, leeway: int = 0
+    token: str,
+    trust_anchor_pem: bytes,
+    *,
+    now: float | None = None,
+    leeway: int = 0,
+    signer_pem: bytes | None = None,
 ) -> EarClaims:
     """Verify an EAR token and return its claims; raise TokenVerifierError on any doubt.
 
-    Checks: alg ES256; `x5c` chain (in the header's `jwk`, or the header itself) whose every
-    certificate is valid at `now` and signed by the next, the last one signed by (or equal to)
-    a certificate in `trust_anchor_pem`; the header `jwk`, if present, is the leaf's key; the
-    signature; `iat` not in the future and `exp` not passed (both with `leeway` seconds).
+    Checks: alg ES256; `x5c` chain (in the header's `jwk`, or the header itself; standard or
+    unpadded-url base64) whose every certificate is valid at `now` and signed by the next, the
+    last one signed by (or equal to) a certificate in `trust_anchor_pem`; the leaf is the
+    token signer (see below); the header `jwk`, if present, is the leaf's key (compared by
+    value); the signature; `iat` not in the future and `exp` not passed (with `leeway` s).
+
+    Signer identity: with `signer_pem` (the signer's certificate or public key, PEM) the leaf
+    must hold exactly that key. Without it the leaf must at least look like a token signer: not
+    a CA, key usage (when present) allowing digitalSignature, and no TLS extended key usage
+    (serverAuth/clientAuth), so a TLS certificate under the same anchor never signs tokens.
+    Pinning is the production setting: a key that anyone under the CA could hold is not
+    Trustee's signer.
     """
     at = time.time() if now is None else now
     header = unverified_header(token)
     if header.get("alg") != EAR_ALG:
         raise TokenVerifierError(f"attestation token alg {header.get('alg')!r} is not {EAR_ALG}")
     anchors = _load_anchors(trust_anchor_pem)
+    pinned = _load_signer_pin(signer_pem) if signer_pem is not None else None
     chain = _header_chain(header)
     _verify_chain(chain, anchors, at)
     leaf_key = chain[0].public_key()
     if not isinstance(leaf_key, ec.EllipticCurvePublicKey) or leaf_key.curve.name != "secp256r1":
         raise TokenVerifierError("token signer certificate does not hold a P-256 key")
-    signer = _jwk.JWK.from_pyca(leaf_key)
+    _check_signer(chain[0], pinned)
     header_jwk = header.get("jwk")
-    if header_jwk is not None:
-        public = {k: header_jwk.get(k) for k in ("kty", "crv", "x", "y")}
-        if public != {k: signer.get(k) for k in ("kty", "crv", "x", "y")}:
-            raise TokenVerifierError("token header jwk is not the key of its x5c certificate")
-    try:
-        jws = _jws.JWS()
-        jws.allowed_algs = [EAR_ALG]
-        jws.deserialize(token)
-        jws.verify(signer, alg=EAR_ALG)
-        payload = json.loads(jws.payload)
-    except (JWException, ValueError, UnicodeDecodeError):
-        raise TokenVerifierError("attestation token signature is invalid") from None
+    if header_jwk is not None and not _jwk_is_key(header_jwk, leaf_key):
+        raise TokenVerifierError("token header jwk is not the key of its x5c certificate")
+    payload = _verify_es256(token, leaf_key)
     claims = parse_ear_claims(payload)
     if claims.issued_at > at + leeway:
         raise TokenVerifierError("attestation token is issued in the future")
@@ -199,21 +223,141 @@ def verify_ear_token(
 
 
 def sign_ear_token(
-    claims: dict, signing_key: ec.EllipticCurvePrivateKey, chain: Sequence[x509.Certificate]
+    claims: dict,
+    signing_key: ec.EllipticCurvePrivateKey,
+    chain: Sequence[x509.Certificate],
+    *,
+    trustee_version: str = versions.V0_21_0,
 ) -> str:
-    """Sign an EAR payload as Trustee does: ES256, header `jwk` with `x5c` (leaf first)."""
+    """Sign an EAR payload byte for byte as `trustee_version`'s attestation service does.
+
+    Header `{"typ":"JWT","alg":"ES256","jwk":{"alg":"ES256","x5c":[..],"kty":"EC",
+    "crv":"P-256","x","y"}}` (jsonwebtoken's field order); v0.20.0 writes x5c as unpadded
+    base64url and the coordinates unpadded, later versions standard base64 and 32 bytes.
+    """
     if not isinstance(signing_key, ec.EllipticCurvePrivateKey) or (
         signing_key.curve.name != "secp256r1"
     ):
         raise ValueError("EAR tokens are signed with a P-256 key (ES256)")
     if not chain:
         raise ValueError("an EAR signer needs its certificate chain (leaf first)")
-    key = _jwk.JWK.from_pyca(signing_key)
-    public = key.export_public(as_dict=True)
-    public["x5c"] = [base64.b64encode(c.public_bytes(Encoding.DER)).decode() for c in chain]
-    jws = _jws.JWS(json.dumps(claims, separators=(",", ":")).encode())
-    jws.add_signature(key, alg=EAR_ALG, protected={"alg": EAR_ALG, "typ": "JWT", "jwk": public})
-    return jws.serialize(compact=True)
+    legacy = versions.legacy_ear_encoding(trustee_version)
+    numbers = signing_key.public_key().public_numbers()
+
+    def coordinate(value: int) -> str:
+        size = (value.bit_length() + 7) // 8 if legacy else 32
+        return b64url_encode(value.to_bytes(max(size, 1), "big"))
+
+    def der(cert: x509.Certificate) -> str:
+        data = cert.public_bytes(Encoding.DER)
+        return b64url_encode(data) if legacy else base64.b64encode(data).decode("ascii")
+
+    jwk = {
+        "alg": EAR_ALG,
+        "x5c": [der(c) for c in chain],
+        "kty": "EC",
+        "crv": "P-256",
+        "x": coordinate(numbers.x),
+        "y": coordinate(numbers.y),
+    }
+    header = {"typ": "JWT", "alg": EAR_ALG, "jwk": jwk}
+    signing_input = ".".join(
+        b64url_encode(json.dumps(part, separators=(",", ":")).encode("utf-8"))
+        for part in (header, claims)
+    )
+    r, s = decode_dss_signature(
+        signing_key.sign(signing_input.encode("ascii"), ec.ECDSA(hashes.SHA256()))
+    )
+    return f"{signing_input}.{b64url_encode(r.to_bytes(32, 'big') + s.to_bytes(32, 'big'))}"
+
+
+def signer_public_pem(signer_pem: bytes) -> bytes:
+    """The SubjectPublicKeyInfo PEM of a signer pin (certificate or public key PEM)."""
+    return _load_signer_pin(signer_pem).public_bytes(
+        Encoding.PEM, PublicFormat.SubjectPublicKeyInfo
+    )
+
+
+def _load_signer_pin(pem: bytes) -> ec.EllipticCurvePublicKey:
+    data = pem if isinstance(pem, bytes) else str(pem).encode()
+    key = None
+    with contextlib.suppress(ValueError):
+        key = x509.load_pem_x509_certificate(data).public_key()
+    if key is None:
+        try:
+            key = load_pem_public_key(data)
+        except ValueError:
+            raise TokenVerifierError(
+                "token signer pin is neither a PEM certificate nor a PEM public key"
+            ) from None
+    if not isinstance(key, ec.EllipticCurvePublicKey) or key.curve.name != "secp256r1":
+        raise TokenVerifierError("token signer pin is not a P-256 key")
+    return key
+
+
+def _check_signer(leaf: x509.Certificate, pinned: ec.EllipticCurvePublicKey | None) -> None:
+    if pinned is not None:
+        if leaf.public_key().public_numbers() != pinned.public_numbers():
+            raise TokenVerifierError(
+                f"token signer {leaf.subject.rfc4514_string()!r} is not the configured signer"
+            )
+        return
+    if _is_ca(leaf):
+        raise TokenVerifierError("token signer certificate is a CA, not a token signer")
+    with contextlib.suppress(x509.ExtensionNotFound):
+        usage = leaf.extensions.get_extension_for_class(x509.KeyUsage).value
+        if not usage.digital_signature:
+            raise TokenVerifierError("token signer certificate does not allow digitalSignature")
+    with contextlib.suppress(x509.ExtensionNotFound):
+        purposes = leaf.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+        tls = sorted(name for oid, name in _TLS_PURPOSES.items() if oid in purposes)
+        if tls:
+            raise TokenVerifierError(
+                f"token signer certificate is a TLS certificate (extended key usage "
+                f"{', '.join(tls)}), not a token signer"
+            )
+
+
+def _coordinate(value: object) -> int:
+    """A JWK EC coordinate as an integer (unpadded base64url; any leading-zero length)."""
+    if not isinstance(value, str) or not value:
+        raise ValueError("missing coordinate")
+    return int.from_bytes(b64url_decode(value), "big")
+
+
+def _jwk_is_key(header_jwk: object, key: ec.EllipticCurvePublicKey) -> bool:
+    if not isinstance(header_jwk, dict):
+        return False
+    if header_jwk.get("kty") != "EC" or header_jwk.get("crv") != "P-256":
+        return False
+    if header_jwk.get("alg", EAR_ALG) != EAR_ALG:
+        return False
+    try:
+        x, y = _coordinate(header_jwk.get("x")), _coordinate(header_jwk.get("y"))
+    except ValueError:
+        return False
+    numbers = key.public_numbers()
+    return (x, y) == (numbers.x, numbers.y)
+
+
+def _verify_es256(token: str, key: ec.EllipticCurvePublicKey) -> dict:
+    header_b64, payload_b64, signature_b64 = token.split(".")
+    try:
+        signature = b64url_decode(signature_b64)
+        if len(signature) != 64:
+            raise ValueError("ES256 signatures are 64 bytes")
+        r, s = int.from_bytes(signature[:32], "big"), int.from_bytes(signature[32:], "big")
+        key.verify(
+            encode_dss_signature(r, s),
+            f"{header_b64}.{payload_b64}".encode("ascii"),
+            ec.ECDSA(hashes.SHA256()),
+        )
+    except (ValueError, InvalidSignature, UnicodeEncodeError):
+        raise TokenVerifierError("attestation token signature is invalid") from None
+    try:
+        return json.loads(b64url_decode(payload_b64))
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        raise TokenVerifierError("attestation token payload is not base64url JSON") from None
 
 
 def _load_anchors(pem: bytes) -> list[x509.Certificate]:
@@ -224,6 +368,17 @@ def _load_anchors(pem: bytes) -> list[x509.Certificate]:
     if not anchors:
         raise TokenVerifierError("trust anchor PEM holds no certificate")
     return anchors
+
+
+def _x5c_der(entry: object) -> bytes:
+    """One x5c entry: standard base64 first, then unpadded base64url, as Trustee's KBS."""
+    if not isinstance(entry, str):
+        raise ValueError("x5c entry is not a string")
+    text = "".join(entry.split("\n")).strip()
+    try:
+        return base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        return b64url_decode(text)
 
 
 def _header_chain(header: dict) -> list[x509.Certificate]:
@@ -239,7 +394,7 @@ def _header_chain(header: dict) -> list[x509.Certificate]:
     chain = []
     for entry in x5c:
         try:
-            chain.append(x509.load_der_x509_certificate(base64.b64decode(entry, validate=True)))
+            chain.append(x509.load_der_x509_certificate(_x5c_der(entry)))
         except (ValueError, TypeError):
             raise TokenVerifierError("token x5c entry is not a base64 DER certificate") from None
     return chain

@@ -3,7 +3,13 @@
 Trustee answers every failure with `{"type": ERROR_TYPE_PREFIX + <Variant>, "detail": <Display>}`
 where <Variant> is the Rust enum variant name. Status codes: 404 for `InvalidRequestPath` and
 `PluginNotFound`, 401 for everything else (some Trustee revisions answer `PolicyDeny` with 403;
-the client treats the body's type, not the status, as authoritative).
+the client treats the body's type, not the status, as authoritative). Error responses carry no
+Content-Type header (`kbs/src/error.rs` `error_response`: `res.body(BoxBody::new(body))`).
+
+Admin refusals have three wire names: `AdminAuth` (v0.20.0), `AdminAuthAccess` (v0.21.0+ on the
+built-in endpoints) and `AdminAuthInitialization` (v0.21.0+ on plugin paths such as
+`resource`, where `check_admin_access(&request)?` converts through `From<admin::Error>`); all
+three become AdminAuthError, keeping the wire name in `variant`.
 """
 
 from __future__ import annotations
@@ -76,10 +82,11 @@ class ProtocolVersionError(AttestationError):
 
 
 class AdminAuthError(KbsError):
-    """An admin call was not authenticated/authorised (Trustee `AdminAuthAccess`)."""
+    """An admin call was not authenticated/authorised (Trustee `AdminAuthAccess` and kin)."""
 
     variant = "AdminAuthAccess"
     default_detail = "admin access denied"
+    wire_variants = ("AdminAuth", "AdminAuthAccess", "AdminAuthInitialization")
 
 
 class PluginNotFound(KbsError):
@@ -95,10 +102,32 @@ class InvalidRequestPath(KbsError):
 
 
 class PluginInternalError(KbsError):
-    """A plugin failed; Trustee also reports a missing resource this way."""
+    """A plugin failed; Trustee also reports a missing resource this way.
+
+    The detail is always just "Plugin internal error": Trustee's Display for the variant does
+    not include its source (`kbs/src/error.rs`), so the wire cannot say which failure it was.
+    """
 
     variant = "PluginInternalError"
     default_detail = "Plugin internal error"
+
+
+class ResourceDeleteUnconfirmed(PluginInternalError):
+    """Client-side refinement: a resource DELETE answered 401 `PluginInternalError`.
+
+    Trustee's LocalFs/kv backend answers exactly this when the resource is absent
+    (`kv_storage.rs` `delete_secret_resource`: "resource not found" → PluginInternalError) and
+    also when storage fails, with the same body, so the client cannot tell them apart. The
+    caller decides with what it knows: a revoke that may run before the key was ever created,
+    or again after it was deleted, can take it as "nothing to delete"; any other caller must
+    treat it as a failure. `path` is the resource path that was to be deleted.
+    """
+
+    def __init__(
+        self, detail: str | None = None, *, status: int | None = None, path: str = ""
+    ) -> None:
+        super().__init__(detail, status=status)
+        self.path = path
 
 
 class JweError(KbsError):
@@ -161,7 +190,7 @@ class KbsTlsError(KbsUnavailable):
 
 
 _BY_VARIANT: dict[str, type[KbsError]] = {
-    cls.variant: cls
+    name: cls
     for cls in (
         PolicyDenied,
         TokenNotFound,
@@ -177,6 +206,7 @@ _BY_VARIANT: dict[str, type[KbsError]] = {
         PolicyEngineError,
         RvpsError,
     )
+    for name in getattr(cls, "wire_variants", (cls.variant,))
 }
 
 
@@ -192,7 +222,7 @@ def error_from_response(status: int, body: bytes) -> KbsError:
     """
     try:
         info = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         text = body.decode("utf-8", "replace").strip()
         return UnexpectedResponse(
             f"HTTP {status} with a non-JSON body: {_clip(text)!r}", status=status
@@ -211,7 +241,7 @@ def error_from_response(status: int, body: bytes) -> KbsError:
         cls = ProtocolVersionError
     if cls is None:
         return KbsError(detail, status=status, variant=variant)
-    return cls(detail, status=status)
+    return cls(detail, status=status, variant=variant if variant != cls.variant else None)
 
 
 def error_body(err: KbsError) -> dict:

@@ -27,6 +27,17 @@ from coco_ai.kbs.resource_path import (  # noqa: F401
 
 PROTOCOL_VERSION = "0.4.0"
 
+# Trustee main's provisioner plugin: a guest may fetch `default/<uuid>/root` only when its
+# initdata claims bind this key to `kbs+provisioner:///default/<uuid>/root`
+# (kbs/src/plugins/implementations/provisioner/mod.rs handle_get_resource).
+PROVISIONER_INITDATA_KEY = "trustee.kbs.resource"
+
+
+def provisioner_binding(resource_path: str) -> str:
+    """The `trustee.kbs.resource` initdata value that unlocks a provisioner resource."""
+    return f"kbs+provisioner:///{resource_path}"
+
+
 _B64URL_RE = re.compile(r"[A-Za-z0-9_-]*")
 
 

@@ -63,6 +63,7 @@ class PromotionExpectations:
     #: further init_data_claims the token must carry (key release's, via RunRefs.expected_claims)
     init_data_claims: Mapping[str, str] = field(default_factory=dict)
     min_gpus: int = 1
+    token_signer_pem: bytes | None = None  # the pinned attestation-service signer, if any
     max_eval_loss: float | None = None
     min_relative_improvement: float | None = None
     leeway: int = 0  # clock skew tolerated when judging the token, seconds
@@ -114,6 +115,7 @@ class PromotionExpectations:
                 None if self.init_data_digest is None else bytes.fromhex(self.init_data_digest)
             ),
             leeway=self.leeway,
+            token_signer_pem=self.token_signer_pem,
         )
 
     def policy_data(self) -> dict[str, Any]:

@@ -1,9 +1,11 @@
 """Admin authentication, both Trustee generations, against one Ed25519 public key.
 
-- v0.20 `Simple`: the client signs its own `{iat, exp}` JWT (EdDSA); any valid signature with
-  a live `exp` passes (jsonwebtoken's `Validation::new(EdDSA)`: `exp` required, 60 s leeway).
-- v0.21+ `bearer_jwt`: a pre-issued JWT with a `role` claim; the stand-in's ACL admits
-  `role == "admin"` only. A token carrying any other role is refused.
+- v0.20 `Simple` (`simple=True`): the client signs its own `{iat, exp}` JWT (EdDSA); any valid
+  signature with a live `exp` passes (jsonwebtoken's `Validation::new(EdDSA)`: `exp` required,
+  60 s leeway; a non-empty `aud` is refused because no audience is configured,
+  jsonwebtoken 10.3 `validation.rs`); other claims, `role` included, are not looked at.
+- v0.21+ `bearer_jwt` (`simple=False`): a pre-issued JWT with a `role` claim; the stand-in's
+  ACL admits `role == "admin"` only. A token carrying any other role, or none, is refused.
 
 There is no insecure default: without a public key the stand-in does not start.
 """
@@ -48,7 +50,13 @@ def _b64url(part: str) -> bytes:
         raise AdminAuthDenied("admin token is not base64url") from None
 
 
-def check_admin(authorization: str | None, key: ed25519.Ed25519PublicKey, now: float) -> dict:
+def check_admin(
+    authorization: str | None,
+    key: ed25519.Ed25519PublicKey,
+    now: float,
+    *,
+    simple: bool,
+) -> dict:
     """Return the verified claims or raise AdminAuthDenied."""
     if not authorization:
         raise AdminAuthDenied("no Authorization header")
@@ -61,14 +69,15 @@ def check_admin(authorization: str | None, key: ed25519.Ed25519PublicKey, now: f
     try:
         header = json.loads(_b64url(parts[0]))
         claims = json.loads(_b64url(parts[1]))
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         raise AdminAuthDenied("admin token header/payload is not JSON") from None
     if not isinstance(header, dict) or header.get("alg") != "EdDSA":
         raise AdminAuthDenied("admin token alg must be EdDSA")
     try:
         key.verify(_b64url(parts[2]), f"{parts[0]}.{parts[1]}".encode("ascii"))
     except InvalidSignature:
-        raise AdminAuthDenied("admin token signature does not verify") from None
+        # bearer_jwt.rs words it so when no configured issuer key verifies the token.
+        raise AdminAuthDenied("Cannot verify token with any of the issuers") from None
     if not isinstance(claims, dict):
         raise AdminAuthDenied("admin token payload is not an object")
     exp = claims.get("exp")
@@ -76,6 +85,12 @@ def check_admin(authorization: str | None, key: ed25519.Ed25519PublicKey, now: f
         raise AdminAuthDenied("admin token has no exp claim")
     if exp < now - LEEWAY_S:
         raise AdminAuthDenied("admin token has expired")
-    if "role" in claims and claims["role"] != ADMIN_ROLE:
+    if simple:
+        if claims.get("aud") not in (None, []):
+            raise AdminAuthDenied("InvalidAudience")
+        return claims
+    if "role" not in claims:
+        raise AdminAuthDenied("Missing required `role` claim in JWT")
+    if claims["role"] != ADMIN_ROLE:
         raise AdminAuthDenied("admin token role is not admin")
     return claims

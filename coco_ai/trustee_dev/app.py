@@ -2,9 +2,15 @@
 
 Dispatch mirrors `kbs/src/api_server.rs` `api`: the first segment after `/kbs/v0/` picks a
 built-in endpoint (auth, attest, attestation-policy, reference-value, resource-policy) or a
-plugin (resource, provisioner); errors answer `{"type": ".../errors/<Variant>", "detail"}` with
-404 for InvalidRequestPath/PluginNotFound and 401 for everything else, including a policy
-denial and a missing resource. Request bodies are capped at 2 MiB (413, as actix answers).
+plugin (resource; provisioner on main); errors answer `{"type": ".../errors/<Variant>",
+"detail"}` with no Content-Type, 404 for InvalidRequestPath/PluginNotFound and 401 for
+everything else, including a policy denial and a missing resource. Request bodies are capped
+at 2 MiB (413, as actix answers).
+
+`trustee_version` selects what differs between v0.20.0, v0.21.0 and main (coco_ai.kbs.versions:
+`/healthz`, admin auth and its error names, EAR encoding, sampledevice claims, the provisioner
+plugin). Behaviour that no Trustee has is off unless named in `extensions` (EXTENSIONS); the
+compatibility table in docs/architecture/trustee_dev.md lists every one.
 
 All work runs inline on the event loop: each step is a few milliseconds of CPU, and keeping it
 on one thread makes sessions, policy caches and the state directory single-writer.
@@ -18,6 +24,7 @@ import json
 import logging
 import re
 import secrets
+import string
 import time
 import uuid as uuidlib
 from collections.abc import Callable
@@ -32,8 +39,10 @@ from starlette.routing import Route
 
 from coco_ai import policies
 from coco_ai.kbs import errors as kerr
+from coco_ai.kbs import versions
 from coco_ai.kbs.jwe import encrypt_for_tee
-from coco_ai.kbs.wire import parse_resource_path
+from coco_ai.kbs.wire import PROVISIONER_INITDATA_KEY, parse_resource_path, provisioner_binding
+from coco_ai.trustee_dev import jsonbody
 from coco_ai.trustee_dev.admin import AdminAuthDenied, check_admin, load_admin_public_key
 from coco_ai.trustee_dev.attestation import (
     DEFAULT_SESSION_TIMEOUT_S,
@@ -44,6 +53,9 @@ from coco_ai.trustee_dev.attestation import (
     Sessions,
     parse_request,
 )
+from coco_ai.trustee_dev.extensions import RUN_KEY_BIND as RUN_KEY_BIND_EXTENSION
+from coco_ai.trustee_dev.extensions import check_extensions
+from coco_ai.trustee_dev.metrics import KbsMetrics
 from coco_ai.trustee_dev.policy import (
     AttestationPolicy,
     PolicyCompileError,
@@ -52,7 +64,7 @@ from coco_ai.trustee_dev.policy import (
 )
 from coco_ai.trustee_dev.state import Binding, StateDir, StateError
 from coco_ai.trustee_dev.tokens import TokenBroker
-from coco_ai.trustee_dev.verifiers import verifiers as default_verifiers
+from coco_ai.trustee_dev.verifiers import verifiers as version_verifiers
 
 log = logging.getLogger("coco_ai.trustee_dev")
 
@@ -66,6 +78,14 @@ _RESOURCE_DESC = re.compile(r"[a-zA-Z0-9_\-]+[a-zA-Z0-9_\-.]*")
 _POLICY_ID = re.compile(r"[A-Za-z0-9_-]+")
 # uuid5 namespace for per-run keys, so a retried provisioning call is idempotent.
 _PROVISION_NAMESPACE = uuidlib.uuid5(uuidlib.NAMESPACE_URL, "coco-ai/trustee_dev/provisioner")
+# Trustee main's provisioner: Uuid::new_v5(&Uuid::NAMESPACE_URL, b"provisioner_plugin").
+PROVISIONER_NAMESPACE = uuidlib.UUID("feab5599-6854-52bc-95f0-0241c03e620a")
+PROVISIONER_KEY_LENGTH = 32  # ProvisionerConfig default key_length
+PROVISIONER_REPOSITORY = "default"
+PROVISIONER_TAG = "root"
+
+# Trustee: "Plugin internal error" is the whole Display of the variant; the cause is logged.
+PLUGIN_INTERNAL_ERROR = "Plugin internal error"
 
 
 class _Reply(Exception):
@@ -82,6 +102,11 @@ def _attestation_error(stage: str, reason: str) -> _Reply:
     )
 
 
+def _plugin_error(reason: str) -> _Reply:
+    log.info("plugin error: %s", reason)
+    return _Reply(kerr.PluginInternalError(PLUGIN_INTERNAL_ERROR))
+
+
 def _b64url_nopad(text: Any) -> bytes:
     """URL_SAFE_NO_PAD decoding only, as Trustee: '=', '+' and '/' are refused."""
     if not isinstance(text, str) or not re.fullmatch(r"[A-Za-z0-9_-]*", text) or len(text) % 4 == 1:
@@ -93,7 +118,8 @@ class TrusteeStandIn:
     """A development Trustee (KBS + attestation service + RVPS) over one state directory.
 
     `app` is the ASGI application. `clock` is injectable so tests can expire sessions and
-    tokens without sleeping.
+    tokens without sleeping. `trustee_version` is the Trustee release to reproduce (default:
+    the one docker-compose.yaml pins); `extensions` opts into behaviour no Trustee has.
     """
 
     def __init__(
@@ -101,6 +127,8 @@ class TrusteeStandIn:
         state_dir: str | PathLike[str],
         admin_public_key_pem: bytes | str,
         *,
+        trustee_version: str = versions.DEFAULT_TRUSTEE_VERSION,
+        extensions: object = frozenset(),
         policy_set: str = "dev",
         reference_values: dict[str, Any] | None = None,
         clock: Callable[[], float] = time.time,
@@ -111,10 +139,13 @@ class TrusteeStandIn:
             raise ValueError(
                 f"unknown policy set {policy_set!r}; known: {', '.join(policies.POLICY_SETS)}"
             )
+        self.trustee_version = versions.check_version(trustee_version)
+        self.extensions = check_extensions(extensions)
         self._admin_key = load_admin_public_key(admin_public_key_pem)
         self._clock = clock
         self.state = StateDir(state_dir)
-        self.broker = TokenBroker(self.state)
+        self.broker = TokenBroker(self.state, self.trustee_version)
+        self.metrics = KbsMetrics(self.trustee_version)
         self.sessions = Sessions(clock=clock, timeout_s=session_timeout_s)
         # Like Trustee's built-in defaults: installed when absent, never overwriting uploads.
         for policy_id, name in policies.POLICY_SETS[policy_set].items():
@@ -127,25 +158,63 @@ class TrusteeStandIn:
         self._policy_cache: dict[str, AttestationPolicy] = {}
         self._resource_policy = ResourcePolicyEvaluator()
         self.attestation = AttestationService(
-            default_verifiers(), self._attestation_policy, self.broker, clock, token_lifetime_s
+            version_verifiers(self.trustee_version, self.extensions),
+            self._attestation_policy,
+            self.broker,
+            clock,
+            token_lifetime_s,
         )
+        routes = [
+            Route("/kbs/v0/{path:path}", self._kbs, methods=["GET", "POST", "PUT", "DELETE"]),
+            Route("/metrics", self._metrics, methods=["GET", "POST"]),
+        ]
+        if versions.has_healthz(self.trustee_version):
+            routes.append(Route("/healthz", self._healthz, methods=["GET"]))
+        # actix answers an unrouted path (404) or method (405) with an empty body and no
+        # Content-Type; Starlette's defaults would add text.
         self.app = Starlette(
-            routes=[
-                Route("/healthz", self._healthz, methods=["GET"]),
-                Route("/kbs/v0/{path:path}", self._kbs, methods=["GET", "POST", "PUT", "DELETE"]),
-            ]
+            routes=routes, exception_handlers={404: _empty_status, 405: _empty_status}
         )
 
     @property
-    def ca_cert_path(self):
+    def token_anchor_path(self):
+        """The EAR trust anchor (the token CA); never the TLS CA."""
         return self.broker.ca_cert_path
+
+    @property
+    def token_signer_path(self):
+        """The EAR signer certificate, for relying parties that pin the signer."""
+        return self.broker.signer_cert_path
 
     # -- plumbing ---------------------------------------------------------------------------
 
     async def _healthz(self, request: Request) -> Response:
         return Response(status_code=200)
 
+    async def _metrics(self, request: Request) -> Response:
+        if request.method == "POST":
+            return Response(status_code=405)
+        return Response(self.metrics.render().encode("utf-8"), status_code=200, media_type=None)
+
     async def _kbs(self, request: Request) -> Response:
+        started = time.perf_counter()
+        self.metrics.add_active(1)
+        self.metrics.inc("kbs_http_requests_total")
+        declared = request.headers.get("content-length")
+        self.metrics.observe(
+            "kbs_http_request_size_bytes",
+            float(declared) if declared and declared.isdigit() else 0.0,
+        )
+        try:
+            response = await self._kbs_response(request)
+        finally:
+            self.metrics.add_active(-1)
+        self.metrics.observe("kbs_http_request_duration_seconds", time.perf_counter() - started)
+        # As Trustee's middleware: the response size goes into the request-size histogram.
+        self.metrics.observe("kbs_http_request_size_bytes", float(len(response.body)))
+        return response
+
+    async def _kbs_response(self, request: Request) -> Response:
         body = await _read_body(request)
         if body is None:
             return PlainTextResponse("A payload reached size limit.", status_code=413)
@@ -155,7 +224,7 @@ class TrusteeStandIn:
             return _error_response(reply.err)
         except StateError as exc:
             log.error("state directory error: %s", exc)
-            return _error_response(kerr.PluginInternalError("Plugin internal error"))
+            return _error_response(kerr.PluginInternalError(PLUGIN_INTERNAL_ERROR))
 
     def _dispatch(self, request: Request, body: bytes) -> Response:
         raw_path = request.scope.get("raw_path") or request.url.path.encode()
@@ -188,48 +257,79 @@ class TrusteeStandIn:
             return JSONResponse([RESOURCE_POLICY_ID])
         if plugin == "resource":
             return self._resource(request, method, rest, body)
-        if plugin == "provisioner":
+        if plugin == "provisioner" and (
+            versions.has_provisioner(self.trustee_version)
+            or RUN_KEY_BIND_EXTENSION in self.extensions
+        ):
             return self._provisioner(request, method, rest, body)
         raise _Reply(kerr.PluginNotFound(f"Plugin {plugin} not found"))
 
-    def _admin(self, request: Request, endpoint: str) -> None:
+    def _admin(self, request: Request, endpoint: str, *, plugin: bool = False) -> None:
+        legacy = versions.self_signed_admin_auth(self.trustee_version)
         try:
-            check_admin(request.headers.get("authorization"), self._admin_key, self._clock())
+            check_admin(
+                request.headers.get("authorization"),
+                self._admin_key,
+                self._clock(),
+                simple=legacy,
+            )
         except AdminAuthDenied as exc:
-            raise _Reply(
-                kerr.AdminAuthError(
+            log.info("admin access denied for %s: %s", endpoint, exc)
+            if legacy:
+                # v0.20.0 kbs/src/admin/mod.rs: every refusal becomes AdminAccessDenied.
+                err = kerr.AdminAuthError(
+                    "Admin auth error: Admin Token could not be verified for any admin persona",
+                    variant="AdminAuth",
+                )
+            elif plugin:
+                # v0.21.0+: plugin paths convert admin::Error with `?` (From impl).
+                err = kerr.AdminAuthError(
+                    f"failed to initialize [admin] configuration: Admin access denied: {exc}",
+                    variant="AdminAuthInitialization",
+                )
+            else:
+                err = kerr.AdminAuthError(
                     f"admin access denied for endpoint {endpoint}: Admin access denied: {exc}"
                 )
-            ) from None
+            raise _Reply(err) from None
 
     # -- RCAR -------------------------------------------------------------------------------
 
     def _auth(self, body: bytes) -> Response:
+        self.metrics.inc("kbs_auth_requests_total")
         try:
             tee = parse_request(body)
         except RcarError as exc:
+            self.metrics.inc("kbs_auth_errors_total")
             raise _attestation_error(exc.stage, exc.reason) from None
+        self.metrics.inc("kbs_auth_successes_total")
         session = self.sessions.create(tee)
         response = JSONResponse({"nonce": session.nonce, "extra-params": ""})
         self._set_cookie(response, session.id, session.expires_at)
         return response
 
     def _attest(self, request: Request, body: bytes) -> Response:
+        self.metrics.inc("kbs_attestation_requests_total")
         session_id = request.cookies.get(SESSION_COOKIE)
         if not session_id:
+            self.metrics.inc("kbs_attestation_errors_total")
             raise _attestation_error("Attest", "cookie not found")
         try:
-            json.loads(body)
-        except (ValueError, UnicodeDecodeError):
-            raise _attestation_error("Attest", "deserialize Attestation: not JSON") from None
+            jsonbody.loads(body)
+        except jsonbody.JsonBodyError as exc:
+            self.metrics.inc("kbs_attestation_errors_total")
+            raise _attestation_error("Attest", f"deserialize Attestation: {exc}") from None
         session = self.sessions.get(session_id)
         if session is None:
+            self.metrics.inc("kbs_attestation_errors_total")
             raise _attestation_error("Attest", "session not found or expired")
         if session.token is None:
             try:
                 session.token = self.attestation.attest(session, body)
             except RcarError as exc:
+                self.metrics.inc("kbs_attestation_failures_total", session.tee)
                 raise _attestation_error(exc.stage, exc.reason) from None
+            self.metrics.inc("kbs_attestation_successes_total", session.tee)
         response = JSONResponse({"token": session.token})
         self._set_cookie(response, session.id, session.expires_at)
         return response
@@ -259,33 +359,31 @@ class TrusteeStandIn:
 
     def _resource(self, request: Request, method: str, rest: list[str], body: bytes) -> Response:
         if method in ("POST", "DELETE"):
-            self._admin(request, "resource")
+            self._admin(request, "resource", plugin=True)
             path = _resource_desc(rest)
             if method == "POST":
                 self.state.put_resource(path, body)
+                self.metrics.inc("kbs_resource_writes_total", path)
             else:
-                self.state.delete_resource(path)
-            return Response(status_code=200)
+                # kv_storage.rs delete_secret_resource: an absent key is an error.
+                if not self.state.delete_resource(path):
+                    raise _plugin_error(f"resource not found: {path}")
+                self.metrics.inc("kbs_resource_deletes_total", path)
+            return _plugin_response(b"")
         if method != "GET":
-            raise _Reply(
-                kerr.PluginInternalError(
-                    "Plugin internal error: Illegal HTTP method. Only supports `GET`, `POST` "
-                    "and `DELETE`"
-                )
-            )
+            raise _plugin_error("Illegal HTTP method. Only supports `GET`, `POST` and `DELETE`")
         claims = self._token_claims(request)
         descriptor = {
             "plugin": "resource",
             "resource-path": rest,
             "query": dict(request.query_params),
         }
-        text = self.state.get_policy(RESOURCE_POLICY_ID) or ""
-        if not self._resource_policy.allow(text, claims, descriptor):
-            raise _Reply(kerr.PolicyDenied("Access denied by policy"))
+        self._check_resource_policy(claims, descriptor)
         path = _resource_desc(rest)
         record = self.state.get_resource(path)
+        self.metrics.inc("kbs_resource_reads_total", path)
         if record is None:
-            raise _Reply(kerr.PluginInternalError("Plugin internal error: resource not found"))
+            raise _plugin_error(f"resource not found: {path}")
         if record.bind is not None:
             init_claims = (
                 claims.get("submods", {})
@@ -297,12 +395,22 @@ class TrusteeStandIn:
                 init_claims.get(record.bind.initdata_key) if isinstance(init_claims, dict) else None
             )
             if bound != record.bind.value:
-                raise _Reply(
-                    kerr.PluginInternalError(
-                        "Plugin internal error: init_data claim "
-                        f"{record.bind.initdata_key} does not match this per-run key's binding"
-                    )
+                raise _plugin_error(
+                    f"init_data claim {record.bind.initdata_key} does not match this per-run "
+                    "key's binding"
                 )
+        return self._encrypted(claims, record.data)
+
+    def _check_resource_policy(self, claims: dict[str, Any], descriptor: dict[str, Any]) -> None:
+        self.metrics.inc("kbs_policy_evaluations_total")
+        text = self.state.get_policy(RESOURCE_POLICY_ID) or ""
+        if not self._resource_policy.allow(text, claims, descriptor):
+            self.metrics.inc("kbs_policy_violations_total")
+            raise _Reply(kerr.PolicyDenied("Access denied by policy"))
+        self.metrics.inc("kbs_policy_approvals_total")
+
+    @staticmethod
+    def _encrypted(claims: dict[str, Any], data: bytes) -> Response:
         pubkey = (
             claims.get("submods", {})
             .get("cpu0", {})
@@ -311,30 +419,98 @@ class TrusteeStandIn:
             .get("tee-pubkey")
         )
         try:
-            jwe = encrypt_for_tee(record.data, pubkey)
+            jwe = encrypt_for_tee(data, pubkey)
         except (kerr.JweError, TypeError) as exc:
             raise _Reply(kerr.JweError(f"JWE failed: {exc}")) from None
         return JSONResponse(jwe)
 
     def _provisioner(self, request: Request, method: str, rest: list[str], body: bytes) -> Response:
-        if method == "POST" and rest == ["provision"]:
-            self._admin(request, "provisioner")
-            return self._provision(body)
-        if method == "DELETE" and len(rest) == 2 and rest[0] == "provision":
-            self._admin(request, "provisioner")
-            for path in self._provisioned_paths(rest[1]):
-                self.state.delete_resource(path)
-            return Response(b'{"status":"deleted"}', media_type="text/xml")
-        raise _Reply(
-            kerr.PluginInternalError(
-                f"Plugin internal error: unsupported: {method} /kbs/v0/provisioner/"
-                + "/".join(rest)
+        """main's provisioner plugin, and/or the `run-key-bind` extension on the same path.
+
+        With both, a POST body carrying `bind` is the extension's; anything else is main's.
+        """
+        main = versions.has_provisioner(self.trustee_version)
+        if method == "POST" and rest[:1] == ["provision"]:
+            self._admin(request, "provisioner", plugin=True)
+            if RUN_KEY_BIND_EXTENSION in self.extensions and (not main or _has_bind(body)):
+                return self._provision(body)
+            return self._provision_vm(body)
+        if method == "DELETE" and rest[:1] == ["provision"]:
+            self._admin(request, "provisioner", plugin=True)
+            if main:
+                if len(rest) < 2:
+                    raise _plugin_error("missing uuid in path")
+                # handle_deprovision ignores the storage result: always "deleted".
+                self.state.delete_resource(_provisioner_path(rest[1]), namespace="provisioner")
+            if RUN_KEY_BIND_EXTENSION in self.extensions and len(rest) == 2:
+                for path in self._provisioned_paths(rest[1]):
+                    self.state.delete_resource(path)
+            return _plugin_response(b'{"status":"deleted"}')
+        if method == "GET" and main:
+            claims = self._token_claims(request)
+            self._check_resource_policy(
+                claims,
+                {
+                    "plugin": "provisioner",
+                    "resource-path": rest,
+                    "query": dict(request.query_params),
+                },
             )
+            return self._encrypted(claims, self._provisioned_confdata(rest, claims))
+        raise _plugin_error(f"unsupported: {method} /kbs/v0/provisioner/" + "/".join(rest))
+
+    def _provision_vm(self, body: bytes) -> Response:
+        """main `handle_provision`: {vm_name, namespace="default"} -> {uuid, resource_path}."""
+        try:
+            req = jsonbody.loads(body)
+            vm_name = req["vm_name"]
+            namespace = req.get("namespace", "default")
+            if not isinstance(vm_name, str) or not isinstance(namespace, str):
+                raise TypeError
+        except (ValueError, KeyError, TypeError, AttributeError):
+            raise _plugin_error("invalid JSON body") from None
+        ident = str(uuidlib.uuid5(PROVISIONER_NAMESPACE, f"{namespace}/{vm_name}"))
+        path = f"{PROVISIONER_REPOSITORY}/{ident}/{PROVISIONER_TAG}"
+        if self.state.get_resource(path, namespace="provisioner") is None:
+            key = "".join(
+                secrets.choice(string.ascii_letters + string.digits)
+                for _ in range(PROVISIONER_KEY_LENGTH)
+            )
+            confdata = f'version = "0.1.0"\n\n[data]\n"io.cryptsetup.key.text.root" = "{key}"\n'
+            self.state.put_resource(
+                path, confdata.encode(), kind="provisioner", uuid=ident, namespace="provisioner"
+            )
+        return _plugin_response(
+            json.dumps({"uuid": ident, "resource_path": path}, separators=(",", ":")).encode()
         )
+
+    def _provisioned_confdata(self, rest: list[str], claims: dict[str, Any]) -> bytes:
+        """main `handle_get_resource`: released only to initdata binding this exact path."""
+        key = "/".join(rest)
+        init_claims = (
+            claims.get("submods", {})
+            .get("cpu0", {})
+            .get("ear.veraison.annotated-evidence", {})
+            .get("init_data_claims")
+        )
+        if not isinstance(init_claims, dict):
+            raise _plugin_error("provisioner requires init_data for resource access")
+        bound = init_claims.get(PROVISIONER_INITDATA_KEY)
+        if not isinstance(bound, str):
+            raise _plugin_error(f"init_data missing {PROVISIONER_INITDATA_KEY}")
+        if bound != provisioner_binding(key):
+            raise _plugin_error(f"init_data resource mismatch: expected {provisioner_binding(key)}")
+        try:
+            record = self.state.get_resource(key, "provisioner") if len(rest) == 3 else None
+        except ValueError:
+            record = None
+        if record is None:
+            raise _plugin_error(f"provisioner resource not found: {key}")
+        return record.data
 
     def _provision(self, body: bytes) -> Response:
         try:
-            req = json.loads(body)
+            req = jsonbody.loads(body)
             bind = req["bind"]
             key, value = bind["initdata_key"], bind["value"]
             if not (isinstance(key, str) and key and isinstance(value, str) and value):
@@ -342,12 +518,10 @@ class TrusteeStandIn:
             requested = req.get("resource_path")
             if requested is not None and not isinstance(requested, str):
                 raise ValueError
-        except (ValueError, UnicodeDecodeError, KeyError, TypeError):
-            raise _Reply(
-                kerr.PluginInternalError(
-                    'Plugin internal error: invalid JSON body: expected {"resource_path"?: '
-                    '"repo/type/tag", "bind": {"initdata_key": str, "value": str}}'
-                )
+        except (ValueError, KeyError, TypeError):
+            raise _plugin_error(
+                'invalid JSON body: expected {"resource_path"?: "repo/type/tag", "bind": '
+                '{"initdata_key": str, "value": str}}'
             ) from None
         binding = Binding(key, value)
         ident = uuidlib.uuid5(_PROVISION_NAMESPACE, json.dumps([key, value, requested])).hex
@@ -355,18 +529,12 @@ class TrusteeStandIn:
         path = _resource_desc(path.split("/"))
         existing = self.state.get_resource(path)
         if existing is not None and (existing.kind != "provisioned" or existing.bind != binding):
-            raise _Reply(
-                kerr.PluginInternalError(
-                    f"Plugin internal error: {path} already holds a different resource"
-                )
-            )
+            raise _plugin_error(f"{path} already holds a different resource")
         if existing is None:
             self.state.put_resource(
                 path, secrets.token_bytes(32), kind="provisioned", bind=binding, uuid=ident
             )
-        return Response(
-            json.dumps({"uuid": ident, "resource_path": path}).encode(), media_type="text/xml"
-        )
+        return _plugin_response(json.dumps({"uuid": ident, "resource_path": path}).encode())
 
     def _provisioned_paths(self, ident: str) -> list[str]:
         root = self.state.root / "resources"
@@ -399,9 +567,9 @@ class TrusteeStandIn:
             )
 
         try:
-            req = json.loads(body)
+            req = jsonbody.loads(body)
             policy_id, encoded = req["policy_id"], req["policy"]
-        except (ValueError, UnicodeDecodeError, KeyError, TypeError):
+        except (ValueError, KeyError, TypeError):
             raise fail("parse set policy request") from None
         if not isinstance(policy_id, str) or not _POLICY_ID.fullmatch(policy_id):
             raise fail("Illegal policy id. Only support alphabet, numeric, `-` or `_`")
@@ -426,8 +594,8 @@ class TrusteeStandIn:
             return _Reply(kerr.ParsePolicyError(f"Failed to parse policy: {reason}"))
 
         try:
-            req = json.loads(body)
-        except (ValueError, UnicodeDecodeError):
+            req = jsonbody.loads(body)
+        except ValueError:
             raise fail("Illegal SetPolicy Request Json") from None
         encoded = req.get("policy") if isinstance(req, dict) else None
         if encoded is None:
@@ -457,17 +625,17 @@ class TrusteeStandIn:
             )
 
         try:
-            message = json.loads(body)
+            message = jsonbody.loads(body)
             payload, kind = message["payload"], message["type"]
             version = message.get("version", RVPS_MESSAGE_VERSION)
-        except (ValueError, UnicodeDecodeError, KeyError, TypeError):
+        except (ValueError, KeyError, TypeError, AttributeError):
             raise fail("parse message") from None
         if version != RVPS_MESSAGE_VERSION:
             raise fail(f"Version unmatched! Need {RVPS_MESSAGE_VERSION}, given {version}.")
         if kind != "sample":
             raise fail(f"Could not find extractor for {kind}")
         try:
-            values = json.loads(base64.b64decode(payload, validate=True))
+            values = jsonbody.loads(base64.b64decode(payload, validate=True))
         except (binascii.Error, ValueError, TypeError):
             raise fail("base64 decode / deserialize sample provenance") from None
         if not isinstance(values, dict):
@@ -487,21 +655,45 @@ class TrusteeStandIn:
                     f"value found for the given id: {rv_id}"
                 )
             )
-        return Response(json.dumps(values[rv_id]).encode(), media_type="application/json")
+        # serde_json::to_string: compact (kbs/src/attestation/backend.rs query_reference_value)
+        return Response(
+            json.dumps(values[rv_id], separators=(",", ":")).encode(),
+            media_type="application/json",
+        )
 
 
 def _resource_desc(segments: list[str]) -> str:
     """Trustee's ResourceDesc check (3 segments, its regex), else PluginInternalError."""
     if len(segments) != 3 or not all(_RESOURCE_DESC.fullmatch(s) for s in segments):
-        raise _Reply(
-            kerr.PluginInternalError("Plugin internal error: illegal ResourceDesc format.")
-        )
+        raise _plugin_error("illegal ResourceDesc format.")
     try:
         return parse_resource_path("/".join(segments)).url_path()
     except ValueError:
-        raise _Reply(
-            kerr.PluginInternalError("Plugin internal error: illegal ResourceDesc format.")
-        ) from None
+        raise _plugin_error("illegal ResourceDesc format.") from None
+
+
+def _provisioner_path(ident: str) -> str:
+    if not re.fullmatch(r"[A-Za-z0-9_-]+", ident):
+        raise _plugin_error("illegal uuid")
+    return f"{PROVISIONER_REPOSITORY}/{ident}/{PROVISIONER_TAG}"
+
+
+def _has_bind(body: bytes) -> bool:
+    try:
+        req = jsonbody.loads(body)
+    except ValueError:
+        return False
+    return isinstance(req, dict) and "bind" in req
+
+
+async def _empty_status(request: Request, exc: Exception) -> Response:
+    return Response(status_code=getattr(exc, "status_code", 404), media_type=None)
+
+
+def _plugin_response(body: bytes) -> Response:
+    """A plugin's answer: 200 `text/xml` (`HttpResponse::Ok().content_type("text/xml")`)."""
+    # Set as a header: Starlette would append "; charset=utf-8" to a text/* media type.
+    return Response(body, status_code=200, headers={"content-type": "text/xml"})
 
 
 async def _read_body(request: Request) -> bytes | None:
@@ -520,4 +712,6 @@ async def _read_body(request: Request) -> bytes | None:
 
 
 def _error_response(err: kerr.KbsError) -> Response:
-    return JSONResponse(kerr.error_body(err), status_code=kerr.error_status(err))
+    """Trustee's error body, with no Content-Type (kbs/src/error.rs sets none)."""
+    body = json.dumps(kerr.error_body(err), separators=(",", ":")).encode("utf-8")
+    return Response(body, status_code=kerr.error_status(err), media_type=None)

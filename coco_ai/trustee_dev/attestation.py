@@ -21,6 +21,7 @@ from typing import Any
 from coco_ai.guest.initdata import Initdata, InitdataError
 from coco_ai.kbs.evidence import DEVICE_ONLY_TEES, KNOWN_TEES
 from coco_ai.kbs.wire import PROTOCOL_VERSION, cpu_runtime_data_digest, device_runtime_data_digest
+from coco_ai.trustee_dev import jsonbody
 from coco_ai.trustee_dev.policy import AttestationPolicy, PolicyEvaluationError
 from coco_ai.trustee_dev.tokens import APPRAISAL_POLICY_ID, TokenBroker
 from coco_ai.trustee_dev.verifiers import VerificationError, Verifier
@@ -85,9 +86,9 @@ class Sessions:
 def parse_request(body: bytes) -> str:
     """Validate a kbs-types `Request` and return its TEE (raises RcarError("Auth", …))."""
     try:
-        request = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
-        raise RcarError("Auth", "deserialize Request: body is not JSON") from None
+        request = jsonbody.loads(body)
+    except jsonbody.JsonBodyError as exc:
+        raise RcarError("Auth", f"deserialize Request: {exc}") from None
     if not isinstance(request, dict) or not isinstance(request.get("version"), str):
         raise RcarError("Auth", "deserialize Request: missing field `version`")
     tee = request.get("tee")
@@ -158,9 +159,9 @@ class AttestationService:
 
     def attest(self, session: Session, body: bytes) -> str:
         try:
-            attestation = json.loads(body)
-        except (ValueError, UnicodeDecodeError):
-            raise RcarError("Attest", "deserialize Attestation: body is not JSON") from None
+            attestation = jsonbody.loads(body)
+        except jsonbody.JsonBodyError as exc:
+            raise RcarError("Attest", f"deserialize Attestation: {exc}") from None
         if not isinstance(attestation, dict):
             raise RcarError("Attest", "deserialize Attestation: not a JSON object")
         runtime = attestation.get("runtime-data")
@@ -171,12 +172,16 @@ class AttestationService:
         if not isinstance(nonce, str):
             raise RcarError("Attest", "deserialize Attestation: runtime-data.nonce missing")
         pubkey = _tee_pubkey(runtime.get("tee-pubkey"))
-        additional = evidence.get("additional_evidence", "")
-        if not isinstance(additional, str) or "primary_evidence" not in evidence:
+        # kbs-types `CompositeEvidence`: both members required, additional_evidence a string
+        # ("" when there are no devices); serde refuses the body otherwise.
+        additional = evidence.get("additional_evidence")
+        if "primary_evidence" not in evidence:
+            raise RcarError("Attest", "deserialize Attestation: missing field `primary_evidence`")
+        if not isinstance(additional, str):
             raise RcarError(
                 "Attest",
-                "deserialize Attestation: tee-evidence needs primary_evidence and "
-                "additional_evidence as a JSON string",
+                "deserialize Attestation: missing field `additional_evidence` (a JSON string, "
+                '"" when there are no devices)',
             )
         initdata = _initdata(attestation.get("init-data"))
         if nonce != session.nonce:
@@ -197,7 +202,7 @@ class AttestationService:
         ]
         if additional:
             try:
-                devices = json.loads(additional)
+                devices = jsonbody.loads(additional)
             except ValueError:
                 raise RcarError("Attest", "additional_evidence is not a JSON map") from None
             if not isinstance(devices, dict):

@@ -6,6 +6,9 @@ import argparse
 import sys
 from pathlib import Path
 
+from coco_ai.kbs.versions import DEFAULT_TRUSTEE_VERSION, TRUSTEE_VERSIONS
+from coco_ai.trustee_dev.extensions import EXTENSIONS as EXTENSION_NAMES
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
@@ -18,8 +21,24 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     serve = sub.add_parser(
         "serve",
         help="serve the Trustee stand-in with uvicorn",
-        description="Serve the Trustee stand-in. Plain HTTP only on loopback; the token and "
-        "TLS CA for relying parties is <state-dir>/ca.pem.",
+        description="Serve the Trustee stand-in as one Trustee release behaves. Plain HTTP only "
+        "on loopback. The EAR trust anchor for relying parties is <state-dir>/ca.pem and the "
+        "signer to pin <state-dir>/token-signer/signer-cert.pem; TLS has its own CA.",
+    )
+    serve.add_argument(
+        "--trustee-version",
+        default=DEFAULT_TRUSTEE_VERSION,
+        choices=TRUSTEE_VERSIONS,
+        help=f"Trustee release to reproduce (default {DEFAULT_TRUSTEE_VERSION}, the one "
+        "docker-compose.yaml pins): endpoints, admin auth, error shapes, token encoding",
+    )
+    serve.add_argument(
+        "--extension",
+        action="append",
+        default=[],
+        choices=sorted(EXTENSION_NAMES),
+        help="opt into a behaviour no Trustee has (repeatable): "
+        + "; ".join(f"{name}: {EXTENSION_NAMES[name]}" for name in sorted(EXTENSION_NAMES)),
     )
     serve.add_argument("--host", default="127.0.0.1", help="listen address (default 127.0.0.1)")
     serve.add_argument("--port", type=int, default=8080, help="listen port (default 8080)")
@@ -50,7 +69,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     keygen.add_argument(
         "--tls-for-state-dir",
         type=Path,
-        help="also write tls.pem/tls-key.pem for 127.0.0.1, issued by this state dir's CA",
+        help="also write tls.pem/tls-key.pem for 127.0.0.1, issued by this state dir's TLS CA "
+        "(<state-dir>/tls-ca/ca.pem; never the token CA)",
     )
     keygen.set_defaults(func=_keygen)
 
@@ -63,7 +83,13 @@ def _serve(args: argparse.Namespace) -> int:
 
     try:
         pem = args.admin_public_key.read_bytes()
-        standin = TrusteeStandIn(args.state_dir, pem, policy_set=args.policy_set)
+        standin = TrusteeStandIn(
+            args.state_dir,
+            pem,
+            policy_set=args.policy_set,
+            trustee_version=args.trustee_version,
+            extensions=args.extension,
+        )
         config = uvicorn_config(
             standin,
             args.host,
@@ -76,7 +102,13 @@ def _serve(args: argparse.Namespace) -> int:
     except (ServeConfigError, ValueError, OSError) as exc:
         print(f"coco-ai trustee serve: {exc}", file=sys.stderr)
         return 2
-    print(f"token/TLS CA for relying parties: {standin.ca_cert_path}", file=sys.stderr)
+    print(
+        f"Trustee {standin.trustee_version} stand-in; extensions: "
+        f"{', '.join(sorted(standin.extensions)) or 'none'}\n"
+        f"EAR trust anchor: {standin.token_anchor_path}\n"
+        f"EAR signer (pin): {standin.token_signer_path}",
+        file=sys.stderr,
+    )
     uvicorn.Server(config).run()
     return 0
 
@@ -111,8 +143,10 @@ def _keygen(args: argparse.Namespace) -> int:
         from coco_ai.trustee_dev.state import StateDir
         from coco_ai.trustee_dev.tokens import TokenBroker
 
-        TokenBroker(StateDir(args.tls_for_state_dir))  # creates the CA on first use
+        TokenBroker(StateDir(args.tls_for_state_dir))  # creates the token CA on first use
         cert, tls_key = args.out_dir / "tls.pem", args.out_dir / "tls-key.pem"
-        write_server_certificate(args.tls_for_state_dir, cert, tls_key, ("127.0.0.1", "localhost"))
-        print(f"TLS certificate: {cert} (pin {args.tls_for_state_dir / 'ca.pem'})")
+        tls_ca = write_server_certificate(
+            args.tls_for_state_dir, cert, tls_key, ("127.0.0.1", "localhost")
+        )
+        print(f"TLS certificate: {cert} (pin {tls_ca})")
     return 0

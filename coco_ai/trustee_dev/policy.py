@@ -27,6 +27,7 @@ query_reference_value(id) := value if {
 """
 _SHIM_MODULE = "coco_ai_reference_values"
 _EXTENSIONS_RULE = re.compile(r"^extensions\b", re.MULTILINE)
+_TRUST_CLAIMS_RULE = re.compile(r"^(default\s+)?trust_claims\b", re.MULTILINE)
 TRUST_CLAIM_NAMES = (
     "instance-identity",
     "configuration",
@@ -94,9 +95,14 @@ class AttestationPolicy:
 
     def __init__(self, policy_id: str, text: str, reference_values: dict[str, Any]) -> None:
         self._interp = _rego().Interpreter()
-        # Trustee treats a policy without `extensions` as having none.
+        # Trustee treats a policy without `extensions` as having none, and one without a
+        # `trust_claims` rule as setting every claim to 0 (status "none"): the policy engine
+        # maps "not a valid rule path" to None and the broker then calls
+        # `trust_vector.set_all(0)` (attestation-service/src/ear_token/broker.rs, v0.20.0
+        # through main).
         self._has_extensions = bool(_EXTENSIONS_RULE.search(text))
-        query = "data.policy.trust_claims"
+        self._has_trust_claims = bool(_TRUST_CLAIMS_RULE.search(text))
+        query = "data.policy.trust_claims" if self._has_trust_claims else "true"
         if self._has_extensions:
             query += "; data.policy.extensions"
         try:
@@ -117,7 +123,7 @@ class AttestationPolicy:
             raise PolicyEvaluationError(
                 f"policy {self.policy_id} failed: {_first_error_lines(exc)}"
             ) from None
-        vector = values[0]
+        vector = values[0] if self._has_trust_claims else dict.fromkeys(TRUST_CLAIM_NAMES, 0)
         extensions = values[1] if self._has_extensions and len(values) == 2 else []
         if not isinstance(vector, dict) or not vector:
             raise PolicyEvaluationError(

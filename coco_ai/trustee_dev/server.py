@@ -42,13 +42,42 @@ def free_port(host: str = "127.0.0.1") -> int:
         return s.getsockname()[1]
 
 
+def ensure_tls_ca(state_dir: str | Path) -> Path:
+    """The stand-in's TLS CA (created on first use): `<state-dir>/tls-ca/ca.pem`.
+
+    Separate from the token CA (`<state-dir>/ca.pem`) on purpose: a relying party that trusts
+    the token anchor must never accept a token signed with the TLS server key.
+    """
+    from cryptography.hazmat.primitives import serialization
+
+    from coco_ai.trustee_dev.state import StateDir, write_atomic
+    from coco_ai.trustee_dev.tokens import new_ca
+
+    state = StateDir(state_dir)
+    key_path = state.tls_ca_dir / "ca-key.pem"
+    if not key_path.exists():
+        key, cert = new_ca("coco-ai trustee stand-in TLS CA")
+        write_atomic(
+            state.tls_ca_cert_path, cert.public_bytes(serialization.Encoding.PEM), mode=0o644
+        )
+        # The key last: its presence marks a complete CA.
+        write_atomic(
+            key_path,
+            key.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption(),
+            ),
+        )
+    return state.tls_ca_cert_path
+
+
 def write_server_certificate(
     state_dir: str | Path, cert_path: Path, key_path: Path, hosts: tuple[str, ...]
-) -> None:
-    """A P-256 TLS server certificate for `hosts`, issued by the stand-in's CA.
+) -> Path:
+    """A P-256 TLS server certificate for `hosts`, issued by the stand-in's TLS CA.
 
-    One anchor then serves both purposes in development: clients pin `ca.pem` for TLS and
-    relying parties verify EAR tokens with it.
+    Returns the TLS CA certificate path, which clients pin. The token CA is not involved.
     """
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
@@ -57,11 +86,12 @@ def write_server_certificate(
 
     from coco_ai.trustee_dev.state import StateDir, write_atomic
 
+    ca_path = ensure_tls_ca(state_dir)
     state = StateDir(state_dir)
     ca_key = serialization.load_pem_private_key(
-        (state.signer_dir / "ca-key.pem").read_bytes(), password=None
+        (state.tls_ca_dir / "ca-key.pem").read_bytes(), password=None
     )
-    ca = x509.load_pem_x509_certificate(state.ca_cert_path.read_bytes())
+    ca = x509.load_pem_x509_certificate(ca_path.read_bytes())
     key = ec.generate_private_key(ec.SECP256R1())
     sans: list[x509.GeneralName] = []
     for host in hosts:
@@ -94,6 +124,7 @@ def write_server_certificate(
         ),
     )
     write_atomic(cert_path, cert.public_bytes(serialization.Encoding.PEM), mode=0o644)
+    return ca_path
 
 
 def uvicorn_config(
@@ -126,10 +157,17 @@ def uvicorn_config(
 
 @dataclass
 class RunningServer:
-    """A stand-in served by uvicorn on a background thread."""
+    """A stand-in served by uvicorn on a background thread.
+
+    `tls_ca_path` is what clients pin for TLS (None with plain HTTP); `token_anchor_path` is
+    the EAR trust anchor and `token_signer_path` the signer certificate to pin. They are
+    different CAs on purpose.
+    """
 
     url: str
-    ca_cert_path: Path
+    tls_ca_path: Path | None
+    token_anchor_path: Path
+    token_signer_path: Path
     tls_cert_path: Path | None
     standin: TrusteeStandIn
     _server: uvicorn.Server
@@ -160,18 +198,23 @@ def serve_in_thread(
 ) -> RunningServer:
     """Start a real uvicorn server for the stand-in on a free loopback port.
 
-    With `tls=True` and no certificate given, one issued by the stand-in's CA is created in the
-    state dir (`tls/server.pem`), so clients pin `ca_cert_path` (`<state-dir>/ca.pem`), the same
-    anchor that verifies its EAR tokens. `tls=False` serves plain HTTP, on loopback only.
+    With `tls=True` and no certificate given, one issued by the stand-in's TLS CA is created in
+    the state dir (`tls/server.pem`), and clients pin `tls_ca_path` (`<state-dir>/tls-ca/ca.pem`).
+    With a given certificate, `tls_ca_path` is None: the caller knows its own CA. EAR tokens
+    verify against `token_anchor_path` (`<state-dir>/ca.pem`), pinned to `token_signer_path`.
+    `tls=False` serves plain HTTP, on loopback only. `standin_kwargs` go to TrusteeStandIn
+    (`trustee_version`, `extensions`, `policy_set`, …).
     """
     standin = TrusteeStandIn(state_dir, admin_public_key_pem, **standin_kwargs)
     cert_path: Path | None = None
+    tls_ca: Path | None = None
     if tls:
         if tls_cert is None:
             cert_path = Path(state_dir) / "tls" / "server.pem"
             key_path = Path(state_dir) / "tls" / "server-key.pem"
             if not cert_path.exists():
                 write_server_certificate(state_dir, cert_path, key_path, (host, "localhost"))
+            tls_ca = ensure_tls_ca(state_dir)
             tls_cert, tls_key = cert_path, key_path
         cert_path = Path(tls_cert)
     port = port or free_port(host)
@@ -202,7 +245,9 @@ def serve_in_thread(
     shown = f"[{host}]" if ":" in host else host
     return RunningServer(
         url=f"{scheme}://{shown}:{port}",
-        ca_cert_path=standin.ca_cert_path,
+        tls_ca_path=tls_ca,
+        token_anchor_path=standin.token_anchor_path,
+        token_signer_path=standin.token_signer_path,
         tls_cert_path=cert_path,
         standin=standin,
         _server=server,

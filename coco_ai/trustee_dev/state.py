@@ -23,6 +23,9 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from coco_ai.kbs.wire import canonical_json, parse_resource_path
 
 RECORD_VERSION = 1
+# Storage namespaces, as Trustee's: the resource plugin's, and main's provisioner plugin's own
+# (`PROVISIONER_STORAGE_NAMESPACE`), so neither plugin sees the other's records.
+NAMESPACES = ("resources", "provisioner")
 STATE_KEY_FILE = "state.key"
 CA_CERT_FILE = "ca.pem"
 
@@ -106,11 +109,26 @@ class StateDir:
     def signer_dir(self) -> Path:
         return self.root / "token-signer"
 
+    @property
+    def token_signer_cert_path(self) -> Path:
+        return self.signer_dir / "signer-cert.pem"
+
+    @property
+    def tls_ca_dir(self) -> Path:
+        """The TLS CA (never the token CA): `ca.pem` for clients to pin, `ca-key.pem` (0600)."""
+        return self.root / "tls-ca"
+
+    @property
+    def tls_ca_cert_path(self) -> Path:
+        return self.tls_ca_dir / "ca.pem"
+
     # -- resources --------------------------------------------------------------------------
 
-    def _resource_file(self, path: str) -> Path:
+    def _resource_file(self, path: str, namespace: str) -> Path:
         rp = parse_resource_path(path)  # validated segments only: no traversal possible
-        return self.root / "resources" / rp.repo / rp.type / f"{rp.tag}.json"
+        if namespace not in NAMESPACES:
+            raise StateError(f"unknown storage namespace {namespace!r}")
+        return self.root / namespace / rp.repo / rp.type / f"{rp.tag}.json"
 
     def put_resource(
         self,
@@ -120,6 +138,7 @@ class StateDir:
         kind: str = "uploaded",
         bind: Binding | None = None,
         uuid: str | None = None,
+        namespace: str = "resources",
     ) -> None:
         meta: dict[str, Any] = {
             "version": RECORD_VERSION,
@@ -131,10 +150,10 @@ class StateDir:
         nonce = secrets.token_bytes(12)
         ciphertext = self._aead.encrypt(nonce, data, canonical_json(meta))
         record = dict(meta, nonce=_b64(nonce), ciphertext=_b64(ciphertext))
-        write_atomic(self._resource_file(path), json.dumps(record).encode())
+        write_atomic(self._resource_file(path, namespace), json.dumps(record).encode())
 
-    def get_resource(self, path: str) -> ResourceRecord | None:
-        file = self._resource_file(path)
+    def get_resource(self, path: str, namespace: str = "resources") -> ResourceRecord | None:
+        file = self._resource_file(path, namespace)
         try:
             record = json.loads(file.read_bytes())
         except FileNotFoundError:
@@ -155,8 +174,8 @@ class StateDir:
         bind = Binding(**meta["bind"]) if meta["bind"] else None
         return ResourceRecord(path, data, meta["kind"], bind, meta["uuid"])
 
-    def delete_resource(self, path: str) -> bool:
-        file = self._resource_file(path)
+    def delete_resource(self, path: str, namespace: str = "resources") -> bool:
+        file = self._resource_file(path, namespace)
         try:
             file.unlink()
         except FileNotFoundError:

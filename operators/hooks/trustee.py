@@ -8,7 +8,9 @@ Connection (all fields live in ``extra``; the form is declared in
         "ca_cert": "-----BEGIN CERTIFICATE-----...",        # TLS CA of the KBS (optional)
         "admin_secret": "-----BEGIN PRIVATE KEY-----...",   # Ed25519 key PEM, or an admin JWT
         "admin_auth": "self-signed",                        # or "bearer" (Trustee v0.21+)
-        "trust_anchor": "-----BEGIN CERTIFICATE-----..."}}' # CA of the EAR token's x5c chain
+        "trustee_version": "0.20.0",                        # or "0.21.0", "main"; absent: probe
+        "trust_anchor": "-----BEGIN CERTIFICATE-----...",   # CA of the EAR token's x5c chain
+        "token_signer": "-----BEGIN CERTIFICATE-----..."}}' # the AS signer (cert or public key)
 
 The admin credential is registered with Airflow's secrets masker as soon as it is read.
 """
@@ -23,11 +25,13 @@ from urllib.parse import urlsplit
 from airflow.sdk import BaseHook
 from airflow.sdk.log import mask_secret
 
+from coco_ai.kbs import versions
+from coco_ai.net import is_loopback
+
 if TYPE_CHECKING:
     from coco_ai.kbs.client import KbsAdminClient
 
 ADMIN_AUTH_STYLES = ("self-signed", "bearer")
-_LOOPBACK = {"127.0.0.1", "::1", "localhost"}
 
 
 class TrusteeConnectionError(ValueError):
@@ -43,6 +47,8 @@ class TrusteeSettings:
     trust_anchor_pem: str | None
     admin_auth: str
     admin_secret: str | None = field(repr=False)
+    trustee_version: str | None = None  # None: the client probes (coco_ai.kbs.versions)
+    token_signer_pem: str | None = None  # None: any token-signing leaf under the anchor
 
     @classmethod
     def from_extra(cls, extra: dict[str, Any]) -> TrusteeSettings:
@@ -54,7 +60,7 @@ class TrusteeSettings:
             raise TrusteeConnectionError(f"trustee connection: kbs_url {url!r} is not http(s)://")
         # Plain HTTP only on loopback: the key broker's admin API must never cross a network
         # in clear text (the stand-ins refuse it too).
-        if parts.scheme == "http" and parts.hostname not in _LOOPBACK:
+        if parts.scheme == "http" and not is_loopback(parts.hostname):
             raise TrusteeConnectionError(
                 f"trustee connection: kbs_url {url!r} uses plain HTTP off loopback; use https"
             )
@@ -64,6 +70,12 @@ class TrusteeSettings:
                 f"trustee connection: admin_auth {auth!r} is not one of "
                 f"{', '.join(ADMIN_AUTH_STYLES)}"
             )
+        version = str(extra.get("trustee_version") or "").strip() or None
+        if version is not None:
+            try:
+                version = versions.check_version(version)
+            except ValueError as exc:
+                raise TrusteeConnectionError(f"trustee connection: {exc}") from None
         return cls(
             kbs_url=url,
             ca_cert_pem=_pem_or_none(extra, "ca_cert"),
@@ -72,15 +84,20 @@ class TrusteeSettings:
             admin_secret=(str(extra["admin_secret"]).strip() or None)
             if extra.get("admin_secret")
             else None,
+            trustee_version=version,
+            token_signer_pem=_pem_or_none(extra, "token_signer", allow_public_key=True),
         )
 
 
-def _pem_or_none(extra: dict[str, Any], name: str) -> str | None:
+def _pem_or_none(extra: dict[str, Any], name: str, *, allow_public_key: bool = False) -> str | None:
     value = str(extra.get(name) or "").strip()
     if not value:
         return None
-    if "-----BEGIN CERTIFICATE-----" not in value:
-        raise TrusteeConnectionError(f"trustee connection: {name!r} is not a PEM certificate")
+    kinds = ("CERTIFICATE", "PUBLIC KEY") if allow_public_key else ("CERTIFICATE",)
+    if not any(f"-----BEGIN {kind}-----" in value for kind in kinds):
+        raise TrusteeConnectionError(
+            f"trustee connection: {name!r} is not a PEM {' or '.join(k.lower() for k in kinds)}"
+        )
     return value + "\n"
 
 
@@ -100,7 +117,7 @@ class TrusteeHook(BaseHook):
 
         hook = TrusteeHook("trustee_default")
         client = hook.get_conn()            # coco_ai.kbs.client.KbsAdminClient
-        client.healthz()
+        client.alive()
         anchor = hook.settings.trust_anchor_pem
     """
 
@@ -135,7 +152,9 @@ class TrusteeHook(BaseHook):
             auth: Any = BearerTokenAdminAuth(s.admin_secret)
         else:
             auth = SelfSignedAdminAuth(s.admin_secret.encode())
-        return KbsAdminClient(s.kbs_url, auth=auth, ca_cert=s.ca_cert_pem)
+        return KbsAdminClient(
+            s.kbs_url, auth=auth, ca_cert=s.ca_cert_pem, trustee_version=s.trustee_version
+        )
 
     def trust_anchor(self) -> bytes:
         """The EAR token trust anchor PEM; required by every verifier downstream."""
@@ -146,9 +165,16 @@ class TrusteeHook(BaseHook):
             )
         return self.settings.trust_anchor_pem.encode()
 
+    def token_signer(self) -> bytes | None:
+        """The pinned EAR token signer (certificate or public key PEM), if configured: then only
+        tokens signed with exactly that key verify, not any signer under the anchor."""
+        pem = self.settings.token_signer_pem
+        return pem.encode() if pem else None
+
     def test_connection(self) -> tuple[bool, str]:
         try:
-            healthy = self.get_conn().healthz()
+            with self.get_conn() as client:
+                alive = client.alive()
         except Exception as exc:  # the UI shows the message; any failure is a failed test
             return False, f"{type(exc).__name__}: {exc}"
-        return (True, "KBS is healthy") if healthy else (False, "KBS health check failed")
+        return (True, "KBS is alive") if alive else (False, "KBS liveness probe failed")

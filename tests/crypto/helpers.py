@@ -12,9 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
+from pki import make_cert, new_key, pem, self_signed_ca
 
 from coco_ai.kbs.ear import TRUSTEE_EAT_PROFILE, sign_ear_token
 
@@ -23,23 +22,8 @@ KEY_URI = "kbs:///coco-ai/checkpoint/run-a"
 SEGMENT = 4096  # the format's minimum: many segments from small files
 
 
-def _name(cn: str) -> x509.Name:
-    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
-
-
-def _cert(subject, issuer, key, sign_key, *, ca: bool) -> x509.Certificate:
-    start = dt.datetime(2020, 1, 1, tzinfo=dt.UTC)
-    return (
-        x509.CertificateBuilder()
-        .subject_name(subject)
-        .issuer_name(issuer)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(start)
-        .not_valid_after(start + dt.timedelta(days=365 * 30))
-        .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
-        .sign(sign_key, hashes.SHA256())
-    )
+# Valid 2020-2050: the checkpoint tests judge tokens at chosen past and future times.
+_START, _DAYS = dt.datetime(2020, 1, 1, tzinfo=dt.UTC), 365 * 30
 
 
 @dataclass
@@ -52,11 +36,18 @@ class TokenIssuer:
 
     @classmethod
     def create(cls, cn: str = "test token CA") -> TokenIssuer:
-        ca_key = ec.generate_private_key(ec.SECP256R1())
-        ca = _cert(_name(cn), _name(cn), ca_key, ca_key, ca=True)
-        signer_key = ec.generate_private_key(ec.SECP256R1())
-        signer = _cert(_name("test EAR signer"), _name(cn), signer_key, ca_key, ca=False)
-        return cls(ca.public_bytes(serialization.Encoding.PEM), signer_key, [signer])
+        ca_key, ca = self_signed_ca(cn, days=_DAYS, start=_START)
+        signer_key = new_key()
+        signer = make_cert(
+            "test EAR signer",
+            cn,
+            signer_key.public_key(),
+            ca_key,
+            ca=False,
+            days=_DAYS,
+            start=_START,
+        )
+        return cls(pem(ca), signer_key, [signer])
 
     def issue(
         self,

@@ -35,7 +35,12 @@ def trustee(tmp_path_factory) -> Iterator:
     public_pem = admin_key.public_key().public_bytes(
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
     )
-    server = serve_trustee(tmp_path_factory.mktemp("trustee"), public_pem, policy_set="dev")
+    server = serve_trustee(
+        tmp_path_factory.mktemp("trustee"),
+        public_pem,
+        policy_set="dev",
+        extensions={"run-key-bind", "multi-gpu-sampledevice"},
+    )
     server.admin_auth = SelfSignedAdminAuth(  # type: ignore[attr-defined]
         admin_key.private_bytes(
             serialization.Encoding.PEM,
@@ -50,7 +55,7 @@ def trustee(tmp_path_factory) -> Iterator:
 @pytest.fixture(scope="module")
 def run_guest(trustee) -> Iterator[tuple[GuestClient, str, bytes]]:
     """A two-GPU pod of run RUN whose per-run checkpoint key was provisioned in Trustee."""
-    ca = Path(trustee.ca_cert_path).read_bytes()
+    ca = Path(trustee.tls_ca_path).read_bytes()
     with KbsAdminClient(trustee.url, auth=trustee.admin_auth, ca_cert=ca) as admin:
         path = admin.provision_run_key(
             f"coco-ai-run/{RUN}/checkpoint-key", {"initdata_key": RUN_ID_KEY, "value": RUN}
@@ -59,13 +64,13 @@ def run_guest(trustee) -> Iterator[tuple[GuestClient, str, bytes]]:
     initdata = build_initdata(trustee.url, ca, {RUN_ID_KEY: RUN, CHECKPOINT_KEY_KEY: key_uri})
     server = serve_in_thread(GuestComponentsEmulator(initdata, gpus=2))
     client = GuestClient(server.url)
-    yield client, key_uri, ca
+    yield client, key_uri, Path(trustee.token_anchor_path).read_bytes()
     client.close()
     server.stop()
 
 
 def test_attested_checkpoint_chain(run_guest, plain_dir, tmp_path):
-    guest, key_uri, ca = run_guest
+    guest, key_uri, anchor = run_guest
     # --- inside the TEE ---
     kek = guest.get_resource(key_uri)
     local = tmp_path / "local"
@@ -82,19 +87,23 @@ def test_attested_checkpoint_chain(run_guest, plain_dir, tmp_path):
     upload_checkpoint(local, tmp_path / "staging")
     # --- Airflow: no key, only the anchor and the run id ---
     policy = VerificationPolicy.for_run(RUN, min_gpus=2)
-    copy_checkpoint(tmp_path / "staging", tmp_path / "durable", trust_anchor_pem=ca, policy=policy)
-    verified = verify_checkpoint(tmp_path / "durable", trust_anchor_pem=ca, policy=policy)
+    copy_checkpoint(
+        tmp_path / "staging", tmp_path / "durable", trust_anchor_pem=anchor, policy=policy
+    )
+    verified = verify_checkpoint(tmp_path / "durable", trust_anchor_pem=anchor, policy=policy)
     assert verified.manifest == manifest
     assert verified.claims.init_data_claims()[RUN_ID_KEY] == RUN
     assert verified.claims.gpu_submods() == ["gpu0", "gpu1"]
     with pytest.raises(ReplayError):
         verify_checkpoint(
-            tmp_path / "durable", trust_anchor_pem=ca, policy=VerificationPolicy.for_run("run-2")
+            tmp_path / "durable",
+            trust_anchor_pem=anchor,
+            policy=VerificationPolicy.for_run("run-2"),
         )
     with pytest.raises(AttestationError, match="requires 3"):
         verify_checkpoint(
             tmp_path / "durable",
-            trust_anchor_pem=ca,
+            trust_anchor_pem=anchor,
             policy=VerificationPolicy.for_run(RUN, min_gpus=3),
         )
     # --- back in a TEE of the run (or the data owner): decrypt ---

@@ -76,6 +76,16 @@ def verify(path, issuer, run_id="run-a", **policy):
     )
 
 
+def test_a_pinned_token_signer_admits_only_its_own_tokens(ckpt, attestation):
+    from cryptography.hazmat.primitives import serialization
+
+    own = attestation.chain[0].public_bytes(serialization.Encoding.PEM)
+    assert verify(ckpt, attestation, token_signer_pem=own).manifest.run_id == "run-a"
+    other = TokenIssuer.create().chain[0].public_bytes(serialization.Encoding.PEM)
+    with pytest.raises(AttestationError, match="not the configured signer"):
+        verify(ckpt, attestation, token_signer_pem=other)
+
+
 def test_verifies_without_key(ckpt, attestation, tee_key):
     v = verify(ckpt, attestation)
     assert v.manifest.run_id == "run-a"

@@ -28,7 +28,7 @@ def trustee(tmp_path: Path):
 def _args(server, admin_key: Path, *extra: str) -> list[str]:
     return [
         f"--kbs-url={server.url}",
-        f"--kbs-ca={server.ca_cert_path}",
+        f"--kbs-ca={server.tls_ca_path}",
         f"--admin-key={admin_key}",
         *extra,
     ]

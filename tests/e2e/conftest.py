@@ -42,7 +42,7 @@ class E2EStack:
         return KbsAdminClient(
             self.info.trustee_url,
             auth=SelfSignedAdminAuth((self.root / "keys" / "admin-key.pem").read_bytes()),
-            ca_cert=(Path(self.info.trustee_state_dir) / "ca.pem").read_bytes(),
+            ca_cert=(Path(self.info.trustee_state_dir) / "tls-ca" / "ca.pem").read_bytes(),
         )
 
     def resource(self, path: str) -> bytes | None:

@@ -63,4 +63,4 @@ def test_new_dataset_version_event_triggers_a_run_on_that_version(e2e_stack, fol
     run = follow(runs[0]["dag_run_id"], timeout_s=400)
     assert run.state == "success", {t: ti["state"] for t, ti in run.tasks.items()}
     assert run.refs["inputs"]["dataset"]["uri"] == dataset_uri
-    assert run.refs["dataset_key_uri"] == f"kbs:///{key_path}"
+    assert run.refs["inputs"]["dataset"]["key_uri"] == f"kbs:///{key_path}"

@@ -14,10 +14,11 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 from coco_ai.guest.client import GuestClient, GuestError
 from coco_ai.guest.emulator import GuestComponentsEmulator, RunningServer, serve_in_thread
 from coco_ai.guest.initdata import CHECKPOINT_KEY_KEY, RUN_ID_KEY, Initdata, build_initdata
-from coco_ai.kbs.admin_auth import SelfSignedAdminAuth
+from coco_ai.kbs.admin_auth import admin_auth_for
 from coco_ai.kbs.client import KbsAdminClient
 from coco_ai.kbs.ear import verify_ear_token
 from coco_ai.kbs.jwe import TeeKeyPair
+from coco_ai.kbs.versions import TRUSTEE_VERSIONS
 from coco_ai.trustee_dev.server import RunningServer as TrusteeServer
 from coco_ai.trustee_dev.server import serve_in_thread as serve_trustee
 
@@ -26,14 +27,21 @@ pytestmark = pytest.mark.timeout(120)
 DATASET_KEY = "kbs:///coco-ai/dataset/key"
 
 
-@pytest.fixture(scope="module")
-def trustee(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TrusteeServer]:
+@pytest.fixture(scope="module", params=TRUSTEE_VERSIONS)
+def trustee(request, tmp_path_factory: pytest.TempPathFactory) -> Iterator[TrusteeServer]:
     admin_key = ed25519.Ed25519PrivateKey.generate()
     public_pem = admin_key.public_key().public_bytes(
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
     )
     state = tmp_path_factory.mktemp("trustee-state")
-    server = serve_trustee(state, public_pem, policy_set="dev")
+    # Per-run keys and two sample GPUs are stand-in extensions (no Trustee has them).
+    server = serve_trustee(
+        state,
+        public_pem,
+        policy_set="dev",
+        extensions={"run-key-bind", "multi-gpu-sampledevice"},
+        trustee_version=request.param,
+    )
     server.admin_private_pem = admin_key.private_bytes(  # type: ignore[attr-defined]
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     )
@@ -43,12 +51,20 @@ def trustee(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TrusteeServer]
 
 @pytest.fixture(scope="module")
 def trustee_ca(trustee: TrusteeServer) -> bytes:
-    return Path(trustee.ca_cert_path).read_bytes()
+    return Path(trustee.tls_ca_path).read_bytes()
+
+
+@pytest.fixture(scope="module")
+def token_anchor(trustee: TrusteeServer) -> bytes:
+    return Path(trustee.token_anchor_path).read_bytes()
 
 
 @pytest.fixture(scope="module")
 def admin(trustee: TrusteeServer, trustee_ca: bytes) -> Iterator[KbsAdminClient]:
-    auth = SelfSignedAdminAuth(trustee.admin_private_pem)  # type: ignore[attr-defined]
+    auth = admin_auth_for(
+        trustee.standin.trustee_version,
+        trustee.admin_private_pem,  # type: ignore[attr-defined]
+    )
     with KbsAdminClient(trustee.url, auth=auth, ca_cert=trustee_ca) as client:
         yield client
 
@@ -116,11 +132,11 @@ def test_missing_resource_is_an_error_not_empty_bytes(guest_factory) -> None:
 
 
 def test_token_carries_the_returned_keys_public_half(
-    guest_factory, trustee_ca: bytes, trustee: TrusteeServer
+    guest_factory, token_anchor: bytes, trustee: TrusteeServer
 ) -> None:
     guest = guest_factory({RUN_ID_KEY: "run-token"}, gpus=2)
     token, pem = guest.client.get_token()
-    claims = verify_ear_token(token, trustee_ca)
+    claims = verify_ear_token(token, token_anchor)
     attested = claims.tee_pubkey()
     ours = TeeKeyPair.from_pem(pem).public_jwk()
     assert {k: attested[k] for k in ("kty", "crv", "x", "y")} == {
@@ -132,7 +148,7 @@ def test_token_carries_the_returned_keys_public_half(
     assert guest.client.get_token() == (token, pem)
 
 
-def test_token_is_renewed_near_expiry_with_the_same_key(guest_factory, trustee_ca: bytes) -> None:
+def test_token_is_renewed_near_expiry_with_the_same_key(guest_factory, token_anchor: bytes) -> None:
     offset = [0.0]
     import time
 
@@ -141,7 +157,7 @@ def test_token_is_renewed_near_expiry_with_the_same_key(guest_factory, trustee_c
     offset[0] = 24 * 3600.0  # the emulator's clock says the token has expired
     token2, pem2 = guest.client.get_token()
     assert token2 != token1 and pem2 == pem1
-    verify_ear_token(token2, trustee_ca)
+    verify_ear_token(token2, token_anchor)
 
 
 def test_per_run_key_released_only_to_its_run(guest_factory, admin: KbsAdminClient) -> None:

@@ -21,9 +21,9 @@ from dataclasses import dataclass, field
 import httpx
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
+from pki import make_cert
 
 from coco_ai.kbs.ear import TRUSTEE_EAT_PROFILE, EarClaims, sign_ear_token, verify_ear_token
 from coco_ai.kbs.errors import (
@@ -39,21 +39,6 @@ from coco_ai.kbs.jwe import encrypt_for_tee
 from coco_ai.kbs.wire import cpu_runtime_data_digest, device_runtime_data_digest
 
 KBS_URL = "https://kbs.test"
-
-
-def make_cert(subject, issuer_name, public_key, signing_key, *, ca, days=30, start=None):
-    start = start or dt.datetime.now(dt.UTC) - dt.timedelta(days=1)
-    return (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)]))
-        .issuer_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, issuer_name)]))
-        .public_key(public_key)
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(start)
-        .not_valid_after(start + dt.timedelta(days=days))
-        .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
-        .sign(signing_key, hashes.SHA256())
-    )
 
 
 @dataclass

@@ -5,8 +5,6 @@ loopback HTTPS."""
 from __future__ import annotations
 
 import base64
-import datetime as dt
-import ipaddress
 import json
 import ssl
 import threading
@@ -16,12 +14,11 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import httpx
 import jwt as pyjwt
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
-from cryptography.x509.oid import NameOID
 from joserfc import jwt as jrfc_jwt
 from joserfc.jwk import OKPKey
+from pki import make_cert, new_key, pem, private_pem, self_signed_ca
 
 from coco_ai.guest.attesters.sample import SampleAttester
 from coco_ai.kbs.client import (
@@ -33,7 +30,7 @@ from coco_ai.kbs.client import (
 )
 from coco_ai.kbs.errors import AdminAuthError, KbsTlsError, ParsePolicyError, UnexpectedResponse
 
-from .conftest import KBS_URL, make_cert
+from .conftest import KBS_URL
 
 PREFIX = "https://github.com/confidential-containers/kbs/errors/"
 # Chosen so that standard base64 would contain '+', '/' and padding.
@@ -311,34 +308,15 @@ def test_healthz(admin, recorder):
 
 # -- TLS with a pinned CA, over real loopback HTTPS ------------------------------------------
 def _tls_material(tmp_path):
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca = make_cert("kbs test CA", "kbs test CA", ca_key.public_key(), ca_key, ca=True)
-    key = ec.generate_private_key(ec.SECP256R1())
-    now = dt.datetime.now(dt.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")]))
-        .issuer_name(ca.subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(hours=1))
-        .not_valid_after(now + dt.timedelta(days=1))
-        .add_extension(
-            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-            critical=False,
-        )
-        .sign(ca_key, hashes.SHA256())
+    ca_key, ca = self_signed_ca("kbs test CA")
+    key = new_key()
+    cert = make_cert(
+        "127.0.0.1", "kbs test CA", key.public_key(), ca_key, ca=False, ip_sans=("127.0.0.1",)
     )
     cert_path, key_path = tmp_path / "server.pem", tmp_path / "server.key"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    return ca.public_bytes(serialization.Encoding.PEM), cert_path, key_path
+    cert_path.write_bytes(pem(cert))
+    key_path.write_bytes(private_pem(key))
+    return pem(ca), cert_path, key_path
 
 
 class _Healthz(BaseHTTPRequestHandler):

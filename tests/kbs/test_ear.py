@@ -229,3 +229,133 @@ def test_bad_anchor_pem(token_ca, tee_pubkey):
     der = token_ca.root.public_bytes(serialization.Encoding.DER)
     with pytest.raises(TokenVerifierError):
         verify_ear_token(token, der)
+
+
+# -- version encodings (attestation-service/src/ear_token/broker.rs `pubkey_jwk`) ----------
+
+
+def _short_coordinate_key() -> ec.EllipticCurvePrivateKey:
+    """A P-256 key whose x has a leading zero byte (v0.20.0 then writes 31 bytes)."""
+    while True:  # about 1 key in 256; the loop ends quickly
+        key = ec.generate_private_key(ec.SECP256R1())
+        if key.public_key().public_numbers().x < 1 << 248:
+            return key
+
+
+def _header_jwk(token: str) -> dict:
+    return unverified_header(token)["jwk"]
+
+
+def test_v020_encoding_unpadded_url_x5c_and_short_coordinates_verify(token_ca, tee_pubkey):
+    key = _short_coordinate_key()
+    leaf = make_cert("short", "test inter", key.public_key(), token_ca.inter_key, ca=False)
+    chain = [leaf, token_ca.inter]
+    token = sign_ear_token(ear_claims(tee_pubkey), key, chain, trustee_version="0.20.0")
+    header = unverified_header(token)
+    assert list(header) == ["typ", "alg", "jwk"]
+    jwk = header["jwk"]
+    assert list(jwk) == ["alg", "x5c", "kty", "crv", "x", "y"] and jwk["alg"] == "ES256"
+    assert "kid" not in jwk
+    der = leaf.public_bytes(serialization.Encoding.DER)
+    assert jwk["x5c"][0] == _b64url(der)  # base64url, no padding
+    assert len(base64.urlsafe_b64decode(jwk["x"] + "==")) == 31  # not left-padded
+    claims = verify_ear_token(token, token_ca.anchor_pem)
+    assert claims.tee_pubkey() == tee_pubkey
+
+
+def test_v021_encoding_standard_x5c_and_padded_coordinates_verify(token_ca, tee_pubkey):
+    key = _short_coordinate_key()
+    leaf = make_cert("short", "test inter", key.public_key(), token_ca.inter_key, ca=False)
+    token = sign_ear_token(ear_claims(tee_pubkey), key, [leaf, token_ca.inter])
+    jwk = _header_jwk(token)
+    assert jwk["x5c"][0] == base64.b64encode(leaf.public_bytes(serialization.Encoding.DER)).decode()
+    assert len(base64.urlsafe_b64decode(jwk["x"] + "==")) == 32
+    verify_ear_token(token, token_ca.anchor_pem)
+
+
+def _signed_with_header(token_ca, token: str, header: dict) -> str:
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
+
+    signing_input = f"{_b64url(json.dumps(header).encode())}.{token.split('.')[1]}"
+    r, s = decode_dss_signature(
+        token_ca.leaf_key.sign(signing_input.encode(), ec.ECDSA(hashes.SHA256()))
+    )
+    return f"{signing_input}.{_b64url(r.to_bytes(32, 'big') + s.to_bytes(32, 'big'))}"
+
+
+def test_header_key_compared_by_value_not_text(token_ca, tee_pubkey):
+    token = sign_ear_token(ear_claims(tee_pubkey), token_ca.leaf_key, token_ca.chain)
+    header = unverified_header(token)
+    x = base64.urlsafe_b64decode(header["jwk"]["x"] + "==")
+    header["jwk"]["x"] = _b64url(b"\x00" * 3 + x)  # same number, other text: still the key
+    verify_ear_token(_signed_with_header(token_ca, token, header), token_ca.anchor_pem)
+    header["jwk"]["x"] = _b64url((int.from_bytes(x, "big") ^ 1).to_bytes(32, "big"))
+    with pytest.raises(TokenVerifierError, match="jwk is not the key"):
+        verify_ear_token(_signed_with_header(token_ca, token, header), token_ca.anchor_pem)
+
+
+# -- signer identity ----------------------------------------------------------------------
+
+
+def _leaf_with(token_ca, *extensions):
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = dt.datetime.now(dt.UTC) - dt.timedelta(days=1)
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "other leaf")]))
+        .issuer_name(token_ca.inter.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now)
+        .not_valid_after(now + dt.timedelta(days=30))
+    )
+    for extension, critical in extensions:
+        builder = builder.add_extension(extension, critical=critical)
+    return key, builder.sign(token_ca.inter_key, hashes.SHA256())
+
+
+def test_pinned_signer_refuses_any_other_leaf_under_the_anchor(token_ca, tee_pubkey):
+    from cryptography import x509
+
+    pin = token_ca.leaf.public_bytes(serialization.Encoding.PEM)
+    genuine = token_ca.sign(ear_claims(tee_pubkey))
+    verify_ear_token(genuine, token_ca.anchor_pem, signer_pem=pin)
+    public_pin = token_ca.leaf.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    verify_ear_token(genuine, token_ca.anchor_pem, signer_pem=public_pin)  # key pin works too
+    key, other = _leaf_with(token_ca, (x509.BasicConstraints(ca=False, path_length=None), True))
+    forged = sign_ear_token(ear_claims(tee_pubkey), key, [other, token_ca.inter])
+    verify_ear_token(forged, token_ca.anchor_pem)  # a plain signer-shaped leaf, unpinned
+    with pytest.raises(TokenVerifierError, match="not the configured signer"):
+        verify_ear_token(forged, token_ca.anchor_pem, signer_pem=pin)
+    with pytest.raises(TokenVerifierError, match="neither a PEM certificate"):
+        verify_ear_token(genuine, token_ca.anchor_pem, signer_pem=b"not a pem")
+
+
+def test_unpinned_verification_refuses_tls_ca_and_non_signing_leaves(token_ca, tee_pubkey):
+    from cryptography import x509
+    from cryptography.x509.oid import ExtendedKeyUsageOID
+
+    leaf_only = (x509.BasicConstraints(ca=False, path_length=None), True)
+    cases = {
+        "TLS certificate": [
+            leaf_only,
+            (x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), False),
+        ],
+        "a CA": [(x509.BasicConstraints(ca=True, path_length=None), True)],
+        "digitalSignature": [
+            leaf_only,
+            (x509.KeyUsage(False, False, True, False, False, False, False, False, False), True),
+        ],
+    }
+    for reason, extensions in cases.items():
+        key, leaf = _leaf_with(token_ca, *extensions)
+        token = sign_ear_token(ear_claims(tee_pubkey), key, [leaf, token_ca.inter])
+        with pytest.raises(TokenVerifierError, match=reason):
+            verify_ear_token(token, token_ca.anchor_pem)

@@ -15,9 +15,10 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 @dataclass
 class Trustee:
     url: str
-    ca_pem: str
+    ca_pem: str  # the stand-in's TLS CA
     admin_pem: str
     state_dir: Path
+    anchor_pem: str  # the stand-in's EAR token CA (a different CA)
 
     def admin(self):
         from coco_ai.kbs.admin_auth import SelfSignedAdminAuth
@@ -39,7 +40,7 @@ class Trustee:
             "ca_cert": self.ca_pem,
             "admin_secret": self.admin_pem,
             "admin_auth": "self-signed",
-            "trust_anchor": self.ca_pem,
+            "trust_anchor": self.anchor_pem,
             **overrides,
         }
         return json.dumps({"conn_type": "trustee", "extra": extra})
@@ -57,9 +58,15 @@ def trustee(tmp_path_factory):
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
     )
     state = tmp_path_factory.mktemp("trustee")
-    server = serve_in_thread(state, public, policy_set="dev")
+    server = serve_in_thread(state, public, policy_set="dev", extensions={"run-key-bind"})
     try:
-        yield Trustee(server.url, Path(server.ca_cert_path).read_text(), admin_pem, state)
+        yield Trustee(
+            server.url,
+            Path(server.tls_ca_path).read_text(),
+            admin_pem,
+            state,
+            Path(server.token_anchor_path).read_text(),
+        )
     finally:
         server.stop()
 

@@ -45,7 +45,15 @@ def test_airflow_lists_the_provider_and_the_trustee_connection_fields(tmp_path):
     }
     assert fields == {
         f"extra__trustee__{f}"
-        for f in ("kbs_url", "ca_cert", "admin_secret", "admin_auth", "trust_anchor")
+        for f in (
+            "kbs_url",
+            "ca_cert",
+            "admin_secret",
+            "admin_auth",
+            "trustee_version",
+            "trust_anchor",
+            "token_signer",
+        )
     }
 
 
@@ -75,11 +83,24 @@ def test_connection_form_declares_a_password_field_and_hides_the_generic_ones():
         ({"kbs_url": "http://kbs.example:8080"}, "plain HTTP off loopback"),
         ({"kbs_url": "https://kbs", "admin_auth": "basic"}, "admin_auth 'basic'"),
         ({"kbs_url": "https://kbs", "ca_cert": "not a pem"}, "'ca_cert' is not a PEM"),
+        ({"kbs_url": "https://kbs", "trustee_version": "0.19.0"}, "unknown Trustee version"),
+        ({"kbs_url": "https://kbs", "token_signer": "-----BEGIN PRIVATE KEY-----"}, "token_signer"),
+        ({"kbs_url": "http://127.0.0.2:8080"}, None),  # all of 127.0.0.0/8 is loopback
     ],
 )
 def test_bad_connections_are_refused_with_the_field_named(extra, message):
+    if message is None:
+        TrusteeSettings.from_extra(extra)
+        return
     with pytest.raises(TrusteeConnectionError, match=message):
         TrusteeSettings.from_extra(extra)
+
+
+def test_version_and_signer_pin_are_read(trustee):
+    extra = json.loads(trustee.connection(trustee_version="v0.21.0"))["extra"]
+    settings = TrusteeSettings.from_extra({**extra, "token_signer": trustee.ca_pem})
+    assert settings.trustee_version == "0.21.0"
+    assert settings.token_signer_pem.startswith("-----BEGIN CERTIFICATE-----")
 
 
 def test_admin_credential_never_in_repr_and_masked_in_logs(trustee_conn):
@@ -93,33 +114,14 @@ def test_admin_credential_never_in_repr_and_masked_in_logs(trustee_conn):
 
 
 def test_hook_talks_to_trustee_over_pinned_tls(trustee_conn):
-    assert TrusteeHook().test_connection() == (True, "KBS is healthy")
+    assert TrusteeHook().test_connection() == (True, "KBS is alive")
     assert TrusteeHook().trust_anchor().startswith(b"-----BEGIN CERTIFICATE-----")
 
 
 def test_hook_fails_with_a_foreign_ca(trustee, monkeypatch, tmp_path):
-    import datetime as dt
+    from pki import pem, self_signed_ca
 
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "someone else")])
-    now = dt.datetime.now(dt.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(1)
-        .not_valid_before(now)
-        .not_valid_after(now + dt.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )
-    other_ca = cert.public_bytes(serialization.Encoding.PEM).decode()
+    other_ca = pem(self_signed_ca("someone else", days=1)[1]).decode()
     monkeypatch.setenv("AIRFLOW_CONN_TRUSTEE_DEFAULT", trustee.connection(ca_cert=other_ca))
     ok, message = TrusteeHook().test_connection()
     assert not ok and message  # TLS to a server whose CA we do not pin fails

@@ -34,11 +34,15 @@ def test_stand_in_token_promotes_end_to_end(tmp_path, promotion_keys):
         .public_key()
         .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
     )
-    with serve_in_thread(tmp_path / "trustee", admin) as trustee:
-        ca_pem = trustee.ca_cert_path.read_bytes()
+    # Two sample GPUs: a stand-in extension (real Trustee attests one sampledevice).
+    with serve_in_thread(
+        tmp_path / "trustee", admin, extensions={"multi-gpu-sampledevice"}
+    ) as trustee:
+        tls_ca = trustee.tls_ca_path.read_bytes()
+        ca_pem = trustee.token_anchor_path.read_bytes()
         initdata = build_initdata(
             trustee.url,
-            ca_pem,
+            tls_ca,
             {"io.coco-ai.run-id": RUN_ID, "io.coco-ai.image-digest": IMAGE_DIGEST},
         )
         client = KbsClient(
@@ -46,7 +50,7 @@ def test_stand_in_token_promotes_end_to_end(tmp_path, promotion_keys):
             SampleAttester(init_data_digest=initdata.digest()),
             [SampleDeviceAttester(count=2)],
             initdata_toml=initdata.toml,
-            ca_cert=ca_pem,
+            ca_cert=tls_ca,
         )
         token = client.attest()
         tee_private_pem = client.tee_key.private_pem()

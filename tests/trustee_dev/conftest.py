@@ -17,10 +17,11 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 from coco_ai.guest.attesters.sample import SampleAttester
 from coco_ai.guest.attesters.sampledevice import SampleDeviceAttester
 from coco_ai.guest.initdata import build_initdata
-from coco_ai.kbs.admin_auth import SelfSignedAdminAuth
+from coco_ai.kbs.admin_auth import admin_auth_for
 from coco_ai.kbs.client import KbsAdminClient, KbsClient
 from coco_ai.kbs.evidence import tee_evidence
 from coco_ai.kbs.jwe import TeeKeyPair
+from coco_ai.kbs.versions import TRUSTEE_VERSIONS
 from coco_ai.trustee_dev import serve_in_thread
 
 
@@ -68,10 +69,22 @@ class Stand:
     admin: KbsAdminClient
     keys: AdminKeys
     state_dir: Path
-    ca: bytes = field(init=False)
+    ca: bytes = field(init=False)  # the TLS CA: what clients pin
+    anchor: bytes = field(init=False)  # the EAR token CA: what relying parties trust
+    signer: bytes = field(init=False)  # the EAR signer certificate: what they pin
 
     def __post_init__(self) -> None:
-        self.ca = self.server.ca_cert_path.read_bytes()
+        self.ca = self.server.tls_ca_path.read_bytes()
+        self.anchor = self.server.token_anchor_path.read_bytes()
+        self.signer = self.server.token_signer_path.read_bytes()
+
+    @property
+    def version(self) -> str:
+        return self.server.standin.trustee_version
+
+    def auth_header(self) -> str:
+        """An `Authorization` value of the admin auth generation this version expects."""
+        return admin_auth_for(self.version, self.keys.private_pem).authorization()
 
     @property
     def url(self) -> str:
@@ -100,19 +113,51 @@ def _ctx(ca: bytes):
     return ssl.create_default_context(cadata=ca.decode())
 
 
-@pytest.fixture(scope="module")
-def stand(tmp_path_factory: pytest.TempPathFactory, admin_keys: AdminKeys):
+# The suite's stand: each emulated Trustee version, with the extensions the older tests of
+# per-run keys, several GPUs and the initdata check rely on. Fidelity tests without any
+# extension start their own (start_stand).
+LEGACY_EXTENSIONS = frozenset({"run-key-bind", "multi-gpu-sampledevice", "sample-initdata-check"})
+
+
+def start_stand(
+    state_dir: Path,
+    keys: AdminKeys,
+    *,
+    trustee_version: str,
+    extensions: frozenset[str] = frozenset(),
+    **kwargs: Any,
+) -> Stand:
     clock = Clock()
-    state_dir = tmp_path_factory.mktemp("trustee-state")
-    server = serve_in_thread(state_dir, admin_keys.public_pem, clock=clock)
+    server = serve_in_thread(
+        state_dir,
+        keys.public_pem,
+        clock=clock,
+        trustee_version=trustee_version,
+        extensions=extensions,
+        **kwargs,
+    )
     admin = KbsAdminClient(
         server.url,
-        auth=SelfSignedAdminAuth(admin_keys.private_pem),
-        ca_cert=server.ca_cert_path.read_bytes(),
+        auth=admin_auth_for(trustee_version, keys.private_pem),
+        ca_cert=server.tls_ca_path.read_bytes(),
+        trustee_version=trustee_version,
     )
-    yield Stand(server, clock, admin, admin_keys, state_dir)
-    admin.close()
-    server.stop()
+    return Stand(server, clock, admin, keys, state_dir)
+
+
+def stop_stand(stand: Stand) -> None:
+    stand.admin.close()
+    stand.server.stop()
+
+
+@pytest.fixture(scope="module", params=TRUSTEE_VERSIONS)
+def stand(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, admin_keys):
+    state_dir = tmp_path_factory.mktemp("trustee-state")
+    running = start_stand(
+        state_dir, admin_keys, trustee_version=request.param, extensions=LEGACY_EXTENSIONS
+    )
+    yield running
+    stop_stand(running)
 
 
 # -- hand-built RCAR exchanges (so tests can tamper with every field) ----------------------

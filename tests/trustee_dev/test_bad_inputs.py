@@ -16,7 +16,7 @@ import pytest
 
 from coco_ai import policies
 from coco_ai.guest.initdata import build_initdata
-from coco_ai.kbs.admin_auth import BearerTokenAdminAuth, SelfSignedAdminAuth, mint_admin_token
+from coco_ai.kbs.admin_auth import SelfSignedAdminAuth, mint_admin_token
 from coco_ai.kbs.client import KbsAdminClient
 from coco_ai.kbs.errors import AdminAuthError, PolicyEngineError
 from coco_ai.kbs.jwe import TeeKeyPair
@@ -132,14 +132,14 @@ def test_malformed_json(stand):
         policy = http.post(
             "/kbs/v0/resource-policy",
             content=b"{oops",
-            headers={"Authorization": SelfSignedAdminAuth(stand.keys.private_pem).authorization()},
+            headers={"Authorization": stand.auth_header()},
         )
     assert_denied(policy, 401, "ParsePolicyError")
 
 
 def test_body_over_two_mib(stand):
     limit = 2 * 1024 * 1024
-    auth = SelfSignedAdminAuth(stand.keys.private_pem).authorization()
+    auth = stand.auth_header()
     with stand.http() as http:
         too_big = http.post(
             "/kbs/v0/resource/coco-ai/big/blob",
@@ -323,6 +323,7 @@ def test_admin_unsigned_other_key_expired_or_wrong_role(stand):
     now = time.time()
     unsigned_header = b64url_nopad(json.dumps({"alg": "none", "typ": "JWT"}))
     unsigned_claims = b64url_nopad(json.dumps({"iat": int(now), "exp": int(now) + 300}))
+    legacy = stand.version == "0.20.0"
     attempts = {
         "no header": None,
         "alg none": f"Bearer {unsigned_header}.{unsigned_claims}.",
@@ -330,28 +331,30 @@ def test_admin_unsigned_other_key_expired_or_wrong_role(stand):
         "expired": SelfSignedAdminAuth(
             stand.keys.private_pem, clock=lambda: now - 3600
         ).authorization(),
+        # v0.20.0 Simple: an `aud` it was not configured for; v0.21+: a role its ACL refuses.
         "wrong role": f"Bearer {mint_admin_token(stand.keys.private_pem, role='viewer')}",
     }
+    if not legacy:  # bearer_jwt: the v0.20 self-signed token has no role
+        attempts["no role"] = SelfSignedAdminAuth(stand.keys.private_pem).authorization()
+    # v0.20.0: AdminAuth; v0.21.0+ on a plugin path (resource): AdminAuthInitialization.
+    expected = "AdminAuth" if legacy else "AdminAuthInitialization"
     for name, authorization in attempts.items():
         response = _admin_post(stand, authorization)
         assert response.status_code == 401, name
-        assert error_type(response) == "AdminAuthAccess", name
+        assert "content-type" not in response.headers, name
+        assert error_type(response) == expected, name
     assert StateDir(stand.state_dir).get_resource("coco-ai/admin/probe") is None
-    # Both genuine styles work.
-    with KbsAdminClient(
-        stand.url,
-        auth=BearerTokenAdminAuth(mint_admin_token(stand.keys.private_pem)),
-        ca_cert=stand.ca,
-    ) as v021:
-        v021.set_resource("coco-ai/admin/probe", b"ok")
+    # The genuine style of this version works; the client maps every wire name to one type.
+    stand.admin.set_resource("coco-ai/admin/probe", b"ok")
     assert StateDir(stand.state_dir).get_resource("coco-ai/admin/probe").data == b"ok"
     with (
         KbsAdminClient(
             stand.url, auth=SelfSignedAdminAuth(other.private_pem), ca_cert=stand.ca
         ) as intruder,
-        pytest.raises(AdminAuthError),
+        pytest.raises(AdminAuthError) as refused,
     ):
         intruder.set_resource_policy(policies.load("resource_dev"))
+    assert refused.value.variant == ("AdminAuth" if legacy else "AdminAuthAccess")
 
 
 def test_rego_syntax_error_keeps_old_policy(stand):
@@ -361,7 +364,7 @@ def test_rego_syntax_error_keeps_old_policy(stand):
         stand.admin.set_resource_policy("package policy\n\nallow if {\n")
     assert policy_file.read_bytes() == before
     with stand.http() as http:
-        auth = SelfSignedAdminAuth(stand.keys.private_pem).authorization()
+        auth = stand.auth_header()
         response = http.post(
             "/kbs/v0/attestation-policy",
             json={"type": "rego", "policy_id": "default_cpu", "policy": b64url_nopad("package")},
@@ -411,7 +414,7 @@ def test_traversal_paths(stand, target):
     assert status == 404
     assert body["type"].endswith("/InvalidRequestPath")
     assert "ciphertext" not in body
-    auth = SelfSignedAdminAuth(stand.keys.private_pem).authorization()
+    auth = stand.auth_header()
     before = sorted(p for p in stand.state_dir.parent.rglob("*") if p.is_file())
     status, body = _raw_request(stand, "POST", target, headers={"Authorization": auth})
     assert status == 404

@@ -7,12 +7,11 @@ import stat
 
 import pytest
 
-from coco_ai.kbs.admin_auth import SelfSignedAdminAuth
-from coco_ai.kbs.client import KbsAdminClient
 from coco_ai.kbs.errors import PluginInternalError
-from coco_ai.trustee_dev import TrusteeStandIn, serve_in_thread
+from coco_ai.kbs.versions import DEFAULT_TRUSTEE_VERSION
+from coco_ai.trustee_dev import TrusteeStandIn
 from coco_ai.trustee_dev.state import Binding, StateDir, StateError
-from tests.trustee_dev.conftest import Stand, make_admin_keys
+from tests.trustee_dev.conftest import Stand, make_admin_keys, start_stand
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -20,15 +19,7 @@ SECRET = b"kept across restarts \x00\xff"
 
 
 def _stand(state_dir, keys) -> Stand:
-    from tests.trustee_dev.conftest import Clock
-
-    server = serve_in_thread(state_dir, keys.public_pem)
-    admin = KbsAdminClient(
-        server.url,
-        auth=SelfSignedAdminAuth(keys.private_pem),
-        ca_cert=server.ca_cert_path.read_bytes(),
-    )
-    return Stand(server, Clock(), admin, keys, state_dir)
+    return start_stand(state_dir, keys, trustee_version=DEFAULT_TRUSTEE_VERSION)
 
 
 def test_resources_survive_restart_encrypted_at_rest(tmp_path):
@@ -36,7 +27,7 @@ def test_resources_survive_restart_encrypted_at_rest(tmp_path):
     first = _stand(tmp_path, keys)
     try:
         first.admin.set_resource("coco-ai/dataset-key/persist", SECRET)
-        ca_before = first.ca
+        ca_before, anchor_before = first.ca, first.anchor
     finally:
         first.admin.close()
         first.server.stop()
@@ -50,7 +41,8 @@ def test_resources_survive_restart_encrypted_at_rest(tmp_path):
 
     second = _stand(tmp_path, keys)
     try:
-        assert second.ca == ca_before  # relying parties keep their trust anchor
+        assert second.ca == ca_before  # clients keep their TLS pin
+        assert second.anchor == anchor_before  # relying parties keep their trust anchor
         with second.client() as client:
             assert client.get_resource("kbs:///coco-ai/dataset-key/persist") == SECRET
     finally:

@@ -72,3 +72,91 @@ def test_register_adds_one_command():
         ["trustee", "serve", "--state-dir", "d", "--admin-public-key", "k", "--insecure-http"]
     )
     assert args.port == 8080 and args.host == "127.0.0.1" and callable(args.func)
+
+
+def test_cli_version_and_extension_flags():
+    parser = argparse.ArgumentParser()
+    register(parser.add_subparsers())
+    base = ["trustee", "serve", "--state-dir", "d", "--admin-public-key", "k", "--insecure-http"]
+    args = parser.parse_args(base)
+    assert (args.trustee_version, args.extension) == ("0.20.0", [])  # the compose pin
+    args = parser.parse_args(
+        [*base, "--trustee-version", "main", "--extension", "run-key-bind", "--extension",
+         "multi-gpu-sampledevice"]
+    )  # fmt: skip
+    assert args.trustee_version == "main"
+    assert args.extension == ["run-key-bind", "multi-gpu-sampledevice"]
+    for bad in (["--trustee-version", "0.19.0"], ["--extension", "anything-goes"]):
+        with pytest.raises(SystemExit):
+            parser.parse_args([*base, *bad])
+
+
+def test_keygen_tls_certificate_comes_from_the_tls_ca_not_the_token_ca(tmp_path):
+    from cryptography import x509
+
+    done = _cli(
+        "trustee", "keygen", "--out-dir", str(tmp_path / "keys"),
+        "--tls-for-state-dir", str(tmp_path / "state"),
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    tls = x509.load_pem_x509_certificate((tmp_path / "keys" / "tls.pem").read_bytes())
+    tls_ca = x509.load_pem_x509_certificate((tmp_path / "state" / "tls-ca" / "ca.pem").read_bytes())
+    token_ca = x509.load_pem_x509_certificate((tmp_path / "state" / "ca.pem").read_bytes())
+    tls.verify_directly_issued_by(tls_ca)
+    with pytest.raises(Exception):  # noqa: B017 - any verification failure will do
+        tls.verify_directly_issued_by(token_ca)
+    assert "tls-ca" in done.stdout
+
+
+def test_cli_serves_the_chosen_version_with_its_extensions(tmp_path):
+    import time
+
+    import httpx
+
+    from coco_ai.kbs.admin_auth import admin_auth_for
+    from coco_ai.trustee_dev.server import free_port
+
+    keys = _cli("trustee", "keygen", "--out-dir", str(tmp_path / "keys"))
+    assert keys.returncode == 0, keys.stderr
+    port = free_port()
+    code = (
+        "import argparse, sys\n"
+        "from coco_ai.trustee_dev.cli import register\n"
+        "p = argparse.ArgumentParser(prog='coco-ai'); s = p.add_subparsers(required=True)\n"
+        "register(s); a = p.parse_args(sys.argv[1:]); sys.exit(a.func(a))\n"
+    )
+    server = subprocess.Popen(
+        [sys.executable, "-c", code, "trustee", "serve", "--port", str(port), "--insecure-http",
+         "--state-dir", str(tmp_path / "state"),
+         "--admin-public-key", str(tmp_path / "keys" / "admin-public.pem"),
+         "--trustee-version", "main", "--extension", "run-key-bind"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        url = f"http://127.0.0.1:{port}"
+        for _ in range(200):
+            try:
+                if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                time.sleep(0.05)
+        else:
+            pytest.fail("the CLI stand-in did not start")
+        auth = admin_auth_for("main", (tmp_path / "keys" / "admin-key.pem").read_bytes())
+        headers = {"Authorization": auth.authorization()}
+        main_shape = httpx.post(
+            f"{url}/kbs/v0/provisioner/provision", json={"vm_name": "vm"}, headers=headers
+        )
+        assert main_shape.status_code == 200 and main_shape.json()["resource_path"].endswith(
+            "/root"
+        )
+        bind = {"initdata_key": "io.coco-ai.run-id", "value": "r"}
+        extension = httpx.post(
+            f"{url}/kbs/v0/provisioner/provision", json={"bind": bind}, headers=headers
+        )
+        assert extension.status_code == 200
+        assert extension.json()["resource_path"].startswith("coco-ai-run/key/")
+    finally:
+        server.terminate()
+        stderr = server.communicate(timeout=20)[1]
+    assert "Trustee main stand-in; extensions: run-key-bind" in stderr

@@ -8,6 +8,8 @@ service lifts those out next to the TEE-specific claims, as Trustee's `transform
 
 from __future__ import annotations
 
+from coco_ai.kbs import versions
+from coco_ai.trustee_dev.extensions import MULTI_GPU_SAMPLEDEVICE, SAMPLE_INITDATA_CHECK
 from coco_ai.trustee_dev.verifiers._base import VerificationError, Verifier
 from coco_ai.trustee_dev.verifiers.sample import SampleVerifier
 from coco_ai.trustee_dev.verifiers.sampledevice import SampleDeviceVerifier
@@ -15,5 +17,13 @@ from coco_ai.trustee_dev.verifiers.sampledevice import SampleDeviceVerifier
 __all__ = ["VerificationError", "Verifier", "verifiers"]
 
 
-def verifiers() -> dict[str, Verifier]:
-    return {v.tee: v for v in (SampleVerifier(), SampleDeviceVerifier())}
+def verifiers(
+    trustee_version: str, extensions: frozenset[str] = frozenset()
+) -> dict[str, Verifier]:
+    """The stand-in's verifiers as `trustee_version` behaves, plus the opted-in extensions."""
+    sample = SampleVerifier(check_initdata=SAMPLE_INITDATA_CHECK in extensions)
+    device = SampleDeviceVerifier(
+        report_data_claim=versions.check_version(trustee_version) == versions.MAIN,
+        multi_gpu=MULTI_GPU_SAMPLEDEVICE in extensions,
+    )
+    return {v.tee: v for v in (sample, device)}

@@ -1,11 +1,16 @@
 """Trustee's `sample` CPU TEE (primary evidence, class cpu).
 
-Evidence `{"svn", "report_data": base64std, "init_data"?: base64std}`. Claims as Trustee's
-sample verifier reports them (`svn`, `report_data`, a fixed `launch_digest` "abcde",
-`platform_version` 1.4, `debug` false). Unlike current Trustee, which only warns "Sample
-verifier does not check init-data", the stand-in checks the initdata binding the way a TDX
-verifier checks MRCONFIGID: the evidence's `init_data` must equal the digest of the received
-initdata body, and evidence that carries no digest cannot be paired with an initdata body.
+Evidence `{"svn", "report_data": base64std}` as guest-components' SampleAttester sends it
+(`attestation-agent/attester/src/sample/mod.rs`). Claims as Trustee's sample verifier reports
+them (`deps/verifier/src/sample/mod.rs`, same at v0.20.0, v0.21.0 and main): `svn`,
+`report_data`, a fixed `launch_digest` "abcde", `platform_version` 1.4, `debug` false, and, when
+an init-data body was received, `init_data` = standard base64 of that body's digest. Trustee
+does not check initdata for this TEE ("Sample verifier does not check init-data"); neither does
+the stand-in by default, so any unknown evidence field (such as `init_data`) is ignored.
+
+Extension `sample-initdata-check` (opt-in, not Trustee): the evidence must carry `init_data`
+(standard base64 digest) equal to the received body's digest, the way a TDX verifier checks
+MRCONFIGID, and evidence without it cannot be paired with an init-data body.
 """
 
 from __future__ import annotations
@@ -20,6 +25,9 @@ from coco_ai.trustee_dev.verifiers._common import b64decode, check_report_data, 
 
 class SampleVerifier:
     tee = "sample"
+
+    def __init__(self, *, check_initdata: bool = False) -> None:
+        self.check_initdata = check_initdata
 
     def evaluate(
         self, evidence: Any, report_data: bytes, init_data_digest: bytes | None
@@ -36,17 +44,23 @@ class SampleVerifier:
             "platform_version": {"major": 1, "minor": 4},
             "debug": False,
         }
-        carried = evidence.get("init_data")
-        if carried is not None:
-            measured = b64decode(field(evidence, "init_data", self.tee), "sample init_data")
-            if init_data_digest is not None and not hmac.compare_digest(measured, init_data_digest):
-                raise VerificationError(
-                    "initdata digest mismatch: the init-data body does not hash to the "
-                    "init_data digest carried by the sample evidence"
-                )
-            claims["init_data"] = base64.b64encode(measured).decode("ascii")
-        elif init_data_digest is not None:
-            raise VerificationError(
-                "init-data was sent but the sample evidence carries no init_data digest"
-            )
+        if self.check_initdata:
+            self._check_initdata(evidence, init_data_digest)
+        if init_data_digest is not None:
+            claims["init_data"] = base64.b64encode(init_data_digest).decode("ascii")
         return [(claims, "cpu")]
+
+    def _check_initdata(self, evidence: dict[str, Any], init_data_digest: bytes | None) -> None:
+        carried = evidence.get("init_data")
+        if carried is None:
+            if init_data_digest is not None:
+                raise VerificationError(
+                    "init-data was sent but the sample evidence carries no init_data digest"
+                )
+            return
+        measured = b64decode(field(evidence, "init_data", self.tee), "sample init_data")
+        if init_data_digest is None or not hmac.compare_digest(measured, init_data_digest):
+            raise VerificationError(
+                "initdata digest mismatch: the init-data body does not hash to the "
+                "init_data digest carried by the sample evidence"
+            )
