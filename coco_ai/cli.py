@@ -19,6 +19,7 @@ _COMMAND_MODULES = (
     "coco_ai.crypto.cli",
     "coco_ai.workloads.cli",
     "coco_ai.demo_cli",
+    "coco_ai.owner_report",
 )
 
 

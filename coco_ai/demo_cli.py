@@ -83,9 +83,23 @@ def _run(args: argparse.Namespace) -> int:
             _progress(f"could not start the stack: {exc}")
             return 1
         started_here = True
+    from coco_ai.devstack.demo import ProgressRelay
+
+    relay = ProgressRelay(sys.stderr)
+
+    def progress(message: str) -> None:
+        relay.finish()  # a task's state change starts on its own line, below the bar
+        _progress(message)
+
     try:
         epochs = args.epochs or DEFAULT_EPOCHS[args.model]
-        summary = run_pipeline(info, {"epochs": epochs}, progress=_progress, timeout_s=args.timeout)
+        summary = run_pipeline(
+            info,
+            {"epochs": epochs},
+            progress=progress,
+            training=relay.show,
+            timeout_s=args.timeout,
+        )
     except KeyboardInterrupt:
         _progress("interrupted")
         return 130

@@ -223,6 +223,15 @@ def get_provider_info() -> dict:
                         "example": None,
                         "default": "serving",
                     },
+                    "model_signing_public_key": {
+                        "description": "Path of the public key PEM of the promotion key; the "
+                        "provenance view verifies model signatures with it (empty: derived from "
+                        "model_signing_key where the API server can read that file).",
+                        "version_added": None,
+                        "type": "string",
+                        "example": "/etc/coco-ai/model-signing.pub.pem",
+                        "default": "",
+                    },
                     "model_signing_key": {
                         "description": "Path of the EC P-256 private key PEM that signs promoted "
                         "models (OpenSSF model signing).",

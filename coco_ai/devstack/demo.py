@@ -10,14 +10,16 @@ never sees that key.
 from __future__ import annotations
 
 import json
-import tempfile
+import re
+import sys
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from coco_ai.devstack.stack import DAG_ID, StackInfo
+from coco_ai.devstack.stack import DAG_ID, RUN_KEY_ROOT_FILE, StackInfo
 
 TASKS = (
     "attestation_gate",
@@ -28,52 +30,92 @@ TASKS = (
     "revoke_keys",
 )
 _FINAL = ("success", "failed")
+FINETUNE_TASK = "confidential_finetune"
+PROGRESS_POLL_S = 2.0
+
+# The workload's progress line (coco_ai.workloads.finetune.workload), as relayed into the
+# task log: "[finetune] step 12/90 epoch 1 loss 2.3456 tokens/s 812 eta 00:01:05".
+_PROGRESS_LINE = re.compile(
+    r"\[finetune\] step (\d+)/(\d+) epoch (\d+) loss ([0-9.]+|nan|inf) "
+    r"tokens/s (\d+) eta (\d+):(\d\d):(\d\d)"
+)
+
+
+@dataclass(frozen=True)
+class TrainingProgress:
+    """One progress report of the fine-tune workload, read from its task log."""
+
+    step: int
+    total_steps: int
+    epoch: int
+    loss: float
+    tokens_per_s: int
+    eta_s: int
+
+    def line(self) -> str:
+        eta = f"{self.eta_s // 3600:d}:{self.eta_s % 3600 // 60:02d}:{self.eta_s % 60:02d}"
+        return (
+            f"step {self.step}/{self.total_steps} epoch {self.epoch} loss {self.loss:.4f} "
+            f"{self.tokens_per_s} tokens/s ETA {eta}"
+        )
+
+    def bar(self, width: int = 30) -> str:
+        done = round(width * self.step / self.total_steps) if self.total_steps else 0
+        pct = 100 * self.step / self.total_steps if self.total_steps else 0.0
+        return f"[{'#' * done}{'.' * (width - done)}] {pct:5.1f}% {self.line()}"
+
+
+def latest_progress(log_text: str) -> TrainingProgress | None:
+    """The last progress line in a task log, or None when training has not reported yet."""
+    found = None
+    for m in _PROGRESS_LINE.finditer(log_text):
+        found = m
+    if found is None:
+        return None
+    step, total, epoch, loss, rate, h, mnt, sec = found.groups()
+    return TrainingProgress(
+        int(step),
+        int(total),
+        int(epoch),
+        float(loss),
+        int(rate),
+        int(h) * 3600 + int(mnt) * 60 + int(sec),
+    )
+
+
+class ProgressRelay:
+    """Shows training progress: a redrawn bar on a terminal, one plain line per change otherwise."""
+
+    def __init__(self, out=None, *, tty: bool | None = None) -> None:
+        self._out = out or sys.stderr
+        self._tty = self._out.isatty() if tty is None else tty
+        self._last: TrainingProgress | None = None
+
+    def show(self, progress: TrainingProgress) -> None:
+        if progress == self._last:
+            return
+        self._last = progress
+        if self._tty:
+            self._out.write("\r\x1b[K" + progress.bar())
+        else:
+            self._out.write(f"coco-ai demo: {FINETUNE_TASK}: {progress.line()}\n")
+        self._out.flush()
+
+    def finish(self) -> None:
+        """End the bar's line so the next message starts on its own line."""
+        if self._tty and self._last is not None:
+            self._out.write("\n")
+            self._out.flush()
+        self._last = None
 
 
 def read_report(checkpoint_uri: str, key: bytes) -> dict[str, Any]:
-    """Decrypt the checkpoint in a private temporary directory; return its metrics and samples."""
-    from coco_ai.crypto import decrypt_checkpoint
+    """Decrypt the checkpoint's report in memory (not the adapter); return its sample answers."""
+    from coco_ai.owner_report import read_owner_files, sample_answers
+    from coco_ai.workloads.finetune.report import REPORT_FILE
 
-    with tempfile.TemporaryDirectory(prefix="coco-ai-demo-") as tmp:
-        out = Path(tmp) / "checkpoint"
-        decrypt_checkpoint(checkpoint_uri, str(out), kek=key)
-        report = (out / "report.md").read_text()
-    return {"samples": _samples(report)}
-
-
-def _cells(row: str) -> list[str]:
-    cells, current, escaped = [], [], False
-    for ch in row.strip().strip("|"):
-        if escaped:
-            current.append(ch)
-            escaped = False
-        elif ch == "\\":
-            escaped = True
-        elif ch == "|":
-            cells.append("".join(current).strip())
-            current = []
-        else:
-            current.append(ch)
-    cells.append("".join(current).strip())
-    return cells
-
-
-def _samples(report: str) -> list[dict[str, str]]:
-    lines = report.splitlines()
-    try:
-        start = lines.index("| question | expected | before | after |") + 2
-    except ValueError:
-        return []
-    samples = []
-    for line in lines[start:]:
-        if not line.startswith("|"):
-            break
-        cells = _cells(line)
-        if len(cells) == 4:
-            samples.append(
-                dict(zip(("question", "expected", "before", "after"), cells, strict=True))
-            )
-    return samples
+    _, files, _ = read_owner_files(checkpoint_uri, key)
+    return {"samples": sample_answers(files[REPORT_FILE].decode())}
 
 
 def _duration(ti: dict) -> float | None:
@@ -88,9 +130,15 @@ def run_pipeline(
     progress: Callable[[str], None] = lambda message: None,
     timeout_s: float = 1800,
     inspect: bool = True,
+    training: Callable[[TrainingProgress], None] | None = None,
 ) -> dict[str, Any]:
-    """Trigger one run, follow it to the end and return the summary (see docs)."""
+    """Trigger one run, follow it to the end and return the summary (see docs).
+
+    While the fine-tune task runs, its log is read through the REST API every few seconds and
+    the newest training progress is passed to `training`.
+    """
     client = info.client()
+    last_log_read = 0.0
     try:
         started = time.monotonic()
         run = client.trigger(DAG_ID, conf or {}, note="coco-ai demo")
@@ -100,6 +148,16 @@ def run_pipeline(
         while True:
             dag_run = client.dag_run(DAG_ID, run_id)
             tis = {ti["task_id"]: ti for ti in client.task_instances(DAG_ID, run_id)}
+            finetune = tis.get(FINETUNE_TASK) or {}
+            if (
+                training is not None
+                and finetune.get("state") == "running"
+                and time.monotonic() - last_log_read >= PROGRESS_POLL_S
+            ):
+                last_log_read = time.monotonic()
+                log = client.task_log(DAG_ID, run_id, FINETUNE_TASK, finetune["try_number"])
+                if (now := latest_progress(log)) is not None:
+                    training(now)
             for task_id in TASKS:
                 state = (tis.get(task_id) or {}).get("state") or "none"
                 if seen.get(task_id) != state:
@@ -164,6 +222,8 @@ def _summary(
         "eval_loss_before": metrics.get("eval_loss_before"),
         "eval_loss_after": metrics.get("eval_loss"),
         "sample": None,
+        # the data owner's copy of the run-key root: `coco-ai report` derives the run's key
+        "run_key_root_file": str(Path(info.root) / RUN_KEY_ROOT_FILE),
         "registry": {
             "uri": info.registry_uri,
             "model_name": (promoted or {}).get("model_name"),
@@ -226,6 +286,13 @@ def format_summary(summary: dict[str, Any]) -> str:
         lines.append(f"  model signature: {reg['signature_uri']}")
     ui = summary["ui"]
     lines.append(f"  UI: {ui['url']}  (login {ui['username']} / {ui['password']})")
+    # the provenance plugin's run tab (operators.provenance.RUN_TAB_ROUTE; no Airflow import here)
+    lines.append(f"  provenance (attestation, every check): {ui['url']}/plugin/provenance")
+    if summary.get("checkpoint_uri"):
+        lines.append(
+            "  data owner's report (loss curve, answers): coco-ai report "
+            f"{summary['checkpoint_uri']} --run-key-root-file {summary['run_key_root_file']}"
+        )
     return "\n".join(lines)
 
 

@@ -26,6 +26,7 @@ from coco_ai.runs import RunRefs
 
 HERE = Path(__file__).resolve().parent
 TERMINAL = ("success", "failed")
+STRANGER = "stranger"
 
 
 @dataclass
@@ -61,10 +62,13 @@ class E2EStack:
         assert key is not None and len(key) == 32
         return key
 
-    def token(self) -> str:
+    def token(self, username: str | None = None) -> str:
+        """A JWT of the admin, or of another configured user (e.g. STRANGER)."""
+        username = username or self.info.username
+        password = json.loads(Path(self.info.password_file).read_text())[username]
         r = httpx.post(
             f"{self.info.api_url}/auth/token",
-            json={"username": self.info.username, "password": self.info.password()},
+            json={"username": username, "password": password},
             timeout=30,
         )
         assert r.status_code in (200, 201), r.text
@@ -88,7 +92,13 @@ def e2e_stack(tmp_path_factory) -> E2EStack:
         str(tee_keys),
     ]
     info = DevStack(
-        root, extra_env={"AIRFLOW__COCO_AI__LOCAL_GUEST_COMMAND": json.dumps(guest)}
+        root,
+        extra_env={
+            "AIRFLOW__COCO_AI__LOCAL_GUEST_COMMAND": json.dumps(guest),
+            # `stranger` is authenticated but has no role: Airflow authorises it for nothing
+            # (the provenance view's authorisation test).
+            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": f"admin:admin,{STRANGER}:",
+        },
     ).start()
     try:
         yield E2EStack(info, root, tee_keys)
