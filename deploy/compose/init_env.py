@@ -9,13 +9,20 @@
 
 `generate` writes `.env` (mode 0600) with fresh random values and the key files Trustee needs
 (Ed25519 admin key pair, the attestation service's P-256 token-signing key and its CA, the KBS
-TLS key and CA) into the secrets directory. It refuses to overwrite existing secrets unless
-`--force` is given, because rotating e.g. the Fernet key without re-encrypting makes every stored
-connection unreadable (see docs/OPERATIONS.md).
+TLS key and CA, the data owner's 32-byte run-key root) into the secrets directory. It refuses to
+overwrite existing secrets unless `--force` is given, because rotating e.g. the Fernet key
+without re-encrypting makes every stored connection unreadable, and a new run-key root leaves
+every existing checkpoint readable only with the old one (see docs/OPERATIONS.md).
 
-`check` fails (exit 2) with a message naming every missing, empty or weak secret. The compose
-file's `airflow-init` service runs it before anything else, so the stack never starts with a
-default or empty secret.
+`check` fails (exit 2) with a message naming every missing, empty or weak secret, a private key
+file readable by group or others, and a run-key root that is not exactly 32 bytes. The compose
+file's `airflow-init` service runs it before anything else (`--compose-names`: the files under
+their compose secret names in /run/secrets, less the run-key root, which no Airflow container
+gets), so the stack never starts with a default or empty secret.
+
+The run-key root is not in any `rotate` group: a rotated root must go to a new version path
+(`coco-ai/run-key-root/v2`) while v1 stays readable for old checkpoints, which this script cannot
+do alone (docs/OPERATIONS.md, "Run-key root").
 
 Only the standard library and `cryptography` are used, so the script runs on the host and inside
 the Airflow image alike. Nothing secret is ever printed.
@@ -126,7 +133,32 @@ SECRET_FILES: dict[str, str] = {
     "kbs-tls-key.pem": "KBS HTTPS private key",
     "kbs-tls-cert.pem": "KBS HTTPS certificate (DNS names kbs, localhost)",
     "kbs-ca.pem": "CA the clients pin for the KBS HTTPS endpoint",
+    "run-key-root.bin": (
+        "the data owner's 32-byte run-key root (uploaded to Trustee by trustee-init; keep a copy "
+        "offline to read checkpoints: coco-ai checkpoint decrypt --run-key-root-file)"
+    ),
 }
+
+RUN_KEY_ROOT = "run-key-root.bin"
+RUN_KEY_ROOT_SIZE = 32
+# Written with mode 0600; `check` refuses them when group or others may read them.
+PRIVATE_FILES = frozenset(
+    {"trustee-admin-private.pem", "as-token-signer-key.pem", "kbs-tls-key.pem", RUN_KEY_ROOT}
+)
+# The compose secret each file is mounted as (/run/secrets/<name>; docker-compose.yaml `secrets:`).
+COMPOSE_SECRET_NAMES: dict[str, str] = {
+    "trustee-admin-private.pem": "trustee_admin_private_key",
+    "trustee-admin-public.pem": "trustee_admin_public_key",
+    "as-token-signer-key.pem": "as_token_signer_key",
+    "as-token-signer-cert.pem": "as_token_signer_cert",
+    "token-ca.pem": "token_ca",
+    "kbs-tls-key.pem": "kbs_tls_key",
+    "kbs-tls-cert.pem": "kbs_tls_cert",
+    "kbs-ca.pem": "kbs_ca",
+    RUN_KEY_ROOT: "run_key_root",
+}
+# Never mounted into an Airflow container: only trustee-init (the data owner's side) reads it.
+NOT_IN_AIRFLOW = frozenset({RUN_KEY_ROOT})
 
 
 class SecretsError(Exception):
@@ -152,14 +184,34 @@ def check_env_values(values: Mapping[str, str]) -> list[str]:
     return problems
 
 
-def check_secret_files(secrets_dir: Path) -> list[str]:
+def check_secret_files(secrets_dir: Path, *, compose_names: bool = False) -> list[str]:
+    """Problems with the key files in secrets_dir; [] when fine.
+
+    With `compose_names`, the layout is a container's /run/secrets (each file under its compose
+    secret name, the run-key root absent by design); the modes there are the container engine's,
+    so only presence, emptiness and the root's size are checked.
+    """
     problems = []
     for name, purpose in SECRET_FILES.items():
-        path = secrets_dir / name
+        if compose_names and name in NOT_IN_AIRFLOW:
+            continue
+        path = secrets_dir / (COMPOSE_SECRET_NAMES[name] if compose_names else name)
         if not path.is_file():
             problems.append(f"secret file {path} is missing ({purpose})")
-        elif path.stat().st_size == 0:
+            continue
+        info = path.stat()
+        if info.st_size == 0:
             problems.append(f"secret file {path} is empty ({purpose})")
+        elif name == RUN_KEY_ROOT and info.st_size != RUN_KEY_ROOT_SIZE:
+            problems.append(
+                f"secret file {path} is {info.st_size} bytes; a run-key root is exactly "
+                f"{RUN_KEY_ROOT_SIZE} ({purpose})"
+            )
+        if not compose_names and name in PRIVATE_FILES and info.st_mode & 0o077:
+            problems.append(
+                f"secret file {path} is readable by group or others (mode "
+                f"{info.st_mode & 0o777:o}); chmod 600 it ({purpose})"
+            )
     return problems
 
 
@@ -298,9 +350,12 @@ def generate_secret_files(secrets_dir: Path, *, only: set[str] | None = None) ->
             tls_cert.public_bytes(pem) + ca_cert.public_bytes(pem)
         )
         (secrets_dir / "kbs-ca.pem").write_bytes(ca_cert.public_bytes(pem))
+    if wanted(RUN_KEY_ROOT):
+        _write_private(secrets_dir / RUN_KEY_ROOT, secrets.token_bytes(RUN_KEY_ROOT_SIZE))
 
 
-# Key-file groups that rotate together (docs/OPERATIONS.md, "Rotating keys").
+# Key-file groups that rotate together (docs/OPERATIONS.md, "Rotating keys"). The run-key root
+# is in none: rotating it means a new version path, not a new file under the same one.
 KEY_GROUPS: dict[str, tuple[str, ...]] = {
     "trustee-admin": ("trustee-admin-private.pem", "trustee-admin-public.pem"),
     "token-signer": ("as-token-signer-key.pem", "as-token-signer-cert.pem", "token-ca.pem"),
@@ -344,10 +399,12 @@ def generate(env_file: Path, secrets_dir: Path, *, force: bool = False) -> None:
     generate_secret_files(secrets_dir)
 
 
-def check(values: Mapping[str, str], secrets_dir: Path | None) -> None:
+def check(
+    values: Mapping[str, str], secrets_dir: Path | None, *, compose_names: bool = False
+) -> None:
     problems = check_env_values(values)
     if secrets_dir is not None:
-        problems += check_secret_files(secrets_dir)
+        problems += check_secret_files(secrets_dir, compose_names=compose_names)
     if problems:
         raise SecretsError(
             "refusing to start: insecure or incomplete secrets:\n  - "
@@ -376,6 +433,11 @@ def main(argv: list[str] | None = None) -> int:
     chk.add_argument(
         "--secrets-dir", type=Path, help="also require the key files in this directory"
     )
+    chk.add_argument(
+        "--compose-names",
+        action="store_true",
+        help="the directory is a container's /run/secrets: compose secret names, no run-key root",
+    )
     args = parser.parse_args(argv)
     try:
         if args.command == "generate":
@@ -394,7 +456,7 @@ def main(argv: list[str] | None = None) -> int:
                     f"{args.env_file} does not exist; generate it with "
                     "python deploy/compose/init_env.py generate"
                 )
-            check(values, args.secrets_dir)
+            check(values, args.secrets_dir, compose_names=args.compose_names)
             print("init-env: all secrets present")
     except SecretsError as exc:
         print(f"init-env: {exc}", file=sys.stderr)

@@ -3,7 +3,9 @@
 
 - creates the object-store buckets the pipeline writes to (idempotent);
 - registers the `trustee_default` Airflow connection from the mounted key files, so the admin
-  key is stored Fernet-encrypted in the metadata DB instead of sitting in any environment.
+  key is stored Fernet-encrypted in the metadata DB instead of sitting in any environment. It
+  names the pinned Trustee release (`trustee_version`) and pins the attestation service's
+  token-signing certificate (`token_signer`, the leaf of the mounted `as_token_signer_cert`).
 
 Reads only files under /run/secrets and variables set by docker-compose.yaml; prints no secret.
 """
@@ -19,6 +21,17 @@ from pathlib import Path
 
 SECRETS = Path(os.environ.get("COCO_AI_SECRETS_DIR", "/run/secrets"))
 BUCKETS = ("coco-staging", "coco-checkpoints")
+# The Trustee release docker-compose.yaml runs (kbs, as, rvps images): no version probe needed.
+TRUSTEE_VERSION = "0.20.0"
+_END_CERT = "-----END CERTIFICATE-----"
+
+
+def _leaf_certificate(chain_pem: str) -> str:
+    """The first certificate of a PEM chain (leaf first, as init_env.py writes the signer's)."""
+    end = chain_pem.find(_END_CERT)
+    if "-----BEGIN CERTIFICATE-----" not in chain_pem or end < 0:
+        raise ValueError("as_token_signer_cert holds no PEM certificate")
+    return chain_pem[: end + len(_END_CERT)].strip() + "\n"
 
 
 def create_buckets() -> None:
@@ -41,6 +54,10 @@ def register_trustee_connection() -> None:
         "admin_auth": "self-signed",
         "admin_secret": (SECRETS / "trustee_admin_private_key").read_text(),
         "trust_anchor": (SECRETS / "token_ca").read_text(),
+        "trustee_version": TRUSTEE_VERSION,
+        # Pin the attestation service's own signing key: only tokens it signed verify, not any
+        # signer a compromised token CA could issue.
+        "token_signer": _leaf_certificate((SECRETS / "as_token_signer_cert").read_text()),
     }
     payload = {"trustee_default": {"conn_type": "trustee", "extra": json.dumps(extra)}}
     # A private temporary file, not a command-line argument (visible in `ps`).

@@ -3,7 +3,7 @@
 
     python deploy/compose/load_policies.py --kbs-url https://kbs:8080 --kbs-ca CA.pem \
         --admin-key trustee-admin-private.pem --policy-dir coco_ai/policies --policy-set prod-tdx \
-        [--reference-values values.json]
+        [--reference-values values.json] [--run-key-root run-key-root.bin]
 
 The set (coco_ai.policies.POLICY_SETS) maps Trustee policy ids to policy files: the KBS
 resource policy and the attestation service's `default_cpu` / `default_gpu` policies. Files are
@@ -14,6 +14,13 @@ uploaded file is printed for the audit log.
 
 --reference-values takes a JSON object {name: value or [values]} and registers each entry with
 RVPS through the KBS (`sample` extractor, as kbs-client set-sample-reference-value does).
+
+--run-key-root takes the data owner's 32-byte run-key root (init_env.py generate writes it) and,
+after the policies, stores it at --run-key-root-path (default coco-ai/run-key-root/v1, what
+`[coco_ai] run_key_root_uri` names) with the admin API; the TEE derives each run's key from it
+(coco_ai/run_keys.py). Same bytes overwrite, so a rerun is harmless. A file that is not exactly
+32 bytes is refused (exit 2) before anything is uploaded. Only the path is printed: nothing
+derived from the root, not even a digest.
 """
 
 from __future__ import annotations
@@ -29,7 +36,9 @@ def main(argv: list[str] | None = None) -> int:
     from coco_ai.kbs.admin_auth import SelfSignedAdminAuth
     from coco_ai.kbs.client import KbsAdminClient
     from coco_ai.kbs.errors import KbsError
+    from coco_ai.kbs.resource_path import parse_resource_path
     from coco_ai.policies import POLICY_SETS, RESOURCE_POLICY_ID
+    from coco_ai.run_keys import DEFAULT_ROOT, KEY_SIZE
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--kbs-url", required=True)
@@ -38,7 +47,38 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--policy-dir", type=Path, required=True)
     parser.add_argument("--policy-set", choices=sorted(POLICY_SETS), required=True)
     parser.add_argument("--reference-values", type=Path, help="JSON {name: value or [values]}")
+    parser.add_argument(
+        "--run-key-root", type=Path, help=f"the data owner's {KEY_SIZE}-byte run-key root file"
+    )
+    parser.add_argument(
+        "--run-key-root-path",
+        default=DEFAULT_ROOT.url_path(),
+        help="KBS resource path of the root, repo/type/tag (default: %(default)s)",
+    )
     args = parser.parse_args(argv)
+
+    root: bytes | None = None
+    if args.run_key_root is not None:
+        try:
+            root_path = parse_resource_path(args.run_key_root_path)
+        except ValueError as exc:
+            print(f"load-policies: --run-key-root-path: {exc}", file=sys.stderr)
+            return 2
+        try:
+            root = args.run_key_root.read_bytes()
+        except OSError as exc:
+            print(
+                f"load-policies: cannot read run-key root {args.run_key_root}: {exc.strerror}",
+                file=sys.stderr,
+            )
+            return 2
+        if len(root) != KEY_SIZE:
+            print(
+                f"load-policies: run-key root {args.run_key_root} is {len(root)} bytes, not "
+                f"{KEY_SIZE}; refusing to upload anything",
+                file=sys.stderr,
+            )
+            return 2
 
     reference_values = {}
     if args.reference_values is not None:
@@ -74,6 +114,9 @@ def main(argv: list[str] | None = None) -> int:
         for name, values in reference_values.items():
             admin.set_sample_reference_value(name, values)
             print(f"load-policies: reference value {name} registered")
+        if root is not None:
+            admin.set_resource(root_path, root)
+            print(f"load-policies: run-key root stored at {root_path}")
     except KbsError as exc:
         print(f"load-policies: KBS refused: {exc}", file=sys.stderr)
         return 1

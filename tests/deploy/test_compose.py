@@ -130,6 +130,15 @@ def test_airflow_init_checks_secrets_before_anything_else(services: dict) -> Non
     assert flag == "-c"
     first = next(line for line in script.splitlines() if line.strip() and "set -e" not in line)
     assert "init_env.py check --from-environment --secrets-dir /run/secrets" in first
+    # /run/secrets holds compose secret names, and no run-key root (NOT_IN_AIRFLOW).
+    assert "--compose-names" in first
+    mounted = set(services["airflow-init"]["secrets"])
+    expected = {
+        init_env.COMPOSE_SECRET_NAMES[f]
+        for f in init_env.SECRET_FILES
+        if f not in init_env.NOT_IN_AIRFLOW
+    }
+    assert expected <= mounted, "airflow-init's check needs every other key file"
     assert "set -euo pipefail" in script
     env = _env(services["airflow-init"])
     for spec in init_env.ENV_SECRETS:
@@ -186,6 +195,9 @@ def test_every_generated_secret_is_used_and_required(services: dict) -> None:
 def test_secret_files_match_what_init_env_generates(compose: dict) -> None:
     files = {Path(s["file"]).name for s in compose["secrets"].values()}
     assert files == set(init_env.SECRET_FILES)
+    # init_env.py check --compose-names looks each file up under this secret name.
+    names = {name: Path(s["file"]).name for name, s in compose["secrets"].items()}
+    assert {f: n for n, f in names.items()} == init_env.COMPOSE_SECRET_NAMES
     for secret in compose["secrets"].values():
         assert secret["file"].startswith("./deploy/compose/secrets/")
     ignore = (REPO_ROOT / "deploy" / "compose" / ".gitignore").read_text().split()
@@ -246,3 +258,58 @@ def test_published_ports_bind_loopback_only(services: dict) -> None:
     for name, service in services.items():
         for port in service.get("ports", []):
             assert str(port).startswith("127.0.0.1:"), f"{name} publishes {port} on all hosts"
+
+
+RUN_KEY_ROOT_FILE = "./deploy/compose/secrets/run-key-root.bin"
+
+
+def _bind_sources(service: dict) -> list[str]:
+    sources = []
+    for volume in service.get("volumes", []):
+        source = volume["source"] if isinstance(volume, dict) else str(volume).split(":")[0]
+        if source.startswith((".", "/")):
+            sources.append(source.rstrip("/") or "/")
+    return sources
+
+
+def _exposes(source: str, target: str) -> bool:
+    """Whether bind-mounting `source` makes the file `target` visible (itself or a parent)."""
+    src, dst = (Path(p.removeprefix("./")).as_posix() for p in (source, target))
+    return src in (".", "") or dst == src or dst.startswith(src + "/")
+
+
+def test_run_key_root_is_mounted_only_into_trustee_init(compose: dict, services: dict) -> None:
+    (name,) = [n for n, s in compose["secrets"].items() if s["file"] == RUN_KEY_ROOT_FILE]
+    assert name == "run_key_root"
+    holders = {n for n, s in services.items() if name in (s.get("secrets") or [])}
+    assert holders == {"trustee-init"}
+    assert "--run-key-root=/run/secrets/run_key_root" in services["trustee-init"]["command"]
+
+
+def test_no_service_but_trustee_init_can_read_the_run_key_root_through_a_bind_mount(
+    services: dict,
+) -> None:
+    """Compose secrets are not the only way in: a bind mount of deploy/compose (or above) would
+    expose deploy/compose/secrets/, and with it the root, to every Airflow container."""
+    for name, service in services.items():
+        if name == "trustee-init":
+            continue
+        for source in _bind_sources(service):
+            assert not _exposes(source, RUN_KEY_ROOT_FILE), f"{name} mounts {source}"
+    # trustee-init reads the root as its secret, not through a mount of the directory either.
+    for source in _bind_sources(services["trustee-init"]):
+        assert not _exposes(source, RUN_KEY_ROOT_FILE), source
+
+
+def test_bind_mount_check_catches_the_directory_mounts() -> None:
+    for source in (".", "./deploy", "./deploy/compose", "./deploy/compose/secrets"):
+        assert _exposes(source, RUN_KEY_ROOT_FILE), source
+    for source in ("./deploy/compose/init_env.py", "./deploy/compose-other", "./coco_ai/policies"):
+        assert not _exposes(source, RUN_KEY_ROOT_FILE), source
+
+
+def test_no_airflow_template_or_service_gets_a_data_owner_secret(services: dict) -> None:
+    for name in AIRFLOW_SERVICES:
+        assert "run_key_root" not in (services[name].get("secrets") or []), name
+        env = _env(services[name])
+        assert not any("RUN_KEY_ROOT" in k or "run-key-root.bin" in v for k, v in env.items())

@@ -73,8 +73,10 @@ def test_generated_values_are_strong_and_distinct(generated) -> None:
 
 def test_generated_key_files_fit_together(generated) -> None:
     secrets_dir = generated[1]
-    for name in ("trustee-admin-private.pem", "as-token-signer-key.pem", "kbs-tls-key.pem"):
+    for name in sorted(init_env.PRIVATE_FILES):
         assert stat.S_IMODE((secrets_dir / name).stat().st_mode) == 0o600, name
+    root = (secrets_dir / "run-key-root.bin").read_bytes()
+    assert len(root) == 32 and root != bytes(32)
     admin = serialization.load_pem_private_key(
         (secrets_dir / "trustee-admin-private.pem").read_bytes(), None
     )
@@ -205,3 +207,67 @@ def test_rotate_replaces_one_group_and_keeps_the_previous_keys(generated, group:
             assert now == content
     assert init_env.check_secret_files(secrets_dir) == []
     assert stat.S_IMODE(previous.stat().st_mode) == 0o700
+
+
+def test_a_fresh_generation_draws_a_new_run_key_root(tmp_path: Path) -> None:
+    init_env.generate_secret_files(tmp_path / "a", only={"run-key-root.bin"})
+    init_env.generate_secret_files(tmp_path / "b", only={"run-key-root.bin"})
+    assert sorted(p.name for p in (tmp_path / "a").iterdir()) == ["run-key-root.bin"]
+    a, b = ((tmp_path / d / "run-key-root.bin").read_bytes() for d in "ab")
+    assert a != b
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda p: p.unlink(), "run-key-root.bin is missing"),
+        (lambda p: p.write_bytes(b""), "run-key-root.bin is empty"),
+        (lambda p: p.write_bytes(bytes(31)), "is 31 bytes; a run-key root is exactly 32"),
+        (lambda p: p.write_bytes(p.read_bytes() + b"\n"), "is 33 bytes"),
+        (lambda p: p.chmod(0o644), "readable by group or others"),
+    ],
+)
+def test_check_refuses_a_bad_run_key_root(generated, change, message: str) -> None:
+    env_file, secrets_dir = generated
+    root = secrets_dir / "run-key-root.bin"
+    secret = root.read_bytes()
+    change(root)
+    result = _check(init_env.read_env_file(env_file), "--secrets-dir", str(secrets_dir))
+    assert result.returncode == 2
+    assert message in result.stderr
+    assert "coco-ai checkpoint decrypt --run-key-root-file" in result.stderr
+    assert secret.hex() not in result.stderr + result.stdout
+
+
+def test_check_refuses_a_private_key_readable_by_others(generated) -> None:
+    secrets_dir = generated[1]
+    (secrets_dir / "kbs-tls-key.pem").chmod(0o640)
+    (secrets_dir / "kbs-tls-cert.pem").chmod(0o644)  # public: fine
+    (problem,) = init_env.check_secret_files(secrets_dir)
+    assert "kbs-tls-key.pem is readable by group or others (mode 640)" in problem
+
+
+def test_compose_check_reads_run_secrets_without_the_run_key_root(generated, tmp_path) -> None:
+    """airflow-init checks /run/secrets/<compose name>; the run-key root is never there."""
+    env_file, secrets_dir = generated
+    run_secrets = tmp_path / "run-secrets"
+    run_secrets.mkdir()
+    for file, secret in init_env.COMPOSE_SECRET_NAMES.items():
+        if file not in init_env.NOT_IN_AIRFLOW:
+            (run_secrets / secret).write_bytes((secrets_dir / file).read_bytes())
+    assert not (run_secrets / "run_key_root").exists()
+    values = init_env.read_env_file(env_file)
+    ok = _check(values, "--secrets-dir", str(run_secrets), "--compose-names")
+    assert ok.returncode == 0, ok.stderr
+    # Without --compose-names the same directory is wrong: the file names differ.
+    assert _check(values, "--secrets-dir", str(run_secrets)).returncode == 2
+    (run_secrets / "token_ca").unlink()
+    missing = _check(values, "--secrets-dir", str(run_secrets), "--compose-names")
+    assert missing.returncode == 2
+    assert f"{run_secrets / 'token_ca'} is missing" in missing.stderr
+
+
+def test_run_key_root_is_in_no_rotation_group() -> None:
+    """A rotated root needs a new version path (v2), not a new file under v1."""
+    assert all("run-key-root.bin" not in files for files in init_env.KEY_GROUPS.values())
+    assert set(init_env.COMPOSE_SECRET_NAMES) == set(init_env.SECRET_FILES)

@@ -3,6 +3,8 @@ Ed25519 admin authentication, the repository's policy files."""
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
 from pathlib import Path
 
@@ -83,3 +85,112 @@ def test_missing_policy_file_is_reported_before_any_upload(trustee, tmp_path: Pa
     )
     assert rc == 2
     assert "resource_prod.rego is missing" in capsys.readouterr().err
+
+
+def _stored(server, path: str) -> bytes | None:
+    record = server.standin.state.get_resource(path)
+    return None if record is None else record.data
+
+
+@pytest.mark.timeout(120)
+def test_run_key_root_is_stored_after_the_policies_and_never_printed(
+    trustee, tmp_path: Path, capsys
+) -> None:
+    server, secrets = trustee
+    init_env.generate_secret_files(secrets, only={"run-key-root.bin"})
+    root_file = secrets / "run-key-root.bin"
+    root = root_file.read_bytes()
+    args = _args(
+        server,
+        secrets / "trustee-admin-private.pem",
+        f"--policy-dir={POLICY_DIR}",
+        "--policy-set=prod",
+        f"--run-key-root={root_file}",
+    )
+    assert load_policies.main(args) == 0
+    out, err = capsys.readouterr()
+    lines = out.splitlines()
+    assert lines[-1] == "load-policies: run-key root stored at kbs:///coco-ai/run-key-root/v1"
+    # After every policy upload (each printed with its digest once accepted).
+    assert len(lines) >= 2 and all("sha256:" in line for line in lines[:-1])
+    assert _stored(server, "coco-ai/run-key-root/v1") == root
+    # Nothing derived from the root is printed: not its bytes, not its digest.
+    for shown in (root.hex(), hashlib.sha256(root).hexdigest(), base64.b64encode(root).decode()):
+        assert shown not in out + err
+
+    # Idempotent: the same bytes again (a restarted trustee-init) succeed and change nothing.
+    assert load_policies.main(args) == 0
+    assert _stored(server, "coco-ai/run-key-root/v1") == root
+
+
+@pytest.mark.timeout(120)
+def test_run_key_root_path_can_name_another_version(trustee, capsys) -> None:
+    server, secrets = trustee
+    init_env.generate_secret_files(secrets, only={"run-key-root.bin"})
+    root_file = secrets / "run-key-root.bin"
+    rc = load_policies.main(
+        _args(
+            server,
+            secrets / "trustee-admin-private.pem",
+            f"--policy-dir={POLICY_DIR}",
+            "--policy-set=prod",
+            f"--run-key-root={root_file}",
+            "--run-key-root-path=coco-ai/run-key-root/v2",
+        )
+    )
+    assert rc == 0
+    assert "stored at kbs:///coco-ai/run-key-root/v2" in capsys.readouterr().out
+    assert _stored(server, "coco-ai/run-key-root/v2") == root_file.read_bytes()
+    assert _stored(server, "coco-ai/run-key-root/v1") is None
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("size", [0, 16, 31, 33, 64])
+def test_wrong_size_run_key_root_is_refused_before_any_upload(
+    trustee, tmp_path: Path, capsys, size: int
+) -> None:
+    server, secrets = trustee
+    bad = tmp_path / "root.bin"
+    bad.write_bytes(b"\x01" * size)
+    rc = load_policies.main(
+        _args(
+            server,
+            secrets / "trustee-admin-private.pem",
+            f"--policy-dir={POLICY_DIR}",
+            "--policy-set=prod",
+            f"--run-key-root={bad}",
+        )
+    )
+    out, err = capsys.readouterr()
+    assert rc == 2
+    assert f"is {size} bytes, not 32; refusing to upload anything" in err
+    assert out == "", "no policy was uploaded either (each upload is printed)"
+    assert _stored(server, "coco-ai/run-key-root/v1") is None
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--run-key-root=/nonexistent/run-key-root.bin"], "cannot read run-key root"),
+        (["--run-key-root-path=coco-ai/../v1"], "--run-key-root-path"),
+    ],
+)
+def test_unreadable_root_or_bad_path_is_refused_before_any_upload(
+    trustee, tmp_path: Path, capsys, extra: list[str], message: str
+) -> None:
+    server, secrets = trustee
+    init_env.generate_secret_files(secrets, only={"run-key-root.bin"})
+    if not extra[0].startswith("--run-key-root="):
+        extra = [f"--run-key-root={secrets / 'run-key-root.bin'}", *extra]
+    rc = load_policies.main(
+        _args(
+            server,
+            secrets / "trustee-admin-private.pem",
+            f"--policy-dir={POLICY_DIR}",
+            "--policy-set=prod",
+            *extra,
+        )
+    )
+    out, err = capsys.readouterr()
+    assert rc == 2
+    assert message in err and out == ""
