@@ -9,6 +9,7 @@ from airflow.sdk import BaseOperator, Context, Variable
 from coco_ai.runs import RunRefs
 from coco_ai_airflow._settings import as_int, required_setting, setting
 from coco_ai_airflow.hooks.trustee import TrusteeHook
+from coco_ai_airflow.provenance.links import ProvenanceLink
 
 #: Governance Variables (JSON lists of "sha256:<hex>"). When unset, exactly the inputs that key
 #: release pinned for this run are approved.
@@ -81,6 +82,7 @@ class AttestedModelPromotionOperator(BaseOperator):
         "run_refs": "json",
         "thresholds": "json",
     }
+    operator_extra_links = (ProvenanceLink(),)
     ui_color = "#cdb4db"
 
     def __init__(

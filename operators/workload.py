@@ -17,6 +17,7 @@ from coco_ai.workloads.kinds import workload_kind
 from coco_ai_airflow._settings import as_int, setting
 from coco_ai_airflow.execution import EXECUTION_MODES, kubernetes
 from coco_ai_airflow.execution.local import LocalRun
+from coco_ai_airflow.provenance.links import ProvenanceLink
 
 _SIX_HOURS = 6 * 3600
 
@@ -57,6 +58,7 @@ class ConfidentialWorkloadOperator(KubernetesPodOperator):
         "gpu_count",
     )
     template_fields_renderers: ClassVar[dict[str, str]] = {"run_refs": "json", "settings": "json"}
+    operator_extra_links = (ProvenanceLink(),)
     ui_color = "#d8f3dc"
 
     def __init__(
