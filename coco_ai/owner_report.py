@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from coco_ai.run_keys import RunKeyError, add_key_file_arguments, read_key_file
 from coco_ai.workloads.finetune.report import LOSS_CURVE_FILE, METRICS_FILE, REPORT_FILE
 
 SAMPLE_HEADER = "| question | expected | before | after |"
@@ -105,9 +106,9 @@ def read_owner_files(
 
     if (key is None) == (run_key_root is None):
         raise ReportError("give exactly one of the checkpoint key or the run-key root")
+    from coco_ai.crypto.checkpoint import decrypt_entry
     from coco_ai.crypto.errors import CheckpointError
     from coco_ai.crypto.manifest import TOKEN_FILE
-    from coco_ai.crypto.stream import decrypt_stream
     from coco_ai.crypto.transfer import check_object_set, read_manifest
     from coco_ai.storage import open_store
 
@@ -126,15 +127,7 @@ def read_owner_files(
                 continue
             out = io.BytesIO()
             with store.open(entry.object_name) as f:
-                r = decrypt_stream(
-                    f,
-                    out,
-                    kek=key,
-                    expected_context=manifest.file_context(entry.path),
-                    expected_key_uri=manifest.key_uri,
-                )
-            if (r.plaintext_size, r.plaintext_sha256) != (entry.size, entry.sha256):
-                raise ReportError(f"{entry.path}: decrypted bytes differ from the manifest")
+                decrypt_entry(f, out, manifest, entry, kek=key)
             files[entry.path] = out.getvalue()
         token = store.read_bytes(TOKEN_FILE).decode() if store.exists(TOKEN_FILE) else None
     except CheckpointError as exc:
@@ -373,13 +366,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "models:/<name>/<version> or models:/<name>@<alias>.",
     )
     p.add_argument("target", help="checkpoint URI or registry entry (models:/name/version)")
-    key = p.add_mutually_exclusive_group(required=True)
-    key.add_argument("--key-file", help="the checkpoint key: a file of exactly 32 raw bytes")
-    key.add_argument(
-        "--run-key-root-file",
-        help="the data owner's 32-byte run-key root: the run's checkpoint key is derived from "
-        "it and the run id in the manifest (coco_ai.run_keys)",
-    )
+    add_key_file_arguments(p)
     p.add_argument("--out", default="report.html", help="HTML file to write (default report.html)")
     p.add_argument("--registry-uri", help="MLflow registry URI (default: $COCO_AI_REGISTRY_URI)")
     p.add_argument(
@@ -393,21 +380,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_run)
 
 
-def read_key_file(path: str) -> bytes:
-    try:
-        with open(path, "rb") as f:
-            key = f.read(33)
-    except OSError as exc:
-        raise ReportError(f"cannot read key file {path}: {exc.strerror}") from None
-    if len(key) != 32:
-        raise ReportError(f"key file {path} must hold exactly 32 raw bytes")
-    return key
-
-
 def _run(args: argparse.Namespace) -> int:
     try:
-        key = read_key_file(args.key_file) if args.key_file else None
-        root = read_key_file(args.run_key_root_file) if args.run_key_root_file else None
+        try:
+            key = read_key_file(args.key_file) if args.key_file else None
+            root = read_key_file(args.run_key_root_file) if args.run_key_root_file else None
+        except RunKeyError as exc:
+            raise ReportError(str(exc)) from None
         anchor = Path(args.trust_anchor).read_bytes() if args.trust_anchor else None
         report = build_report(
             args.target,

@@ -118,6 +118,29 @@ def derive_run_key(root: bytes, run_id: str) -> bytes:
     ).derive(root)
 
 
+def read_key_file(path: str) -> bytes:
+    """Exactly 32 raw bytes from ``path`` (a checkpoint key or a run-key root, the data owner's)."""
+    try:
+        with open(path, "rb") as f:
+            key = f.read(KEY_SIZE + 1)
+    except OSError as exc:
+        raise RunKeyError(f"cannot read key file {path}: {exc.strerror}") from None
+    if len(key) != KEY_SIZE:
+        raise RunKeyError(f"key file {path} must hold exactly {KEY_SIZE} raw bytes")
+    return key
+
+
+def add_key_file_arguments(parser) -> None:
+    """The data owner's two ways to name a checkpoint's key on a command line (exactly one)."""
+    key = parser.add_mutually_exclusive_group(required=True)
+    key.add_argument("--key-file", help="the checkpoint key: a file of exactly 32 raw bytes")
+    key.add_argument(
+        "--run-key-root-file",
+        help="the data owner's 32-byte run-key root: a pipeline run's checkpoint key is derived "
+        "from it and the run id in the manifest (coco_ai.run_keys)",
+    )
+
+
 def check_grant(grant: Grant, *, run_id: str, initdata_matches) -> None:
     """Refuse a grant for another run, or for other initdata than the TEE's own.
 

@@ -18,6 +18,8 @@ import json
 import sys
 from typing import Any
 
+from coco_ai.run_keys import RunKeyError, add_key_file_arguments, read_key_file
+
 EXIT_OK = 0
 EXIT_ERROR = 1
 EXIT_USAGE = 2
@@ -49,13 +51,7 @@ def register(subparsers: Any) -> None:
     enc.set_defaults(func=_encrypt)
 
     dec = sub.add_parser("decrypt", help="decrypt a checkpoint into a new directory")
-    key = dec.add_mutually_exclusive_group(required=True)
-    key.add_argument("--key-file", help="file holding the 32-byte raw KEK")
-    key.add_argument(
-        "--run-key-root-file",
-        help="the data owner's 32-byte run-key root: the KEK of a pipeline run's checkpoint "
-        "is derived from it and the run id in the manifest (coco_ai.run_keys)",
-    )
+    add_key_file_arguments(dec)
     _store_args(dec)
     dec.add_argument("src", help="checkpoint directory or store URI")
     dec.add_argument("dst", help="destination directory (must be absent or empty)")
@@ -95,13 +91,9 @@ class _UsageError(Exception):
 
 def _read_key(path: str) -> bytes:
     try:
-        with open(path, "rb") as f:
-            key = f.read(33)
-    except OSError as exc:
-        raise _UsageError(f"cannot read key file {path}: {exc.strerror}") from None
-    if len(key) != 32:
-        raise _UsageError(f"key file {path} must hold exactly 32 raw bytes")
-    return key
+        return read_key_file(path)
+    except RunKeyError as exc:
+        raise _UsageError(str(exc)) from None
 
 
 def _run(body) -> int:
