@@ -131,6 +131,106 @@ def plain_peft_loop(model, encoded, *, steps, batch_size, lr, device, dtype, see
     return tokens, time.perf_counter() - start
 
 
+def trl_sft_train(model, tokenizer, encoded, *, steps, batch_size, lr, seed, bf16, out_dir):
+    """TRL ``SFTTrainer`` as its docs recommend for speed: ``packing=True`` (best-fit-decreasing
+    bins, which switches on padding-free batches with position ids) and TRL's own fused LM head
+    (log-probabilities only at labelled positions, in tiles). ``use_liger_kernel`` stays off:
+    Liger is Triton-only (no CPU backend) and TRL 1.16 deprecates it for Hub kernels, which need
+    the network. Gradient checkpointing (an SFTConfig default) is off: it trades speed for memory
+    and no other loop here uses it. The records are passed pre-tokenised with their labels, so
+    all trainers see the same tokens and the same masked prompts; a bin holds about
+    ``batch_size`` records' worth of tokens, so a step trains on as many tokens as ours.
+    Returns (real tokens trained, wall seconds of ``trainer.train()``)."""
+    import torch
+    from datasets import Dataset
+    from trl import SFTConfig, SFTTrainer
+
+    lengths = [len(e.input_ids) for e in encoded]
+    bin_tokens = max(max(lengths), round(sum(lengths) / len(lengths) * batch_size))
+    data = Dataset.from_list([{"input_ids": e.input_ids, "labels": e.labels} for e in encoded])
+    args = SFTConfig(
+        output_dir=str(out_dir),
+        packing=True,
+        max_length=bin_tokens,
+        per_device_train_batch_size=1,
+        max_steps=-1 if steps is None else steps,  # None: one epoch
+        num_train_epochs=1,
+        learning_rate=lr,
+        lr_scheduler_type="linear",
+        warmup_steps=0,
+        weight_decay=0.0,
+        max_grad_norm=1.0,
+        optim="adamw_torch",
+        gradient_checkpointing=False,
+        bf16=bf16,
+        use_cpu=not torch.cuda.is_available(),
+        seed=seed,
+        save_strategy="no",
+        report_to=[],
+        logging_steps=1_000_000,  # the final summary only
+        disable_tqdm=True,
+        dataloader_pin_memory=torch.cuda.is_available(),
+        include_num_input_tokens_seen="non_padding",
+    )
+    trainer = SFTTrainer(model=model, args=args, train_dataset=data, processing_class=tokenizer)
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    trainer.train()
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    return int(trainer.state.num_input_tokens_seen), time.perf_counter() - start
+
+
+def plain_evaluate(model, encoded, *, batch_size, device, dtype) -> float:
+    """The textbook evaluation: right-padded batches, ``model(..., labels=...)``, full logits;
+    the mean over response tokens (what the workload computed before packing)."""
+    import torch
+    from torch.nn.utils.rnn import pad_sequence
+
+    model.eval()
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for start in range(0, len(encoded), batch_size):
+            rows = encoded[start : start + batch_size]
+            ids = [torch.tensor(r.input_ids) for r in rows]
+            labels = pad_sequence([torch.tensor(r.labels) for r in rows], True, -100)
+            mask = pad_sequence([torch.ones_like(i) for i in ids], batch_first=True)
+            n = int((labels[:, 1:] != -100).sum())
+            with torch.autocast(device_type=device.type, dtype=dtype, enabled=dtype is not None):
+                loss = model(
+                    input_ids=pad_sequence(ids, batch_first=True).to(device),
+                    attention_mask=mask.to(device),
+                    labels=labels.to(device),
+                ).loss
+            total += float(loss) * n
+            count += n
+    model.train()
+    return total / max(count, 1)
+
+
+def plain_answers(model, tokenizer, prompts, *, max_new_tokens, device) -> list[str]:
+    """The textbook sample generation: one prompt at a time (what the workload did before)."""
+    import torch
+
+    model.eval()
+    out = []
+    with torch.no_grad():
+        for p in prompts:
+            ids = torch.tensor([p], device=device)
+            gen = model.generate(
+                input_ids=ids,
+                attention_mask=torch.ones_like(ids),
+                max_new_tokens=max_new_tokens,
+                do_sample=False,
+                pad_token_id=tokenizer.pad_token_id,
+                eos_token_id=tokenizer.eos_token_id,
+            )
+            out.append(tokenizer.decode(gen[0, ids.shape[1] :], skip_special_tokens=True).strip())
+    model.train()
+    return out
+
+
 def model_flops_per_token(model, config, encoded) -> tuple[float, float, dict]:
     """(LoRA-aware FLOPs per token, 6·N convention, parts) — see the module docstring."""
     import torch
@@ -256,21 +356,23 @@ def functional_check(core, device, dtype) -> dict:
         pad = tok.pad_token_id
         train_enc = core.encode_examples(tok, train_set, 128)
         eval_enc = core.encode_examples(tok, eval_set, 128)
-        before = core.evaluate(model, eval_enc, runtime, batch_size=16, pad_id=pad)
+        before = core.evaluate(model, eval_enc, runtime, batch_size=16, pad_id=pad, pack_length=256)
         model = core.add_lora(model, LoraSettings(), seed=0)
         settings = TrainingSettings(epochs=3, learning_rate=3e-3, batch_size=8)
         result = core.train(model, train_enc, settings, runtime, pad_id=pad)
-        after = core.evaluate(model, eval_enc, runtime, batch_size=16, pad_id=pad)
+        after = core.evaluate(model, eval_enc, runtime, batch_size=16, pad_id=pad, pack_length=256)
         answers = core.answer(model, tok, [eval_set[0].instruction], runtime, max_new_tokens=8)
         model.save_pretrained(Path(tmp) / "adapter")
         base, _ = core.load_model(model_dir, runtime)
         reloaded = PeftModel.from_pretrained(base, Path(tmp) / "adapter").eval()
-        batch = next(core.make_batches(eval_enc, 8, pad))
-        ids = batch.input_ids.to(device)
-        mask = batch.attention_mask.to(device)
+        batch = next(core.make_batches(eval_enc, 8, pad, pack_length=128))
+        inputs = {
+            "input_ids": batch.input_ids.to(device),
+            "position_ids": batch.position_ids.to(device),
+        }
         with torch.no_grad(), runtime.autocast():
-            a = model.eval()(input_ids=ids, attention_mask=mask).logits
-            b = reloaded(input_ids=ids, attention_mask=mask).logits
+            a = model.eval()(**inputs).logits
+            b = reloaded(**inputs).logits
     check = {
         "eval_loss_before": round(before.loss, 4),
         "eval_loss_after": round(after.loss, 4),
