@@ -174,7 +174,7 @@ PEER_SIZES = {
     # name: (train records, eval records, learning rate, rounds)
     "1m": (96, 40, 2e-3, 3),
     "10m": (64, 40, 2e-3, 2),
-    "135m": (32, 24, 1e-3, 2),  # SmolLM2-135M-Instruct: 4 steps of 8 records per run
+    "135m": (24, 16, 1e-3, 2),  # SmolLM2-135M-Instruct: 3 steps of 8 records per run
 }
 SAMPLE_QUESTIONS, MAX_NEW_TOKENS = 3, 48  # the demo's settings
 

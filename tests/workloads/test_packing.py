@@ -3,7 +3,7 @@ packed loss is the unpacked loss (same weights, tiny model)."""
 
 from __future__ import annotations
 
-import itertools
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -35,90 +35,141 @@ def records(lora_model, examples):
     return enc
 
 
-def _logits(model, ids: torch.Tensor, positions: torch.Tensor | None) -> torch.Tensor:
+def _logits(model, ids, positions=None, mask=None) -> torch.Tensor:
     decoder, head = core._decoder_and_head(model)
     with torch.no_grad():
-        hidden = decoder(input_ids=ids, position_ids=positions, use_cache=False)
+        hidden = decoder(
+            input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=False
+        )
     return head(hidden.last_hidden_state)
 
 
-def _spans(batch: core.Batch) -> list[tuple[int, int, int]]:
-    """(row, start, end) of every block of restarting position ids, padding included."""
-    out = []
-    for row, pos in enumerate(batch.position_ids.tolist()):
-        starts = [i for i, p in enumerate(pos) if p == 0] + [len(pos)]
-        out += [(row, a, b) for a, b in itertools.pairwise(starts)]
-    return out
+def _chat_like(records: list[core.Encoded]) -> list[core.Encoded]:
+    """The same records behind a common system-prompt-like prefix (the tiny tokenizer has no
+    chat template), so the shared-prefix path is exercised."""
+    head = records[0].input_ids[:6]
+    return [core.Encoded(head + r.input_ids, [core.IGNORE_INDEX] * 6 + r.labels) for r in records]
 
 
-def test_packing_places_every_record_once_and_masks_exactly_the_prompt(lora_model, records):
+def _distinct_starts(records: list[core.Encoded]) -> list[core.Encoded]:
+    """The same records with a different first token each: nothing is shared."""
+    return [core.Encoded([10 + i, *r.input_ids[1:]], r.labels) for i, r in enumerate(records)]
+
+
+@pytest.fixture(scope="module", params=["as encoded", "long shared prefix", "nothing shared"])
+def packed_records(request, records):
+    if request.param == "long shared prefix":
+        return _chat_like(records)
+    if request.param == "nothing shared":
+        return _distinct_starts(records)
+    return records  # BOS and the instruction header are shared
+
+
+def test_packing_places_every_record_once_and_masks_exactly_the_prompt(lora_model, packed_records):
     _, tok = lora_model
-    batch = core.pack_batch(records, 64, tok.pad_token_id)
+    recs = packed_records
+    batch = core.pack_batch(recs, 64, tok.pad_token_id)
     assert batch.input_ids.shape[0] > 1  # several rows at this pack length
-    assert batch.tokens == sum(len(r.input_ids) for r in records) and batch.records == 12
-    found = []
-    for row, a, b in _spans(batch):
-        ids = batch.input_ids[row, a:b].tolist()
-        match = [r for r in records if r.input_ids == ids]
-        if not match:  # the padded tail of a row: never a target
-            assert set(ids) == {tok.pad_token_id}
-            assert (batch.targets[row, a:b] == core.IGNORE_INDEX).all()
-            continue
-        r = match[0]
-        found.append(ids)
-        # position i is trained to predict token i+1 of the same record, only where that token
-        # is a response token; the last token of a record predicts nothing
-        assert batch.targets[row, a:b].tolist() == [*r.labels[1:], core.IGNORE_INDEX]
-        prompt = r.labels.index(next(x for x in r.labels if x != core.IGNORE_INDEX))
-        assert (batch.targets[row, a : a + prompt - 1] == core.IGNORE_INDEX).all()
-        assert (batch.targets[row, a + prompt - 1 : b - 1] != core.IGNORE_INDEX).all()
-    assert sorted(found) == sorted(r.input_ids for r in records)
-    assert batch.input_ids.shape[1] <= max(64, max(len(r.input_ids) for r in records))
+    assert batch.tokens == sum(len(r.input_ids) for r in recs) and batch.records == len(recs)
+    assert sorted(seg.record for seg in batch.segments) == list(range(len(recs)))
+    assert batch.shared == core.shared_prefix_length(recs)
+    if all(r.input_ids[:6] == recs[0].input_ids[:6] for r in recs):
+        assert batch.shared >= 6
+    covered = torch.zeros_like(batch.input_ids, dtype=torch.bool)
+    for seg in batch.segments:
+        r, row = recs[seg.record], seg.row
+        covered[row, seg.start : seg.end] = True
+        # the shared prefix at the row's start plus the segment are exactly the record
+        tokens = batch.input_ids[row, : batch.shared].tolist()
+        tokens += batch.input_ids[row, seg.start : seg.end].tolist()
+        assert tokens == r.input_ids
+        positions = batch.position_ids[row, : batch.shared].tolist()
+        positions += batch.position_ids[row, seg.start : seg.end].tolist()
+        assert positions == list(range(len(r.input_ids)))
+        # position i predicts token i+1 of the same record, only where that is a response token
+        assert batch.targets[row, seg.start : seg.end].tolist() == [
+            *r.labels[batch.shared + 1 :],
+            core.IGNORE_INDEX,
+        ]
+        # the prompt is masked and nothing else: exactly the response tokens are targets
+        assert int((batch.targets[row, seg.start : seg.end] != core.IGNORE_INDEX).sum()) == sum(
+            1 for x in r.labels if x != core.IGNORE_INDEX
+        )
+    # nothing else is a target: the prefix copies and the padding at row ends
+    assert (batch.targets[~covered] == core.IGNORE_INDEX).all()
+    assert (batch.targets[:, : batch.shared] == core.IGNORE_INDEX).all()
+    assert batch.input_ids.shape[1] <= max(64, max(len(r.input_ids) for r in recs))
 
 
-def test_no_record_attends_to_another(lora_model, records):
+def test_the_mask_lets_a_record_see_only_itself_and_the_shared_prefix(lora_model, packed_records):
+    _, tok = lora_model
+    batch = core.pack_batch(packed_records, 10_000, tok.pad_token_id)
+    mask = batch.attention_mask[:, 0]
+    owner = torch.full(batch.input_ids.shape, -1)
+    for seg in batch.segments:
+        owner[seg.row, seg.start : seg.end] = seg.record
+    for seg in batch.segments:
+        seen = mask[seg.row, seg.start : seg.end]  # (queries of this record, all keys)
+        keys = torch.arange(batch.input_ids.shape[1])
+        allowed = (owner[seg.row] == seg.record) | (keys < batch.shared)
+        assert not seen[:, ~allowed].any()
+        assert seen[:, : batch.shared].all()  # the whole prefix
+        own = seen[:, seg.start : seg.end]
+        assert torch.equal(own, torch.ones_like(own).tril())  # causal within the record
+
+
+def test_no_record_attends_to_another(lora_model, packed_records):
     model, tok = lora_model
-    batch = core.pack_batch(records, 10_000, tok.pad_token_id)  # all in one row
+    batch = core.pack_batch(packed_records, 10_000, tok.pad_token_id)  # all in one row
     assert batch.input_ids.shape[0] == 1
-    packed = _logits(model, batch.input_ids, batch.position_ids)
-    spans = _spans(batch)
-    assert len(spans) == len(records)
-    for row, a, b in spans:
-        alone = _logits(model, batch.input_ids[row : row + 1, a:b], None)
-        torch.testing.assert_close(packed[row, a:b], alone[0], rtol=1e-4, atol=1e-4)
-    # changing one record's tokens changes no other record's logits
-    row, a, b = spans[0]
+    packed = _logits(model, batch.input_ids, batch.position_ids, batch.attention_mask)
+    for seg in batch.segments:
+        alone = _logits(model, torch.tensor([packed_records[seg.record].input_ids]))[0]
+        torch.testing.assert_close(packed[0, : batch.shared], alone[: batch.shared])
+        torch.testing.assert_close(
+            packed[0, seg.start : seg.end], alone[batch.shared :], rtol=1e-4, atol=1e-4
+        )
+    # changing one record's tokens changes no other record's logits, not by one bit
+    first = batch.segments[0]
     changed = batch.input_ids.clone()
-    changed[row, a:b] = torch.flip(changed[row, a:b], [0])
-    after = _logits(model, changed, batch.position_ids)
-    assert not torch.allclose(after[row, a:b], packed[row, a:b])
-    torch.testing.assert_close(after[row, b:], packed[row, b:], rtol=0, atol=0)
+    changed[0, first.start : first.end] = torch.flip(changed[0, first.start : first.end], [0])
+    after = _logits(model, changed, batch.position_ids, batch.attention_mask)
+    assert not torch.allclose(after[0, first.start : first.end], packed[0, first.start : first.end])
+    others = torch.ones(batch.input_ids.shape[1], dtype=torch.bool)
+    others[first.start : first.end] = False
+    torch.testing.assert_close(after[0, others], packed[0, others], rtol=0, atol=0)
 
 
-def test_packed_loss_equals_the_unpacked_loss_record_by_record(lora_model, records):
+def test_packed_loss_equals_the_unpacked_loss_record_by_record(lora_model, packed_records):
     model, tok = lora_model
-    batch = core.pack_batch(records, 64, tok.pad_token_id)
+    batch = core.pack_batch(packed_records, 64, tok.pad_token_id)
     with torch.no_grad():
         total, count = core.summed_loss(model, batch, RUNTIME)
     expected_total, expected_count = 0.0, 0
-    for row, a, b in _spans(batch):
-        if batch.targets[row, a:b].eq(core.IGNORE_INDEX).all():
-            continue  # padding
+    for seg in batch.segments:
         only = torch.full_like(batch.targets, core.IGNORE_INDEX)  # score this record alone
-        only[row, a:b] = batch.targets[row, a:b]
-        per_record = core.Batch(batch.input_ids, batch.position_ids, only, 0, 1)
+        only[seg.row, seg.start : seg.end] = batch.targets[seg.row, seg.start : seg.end]
+        per_record = dataclasses.replace(batch, targets=only)
         with torch.no_grad():
             packed_loss, n = core.summed_loss(model, per_record, RUNTIME)
-        ids = batch.input_ids[row : row + 1, a:b]
-        labels = torch.tensor([[core.IGNORE_INDEX, *only[row, a : b - 1].tolist()]])
-        with torch.no_grad():
-            mean = model(input_ids=ids, labels=labels).loss  # transformers' own shift and mask
-        assert n == int((labels != core.IGNORE_INDEX).sum()) > 0
+            r = packed_records[seg.record]
+            mean = model(  # transformers' own forward, shift and mask, on the record alone
+                input_ids=torch.tensor([r.input_ids]), labels=torch.tensor([r.labels])
+            ).loss
+        assert n == sum(1 for x in r.labels[1:] if x != core.IGNORE_INDEX) > 0
         torch.testing.assert_close(packed_loss / n, mean, rtol=1e-5, atol=1e-5)
         expected_total += float(mean) * n
         expected_count += n
     assert count == expected_count
     assert float(total) == pytest.approx(expected_total, rel=1e-5)
+
+
+def test_shared_prefix_stops_before_the_first_trained_position():
+    a = core.Encoded([1, 2, 3, 4, 5], [-100, -100, -100, 4, 5])
+    b = core.Encoded([1, 2, 3, 4, 6, 7], [-100, -100, -100, -100, 6, 7])
+    # 1 2 3 4 are common, but position 2 predicts a's response token 4: only 1 2 are shared
+    assert core.shared_prefix_length([a, b]) == 2
+    assert core.shared_prefix_length([a, core.Encoded([9, 2, 3], [-100, -100, 3])]) == 0
 
 
 def test_chunked_linear_cross_entropy_matches_torch():

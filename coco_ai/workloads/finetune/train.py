@@ -6,13 +6,17 @@ weights stored in bf16, LoRA weights in fp32).
 
 Speed comes from doing less work, not from device-specific kernels:
 
-- **Padding-free packing.** The records of a step are laid end to end in a few rows of at most
-  ``pack_length`` tokens (first-fit decreasing), with position ids that restart at 0 for each
-  record and no attention mask. transformers (>= 4.53, here 5.24) reads restarting position ids
-  as packed sequences and gives SDPA a block-diagonal causal mask, so a token attends only to
-  earlier tokens of its own record. Only the tail of a row can be padding; it forms a block of its
-  own that no record sees. Each step still trains on ``batch_size`` records, so the optimiser
-  sees the same batches (and the same mean loss per response token) as a padded loop.
+- **Padding-free packing behind a shared prefix.** The records of a step are laid end to end in
+  a few rows of at most ``pack_length`` tokens (first-fit decreasing), behind one copy per row
+  of the prefix they all share (a chat template's system prompt and turn header; never a
+  trained position). An explicit block mask lets a token attend to earlier tokens of its own
+  record and to the shared prefix, nothing else; position ids are each record's own. This is
+  the unpacked computation, only cheaper: the prefix's hidden states are the same for every
+  record (causal attention, same tokens, same positions), so computing them once changes
+  nothing but the cost (with LoRA dropout, the prefix shares one dropout draw). Only the tail
+  of a row can be padding; it is a block of its own. Each step still trains on ``batch_size``
+  records, so the optimiser sees the same batches (and the same mean loss per response token)
+  as a padded loop.
 - **Loss on response tokens only.** Targets are shifted inside each record at collate time; the
   LM head runs only on the hidden states that have a target (the prompt, often most of a chat
   record, never reaches the vocabulary projection), through a chunked linear + cross-entropy that
@@ -54,14 +58,27 @@ class Encoded:
 
 
 @dataclass(frozen=True)
+class Segment:
+    """Where one record's tokens after the shared prefix lie in a packed batch."""
+
+    record: int  # index into the packed records
+    row: int
+    start: int
+    end: int
+
+
+@dataclass(frozen=True)
 class Batch:
-    """Records packed into rows. No attention mask: position ids mark where records start."""
+    """Records packed into rows behind one copy per row of their shared prefix."""
 
     input_ids: torch.Tensor  # (rows, width)
-    position_ids: torch.Tensor  # 0, 1, ... per record; the padded tail of a row restarts at 0
+    position_ids: torch.Tensor  # each record's own positions (its prefix part: 0..shared-1)
+    attention_mask: torch.Tensor  # (rows, 1, width, width) bool: own record + shared prefix
     targets: torch.Tensor  # the next token within the same record, IGNORE_INDEX where none/prompt
-    tokens: int  # real (non-padding) tokens
+    tokens: int  # the records' tokens (prefix counted once per record, as unpacked)
     records: int
+    shared: int  # shared prefix length
+    segments: tuple[Segment, ...]
 
 
 @dataclass(frozen=True)
@@ -181,28 +198,55 @@ def pack_rows(lengths: Sequence[int], pack_length: int) -> list[list[int]]:
     return rows
 
 
+def shared_prefix_length(records: Sequence[Encoded]) -> int:
+    """Tokens every record starts with that no record learns from: the longest common prefix,
+    cut so that no prefix position predicts a response token (its target would differ between
+    records). A chat template's system prompt and turn header are typically all of it."""
+    first = records[0].input_ids
+    n = min(len(r.input_ids) for r in records)
+    for r in records:
+        n = min(n, next(j for j, t in enumerate(r.labels) if t != IGNORE_INDEX) - 1)
+        n = next((j for j in range(n) if r.input_ids[j] != first[j]), n)
+    return max(n, 0)
+
+
 def pack_batch(records: Sequence[Encoded], pack_length: int, pad_id: int) -> Batch:
     """Pack one step's records (see the module docstring). Built on the CPU (pinned when CUDA is
     present)."""
-    rows = pack_rows([len(r.input_ids) for r in records], pack_length)
-    width = max(sum(len(records[i].input_ids) for i in row) for row in rows)
+    shared = shared_prefix_length(records)
+    rest = [len(r.input_ids) - shared for r in records]
+    rows = pack_rows(rest, max(pack_length - shared, 1))
+    width = shared + max(sum(rest[i] for i in row) for row in rows)
     ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
     positions = torch.zeros((len(rows), width), dtype=torch.long)
     targets = torch.full((len(rows), width), IGNORE_INDEX, dtype=torch.long)
+    block = torch.full((len(rows), width), -1, dtype=torch.long)  # -1: padding
+    segments = []
+    prefix = torch.tensor(records[0].input_ids[:shared], dtype=torch.long)
     for j, row in enumerate(rows):
-        at = 0
+        ids[j, :shared] = prefix
+        positions[j, :shared] = torch.arange(shared)
+        block[j, :shared] = 0
+        at = shared
         for i in row:
             r = records[i]
-            n = len(r.input_ids)
-            ids[j, at : at + n] = torch.tensor(r.input_ids)
-            positions[j, at : at + n] = torch.arange(n)
-            targets[j, at : at + n - 1] = torch.tensor(r.labels[1:])
+            n = len(r.input_ids) - shared
+            ids[j, at : at + n] = torch.tensor(r.input_ids[shared:])
+            positions[j, at : at + n] = torch.arange(shared, shared + n)
+            targets[j, at : at + n - 1] = torch.tensor(r.labels[shared + 1 :])
+            block[j, at : at + n] = i + 1
+            segments.append(Segment(i, j, at, at + n))
             at += n
-        positions[j, at:] = torch.arange(width - at)  # the padding: a block of its own
+    # query q may see key k <= q of its own block, and a record sees the shared prefix
+    causal = torch.ones((width, width), dtype=torch.bool).tril()
+    same = block[:, :, None] == block[:, None, :]
+    from_prefix = (block[:, None, :] == 0) & (block[:, :, None] > 0)
+    mask = (causal & (same | from_prefix))[:, None]
     if torch.cuda.is_available():
         ids, positions, targets = ids.pin_memory(), positions.pin_memory(), targets.pin_memory()
+        mask = mask.pin_memory()
     tokens = sum(len(r.input_ids) for r in records)
-    return Batch(ids, positions, targets, tokens, len(records))
+    return Batch(ids, positions, mask, targets, tokens, len(records), shared, tuple(segments))
 
 
 def make_batches(
@@ -267,10 +311,13 @@ def summed_loss(model, batch: Batch, runtime: Runtime) -> tuple[torch.Tensor, in
     decoder, head = _decoder_and_head(model)
     ids = batch.input_ids.to(runtime.device, non_blocking=True)
     positions = batch.position_ids.to(runtime.device, non_blocking=True)
+    mask = batch.attention_mask.to(runtime.device, non_blocking=True)
     targets = batch.targets.to(runtime.device, non_blocking=True)
     keep = targets != IGNORE_INDEX
     with runtime.autocast():
-        hidden = decoder(input_ids=ids, position_ids=positions, use_cache=False).last_hidden_state
+        hidden = decoder(
+            input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=False
+        ).last_hidden_state
         hidden, wanted = hidden[keep], targets[keep]
         if type(head) is torch.nn.Linear and head.bias is None and not head.weight.requires_grad:
             loss = _LinearCrossEntropy.apply(hidden, head.weight, wanted, LOSS_CHUNK)
