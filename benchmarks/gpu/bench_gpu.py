@@ -418,6 +418,7 @@ def functional_check(core, device, dtype) -> dict:
         inputs = {
             "input_ids": batch.input_ids.to(device),
             "position_ids": batch.position_ids.to(device),
+            "attention_mask": batch.attention_mask.to(device),
         }
         with torch.no_grad(), runtime.autocast():
             a = model.eval()(**inputs).logits

@@ -62,7 +62,11 @@ def test_adapter_reload_gives_identical_logits(trained, tiny_model: Path) -> Non
     batch = next(
         core.make_batches(trained["eval_enc"], 8, trained["tok"].pad_token_id, pack_length=64)
     )
-    inputs = {"input_ids": batch.input_ids, "position_ids": batch.position_ids}
+    inputs = {
+        "input_ids": batch.input_ids,
+        "position_ids": batch.position_ids,
+        "attention_mask": batch.attention_mask,  # the packed batch's block mask
+    }
     with torch.no_grad():
         a = model(**inputs).logits
         b = reloaded(**inputs).logits
