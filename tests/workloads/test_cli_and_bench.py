@@ -54,12 +54,12 @@ def test_model_digest_cli(tiny_model: Path, capsys) -> None:
     assert capsys.readouterr().out.strip() == model_digest(tiny_model)
 
 
-@pytest.mark.timeout(120)
+@pytest.mark.timeout(320)  # three trainers (TRL included) on a tiny model; the box is shared
 def test_gpu_bench_cpu_smoke_and_fail_fast_without_cuda(tmp_path: Path) -> None:
     script = REPO / "benchmarks" / "gpu" / "bench_gpu.py"
     env = {**os.environ, "OUT": str(tmp_path), "OMP_NUM_THREADS": "2"}
     proc = subprocess.run([sys.executable, str(script), "--cpu-smoke"], capture_output=True,
-                          text=True, env=env, timeout=110)  # fmt: skip
+                          text=True, env=env, timeout=300)  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     summary = json.loads((tmp_path / "gpu_bench.json").read_text())
     check = summary["functional_check"]
@@ -67,6 +67,7 @@ def test_gpu_bench_cpu_smoke_and_fail_fast_without_cuda(tmp_path: Path) -> None:
     assert check["reload_max_abs_logit_diff"] == 0.0
     (result,) = summary["results"]
     assert result["ours_tokens_per_s_median"] > 0 and result["plain_tokens_per_s_median"] > 0
+    assert result["trl_tokens_per_s_median"] > 0 and result["ratio_ours_to_trl"] > 0
     assert result["n_lora"] == result["trainable_parameters"] > 0
     assert result["flops_per_token"] > 4 * result["n_base_matmul"]
     import torch

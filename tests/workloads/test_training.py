@@ -22,11 +22,11 @@ def trained(tiny_model: Path, examples, tmp_path_factory):
     train_enc = core.encode_examples(tok, train_set, SETTINGS.max_seq_length)
     eval_enc = core.encode_examples(tok, eval_set, SETTINGS.max_seq_length)
     pad = tok.pad_token_id
-    before = core.evaluate(model, eval_enc, runtime, batch_size=16, pad_id=pad)
+    before = core.evaluate(model, eval_enc, runtime, batch_size=16, pad_id=pad, pack_length=128)
     model = core.add_lora(model, LoraSettings(), seed=0)
     seen: list[core.Progress] = []
     result = core.train(model, train_enc, SETTINGS, runtime, pad_id=pad, progress=seen.append)
-    after = core.evaluate(model, eval_enc, runtime, batch_size=16, pad_id=pad)
+    after = core.evaluate(model, eval_enc, runtime, batch_size=16, pad_id=pad, pack_length=128)
     adapter = tmp_path_factory.mktemp("adapter")
     model.save_pretrained(adapter)
     return dict(model=model, tok=tok, before=before, after=after, result=result, seen=seen,
@@ -59,13 +59,20 @@ def test_adapter_reload_gives_identical_logits(trained, tiny_model: Path) -> Non
     base, _ = core.load_model(tiny_model, runtime)
     reloaded = PeftModel.from_pretrained(base, trained["adapter"], local_files_only=True).eval()
     model = trained["model"].eval()
-    batch = next(core.make_batches(trained["eval_enc"], 8, trained["tok"].pad_token_id))
+    batch = next(
+        core.make_batches(trained["eval_enc"], 8, trained["tok"].pad_token_id, pack_length=64)
+    )
+    inputs = {
+        "input_ids": batch.input_ids,
+        "position_ids": batch.position_ids,
+        "attention_mask": batch.attention_mask,  # the packed batch's block mask
+    }
     with torch.no_grad():
-        a = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
-        b = reloaded(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+        a = model(**inputs).logits
+        b = reloaded(**inputs).logits
     assert torch.equal(a, b)
     with reloaded.disable_adapter(), torch.no_grad():
-        c = reloaded(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+        c = reloaded(**inputs).logits
     assert not torch.equal(a, c)  # the adapter is not a no-op
 
 
@@ -81,13 +88,18 @@ def test_labels_mask_the_prompt(tiny_model: Path, examples) -> None:
     assert core.encode_examples(tok, examples[:1], len(prompt)) == []
 
 
-def test_dynamic_padding(tiny_model: Path, examples) -> None:
+def test_batches_hold_batch_size_records_packed(tiny_model: Path, examples) -> None:
     _, tok = core.load_model(tiny_model, core.select_runtime("cpu"))
     enc = core.encode_examples(tok, examples[:8], 512)
-    batches = list(core.make_batches(enc, 3, tok.pad_token_id))
-    assert [b.input_ids.shape[0] for b in batches] == [3, 3, 2]
+    batches = list(core.make_batches(enc, 3, tok.pad_token_id, pack_length=48))
+    assert [b.records for b in batches] == [3, 3, 2]
+    by_length = sorted(enc, key=lambda r: len(r.input_ids))  # evaluation order: by length
     for i, b in enumerate(batches):
-        rows = enc[3 * i : 3 * i + 3]
-        assert b.input_ids.shape[1] == max(len(r.input_ids) for r in rows)
-        assert b.tokens == int(b.attention_mask.sum()) == sum(len(r.input_ids) for r in rows)
-        assert (b.labels[b.attention_mask == 0] == core.IGNORE_INDEX).all()
+        rows = by_length[3 * i : 3 * i + 3]
+        assert b.tokens == sum(len(r.input_ids) for r in rows)
+        real = int((b.input_ids != tok.pad_token_id).sum())
+        assert real == b.tokens  # padding only where a row ends short (no pad id in the data)
+        assert b.input_ids.numel() - real < b.input_ids.shape[1]  # less than one row of padding
+    shuffled = list(core.make_batches(enc, 3, tok.pad_token_id, pack_length=48,
+                                      generator=torch.Generator().manual_seed(0)))  # fmt: skip
+    assert sum(b.tokens for b in shuffled) == sum(len(r.input_ids) for r in enc)

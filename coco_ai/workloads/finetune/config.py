@@ -52,6 +52,9 @@ class TrainingSettings:
     batch_size: int = 8
     seed: int = 0
     max_seq_length: int = 256
+    # tokens per packed row: a step's records are laid end to end in rows this long (a longer
+    # record gets a row of its own); attention stays within each record (see train.py)
+    pack_length: int = 256
     eval_fraction: float = 0.2
     device: str = "auto"  # auto | cpu | cuda
     precision: str = "auto"  # auto | fp32 | bf16
@@ -282,6 +285,7 @@ _CHECKS = {
     "training.batch_size": _int(1, 4096),
     "training.seed": _int(0, 2**32 - 1),
     "training.max_seq_length": _int(8, 131_072),
+    "training.pack_length": _int(8, 131_072),
     "training.eval_fraction": _float(0.0, 0.9, lo_open=True),
     "training.device": _choice(_DEVICES),
     "training.precision": _choice(_PRECISIONS),

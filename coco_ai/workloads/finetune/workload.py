@@ -69,6 +69,21 @@ class RunResult:
     cpu_timings: dict[str, float]  # process CPU seconds per phase
 
 
+@dataclass(frozen=True)
+class _Assessment:
+    eval: Any  # train.EvalResult (the training core is imported lazily)
+    answers: list[str]
+
+
+@dataclass(frozen=True)
+class _Outcome:
+    before: _Assessment
+    after: _Assessment
+    train: Any  # train.TrainResult
+    train_examples: int
+    eval_examples: int
+
+
 class _Log:
     def __init__(self, out: TextIO) -> None:
         self._out = out
@@ -372,70 +387,131 @@ class FinetuneWorkload:
         outputs: Path,
         dataset_digest: str,
     ) -> dict[str, Any]:
+        """Load, assess, LoRA-train, assess again, write the plaintext outputs; the metrics."""
         from coco_ai.workloads.finetune import train as core
 
-        cfg = self.config
-        t = cfg.training
+        t = self.config.training
         _quiet_transformers()
         try:
             runtime = core.select_runtime(t.device, t.precision)
         except RuntimeError as exc:
             raise WorkloadError(f"training.device: {exc}", EXIT_CONFIG) from None
-        phase = self._phase
+        model, tokenizer = self._load_model(base_dir, runtime)
+        train_enc, eval_enc = self._encode(tokenizer, train_set, eval_set)
+        self.log(f"device {runtime.device} ({runtime.precision})")
+        questions = [e.instruction for e in eval_set[: t.sample_questions]]
+        before = self._assess(model, tokenizer, eval_enc, questions, runtime, "before")
+        model = self._add_lora(model)
+        with self._phase("train"):
+            result = core.train(
+                model, train_enc, t, runtime, pad_id=tokenizer.pad_token_id, progress=self._progress
+            )
+        after = self._assess(model, tokenizer, eval_enc, questions, runtime, "after")
+        return self._write_outputs(
+            outputs,
+            model,
+            runtime,
+            _Outcome(before, after, result, len(train_enc), len(eval_enc)),
+            samples=[
+                {"question": q, "expected": e.response, "before": b, "after": a}
+                for q, e, b, a in zip(
+                    questions,
+                    eval_set[: len(questions)],
+                    before.answers,
+                    after.answers,
+                    strict=True,
+                )
+            ],
+            dataset_digest=dataset_digest,
+        )
+
+    def _load_model(self, base_dir: Path, runtime):
+        from coco_ai.workloads.finetune import train as core
+
         try:
-            with phase("model_load"):
-                model, tokenizer = core.load_model(base_dir, runtime)
+            with self._phase("model_load"):
+                return core.load_model(base_dir, runtime)
         except (OSError, ValueError) as exc:
             raise WorkloadError(
-                f"base model {cfg.base_model.path} cannot be loaded: {str(exc).splitlines()[0]}",
+                f"base model {self.config.base_model.path} cannot be loaded: "
+                f"{str(exc).splitlines()[0]}",
                 EXIT_BASE_MODEL,
             ) from None
-        pad = tokenizer.pad_token_id
-        train_enc = core.encode_examples(tokenizer, train_set, t.max_seq_length)
-        eval_enc = core.encode_examples(tokenizer, eval_set, t.max_seq_length)
+
+    def _encode(self, tokenizer, train_set: list[Example], eval_set: list[Example]):
+        from coco_ai.workloads.finetune import train as core
+
+        max_len = self.config.training.max_seq_length
+        train_enc = core.encode_examples(tokenizer, train_set, max_len)
+        eval_enc = core.encode_examples(tokenizer, eval_set, max_len)
         if not train_enc or not eval_enc:
             raise WorkloadError(
-                f"training.max_seq_length {t.max_seq_length} leaves no response tokens in the "
+                f"training.max_seq_length {max_len} leaves no response tokens in the "
                 "train or eval split",
                 EXIT_DATASET,
             )
-        self.log(f"device {runtime.device} ({runtime.precision})")
-        with phase("evaluate"):
-            before = core.evaluate(model, eval_enc, runtime, batch_size=t.batch_size, pad_id=pad)
-        self.log(f"eval before: loss {before.loss:.4f} perplexity {before.perplexity:.2f}")
-        questions = [e.instruction for e in eval_set[: t.sample_questions]]
-        with phase("samples"):
-            answers_before = core.answer(
+        return train_enc, eval_enc
+
+    def _assess(self, model, tokenizer, eval_enc, questions: list[str], runtime, when: str):
+        """Held-out loss and greedy answers to the sample questions."""
+        from coco_ai.workloads.finetune import train as core
+
+        t = self.config.training
+        with self._phase("evaluate"):
+            result = core.evaluate(
+                model,
+                eval_enc,
+                runtime,
+                batch_size=t.batch_size,
+                pad_id=tokenizer.pad_token_id,
+                pack_length=t.pack_length,
+            )
+        self.log(f"eval {when}: loss {result.loss:.4f} perplexity {result.perplexity:.2f}")
+        with self._phase("samples"):
+            answers = core.answer(
                 model, tokenizer, questions, runtime, max_new_tokens=t.max_new_tokens
             )
+        return _Assessment(result, answers)
+
+    def _add_lora(self, model):
+        from coco_ai.workloads.finetune import train as core
+
         try:
-            model = core.add_lora(model, cfg.lora, t.seed)
+            model = core.add_lora(model, self.config.lora, self.config.training.seed)
         except ValueError as exc:
             raise WorkloadError(str(exc).splitlines()[0], EXIT_CONFIG) from None
-        total_params, trainable = core.count_parameters(model)
-        self.log(f"LoRA: {trainable} trainable of {total_params} parameters")
-        with phase("train"):
-            result = core.train(model, train_enc, t, runtime, pad_id=pad, progress=self._progress)
-        with phase("evaluate"):
-            after = core.evaluate(model, eval_enc, runtime, batch_size=t.batch_size, pad_id=pad)
-        self.log(f"eval after: loss {after.loss:.4f} perplexity {after.perplexity:.2f}")
-        with phase("samples"):
-            answers_after = core.answer(
-                model, tokenizer, questions, runtime, max_new_tokens=t.max_new_tokens
-            )
+        total, trainable = core.count_parameters(model)
+        self.log(f"LoRA: {trainable} trainable of {total} parameters")
+        return model
 
+    def _write_outputs(
+        self,
+        outputs: Path,
+        model,
+        runtime,
+        outcome: _Outcome,
+        *,
+        samples: list[dict[str, str]],
+        dataset_digest: str,
+    ) -> dict[str, Any]:
+        """The adapter, loss curve, metrics.json and report.md (plaintext, in the private dir)."""
+        from coco_ai.workloads.finetune import train as core
+
+        cfg = self.config
+        start = time.perf_counter()
         # the adapter names the base model by its run-level reference, not a temp path
         model.peft_config["default"].base_model_name_or_path = cfg.base_model.path
-        write_start = time.perf_counter()
         model.save_pretrained(outputs / ADAPTER_DIR)
+        total_params, trainable = core.count_parameters(model)
+        before, after, result = outcome.before.eval, outcome.after.eval, outcome.train
         metrics: dict[str, Any] = {
             "eval_loss_before": before.loss,
             "eval_perplexity_before": before.perplexity,
             "eval_loss": after.loss,
             "eval_perplexity": after.perplexity,
             "eval_tokens": after.tokens,
-            "train_examples": len(train_enc),
-            "eval_examples": len(eval_enc),
+            "train_examples": outcome.train_examples,
+            "eval_examples": outcome.eval_examples,
             "train_steps": result.steps,
             "train_tokens": result.tokens,
             "train_seconds": result.seconds,
@@ -445,22 +521,11 @@ class FinetuneWorkload:
             "trainable_parameters": trainable,
             "total_parameters": total_params,
         }
+        where = {"device": runtime.device.type, "precision": runtime.precision}
         write_loss_curve(outputs / LOSS_CURVE_FILE, result.step_losses, before.loss, after.loss)
         write_metrics(
-            outputs / METRICS_FILE,
-            {
-                **metrics,
-                "device": runtime.device.type,
-                "precision": runtime.precision,
-                "step_losses": result.step_losses,
-            },
+            outputs / METRICS_FILE, {**metrics, **where, "step_losses": result.step_losses}
         )
-        samples = [
-            {"question": q, "expected": e.response, "before": b, "after": a}
-            for q, e, b, a in zip(
-                questions, eval_set[: len(questions)], answers_before, answers_after, strict=True
-            )
-        ]
         write_report(
             outputs / REPORT_FILE,
             run_id=cfg.run_id,
@@ -469,10 +534,10 @@ class FinetuneWorkload:
                 "data set": f"{cfg.dataset.uri} ({dataset_digest})",
                 "config digest": config_digest(cfg),
             },
-            metrics={**metrics, "device": runtime.device.type, "precision": runtime.precision},
+            metrics={**metrics, **where},
             samples=samples,
         )
-        self.timings["write_outputs"] = time.perf_counter() - write_start
+        self.timings["write_outputs"] = time.perf_counter() - start
         return metrics
 
     def _progress(self, p) -> None:
