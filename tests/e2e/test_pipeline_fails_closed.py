@@ -67,7 +67,7 @@ def test_policy_mismatch_stops_the_run_at_the_gate(e2e_stack, follow):
         client.close()
     _assert_failed_at(run, "attestation_gate")
     assert "resource policy" in _task_log(e2e_stack, run.run_id, "attestation_gate")
-    assert run.refs is None  # no key was ever provisioned
+    assert run.refs is None  # no grant was ever written
     assert e2e_stack.registry_versions() == before
 
 

@@ -11,6 +11,8 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
+from coco_ai.kbs.versions import TRUSTEE_VERSIONS
+
 
 @dataclass
 class Trustee:
@@ -19,13 +21,17 @@ class Trustee:
     admin_pem: str
     state_dir: Path
     anchor_pem: str  # the stand-in's EAR token CA (a different CA)
+    version: str  # the Trustee version the stand-in emulates
 
     def admin(self):
-        from coco_ai.kbs.admin_auth import SelfSignedAdminAuth
+        from coco_ai.kbs.admin_auth import admin_auth_for
         from coco_ai.kbs.client import KbsAdminClient
 
         return KbsAdminClient(
-            self.url, auth=SelfSignedAdminAuth(self.admin_pem.encode()), ca_cert=self.ca_pem
+            self.url,
+            auth=admin_auth_for(self.version, self.admin_pem.encode()),
+            ca_cert=self.ca_pem,
+            trustee_version=self.version,
         )
 
     def resource(self, path: str) -> bytes | None:
@@ -35,19 +41,29 @@ class Trustee:
         return record.data if record else None
 
     def connection(self, **overrides) -> str:
+        """The `trustee` connection as an operator of this Trustee version configures it."""
+        from coco_ai.kbs import versions
+        from coco_ai.kbs.admin_auth import mint_admin_token
+
+        if versions.self_signed_admin_auth(self.version):
+            auth = {"admin_auth": "self-signed", "admin_secret": self.admin_pem}
+        else:
+            auth = {"admin_auth": "bearer", "admin_secret": mint_admin_token(self.admin_pem)}
         extra = {
             "kbs_url": self.url,
             "ca_cert": self.ca_pem,
-            "admin_secret": self.admin_pem,
-            "admin_auth": "self-signed",
+            **auth,
+            "trustee_version": self.version,
             "trust_anchor": self.anchor_pem,
             **overrides,
         }
         return json.dumps({"conn_type": "trustee", "extra": extra})
 
 
-@pytest.fixture(scope="module")
-def trustee(tmp_path_factory):
+@pytest.fixture(scope="module", params=TRUSTEE_VERSIONS)
+def trustee(request, tmp_path_factory):
+    """The stand-in as each Trustee version we claim (and main): every operator test runs
+    against each."""
     from coco_ai.trustee_dev import serve_in_thread
 
     key = ed25519.Ed25519PrivateKey.generate()
@@ -58,7 +74,7 @@ def trustee(tmp_path_factory):
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
     )
     state = tmp_path_factory.mktemp("trustee")
-    server = serve_in_thread(state, public, policy_set="dev")
+    server = serve_in_thread(state, public, policy_set="dev", trustee_version=request.param)
     try:
         yield Trustee(
             server.url,
@@ -66,6 +82,7 @@ def trustee(tmp_path_factory):
             admin_pem,
             state,
             Path(server.token_anchor_path).read_text(),
+            request.param,
         )
     finally:
         server.stop()

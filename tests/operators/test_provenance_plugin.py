@@ -60,7 +60,7 @@ _FORBIDDEN = {
     "KbsClient",
     "KbsAdminClient",
     "StateDir",
-    "RunKeyWatcher",
+    "derive_run_key",
     "get_resource",
     "coco_ai.kbs.client",
     "coco_ai.guest.client",
