@@ -10,6 +10,8 @@ secret-hygiene test knows which bytes to look for.
 from __future__ import annotations
 
 import json
+import re
+import shutil
 import sys
 import time
 from dataclasses import dataclass
@@ -167,3 +169,48 @@ def v021_stack(tmp_path_factory) -> E2EStack:
 @pytest.fixture(scope="module")
 def follow_v021(v021_stack):
     return lambda run_id, **kwargs: follow_run(v021_stack, run_id, **kwargs)
+
+
+# ---- browser tier: Debian's Chromium driven by Playwright --------------------------------------
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+@pytest.fixture(scope="session")
+def browser():
+    if not shutil.which(CHROMIUM):
+        pytest.fail(f"{CHROMIUM} is missing: apt-get install -y chromium (make setup does)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        chromium = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture
+def signed_in_page(e2e_stack, browser):
+    """`signed_in_page(height)`: a new page logged in to the UI as the stack's admin."""
+
+    def open_page(height: int = 1000):
+        info = e2e_stack.info
+        page = browser.new_page(viewport={"width": 1400, "height": height})
+        page.set_default_timeout(60_000)
+        page.goto(f"{info.api_url}/auth/login")
+        page.get_by_label("Username").fill(info.username)
+        page.get_by_label("Password").fill(info.password())
+        page.get_by_role("button", name="Sign in").click()
+        page.wait_for_url(re.compile(r".*/$"))
+        return page
+
+    return open_page

@@ -6,7 +6,6 @@ Headless Chromium from Debian (`apt-get install chromium`) driven by Playwright.
 from __future__ import annotations
 
 import re
-import shutil
 from urllib.parse import unquote
 
 import pytest
@@ -15,41 +14,10 @@ from coco_ai.devstack import DAG_ID
 
 pytestmark = [pytest.mark.e2e, pytest.mark.browser, pytest.mark.slow, pytest.mark.timeout(900)]
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 
-
-@pytest.fixture(scope="module")
-def browser():
-    if not shutil.which(CHROMIUM):
-        pytest.fail(f"{CHROMIUM} is missing: apt-get install -y chromium (make setup does)")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        chromium = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        yield chromium
-        chromium.close()
-
-
-def test_trigger_form_starts_a_run_that_succeeds(e2e_stack, follow, browser):
+def test_trigger_form_starts_a_run_that_succeeds(e2e_stack, follow, signed_in_page):
     info = e2e_stack.info
-    page = browser.new_page(viewport={"width": 1400, "height": 1000})
-    page.set_default_timeout(60_000)
-
-    page.goto(f"{info.api_url}/auth/login")
-    page.get_by_label("Username").fill(info.username)
-    page.get_by_label("Password").fill(info.password())
-    page.get_by_role("button", name="Sign in").click()
-    page.wait_for_url(re.compile(r".*/$"))
+    page = signed_in_page()
 
     page.goto(f"{info.api_url}/dags/{DAG_ID}")
     page.get_by_role("button", name="Trigger").first.click()

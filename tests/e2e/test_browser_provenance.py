@@ -14,14 +14,12 @@ from __future__ import annotations
 import base64
 import html
 import re
-import shutil
 from pathlib import Path
 from urllib.parse import quote
 
 import httpx
 import pytest
 from conftest import STRANGER  # tests/e2e is on sys.path (rootdir-relative test modules)
-from test_browser import CHROMIUM, CHROMIUM_ARGS
 
 from coco_ai.devstack import DAG_ID, run_pipeline
 
@@ -46,18 +44,6 @@ def promoted(e2e_stack):
     assert summary["state"] == "success", summary["tasks"]
     key = e2e_stack.info.data_owner_run_key(summary["run_refs"]["run_id"])
     return {"summary": summary, "progress": progress, "checkpoint_key": key}
-
-
-@pytest.fixture(scope="module")
-def browser():
-    if not shutil.which(CHROMIUM):
-        pytest.fail(f"{CHROMIUM} is missing: apt-get install -y chromium (make setup does)")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        chromium = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        yield chromium
-        chromium.close()
 
 
 def _api(info, run_id: str) -> str:
@@ -110,15 +96,9 @@ def test_run_record_verifies_and_shows_no_secret(e2e_stack, promoted):
             assert form not in r.text
 
 
-def test_provenance_tab_on_the_run_page(e2e_stack, promoted, browser):
+def test_provenance_tab_on_the_run_page(e2e_stack, promoted, signed_in_page):
     info, run_id = e2e_stack.info, promoted["summary"]["run_id"]
-    page = browser.new_page(viewport={"width": 1400, "height": 1400})
-    page.set_default_timeout(60_000)
-    page.goto(f"{info.api_url}/auth/login")
-    page.get_by_label("Username").fill(info.username)
-    page.get_by_label("Password").fill(info.password())
-    page.get_by_role("button", name="Sign in").click()
-    page.wait_for_url(re.compile(r".*/$"))
+    page = signed_in_page(1400)
 
     page.goto(f"{info.api_url}/dags/{DAG_ID}/runs/{quote(run_id, safe='')}")
     page.get_by_role("link", name="Provenance").click()
@@ -181,7 +161,7 @@ def test_data_owner_report_for_the_run(e2e_stack, promoted, tmp_path):
     assert 'id="loss-curve"' in page and "data:image/png;base64," in page
 
 
-def test_tampered_ciphertext_shows_as_failed(e2e_stack, promoted, browser):
+def test_tampered_ciphertext_shows_as_failed(e2e_stack, promoted, signed_in_page):
     info, run_id = e2e_stack.info, promoted["summary"]["run_id"]
     checkpoint = Path(promoted["summary"]["checkpoint_uri"].removeprefix("file://"))
     victim = sorted(p for p in (checkpoint / "objects").iterdir() if p.is_file())[0]
@@ -190,13 +170,7 @@ def test_tampered_ciphertext_shows_as_failed(e2e_stack, promoted, browser):
     tampered[len(tampered) // 2] ^= 0x01
     victim.write_bytes(bytes(tampered))
     try:
-        page = browser.new_page(viewport={"width": 1400, "height": 1400})
-        page.set_default_timeout(60_000)
-        page.goto(f"{info.api_url}/auth/login")
-        page.get_by_label("Username").fill(info.username)
-        page.get_by_label("Password").fill(info.password())
-        page.get_by_role("button", name="Sign in").click()
-        page.wait_for_url(re.compile(r".*/$"))
+        page = signed_in_page(1400)
         page.goto(f"{info.api_url}/dags/{DAG_ID}/runs/{quote(run_id, safe='')}/plugin/provenance")
         view = page.frame_locator("iframe[title='Provenance']")
         view.locator("#verdict").wait_for()
