@@ -15,6 +15,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from coco_ai.crypto.checkpoint import encrypt_checkpoint
 from coco_ai.crypto.manifest import public_jwk_of, sign_manifest
 from coco_ai.guest.initdata import build_initdata
+from coco_ai.promotion import PromotionExpectations
 from coco_ai.trustee_dev.state import StateDir
 from coco_ai.trustee_dev.tokens import TokenBroker
 
@@ -183,3 +184,18 @@ class CheckpointFactory:
 @pytest.fixture
 def checkpoints(tmp_path, issuer, initdata, tee_key_pem) -> CheckpointFactory:
     return CheckpointFactory(tmp_path, issuer, initdata, tee_key_pem)
+
+
+def run_expectations(initdata, **overrides) -> PromotionExpectations:
+    """What the test run's checkpoints must prove: this run, its approved inputs, its initdata
+    and image; `overrides` add or replace fields (thresholds, key URI, …)."""
+    return PromotionExpectations(
+        **{
+            "run_id": RUN_ID,
+            "approved_base_models": {BASE_MODEL_DIGEST},
+            "approved_datasets": {DATASET_DIGEST},
+            "init_data_digest": initdata.digest().hex(),
+            "image_digest": IMAGE_DIGEST,
+            **overrides,
+        }
+    )

@@ -16,7 +16,7 @@ import pytest
 from coco_ai.cli import main
 from coco_ai.crypto.checkpoint import encrypt_checkpoint
 from coco_ai.crypto.manifest import sign_manifest
-from coco_ai.promotion import PromotionExpectations, promote, sqlite_registry_uri
+from coco_ai.promotion import promote, sqlite_registry_uri
 from coco_ai.run_keys import derive_run_key
 from coco_ai.workloads.finetune.report import (
     LOSS_CURVE_FILE,
@@ -25,7 +25,13 @@ from coco_ai.workloads.finetune.report import (
     write_report,
 )
 
-from .conftest import BASE_MODEL_DIGEST, DATASET_DIGEST, IMAGE_DIGEST, KEY_URI, RUN_ID
+from .conftest import (
+    BASE_MODEL_DIGEST,
+    DATASET_DIGEST,
+    KEY_URI,
+    RUN_ID,
+    run_expectations,
+)
 
 SAMPLE = {
     "question": "Which port does the | staging gateway use?",
@@ -141,13 +147,7 @@ def test_registry_entry_resolves_and_the_chain_verifies(
     promote(
         str(ckpt),
         trust_anchor_pem=issuer.ca_pem,
-        expectations=PromotionExpectations(
-            run_id=RUN_ID,
-            approved_base_models={BASE_MODEL_DIGEST},
-            approved_datasets={DATASET_DIGEST},
-            init_data_digest=initdata.digest().hex(),
-            image_digest=IMAGE_DIGEST,
-        ),
+        expectations=run_expectations(initdata),
         model_name="owner-model",
         signing_key_path=promotion_keys[0],
         registry_uri=registry,

@@ -24,25 +24,26 @@ from coco_ai.promotion import (
 )
 from coco_ai.promotion.signing import default_signature_uri
 
-from .conftest import BASE_MODEL_DIGEST, DATASET_DIGEST, IMAGE_DIGEST, KEY_URI, RUN_ID
+from .conftest import (
+    BASE_MODEL_DIGEST,
+    DATASET_DIGEST,
+    IMAGE_DIGEST,
+    KEY_URI,
+    RUN_ID,
+    run_expectations,
+)
 
 MODEL = "coco-finetuned"
 
 
 def _expect(initdata, **overrides) -> PromotionExpectations:
-    args = {
-        "run_id": RUN_ID,
-        "approved_base_models": {BASE_MODEL_DIGEST},
-        "approved_datasets": {DATASET_DIGEST},
-        "init_data_digest": initdata.digest().hex(),
-        "image_digest": IMAGE_DIGEST,
+    defaults = {
         "checkpoint_key_uri": KEY_URI,
         "min_gpus": 1,
         "max_eval_loss": 2.0,
         "min_relative_improvement": 0.2,
     }
-    args.update(overrides)
-    return PromotionExpectations(**args)
+    return run_expectations(initdata, **{**defaults, **overrides})
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,7 @@ import os
 
 import pytest
 
-from coco_ai.promotion import PromotionExpectations, promote, sqlite_registry_uri
+from coco_ai.promotion import promote, sqlite_registry_uri
 from coco_ai.promotion.registry import find_model_version
 from coco_ai.provenance import (
     FAILED,
@@ -26,7 +26,14 @@ from coco_ai.provenance import (
     public_reference,
 )
 
-from .conftest import BASE_MODEL_DIGEST, DATASET_DIGEST, IMAGE_DIGEST, KEY_URI, RUN_ID
+from .conftest import (
+    BASE_MODEL_DIGEST,
+    DATASET_DIGEST,
+    IMAGE_DIGEST,
+    KEY_URI,
+    RUN_ID,
+    run_expectations,
+)
 
 MODEL = "coco-provenance"
 
@@ -39,14 +46,7 @@ def promoted(checkpoints, issuer, initdata, promotion_keys, tmp_path):
     result = promote(
         str(ckpt),
         trust_anchor_pem=issuer.ca_pem,
-        expectations=PromotionExpectations(
-            run_id=RUN_ID,
-            approved_base_models={BASE_MODEL_DIGEST},
-            approved_datasets={DATASET_DIGEST},
-            init_data_digest=initdata.digest().hex(),
-            image_digest=IMAGE_DIGEST,
-            checkpoint_key_uri=KEY_URI,
-        ),
+        expectations=run_expectations(initdata, checkpoint_key_uri=KEY_URI),
         model_name=MODEL,
         signing_key_path=promotion_keys[0],
         registry_uri=registry,

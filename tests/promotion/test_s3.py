@@ -6,7 +6,6 @@ import pytest
 
 from coco_ai.crypto.transfer import upload_checkpoint
 from coco_ai.promotion import (
-    PromotionExpectations,
     SignatureInvalid,
     model_versions,
     promote,
@@ -15,7 +14,7 @@ from coco_ai.promotion import (
 )
 from coco_ai.storage import open_store
 
-from .conftest import BASE_MODEL_DIGEST, DATASET_DIGEST, IMAGE_DIGEST, RUN_ID
+from .conftest import RUN_ID, run_expectations
 
 
 @pytest.fixture(scope="module")
@@ -36,14 +35,7 @@ def test_promotes_and_signs_a_checkpoint_in_s3(
     result = promote(
         uri,
         trust_anchor_pem=issuer.ca_pem,
-        expectations=PromotionExpectations(
-            run_id=RUN_ID,
-            approved_base_models={BASE_MODEL_DIGEST},
-            approved_datasets={DATASET_DIGEST},
-            init_data_digest=initdata.digest().hex(),
-            image_digest=IMAGE_DIGEST,
-            max_eval_loss=2.0,
-        ),
+        expectations=run_expectations(initdata, max_eval_loss=2.0),
         model_name="s3-model",
         signing_key_path=promotion_keys[0],
         registry_uri=registry,
