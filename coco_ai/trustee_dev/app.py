@@ -43,7 +43,7 @@ from coco_ai.kbs import versions
 from coco_ai.kbs.jwe import encrypt_for_tee
 from coco_ai.kbs.wire import PROVISIONER_INITDATA_KEY, parse_resource_path, provisioner_binding
 from coco_ai.trustee_dev import jsonbody
-from coco_ai.trustee_dev.admin import AdminAuthDenied, check_admin, load_admin_public_key
+from coco_ai.trustee_dev.admin import AdminAuthDenied, AdminConfig
 from coco_ai.trustee_dev.attestation import (
     DEFAULT_SESSION_TIMEOUT_S,
     DEFAULT_TOKEN_LIFETIME_S,
@@ -113,7 +113,9 @@ def _b64url_nopad(text: Any) -> bytes:
 class TrusteeStandIn:
     """A development Trustee (KBS + attestation service + RVPS) over one state directory.
 
-    `app` is the ASGI application. `clock` is injectable so tests can expire sessions and
+    `app` is the ASGI application. `admin` is an AdminConfig (several identities, roles and
+    endpoint rules, coco_ai.trustee_dev.admin) or one Ed25519 public key PEM, the shorthand for
+    a single admin with every right. `clock` is injectable so tests can expire sessions and
     tokens without sleeping. `trustee_version` is the Trustee release to reproduce (default:
     the one docker-compose.yaml pins); `extensions` opts into behaviour no Trustee has.
     """
@@ -121,7 +123,7 @@ class TrusteeStandIn:
     def __init__(
         self,
         state_dir: str | PathLike[str],
-        admin_public_key_pem: bytes | str,
+        admin: AdminConfig | bytes | str,
         *,
         trustee_version: str = versions.DEFAULT_TRUSTEE_VERSION,
         extensions: object = frozenset(),
@@ -137,7 +139,15 @@ class TrusteeStandIn:
             )
         self.trustee_version = versions.check_version(trustee_version)
         self.extensions = check_extensions(extensions)
-        self._admin_key = load_admin_public_key(admin_public_key_pem)
+        if isinstance(admin, AdminConfig):
+            if admin.trustee_version != self.trustee_version:
+                raise ValueError(
+                    f"admin config is for Trustee {admin.trustee_version}, the stand-in emulates "
+                    f"{self.trustee_version}"
+                )
+            self._admin_config = admin
+        else:
+            self._admin_config = AdminConfig.single(admin, self.trustee_version)
         self._clock = clock
         self.state = StateDir(state_dir)
         self.broker = TokenBroker(self.state, self.trustee_version)
@@ -259,12 +269,14 @@ class TrusteeStandIn:
 
     def _admin(self, request: Request, endpoint: str, *, plugin: bool = False) -> None:
         legacy = versions.self_signed_admin_auth(self.trustee_version)
+        # What Trustee matches the rules against: `request.uri().to_string()`, i.e. the path as
+        # sent (undecoded) plus the query string.
+        uri = (request.scope.get("raw_path") or request.url.path.encode()).decode("latin-1")
+        if request.scope.get("query_string"):
+            uri += "?" + request.scope["query_string"].decode("latin-1")
         try:
-            check_admin(
-                request.headers.get("authorization"),
-                self._admin_key,
-                self._clock(),
-                simple=legacy,
+            role = self._admin_config.authorize(
+                request.headers.get("authorization"), uri, self._clock()
             )
         except AdminAuthDenied as exc:
             log.info("admin access denied for %s: %s", endpoint, exc)
@@ -285,6 +297,7 @@ class TrusteeStandIn:
                     f"admin access denied for endpoint {endpoint}: Admin access denied: {exc}"
                 )
             raise _Reply(err) from None
+        log.info("admin %s allowed %s %s", role, request.method, uri)
 
     # -- RCAR -------------------------------------------------------------------------------
 

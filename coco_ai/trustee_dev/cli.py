@@ -43,8 +43,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     serve.add_argument("--host", default="127.0.0.1", help="listen address (default 127.0.0.1)")
     serve.add_argument("--port", type=int, default=8080, help="listen port (default 8080)")
     serve.add_argument("--state-dir", required=True, type=Path, help="state directory")
-    serve.add_argument(
-        "--admin-public-key", required=True, type=Path, help="Ed25519 admin public key (PEM)"
+    admin = serve.add_mutually_exclusive_group(required=True)
+    admin.add_argument(
+        "--admin-public-key",
+        type=Path,
+        help="one Ed25519 admin public key (PEM) with every right (0.20.0: one persona, no "
+        "roles; 0.21.0+: role admin)",
+    )
+    admin.add_argument(
+        "--admin-config",
+        type=Path,
+        help="a kbs-config.toml (or its [admin] table alone) in the emulated version's syntax: "
+        "0.20.0 type=Simple personas and roles; 0.21.0+ AuthenticatedAuthorization with "
+        "bearer_jwt identity_providers and regex_acl acls. Relative key paths are read from "
+        "the file's directory",
     )
     serve.add_argument("--tls-cert", help="TLS server certificate chain (PEM)")
     serve.add_argument("--tls-key", help="TLS server private key (PEM)")
@@ -78,14 +90,22 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
+    from coco_ai.trustee_dev.admin import AdminConfig
     from coco_ai.trustee_dev.app import TrusteeStandIn
     from coco_ai.trustee_dev.server import ServeConfigError, uvicorn_config
 
     try:
-        pem = args.admin_public_key.read_bytes()
+        if args.admin_config is not None:
+            admin = AdminConfig.from_toml(
+                args.admin_config.read_text(),
+                args.trustee_version,
+                base_dir=args.admin_config.resolve().parent,
+            )
+        else:
+            admin = args.admin_public_key.read_bytes()
         standin = TrusteeStandIn(
             args.state_dir,
-            pem,
+            admin,
             policy_set=args.policy_set,
             trustee_version=args.trustee_version,
             extensions=args.extension,

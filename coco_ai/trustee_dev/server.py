@@ -18,6 +18,7 @@ from typing import Any
 import uvicorn
 
 from coco_ai.net import is_loopback
+from coco_ai.trustee_dev.admin import AdminConfig
 from coco_ai.trustee_dev.app import TrusteeStandIn
 
 
@@ -186,7 +187,7 @@ class RunningServer:
 
 def serve_in_thread(
     state_dir: str | Path,
-    admin_public_key_pem: bytes | str,
+    admin: AdminConfig | bytes | str,
     *,
     host: str = "127.0.0.1",
     port: int = 0,
@@ -202,10 +203,11 @@ def serve_in_thread(
     the state dir (`tls/server.pem`), and clients pin `tls_ca_path` (`<state-dir>/tls-ca/ca.pem`).
     With a given certificate, `tls_ca_path` is None: the caller knows its own CA. EAR tokens
     verify against `token_anchor_path` (`<state-dir>/ca.pem`), pinned to `token_signer_path`.
-    `tls=False` serves plain HTTP, on loopback only. `standin_kwargs` go to TrusteeStandIn
+    `tls=False` serves plain HTTP, on loopback only. `admin` is an AdminConfig or one admin
+    public key PEM (TrusteeStandIn). `standin_kwargs` go to TrusteeStandIn
     (`trustee_version`, `extensions`, `policy_set`, …).
     """
-    standin = TrusteeStandIn(state_dir, admin_public_key_pem, **standin_kwargs)
+    standin = TrusteeStandIn(state_dir, admin, **standin_kwargs)
     cert_path: Path | None = None
     tls_ca: Path | None = None
     if tls:
