@@ -78,33 +78,43 @@ def _has_reference_value(client: Any, name: str) -> bool:
         return False
 
 
+OWNER_RESPONSIBILITY = "not checked: the data owner's (Airflow's credential cannot read it)"
+
+
 class AttestationGateOperator(BaseOperator):
-    """Fail the run before any key exists unless Trustee is exactly as the repository says.
+    """Fail the run before any key exists unless Trustee is reachable as the connection pins it.
 
-    Checks, in order, each failing closed with a message that names the mismatch:
+    Always, failing closed with a message that names what is wrong: the connection's KBS URL is
+    ``https://`` and the KBS answers its liveness probe through TLS pinned to the connection's
+    CA certificate (``/healthz`` from Trustee v0.21.0; v0.20.0 has none, so ``/metrics`` there;
+    see ``KbsAdminClient.alive``).
 
-    1. the connection's KBS URL is ``https://`` and the KBS answers its liveness probe through
-       TLS pinned to the connection's CA certificate (``/healthz`` from Trustee v0.21.0; v0.20.0
-       has none, so ``/metrics`` there; see ``KbsAdminClient.alive``);
-    2. the resource policy Trustee serves has the SHA-256 of the repository's file for
+    With Airflow's own credential (connection ``credential = "airflow"``, the default and the
+    only choice for a real Trustee) that is all: Trustee allows that credential to write and
+    delete run grants only (coco_ai.kbs.admin_acl), so the gate reads no policy and no
+    reference value. Which policies Trustee enforces is the data owner's responsibility, who
+    uploads them with their own credential; the summary names the repository files and digests
+    the data owner is expected to have loaded. Asking such a gate to sync policies, or to check
+    named reference values, fails: it could not.
+
+    Only when the connection declares the data owner's credential (``credential =
+    "data-owner"``, which the hook accepts for a loopback KBS only: a development convenience)
+    does the gate also compare and sync, as before:
+
+    1. the resource policy Trustee serves has the SHA-256 of the repository's file for
        ``policy_set`` (``coco_ai/policies``). Where sync is allowed (``sync_policies``, else
        Variable ``coco_ai_sync_policies``), a differing or unreadable policy is uploaded
        instead; otherwise a mismatch fails, and so does a Trustee that hides its policy
        (v0.20+ lists policy ids only): what cannot be verified is not trusted;
-    3. where sync is allowed, the attestation policies of the set are uploaded too (Trustee has
+    2. where sync is allowed, the attestation policies of the set are uploaded too (Trustee has
        no API to read them back, so without syncing they are reported as not verifiable);
-    4. every name in ``required_reference_values`` resolves to a non-empty reference value.
+    3. every name in ``required_reference_values`` resolves to a non-empty reference value.
 
     Returns a summary of what was verified (digests and names, no secrets).
 
     Example::
 
-        gate = AttestationGateOperator(
-            task_id="attestation_gate",
-            policy_set="prod-tdx",
-            required_reference_values=["tdx_mr_td", "nvidia_driver_version"],
-            retries=2,
-        )
+        gate = AttestationGateOperator(task_id="attestation_gate", policy_set="prod-tdx")
     """
 
     template_fields = ("policy_set", "required_reference_values")
@@ -133,58 +143,98 @@ class AttestationGateOperator(BaseOperator):
             )
         sync = self.sync_policies if self.sync_policies is not None else _sync_allowed()
         wanted = policies.POLICY_SETS[policy_set]
+
+        hook = TrusteeHook(self.trustee_conn_id)
+        settings = hook.settings
+        url = settings.kbs_url
+        if urlsplit(url).scheme != "https":
+            raise AttestationGateError(f"KBS {url} is not served over TLS (https required)")
+        owner = settings.holds_data_owner_credential
+        if not owner and sync:
+            raise AttestationGateError(
+                "policy sync was requested, but the trustee connection holds Airflow's own "
+                "credential, which Trustee allows to write run grants only: the data owner "
+                "uploads policies (coco-ai / deploy/compose/load_policies.py)"
+            )
+        if not owner and self.required_reference_values:
+            raise AttestationGateError(
+                "required_reference_values cannot be checked with Airflow's own credential "
+                "(Trustee's reference-value API is admin-only): the data owner registers them"
+            )
+        with hook.get_conn() as client:
+            if not client.alive():
+                raise AttestationGateError(
+                    f"KBS {url} is not alive (liveness probe for Trustee "
+                    f"{settings.trustee_version or 'of unknown version'} over pinned TLS)"
+                )
+            self.log.info("KBS %s alive over TLS (CA pinned: %s)", url, bool(settings.ca_cert_pem))
+            if owner:
+                summary = self._check_as_data_owner(client, policy_set, wanted, sync)
+            else:
+                summary = self._expected_of_data_owner(policy_set, wanted)
+        return {
+            "kbs_url": url,
+            "policy_set": policy_set,
+            "credential": settings.credential,
+            **summary,
+        }
+
+    def _expected_of_data_owner(self, policy_set: str, wanted: dict[str, str]) -> dict[str, Any]:
+        """What the data owner is expected to have loaded; nothing is read from Trustee."""
+        self.log.info(
+            "Airflow's credential may write run grants only: the policies and reference values "
+            "Trustee enforces are the data owner's responsibility (expected: policy set %s)",
+            policy_set,
+        )
+        files = {
+            policy_id: {
+                "file": f"{name}.rego",
+                "sha256": policies.digest(name),
+                "state": OWNER_RESPONSIBILITY,
+            }
+            for policy_id, name in sorted(wanted.items())
+        }
+        return {
+            "resource_policy": files.pop(policies.RESOURCE_POLICY_ID),
+            "attestation_policies": files,
+            "reference_values": _default_reference_values(policy_set),
+            "reference_values_state": OWNER_RESPONSIBILITY,
+        }
+
+    def _check_as_data_owner(
+        self, client: Any, policy_set: str, wanted: dict[str, str], sync: bool
+    ) -> dict[str, Any]:
+        """Development only (a loopback KBS): compare, or sync, with the data owner's key."""
         required = (
             list(self.required_reference_values)
             if self.required_reference_values is not None
             else _default_reference_values(policy_set)
         )
+        resource_name = wanted[policies.RESOURCE_POLICY_ID]
+        expected = policies.digest(resource_name)
+        resource_state = _check_resource_policy(client, resource_name, expected, sync)
+        self.log.info("Resource policy %s: %s (sha256:%s)", resource_name, resource_state, expected)
 
-        hook = TrusteeHook(self.trustee_conn_id)
-        url = hook.settings.kbs_url
-        if urlsplit(url).scheme != "https":
-            raise AttestationGateError(f"KBS {url} is not served over TLS (https required)")
-        with hook.get_conn() as client:
-            if not client.alive():
-                raise AttestationGateError(
-                    f"KBS {url} is not alive (liveness probe for Trustee "
-                    f"{hook.settings.trustee_version or 'of unknown version'} over pinned TLS)"
-                )
-            self.log.info(
-                "KBS %s alive over TLS (CA pinned: %s)", url, bool(hook.settings.ca_cert_pem)
-            )
+        attestation: dict[str, dict[str, str]] = {}
+        for policy_id, name in sorted(wanted.items()):
+            if policy_id == policies.RESOURCE_POLICY_ID:
+                continue
+            state = "not verifiable (no read API in Trustee)"
+            if sync:
+                client.set_attestation_policy(policies.load(name), policy_id)
+                state = "synced"
+            attestation[policy_id] = {
+                "file": f"{name}.rego",
+                "sha256": policies.digest(name),
+                "state": state,
+            }
+            self.log.info("Attestation policy %s = %s: %s", policy_id, name, state)
 
-            resource_name = wanted[policies.RESOURCE_POLICY_ID]
-            expected = policies.digest(resource_name)
-            resource_state = _check_resource_policy(client, resource_name, expected, sync)
-            self.log.info(
-                "Resource policy %s: %s (sha256:%s)", resource_name, resource_state, expected
-            )
-
-            attestation: dict[str, dict[str, str]] = {}
-            for policy_id, name in sorted(wanted.items()):
-                if policy_id == policies.RESOURCE_POLICY_ID:
-                    continue
-                state = "not verifiable (no read API in Trustee)"
-                if sync:
-                    client.set_attestation_policy(policies.load(name), policy_id)
-                    state = "synced"
-                attestation[policy_id] = {
-                    "file": f"{name}.rego",
-                    "sha256": policies.digest(name),
-                    "state": state,
-                }
-                self.log.info("Attestation policy %s = %s: %s", policy_id, name, state)
-
-            missing = [name for name in required if not _has_reference_value(client, name)]
-            if missing:
-                raise AttestationGateError(
-                    f"reference values missing in Trustee: {', '.join(missing)}"
-                )
-            self.log.info("Reference values present: %s", ", ".join(required) or "none required")
-
+        missing = [name for name in required if not _has_reference_value(client, name)]
+        if missing:
+            raise AttestationGateError(f"reference values missing in Trustee: {', '.join(missing)}")
+        self.log.info("Reference values present: %s", ", ".join(required) or "none required")
         return {
-            "kbs_url": url,
-            "policy_set": policy_set,
             "resource_policy": {
                 "file": f"{resource_name}.rego",
                 "sha256": expected,
@@ -192,4 +242,5 @@ class AttestationGateOperator(BaseOperator):
             },
             "attestation_policies": attestation,
             "reference_values": required,
+            "reference_values_state": "present",
         }

@@ -63,9 +63,18 @@ def get_provider_info() -> dict:
                     },
                     "admin_secret": {
                         "label": "Admin credential",
-                        "description": "Ed25519 admin private key PEM (self-signed style) or a "
-                        "pre-issued admin JWT (bearer style).",
+                        "description": "Airflow's credential: its Ed25519 persona private key PEM "
+                        "(self-signed style, Trustee v0.20.0) or the token for role airflow the "
+                        "data owner minted (bearer style, v0.21.0+).",
                         "schema": {**_TEXT, "format": "password"},
+                    },
+                    "credential": {
+                        "label": "Whose admin credential",
+                        "description": "airflow (default): Airflow's own, which Trustee allows to "
+                        "write and delete run grants only. data-owner: the data owner's full "
+                        "credential, accepted for a loopback KBS only (development): then the "
+                        "attestation gate compares and syncs policies.",
+                        "schema": {"type": "string", "enum": ["airflow", "data-owner"]},
                     },
                     "admin_auth": {
                         "label": "Admin auth style",

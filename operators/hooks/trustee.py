@@ -8,11 +8,19 @@ Connection (all fields live in ``extra``; the form is declared in
         "ca_cert": "-----BEGIN CERTIFICATE-----...",        # TLS CA of the KBS (optional)
         "admin_secret": "-----BEGIN PRIVATE KEY-----...",   # Ed25519 key PEM, or an admin JWT
         "admin_auth": "self-signed",                        # or "bearer" (Trustee v0.21+)
+        "credential": "airflow",                            # or "data-owner" (loopback only)
         "trustee_version": "0.20.0",                        # or "0.21.0", "main"; absent: probe
         "trust_anchor": "-----BEGIN CERTIFICATE-----...",   # CA of the EAR token's x5c chain
         "token_signer": "-----BEGIN CERTIFICATE-----..."}}' # the AS signer (cert or public key)
 
 The admin credential is registered with Airflow's secrets masker as soon as it is read.
+
+Whose credential it is (``credential``): ``airflow`` (the default) is Airflow's own, allowed by
+Trustee to write and delete run grants only (coco_ai.kbs.admin_acl): on v0.20.0 Airflow's persona
+key (``self-signed``), on v0.21.0+ a token for role ``airflow`` that the data owner minted
+(``bearer``). ``data-owner`` declares the data owner's all-powerful credential, which lets the
+attestation gate compare and sync policies; it is a development convenience and is refused
+unless ``kbs_url`` is a loopback address.
 """
 
 from __future__ import annotations
@@ -32,6 +40,9 @@ if TYPE_CHECKING:
     from coco_ai.kbs.client import KbsAdminClient
 
 ADMIN_AUTH_STYLES = ("self-signed", "bearer")
+AIRFLOW_CREDENTIAL = "airflow"
+DATA_OWNER_CREDENTIAL = "data-owner"
+CREDENTIALS = (AIRFLOW_CREDENTIAL, DATA_OWNER_CREDENTIAL)
 
 
 class TrusteeConnectionError(ValueError):
@@ -49,6 +60,11 @@ class TrusteeSettings:
     admin_secret: str | None = field(repr=False)
     trustee_version: str | None = None  # None: the client probes (coco_ai.kbs.versions)
     token_signer_pem: str | None = None  # None: any token-signing leaf under the anchor
+    credential: str = AIRFLOW_CREDENTIAL  # whose admin credential admin_secret is
+
+    @property
+    def holds_data_owner_credential(self) -> bool:
+        return self.credential == DATA_OWNER_CREDENTIAL
 
     @classmethod
     def from_extra(cls, extra: dict[str, Any]) -> TrusteeSettings:
@@ -70,6 +86,20 @@ class TrusteeSettings:
                 f"trustee connection: admin_auth {auth!r} is not one of "
                 f"{', '.join(ADMIN_AUTH_STYLES)}"
             )
+        credential = str(extra.get("credential") or AIRFLOW_CREDENTIAL)
+        if credential not in CREDENTIALS:
+            raise TrusteeConnectionError(
+                f"trustee connection: credential {credential!r} is not one of "
+                f"{', '.join(CREDENTIALS)}"
+            )
+        # The data owner's credential can rewrite the resource policy: Airflow may hold it only
+        # for a development KBS on this machine, never for a Trustee that guards real data.
+        if credential == DATA_OWNER_CREDENTIAL and not is_loopback(parts.hostname):
+            raise TrusteeConnectionError(
+                f"trustee connection: a data-owner credential is accepted only for a loopback "
+                f"KBS (development); {url} is not one. Give Airflow its own credential "
+                "(docs/OPERATIONS.md, Trustee admin credentials)"
+            )
         version = str(extra.get("trustee_version") or "").strip() or None
         if version is not None:
             try:
@@ -86,6 +116,7 @@ class TrusteeSettings:
             else None,
             trustee_version=version,
             token_signer_pem=_pem_or_none(extra, "token_signer", allow_public_key=True),
+            credential=credential,
         )
 
 

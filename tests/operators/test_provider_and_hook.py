@@ -49,6 +49,7 @@ def test_airflow_lists_the_provider_and_the_trustee_connection_fields(tmp_path):
             "kbs_url",
             "ca_cert",
             "admin_secret",
+            "credential",
             "admin_auth",
             "trustee_version",
             "trust_anchor",
@@ -63,6 +64,7 @@ def test_connection_form_declares_a_password_field_and_hides_the_generic_ones():
     assert fields["admin_secret"]["schema"]["format"] == "password"
     assert fields["ca_cert"]["schema"]["format"] == "multiline"
     assert fields["admin_auth"]["schema"]["enum"] == ["self-signed", "bearer"]
+    assert fields["credential"]["schema"]["enum"] == ["airflow", "data-owner"]
     assert {"host", "login", "password", "port"} <= set(
         conn_type["ui-field-behaviour"]["hidden-fields"]
     )
@@ -86,6 +88,11 @@ def test_connection_form_declares_a_password_field_and_hides_the_generic_ones():
         ({"kbs_url": "https://kbs", "trustee_version": "0.19.0"}, "unknown Trustee version"),
         ({"kbs_url": "https://kbs", "token_signer": "-----BEGIN PRIVATE KEY-----"}, "token_signer"),
         ({"kbs_url": "http://127.0.0.2:8080"}, None),  # all of 127.0.0.0/8 is loopback
+        ({"kbs_url": "https://kbs", "credential": "root"}, "credential 'root'"),
+        # the data owner's credential in Airflow: a development convenience, loopback only
+        ({"kbs_url": "https://kbs.example", "credential": "data-owner"}, "loopback KBS"),
+        ({"kbs_url": "https://10.0.0.1", "credential": "data-owner"}, "loopback KBS"),
+        ({"kbs_url": "https://127.0.0.1:8443", "credential": "data-owner"}, None),
     ],
 )
 def test_bad_connections_are_refused_with_the_field_named(extra, message):

@@ -195,24 +195,83 @@ def _deployed_resource_policy(trustee) -> str | None:
     return StateDir(trustee.state_dir).get_policy(policies.RESOURCE_POLICY_ID)
 
 
-def test_gate_refuses_a_policy_it_cannot_verify(trustee_conn):
+@pytest.fixture
+def owner_conn(trustee, monkeypatch):
+    """The development convenience: the connection declares the data owner's credential."""
+    monkeypatch.setenv("AIRFLOW_CONN_TRUSTEE_DEFAULT", trustee.connection(credential="data-owner"))
+    return trustee
+
+
+def test_gate_with_airflows_credential_reads_no_policy(trustee_conn):
+    """Least power: the gate checks reachability and names what the data owner must have
+    loaded; it reads nothing Airflow's credential may not read, so an out-of-band edit is not
+    its to see (the resource policy is the data owner's), and the edit stays."""
+    edited = policies.load("resource_dev") + "\n# edited out of band\n"
+    with trustee_conn.admin() as admin:
+        admin.set_resource_policy(edited)
+    try:
+        summary = _gate().execute(_context())
+        assert summary["credential"] == "airflow"
+        assert summary["resource_policy"] == {
+            "file": "resource_dev.rego",
+            "sha256": policies.digest("resource_dev"),
+            "state": "not checked: the data owner's (Airflow's credential cannot read it)",
+        }
+        assert set(summary["attestation_policies"]) == {"default_cpu", "default_gpu"}
+        assert summary["reference_values_state"].startswith("not checked")
+        assert _deployed_resource_policy(trustee_conn) == edited
+    finally:
+        with trustee_conn.admin() as admin:
+            admin.set_resource_policy(policies.load("resource_dev"))
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"sync_policies": True}, "policy sync was requested.*Airflow's own credential"),
+        ({"required_reference_values": ["svn"]}, "cannot be checked with Airflow's own"),
+    ],
+)
+def test_gate_with_airflows_credential_refuses_what_it_cannot_do(trustee_conn, kwargs, message):
+    before = _deployed_resource_policy(trustee_conn)
+    with pytest.raises(AttestationGateError, match=message):
+        _gate(**kwargs).execute(_context())
+    assert _deployed_resource_policy(trustee_conn) == before
+
+
+def test_airflows_credential_cannot_write_the_policy_even_when_asked_directly(trustee_conn):
+    """What the gate no longer tries: the credential itself is refused by Trustee."""
+    from coco_ai.kbs.errors import AdminAuthError
+    from coco_ai_airflow.hooks.trustee import TrusteeHook
+
+    before = _deployed_resource_policy(trustee_conn)
+    with TrusteeHook().get_conn() as client:
+        with pytest.raises(AdminAuthError):
+            client.set_resource_policy("package policy\ndefault allow := true\n")
+        with pytest.raises(AdminAuthError):
+            client.get_resource_policy()
+    assert _deployed_resource_policy(trustee_conn) == before
+
+
+def test_gate_refuses_a_policy_it_cannot_verify(owner_conn):
     # The stand-in, like Trustee v0.20+, lists policy ids instead of returning the policy text.
     with pytest.raises(AttestationGateError, match=r"cannot verify the resource policy"):
         _gate(sync_policies=False).execute(_context())
 
 
-def test_gate_syncs_the_repository_policies_when_allowed(trustee_conn):
+def test_gate_syncs_the_repository_policies_when_allowed(owner_conn):
     original = policies.load("resource_dev")
-    with trustee_conn.admin() as admin:
+    with owner_conn.admin() as admin:
         admin.set_resource_policy(original + "\n# edited out of band\n")
-    assert _deployed_resource_policy(trustee_conn) != original
+    assert _deployed_resource_policy(owner_conn) != original
     summary = _gate(sync_policies=True).execute(_context())
+    assert summary["credential"] == "data-owner"
     assert summary["resource_policy"] == {
         "file": "resource_dev.rego",
         "sha256": policies.digest("resource_dev"),
         "state": "synced",
     }
-    assert _deployed_resource_policy(trustee_conn) == original
+    assert _deployed_resource_policy(owner_conn) == original
     assert summary["attestation_policies"]["default_cpu"] == {
         "file": "attestation_cpu_sample.rego",
         "sha256": policies.digest("attestation_cpu_sample"),
@@ -221,7 +280,7 @@ def test_gate_syncs_the_repository_policies_when_allowed(trustee_conn):
     assert set(summary["reference_values"]) == set(policies.DEV_SAMPLE_REFERENCE_VALUES)
 
 
-def test_gate_requires_reference_values(trustee_conn):
+def test_gate_requires_reference_values(owner_conn):
     gate = _gate(sync_policies=True, required_reference_values=["svn", "tdx_mr_td"])
     with pytest.raises(AttestationGateError, match=r"reference values missing.*tdx_mr_td"):
         gate.execute(_context())
