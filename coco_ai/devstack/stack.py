@@ -4,8 +4,10 @@ Layout of the state directory (default ``<repo>/.demo``)::
 
     state.json              URLs, references and running services (no secrets)
     services.json           services started so far (pid + start ticks), kept up to date
-    keys/                   admin Ed25519 key pair, model-signing key, the data owner's copy of
-                            the run-key root (0600)
+    keys/                   the data owner's admin Ed25519 key pair (admin-key.pem), Airflow's
+                            persona key pair (airflow-key.pem, Trustee v0.20.0 only), the
+                            model-signing key, the data owner's copy of the run-key root (0600)
+    trustee-admin.toml      the stand-in's [admin] config: both credentials and their rules
     trustee/                Trustee stand-in state (its CA signs TLS and EAR tokens)
     trustee-tls/            loopback TLS certificate issued by that CA
     store/datasets/         encrypted data set(s)            (file:// object store)
@@ -17,10 +19,14 @@ Layout of the state directory (default ``<repo>/.demo``)::
     logs/                   one log per service
     local/                  scratch of the local execution mode (initdata, workload config)
 
-Roles: this process plays the *data owner* (it creates the data-set key, uploads it to Trustee
-and forgets it) and the *platform operator* (it starts Airflow and registers the ``trustee``
-connection through the REST API, so the admin credential is stored Fernet-encrypted in the
-metadata DB, never in a process environment). No Airflow import here.
+Roles: this process plays the *data owner* (with the data owner's admin key it creates the
+data-set key, uploads it and the run-key root to Trustee and forgets them) and the *platform
+operator* (it starts Airflow and registers the ``trustee`` connection through the REST API, so
+the credential is stored Fernet-encrypted in the metadata DB, never in a process environment).
+Trustee knows two admin credentials (coco_ai.kbs.admin_acl): the data owner's, which never
+leaves keys/admin-key.pem, and Airflow's, which may write and delete run grants only — on v0.20.0
+Airflow's own persona key, on v0.21.0+ a token for role ``airflow`` minted with the data owner's
+key. Only Airflow's goes into the connection. No Airflow import here.
 """
 
 from __future__ import annotations
@@ -62,10 +68,8 @@ DATASET_NAME = "demo-v1"
 DATASET_KEY_PATH = f"coco-ai/dataset-key/{DATASET_NAME}"
 TRUSTEE_CONN_ID = "trustee_default"
 RUN_KEY_ROOT_FILE = "keys/run-key-root.bin"  # the data owner's copy, under the stack's root
-SYNC_POLICIES_VARIABLE = "coco_ai_sync_policies"
+ADMIN_CONFIG_FILE = "trustee-admin.toml"
 MODELS = ("tiny", "smollm2")
-# The demo's pre-minted admin token (Trustee v0.21.0+) outlives any demo session.
-_BEARER_LIFETIME_S = 30 * 24 * 3600
 # The tiny model's tokenizer is trained on *public* text of the same shape (another seed),
 # never on the confidential data set.
 _PUBLIC_CORPUS_SEED = 20260101
@@ -229,11 +233,13 @@ class DevStack:
 
     # -- the parts --------------------------------------------------------------------------
 
-    def _admin_keys(self) -> tuple[bytes, Path]:
+    def _admin_keys(self, name: str = "admin") -> tuple[bytes, Path]:
+        """An Ed25519 admin key pair under keys/: ``admin`` is the data owner's, ``airflow``
+        Airflow's persona (Trustee v0.20.0)."""
         from cryptography.hazmat.primitives import serialization
         from cryptography.hazmat.primitives.asymmetric import ed25519
 
-        private, public = self.keys / "admin-key.pem", self.keys / "admin-public.pem"
+        private, public = self.keys / f"{name}-key.pem", self.keys / f"{name}-public.pem"
         if not private.exists():
             key = ed25519.Ed25519PrivateKey.generate()
             _write_secret(
@@ -268,7 +274,33 @@ class DevStack:
             )
         return path
 
-    def _start_trustee(self, admin_public: Path) -> tuple[ServiceProcess, str, bytes, bytes, bytes]:
+    def _admin_config(self, owner_public: Path, airflow_public: Path | None) -> Path:
+        """The stand-in's [admin] table: the data owner's and Airflow's credentials."""
+        from coco_ai.kbs.admin_acl import admin_config_toml
+
+        path = self.root / ADMIN_CONFIG_FILE
+        text = admin_config_toml(
+            self.trustee_version,
+            str(owner_public),
+            str(airflow_public) if airflow_public is not None else None,
+        )
+        path.write_text(text)
+        return path
+
+    def _airflow_credential(self, owner_pem: bytes) -> tuple[dict[str, str], Path | None]:
+        """What Airflow's connection holds, and Airflow's persona public key (v0.20.0) for the
+        stand-in's config: never the data owner's key."""
+        from coco_ai.kbs.admin_acl import mint_airflow_token
+
+        if self_signed_admin_auth(self.trustee_version):
+            airflow_pem, airflow_public = self._admin_keys("airflow")
+            secret = {"admin_auth": "self-signed", "admin_secret": airflow_pem.decode()}
+            return secret, airflow_public
+        # v0.21.0+ reads the role from the token: the data owner mints Airflow's.
+        token = mint_airflow_token(owner_pem)
+        return {"admin_auth": "bearer", "admin_secret": token}, None
+
+    def _start_trustee(self, admin_config: Path) -> tuple[ServiceProcess, str, bytes, bytes, bytes]:
         """The stand-in as the compose stack's Trustee version; returns the service, its URL,
         its TLS CA, its EAR token CA and its token signer certificate (PEMs)."""
         from coco_ai.trustee_dev.server import write_server_certificate
@@ -284,7 +316,7 @@ class DevStack:
         port = free_port()
         url = f"https://127.0.0.1:{port}"
         argv = [*_cli(), "trustee", "serve", "--port", str(port), "--state-dir"]
-        argv += [str(self.trustee_dir), "--admin-public-key", str(admin_public)]
+        argv += [str(self.trustee_dir), "--admin-config", str(admin_config)]
         argv += ["--tls-cert", str(cert), "--tls-key", str(key), "--policy-set", "dev"]
         argv += ["--trustee-version", self.trustee_version]
         service = start_service(
@@ -374,7 +406,7 @@ class DevStack:
     # -- the whole -------------------------------------------------------------------------
 
     def start(self) -> StackInfo:
-        from coco_ai.kbs.admin_auth import admin_auth_for, mint_admin_token
+        from coco_ai.kbs.admin_auth import admin_auth_for
         from coco_ai.kbs.client import KbsAdminClient
 
         dags = repo_root() / "dags"
@@ -389,8 +421,10 @@ class DevStack:
         services: list[ServiceProcess] = []
         try:
             admin_pem, admin_public = self._admin_keys()
+            airflow_credential, airflow_public = self._airflow_credential(admin_pem)
+            admin_config = self._admin_config(admin_public, airflow_public)
             self.progress("starting the Trustee stand-in (dev policies, loopback TLS)")
-            trustee, trustee_url, ca, token_anchor, token_signer = self._start_trustee(admin_public)
+            trustee, trustee_url, ca, token_anchor, token_signer = self._start_trustee(admin_config)
             services.append(trustee)
             _record_services(self.root, services)
             with KbsAdminClient(
@@ -479,17 +513,9 @@ class DevStack:
                     {
                         "kbs_url": trustee_url,
                         "ca_cert": ca.decode(),
-                        # v0.20.0 signs its own admin JWTs; v0.21.0+ takes a pre-minted one.
-                        **(
-                            {"admin_auth": "self-signed", "admin_secret": admin_pem.decode()}
-                            if self_signed_admin_auth(self.trustee_version)
-                            else {
-                                "admin_auth": "bearer",
-                                "admin_secret": mint_admin_token(
-                                    admin_pem, lifetime=_BEARER_LIFETIME_S
-                                ),
-                            }
-                        ),
+                        # Airflow's own credential: run grants only (coco_ai.kbs.admin_acl).
+                        **airflow_credential,
+                        "credential": "airflow",
                         "trustee_version": self.trustee_version,
                         "trust_anchor": token_anchor.decode(),
                         "token_signer": token_signer.decode(),
@@ -498,9 +524,6 @@ class DevStack:
                 self.progress(f"waiting for the {DAG_ID} DAG to be parsed")
                 client.wait_for_dag(DAG_ID)
                 client.unpause(DAG_ID)
-                # The demo operator is also the data owner: the gate may upload the repository's
-                # policies (this Trustee, like v0.20+, cannot show them for comparison).
-                client.put_variable(SYNC_POLICIES_VARIABLE, "true")
             finally:
                 client.close()
             return info

@@ -8,8 +8,9 @@
                                                [--secrets-dir DIR]
 
 `generate` writes `.env` (mode 0600) with fresh random values and the key files Trustee needs
-(Ed25519 admin key pair, the attestation service's P-256 token-signing key and its CA, the KBS
-TLS key and CA, the data owner's 32-byte run-key root) into the secrets directory. It refuses to
+(the data owner's Ed25519 admin key pair, Airflow's Ed25519 persona key pair, the attestation
+service's P-256 token-signing key and its CA, the KBS TLS key and CA, the data owner's 32-byte
+run-key root) into the secrets directory. It refuses to
 overwrite existing secrets unless `--force` is given, because rotating e.g. the Fernet key
 without re-encrypting makes every stored connection unreadable, and a new run-key root leaves
 every existing checkpoint readable only with the old one (see docs/OPERATIONS.md).
@@ -17,8 +18,9 @@ every existing checkpoint readable only with the old one (see docs/OPERATIONS.md
 `check` fails (exit 2) with a message naming every missing, empty or weak secret, a private key
 file readable by group or others, and a run-key root that is not exactly 32 bytes. The compose
 file's `airflow-init` service runs it before anything else (`--compose-names`: the files under
-their compose secret names in /run/secrets, less the run-key root, which no Airflow container
-gets), so the stack never starts with a default or empty secret.
+their compose secret names in /run/secrets, less NOT_IN_AIRFLOW — the data owner's admin key,
+the run-key root and the Trustee services' own private keys, which no Airflow container gets),
+so the stack never starts with a default or empty secret.
 
 The run-key root is not in any `rotate` group: a rotated root must go to a new version path
 (`coco-ai/run-key-root/v2`) while v1 stays readable for old checkpoints, which this script cannot
@@ -125,8 +127,15 @@ ENV_SECRETS: tuple[EnvSecret, ...] = (
 
 # Key files in the secrets directory, mounted into containers as compose `secrets:`.
 SECRET_FILES: dict[str, str] = {
-    "trustee-admin-private.pem": "Ed25519 private key signing KBS admin requests (Airflow side)",
-    "trustee-admin-public.pem": "Ed25519 public key of the KBS `Simple` admin persona",
+    "trustee-admin-private.pem": (
+        "the data owner's Ed25519 admin key (every KBS admin endpoint): trustee-init only"
+    ),
+    "trustee-admin-public.pem": "public key of the KBS `Simple` persona `admin` (the data owner)",
+    "trustee-airflow-private.pem": (
+        "Airflow's Ed25519 admin key: KBS persona `airflow`, run grants only "
+        "(coco_ai.kbs.admin_acl)"
+    ),
+    "trustee-airflow-public.pem": "public key of the KBS `Simple` persona `airflow`",
     "as-token-signer-key.pem": "P-256 key the attestation service signs EAR tokens with",
     "as-token-signer-cert.pem": "certificate of the token-signing key, issued by token-ca.pem",
     "token-ca.pem": "trust anchor for EAR tokens (KBS and the promotion step verify with it)",
@@ -143,12 +152,20 @@ RUN_KEY_ROOT = "run-key-root.bin"
 RUN_KEY_ROOT_SIZE = 32
 # Written with mode 0600; `check` refuses them when group or others may read them.
 PRIVATE_FILES = frozenset(
-    {"trustee-admin-private.pem", "as-token-signer-key.pem", "kbs-tls-key.pem", RUN_KEY_ROOT}
+    {
+        "trustee-admin-private.pem",
+        "trustee-airflow-private.pem",
+        "as-token-signer-key.pem",
+        "kbs-tls-key.pem",
+        RUN_KEY_ROOT,
+    }
 )
 # The compose secret each file is mounted as (/run/secrets/<name>; docker-compose.yaml `secrets:`).
 COMPOSE_SECRET_NAMES: dict[str, str] = {
     "trustee-admin-private.pem": "trustee_admin_private_key",
     "trustee-admin-public.pem": "trustee_admin_public_key",
+    "trustee-airflow-private.pem": "trustee_airflow_private_key",
+    "trustee-airflow-public.pem": "trustee_airflow_public_key",
     "as-token-signer-key.pem": "as_token_signer_key",
     "as-token-signer-cert.pem": "as_token_signer_cert",
     "token-ca.pem": "token_ca",
@@ -157,8 +174,13 @@ COMPOSE_SECRET_NAMES: dict[str, str] = {
     "kbs-ca.pem": "kbs_ca",
     RUN_KEY_ROOT: "run_key_root",
 }
-# Never mounted into an Airflow container: only trustee-init (the data owner's side) reads it.
-NOT_IN_AIRFLOW = frozenset({RUN_KEY_ROOT})
+# Never mounted into an Airflow container, each of them able to widen access: the data owner's
+# admin key (rewrites the resource policy) and run-key root (trustee-init only), the attestation
+# service's token-signing key (forges attestation tokens) and the KBS TLS key (impersonates the
+# KBS) — the last two for the Trustee services only.
+NOT_IN_AIRFLOW = frozenset(
+    {RUN_KEY_ROOT, "trustee-admin-private.pem", "as-token-signer-key.pem", "kbs-tls-key.pem"}
+)
 
 
 class SecretsError(Exception):
@@ -327,10 +349,13 @@ def generate_secret_files(secrets_dir: Path, *, only: set[str] | None = None) ->
     def wanted(*names: str) -> bool:
         return only is None or bool(only.intersection(names))
 
-    if wanted("trustee-admin-private.pem", "trustee-admin-public.pem"):
-        admin = ed25519.Ed25519PrivateKey.generate()
-        _write_private(secrets_dir / "trustee-admin-private.pem", _pem_private(admin))
-        (secrets_dir / "trustee-admin-public.pem").write_bytes(_pem_public(admin.public_key()))
+    for persona in ("admin", "airflow"):
+        if wanted(f"trustee-{persona}-private.pem", f"trustee-{persona}-public.pem"):
+            key = ed25519.Ed25519PrivateKey.generate()
+            _write_private(secrets_dir / f"trustee-{persona}-private.pem", _pem_private(key))
+            (secrets_dir / f"trustee-{persona}-public.pem").write_bytes(
+                _pem_public(key.public_key())
+            )
     if wanted("as-token-signer-key.pem", "as-token-signer-cert.pem", "token-ca.pem"):
         ca_key, ca_cert = _ca("CoCo AI attestation token CA", days=3650)
         signer_key, signer_cert = _leaf(
@@ -358,6 +383,7 @@ def generate_secret_files(secrets_dir: Path, *, only: set[str] | None = None) ->
 # is in none: rotating it means a new version path, not a new file under the same one.
 KEY_GROUPS: dict[str, tuple[str, ...]] = {
     "trustee-admin": ("trustee-admin-private.pem", "trustee-admin-public.pem"),
+    "trustee-airflow": ("trustee-airflow-private.pem", "trustee-airflow-public.pem"),
     "token-signer": ("as-token-signer-key.pem", "as-token-signer-cert.pem", "token-ca.pem"),
     "kbs-tls": ("kbs-tls-key.pem", "kbs-tls-cert.pem", "kbs-ca.pem"),
 }

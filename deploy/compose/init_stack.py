@@ -2,8 +2,10 @@
 """One-shot set-up run by the compose `airflow-init` service after the DB migration.
 
 - creates the object-store buckets the pipeline writes to (idempotent);
-- registers the `trustee_default` Airflow connection from the mounted key files, so the admin
-  key is stored Fernet-encrypted in the metadata DB instead of sitting in any environment. It
+- registers the `trustee_default` Airflow connection from the mounted key files, so Airflow's
+  admin key — persona `airflow`, which the KBS allows to write and delete run grants only
+  (kbs-config.toml, coco_ai.kbs.admin_acl) — is stored Fernet-encrypted in the metadata DB
+  instead of sitting in any environment. The data owner's admin key is never mounted here. It
   names the pinned Trustee release (`trustee_version`) and pins the attestation service's
   token-signing certificate (`token_signer`, the leaf of the mounted `as_token_signer_cert`).
 
@@ -52,7 +54,8 @@ def register_trustee_connection() -> None:
         "kbs_url": os.environ["COCO_AI_KBS_URL"],
         "ca_cert": (SECRETS / "kbs_ca").read_text(),
         "admin_auth": "self-signed",
-        "admin_secret": (SECRETS / "trustee_admin_private_key").read_text(),
+        "admin_secret": (SECRETS / "trustee_airflow_private_key").read_text(),
+        "credential": "airflow",
         "trust_anchor": (SECRETS / "token_ca").read_text(),
         "trustee_version": TRUSTEE_VERSION,
         # Pin the attestation service's own signing key: only tokens it signed verify, not any

@@ -3,7 +3,8 @@
 
     python deploy/compose/load_policies.py --kbs-url https://kbs:8080 --kbs-ca CA.pem \
         --admin-key trustee-admin-private.pem --policy-dir coco_ai/policies --policy-set prod-tdx \
-        [--reference-values values.json] [--run-key-root run-key-root.bin]
+        [--reference-values values.json] [--run-key-root run-key-root.bin] \
+        [--trustee-version 0.20.0]
 
 The set (coco_ai.policies.POLICY_SETS) maps Trustee policy ids to policy files: the KBS
 resource policy and the attestation service's `default_cpu` / `default_gpu` policies. Files are
@@ -11,6 +12,11 @@ read from --policy-dir (the mounted coco_ai/policies/), so what Trustee enforces
 is reviewed in the repository. Each upload must be accepted (Trustee compiles the Rego before
 storing it; a refused one keeps the old policy); any error exits non-zero. The SHA-256 of every
 uploaded file is printed for the audit log.
+
+--admin-key is the data owner's admin key (persona / role `admin`, every admin endpoint): these
+are data-owner actions, which Airflow's credential (run grants only) cannot perform. With
+--trustee-version 0.21.0 or main the key signs a token for role `admin` instead of a v0.20.0
+self-signed one.
 
 --reference-values takes a JSON object {name: value or [values]} and registers each entry with
 RVPS through the KBS (`sample` extractor, as kbs-client set-sample-reference-value does).
@@ -33,17 +39,26 @@ from pathlib import Path
 
 
 def main(argv: list[str] | None = None) -> int:
-    from coco_ai.kbs.admin_auth import SelfSignedAdminAuth
+    from coco_ai.kbs.admin_auth import admin_auth_for
     from coco_ai.kbs.client import KbsAdminClient
     from coco_ai.kbs.errors import KbsError
     from coco_ai.kbs.resource_path import parse_resource_path
+    from coco_ai.kbs.versions import DEFAULT_TRUSTEE_VERSION, TRUSTEE_VERSIONS
     from coco_ai.policies import POLICY_SETS, RESOURCE_POLICY_ID
     from coco_ai.run_keys import DEFAULT_ROOT, KEY_SIZE
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--kbs-url", required=True)
     parser.add_argument("--kbs-ca", type=Path, required=True, help="CA of the KBS HTTPS cert")
-    parser.add_argument("--admin-key", type=Path, required=True, help="Ed25519 private key PEM")
+    parser.add_argument(
+        "--admin-key", type=Path, required=True, help="the data owner's Ed25519 admin key PEM"
+    )
+    parser.add_argument(
+        "--trustee-version",
+        choices=TRUSTEE_VERSIONS,
+        default=DEFAULT_TRUSTEE_VERSION,
+        help="the KBS's Trustee release: picks the admin token style (default %(default)s)",
+    )
     parser.add_argument("--policy-dir", type=Path, required=True)
     parser.add_argument("--policy-set", choices=sorted(POLICY_SETS), required=True)
     parser.add_argument("--reference-values", type=Path, help="JSON {name: value or [values]}")
@@ -97,8 +112,9 @@ def main(argv: list[str] | None = None) -> int:
 
     admin = KbsAdminClient(
         args.kbs_url,
-        auth=SelfSignedAdminAuth(args.admin_key.read_bytes()),
+        auth=admin_auth_for(args.trustee_version, args.admin_key.read_bytes()),
         ca_cert=args.kbs_ca.read_bytes(),
+        trustee_version=args.trustee_version,
     )
     try:
         for policy_id, rego in texts.items():

@@ -313,3 +313,62 @@ def test_no_airflow_template_or_service_gets_a_data_owner_secret(services: dict)
         assert "run_key_root" not in (services[name].get("secrets") or []), name
         env = _env(services[name])
         assert not any("RUN_KEY_ROOT" in k or "run-key-root.bin" in v for k, v in env.items())
+
+
+# -- the two Trustee admin credentials (coco_ai.kbs.admin_acl) ---------------------------------
+
+KBS_CONFIGS = {"0.20.0": "kbs-config.toml", "0.21.0": "kbs-config-v0.21.toml"}
+
+
+@pytest.mark.parametrize("version", sorted(KBS_CONFIGS))
+def test_kbs_admin_config_gives_airflow_run_grants_only(version: str, tmp_path: Path) -> None:
+    """The shipped [admin] table, read by the stand-in in that version's syntax, is the
+    project's two-credential configuration: the data owner everything, Airflow a grant."""
+    import time
+
+    from coco_ai.kbs.admin_acl import (
+        AIRFLOW_ENDPOINTS,
+        AIRFLOW_ROLE,
+        DATA_OWNER_ENDPOINTS,
+        DATA_OWNER_ROLE,
+        mint_airflow_token,
+    )
+    from coco_ai.kbs.admin_auth import SelfSignedAdminAuth, admin_auth_for
+    from coco_ai.trustee_dev.admin import AdminAuthDenied, AdminConfig
+
+    init_env.generate_secret_files(tmp_path)
+    by_secret = {
+        f"/run/secrets/{n}": tmp_path / f for f, n in init_env.COMPOSE_SECRET_NAMES.items()
+    }
+    config = AdminConfig.from_toml(
+        (TRUSTEE_DIR / KBS_CONFIGS[version]).read_text(),
+        version,
+        read_key=lambda path: by_secret[path.removeprefix("file://")].read_bytes(),
+    )
+    assert {(r.role, r.allowed_endpoints) for r in config.rules} == {
+        (DATA_OWNER_ROLE, DATA_OWNER_ENDPOINTS),
+        (AIRFLOW_ROLE, AIRFLOW_ENDPOINTS),
+    }
+    owner_pem = (tmp_path / "trustee-admin-private.pem").read_bytes()
+    if version == "0.20.0":
+        airflow = SelfSignedAdminAuth((tmp_path / "trustee-airflow-private.pem").read_bytes())
+    else:
+        airflow = f"Bearer {mint_airflow_token(owner_pem)}"
+    airflow_header = airflow if isinstance(airflow, str) else airflow.authorization()
+    owner_header = admin_auth_for(version, owner_pem).authorization()
+    now = time.time()
+    grant = "/kbs/v0/resource/coco-ai-run/grant/confidential_finetune-manual__1"
+    assert config.authorize(airflow_header, grant, now) == AIRFLOW_ROLE
+    for uri in ("/kbs/v0/resource-policy", "/kbs/v0/resource/coco-ai/run-key-root/v1"):
+        with pytest.raises(AdminAuthDenied):
+            config.authorize(airflow_header, uri, now)
+        assert config.authorize(owner_header, uri, now) == DATA_OWNER_ROLE
+
+
+def test_airflow_services_get_no_key_that_widens_access(services: dict) -> None:
+    for name in AIRFLOW_SERVICES:
+        mounted = set(services[name].get("secrets") or [])
+        for file in init_env.NOT_IN_AIRFLOW:
+            assert init_env.COMPOSE_SECRET_NAMES[file] not in mounted, (name, file)
+    assert "trustee_airflow_private_key" in services["airflow-init"]["secrets"]
+    assert "trustee_admin_private_key" in services["trustee-init"]["secrets"]

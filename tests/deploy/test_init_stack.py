@@ -19,7 +19,7 @@ init_stack = load_deploy_script("init_stack")
 # Compose mounts each secret under /run/secrets/<secret name>; reproduce that layout.
 MOUNTED = {
     "kbs_ca": "kbs-ca.pem",
-    "trustee_admin_private_key": "trustee-admin-private.pem",
+    "trustee_airflow_private_key": "trustee-airflow-private.pem",
     "token_ca": "token-ca.pem",
     "as_token_signer_cert": "as-token-signer-cert.pem",
 }
@@ -62,7 +62,7 @@ def test_trustee_connection_is_registered_from_mounted_secrets(tmp_path: Path) -
         text=True,
     )
     assert register.returncode == 0, register.stderr
-    private_pem = (run_secrets / "trustee_admin_private_key").read_text()
+    private_pem = (run_secrets / "trustee_airflow_private_key").read_text()
     assert private_pem not in register.stdout + register.stderr
 
     shown = subprocess.run(
@@ -78,7 +78,10 @@ def test_trustee_connection_is_registered_from_mounted_secrets(tmp_path: Path) -
     extra = json.loads(extra) if isinstance(extra, str) else extra
     assert extra["kbs_url"] == "https://kbs:8080"
     assert extra["admin_auth"] == "self-signed"
+    # Airflow's own persona key (run grants only), never the data owner's.
     assert extra["admin_secret"] == private_pem
+    assert extra["credential"] == "airflow"
+    assert extra["admin_secret"] != (generated / "trustee-admin-private.pem").read_text()
     assert extra["ca_cert"] == (run_secrets / "kbs_ca").read_text()
     assert extra["trust_anchor"] == (run_secrets / "token_ca").read_text()
     # The release the compose stack pins, and the attestation service's own signing key.

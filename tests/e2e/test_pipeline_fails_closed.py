@@ -11,7 +11,6 @@ import pytest
 
 from coco_ai import policies
 from coco_ai.devstack import DAG_ID
-from coco_ai.devstack.stack import SYNC_POLICIES_VARIABLE
 from coco_ai.runs import RunRefs
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(600)]
@@ -52,22 +51,34 @@ def _assert_failed_at(run, task_id: str) -> None:
         assert states[earlier] == "success", states
 
 
-def test_policy_mismatch_stops_the_run_at_the_gate(e2e_stack, follow):
-    """The policy was edited out of band and the data owner has not allowed the gate to sync."""
+def test_the_data_owners_policy_decides_and_airflow_cannot_change_it(e2e_stack, follow):
+    """Least power: the gate no longer reads policies (Airflow's credential may not). The data
+    owner's resource policy, edited to release nothing, stops the run where a key is asked
+    for; Airflow's own credential is refused when it tries to put a permissive one back."""
+    from coco_ai.kbs.admin_auth import SelfSignedAdminAuth
+    from coco_ai.kbs.client import KbsAdminClient
+    from coco_ai.kbs.errors import AdminAuthError
+
     before = e2e_stack.registry_versions()
-    original = policies.load("resource_dev")
-    client = e2e_stack.info.client()
-    client.put_variable(SYNC_POLICIES_VARIABLE, "false")
+    deny_all = "package policy\n\nimport rego.v1\n\ndefault allow := false\n"
+    ca = (Path(e2e_stack.info.trustee_state_dir) / "tls-ca" / "ca.pem").read_bytes()
+    airflow = KbsAdminClient(
+        e2e_stack.info.trustee_url,
+        auth=SelfSignedAdminAuth((e2e_stack.root / "keys" / "airflow-key.pem").read_bytes()),
+        ca_cert=ca,
+    )
+    with e2e_stack.admin() as admin:
+        admin.set_resource_policy(deny_all)
     try:
-        with e2e_stack.admin() as admin:
-            admin.set_resource_policy(original + "\n# edited out of band\n")
-        run = follow(_trigger(e2e_stack, {}, "e2e: policy mismatch"), timeout_s=240)
+        with airflow, pytest.raises(AdminAuthError):
+            airflow.set_resource_policy(policies.load("resource_dev"))
+        run = follow(_trigger(e2e_stack, {}, "e2e: data owner's policy denies"), timeout_s=300)
     finally:
-        client.put_variable(SYNC_POLICIES_VARIABLE, "true")
-        client.close()
-    _assert_failed_at(run, "attestation_gate")
-    assert "resource policy" in _task_log(e2e_stack, run.run_id, "attestation_gate")
-    assert run.refs is None  # no grant was ever written
+        with e2e_stack.admin() as admin:
+            admin.set_resource_policy(policies.load("resource_dev"))
+    _assert_failed_at(run, "confidential_finetune")
+    assert "PolicyDeny" in _task_log(e2e_stack, run.run_id, "confidential_finetune")
+    assert e2e_stack.resource(RunRefs.from_xcom(run.refs).grant.url_path()) is None  # revoked
     assert e2e_stack.registry_versions() == before
 
 
