@@ -1,4 +1,6 @@
-"""`coco-ai trustee …`: run the development Trustee stand-in, make its admin key pair."""
+"""`coco-ai trustee …`: run the development Trustee stand-in, make admin key pairs, and mint
+Airflow's admin token for Trustee v0.21.0+ (a data-owner action, for the stand-in and real
+Trustee alike)."""
 
 from __future__ import annotations
 
@@ -86,6 +88,26 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     keygen.set_defaults(func=_keygen)
 
+    token = sub.add_parser(
+        "airflow-token",
+        help="mint Airflow's admin token for Trustee v0.21.0+ (data owner)",
+        description="Trustee v0.21.0+ takes the admin role from the token, so Airflow holds no "
+        "key: the data owner signs it a token for role `airflow` (run grants only, "
+        "coco_ai.kbs.admin_acl) with their own admin key, and re-mints it before it expires. "
+        "The token is written to --out (0600), never printed.",
+    )
+    token.add_argument(
+        "--owner-key", required=True, type=Path, help="the data owner's Ed25519 admin key (PEM)"
+    )
+    token.add_argument("--out", required=True, type=Path, help="where to write the token")
+    token.add_argument(
+        "--lifetime-days",
+        type=float,
+        default=30.0,
+        help="validity; a stolen token works this long (default 30)",
+    )
+    token.set_defaults(func=_airflow_token)
+
 
 def _serve(args: argparse.Namespace) -> int:
     import uvicorn
@@ -169,4 +191,25 @@ def _keygen(args: argparse.Namespace) -> int:
             args.tls_for_state_dir, cert, tls_key, ("127.0.0.1", "localhost")
         )
         print(f"TLS certificate: {cert} (pin {tls_ca})")
+    return 0
+
+
+def _airflow_token(args: argparse.Namespace) -> int:
+    import datetime as dt
+
+    from coco_ai.kbs.admin_acl import mint_airflow_token
+    from coco_ai.trustee_dev.state import write_atomic
+
+    lifetime = int(args.lifetime_days * 86400)
+    if lifetime <= 0:
+        print("coco-ai trustee airflow-token: --lifetime-days must be positive", file=sys.stderr)
+        return 2
+    try:
+        token = mint_airflow_token(args.owner_key.read_bytes(), lifetime=lifetime)
+    except (OSError, ValueError) as exc:
+        print(f"coco-ai trustee airflow-token: {exc}", file=sys.stderr)
+        return 2
+    write_atomic(args.out, token.encode())
+    expires = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=lifetime)
+    print(f"Airflow's admin token (role airflow): {args.out}, expires {expires:%Y-%m-%d %H:%M} UTC")
     return 0

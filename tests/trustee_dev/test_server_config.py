@@ -165,3 +165,75 @@ def test_cli_serves_the_chosen_version_with_its_extensions(tmp_path):
     assert (
         "Trustee main stand-in; extensions: multi-gpu-sampledevice, sample-initdata-check" in stderr
     )
+
+
+def test_cli_serves_an_admin_config_and_mints_airflows_token(tmp_path):
+    """The data owner's steps on v0.21.0: a key pair, the [admin] table naming it (relative to
+    the config file), Airflow's token minted from it; the token writes a grant, nothing else."""
+    import stat
+    import time
+
+    import httpx
+
+    from coco_ai.kbs.admin_acl import admin_config_toml
+    from coco_ai.kbs.admin_auth import admin_auth_for
+    from coco_ai.trustee_dev.server import free_port
+
+    assert _cli("trustee", "keygen", "--out-dir", str(tmp_path)).returncode == 0
+    (tmp_path / "kbs-admin.toml").write_text(admin_config_toml("0.21.0", "admin-public.pem"))
+    token_file = tmp_path / "airflow.jwt"
+    minted = _cli(
+        "trustee", "airflow-token", "--owner-key", str(tmp_path / "admin-key.pem"),
+        "--out", str(token_file), "--lifetime-days", "1",
+    )  # fmt: skip
+    assert minted.returncode == 0, minted.stderr
+    token = token_file.read_text()
+    assert token not in minted.stdout + minted.stderr
+    assert stat.S_IMODE(token_file.stat().st_mode) == 0o600
+    port = free_port()
+    code = (
+        "import argparse, sys\n"
+        "from coco_ai.trustee_dev.cli import register\n"
+        "p = argparse.ArgumentParser(prog='coco-ai'); s = p.add_subparsers(required=True)\n"
+        "register(s); a = p.parse_args(sys.argv[1:]); sys.exit(a.func(a))\n"
+    )
+    server = subprocess.Popen(
+        [sys.executable, "-c", code, "trustee", "serve", "--port", str(port), "--insecure-http",
+         "--state-dir", str(tmp_path / "state"), "--trustee-version", "0.21.0",
+         "--admin-config", str(tmp_path / "kbs-admin.toml")],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        url = f"http://127.0.0.1:{port}"
+        for _ in range(200):
+            try:
+                if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                time.sleep(0.05)
+        else:
+            pytest.fail("the CLI stand-in did not start")
+        airflow = {"Authorization": f"Bearer {token}"}
+        grant = f"{url}/kbs/v0/resource/coco-ai-run/grant/run-1"
+        assert httpx.post(grant, content=b"g", headers=airflow).status_code == 200
+        refused = httpx.get(f"{url}/kbs/v0/resource-policy", headers=airflow)
+        assert refused.status_code == 401
+        assert "Role airflow not allowed for path /kbs/v0/resource-policy" in refused.text
+        owner = admin_auth_for("0.21.0", (tmp_path / "admin-key.pem").read_bytes())
+        ok = httpx.get(
+            f"{url}/kbs/v0/resource-policy", headers={"Authorization": owner.authorization()}
+        )
+        assert ok.status_code == 200
+    finally:
+        server.terminate()
+        server.communicate(timeout=20)
+
+
+def test_cli_refuses_a_bad_admin_config(tmp_path):
+    (tmp_path / "kbs-admin.toml").write_text('[admin]\ntype = "InsecureAllowAll"\n')
+    done = _cli(
+        "trustee", "serve", "--insecure-http", "--state-dir", str(tmp_path / "state"),
+        "--admin-config", str(tmp_path / "kbs-admin.toml"),
+    )  # fmt: skip
+    assert done.returncode == 2
+    assert "never InsecureAllowAll" in done.stderr
