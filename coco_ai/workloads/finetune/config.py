@@ -116,6 +116,18 @@ def recipe_digest(config: Mapping[str, Any]) -> str:
     return "sha256:" + hashlib.sha256(canonical_json(recipe)).hexdigest()
 
 
+def recipe_for(settings: Mapping[str, Any]) -> dict[str, Any]:
+    """The recipe tables a run with these optional ``lora`` / ``training`` settings trains with
+    (validated, defaults filled; ``None`` values keep the defaults, as in config_for_run): what
+    the data owner digests with :func:`recipe_digest` to approve it."""
+    tables = {LoraSettings: "lora", TrainingSettings: "training"}
+    recipe = {}
+    for cls, name in tables.items():
+        values = {k: v for k, v in (settings.get(name) or {}).items() if v is not None}
+        recipe[name] = _jsonable(dataclasses.asdict(_build(cls, values, name + ".")))
+    return recipe
+
+
 def config_for_run(refs: RunRefs, settings: Mapping[str, Any]) -> dict[str, Any]:
     """The config of a pipeline run: references from ``refs`` (key release's output) and the
     optional ``lora`` / ``training`` tables of ``settings`` (``None`` values keep the defaults).
