@@ -121,8 +121,9 @@ PARAMS = {
         minimum=0,
         maximum=8,
         title="Confidential GPUs",
-        description="nvidia.com/pgpu per pod; the resource policy refuses keys to fewer "
-        "attested GPUs than it requires.",
+        description="nvidia.com/pgpu per pod. Promotion requires at least this many attested "
+        "GPUs, and never fewer than the data owner's policy requires (a lower value fails the "
+        "run); the resource policy refuses keys to fewer GPUs than it requires.",
         section=TEE,
     ),
     "max_eval_loss": Param(
@@ -130,16 +131,18 @@ PARAMS = {
         type=["null", "number"],
         minimum=0,
         title="Maximum eval loss",
-        description="Promote only if the held-out loss is at most this (empty: no limit).",
+        description="Promote only if the held-out loss is at most this. Empty: the data owner's "
+        "limit. May only tighten the owner's signed policy; a looser value fails the run.",
         section=PROMOTE,
     ),
     "min_relative_improvement": Param(
-        0.0,
-        type="number",
+        None,
+        type=["null", "number"],
         minimum=-1,
         maximum=1,
         title="Minimum relative improvement",
-        description="Promote only if (loss before - loss after) / loss before is at least this.",
+        description="Promote only if (loss before - loss after) / loss before is at least this. "
+        "Empty: the data owner's minimum. May only tighten the owner's signed policy.",
         section=PROMOTE,
     ),
 }
@@ -221,11 +224,13 @@ checkpoint store, verifying token, signature and digests first, without any key.
             "min_relative_improvement": "{{ params.min_relative_improvement }}",
         },
         outlets=[PROMOTED_MODEL],
-        doc_md="""Verifies the whole chain (EAR token genuine and affirming for CPU and every
-GPU, this run's initdata, manifest signed by the attested key while the token was valid,
-ciphertext digests, metric thresholds), then signs the model (OpenSSF model signing), registers
-it in MLflow with its provenance and moves the serving alias. Any failed check leaves the
-registry untouched.""",
+        doc_md="""Verifies the whole chain under the data owner's signed policy (EAR token
+genuine and affirming for CPU and every GPU, this run's initdata, approved image, inputs and
+training recipe, manifest signed by the attested key while the token was valid, ciphertext
+digests, metric thresholds, better than the served champion), then signs the model (OpenSSF
+model signing), writes the promotion record, registers it in MLflow and moves the serving alias.
+Params can only tighten the owner's policy. Any failed check leaves the registry untouched;
+anyone can re-check the result with `coco-ai verify` and the owner's public key.""",
     )
     revoke_keys = KeyRevokeOperator(
         task_id="revoke_keys",

@@ -8,8 +8,12 @@ from __future__ import annotations
 
 import hashlib
 import re
+from typing import TYPE_CHECKING
 
 from airflow.sdk import conf
+
+if TYPE_CHECKING:
+    from coco_ai.owner_policy import SignedOwnerPolicy
 
 SECTION = "coco_ai"
 
@@ -49,3 +53,29 @@ def coco_run_id(dag_id: str, airflow_run_id: str) -> str:
     readable = _UNSAFE.sub("-", f"{dag_id}-{airflow_run_id}").strip("-._")[:100]
     suffix = hashlib.sha256(f"{dag_id}\0{airflow_run_id}".encode()).hexdigest()[:12]
     return f"{readable}-{suffix}"
+
+
+def owner_policy() -> SignedOwnerPolicy:
+    """The data owner's policy, verified with the owner's public key on every call.
+
+    Both come from the deployment's ``[coco_ai]`` configuration (owner_public_key,
+    owner_policy), never from Connections, Variables, Params or XCom, which Airflow users and
+    tasks can write.
+    """
+    from pathlib import Path
+
+    from coco_ai.owner_policy import verify_owner_policy
+    from coco_ai.storage.store import open_store, split_object_uri
+
+    key_path = required_setting("owner_public_key")
+    try:
+        key = Path(key_path).read_bytes()
+    except OSError as exc:
+        raise ValueError(f"[{SECTION}] owner_public_key {key_path}: {exc.strerror}") from None
+    location = required_setting("owner_policy")
+    parent, name = split_object_uri(location)
+    try:
+        signed = open_store(parent).read_bytes(name)
+    except OSError as exc:
+        raise ValueError(f"[{SECTION}] owner_policy {location}: cannot read it ({exc})") from None
+    return verify_owner_policy(signed, key)

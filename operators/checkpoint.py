@@ -7,16 +7,17 @@ from typing import Any, ClassVar
 from airflow.sdk import BaseOperator, Context
 
 from coco_ai.runs import RunRefs, staging_location
-from coco_ai_airflow._settings import as_int, required_setting
-from coco_ai_airflow.hooks.trustee import TrusteeHook
+from coco_ai_airflow._settings import as_int, owner_policy, required_setting
 
 
 class EncryptedCheckpointUploadOperator(BaseOperator):
     """Move the encrypted, signed checkpoint from staging to the durable checkpoint store.
 
-    Before a byte is copied, the EAR token must chain to the connection's trust anchor and meet
-    the run's policy (CPU and GPUs affirming, this run's initdata claims) and the manifest must
-    be signed by the attested TEE key; every object is hashed on read and re-read after write;
+    Before a byte is copied, the EAR token must chain to the trust anchor and signer of the data
+    owner's signed policy (``[coco_ai] owner_policy``; never a Connection) and meet the run's
+    policy (CPU and the owner's minimum of GPUs affirming — ``min_gpus`` may only raise it —,
+    this run's initdata digest and claims), and the manifest must be signed by the attested TEE
+    key; every object is hashed on read and re-read after write;
     the manifest is written last. No key is involved: ciphertext stays ciphertext. Re-running
     after a failure resumes, and re-running after success is a no-op, so retries are safe.
 
@@ -43,8 +44,7 @@ class EncryptedCheckpointUploadOperator(BaseOperator):
         staged: Any,
         run_refs: Any,
         destination_root: str | None = None,
-        min_gpus: int | str = 1,
-        trustee_conn_id: str = TrusteeHook.default_conn_name,
+        min_gpus: int | str | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -52,7 +52,6 @@ class EncryptedCheckpointUploadOperator(BaseOperator):
         self.run_refs = run_refs
         self.destination_root = destination_root
         self.min_gpus = min_gpus
-        self.trustee_conn_id = trustee_conn_id
 
     def execute(self, context: Context) -> dict[str, Any]:
         from coco_ai.crypto.transfer import copy_checkpoint
@@ -70,10 +69,12 @@ class EncryptedCheckpointUploadOperator(BaseOperator):
             )
         root = self.destination_root or required_setting("checkpoint_store_uri")
         destination = staging_location(root, run_id)
-        hook = TrusteeHook(self.trustee_conn_id)
-        anchor = hook.trust_anchor()
+        owner = owner_policy().policy
+        if self.min_gpus is not None and self.min_gpus != "":
+            owner = owner.narrowed(min_gpus=as_int("min_gpus", self.min_gpus))
+        anchor = owner.trust_anchor_pem.encode()
         policy = VerificationPolicy.for_refs(
-            refs, min_gpus=as_int("min_gpus", self.min_gpus), token_signer_pem=hook.token_signer()
+            refs, min_gpus=owner.min_gpus, token_signer_pem=owner.token_signer_pem.encode()
         )
         self.log.info("Verifying %s and copying it to %s", refs.staging_uri, destination)
         manifest = copy_checkpoint(

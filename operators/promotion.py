@@ -4,17 +4,12 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
-from airflow.sdk import BaseOperator, Context, Variable
+from airflow.sdk import BaseOperator, Context
 
 from coco_ai.runs import RunRefs
-from coco_ai_airflow._settings import as_int, required_setting, setting
-from coco_ai_airflow.hooks.trustee import TrusteeHook
+from coco_ai_airflow._settings import as_int, owner_policy, required_setting, setting
 from coco_ai_airflow.provenance.links import ProvenanceLink
 
-#: Governance Variables (JSON lists of "sha256:<hex>"). When unset, exactly the inputs that key
-#: release pinned for this run are approved.
-APPROVED_BASE_MODELS_VAR = "coco_ai_approved_base_models"
-APPROVED_DATASETS_VAR = "coco_ai_approved_datasets"
 #: Keys of the Asset event extra (references only).
 ASSET_EXTRA_KEYS = (
     "model_name",
@@ -26,16 +21,9 @@ ASSET_EXTRA_KEYS = (
     "token_digest",
     "signature_uri",
     "signature_digest",
+    "record_uri",
+    "owner_policy_digest",
 )
-
-
-def _approved(variable: str, pinned: str) -> frozenset[str]:
-    approved = Variable.get(variable, default=None, deserialize_json=True)
-    if approved is None:
-        return frozenset({pinned})
-    if not isinstance(approved, list) or not all(isinstance(d, str) for d in approved):
-        raise ValueError(f"Variable {variable} must be a JSON list of 'sha256:<hex>' strings")
-    return frozenset(approved)
 
 
 def _optional_number(name: str, value: Any) -> float | None:
@@ -49,16 +37,38 @@ def _optional_number(name: str, value: Any) -> float | None:
         raise ValueError(f"{name} must be a number, got {value!r}") from None
 
 
-class AttestedModelPromotionOperator(BaseOperator):
-    """Promote a stored checkpoint only if its whole provenance chain verifies.
+def narrowing(min_gpus: Any, thresholds: dict[str, Any] | None) -> dict[str, Any]:
+    """Run parameters as a narrowing of the owner policy (empty values: the owner's)."""
+    thresholds = thresholds or {}
+    unknown = sorted(set(thresholds) - {"max_eval_loss", "min_relative_improvement"})
+    if unknown:
+        raise ValueError(f"unknown threshold(s) {unknown}")
+    narrowed: dict[str, Any] = {
+        name: number
+        for name in ("max_eval_loss", "min_relative_improvement")
+        if (number := _optional_number(name, thresholds.get(name))) is not None
+    }
+    if min_gpus is not None and min_gpus != "":
+        narrowed["min_gpus"] = as_int("min_gpus", min_gpus)
+    return narrowed
 
-    Wraps :func:`coco_ai.promotion.promote`: the EAR token chains to the connection's trust
-    anchor, CPU and at least ``min_gpus`` GPUs are affirming, the token carries this run's
-    initdata (digest and claims), the manifest is signed by the attested TEE key while the
-    token was valid, ciphertext digests match, the base model and data set are approved, and the
-    metric thresholds hold. Then the model is signed (OpenSSF model signing, key
-    ``[coco_ai] model_signing_key``), registered in MLflow with its provenance as tags and the
-    serving alias moved to it. Any failed check raises and leaves the registry untouched.
+
+class AttestedModelPromotionOperator(BaseOperator):
+    """Promote a stored checkpoint only if its whole provenance chain verifies under the data
+    owner's signed policy.
+
+    Wraps :func:`coco_ai.promotion.promote`. Every trust anchor, approval and threshold comes
+    from the owner policy (``[coco_ai] owner_policy``, verified with ``owner_public_key``);
+    ``min_gpus`` and ``thresholds`` may only narrow it (a looser value fails the task). The EAR
+    token chains to the policy's anchor and pinned signer, CPU and enough GPUs are affirming
+    under an accepted appraisal policy, no development evidence unless the policy is a
+    development one, the token carries this run's initdata, the image, base model, data set and
+    training recipe are approved, the manifest is signed by the attested TEE key, ciphertext
+    digests match, thresholds hold, and the model beats the served champion (no rollback).
+    Then the model is signed (OpenSSF, ``[coco_ai] model_signing_key``), its promotion record
+    is written beside it and it is registered in MLflow with the serving alias moved to it.
+    Any failed check raises and leaves the registry untouched. Airflow's part is convenience:
+    consumers re-check with ``coco-ai verify`` and the owner's key alone.
 
     On success an event is emitted on every Asset in ``outlets`` with references only
     (registry version, URIs, digests). Returns the same references plus metrics and the
@@ -91,10 +101,9 @@ class AttestedModelPromotionOperator(BaseOperator):
         checkpoint: Any,
         run_refs: Any,
         thresholds: dict[str, Any] | None = None,
-        min_gpus: int | str = 1,
+        min_gpus: int | str | None = None,
         model_name: str | None = None,
         alias: str | None = None,
-        trustee_conn_id: str = TrusteeHook.default_conn_name,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -104,46 +113,32 @@ class AttestedModelPromotionOperator(BaseOperator):
         self.min_gpus = min_gpus
         self.model_name = model_name
         self.alias = alias
-        self.trustee_conn_id = trustee_conn_id
 
     def execute(self, context: Context) -> dict[str, Any]:
-        from coco_ai.promotion import PromotionExpectations, promote
+        from coco_ai.guest.initdata import Initdata
+        from coco_ai.promotion import promote
 
         refs = RunRefs.from_xcom(self.run_refs)
         checkpoint = self.checkpoint if isinstance(self.checkpoint, dict) else {}
         checkpoint_run = checkpoint.get("run_id")
         if checkpoint_run != refs.run_id:
             raise ValueError(f"checkpoint belongs to run {checkpoint_run!r}, not {refs.run_id!r}")
-        thresholds = self.thresholds or {}
-        hook = TrusteeHook(self.trustee_conn_id)
-        expectations = PromotionExpectations(
-            run_id=refs.run_id,
-            approved_base_models=_approved(
-                APPROVED_BASE_MODELS_VAR, str(refs.input("base_model").digest)
-            ),
-            approved_datasets=_approved(APPROVED_DATASETS_VAR, str(refs.input("dataset").digest)),
-            init_data_digest=refs.initdata_digest.hex,
-            image_digest=str(refs.image_digest),
-            init_data_claims=refs.expected_claims(),
-            checkpoint_key_uri=refs.checkpoint_key.uri(),
-            min_gpus=as_int("min_gpus", self.min_gpus),
-            token_signer_pem=hook.token_signer(),
-            max_eval_loss=_optional_number("max_eval_loss", thresholds.get("max_eval_loss")),
-            min_relative_improvement=_optional_number(
-                "min_relative_improvement", thresholds.get("min_relative_improvement")
-            ),
-        )
+        owner = owner_policy()
         self.log.info(
-            "Verifying %s (run %s, initdata %s) for promotion",
-            self.checkpoint["checkpoint_uri"],
+            "Verifying %s (run %s, initdata %s) under owner policy %s v%s (%s)",
+            checkpoint["checkpoint_uri"],
             refs.run_id,
             refs.initdata_digest,
+            owner.policy.policy_id,
+            owner.policy.version,
+            owner.digest,
         )
         result = promote(
-            self.checkpoint["checkpoint_uri"],
-            trust_anchor_pem=hook.trust_anchor(),
-            expectations=expectations,
-            model_name=self.model_name or setting("registered_model_name"),
+            checkpoint["checkpoint_uri"],
+            owner_policy=owner,
+            initdata=Initdata.from_annotation(refs.initdata_annotation),
+            narrowing=narrowing(self.min_gpus, self.thresholds),
+            model_name=self.model_name or setting("registered_model_name") or None,
             signing_key_path=required_setting("model_signing_key"),
             registry_uri=required_setting("mlflow_tracking_uri"),
             alias=self.alias or setting("serving_alias"),

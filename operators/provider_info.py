@@ -241,6 +241,26 @@ def get_provider_info() -> dict:
                         "example": "/etc/coco-ai/model-signing.pub.pem",
                         "default": "",
                     },
+                    "owner_public_key": {
+                        "description": "Path of the data owner's P-256 public key PEM. It "
+                        "verifies the owner policy, from which upload and promotion take every "
+                        "trust anchor, approval and threshold. Deployment configuration, never a "
+                        "Connection, Variable or Param: whoever can change it decides what is "
+                        "trusted.",
+                        "version_added": None,
+                        "type": "string",
+                        "example": "/etc/coco-ai/owner.pub.pem",
+                        "default": "",
+                    },
+                    "owner_policy": {
+                        "description": "Path or object-store URI of the data owner's signed "
+                        "policy (compact JWS, docs/formats/owner-policy.md). Its signature is "
+                        "checked with owner_public_key on every use.",
+                        "version_added": None,
+                        "type": "string",
+                        "example": "s3://coco-governance/owner-policy.jws",
+                        "default": "",
+                    },
                     "model_signing_key": {
                         "description": "Path of the EC P-256 private key PEM that signs promoted "
                         "models (OpenSSF model signing).",

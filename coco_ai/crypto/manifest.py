@@ -33,6 +33,11 @@ MANIFEST_FILE = "manifest.json"
 SIGNATURE_FILE = "manifest.jws"
 TOKEN_FILE = "token.jwt"  # noqa: S105  (a file name)
 OBJECTS_DIR = "objects"
+#: the workload's configuration, public (references and hyper-parameters, no key); its digest is
+#: the manifest's training_config_digest, so a verifier can judge the recipe it names
+CONFIG_FILE = "training_config.json"
+#: the public files that travel beside the manifest (written before it, copied with it)
+PUBLIC_FILES = (TOKEN_FILE, SIGNATURE_FILE, CONFIG_FILE)
 JWS_TYPE = "coco-ai-manifest+jws"
 
 _HEX64 = re.compile(r"[0-9a-f]{64}")

@@ -19,6 +19,7 @@ from coco_ai.crypto.errors import IncompleteCheckpointError, IntegrityError, Man
 from coco_ai.crypto.manifest import (
     MANIFEST_FILE,
     OBJECTS_DIR,
+    PUBLIC_FILES,
     SIGNATURE_FILE,
     TOKEN_FILE,
     Manifest,
@@ -136,7 +137,7 @@ def copy_checkpoint(
             raise IntegrityError(f"{e.path}: the store returned other bytes than were uploaded")
         if on_progress:
             on_progress(ProgressEvent(OBJECT_WRITTEN, name, 0, e.ciphertext_size))
-    for aux in (TOKEN_FILE, SIGNATURE_FILE):
+    for aux in PUBLIC_FILES:
         if src.exists(aux):
             dst.put_bytes(aux, src.read_bytes(aux))
     dst.put_bytes(MANIFEST_FILE, manifest_bytes)

@@ -102,6 +102,9 @@ class StackInfo:
     checkpoint_store_uri: str
     staging_uri: str
     services: list[ServiceProcess] = field(default_factory=list)
+    #: the data owner's public key and signed policy: all a third party needs to verify
+    owner_public_key: str = ""
+    owner_policy: str = ""
 
     def to_json(self) -> str:
         data = asdict(self)
@@ -168,6 +171,12 @@ def stop_stack(root: Path) -> list[str]:
 
 def _cli() -> list[str]:
     return [str(Path(sys.executable).with_name("coco-ai"))]
+
+
+REGISTERED_MODEL_NAME = "coco-ai-finetuned"
+#: the recipes the development owner policy approves (the demo's and its tests' settings)
+DEV_APPROVED_LORA_RANKS = (4, 8, 16)
+DEV_APPROVED_EPOCHS = (1, 2, 3)
 
 
 def local_image_reference() -> str:
@@ -299,6 +308,77 @@ class DevStack:
         # v0.21.0+ reads the role from the token: the data owner mints Airflow's.
         token = mint_airflow_token(owner_pem)
         return {"admin_auth": "bearer", "admin_secret": token}, None
+
+    def _owner_policy(
+        self,
+        *,
+        token_anchor: bytes,
+        token_signer: bytes,
+        signing_key: Path,
+        dataset_uri: str,
+        base_model: Path,
+    ) -> tuple[Path, Path]:
+        """The data owner's key pair and signed development policy: (public key, policy JWS).
+
+        Approves exactly what the demo uses: its workload code (the local image digest), base
+        model, encrypted data set, the recipes the demo and its tests train with, the stand-in's
+        token CA and signer, the demo's promotion key. Development evidence is accepted: this is
+        a development policy, and a production verifier refuses it by its own policy.
+        """
+        from cryptography.hazmat.primitives import serialization
+
+        from coco_ai.owner_policy import OwnerPolicy, generate_owner_key
+        from coco_ai.storage.store import object_digest
+        from coco_ai.workloads.finetune.config import recipe_digest, recipe_for
+        from coco_ai.workloads.models import model_digest
+
+        private_path, public_path = self.keys / "owner-key.pem", self.keys / "owner-public.pem"
+        if not private_path.exists():
+            private, public = generate_owner_key()
+            _write_secret(private_path, private)
+            public_path.write_bytes(public)
+        signer_key = serialization.load_pem_private_key(signing_key.read_bytes(), password=None)
+        promotion_public = signer_key.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+        recipes = sorted(
+            {
+                recipe_digest(
+                    recipe_for(
+                        {"lora": {"r": r, "alpha": 16, "dropout": 0.05}, "training": {"epochs": e}}
+                    )
+                )
+                for r in DEV_APPROVED_LORA_RANKS
+                for e in DEV_APPROVED_EPOCHS
+            }
+        )
+        policy = OwnerPolicy.from_dict(
+            {
+                "format": "coco-ai/owner-policy/v1",
+                "policy_id": "coco-ai-demo",
+                "version": 1,
+                "model_name": REGISTERED_MODEL_NAME,
+                "approved": {
+                    "base_models": [model_digest(base_model)],
+                    "datasets": [object_digest(dataset_uri)],
+                    "training_recipes": recipes,
+                    "images": ["sha256:" + local_image_reference().rpartition(":")[2]],
+                },
+                "attestation": {
+                    "trust_anchor_pem": token_anchor.decode(),
+                    "token_signer_pem": token_signer.decode(),
+                    "allow_development_evidence": True,
+                    "min_gpus": 1,
+                },
+                "thresholds": {"min_relative_improvement": 0.0},
+                "champion": {"max_regression": 0.0},
+                "promotion_signers": [promotion_public.decode()],
+            }
+        )
+        policy_path = self.root / "owner" / "owner-policy.jws"
+        policy_path.parent.mkdir(parents=True, exist_ok=True)
+        policy_path.write_text(policy.sign(private_path.read_bytes()))
+        return public_path, policy_path
 
     def _start_trustee(self, admin_config: Path) -> tuple[ServiceProcess, str, bytes, bytes, bytes]:
         """The stand-in as the compose stack's Trustee version; returns the service, its URL,
@@ -436,6 +516,14 @@ class DevStack:
             self.progress(f"preparing the base model ({self.model})")
             base_model = self._base_model()
             signing_key = self._signing_key()
+            self.progress("the data owner signs the development owner policy")
+            owner_public, owner_policy = self._owner_policy(
+                token_anchor=token_anchor,
+                token_signer=token_signer,
+                signing_key=signing_key,
+                dataset_uri=dataset_uri,
+                base_model=base_model,
+            )
 
             registry_uri = f"sqlite:///{self.root / 'mlflow' / 'mlflow.db'}"
             (self.root / "mlflow").mkdir(exist_ok=True)
@@ -453,6 +541,9 @@ class DevStack:
                 "BASE_MODEL": str(base_model),
                 "MLFLOW_TRACKING_URI": registry_uri,
                 "MODEL_SIGNING_KEY": str(signing_key),
+                "OWNER_PUBLIC_KEY": str(owner_public),
+                "OWNER_POLICY": str(owner_policy),
+                "REGISTERED_MODEL_NAME": REGISTERED_MODEL_NAME,
                 "LOCAL_WORKDIR": str(self.root / "local"),
                 # Runs start on demand or on a data-set Asset event, not by the clock.
                 "RETRAIN_CRON": "",
@@ -498,10 +589,12 @@ class DevStack:
                 base_model=str(base_model),
                 model=self.model,
                 registry_uri=registry_uri,
-                registered_model_name="coco-ai-finetuned",
+                registered_model_name=REGISTERED_MODEL_NAME,
                 checkpoint_store_uri=coco["CHECKPOINT_STORE_URI"],
                 staging_uri=coco["STAGING_URI"],
                 services=services,
+                owner_public_key=str(owner_public),
+                owner_policy=str(owner_policy),
             )
             (self.root / STATE_FILE).write_text(info.to_json())
             client = info.client()

@@ -1,20 +1,43 @@
-"""Promotion end to end: verify -> sign -> register, in that order and only in that order.
+"""Promotion end to end: verify -> champion check -> sign -> record -> register, in that order.
 
-Nothing reaches the registry unless every check passed and the model signature was written; a
-refusal at any step leaves the registry exactly as it was.
+Every decision comes from the data owner's signed policy (coco_ai.owner_policy) and the run's
+initdata; the caller may only narrow the policy. Nothing reaches the registry unless every check
+passed, the model signature and the promotion record were written; a refusal at any step leaves
+the registry exactly as it was.
+
+The promotion record (`<checkpoint>.promotion.json`, docs/formats/promotion.md) holds what a third
+party needs beyond the checkpoint itself to re-check the promotion with `coco-ai verify` and the
+owner's public key alone: the owner policy JWS that was applied, the run's initdata, the champion
+the model replaced, and where its model signature is.
 """
 
 from __future__ import annotations
 
+import json
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from coco_ai.guest.initdata import Initdata
+from coco_ai.owner_policy import OwnerPolicyError, SignedOwnerPolicy
 from coco_ai.promotion.errors import PromotionRefused, SignatureInvalid
-from coco_ai.promotion.registry import DEFAULT_ALIAS, register_model_version
+from coco_ai.promotion.registry import (
+    DEFAULT_ALIAS,
+    METRIC_TAG_PREFIX,
+    TAG_PREFIX,
+    RegisteredVersion,
+    find_model_version,
+    register_model_version,
+    version_by_alias,
+)
 from coco_ai.promotion.signing import ModelSignature, sign_model
 from coco_ai.promotion.verify import PromotionEvidence, PromotionExpectations, verify_for_promotion
+from coco_ai.storage.store import open_store, split_object_uri
+
+RECORD_FORMAT = "coco-ai/promotion-record/v1"
+RECORD_SUFFIX = ".promotion.json"
 
 
 @dataclass(frozen=True)
@@ -24,6 +47,7 @@ class PromotionResult:
     model_name: str
     version: int
     alias: str
+    record_uri: str
 
     def to_dict(self) -> dict[str, Any]:
         """References only, JSON-serialisable (what the Airflow operator returns / emits)."""
@@ -37,36 +61,62 @@ class PromotionResult:
             "run_id": self.evidence.run_id,
             "signature_uri": self.signature.signature_uri,
             "signature_digest": self.signature.signature_digest,
+            "record_uri": self.record_uri,
+            "owner_policy_digest": self.evidence.owner_policy_digest,
             "metrics": dict(self.evidence.metrics),
             "attestation": dict(self.evidence.attestation),
         }
 
 
+def default_record_uri(checkpoint_uri: str) -> str:
+    """`<checkpoint>.promotion.json`: beside the checkpoint (its file set stays the manifest's)."""
+    return checkpoint_uri.rstrip("/") + RECORD_SUFFIX
+
+
 def promote(
     checkpoint_uri: str,
     *,
-    trust_anchor_pem: bytes,
-    expectations: PromotionExpectations,
-    model_name: str,
+    owner_policy: SignedOwnerPolicy,
+    initdata: Initdata,
     signing_key_path: str | Path,
+    narrowing: Mapping[str, Any] | None = None,
+    model_name: str | None = None,
     registry_uri: str | None = None,
     alias: str = DEFAULT_ALIAS,
     signature_uri: str | None = None,
     storage_options: Mapping[str, Any] | None = None,
     now: float | None = None,
 ) -> PromotionResult:
-    """Verify the checkpoint's whole chain, sign it (OpenSSF model signing), register it.
+    """Verify the checkpoint of the run that carried `initdata` under `owner_policy` (narrowed
+    by `narrowing`: min_gpus, max_eval_loss, min_relative_improvement), compare it with the
+    served champion, sign it (OpenSSF model signing), write its promotion record, register it.
 
-    Raises PromotionRefused (reasons listed) when verification, the policy or signing fails;
-    the registry is untouched then. Re-promoting the same manifest returns the same version.
+    Raises PromotionRefused (reasons listed) when verification, the policy, the champion rule
+    or signing fails; the registry is untouched then. Re-promoting the served manifest returns
+    its version.
     """
+    policy = owner_policy.policy
+    name = model_name or policy.model_name
+    if name != policy.model_name:
+        raise PromotionRefused([f"owner policy governs model {policy.model_name!r}, not {name!r}"])
+    try:
+        narrowed = policy.narrowed(**dict(narrowing or {}))
+        expectations = PromotionExpectations.from_owner_policy(
+            SignedOwnerPolicy(narrowed, owner_policy.jws), initdata=initdata
+        )
+    except (OwnerPolicyError, ValueError) as exc:
+        raise PromotionRefused([f"promotion expectations: {exc}"]) from None
     evidence = verify_for_promotion(
         checkpoint_uri,
-        trust_anchor_pem=trust_anchor_pem,
+        trust_anchor_pem=policy.trust_anchor_pem.encode(),
         expectations=expectations,
         now=now,
         storage_options=storage_options,
     )
+    champion = version_by_alias(name, alias, registry_uri=registry_uri) if alias else None
+    retry = champion is not None and _tag(champion, "manifest_digest") == evidence.manifest_digest
+    if not retry:
+        _check_challenger(evidence, champion, expectations, name, registry_uri)
     try:
         signature = sign_model(
             checkpoint_uri,
@@ -77,12 +127,114 @@ def promote(
         )
     except SignatureInvalid as exc:
         raise PromotionRefused([f"model signing: {exc}"]) from None
+    record_uri = default_record_uri(checkpoint_uri)
+    record = promotion_record(
+        evidence,
+        owner_policy=owner_policy,
+        initdata=initdata,
+        model_name=name,
+        champion=None if retry else champion,
+        signature=signature,
+        promoted_at=int(time.time() if now is None else now),
+    )
+    parent, leaf = split_object_uri(record_uri)
+    open_store(parent, **dict(storage_options or {})).put_bytes(leaf, record)
     provenance = {
         **evidence.provenance(),
         "signature_uri": signature.signature_uri,
         "signature_digest": signature.signature_digest,
+        "record_uri": record_uri,
     }
     name, version = register_model_version(
-        model_name, checkpoint_uri, provenance, alias, registry_uri=registry_uri
+        name, checkpoint_uri, provenance, alias, registry_uri=registry_uri
     )
-    return PromotionResult(evidence, signature, name, version, alias)
+    return PromotionResult(evidence, signature, name, version, alias, record_uri)
+
+
+def promotion_record(
+    evidence: PromotionEvidence,
+    *,
+    owner_policy: SignedOwnerPolicy,
+    initdata: Initdata,
+    model_name: str,
+    champion: RegisteredVersion | None,
+    signature: ModelSignature,
+    promoted_at: int,
+) -> bytes:
+    """The record's bytes (sorted-key JSON; docs/formats/promotion.md)."""
+    record = {
+        "format": RECORD_FORMAT,
+        "model_name": model_name,
+        "run_id": evidence.run_id,
+        "checkpoint_uri": evidence.checkpoint_uri,
+        "manifest_digest": evidence.manifest_digest,
+        "owner_policy": owner_policy.jws,
+        "owner_policy_digest": owner_policy.digest,
+        "initdata": initdata.toml,
+        "champion": None
+        if champion is None
+        else {
+            "version": champion.version,
+            "manifest_digest": _tag(champion, "manifest_digest"),
+            "created_at": _number_tag(champion, TAG_PREFIX + "created_at"),
+            "eval_loss": _number_tag(champion, METRIC_TAG_PREFIX + "eval_loss"),
+        },
+        "signature_uri": signature.signature_uri,
+        "signature_digest": signature.signature_digest,
+        "promoted_at": promoted_at,
+    }
+    return json.dumps(record, sort_keys=True, indent=1).encode()
+
+
+def _check_challenger(
+    evidence: PromotionEvidence,
+    champion: RegisteredVersion | None,
+    expectations: PromotionExpectations,
+    name: str,
+    registry_uri: str | None,
+) -> None:
+    """Refuse a rollback (an already registered, older or not newer checkpoint) and, per the
+    owner policy, a challenger whose eval_loss is worse than the served champion's."""
+    reasons = []
+    earlier = find_model_version(name, evidence.manifest_digest, registry_uri=registry_uri)
+    if earlier is not None:
+        reasons.append(
+            f"rollback: this checkpoint is already version {earlier.version} of {name}; "
+            "moving the serving alias back to it is refused"
+        )
+    if champion is not None:
+        served_at = _number_tag(champion, TAG_PREFIX + "created_at")
+        if served_at is None:
+            reasons.append(
+                f"champion: served version {champion.version} records no creation time, so "
+                "no challenger can be shown to be newer"
+            )
+        elif evidence.created_at <= served_at:
+            reasons.append(
+                f"rollback: checkpoint created at {evidence.created_at} is not newer than the "
+                f"served version {champion.version} (created at {int(served_at)})"
+            )
+        regression = expectations.champion_max_regression
+        if regression is not None:
+            served_loss = _number_tag(champion, METRIC_TAG_PREFIX + "eval_loss")
+            loss = evidence.metrics.get("eval_loss")
+            if served_loss is None or not isinstance(loss, int | float):
+                reasons.append("champion: eval_loss of the challenger or the champion is unknown")
+            elif loss > served_loss * (1 + regression):
+                reasons.append(
+                    f"champion: eval_loss {loss:g} is worse than the served version "
+                    f"{champion.version}'s {served_loss:g} (allowed regression {regression:g})"
+                )
+    if reasons:
+        raise PromotionRefused(reasons)
+
+
+def _tag(version: RegisteredVersion, key: str) -> str | None:
+    return version.tags.get(TAG_PREFIX + key)
+
+
+def _number_tag(version: RegisteredVersion, tag: str) -> float | None:
+    try:
+        return float(version.tags[tag])
+    except (KeyError, ValueError):
+        return None

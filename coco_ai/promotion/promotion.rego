@@ -37,7 +37,25 @@ deny contains msg if {
 	msg := sprintf("attestation covers %d GPU(s), at least %d required", [input.attestation.gpu_count, data.promotion.min_gpus])
 }
 
-# ---- inputs: the model must come from an approved base model and an approved data set ---------
+deny contains msg if {
+	some name, id in input.attestation.appraisal_policy_ids
+	not id in data.promotion.appraisal_policy_ids
+	msg := sprintf("attestation submod %s was appraised by policy %v, which the owner policy does not accept", [name, id])
+}
+
+deny contains "attestation rests on development (sample/sampledevice) evidence, which the owner policy does not accept" if {
+	input.attestation.development_evidence
+	not data.promotion.allow_development_evidence == true
+}
+
+# ---- code: the TEE ran an approved image ----------------------------------------------------------
+
+deny contains msg if {
+	not input.attestation.image_digest in data.promotion.approved_images
+	msg := sprintf("image %v is not approved", [object.get(input.attestation, "image_digest", null)])
+}
+
+# ---- inputs: the model must come from an approved base model, data set and training recipe ------
 
 deny contains msg if {
 	not input.checkpoint.base_model_digest in data.promotion.approved_base_models
@@ -47,6 +65,11 @@ deny contains msg if {
 deny contains msg if {
 	not input.checkpoint.dataset_digest in data.promotion.approved_datasets
 	msg := sprintf("data set %v is not approved", [object.get(input.checkpoint, "dataset_digest", null)])
+}
+
+deny contains msg if {
+	not input.checkpoint.training_recipe_digest in data.promotion.approved_training_recipes
+	msg := sprintf("training recipe %v is not approved", [object.get(input.checkpoint, "training_recipe_digest", null)])
 }
 
 deny contains msg if {

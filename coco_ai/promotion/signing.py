@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from coco_ai.crypto.errors import CheckpointError
-from coco_ai.crypto.manifest import MANIFEST_FILE, SIGNATURE_FILE, TOKEN_FILE, Manifest
+from coco_ai.crypto.manifest import MANIFEST_FILE, PUBLIC_FILES, Manifest
 from coco_ai.crypto.transfer import read_manifest
 from coco_ai.promotion.errors import SignatureInvalid
 from coco_ai.storage.store import Store, open_store, split_object_uri
@@ -165,8 +165,9 @@ def _hashing_config(ignored: Iterable[str]):
 
 
 def _checkpoint_files(manifest: Manifest) -> list[str]:
-    """The checkpoint's files as its manifest defines them (objects + token, JWS, manifest)."""
-    return [MANIFEST_FILE, SIGNATURE_FILE, TOKEN_FILE, *(f.object_name for f in manifest.files)]
+    """The checkpoint's files as its manifest defines them (objects, the public files beside the
+    manifest: token, JWS, training config; and the manifest)."""
+    return [MANIFEST_FILE, *PUBLIC_FILES, *(f.object_name for f in manifest.files)]
 
 
 def _read_manifest(store: Store) -> tuple[Manifest, bytes]:

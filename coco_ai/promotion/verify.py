@@ -15,6 +15,7 @@ references only (digests, URIs, claims summary, the token itself), never a key.
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 import re
 from collections.abc import Mapping
@@ -30,18 +31,33 @@ from coco_ai.crypto.errors import (
     ManifestError,
     SignatureError,
 )
-from coco_ai.crypto.manifest import MANIFEST_FILE, SIGNATURE_FILE, TOKEN_FILE
+from coco_ai.crypto.manifest import CONFIG_FILE, MANIFEST_FILE, SIGNATURE_FILE, TOKEN_FILE, Manifest
 from coco_ai.crypto.transfer import read_manifest, verify_objects
 from coco_ai.crypto.verify import VerificationPolicy, verify_signed_manifest
 from coco_ai.digest import is_sha256
-from coco_ai.guest.initdata import IMAGE_DIGEST_KEY, RUN_ID_KEY
+from coco_ai.guest.initdata import (
+    CHECKPOINT_KEY_KEY,
+    CUSTOM_KEY_PREFIX,
+    IMAGE_DIGEST_KEY,
+    RUN_ID_KEY,
+    Initdata,
+)
 from coco_ai.kbs.ear import EarClaims
 from coco_ai.kbs.errors import KbsError
+from coco_ai.owner_policy import SignedOwnerPolicy
 from coco_ai.promotion import _policy
 from coco_ai.promotion.errors import PromotionRefused
 from coco_ai.storage import open_store
 
 _HEX = re.compile(r"^[0-9a-f]+$")
+_DIGEST_SETS = (
+    "approved_base_models",
+    "approved_datasets",
+    "approved_training_recipes",
+    "approved_images",
+)
+#: Trustee's development verifiers (sample CPU, sampledevice GPU): no hardware behind them
+DEVELOPMENT_EVIDENCE = ("sample", "sampledevice")
 
 
 @dataclass(frozen=True)
@@ -57,6 +73,19 @@ class PromotionExpectations:
     run_id: str
     approved_base_models: frozenset[str]
     approved_datasets: frozenset[str]
+    #: approved training recipes (coco_ai.workloads.finetune.config.recipe_digest) and image
+    #: digests; empty approves nothing
+    approved_training_recipes: frozenset[str] = frozenset()
+    approved_images: frozenset[str] = frozenset()
+    #: ear.appraisal-policy-id values accepted on every submod
+    appraisal_policy_ids: frozenset[str] = frozenset({"default"})
+    #: sample / sampledevice evidence proves nothing about hardware: refused unless the owner
+    #: policy is a development one
+    allow_development_evidence: bool = False
+    #: the served model is replaced only by one with eval_loss <= champion * (1 + this);
+    #: None: no comparison (the owner policy says so explicitly)
+    champion_max_regression: float | None = 0.0
+    owner_policy_digest: str | None = None  # "sha256:<hex>" of the owner policy JWS
     init_data_digest: str | None = None
     image_digest: str | None = None
     checkpoint_key_uri: str | None = None
@@ -69,19 +98,19 @@ class PromotionExpectations:
     leeway: int = 0  # clock skew tolerated when judging the token, seconds
 
     def __post_init__(self) -> None:
-        for what in ("approved_base_models", "approved_datasets"):
+        for what in (*_DIGEST_SETS, "appraisal_policy_ids"):
             if isinstance(getattr(self, what), str | bytes):
-                raise ValueError(f"invalid promotion expectations: {what} must be a set of digests")
-        object.__setattr__(self, "approved_base_models", frozenset(self.approved_base_models))
-        object.__setattr__(self, "approved_datasets", frozenset(self.approved_datasets))
+                raise ValueError(f"invalid promotion expectations: {what} must be a set")
+            object.__setattr__(self, what, frozenset(getattr(self, what)))
         bad = []
         if not isinstance(self.run_id, str) or not self.run_id:
             bad.append("run_id must be a non-empty string")
-        for what, digests in (
-            ("approved_base_models", self.approved_base_models),
-            ("approved_datasets", self.approved_datasets),
-        ):
-            bad += [f"{what}: {d!r} is not 'sha256:<64 hex>'" for d in digests if not is_sha256(d)]
+        for what in _DIGEST_SETS:
+            bad += [
+                f"{what}: {d!r} is not 'sha256:<64 hex>'"
+                for d in getattr(self, what)
+                if not is_sha256(d)
+            ]
         if self.image_digest is not None and not is_sha256(self.image_digest):
             bad.append(f"image_digest {self.image_digest!r} is not 'sha256:<64 hex>'")
         if self.init_data_digest is not None and not (
@@ -92,7 +121,7 @@ class PromotionExpectations:
             bad.append("min_gpus must be an integer")
         elif self.min_gpus < 0:
             bad.append("min_gpus must not be negative")
-        for what in ("max_eval_loss", "min_relative_improvement"):
+        for what in ("max_eval_loss", "min_relative_improvement", "champion_max_regression"):
             value = getattr(self, what)
             if value is not None and (
                 isinstance(value, bool)
@@ -102,6 +131,49 @@ class PromotionExpectations:
                 bad.append(f"{what} must be a finite number")
         if bad:
             raise ValueError("invalid promotion expectations: " + "; ".join(bad))
+
+    @classmethod
+    def from_owner_policy(
+        cls,
+        owner: SignedOwnerPolicy,
+        *,
+        initdata: Initdata,
+        run_id: str | None = None,
+        leeway: int = 0,
+    ) -> PromotionExpectations:
+        """What a checkpoint of the run that carried `initdata` must prove under the data owner's
+        signed policy. Approvals, thresholds, GPU count, evidence rules and the attestation
+        signer all come from the policy; the run contributes only its identity (the initdata,
+        whose digest the token must carry, and the claims in it). `run_id`, when given, must be
+        the initdata's."""
+        claimed_run = initdata.claim(RUN_ID_KEY)
+        if not claimed_run:
+            raise ValueError(f"the run's initdata carries no {RUN_ID_KEY} claim")
+        if run_id is not None and run_id != claimed_run:
+            raise ValueError(f"the initdata is run {claimed_run!r}'s, not run {run_id!r}'s")
+        policy = owner.policy
+        return cls(
+            run_id=claimed_run,
+            approved_base_models=policy.approved_base_models,
+            approved_datasets=policy.approved_datasets,
+            approved_training_recipes=policy.approved_training_recipes,
+            approved_images=policy.approved_images,
+            appraisal_policy_ids=policy.appraisal_policy_ids,
+            allow_development_evidence=policy.allow_development_evidence,
+            champion_max_regression=policy.champion_max_regression,
+            owner_policy_digest=owner.digest,
+            init_data_digest=initdata.digest().hex(),
+            image_digest=initdata.claim(IMAGE_DIGEST_KEY),
+            checkpoint_key_uri=initdata.claim(CHECKPOINT_KEY_KEY),
+            init_data_claims={
+                k: v for k, v in initdata.data.items() if k.startswith(CUSTOM_KEY_PREFIX)
+            },
+            min_gpus=policy.min_gpus,
+            token_signer_pem=policy.token_signer_pem.encode(),
+            max_eval_loss=policy.max_eval_loss,
+            min_relative_improvement=policy.min_relative_improvement,
+            leeway=leeway,
+        )
 
     def verification_policy(self) -> VerificationPolicy:
         claims = {**self.init_data_claims, RUN_ID_KEY: self.run_id}
@@ -124,6 +196,10 @@ class PromotionExpectations:
             "min_gpus": self.min_gpus,
             "approved_base_models": sorted(self.approved_base_models),
             "approved_datasets": sorted(self.approved_datasets),
+            "approved_training_recipes": sorted(self.approved_training_recipes),
+            "approved_images": sorted(self.approved_images),
+            "appraisal_policy_ids": sorted(self.appraisal_policy_ids),
+            "allow_development_evidence": self.allow_development_evidence,
         }
         for what in ("max_eval_loss", "min_relative_improvement", "checkpoint_key_uri"):
             if getattr(self, what) is not None:
@@ -153,6 +229,8 @@ class PromotionEvidence:
     attestation: dict[str, Any]  # claims summary: submod statuses, GPU count, TEE, iat/exp
     tee_key_thumbprint: str  # RFC 7638 SHA-256 thumbprint of the attested key that signed
     policy_digest: str  # "sha256:<hex>" of the promotion policy text that allowed it
+    owner_policy_digest: str | None = None  # "sha256:<hex>" of the owner policy JWS applied
+    training_recipe_digest: str | None = None
     files: dict[str, str] = field(default_factory=dict)  # stored file -> "sha256:<hex>"
 
     def provenance(self) -> dict[str, Any]:
@@ -175,6 +253,9 @@ class PromotionEvidence:
             "token_expires_at": self.attestation.get("expires_at"),
             "tee_key_thumbprint": self.tee_key_thumbprint,
             "promotion_policy_digest": self.policy_digest,
+            "owner_policy_digest": self.owner_policy_digest,
+            "training_recipe_digest": self.training_recipe_digest,
+            "created_at": self.created_at,
             "metrics": dict(self.metrics),
         }
 
@@ -220,6 +301,9 @@ def verify_for_promotion(
         verify_objects(store, manifest)
     except (CheckpointError, OSError) as exc:
         reasons.append(_label(exc))
+    config_text = _read_text(store, CONFIG_FILE)
+    recipe, config_reasons = _training_config(config_text, manifest, expectations)
+    reasons += config_reasons
 
     checkpoint = {
         "uri": checkpoint_uri,
@@ -231,6 +315,7 @@ def verify_for_promotion(
         "base_model_digest": manifest.base_model_digest,
         "dataset_digest": manifest.dataset_digest,
         "training_config_digest": manifest.training_config_digest,
+        "training_recipe_digest": recipe,
         "file_count": len(manifest.files),
     }
     decision = _policy.evaluate(
@@ -250,6 +335,8 @@ def verify_for_promotion(
     files[MANIFEST_FILE] = manifest.digest()
     files[SIGNATURE_FILE] = _sha256(signature.encode())
     files[TOKEN_FILE] = _sha256(token.encode())
+    assert config_text is not None  # _training_config refused its absence
+    files[CONFIG_FILE] = _sha256(config_text.encode())
     return PromotionEvidence(
         checkpoint_uri=checkpoint_uri,
         manifest_digest=manifest.digest(),
@@ -269,6 +356,8 @@ def verify_for_promotion(
         attestation=attestation,
         tee_key_thumbprint=jwk.JWK(**signer).thumbprint(),
         policy_digest=decision.policy_digest,
+        owner_policy_digest=expectations.owner_policy_digest,
+        training_recipe_digest=recipe,
         files=files,
     )
 
@@ -289,7 +378,16 @@ def _attestation_summary(claims: EarClaims) -> dict[str, Any]:
         if isinstance(v, dict) and k not in ("init_data_claims", "runtime_data_claims")
     )
     init_claims = claims.init_data_claims() or {}
+    names = claims.submod_names()
     return {
+        "appraisal_policy_ids": {
+            name: claims.submod(name).get("ear.appraisal-policy-id") for name in names
+        },
+        "development_evidence": any(
+            kind in claims.annotated_evidence(name)
+            for name in names
+            for kind in DEVELOPMENT_EVIDENCE
+        ),
         "tee": tees[0] if tees else None,
         "submods": {name: claims.submod(name).get("ear.status") for name in claims.submod_names()},
         "gpu_count": len(claims.gpu_submods()),
@@ -299,6 +397,41 @@ def _attestation_summary(claims: EarClaims) -> dict[str, Any]:
         "run_id": init_claims.get(RUN_ID_KEY),
         "image_digest": init_claims.get(IMAGE_DIGEST_KEY),
     }
+
+
+def _training_config(
+    text: str | None, manifest: Manifest, expectations: PromotionExpectations
+) -> tuple[str | None, list[str]]:
+    """(recipe digest, reasons) for the public training_config.json beside the manifest: it must
+    be the config whose digest the TEE signed, and belong to this run, base model and key."""
+    from coco_ai.workloads.finetune.config import RECIPE_TABLES, recipe_digest
+
+    if text is None:
+        return None, [f"training config: {CONFIG_FILE} is missing beside the manifest"]
+    if _sha256(text.encode()) != manifest.training_config_digest:
+        return None, [
+            f"training config: {CONFIG_FILE} is not the config the TEE signed "
+            f"(digest differs from the manifest's training_config_digest)"
+        ]
+    try:
+        config = json.loads(text)
+        recipe = recipe_digest(config)
+    except (ValueError, KeyError, TypeError):
+        return None, [f"training config: {CONFIG_FILE} lacks the {RECIPE_TABLES} tables"]
+    reasons = []
+    if config.get("run_id") != manifest.run_id:
+        reasons.append(f"training config: names run {config.get('run_id')!r}, not the manifest's")
+    base = config.get("base_model")
+    if not isinstance(base, dict) or base.get("digest") != manifest.base_model_digest:
+        reasons.append("training config: base model digest differs from the manifest's")
+    if config.get("checkpoint_key_uri") != manifest.key_uri:
+        reasons.append("training config: checkpoint key differs from the manifest's")
+    if (
+        expectations.checkpoint_key_uri is not None
+        and config.get("checkpoint_key_uri") != expectations.checkpoint_key_uri
+    ):
+        reasons.append("training config: checkpoint key is not the one the run's initdata names")
+    return recipe, reasons
 
 
 _LABELS: tuple[tuple[type[BaseException], str], ...] = (

@@ -99,16 +99,13 @@ def _setting(option: str) -> str:
 
 
 def _trust_anchor() -> bytes | None:
-    from airflow.models.connection import Connection
-
-    from coco_ai_airflow.hooks.trustee import TrusteeSettings
+    """The attestation trust anchor of the data owner's signed policy (never a Connection)."""
+    from coco_ai_airflow._settings import owner_policy
 
     try:
-        conn = Connection.get_connection_from_secrets(TRUSTEE_CONN_ID)
-        pem = TrusteeSettings.from_extra(conn.extra_dejson).trust_anchor_pem
-    except Exception:
+        return owner_policy().policy.trust_anchor_pem.encode()
+    except Exception:  # no policy configured or readable: the view shows chains unverified
         return None
-    return pem.encode() if pem else None
 
 
 @lru_cache(maxsize=4)

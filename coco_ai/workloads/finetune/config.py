@@ -97,6 +97,37 @@ class FinetuneConfig:
         return _build(cls, data, "")
 
 
+#: the parts of a config that are the training recipe the data owner approves (by digest); the
+#: rest (run id, URIs, digests of the inputs) differs on every run and is checked on its own
+RECIPE_TABLES = ("lora", "training")
+
+
+def recipe_digest(config: Mapping[str, Any]) -> str:
+    """``sha256:`` of the canonical JSON of the config's recipe tables (defaults filled in).
+
+    ``config`` is a validated config's ``to_dict()`` (or the parsed ``training_config.json``);
+    the data owner lists approved recipes by this digest in the owner policy.
+    """
+    import hashlib
+
+    from coco_ai.kbs.wire import canonical_json
+
+    recipe = {name: config[name] for name in RECIPE_TABLES}
+    return "sha256:" + hashlib.sha256(canonical_json(recipe)).hexdigest()
+
+
+def recipe_for(settings: Mapping[str, Any]) -> dict[str, Any]:
+    """The recipe tables a run with these optional ``lora`` / ``training`` settings trains with
+    (validated, defaults filled; ``None`` values keep the defaults, as in config_for_run): what
+    the data owner digests with :func:`recipe_digest` to approve it."""
+    tables = {LoraSettings: "lora", TrainingSettings: "training"}
+    recipe = {}
+    for cls, name in tables.items():
+        values = {k: v for k, v in (settings.get(name) or {}).items() if v is not None}
+        recipe[name] = _jsonable(dataclasses.asdict(_build(cls, values, name + ".")))
+    return recipe
+
+
 def config_for_run(refs: RunRefs, settings: Mapping[str, Any]) -> dict[str, Any]:
     """The config of a pipeline run: references from ``refs`` (key release's output) and the
     optional ``lora`` / ``training`` tables of ``settings`` (``None`` values keep the defaults).

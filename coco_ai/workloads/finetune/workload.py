@@ -96,11 +96,17 @@ def _sha256(data: bytes) -> str:
     return "sha256:" + hashlib.sha256(data).hexdigest()
 
 
-def config_digest(config: FinetuneConfig) -> str:
-    """``sha256:`` over the RFC 8785 canonical JSON of the validated config (defaults filled)."""
+def config_bytes(config: FinetuneConfig) -> bytes:
+    """The RFC 8785 canonical JSON of the validated config (defaults filled): the public
+    `training_config.json` beside the manifest."""
     from coco_ai.kbs.wire import canonical_json
 
-    return _sha256(canonical_json(config.to_dict()))
+    return canonical_json(config.to_dict())
+
+
+def config_digest(config: FinetuneConfig) -> str:
+    """``sha256:`` over :func:`config_bytes` (the manifest's training_config_digest)."""
+    return _sha256(config_bytes(config))
 
 
 def private_tmpdir(prefix: str) -> Path:
@@ -549,6 +555,7 @@ class FinetuneWorkload:
 
     def _encrypt(self, outputs: Path, dst: Path, key: bytes, dataset_digest: str, metrics):
         from coco_ai.crypto import encrypt_checkpoint
+        from coco_ai.crypto.manifest import CONFIG_FILE
 
         cfg = self.config
         manifest = encrypt_checkpoint(
@@ -564,6 +571,8 @@ class FinetuneWorkload:
                 "metrics": metrics,
             },
         )
+        # public beside the manifest, so that verifiers can judge the recipe the digest names
+        (dst / CONFIG_FILE).write_bytes(config_bytes(cfg))
         self.log(f"adapter encrypted: {len(manifest.files)} files under {cfg.checkpoint_key_uri}")
         return manifest
 
