@@ -174,7 +174,7 @@ class RunRefs:
             run_key_root=run_key_root,
             input_keys=_input_keys(inputs),
         )
-        initdata = build_initdata(kbs_url, kbs_ca_pem, claims)
+        initdata = build_initdata(kbs_url, kbs_ca_pem, claims, image=image)
         return cls(
             workload=workload,
             run_id=run_id,
