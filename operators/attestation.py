@@ -41,8 +41,10 @@ def _sync_allowed() -> bool:
     return str(value).strip().lower() in ("true", "1", "yes")
 
 
-def _check_resource_policy(client: Any, name: str, expected: str, sync: bool) -> str:
-    """Make sure Trustee enforces the repository's resource policy; return how it was ensured."""
+def _check_resource_policy(client: Any, name: str, wanted: str, sync: bool) -> str:
+    """Make sure Trustee enforces ``wanted`` (the repository's resource policy rendered with the
+    approved images); return how it was ensured."""
+    expected = _sha256(wanted)
     text = client.get_resource_policy()  # None: Trustee v0.20+ lists policy ids only
     deployed = _sha256(text) if text is not None else None
     if deployed == expected:
@@ -51,16 +53,16 @@ def _check_resource_policy(client: Any, name: str, expected: str, sync: bool) ->
         if deployed is None:
             raise AttestationGateError(
                 f"cannot verify the resource policy: this Trustee does not expose it (it lists "
-                f"policy ids only), so it may differ from the repository's {name}.rego "
-                f"(sha256:{expected}); set Variable {SYNC_POLICIES_VAR}=true to let the gate "
-                "upload it"
+                f"policy ids only), so it may differ from the repository's {name}.rego for the "
+                f"approved images (sha256:{expected}); set Variable {SYNC_POLICIES_VAR}=true "
+                "to let the gate upload it"
             )
         raise AttestationGateError(
             f"resource policy mismatch: Trustee serves sha256:{deployed}, the repository's "
-            f"{name}.rego is sha256:{expected} (set Variable {SYNC_POLICIES_VAR}=true to "
-            "replace it)"
+            f"{name}.rego for the approved images is sha256:{expected} (set Variable "
+            f"{SYNC_POLICIES_VAR}=true to replace it)"
         )
-    client.set_resource_policy(policies.load(name))
+    client.set_resource_policy(wanted)
     readback = client.get_resource_policy()
     if readback is not None and _sha256(readback) != expected:
         raise AttestationGateError(
@@ -87,10 +89,12 @@ class AttestationGateOperator(BaseOperator):
        TLS pinned to the connection's CA certificate (``/healthz`` from Trustee v0.21.0; v0.20.0
        has none, so ``/metrics`` there; see ``KbsAdminClient.alive``);
     2. the resource policy Trustee serves has the SHA-256 of the repository's file for
-       ``policy_set`` (``coco_ai/policies``). Where sync is allowed (``sync_policies``, else
-       Variable ``coco_ai_sync_policies``), a differing or unreadable policy is uploaded
-       instead; otherwise a mismatch fails, and so does a Trustee that hides its policy
-       (v0.20+ lists policy ids only): what cannot be verified is not trusted;
+       ``policy_set`` (``coco_ai/policies``) rendered with ``approved_images`` (default: the
+       ``[coco_ai] workload_image``; see ``coco_ai.policies.resource_policy_text``). Where
+       sync is allowed (``sync_policies``, else Variable ``coco_ai_sync_policies``), a
+       differing or unreadable policy is uploaded instead; otherwise a mismatch fails, and so
+       does a Trustee that hides its policy (v0.20+ lists policy ids only): what cannot be
+       verified is not trusted;
     3. where sync is allowed, the attestation policies of the set are uploaded too (Trustee has
        no API to read them back, so without syncing they are reported as not verifiable);
     4. every name in ``required_reference_values`` resolves to a non-empty reference value.
@@ -116,11 +120,13 @@ class AttestationGateOperator(BaseOperator):
         policy_set: str | None = None,
         sync_policies: bool | None = None,
         required_reference_values: Sequence[str] | None = None,
+        approved_images: Sequence[str] | None = None,
         trustee_conn_id: str = TrusteeHook.default_conn_name,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         self.policy_set = policy_set
+        self.approved_images = approved_images
         self.sync_policies = sync_policies
         self.required_reference_values = required_reference_values
         self.trustee_conn_id = trustee_conn_id
@@ -154,8 +160,21 @@ class AttestationGateOperator(BaseOperator):
             )
 
             resource_name = wanted[policies.RESOURCE_POLICY_ID]
-            expected = policies.digest(resource_name)
-            resource_state = _check_resource_policy(client, resource_name, expected, sync)
+            approved = (
+                list(self.approved_images)
+                if self.approved_images is not None
+                else [setting("workload_image")]
+            )
+            if not approved:
+                raise AttestationGateError(
+                    "approved workload images: none, so no run would get a key"
+                )
+            try:
+                resource_text = policies.policy_text(resource_name, approved)
+            except ValueError as exc:
+                raise AttestationGateError(f"approved workload images: {exc}") from None
+            expected = _sha256(resource_text)
+            resource_state = _check_resource_policy(client, resource_name, resource_text, sync)
             self.log.info(
                 "Resource policy %s: %s (sha256:%s)", resource_name, resource_state, expected
             )
