@@ -11,7 +11,7 @@ import pytest
 
 from coco_ai import policies
 from coco_ai.devstack import DAG_ID
-from coco_ai.devstack.stack import SYNC_POLICIES_VARIABLE
+from coco_ai.devstack.stack import SYNC_POLICIES_VARIABLE, local_image_reference
 from coco_ai.runs import RunRefs
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(600)]
@@ -55,7 +55,7 @@ def _assert_failed_at(run, task_id: str) -> None:
 def test_policy_mismatch_stops_the_run_at_the_gate(e2e_stack, follow):
     """The policy was edited out of band and the data owner has not allowed the gate to sync."""
     before = e2e_stack.registry_versions()
-    original = policies.load("resource_dev")
+    original = policies.resource_policy_text("dev", [local_image_reference()])
     client = e2e_stack.info.client()
     client.put_variable(SYNC_POLICIES_VARIABLE, "false")
     try:

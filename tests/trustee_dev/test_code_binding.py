@@ -239,3 +239,16 @@ def test_the_render_fills_each_approval_line_and_refuses_bad_templates():
     # Dev differs from prod only in the ban on sample evidence.
     prod, dev = (policies.resource_policy_text(k, [APPROVED_IMAGE]) for k in ("prod", "dev"))
     assert "development_evidence" in prod and "development_evidence" not in dev
+
+
+def test_the_policy_cli_prints_what_the_data_owner_uploads(capsys):
+    from coco_ai.cli import main
+    from coco_ai.guest.image_policy import image_policy_json
+
+    assert main(["policy", "render", "--kind", "prod", "--image", APPROVED_IMAGE]) == 0
+    assert capsys.readouterr().out == policies.resource_policy_text("prod", [APPROVED_IMAGE])
+    assert main(["policy", "image-policy", "--image", APPROVED_IMAGE]) == 0
+    assert capsys.readouterr().out == image_policy_json([APPROVED_IMAGE])
+    tagged = "registry.example/coco-ai/finetune:latest"
+    assert main(["policy", "render", "--kind", "dev", "--image", tagged]) == 2
+    assert "pinned by digest" in capsys.readouterr().err
