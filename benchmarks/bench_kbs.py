@@ -30,6 +30,9 @@ sys.path.insert(0, str(REPO))
 
 RESOURCE = "coco-ai/bench/key"
 TRUSTEE_VERSION = "0.21.0"
+# The workload image the served stand-in's resource policy approves; the clients' initdata is
+# bound to it, as a run's is.
+BENCH_IMAGE = "registry.example/coco-ai/finetune@sha256:" + "b" * 64
 
 
 def _admin_keys() -> tuple[bytes, bytes]:
@@ -53,7 +56,9 @@ def _serve(state_dir: str, public_pem: bytes, port: int, tls: bool) -> None:
     from coco_ai.trustee_dev.server import uvicorn_config
 
     # v0.21.0 mode: the baseline is a bare /healthz round trip, which v0.20.0 does not have.
-    standin = TrusteeStandIn(state_dir, public_pem, trustee_version=TRUSTEE_VERSION)
+    standin = TrusteeStandIn(
+        state_dir, public_pem, trustee_version=TRUSTEE_VERSION, approved_images=[BENCH_IMAGE]
+    )
     tls_dir = Path(state_dir) / "tls"
     config = uvicorn_config(
         standin,
@@ -72,7 +77,7 @@ def _client(url: str, ca: bytes | None, gpus: int = 1):
     from coco_ai.guest.initdata import build_initdata
     from coco_ai.kbs.client import KbsClient
 
-    initdata = build_initdata(url, ca, {"io.coco-ai.run-id": "bench"})
+    initdata = build_initdata(url, ca, {"io.coco-ai.run-id": "bench"}, image=BENCH_IMAGE)
     return KbsClient(
         url,
         SampleAttester(init_data_digest=initdata.digest()),
@@ -138,6 +143,7 @@ def _breakdown(samples: int) -> dict[str, float]:
     from coco_ai import policies
     from coco_ai.guest.attesters.sample import SampleAttester
     from coco_ai.guest.attesters.sampledevice import SampleDeviceAttester
+    from coco_ai.guest.initdata import build_initdata
     from coco_ai.kbs.evidence import tee_evidence
     from coco_ai.kbs.jwe import TeeKeyPair, encrypt_for_tee
     from coco_ai.trustee_dev.app import TrusteeStandIn
@@ -149,10 +155,13 @@ def _breakdown(samples: int) -> dict[str, float]:
     key = TeeKeyPair.generate()
     nonce = base64.b64encode(os.urandom(32)).decode()
     pub = key.public_jwk()
+    initdata = build_initdata("https://127.0.0.1", None, image=BENCH_IMAGE)
+    cpu = SampleAttester(init_data_digest=initdata.digest())
     body = json.dumps(
         {
             "runtime-data": {"nonce": nonce, "tee-pubkey": pub},
-            "tee-evidence": tee_evidence(SampleAttester(), [SampleDeviceAttester()], nonce, pub),
+            "tee-evidence": tee_evidence(cpu, [SampleDeviceAttester()], nonce, pub),
+            "init-data": {"format": "toml", "body": initdata.toml},
         }
     ).encode()
 
@@ -170,7 +179,7 @@ def _breakdown(samples: int) -> dict[str, float]:
     cpu_policy = standin._attestation_policy("default_cpu")
     annotated = submods["cpu0"]["ear.veraison.annotated-evidence"]
     request = {"plugin": "resource", "resource-path": ["a", "b", "c"], "query": {}}
-    resource_policy = policies.load("resource_dev")
+    resource_policy = policies.resource_policy_text("dev", [BENCH_IMAGE])
     evaluator = ResourcePolicyEvaluator()
     return {
         "attest_total_server_ms": timed(lambda: standin.attestation.attest(session, body)),

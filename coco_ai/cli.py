@@ -15,6 +15,7 @@ from coco_ai import __version__
 
 _COMMAND_MODULES = (
     "coco_ai.trustee_dev.cli",
+    "coco_ai.policies.cli",
     "coco_ai.guest.cli",
     "coco_ai.crypto.cli",
     "coco_ai.workloads.cli",

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from coco_ai.digest import Digest
+from coco_ai.guest.agent_policy import AgentPolicyError, qualified_pinned_image
 from coco_ai.guest.initdata import (
     CHECKPOINT_KEY_KEY,
     IMAGE_DIGEST_KEY,
@@ -31,7 +32,6 @@ from coco_ai.guest.initdata import (
 from coco_ai.kbs.resource_path import ResourcePath, parse_resource_uri
 from coco_ai.run_keys import checkpoint_key_path, grant_path
 
-_IMAGE_BY_DIGEST = re.compile(r"^[a-z0-9][a-z0-9._:/-]*@sha256:[0-9a-f]{64}$")
 _NAME = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
 _RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 RUN_ID_RULE = "[A-Za-z0-9._-], at most 128, not starting with . - _"
@@ -47,14 +47,13 @@ def is_run_id(value: object) -> bool:
 
 
 def pinned_image(image: object) -> str:
-    """``image`` if it is pinned by ``@sha256:<64 hex>``; a tag could be re-pointed and would
-    not match the image digest the run's initdata names."""
-    if not isinstance(image, str) or not _IMAGE_BY_DIGEST.match(image):
-        raise RunRefsError(
-            f"workload image {image!r} must be pinned by digest (name@sha256:<64 hex>); "
-            "tags can be re-pointed and would not match the image digest in the initdata"
-        )
-    return image
+    """``image`` if it is fully qualified and pinned by ``@sha256:<64 hex>``: a tag could be
+    re-pointed and would not match the image the run's initdata (agent policy, image digest)
+    binds the guest to (coco_ai.guest.agent_policy.qualified_pinned_image)."""
+    try:
+        return qualified_pinned_image(image)
+    except AgentPolicyError as exc:
+        raise RunRefsError(f"workload {exc}") from None
 
 
 def staging_location(staging_root: str, run_id: str) -> str:
@@ -174,7 +173,7 @@ class RunRefs:
             run_key_root=run_key_root,
             input_keys=_input_keys(inputs),
         )
-        initdata = build_initdata(kbs_url, kbs_ca_pem, claims)
+        initdata = build_initdata(kbs_url, kbs_ca_pem, claims, image=image)
         return cls(
             workload=workload,
             run_id=run_id,

@@ -10,7 +10,7 @@ from urllib.parse import urlsplit
 from airflow.sdk import BaseOperator, Context, Variable
 
 from coco_ai import policies
-from coco_ai_airflow._settings import setting
+from coco_ai_airflow._settings import owner_policy, setting
 from coco_ai_airflow.hooks.trustee import TrusteeHook
 
 SYNC_POLICIES_VAR = "coco_ai_sync_policies"
@@ -41,8 +41,10 @@ def _sync_allowed() -> bool:
     return str(value).strip().lower() in ("true", "1", "yes")
 
 
-def _check_resource_policy(client: Any, name: str, expected: str, sync: bool) -> str:
-    """Make sure Trustee enforces the repository's resource policy; return how it was ensured."""
+def _check_resource_policy(client: Any, name: str, wanted: str, sync: bool) -> str:
+    """Make sure Trustee enforces ``wanted`` (the repository's resource policy rendered with the
+    approved images); return how it was ensured."""
+    expected = _sha256(wanted)
     text = client.get_resource_policy()  # None: Trustee v0.20+ lists policy ids only
     deployed = _sha256(text) if text is not None else None
     if deployed == expected:
@@ -51,16 +53,16 @@ def _check_resource_policy(client: Any, name: str, expected: str, sync: bool) ->
         if deployed is None:
             raise AttestationGateError(
                 f"cannot verify the resource policy: this Trustee does not expose it (it lists "
-                f"policy ids only), so it may differ from the repository's {name}.rego "
-                f"(sha256:{expected}); set Variable {SYNC_POLICIES_VAR}=true to let the gate "
-                "upload it"
+                f"policy ids only), so it may differ from the repository's {name}.rego for the "
+                f"approved images (sha256:{expected}); set Variable {SYNC_POLICIES_VAR}=true "
+                "to let the gate upload it"
             )
         raise AttestationGateError(
             f"resource policy mismatch: Trustee serves sha256:{deployed}, the repository's "
-            f"{name}.rego is sha256:{expected} (set Variable {SYNC_POLICIES_VAR}=true to "
-            "replace it)"
+            f"{name}.rego for the approved images is sha256:{expected} (set Variable "
+            f"{SYNC_POLICIES_VAR}=true to replace it)"
         )
-    client.set_resource_policy(policies.load(name))
+    client.set_resource_policy(wanted)
     readback = client.get_resource_policy()
     if readback is not None and _sha256(readback) != expected:
         raise AttestationGateError(
@@ -102,7 +104,9 @@ class AttestationGateOperator(BaseOperator):
     does the gate also compare and sync, as before:
 
     1. the resource policy Trustee serves has the SHA-256 of the repository's file for
-       ``policy_set`` (``coco_ai/policies``). Where sync is allowed (``sync_policies``, else
+       ``policy_set`` (``coco_ai/policies``) rendered with the approved images
+       (``approved_images``, default: those the data owner's signed policy approves; see
+       ``coco_ai.policies.resource_policy_text``). Where sync is allowed (``sync_policies``, else
        Variable ``coco_ai_sync_policies``), a differing or unreadable policy is uploaded
        instead; otherwise a mismatch fails, and so does a Trustee that hides its policy
        (v0.20+ lists policy ids only): what cannot be verified is not trusted;
@@ -126,6 +130,7 @@ class AttestationGateOperator(BaseOperator):
         policy_set: str | None = None,
         sync_policies: bool | None = None,
         required_reference_values: Sequence[str] | None = None,
+        approved_images: Sequence[str] | None = None,
         trustee_conn_id: str = TrusteeHook.default_conn_name,
         **kwargs: Any,
     ) -> None:
@@ -133,6 +138,7 @@ class AttestationGateOperator(BaseOperator):
         self.policy_set = policy_set
         self.sync_policies = sync_policies
         self.required_reference_values = required_reference_values
+        self.approved_images = approved_images
         self.trustee_conn_id = trustee_conn_id
 
     def execute(self, context: Context) -> dict[str, Any]:
@@ -168,10 +174,13 @@ class AttestationGateOperator(BaseOperator):
                     f"{settings.trustee_version or 'of unknown version'} over pinned TLS)"
                 )
             self.log.info("KBS %s alive over TLS (CA pinned: %s)", url, bool(settings.ca_cert_pem))
+            resource_text = self._resource_policy_text(wanted[policies.RESOURCE_POLICY_ID])
             if owner:
-                summary = self._check_as_data_owner(client, policy_set, wanted, sync)
+                summary = self._check_as_data_owner(
+                    client, policy_set, wanted, resource_text, sync
+                )
             else:
-                summary = self._expected_of_data_owner(policy_set, wanted)
+                summary = self._expected_of_data_owner(policy_set, wanted, resource_text)
         return {
             "kbs_url": url,
             "policy_set": policy_set,
@@ -179,7 +188,24 @@ class AttestationGateOperator(BaseOperator):
             **summary,
         }
 
-    def _expected_of_data_owner(self, policy_set: str, wanted: dict[str, str]) -> dict[str, Any]:
+    def _resource_policy_text(self, name: str) -> str:
+        """The resource policy Trustee must enforce: the file rendered with the approved images
+        (the data owner's signed approval unless the DAG names them)."""
+        approved = (
+            list(self.approved_images)
+            if self.approved_images is not None
+            else sorted(owner_policy().policy.approved_images)
+        )
+        if not approved:
+            raise AttestationGateError("approved workload images: none, so no run would get a key")
+        try:
+            return policies.policy_text(name, approved)
+        except ValueError as exc:
+            raise AttestationGateError(f"approved workload images: {exc}") from None
+
+    def _expected_of_data_owner(
+        self, policy_set: str, wanted: dict[str, str], resource_text: str
+    ) -> dict[str, Any]:
         """What the data owner is expected to have loaded; nothing is read from Trustee."""
         self.log.info(
             "Airflow's credential may write run grants only: the policies and reference values "
@@ -189,7 +215,9 @@ class AttestationGateOperator(BaseOperator):
         files = {
             policy_id: {
                 "file": f"{name}.rego",
-                "sha256": policies.digest(name),
+                "sha256": _sha256(resource_text)
+                if policy_id == policies.RESOURCE_POLICY_ID
+                else policies.digest(name),
                 "state": OWNER_RESPONSIBILITY,
             }
             for policy_id, name in sorted(wanted.items())
@@ -202,7 +230,12 @@ class AttestationGateOperator(BaseOperator):
         }
 
     def _check_as_data_owner(
-        self, client: Any, policy_set: str, wanted: dict[str, str], sync: bool
+        self,
+        client: Any,
+        policy_set: str,
+        wanted: dict[str, str],
+        resource_text: str,
+        sync: bool,
     ) -> dict[str, Any]:
         """Development only (a loopback KBS): compare, or sync, with the data owner's key."""
         required = (
@@ -211,8 +244,8 @@ class AttestationGateOperator(BaseOperator):
             else _default_reference_values(policy_set)
         )
         resource_name = wanted[policies.RESOURCE_POLICY_ID]
-        expected = policies.digest(resource_name)
-        resource_state = _check_resource_policy(client, resource_name, expected, sync)
+        expected = _sha256(resource_text)
+        resource_state = _check_resource_policy(client, resource_name, resource_text, sync)
         self.log.info("Resource policy %s: %s (sha256:%s)", resource_name, resource_state, expected)
 
         attestation: dict[str, dict[str, str]] = {}

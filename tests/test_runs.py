@@ -7,6 +7,8 @@ import json
 import pytest
 
 from coco_ai.digest import Digest, is_sha256
+from coco_ai.guest.agent_policy import agent_policy_text
+from coco_ai.guest.image_policy import IMAGE_POLICY_URI
 from coco_ai.guest.initdata import build_initdata
 from coco_ai.kbs.resource_path import parse_resource_uri
 from coco_ai.run_keys import DEFAULT_ROOT
@@ -65,6 +67,18 @@ def test_initdata_is_built_from_exactly_the_expected_claims():
         }
     )
     assert refs.initdata_digest.value == initdata.digest()
+
+
+def test_the_run_initdata_binds_the_guest_to_the_run_image():
+    """policy.rego is the agent policy for exactly the run's image and the CDH reads the data
+    owner's image policy: what the resource policies require before releasing a key."""
+    claims = _refs().initdata().claims()
+    assert claims["policy.rego"] == agent_policy_text(IMAGE)
+    assert claims["cdh.toml"]["image"] == {"image_security_policy_uri": IMAGE_POLICY_URI}
+    other = _refs(image="registry.example/coco-ai/finetune@sha256:" + "cd" * 32)
+    assert other.initdata().claims()["policy.rego"] != claims["policy.rego"]
+    with pytest.raises(RunRefsError, match="fully qualified"):
+        _refs(image="finetune@sha256:" + "ab" * 32)
 
 
 def test_two_runs_have_different_initdata():

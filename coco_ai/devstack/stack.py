@@ -458,6 +458,16 @@ class DevStack:
         admin.set_resource(DEFAULT_ROOT, root)
         _write_secret(path, root)
 
+    def _approve_workload_image(self, admin: Any) -> None:
+        """The data owner approves the workload code: the resource policy releases keys only to
+        a guest whose initdata binds it to this image, and the image policy accepts only it."""
+        from coco_ai.guest.image_policy import IMAGE_POLICY_PATH, image_policy_json
+        from coco_ai.policies import resource_policy_text
+
+        image = local_image_reference()
+        admin.set_resource_policy(resource_policy_text("dev", [image]))
+        admin.set_resource(IMAGE_POLICY_PATH, image_policy_json([image]).encode())
+
     def _base_model(self) -> Path:
         """Build (tiny) or convert (smollm2) the base model once, in a child process: torch and
         tokenizers abort when loaded after regopy, which this process has imported."""
@@ -513,6 +523,7 @@ class DevStack:
                 self.progress("encrypting the demo data set; its key goes to Trustee only")
                 dataset_uri = self._dataset(admin)
                 self._run_key_root(admin)
+                self._approve_workload_image(admin)
             self.progress(f"preparing the base model ({self.model})")
             base_model = self._base_model()
             signing_key = self._signing_key()

@@ -1,4 +1,5 @@
-"""Guest side of CoCo: attesters, initdata, the guest-components emulator and its client.
+"""Guest side of CoCo: attesters, initdata (with the Kata agent policy and image policy that bind
+a run to its image), the guest-components emulator and its client.
 
 Heavy parts (emulator, client) are imported from their modules; this package only re-exports
 the dependency-free initdata API.

@@ -6,7 +6,9 @@ Format (Trustee ``kbs/docs/initdata.md``, only version 0.1.0 exists)::
     algorithm = "sha384"
     [data]
     "aa.toml" = '''...'''          # attestation agent: [token_configs.kbs] url, cert
-    "cdh.toml" = '''...'''         # confidential data hub: [kbc] name, url, kbs_cert
+    "cdh.toml" = '''...'''         # confidential data hub: [kbc] name, url, kbs_cert;
+                                   # [image] image_security_policy_uri
+    "policy.rego" = '''...'''      # Kata agent policy (coco_ai.guest.agent_policy)
     "io.coco-ai.run-id" = "..."    # custom claims, visible to policies as init_data_claims
 
 The digest is taken over the exact UTF-8 bytes of the TOML text (not canonicalised: one changed
@@ -24,6 +26,9 @@ import io
 import tomllib
 from dataclasses import dataclass
 from typing import Any
+
+from coco_ai.guest.agent_policy import AgentPolicyError, agent_policy_text
+from coco_ai.guest.image_policy import IMAGE_POLICY_URI
 
 INITDATA_ANNOTATION = "io.katacontainers.config.hypervisor.cc_init_data"
 INITDATA_VERSION = "0.1.0"
@@ -50,6 +55,7 @@ DATASET_KEY_KEY = input_key_claim("dataset")
 _ALGORITHMS = {"sha256": hashlib.sha256, "sha384": hashlib.sha384, "sha512": hashlib.sha512}
 _AA_TOML = "aa.toml"
 _CDH_TOML = "cdh.toml"
+AGENT_POLICY_KEY = "policy.rego"
 # Annotations travel in pod specs; keep a decompression bomb from reaching tomllib.
 _MAX_TOML_BYTES = 1 << 20
 
@@ -168,11 +174,19 @@ def build_initdata(
     kbs_ca_pem: str | bytes | None,
     extra: dict[str, str] | None = None,
     algorithm: str = "sha384",
+    *,
+    image: str | None = None,
 ) -> Initdata:
     """Initdata pointing the guest's AA and CDH at ``kbs_url`` (pinning ``kbs_ca_pem``).
 
     ``extra`` holds the project's claims; every key must start with ``io.coco-ai.`` so that it can
     never shadow an upstream key (``aa.toml``, ``cdh.toml``, ``policy.rego``).
+
+    ``image`` (``host/path@sha256:<hex>``) binds the guest to that code: ``policy.rego`` becomes
+    the Kata agent policy that starts only this image, ``cdh.toml`` points the CDH at the data
+    owner's image policy (`IMAGE_POLICY_URI`), and ``io.coco-ai.image-digest`` names its digest.
+    The resource policies release nothing to initdata without all three; without ``image`` the
+    initdata binds no code.
     """
     if algorithm not in _ALGORITHMS:
         raise InitdataError(
@@ -184,6 +198,19 @@ def build_initdata(
     _check_inline(kbs_url, "KBS URL")
     cert = _check_pem(kbs_ca_pem) if kbs_ca_pem is not None else None
 
+    claims = dict(extra or {})
+    agent_policy = None
+    if image is not None:
+        try:
+            agent_policy = agent_policy_text(image)
+        except AgentPolicyError as exc:
+            raise InitdataError(str(exc)) from None
+        digest = image.partition("@")[2]
+        if claims.setdefault(IMAGE_DIGEST_KEY, digest) != digest:
+            raise InitdataError(
+                f"{IMAGE_DIGEST_KEY} {claims[IMAGE_DIGEST_KEY]!r} is not the digest of {image}"
+            )
+
     aa = ["[token_configs.kbs]", f"url = {_basic(kbs_url)}"]
     cdh = ["[kbc]", 'name = "cc_kbc"', f"url = {_basic(kbs_url)}"]
     if cert is not None:
@@ -191,6 +218,8 @@ def build_initdata(
         # and it can hold neither ''' nor """ (checked above), so both quotings nest safely.
         aa.append(f'cert = """\n{cert}"""')
         cdh.append(f'kbs_cert = """\n{cert}"""')
+    if agent_policy is not None:
+        cdh += ["", "[image]", f"image_security_policy_uri = {_basic(IMAGE_POLICY_URI)}"]
     lines = [
         f'version = "{INITDATA_VERSION}"',
         f'algorithm = "{algorithm}"',
@@ -199,8 +228,12 @@ def build_initdata(
         f"\"{_AA_TOML}\" = '''\n" + "\n".join(aa) + "\n'''",
         f"\"{_CDH_TOML}\" = '''\n" + "\n".join(cdh) + "\n'''",
     ]
-    for key in sorted(extra or {}):
-        value = (extra or {})[key]
+    if agent_policy is not None:
+        # A literal string keeps the Rego verbatim (the template holds no '''), so Trustee's
+        # policy.rego claim is exactly agent_policy_text(image).
+        lines.append(f"\"{AGENT_POLICY_KEY}\" = '''\n{agent_policy}'''")
+    for key in sorted(claims):
+        value = claims[key]
         if not key.startswith(CUSTOM_KEY_PREFIX) or len(key) == len(CUSTOM_KEY_PREFIX):
             raise InitdataError(
                 f"custom initdata key {key!r} must start with {CUSTOM_KEY_PREFIX!r}"

@@ -1,10 +1,13 @@
 """Rego policies shipped to Trustee; the stand-in evaluates the very same files.
 
-`load(name)` returns a policy's text and `digest(name)` the SHA-256 of its bytes, which is what
-the attestation gate compares. Names are file stems (``resource_prod``, ``attestation_cpu_tdx``…);
-``POLICY_SETS`` says which files make up a deployment, keyed by Trustee policy id
-(``resource-policy`` for the KBS resource policy, ``default_cpu``/``default_gpu`` for the
-attestation service).
+`load(name)` returns a policy's text and `digest(name)` the SHA-256 of its bytes. Names are file
+stems (``resource_prod``, ``attestation_cpu_tdx``…); ``POLICY_SETS`` says which files make up a
+deployment, keyed by Trustee policy id (``resource-policy`` for the KBS resource policy,
+``default_cpu``/``default_gpu`` for the attestation service).
+
+The resource policies are templates of the data owner's approval: `resource_policy_text(kind,
+approved_images)` fills in the approved images and the code binding, and `policy_text(name,
+approved_images)` is what is uploaded and compared for any policy of a set.
 """
 
 from __future__ import annotations
@@ -13,12 +16,24 @@ import ctypes
 import functools
 import hashlib
 import importlib.util
+import json
 import sys
+from collections.abc import Iterable
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from coco_ai.guest.agent_policy import (
+    AGENT_POLICY_TEMPLATE,
+    IMAGE_PLACEHOLDER,
+    qualified_pinned_image,
+)
+from coco_ai.guest.image_policy import IMAGE_POLICY_URI
+
 RESOURCE_POLICY_ID = "resource-policy"
+
+#: The resource policy templates, by kind.
+RESOURCE_POLICIES = {"prod": "resource_prod", "dev": "resource_dev"}
 
 POLICY_SETS: dict[str, dict[str, str]] = {
     # Local development: Trustee's sample CPU TEE and sample GPU.
@@ -79,6 +94,50 @@ def load(name: str) -> str:
 def digest(name: str) -> str:
     """Hex SHA-256 of the policy file's bytes."""
     return hashlib.sha256(_bytes(name)).hexdigest()
+
+
+def render_resource_policy(template: str, approved_images: Iterable[str]) -> str:
+    """Fill a resource policy template's approval lines (each exactly once, as shipped).
+
+    Every image must be a fully qualified reference pinned by digest; none approved leaves
+    ``approved_images := set()``, under which nothing is released.
+    """
+    images = sorted({qualified_pinned_image(image) for image in approved_images})
+    approved = "{" + ", ".join(json.dumps(image) for image in images) + "}" if images else "set()"
+    fills = {
+        "approved_images := set()": f"approved_images := {approved}",
+        # A raw string keeps the template verbatim (it holds no backtick, checked where defined).
+        'agent_policy_template := ""': f"agent_policy_template := `{AGENT_POLICY_TEMPLATE}`",
+        'agent_policy_image_placeholder := ""': (
+            f"agent_policy_image_placeholder := {json.dumps(IMAGE_PLACEHOLDER)}"
+        ),
+        'image_security_policy_uri := ""': (
+            f"image_security_policy_uri := {json.dumps(IMAGE_POLICY_URI)}"
+        ),
+    }
+    text = template
+    for line, filled in fills.items():
+        if text.count(f"\n{line}\n") != 1:
+            raise ValueError(f"resource policy template must hold the line {line!r} once")
+        text = text.replace(f"\n{line}\n", f"\n{filled}\n")
+    return text
+
+
+def resource_policy_text(kind: str, approved_images: Iterable[str]) -> str:
+    """The resource policy of ``kind`` (``prod`` or ``dev``) releasing keys only to guests bound
+    to one of ``approved_images`` (see resource_prod.rego); what the data owner uploads."""
+    if kind not in RESOURCE_POLICIES:
+        raise KeyError(f"no resource policy kind {kind!r}; known: {', '.join(RESOURCE_POLICIES)}")
+    return render_resource_policy(load(RESOURCE_POLICIES[kind]), approved_images)
+
+
+def policy_text(name: str, approved_images: Iterable[str] = ()) -> str:
+    """The text Trustee must hold for policy file ``name``: resource policies rendered with
+    ``approved_images``, attestation policies as shipped."""
+    for kind, resource_name in RESOURCE_POLICIES.items():
+        if name == resource_name:
+            return resource_policy_text(kind, approved_images)
+    return load(name)
 
 
 @functools.cache

@@ -3,7 +3,9 @@
 # input = the verified EAR token claims; data = {"plugin", "resource-path", "query"}.
 # Releases a `resource` only when cpu0 and every other submod (each GPU, switch…) is
 # affirming, at least `min_gpus` GPUs were attested, no sample/sampledevice evidence is
-# present, and a per-run grant or the run-key root is named in the requester's initdata.
+# present, the requester's initdata binds it to an image the data owner approved (approved_code),
+# and a per-run grant or the run-key root is named in the requester's initdata.
+# A template: coco_ai.policies.resource_policy_text fills in the approval before upload.
 package policy
 
 import rego.v1
@@ -16,7 +18,21 @@ min_gpus := 1
 # Resources in this repository are per-run grants, pinned to the run's initdata.
 per_run_repository := "coco-ai-run"
 
+# The data owner's approval, filled in by coco_ai.policies.resource_policy_text: the approved
+# workload images (host/path@sha256:<hex>), the Kata agent policy template that pins one of them
+# (coco_ai.guest.agent_policy) with its placeholder, and the image policy URI the guest's CDH
+# must use (coco_ai.guest.image_policy). As shipped nothing is approved: nothing is released.
+approved_images := set()
+
+agent_policy_template := ""
+
+agent_policy_image_placeholder := ""
+
+image_security_policy_uri := ""
+
 cpu0 := input.submods.cpu0
+
+init_data_claims := cpu0["ear.veraison.annotated-evidence"].init_data_claims
 
 gpu_submods := [name |
 	some name
@@ -32,6 +48,7 @@ allow if {
 	not any_not_affirming
 	not development_evidence
 	per_run_binding_ok
+	approved_code
 }
 
 any_not_affirming if {
@@ -67,10 +84,20 @@ per_run_binding_ok if not bound_to_initdata
 # obtain this run's grant and no TEE outside a run obtains the root.
 per_run_binding_ok if {
 	bound_to_initdata
-	claims := cpu0["ear.veraison.annotated-evidence"].init_data_claims
-	claims["io.coco-ai.run-id"]
+	init_data_claims["io.coco-ai.run-id"]
 	uri := concat("", ["kbs:///", concat("/", data["resource-path"])])
-	some key, value in claims
+	some key, value in init_data_claims
 	startswith(key, "io.coco-ai.")
 	value == uri
+}
+
+# The TEE can run only approved code: its initdata names an approved image's digest, carries
+# exactly the Kata agent policy that lets the guest start only that image (Trustee keeps
+# policy.rego verbatim because the template holds no policy_data), and points the guest's CDH at
+# the data owner's image policy, which accepts only approved digests.
+approved_code if {
+	some image in approved_images
+	split(image, "@")[1] == init_data_claims["io.coco-ai.image-digest"]
+	init_data_claims["policy.rego"] == replace(agent_policy_template, agent_policy_image_placeholder, image)
+	init_data_claims["cdh.toml"].image.image_security_policy_uri == image_security_policy_uri
 }

@@ -27,7 +27,7 @@ import secrets
 import string
 import time
 import uuid as uuidlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from email.utils import formatdate
 from os import PathLike
 from typing import Any
@@ -118,6 +118,8 @@ class TrusteeStandIn:
     a single admin with every right. `clock` is injectable so tests can expire sessions and
     tokens without sleeping. `trustee_version` is the Trustee release to reproduce (default:
     the one docker-compose.yaml pins); `extensions` opts into behaviour no Trustee has.
+    `approved_images` are the images the installed resource policy approves (see
+    coco_ai.policies.resource_policy_text); with none it releases nothing.
     """
 
     def __init__(
@@ -128,6 +130,7 @@ class TrusteeStandIn:
         trustee_version: str = versions.DEFAULT_TRUSTEE_VERSION,
         extensions: object = frozenset(),
         policy_set: str = "dev",
+        approved_images: Iterable[str] = (),
         reference_values: dict[str, Any] | None = None,
         clock: Callable[[], float] = time.time,
         session_timeout_s: int = DEFAULT_SESSION_TIMEOUT_S,
@@ -153,10 +156,11 @@ class TrusteeStandIn:
         self.broker = TokenBroker(self.state, self.trustee_version)
         self.metrics = KbsMetrics(self.trustee_version)
         self.sessions = Sessions(clock=clock, timeout_s=session_timeout_s)
-        # Like Trustee's built-in defaults: installed when absent, never overwriting uploads.
+        # Like Trustee's built-in defaults: installed when absent, never overwriting uploads. The
+        # resource policy approves `approved_images` (none: it releases nothing).
         for policy_id, name in policies.POLICY_SETS[policy_set].items():
             if self.state.get_policy(policy_id) is None:
-                self.state.put_policy(policy_id, policies.load(name))
+                self.state.put_policy(policy_id, policies.policy_text(name, approved_images))
         if reference_values is not None:
             self.state.put_reference_values(reference_values)
         elif not (self.state.root / "reference-values.json").exists():

@@ -72,6 +72,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="policies installed when the state dir has none: dev (accepts sample evidence), "
         "prod (refuses it)",
     )
+    serve.add_argument(
+        "--approved-image",
+        action="append",
+        default=[],
+        metavar="HOST/PATH@sha256:HEX",
+        help="an image the installed resource policy approves (repeatable; none: it releases "
+        "nothing until the data owner uploads one that approves an image)",
+    )
     serve.set_defaults(func=_serve)
 
     keygen = sub.add_parser(
@@ -129,6 +137,7 @@ def _serve(args: argparse.Namespace) -> int:
             args.state_dir,
             admin,
             policy_set=args.policy_set,
+            approved_images=args.approved_image,
             trustee_version=args.trustee_version,
             extensions=args.extension,
         )

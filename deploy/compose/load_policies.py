@@ -18,6 +18,13 @@ are data-owner actions, which Airflow's credential (run grants only) cannot perf
 --trustee-version 0.21.0 or main the key signs a token for role `admin` instead of a v0.20.0
 self-signed one.
 
+--approved-image (repeatable, host/path@sha256:<hex>) is the data owner's approval of workload
+code: the resource policy file is a template, rendered with these images
+(coco_ai.policies.render_resource_policy) before upload, and the image security policy that
+accepts exactly them (coco_ai.guest.image_policy.image_policy_json) is stored at
+kbs:///coco-ai/image-policy/v1, where each run's confidential data hub reads it. Without one the
+uploaded resource policy releases nothing (and the image policy rejects every image).
+
 --reference-values takes a JSON object {name: value or [values]} and registers each entry with
 RVPS through the KBS (`sample` extractor, as kbs-client set-sample-reference-value does).
 
@@ -39,12 +46,14 @@ from pathlib import Path
 
 
 def main(argv: list[str] | None = None) -> int:
+    from coco_ai.guest.agent_policy import AgentPolicyError, qualified_pinned_image
+    from coco_ai.guest.image_policy import IMAGE_POLICY_PATH, image_policy_json
     from coco_ai.kbs.admin_auth import admin_auth_for
     from coco_ai.kbs.client import KbsAdminClient
     from coco_ai.kbs.errors import KbsError
     from coco_ai.kbs.resource_path import parse_resource_path
     from coco_ai.kbs.versions import DEFAULT_TRUSTEE_VERSION, TRUSTEE_VERSIONS
-    from coco_ai.policies import POLICY_SETS, RESOURCE_POLICY_ID
+    from coco_ai.policies import POLICY_SETS, RESOURCE_POLICY_ID, render_resource_policy
     from coco_ai.run_keys import DEFAULT_ROOT, KEY_SIZE
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -61,6 +70,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--policy-dir", type=Path, required=True)
     parser.add_argument("--policy-set", choices=sorted(POLICY_SETS), required=True)
+    parser.add_argument(
+        "--approved-image",
+        action="append",
+        default=[],
+        metavar="HOST/PATH@sha256:HEX",
+        help="a workload image the data owner approves (repeatable; empty values are ignored)",
+    )
     parser.add_argument("--reference-values", type=Path, help="JSON {name: value or [values]}")
     parser.add_argument(
         "--run-key-root", type=Path, help=f"the data owner's {KEY_SIZE}-byte run-key root file"
@@ -95,6 +111,12 @@ def main(argv: list[str] | None = None) -> int:
             )
             return 2
 
+    try:
+        approved = [qualified_pinned_image(image) for image in args.approved_image if image]
+    except AgentPolicyError as exc:
+        print(f"load-policies: --approved-image: {exc}", file=sys.stderr)
+        return 2
+
     reference_values = {}
     if args.reference_values is not None:
         reference_values = json.loads(args.reference_values.read_text())
@@ -109,6 +131,12 @@ def main(argv: list[str] | None = None) -> int:
             print(f"load-policies: {path} is missing (policy {policy_id})", file=sys.stderr)
             return 2
         texts[policy_id] = path.read_text(encoding="utf-8")
+        if policy_id == RESOURCE_POLICY_ID:
+            try:
+                texts[policy_id] = render_resource_policy(texts[policy_id], approved)
+            except ValueError as exc:
+                print(f"load-policies: {path}: {exc}", file=sys.stderr)
+                return 2
 
     admin = KbsAdminClient(
         args.kbs_url,
@@ -127,6 +155,13 @@ def main(argv: list[str] | None = None) -> int:
                 f"load-policies: {policy_id} <- {POLICY_SETS[args.policy_set][policy_id]} "
                 f"sha256:{digest}"
             )
+        image_policy = image_policy_json(approved).encode()
+        admin.set_resource(IMAGE_POLICY_PATH, image_policy)
+        print(
+            f"load-policies: image policy stored at {IMAGE_POLICY_PATH} "
+            f"sha256:{hashlib.sha256(image_policy).hexdigest()} approving "
+            + (", ".join(approved) if approved else "no image (nothing is released)")
+        )
         for name, values in reference_values.items():
             admin.set_sample_reference_value(name, values)
             print(f"load-policies: reference value {name} registered")

@@ -42,6 +42,7 @@ from coco_ai.run_keys import (
     grant_path,
 )
 from coco_ai.trustee_dev.server import serve_in_thread as serve_trustee
+from tests.code_binding import APPROVED_IMAGE
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -58,6 +59,7 @@ def trustee(tmp_path_factory) -> Iterator:
         tmp_path_factory.mktemp("trustee"),
         public_pem,
         policy_set="dev",
+        approved_images=[APPROVED_IMAGE],
         extensions={"multi-gpu-sampledevice"},
     )
     server.admin_auth = SelfSignedAdminAuth(  # type: ignore[attr-defined]
@@ -80,7 +82,7 @@ def _guest(trustee, run_id: str) -> tuple[GuestClient, RunningServer, Initdata]:
         RUN_KEY_ROOT_KEY: DEFAULT_ROOT.uri(),
         CHECKPOINT_KEY_KEY: checkpoint_key_path(run_id).uri(),
     }
-    initdata = build_initdata(trustee.url, ca, claims)
+    initdata = build_initdata(trustee.url, ca, claims, image=APPROVED_IMAGE)
     server = serve_in_thread(GuestComponentsEmulator(initdata, gpus=2))
     return GuestClient(server.url), server, initdata
 

@@ -12,7 +12,9 @@ import pytest
 from distributed.harness import REPO_ROOT, init_env, load_deploy_script
 
 from coco_ai import policies
+from coco_ai.guest.image_policy import IMAGE_POLICY_PATH, image_policy_json
 from coco_ai.trustee_dev.server import serve_in_thread
+from tests.code_binding import APPROVED_IMAGE
 
 load_policies = load_deploy_script("load_policies")
 POLICY_DIR = REPO_ROOT / "coco_ai" / "policies"
@@ -47,13 +49,36 @@ def test_policy_set_is_loaded_and_served_unchanged(trustee, tmp_path: Path, caps
             secrets / "trustee-admin-private.pem",
             f"--policy-dir={POLICY_DIR}",
             "--policy-set=prod",
+            f"--approved-image={APPROVED_IMAGE}",
             f"--reference-values={values}",
         )
     )
     out = capsys.readouterr().out
     assert rc == 0, out
-    assert f"sha256:{policies.digest('resource_prod')}" in out
+    rendered = policies.resource_policy_text("prod", [APPROVED_IMAGE])
+    assert f"sha256:{hashlib.sha256(rendered.encode()).hexdigest()}" in out
+    assert server.standin.state.get_policy(policies.RESOURCE_POLICY_ID) == rendered
+    assert (
+        _stored(server, IMAGE_POLICY_PATH.url_path())
+        == image_policy_json([APPROVED_IMAGE]).encode()
+    )
+    assert f"approving {APPROVED_IMAGE}" in out
     assert "reference value coco-test-measurement registered" in out
+
+
+@pytest.mark.timeout(120)
+def test_without_an_approved_image_nothing_is_approved(trustee, capsys) -> None:
+    server, secrets = trustee
+    args = _args(server, secrets / "trustee-admin-private.pem", f"--policy-dir={POLICY_DIR}")
+    assert load_policies.main([*args, "--policy-set=dev", "--approved-image="]) == 0
+    assert server.standin.state.get_policy(policies.RESOURCE_POLICY_ID) == (
+        policies.resource_policy_text("dev", [])
+    )
+    assert _stored(server, IMAGE_POLICY_PATH.url_path()) == image_policy_json([]).encode()
+    assert "no image (nothing is released)" in capsys.readouterr().out
+    tag = "--approved-image=registry.example/coco-ai/finetune:latest"
+    assert load_policies.main([*args, "--policy-set=dev", tag]) == 2
+    assert "pinned by digest" in capsys.readouterr().err
 
 
 @pytest.mark.timeout(120)

@@ -11,6 +11,7 @@ import pytest
 
 from coco_ai import policies
 from coco_ai.devstack import DAG_ID
+from coco_ai.devstack.stack import local_image_reference
 from coco_ai.runs import RunRefs
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(600)]
@@ -60,6 +61,7 @@ def test_the_data_owners_policy_decides_and_airflow_cannot_change_it(e2e_stack, 
     from coco_ai.kbs.errors import AdminAuthError
 
     before = e2e_stack.registry_versions()
+    original = policies.resource_policy_text("dev", [local_image_reference()])
     deny_all = "package policy\n\nimport rego.v1\n\ndefault allow := false\n"
     ca = (Path(e2e_stack.info.trustee_state_dir) / "tls-ca" / "ca.pem").read_bytes()
     airflow = KbsAdminClient(
@@ -71,11 +73,11 @@ def test_the_data_owners_policy_decides_and_airflow_cannot_change_it(e2e_stack, 
         admin.set_resource_policy(deny_all)
     try:
         with airflow, pytest.raises(AdminAuthError):
-            airflow.set_resource_policy(policies.load("resource_dev"))
+            airflow.set_resource_policy(original)
         run = follow(_trigger(e2e_stack, {}, "e2e: data owner's policy denies"), timeout_s=300)
     finally:
         with e2e_stack.admin() as admin:
-            admin.set_resource_policy(policies.load("resource_dev"))
+            admin.set_resource_policy(original)
     _assert_failed_at(run, "confidential_finetune")
     assert "PolicyDeny" in _task_log(e2e_stack, run.run_id, "confidential_finetune")
     assert e2e_stack.resource(RunRefs.from_xcom(run.refs).grant.url_path()) is None  # revoked

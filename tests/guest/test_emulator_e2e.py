@@ -23,6 +23,7 @@ from coco_ai.kbs.versions import TRUSTEE_VERSIONS
 from coco_ai.run_keys import Grant, RunKeyError, check_grant, grant_path
 from coco_ai.trustee_dev.server import RunningServer as TrusteeServer
 from coco_ai.trustee_dev.server import serve_in_thread as serve_trustee
+from tests.code_binding import APPROVED_IMAGE
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -41,6 +42,7 @@ def trustee(request, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Trust
         state,
         public_pem,
         policy_set="dev",
+        approved_images=[APPROVED_IMAGE],
         extensions={"multi-gpu-sampledevice"},
         trustee_version=request.param,
     )
@@ -96,8 +98,11 @@ class _Guest:
 def guest_factory(trustee: TrusteeServer, trustee_ca: bytes) -> Iterator:
     started: list[_Guest] = []
 
-    def make(claims: dict[str, str], gpus: int = 1, **kwargs: object) -> _Guest:
-        guest = _Guest(build_initdata(trustee.url, trustee_ca, claims), gpus, **kwargs)
+    def make(
+        claims: dict[str, str], gpus: int = 1, image: str | None = APPROVED_IMAGE, **kwargs: object
+    ) -> _Guest:
+        initdata = build_initdata(trustee.url, trustee_ca, claims, image=image)
+        guest = _Guest(initdata, gpus, **kwargs)
         started.append(guest)
         return guest
 
@@ -115,6 +120,22 @@ def test_resource_released_to_attested_guest_with_gpu(guest_factory, dataset_key
         guest_factory({RUN_ID_KEY: "run-2gpu"}, gpus=2).client.get_resource(DATASET_KEY)
         == dataset_key
     )
+
+
+@pytest.mark.parametrize(
+    "image",
+    [None, "registry.example/coco-ai/finetune@sha256:" + "6" * 64],
+    ids=["no-code-binding", "unapproved-image"],
+)
+def test_guest_not_bound_to_the_approved_image_is_refused(
+    guest_factory, dataset_key: bytes, image: str | None
+) -> None:
+    """Fully affirming evidence is not enough: the initdata must pin the approved code."""
+    guest = guest_factory({RUN_ID_KEY: "run-other-code"}, image=image)
+    with pytest.raises(GuestError) as err:
+        guest.client.get_resource(DATASET_KEY)
+    assert err.value.policy_denied, err.value.message
+    assert dataset_key.hex() not in err.value.message
 
 
 def test_no_gpu_guest_is_refused_with_policy_reason(guest_factory, dataset_key: bytes) -> None:
@@ -215,7 +236,9 @@ def test_cli_serve_end_to_end(
 
     initdata = tmp_path / "initdata.toml"
     initdata.write_bytes(
-        build_initdata(trustee.url, trustee_ca, {RUN_ID_KEY: "run-cli"}).toml_bytes()
+        build_initdata(
+            trustee.url, trustee_ca, {RUN_ID_KEY: "run-cli"}, image=APPROVED_IMAGE
+        ).toml_bytes()
     )
     sock = bind_loopback("127.0.0.1", 0)
     port = sock.getsockname()[1]

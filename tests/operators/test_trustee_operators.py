@@ -18,6 +18,7 @@ from coco_ai.runs import RunRefs
 from coco_ai.workloads.models import model_digest
 from coco_ai_airflow.attestation import AttestationGateError, AttestationGateOperator
 from coco_ai_airflow.keys import KeyReleaseOperator, KeyRevokeOperator
+from tests.code_binding import APPROVED_IMAGE
 
 IMAGE = "registry.example/coco-ai/finetune@sha256:" + "ab" * 32
 
@@ -185,6 +186,7 @@ def test_key_release_refuses_bad_inputs_before_any_key_exists(
 
 
 def _gate(**kwargs) -> AttestationGateOperator:
+    kwargs.setdefault("approved_images", [APPROVED_IMAGE])
     with DAG("unit_gate", schedule=None, start_date=dt.datetime(2026, 1, 1)):
         return AttestationGateOperator(task_id="attestation_gate", policy_set="dev", **kwargs)
 
@@ -260,7 +262,7 @@ def test_gate_refuses_a_policy_it_cannot_verify(owner_conn):
 
 
 def test_gate_syncs_the_repository_policies_when_allowed(owner_conn):
-    original = policies.load("resource_dev")
+    original = policies.resource_policy_text("dev", [APPROVED_IMAGE])
     with owner_conn.admin() as admin:
         admin.set_resource_policy(original + "\n# edited out of band\n")
     assert _deployed_resource_policy(owner_conn) != original
@@ -268,7 +270,7 @@ def test_gate_syncs_the_repository_policies_when_allowed(owner_conn):
     assert summary["credential"] == "data-owner"
     assert summary["resource_policy"] == {
         "file": "resource_dev.rego",
-        "sha256": policies.digest("resource_dev"),
+        "sha256": hashlib.sha256(original.encode()).hexdigest(),
         "state": "synced",
     }
     assert _deployed_resource_policy(owner_conn) == original
@@ -278,6 +280,16 @@ def test_gate_syncs_the_repository_policies_when_allowed(owner_conn):
         "state": "synced",
     }
     assert set(summary["reference_values"]) == set(policies.DEV_SAMPLE_REFERENCE_VALUES)
+
+
+def test_gate_requires_an_approved_image(owner_conn):
+    """Without an approved image there is no policy to check or upload: the gate fails before
+    touching Trustee's policy."""
+    before = _deployed_resource_policy(owner_conn)
+    for approved in ([], ["registry.example/coco-ai/finetune:latest"]):
+        with pytest.raises(AttestationGateError, match="approved workload images"):
+            _gate(sync_policies=True, approved_images=approved).execute(_context())
+    assert _deployed_resource_policy(owner_conn) == before
 
 
 def test_gate_requires_reference_values(owner_conn):

@@ -23,6 +23,7 @@ from coco_ai.kbs.evidence import tee_evidence
 from coco_ai.kbs.jwe import TeeKeyPair
 from coco_ai.kbs.versions import TRUSTEE_VERSIONS
 from coco_ai.trustee_dev import serve_in_thread
+from tests.code_binding import APPROVED_IMAGE
 
 
 @dataclass
@@ -94,7 +95,9 @@ class Stand:
         return httpx.Client(base_url=self.url, verify=_ctx(self.ca), timeout=10, trust_env=False)
 
     def client(self, gpus: int = 1, run_id: str = "run-1", **kwargs: Any) -> KbsClient:
-        initdata = build_initdata(self.url, self.ca, {"io.coco-ai.run-id": run_id})
+        initdata = build_initdata(
+            self.url, self.ca, {"io.coco-ai.run-id": run_id}, image=APPROVED_IMAGE
+        )
         devices = [SampleDeviceAttester(count=gpus)] if gpus else []
         return KbsClient(
             self.url,
@@ -105,6 +108,10 @@ class Stand:
             handshake_retries=1,
             **kwargs,
         )
+
+
+# Raw handshakes' default initdata: any KBS URL, bound to the approved image.
+BOUND_INITDATA = build_initdata("https://127.0.0.1", None, image=APPROVED_IMAGE)
 
 
 def _ctx(ca: bytes):
@@ -128,6 +135,7 @@ def start_stand(
     **kwargs: Any,
 ) -> Stand:
     clock = Clock()
+    kwargs.setdefault("approved_images", (APPROVED_IMAGE,))
     server = serve_in_thread(
         state_dir,
         keys.public_pem,
@@ -178,6 +186,10 @@ class Handshake:
         digest: bytes | None = None,
         nonce: str | None = None,
     ) -> dict[str, Any]:
+        """Sample evidence; without initdata or digest, those of a guest bound to the approved
+        image (what the resource policies require before they release anything)."""
+        if initdata_toml is None and digest is None:
+            initdata_toml, digest = BOUND_INITDATA.toml, BOUND_INITDATA.digest()
         cpu = SampleAttester(init_data_digest=digest)
         devices = [SampleDeviceAttester(count=gpus)] if gpus else []
         pubkey = self.key.public_jwk()

@@ -22,6 +22,7 @@ from coco_ai.kbs.errors import AdminAuthError, PolicyEngineError
 from coco_ai.kbs.jwe import TeeKeyPair
 from coco_ai.trustee_dev.state import StateDir
 from coco_ai.trustee_dev.tokens import TokenBroker
+from tests.code_binding import APPROVED_IMAGE
 from tests.trustee_dev.conftest import b64url_nopad, error_type, handshake, make_admin_keys
 
 pytestmark = pytest.mark.timeout(60)
@@ -160,8 +161,12 @@ def test_body_over_two_mib(stand):
 
 
 def test_initdata_digest_mismatch(stand):
-    expected = build_initdata(stand.url, stand.ca, {"io.coco-ai.run-id": "run-a"})
-    other = build_initdata(stand.url, stand.ca, {"io.coco-ai.run-id": "run-b"})
+    expected = build_initdata(
+        stand.url, stand.ca, {"io.coco-ai.run-id": "run-a"}, image=APPROVED_IMAGE
+    )
+    other = build_initdata(
+        stand.url, stand.ca, {"io.coco-ai.run-id": "run-b"}, image=APPROVED_IMAGE
+    )
     with stand.http() as http:
         hs = handshake(http)
         response = hs.attest(hs.attestation(initdata_toml=other.toml, digest=expected.digest()))
@@ -234,7 +239,7 @@ def test_no_gpu_evidence_under_gpu_requiring_policy(stand):
 
 
 def test_fewer_gpus_than_required(stand):
-    original = policies.load("resource_dev")
+    original = policies.resource_policy_text("dev", [APPROVED_IMAGE])
     needs_two = original.replace("min_gpus := 1", "min_gpus := 2")
     assert needs_two != original
     stand.admin.set_resource_policy(needs_two)
@@ -353,7 +358,7 @@ def test_admin_unsigned_other_key_expired_or_wrong_role(stand):
         ) as intruder,
         pytest.raises(AdminAuthError) as refused,
     ):
-        intruder.set_resource_policy(policies.load("resource_dev"))
+        intruder.set_resource_policy(policies.resource_policy_text("dev", [APPROVED_IMAGE]))
     assert refused.value.variant == ("AdminAuth" if legacy else "AdminAuthAccess")
 
 

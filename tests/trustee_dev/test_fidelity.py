@@ -28,6 +28,7 @@ from coco_ai.kbs.errors import (
     TokenVerifierError,
 )
 from coco_ai.kbs.versions import TRUSTEE_VERSIONS
+from tests.code_binding import APPROVED_IMAGE
 from tests.trustee_dev.conftest import (
     error_type,
     handshake,
@@ -360,7 +361,7 @@ def test_provisioner_only_on_main(pure):
     try:
         _provisioned_confdata_flow(pure, provisioned)
     finally:
-        pure.admin.set_resource_policy(policies.load("resource_dev"))
+        pure.admin.set_resource_policy(policies.resource_policy_text("dev", [APPROVED_IMAGE]))
 
 
 def _provisioned_confdata_flow(pure, provisioned) -> None:

@@ -10,7 +10,9 @@ from pathlib import Path
 import pytest
 
 from coco_ai import policies
+from coco_ai.guest.initdata import build_initdata
 from coco_ai.trustee_dev.policy import AttestationPolicy, check_policy, evaluate_resource_policy
+from tests.code_binding import APPROVED_IMAGE
 
 # the real Trustee token claims, copied from shared/fixtures (see tests/kbs/data/README.md)
 FIXTURE = Path(__file__).resolve().parent.parent / "kbs" / "data" / "example.token.json"
@@ -206,8 +208,13 @@ def submod(status: str, tee: str, **evidence) -> dict:
     return {"ear.status": status, AE: {tee: {}, **evidence}}
 
 
+# init_data_claims of a guest bound to the approved image (tests/trustee_dev/test_code_binding.py
+# varies the binding itself); `token(claims=…)` adds a run's io.coco-ai.* claims to them.
+BOUND = build_initdata("https://kbs.example", None, image=APPROVED_IMAGE).claims()
+
+
 def token(*, cpu="affirming", gpus=("affirming",), cpu_tee="tdx", gpu_tee="nvidia", claims=None):
-    subs = {"cpu0": submod(cpu, cpu_tee, init_data_claims=claims)}
+    subs = {"cpu0": submod(cpu, cpu_tee, init_data_claims={**BOUND, **(claims or {})})}
     for i, status in enumerate(gpus):
         subs[f"gpu{i}"] = submod(status, gpu_tee)
     return {"submods": subs}
@@ -215,7 +222,8 @@ def token(*, cpu="affirming", gpus=("affirming",), cpu_tee="tdx", gpu_tee="nvidi
 
 def allowed(policy: str, claims: dict, path=("coco-ai", "dataset-key", "d"), plugin="resource"):
     request = {"plugin": plugin, "resource-path": list(path), "query": {}}
-    return evaluate_resource_policy(policies.load(policy), claims, request)
+    text = policies.policy_text(policy, [APPROVED_IMAGE])
+    return evaluate_resource_policy(text, claims, request)
 
 
 @pytest.mark.parametrize("policy", ["resource_prod", "resource_dev"])
@@ -276,6 +284,8 @@ def test_real_trustee_token_claims_are_refused():
     affirmed = copy.deepcopy(claims)
     affirmed["submods"]["cpu0"]["ear.status"] = "affirming"
     affirmed["submods"]["gpu0"] = submod("affirming", "nvidia")
+    assert not allowed("resource_prod", affirmed)  # null init_data_claims: no code binding
+    affirmed["submods"]["cpu0"][AE]["init_data_claims"] = BOUND
     assert allowed("resource_prod", affirmed)  # the real token shape is what the rules read
 
 
@@ -283,7 +293,7 @@ def test_cached_interpreters_do_not_carry_decisions_across_requests():
     from coco_ai.trustee_dev.policy import ResourcePolicyEvaluator
 
     evaluator = ResourcePolicyEvaluator()
-    text = policies.load("resource_prod")
+    text = policies.resource_policy_text("prod", [APPROVED_IMAGE])
     request = {"plugin": "resource", "resource-path": ["coco-ai", "k", "x"], "query": {}}
     other = {"plugin": "resource", "resource-path": ["coco-ai-run", "key", "x"], "query": {}}
     for _ in range(5):

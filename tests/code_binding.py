@@ -1,0 +1,6 @@
+"""The workload image the test suites approve: the stand-ins' resource policies release keys
+only to initdata bound to it (coco_ai.policies.resource_policy_text, build_initdata(image=…))."""
+
+from __future__ import annotations
+
+APPROVED_IMAGE = "registry.example/coco-ai/finetune@sha256:" + "5" * 64
