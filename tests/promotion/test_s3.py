@@ -14,7 +14,7 @@ from coco_ai.promotion import (
 )
 from coco_ai.storage import open_store
 
-from .conftest import RUN_ID, run_expectations
+from .conftest import RUN_ID
 
 
 @pytest.fixture(scope="module")
@@ -25,7 +25,7 @@ def s3_options(moto_endpoint, s3_admin):
 
 @pytest.mark.timeout(120)
 def test_promotes_and_signs_a_checkpoint_in_s3(
-    s3_options, checkpoints, issuer, initdata, promotion_keys, tmp_path
+    s3_options, checkpoints, initdata, promotion_keys, owner, tmp_path
 ):
     local = checkpoints.make()
     uri = f"s3://checkpoints/runs/{RUN_ID}"
@@ -34,16 +34,18 @@ def test_promotes_and_signs_a_checkpoint_in_s3(
 
     result = promote(
         uri,
-        trust_anchor_pem=issuer.ca_pem,
-        expectations=run_expectations(initdata, max_eval_loss=2.0),
-        model_name="s3-model",
+        owner_policy=owner.sign(model_name="s3-model"),
+        initdata=initdata,
         signing_key_path=promotion_keys[0],
         registry_uri=registry,
         storage_options=s3_options,
     )
 
     assert result.signature.signature_uri == uri + ".sig"
-    assert open_store("s3://checkpoints/runs", **s3_options).exists(f"{RUN_ID}.sig")
+    runs = open_store("s3://checkpoints/runs", **s3_options)
+    assert runs.exists(f"{RUN_ID}.sig")
+    assert result.record_uri == uri + ".promotion.json"
+    assert runs.exists(f"{RUN_ID}.promotion.json")
     assert [v.source for v in model_versions("s3-model", registry_uri=registry)] == [uri]
     verify_model_signature(uri, public_key_path=promotion_keys[1], storage_options=s3_options)
 
