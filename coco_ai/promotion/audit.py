@@ -30,7 +30,7 @@ from typing import Any
 from coco_ai.crypto.manifest import MANIFEST_FILE
 from coco_ai.guest.initdata import RUN_ID_KEY
 from coco_ai.owner_policy import OwnerPolicyError, SignedOwnerPolicy, verify_owner_policy
-from coco_ai.promotion.errors import PromotionRefused, RegistryError, SignatureInvalid
+from coco_ai.promotion.errors import PromotionRefused, SignatureInvalid
 from coco_ai.promotion.promote import RECORD_FORMAT, default_record_uri
 from coco_ai.promotion.registry import (
     DEFAULT_ALIAS,
@@ -209,7 +209,8 @@ def audit_promotion(
 
     `policy_jws`, a newer owner policy, must verify under the same key, be the same policy id
     and have a version at least the record's; it is then the one applied. With `registry_uri`
-    the registry is checked too (model `model_name`, default the policy's)."""
+    the registry is checked too (model `model_name`, default the policy's); a registry that
+    cannot be read raises RegistryError."""
     from coco_ai.guest.initdata import Initdata, InitdataError
     from coco_ai.storage.store import open_store, split_object_uri
 
@@ -250,7 +251,11 @@ def audit_promotion(
     )
 
     # -- the run's initdata: its run id the record's, its digest the one the token attests
-    store = open_store(checkpoint_uri, **options)
+    try:
+        store = open_store(checkpoint_uri, **options)
+    except (ValueError, OSError) as exc:
+        audit._add(INITDATA, FAILED, f"checkpoint store {checkpoint_uri}: {exc}", INTEGRITY)
+        return audit._skip_rest("the checkpoint store cannot be opened")
     try:
         initdata = Initdata.parse(record.initdata)
         if initdata.claim(RUN_ID_KEY) != record.run_id:
@@ -289,7 +294,7 @@ def audit_promotion(
     if problems:
         audit._add(CONSISTENCY, FAILED, "; ".join(problems), INTEGRITY)
     else:
-        audit._add(CONSISTENCY, PASSED, "manifest digest, run id and model name agree")
+        audit._add(CONSISTENCY, PASSED, "manifest digest and run id are the stored manifest's")
 
     # -- the model signature, by one of the policy's promotion signers
     audit.checks.append(_model_signature(checkpoint_uri, record, applied, options))
@@ -300,12 +305,10 @@ def audit_promotion(
         audit._add(REGISTRY, NOT_RUN, "no registry given")
         audit._add(ALIAS, NOT_RUN, "no registry given")
         return audit
+    # an unreadable registry raises RegistryError: an error, not a verdict
     name = model_name or applied.policy.model_name
-    try:
-        audit.checks.append(_registry_version(record, evidence, name, registry_uri))
-        audit.checks.append(_alias(name, alias, registry_uri))
-    except RegistryError as exc:
-        return audit._skip_rest(f"registry unreadable: {exc}")
+    audit.checks.append(_registry_version(record, evidence, name, registry_uri))
+    audit.checks.append(_alias(name, alias, registry_uri))
     return audit
 
 

@@ -80,6 +80,7 @@ def register(subparsers: Any) -> None:
 
 def _run(body) -> int:
     from coco_ai.owner_policy import OwnerPolicyError
+    from coco_ai.promotion.errors import RegistryError
 
     try:
         return body()
@@ -89,7 +90,7 @@ def _run(body) -> int:
     except OwnerPolicyError as exc:
         print(f"owner policy failure: {exc}", file=sys.stderr)
         return EXIT_ATTESTATION
-    except OSError as exc:
+    except (OSError, RegistryError) as exc:
         print(f"error: {type(exc).__name__}: {exc}", file=sys.stderr)
         return EXIT_ERROR
 
