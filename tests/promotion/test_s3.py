@@ -12,6 +12,7 @@ from coco_ai.promotion import (
     sqlite_registry_uri,
     verify_model_signature,
 )
+from coco_ai.promotion.audit import audit_promotion
 from coco_ai.storage import open_store
 
 from .conftest import RUN_ID
@@ -49,6 +50,15 @@ def test_promotes_and_signs_a_checkpoint_in_s3(
     assert [v.source for v in model_versions("s3-model", registry_uri=registry)] == [uri]
     verify_model_signature(uri, public_key_path=promotion_keys[1], storage_options=s3_options)
 
+    # re-checked from its record in the store, with the owner's public key alone
+    audit = audit_promotion(
+        uri,
+        owner_public_key_pem=owner.public_pem,
+        registry_uri=registry,
+        storage_options=s3_options,
+    )
+    assert audit.verified and audit.exit_code == 0, audit.to_dict()
+
     # tampering with the stored ciphertext breaks the signature
     store = open_store(uri, **s3_options)
     victim = store.list("objects")[0]
@@ -57,3 +67,7 @@ def test_promotes_and_signs_a_checkpoint_in_s3(
     store.put_bytes(victim, bytes(data))
     with pytest.raises(SignatureInvalid, match="changed since signing"):
         verify_model_signature(uri, public_key_path=promotion_keys[1], storage_options=s3_options)
+    audit = audit_promotion(uri, owner_public_key_pem=owner.public_pem, storage_options=s3_options)
+    assert audit.exit_code == 3
+    assert audit.check("model signature").status == "failed"
+    assert victim in audit.check("model signature").reason

@@ -321,6 +321,33 @@ def test_a_missing_record_fails(bundle, capsys):
     assert "no promotion record at" in _failed(report)[0]["reason"]
 
 
+@pytest.mark.parametrize(
+    ("content", "reason"),
+    [
+        (b"{not json", "is not JSON"),
+        (b"[]", "is not a JSON object"),
+        (b'{"format": "coco-ai/promotion-record/v0"}', "format is not"),
+    ],
+)
+def test_a_malformed_record_fails(bundle, capsys, content, reason):
+    bundle.record.write_bytes(content)
+    rc, report = bundle.verify(capsys)
+    assert rc == 3
+    assert reason in _failed(report)[0]["reason"]
+
+
+def test_a_record_with_an_extra_or_missing_field_fails(bundle, capsys):
+    record = json.loads(bundle.record.read_bytes())
+    record["approved_by"] = "airflow"
+    del record["initdata"]
+    bundle.record.write_bytes(json.dumps(record).encode())
+    rc, report = bundle.verify(capsys)
+    assert rc == 3
+    reason = _failed(report)[0]["reason"]
+    assert "initdata must be a non-empty string" in reason
+    assert "unknown field(s) ['approved_by']" in reason
+
+
 def test_a_missing_model_signature_fails(bundle, capsys):
     (bundle.root / "v2.sig").unlink()
     rc, report = bundle.verify(capsys)
