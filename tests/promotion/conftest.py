@@ -300,10 +300,11 @@ class DataOwner:
     def sign(self, key_pem: bytes | None = None, **overrides) -> SignedOwnerPolicy:
         """The policy signed (by the owner's key unless `key_pem`) and verified back."""
         jws = OwnerPolicy.from_dict(self.policy_doc(**overrides)).sign(key_pem or self.private_pem)
-        return verify_owner_policy(jws, self.public_pem if key_pem is None else _public(key_pem))
+        public = self.public_pem if key_pem is None else public_pem_of(key_pem)
+        return verify_owner_policy(jws, public)
 
 
-def _public(private_pem: bytes) -> bytes:
+def public_pem_of(private_pem: bytes) -> bytes:
     key = serialization.load_pem_private_key(private_pem, password=None)
     return key.public_key().public_bytes(
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo

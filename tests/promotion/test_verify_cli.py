@@ -233,6 +233,30 @@ def test_a_single_changed_byte_in_any_artefact_fails_naming_it(built, kind, tmp_
     assert not failures, failures
 
 
+def test_the_model_signature_must_be_by_a_signer_the_policy_names(
+    bundle, owner, capsys, tmp_path, other_p256_pem
+):
+    from .conftest import public_pem_of
+
+    stranger = public_pem_of(other_p256_pem).decode()
+    real = owner.promotion_public_pem.decode()
+    newer = tmp_path / "newer.jws"
+    newer.write_text(owner.sign(version=3, promotion_signers=[stranger, real]).jws)
+    rc, report = bundle.verify(capsys, "--policy", str(newer))
+    assert rc == 0, report
+    assert "promotion signer 1 of the owner policy" in _reasons(report)["model signature"]
+    # a policy that no longer names the key that signed: the signature is not accepted
+    newer.write_text(owner.sign(version=4, promotion_signers=[stranger]).jws)
+    rc, report = bundle.verify(capsys, "--policy", str(newer))
+    assert rc == 4
+    assert [c["name"] for c in _failed(report)] == ["model signature"]
+    assert "no promotion signer of the owner policy verifies it" in _failed(report)[0]["reason"]
+
+
+def _reasons(report: dict) -> dict[str, str]:
+    return {c["name"]: c["reason"] for c in report["checks"]}
+
+
 def test_a_policy_signed_by_another_key_fails(bundle, owner, capsys):
     from coco_ai.owner_policy import generate_owner_key
 
