@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from coco_ai.crypto.manifest import MANIFEST_FILE
+from coco_ai.digest import is_sha256
 from coco_ai.guest.initdata import RUN_ID_KEY
 from coco_ai.owner_policy import OwnerPolicyError, SignedOwnerPolicy, verify_owner_policy
 from coco_ai.promotion.errors import PromotionRefused, SignatureInvalid
@@ -85,6 +86,7 @@ _RECORD_STRINGS = (
     "signature_uri",
     "signature_digest",
 )
+_RECORD_DIGESTS = ("manifest_digest", "owner_policy_digest", "signature_digest")
 _CHAMPION_FIELDS = ("version", "manifest_digest", "created_at", "eval_loss")
 
 
@@ -177,14 +179,20 @@ class PromotionRecord:
             for name in _RECORD_STRINGS
             if not _text(doc.get(name))
         ]
+        bad += [
+            f"{name} must be 'sha256:<64 hex>'"
+            for name in _RECORD_DIGESTS
+            if _text(doc.get(name)) and not is_sha256(doc[name])
+        ]
         promoted_at = doc.get("promoted_at")
         if isinstance(promoted_at, bool) or not isinstance(promoted_at, int):
             bad.append("promoted_at must be an integer")
         champion = doc.get("champion")
-        if champion is not None and (
-            not isinstance(champion, dict) or set(champion) != set(_CHAMPION_FIELDS)
-        ):
-            bad.append(f"champion must be null or an object of {list(_CHAMPION_FIELDS)}")
+        if champion is not None and not _champion_shape(champion):
+            bad.append(
+                "champion must be null or {version: int >= 1, manifest_digest: 'sha256:<64 hex>', "
+                "created_at: number, eval_loss: number or null}"
+            )
         unknown = sorted(set(doc) - {*_RECORD_STRINGS, "format", "promoted_at", "champion"})
         if unknown:
             bad.append(f"unknown field(s) {unknown}")
@@ -578,6 +586,20 @@ def _alias(name: str, alias: str, registry_uri: str) -> AuditCheck:
         PASSED,
         f"{alias!r} serves version {served.version}, the newest of {len(versions)}; "
         "creation times increase with the version",
+    )
+
+
+def _champion_shape(champion: Any) -> bool:
+    if not isinstance(champion, dict) or set(champion) != set(_CHAMPION_FIELDS):
+        return False
+    version = champion["version"]
+    return (
+        isinstance(version, int)
+        and not isinstance(version, bool)
+        and version >= 1
+        and is_sha256(champion["manifest_digest"])
+        and _number(champion["created_at"])
+        and (champion["eval_loss"] is None or _number(champion["eval_loss"]))
     )
 
 

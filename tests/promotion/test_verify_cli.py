@@ -360,16 +360,20 @@ def test_a_malformed_record_fails(bundle, capsys, content, reason):
     assert reason in _failed(report)[0]["reason"]
 
 
-def test_a_record_with_an_extra_or_missing_field_fails(bundle, capsys):
+def test_a_record_with_malformed_extra_or_missing_fields_fails(bundle, capsys):
     record = json.loads(bundle.record.read_bytes())
     record["approved_by"] = "airflow"
     del record["initdata"]
+    record["manifest_digest"] = "sha256:" + "g" * 64
+    record["champion"]["version"] = "1"
     bundle.record.write_bytes(json.dumps(record).encode())
-    rc, report = bundle.verify(capsys)
+    rc, report = bundle.verify(capsys, "--registry", bundle.registry)
     assert rc == 3
     reason = _failed(report)[0]["reason"]
     assert "initdata must be a non-empty string" in reason
     assert "unknown field(s) ['approved_by']" in reason
+    assert "manifest_digest must be 'sha256:<64 hex>'" in reason
+    assert "champion must be null or {version: int >= 1" in reason
 
 
 def test_a_missing_model_signature_fails(bundle, capsys):
