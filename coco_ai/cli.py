@@ -21,6 +21,7 @@ _COMMAND_MODULES = (
     "coco_ai.workloads.cli",
     "coco_ai.demo_cli",
     "coco_ai.owner_report",
+    "coco_ai.promotion.cli",
 )
 
 

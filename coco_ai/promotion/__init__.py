@@ -1,49 +1,35 @@
 """Attested model promotion: verify the whole evidence chain, sign the model, register it.
 
-No Airflow here: the `AttestedModelPromotionOperator` wraps `promote`.
+No Airflow here: the `AttestedModelPromotionOperator` wraps `promote`. Exports resolve lazily
+(PEP 562), so that `coco-ai --help` (which imports `coco_ai.promotion.cli`) does not load the
+JOSE, storage, registry and signing stacks.
 """
 
 from __future__ import annotations
 
-from coco_ai.promotion.errors import PromotionRefused, RegistryError, SignatureInvalid
-from coco_ai.promotion.promote import PromotionResult, promote
-from coco_ai.promotion.registry import (
-    default_registry_uri,
-    find_model_version,
-    model_versions,
-    register_model_version,
-    sqlite_registry_uri,
-    version_by_alias,
-)
-from coco_ai.promotion.signing import (
-    ModelSignature,
-    default_signature_uri,
-    sign_model,
-    verify_model_signature,
-)
-from coco_ai.promotion.verify import (
-    PromotionEvidence,
-    PromotionExpectations,
-    verify_for_promotion,
-)
+from coco_ai._lazy import lazy_exports
 
-__all__ = [
-    "ModelSignature",
-    "PromotionEvidence",
-    "PromotionExpectations",
-    "PromotionRefused",
-    "PromotionResult",
-    "RegistryError",
-    "SignatureInvalid",
-    "default_registry_uri",
-    "default_signature_uri",
-    "find_model_version",
-    "model_versions",
-    "promote",
-    "register_model_version",
-    "sign_model",
-    "sqlite_registry_uri",
-    "verify_for_promotion",
-    "verify_model_signature",
-    "version_by_alias",
-]
+_EXPORTS = {
+    "PromotionRefused": "errors",
+    "RegistryError": "errors",
+    "SignatureInvalid": "errors",
+    "PromotionResult": "promote",
+    "promote": "promote",
+    "default_registry_uri": "registry",
+    "find_model_version": "registry",
+    "model_versions": "registry",
+    "register_model_version": "registry",
+    "sqlite_registry_uri": "registry",
+    "version_by_alias": "registry",
+    "ModelSignature": "signing",
+    "default_signature_uri": "signing",
+    "sign_model": "signing",
+    "verify_model_signature": "signing",
+    "PromotionEvidence": "verify",
+    "PromotionExpectations": "verify",
+    "verify_for_promotion": "verify",
+}
+
+__all__ = sorted(_EXPORTS)
+
+__getattr__ = lazy_exports(__name__, _EXPORTS)

@@ -1,5 +1,6 @@
 """Real attestation material for promotion tests: EAR tokens issued by the Trustee stand-in's
-token broker (its own CA, ES256, x5c), TEE keys, initdata and promotion keys."""
+token broker (its own CA, ES256, x5c), TEE keys, initdata, promotion keys, and the data owner's
+key and signed policy that every promotion is judged by."""
 
 from __future__ import annotations
 
@@ -13,14 +14,25 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from coco_ai.crypto.checkpoint import encrypt_checkpoint
-from coco_ai.crypto.manifest import public_jwk_of, sign_manifest
-from coco_ai.guest.initdata import build_initdata
+from coco_ai.crypto.manifest import CONFIG_FILE, public_jwk_of, sign_manifest
+from coco_ai.guest.initdata import (
+    CHECKPOINT_KEY_KEY,
+    IMAGE_DIGEST_KEY,
+    RUN_ID_KEY,
+    Initdata,
+    build_initdata,
+)
+from coco_ai.owner_policy import OwnerPolicy, SignedOwnerPolicy, verify_owner_policy
 from coco_ai.promotion import PromotionExpectations
 from coco_ai.trustee_dev.state import StateDir
 from coco_ai.trustee_dev.tokens import TokenBroker
 
 RUN_ID = "run-2026-11-26-a"
 IMAGE_DIGEST = "sha256:" + "1" * 64
+BASE_MODEL_DIGEST = "sha256:" + "b" * 64
+DATASET_DIGEST = "sha256:" + "d" * 64
+KEY_URI = f"kbs:///coco-ai/checkpoint/{RUN_ID}"
+MODEL = "coco-finetuned"
 
 
 @dataclass
@@ -45,14 +57,19 @@ class TokenIssuer:
         gpu_status: str = "affirming",
         iat: float | None = None,
         lifetime: int = 300,
+        appraisal_policy_id: str = "default",
+        cpu_evidence: str = "sample",
+        gpu_evidence: str = "sampledevice",
     ) -> str:
+        """`cpu_evidence` / `gpu_evidence` name the annotated evidence Trustee's verifier wrote
+        (sample and sampledevice are its development verifiers)."""
         submods = {
             "cpu0": {
                 "ear.status": cpu_status,
                 "ear.trustworthiness-vector": {"executables": 2, "hardware": 2},
-                "ear.appraisal-policy-id": "default",
+                "ear.appraisal-policy-id": appraisal_policy_id,
                 "ear.veraison.annotated-evidence": {
-                    "sample": {"svn": "1"},
+                    cpu_evidence: {"svn": "1"},
                     "init_data": init_data_hex,
                     "init_data_claims": init_data_claims,
                     "report_data": "00" * 48,
@@ -68,8 +85,8 @@ class TokenIssuer:
             submods[f"gpu{i}"] = {
                 "ear.status": gpu_status,
                 "ear.trustworthiness-vector": {"hardware": 2},
-                "ear.appraisal-policy-id": "default",
-                "ear.veraison.annotated-evidence": {"sampledevice": {"svn": "2"}},
+                "ear.appraisal-policy-id": appraisal_policy_id,
+                "ear.veraison.annotated-evidence": {gpu_evidence: {"svn": "2"}},
             }
         now = time.time() - 5 if iat is None else iat
         return self.broker.issue(submods, now, lifetime)
@@ -80,13 +97,18 @@ def issuer(tmp_path_factory) -> TokenIssuer:
     return TokenIssuer(TokenBroker(StateDir(tmp_path_factory.mktemp("trustee-state"))))
 
 
+def run_initdata(run_id: str = RUN_ID, **claims: str) -> Initdata:
+    """A run's initdata: run id, image digest and checkpoint key claims (`claims` replace them,
+    keyed by claim name with '-' written '_', e.g. image_digest=...)."""
+    values = {RUN_ID_KEY: run_id, IMAGE_DIGEST_KEY: IMAGE_DIGEST, CHECKPOINT_KEY_KEY: KEY_URI}
+    for name, value in claims.items():
+        values[f"io.coco-ai.{name.replace('_', '-')}"] = value
+    return build_initdata("https://127.0.0.1:8080", None, values)
+
+
 @pytest.fixture(scope="session")
-def initdata():
-    return build_initdata(
-        "https://127.0.0.1:8080",
-        None,
-        {"io.coco-ai.run-id": RUN_ID, "io.coco-ai.image-digest": IMAGE_DIGEST},
-    )
+def initdata() -> Initdata:
+    return run_initdata()
 
 
 def _p256_pem() -> bytes:
@@ -122,18 +144,49 @@ def other_p256_pem() -> bytes:
     return _p256_pem()
 
 
-BASE_MODEL_DIGEST = "sha256:" + "b" * 64
-DATASET_DIGEST = "sha256:" + "d" * 64
-KEY_URI = f"kbs:///coco-ai/checkpoint/{RUN_ID}"
+def training_config(run_id: str = RUN_ID, **recipe) -> dict:
+    """A real, validated fine-tune config of the run (FinetuneConfig.to_dict()); `recipe`
+    replaces `training` settings (e.g. learning_rate=...)."""
+    from coco_ai.workloads.finetune.config import FinetuneConfig
+
+    return FinetuneConfig.from_dict(
+        {
+            "run_id": run_id,
+            "staging_uri": f"file:///staging/{run_id}",
+            "checkpoint_key_uri": KEY_URI,
+            "run_key_root_uri": "kbs:///coco-ai/run-key-root/v1",
+            "dataset": {"uri": "s3://data/v1.enc", "key_uri": "kbs:///coco-ai/dataset-key/v1"},
+            "base_model": {"path": "s3://models/smol", "digest": BASE_MODEL_DIGEST},
+            "training": recipe,
+        }
+    ).to_dict()
+
+
+def config_file_bytes(config: dict) -> bytes:
+    """training_config.json exactly as the workload writes it (workload.config_bytes)."""
+    from coco_ai.workloads.finetune.config import FinetuneConfig
+    from coco_ai.workloads.finetune.workload import config_bytes
+
+    return config_bytes(FinetuneConfig.from_dict(config))
+
+
+def recipe_of(config: dict) -> str:
+    from coco_ai.workloads.finetune.config import recipe_digest
+
+    return recipe_digest(config)
+
+
+RECIPE_DIGEST = recipe_of(training_config())
 
 
 @dataclass
 class CheckpointFactory:
-    """Real encrypted checkpoints (coco_ai.crypto), signed by the attested TEE key."""
+    """Real encrypted checkpoints (coco_ai.crypto) with the run's training_config.json beside
+    the manifest, signed by the attested TEE key."""
 
     root: Path
     issuer: TokenIssuer
-    initdata: object
+    initdata: Initdata
     tee_key_pem: bytes
 
     def token(self, **overrides) -> str:
@@ -154,7 +207,14 @@ class CheckpointFactory:
         dataset_digest: str = DATASET_DIGEST,
         base_model_digest: str = BASE_MODEL_DIGEST,
         created_at: float | None = None,
+        config: dict | None = None,
+        write_config: bool = True,
     ) -> Path:
+        """`config` (default: this run's) is the config the TEE ran: its digest goes into the
+        manifest, its canonical JSON beside it (unless `write_config` is False)."""
+        import hashlib
+
+        config_json = config_file_bytes(training_config() if config is None else config)
         src = self.root / f"{name}-plain"
         src.mkdir()
         (src / "adapter_model.safetensors").write_bytes(os.urandom(50_000))
@@ -169,7 +229,7 @@ class CheckpointFactory:
             meta={
                 "base_model_digest": base_model_digest,
                 "dataset_digest": dataset_digest,
-                "training_config_digest": "sha256:" + "c" * 64,
+                "training_config_digest": "sha256:" + hashlib.sha256(config_json).hexdigest(),
                 "metrics": {"eval_loss": 1.2, "eval_loss_before": 3.0}
                 if metrics is None
                 else metrics,
@@ -177,7 +237,11 @@ class CheckpointFactory:
             segment_size=16384,
             now=created_at,
         )
-        sign_manifest(manifest, self.tee_key_pem, token or self.token(), dst_dir=str(dst))
+        if write_config:
+            (dst / CONFIG_FILE).write_bytes(config_json)
+        if token is None:  # a token valid when the checkpoint was made
+            token = self.token() if created_at is None else self.token(iat=created_at - 5)
+        sign_manifest(manifest, self.tee_key_pem, token, dst_dir=str(dst))
         return dst
 
 
@@ -186,16 +250,80 @@ def checkpoints(tmp_path, issuer, initdata, tee_key_pem) -> CheckpointFactory:
     return CheckpointFactory(tmp_path, issuer, initdata, tee_key_pem)
 
 
-def run_expectations(initdata, **overrides) -> PromotionExpectations:
-    """What the test run's checkpoints must prove: this run, its approved inputs, its initdata
-    and image; `overrides` add or replace fields (thresholds, key URI, …)."""
-    return PromotionExpectations(
-        **{
-            "run_id": RUN_ID,
-            "approved_base_models": {BASE_MODEL_DIGEST},
-            "approved_datasets": {DATASET_DIGEST},
-            "init_data_digest": initdata.digest().hex(),
-            "image_digest": IMAGE_DIGEST,
-            **overrides,
+# ---- the data owner ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DataOwner:
+    """The data owner's P-256 key and the policy document the tests' runs are judged by."""
+
+    private_pem: bytes
+    public_pem: bytes
+    issuer: TokenIssuer
+    promotion_public_pem: bytes
+
+    def policy_doc(self, **overrides) -> dict:
+        """The test policy as a document: the stand-in's token CA as trust anchor and its EAR
+        signer pinned, sample evidence allowed (the tests attest with sample/sampledevice),
+        the factory's inputs, recipe and image approved. `overrides` replace top-level fields
+        or, as `section__field`, fields of a section."""
+        doc = {
+            "format": "coco-ai/owner-policy/v1",
+            "policy_id": "coco-ai-tests",
+            "version": 1,
+            "model_name": MODEL,
+            "approved": {
+                "base_models": [BASE_MODEL_DIGEST],
+                "datasets": [DATASET_DIGEST],
+                "training_recipes": [RECIPE_DIGEST],
+                "images": [IMAGE_DIGEST],
+            },
+            "attestation": {
+                "trust_anchor_pem": self.issuer.ca_pem.decode(),
+                "token_signer_pem": self.issuer.broker.signer_pem.decode(),
+                "appraisal_policy_ids": ["default"],
+                "allow_development_evidence": True,
+                "min_gpus": 1,
+            },
+            "thresholds": {"max_eval_loss": 2.0, "min_relative_improvement": 0.2},
+            "champion": {"max_regression": 0.0},
+            "promotion_signers": [self.promotion_public_pem.decode()],
         }
+        for key, value in overrides.items():
+            section, sep, name = key.partition("__")
+            if sep:
+                doc[section] = {**doc[section], name: value}
+            else:
+                doc[key] = value
+        return doc
+
+    def sign(self, key_pem: bytes | None = None, **overrides) -> SignedOwnerPolicy:
+        """The policy signed (by the owner's key unless `key_pem`) and verified back."""
+        jws = OwnerPolicy.from_dict(self.policy_doc(**overrides)).sign(key_pem or self.private_pem)
+        public = self.public_pem if key_pem is None else public_pem_of(key_pem)
+        return verify_owner_policy(jws, public)
+
+
+def public_pem_of(private_pem: bytes) -> bytes:
+    key = serialization.load_pem_private_key(private_pem, password=None)
+    return key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
     )
+
+
+@pytest.fixture(scope="session")
+def owner(issuer, promotion_keys) -> DataOwner:
+    from coco_ai.owner_policy import generate_owner_key
+
+    private, public = generate_owner_key()
+    return DataOwner(private, public, issuer, promotion_keys[1].read_bytes())
+
+
+@pytest.fixture(scope="session")
+def owner_policy(owner) -> SignedOwnerPolicy:
+    return owner.sign()
+
+
+def run_expectations(owner_policy: SignedOwnerPolicy, initdata: Initdata) -> PromotionExpectations:
+    """What the test run's checkpoints must prove under the owner's policy."""
+    return PromotionExpectations.from_owner_policy(owner_policy, initdata=initdata)

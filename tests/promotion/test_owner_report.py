@@ -7,6 +7,7 @@ loss_curve.png written by the workload's own writers), signed with a stand-in-is
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import os
 import re
@@ -15,7 +16,7 @@ import pytest
 
 from coco_ai.cli import main
 from coco_ai.crypto.checkpoint import encrypt_checkpoint
-from coco_ai.crypto.manifest import sign_manifest
+from coco_ai.crypto.manifest import CONFIG_FILE, sign_manifest
 from coco_ai.promotion import promote, sqlite_registry_uri
 from coco_ai.run_keys import derive_run_key
 from coco_ai.workloads.finetune.report import (
@@ -30,7 +31,8 @@ from .conftest import (
     DATASET_DIGEST,
     KEY_URI,
     RUN_ID,
-    run_expectations,
+    config_file_bytes,
+    training_config,
 )
 
 SAMPLE = {
@@ -75,6 +77,7 @@ def owned(tmp_path, checkpoints):
     (tmp_path / "run-key-root.bin").write_bytes(root)
     key = derive_run_key(root, RUN_ID)  # what the TEE derives for this run
     dst = tmp_path / "checkpoint"
+    config_json = config_file_bytes(training_config())
     manifest = encrypt_checkpoint(
         src,
         dst,
@@ -84,10 +87,11 @@ def owned(tmp_path, checkpoints):
         meta={
             "base_model_digest": BASE_MODEL_DIGEST,
             "dataset_digest": DATASET_DIGEST,
-            "training_config_digest": "sha256:" + "c" * 64,
+            "training_config_digest": "sha256:" + hashlib.sha256(config_json).hexdigest(),
             "metrics": {"eval_loss": 1.125, "eval_loss_before": 3.25},
         },
     )
+    (dst / CONFIG_FILE).write_bytes(config_json)
     sign_manifest(manifest, checkpoints.tee_key_pem, checkpoints.token(), dst_dir=str(dst))
     key_file = tmp_path / "checkpoint.key"
     key_file.write_bytes(key)
@@ -140,15 +144,14 @@ def test_key_file_of_wrong_size_is_a_usage_error(owned, tmp_path, capsys):
 
 
 def test_registry_entry_resolves_and_the_chain_verifies(
-    owned, tmp_path, issuer, initdata, promotion_keys, monkeypatch
+    owned, tmp_path, issuer, initdata, promotion_keys, owner, monkeypatch
 ):
     ckpt, key_file = owned
     registry = sqlite_registry_uri(tmp_path / "mlflow" / "mlflow.db")
     promote(
         str(ckpt),
-        trust_anchor_pem=issuer.ca_pem,
-        expectations=run_expectations(initdata),
-        model_name="owner-model",
+        owner_policy=owner.sign(model_name="owner-model"),
+        initdata=initdata,
         signing_key_path=promotion_keys[0],
         registry_uri=registry,
     )

@@ -8,6 +8,8 @@ from coco_ai.promotion._policy import POLICY_PATH, evaluate, policy_digest
 
 BASE = "sha256:" + "b" * 64
 DATA = "sha256:" + "d" * 64
+RECIPE = "sha256:" + "c" * 64
+IMAGE = "sha256:" + "1" * 64
 
 
 def _input(**overrides):
@@ -16,8 +18,15 @@ def _input(**overrides):
             "verified": True,
             "submods": {"cpu0": "affirming", "gpu0": "affirming"},
             "gpu_count": 1,
+            "image_digest": IMAGE,
+            "appraisal_policy_ids": {"cpu0": "default", "gpu0": "default"},
+            "development_evidence": False,
         },
-        "checkpoint": {"base_model_digest": BASE, "dataset_digest": DATA},
+        "checkpoint": {
+            "base_model_digest": BASE,
+            "dataset_digest": DATA,
+            "training_recipe_digest": RECIPE,
+        },
         "metrics": {"eval_loss": 1.0, "eval_loss_before": 4.0},
     }
     for path, value in overrides.items():
@@ -33,6 +42,10 @@ def _data(**overrides):
         "min_relative_improvement": 0.25,
         "approved_base_models": [BASE],
         "approved_datasets": [DATA],
+        "approved_training_recipes": [RECIPE],
+        "approved_images": [IMAGE],
+        "appraisal_policy_ids": ["default"],
+        "allow_development_evidence": False,
     }
     data.update(overrides)
     return data
@@ -60,12 +73,34 @@ def test_allows_a_checkpoint_meeting_every_rule():
         ),
         ({"attestation__submods": {"gpu0": "affirming"}}, {}, "no cpu0 submod"),
         ({"attestation__verified": False}, {}, "attestation chain was not verified"),
+        ({"attestation__image_digest": "sha256:" + "9" * 64}, {}, "image sha256:999"),
+        ({"attestation__image_digest": None}, {}, "image null is not approved"),
+        ({}, {"approved_images": []}, f"image {IMAGE} is not approved"),
+        ({"checkpoint__training_recipe_digest": None}, {}, "training recipe null is not approved"),
+        ({}, {"approved_training_recipes": []}, f"training recipe {RECIPE} is not approved"),
+        (
+            {"attestation__appraisal_policy_ids": {"cpu0": "default", "gpu0": "lenient"}},
+            {},
+            "submod gpu0 was appraised by policy lenient",
+        ),
+        ({}, {"appraisal_policy_ids": ["prod"]}, "submod cpu0 was appraised by policy default"),
+        ({"attestation__development_evidence": True}, {}, "development (sample/sampledevice)"),
+        (
+            {"attestation__development_evidence": True},
+            {"allow_development_evidence": "yes"},
+            "development (sample/sampledevice)",
+        ),
     ],
 )
 def test_denies_with_a_reason_naming_the_rule(overrides, data, reason):
     decision = evaluate(_input(**overrides), _data(**data))
     assert decision.allow is False
     assert any(reason in d for d in decision.deny), decision.deny
+
+
+def test_development_evidence_passes_only_when_the_owner_allows_it():
+    doc = _input(attestation__development_evidence=True)
+    assert evaluate(doc, _data(allow_development_evidence=True)).allow
 
 
 def test_missing_metrics_are_denied_when_thresholds_are_set():

@@ -32,22 +32,20 @@ from .conftest import (
     IMAGE_DIGEST,
     KEY_URI,
     RUN_ID,
-    run_expectations,
 )
 
 MODEL = "coco-provenance"
 
 
 @pytest.fixture
-def promoted(checkpoints, issuer, initdata, promotion_keys, tmp_path):
+def promoted(checkpoints, initdata, promotion_keys, owner, tmp_path):
     """A checkpoint promoted for real: (checkpoint dir, registry tags, registry uri)."""
     registry = sqlite_registry_uri(tmp_path / "registry" / "mlflow.db")
     ckpt = checkpoints.make()
     result = promote(
         str(ckpt),
-        trust_anchor_pem=issuer.ca_pem,
-        expectations=run_expectations(initdata, checkpoint_key_uri=KEY_URI),
-        model_name=MODEL,
+        owner_policy=owner.sign(model_name=MODEL),
+        initdata=initdata,
         signing_key_path=promotion_keys[0],
         registry_uri=registry,
     )

@@ -12,9 +12,10 @@ from coco_ai.promotion import (
     sqlite_registry_uri,
     verify_model_signature,
 )
+from coco_ai.promotion.audit import audit_promotion
 from coco_ai.storage import open_store
 
-from .conftest import RUN_ID, run_expectations
+from .conftest import RUN_ID
 
 
 @pytest.fixture(scope="module")
@@ -25,7 +26,7 @@ def s3_options(moto_endpoint, s3_admin):
 
 @pytest.mark.timeout(120)
 def test_promotes_and_signs_a_checkpoint_in_s3(
-    s3_options, checkpoints, issuer, initdata, promotion_keys, tmp_path
+    s3_options, checkpoints, initdata, promotion_keys, owner, tmp_path
 ):
     local = checkpoints.make()
     uri = f"s3://checkpoints/runs/{RUN_ID}"
@@ -34,18 +35,29 @@ def test_promotes_and_signs_a_checkpoint_in_s3(
 
     result = promote(
         uri,
-        trust_anchor_pem=issuer.ca_pem,
-        expectations=run_expectations(initdata, max_eval_loss=2.0),
-        model_name="s3-model",
+        owner_policy=owner.sign(model_name="s3-model"),
+        initdata=initdata,
         signing_key_path=promotion_keys[0],
         registry_uri=registry,
         storage_options=s3_options,
     )
 
     assert result.signature.signature_uri == uri + ".sig"
-    assert open_store("s3://checkpoints/runs", **s3_options).exists(f"{RUN_ID}.sig")
+    runs = open_store("s3://checkpoints/runs", **s3_options)
+    assert runs.exists(f"{RUN_ID}.sig")
+    assert result.record_uri == uri + ".promotion.json"
+    assert runs.exists(f"{RUN_ID}.promotion.json")
     assert [v.source for v in model_versions("s3-model", registry_uri=registry)] == [uri]
     verify_model_signature(uri, public_key_path=promotion_keys[1], storage_options=s3_options)
+
+    # re-checked from its record in the store, with the owner's public key alone
+    audit = audit_promotion(
+        uri,
+        owner_public_key_pem=owner.public_pem,
+        registry_uri=registry,
+        storage_options=s3_options,
+    )
+    assert audit.verified and audit.exit_code == 0, audit.to_dict()
 
     # tampering with the stored ciphertext breaks the signature
     store = open_store(uri, **s3_options)
@@ -55,3 +67,7 @@ def test_promotes_and_signs_a_checkpoint_in_s3(
     store.put_bytes(victim, bytes(data))
     with pytest.raises(SignatureInvalid, match="changed since signing"):
         verify_model_signature(uri, public_key_path=promotion_keys[1], storage_options=s3_options)
+    audit = audit_promotion(uri, owner_public_key_pem=owner.public_pem, storage_options=s3_options)
+    assert audit.exit_code == 3
+    assert audit.check("model signature").status == "failed"
+    assert victim in audit.check("model signature").reason

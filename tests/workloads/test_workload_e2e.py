@@ -126,6 +126,15 @@ def test_workload_end_to_end(tmp_path, stack, store, tiny_model, examples) -> No
     blob = (store / "northwind.jsonl.enc").read_bytes()
     assert m.dataset_digest == "sha256:" + hashlib.sha256(blob).hexdigest()
     assert m.training_config_digest and m.training_config_digest.startswith("sha256:")
+    # the public config beside the manifest is the one the TEE signed: the run's, defaults filled
+    from coco_ai.crypto.manifest import CONFIG_FILE
+    from coco_ai.storage import open_store
+    from coco_ai.workloads.finetune.config import FinetuneConfig
+
+    config_json = open_store(staging).read_bytes(CONFIG_FILE)
+    assert m.training_config_digest == "sha256:" + hashlib.sha256(config_json).hexdigest()
+    config = json.loads(config_json)
+    assert config == FinetuneConfig.from_dict(cfg).to_dict()  # the config given, defaults filled
     assert m.metrics["eval_loss"] < m.metrics["eval_loss_before"]
     assert {f.path for f in m.files} >= {
         "adapter/adapter_model.safetensors",
