@@ -70,7 +70,7 @@ class OwnerPolicy:
     approved_base_models: frozenset[str]
     approved_datasets: frozenset[str]
     approved_training_recipes: frozenset[str]  # see coco_ai.workloads.finetune.config
-    approved_images: frozenset[str]  # image manifest digests, "sha256:<hex>"
+    approved_images: frozenset[str]  # image references pinned by digest, host/path@sha256:<hex>
     trust_anchor_pem: str
     token_signer_pem: str
     appraisal_policy_ids: frozenset[str]
@@ -113,8 +113,11 @@ class OwnerPolicy:
         if unknown:
             bad.append(f"approved: unknown field(s) {unknown}")
         digests = {
-            name: _digest_set(approved.get(name), f"approved.{name}", bad) for name in _APPROVED
+            n: _digest_set(approved.get(n), f"approved.{n}", bad)
+            for n in _APPROVED
+            if n != "images"
         }
+        digests["images"] = _image_set(approved.get("images"), "approved.images", bad)
 
         attestation = _table(doc, "attestation", bad)
         unknown = sorted(set(attestation) - _ATTESTATION)
@@ -219,6 +222,17 @@ class OwnerPolicy:
             "champion": champion,
             "promotion_signers": list(self.promotion_signers),
         }
+
+    @property
+    def approved_image_digests(self) -> frozenset[str]:
+        """The manifest digests of the approved images (what a run's initdata claims)."""
+        return frozenset(ref.partition("@")[2] for ref in self.approved_images)
+
+    def approved_image(self, digest: str | None) -> str | None:
+        """The approved image reference with manifest digest `digest`, if any."""
+        return next(
+            (r for r in sorted(self.approved_images) if r.endswith("@" + str(digest))), None
+        )
 
     # ---- narrowing (the only thing Airflow may do to it) ---------------------------------------
 
@@ -390,6 +404,23 @@ def _digest_set(value: Any, what: str, bad: list[str]) -> frozenset[str]:
     if wrong:
         bad.append(f"{what}: {wrong[0]!r} is not 'sha256:<64 hex>'")
     return frozenset(d for d in value if is_sha256(d))
+
+
+def _image_set(value: Any, what: str, bad: list[str]) -> frozenset[str]:
+    from coco_ai.guest.agent_policy import AgentPolicyError, qualified_pinned_image
+
+    if value is None:
+        return frozenset()
+    if not isinstance(value, list):
+        bad.append(f"{what} must be a list of image references host/path@sha256:<64 hex>")
+        return frozenset()
+    images = set()
+    for ref in value:
+        try:
+            images.add(qualified_pinned_image(ref))
+        except AgentPolicyError as exc:
+            bad.append(f"{what}: {exc}")
+    return frozenset(images)
 
 
 def _number(value: Any, what: str, bad: list[str]) -> float | None:

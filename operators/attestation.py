@@ -176,9 +176,7 @@ class AttestationGateOperator(BaseOperator):
             self.log.info("KBS %s alive over TLS (CA pinned: %s)", url, bool(settings.ca_cert_pem))
             resource_text = self._resource_policy_text(wanted[policies.RESOURCE_POLICY_ID])
             if owner:
-                summary = self._check_as_data_owner(
-                    client, policy_set, wanted, resource_text, sync
-                )
+                summary = self._check_as_data_owner(client, policy_set, wanted, resource_text, sync)
             else:
                 summary = self._expected_of_data_owner(policy_set, wanted, resource_text)
         return {

@@ -362,7 +362,7 @@ class DevStack:
                     "base_models": [model_digest(base_model)],
                     "datasets": [object_digest(dataset_uri)],
                     "training_recipes": recipes,
-                    "images": ["sha256:" + local_image_reference().rpartition(":")[2]],
+                    "images": [local_image_reference()],
                 },
                 "attestation": {
                     "trust_anchor_pem": token_anchor.decode(),

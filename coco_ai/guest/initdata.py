@@ -162,6 +162,15 @@ class Initdata:
         """PEM the confidential data hub pins for the KBS (``cdh.toml`` [kbc] kbs_cert)."""
         return self._kbc().get("kbs_cert")
 
+    @property
+    def image_security_policy_uri(self) -> str | None:
+        """Where the confidential data hub reads its image security policy (``cdh.toml``
+        [image] image_security_policy_uri)."""
+        if _CDH_TOML not in self.data:
+            return None
+        image = _load_embedded(_CDH_TOML, self.data[_CDH_TOML]).get("image", {})
+        return image.get("image_security_policy_uri") if isinstance(image, dict) else None
+
     def _kbc(self) -> dict[str, Any]:
         if _CDH_TOML not in self.data:
             return {}

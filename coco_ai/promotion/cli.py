@@ -1,5 +1,5 @@
-"""`coco-ai verify` (anyone: re-check a promotion offline) and `coco-ai policy` (the data owner:
-keygen, sign, show the owner policy).
+"""`coco-ai verify` (anyone: re-check a promotion offline) and `coco-ai owner-policy` (the data
+owner: keygen, sign, show the owner policy).
 
 `coco-ai verify <checkpoint URI | models:/NAME@ALIAS> --owner-key owner.pub` needs only the data
 owner's public key and read access to the store (and the registry, when given); see
@@ -57,7 +57,7 @@ def register(subparsers: Any) -> None:
     ver.set_defaults(func=_verify)
 
     pol = subparsers.add_parser(
-        "policy",
+        "owner-policy",
         help="the data owner's signed policy: keygen, sign, show",
         description="The data owner's policy (docs/formats/owner-policy.md): make a P-256 key, "
         "sign a policy document (JSON) into a JWS, or verify and show a signed policy.",
@@ -152,7 +152,7 @@ def _verify(args: argparse.Namespace) -> int:
     return _run(body)
 
 
-# ---- coco-ai policy ----------------------------------------------------------------------------
+# ---- coco-ai owner-policy ------------------------------------------------------------------------
 
 
 def _create(path: str, data: bytes, mode: int) -> None:

@@ -36,6 +36,7 @@ from coco_ai.crypto.transfer import read_manifest, verify_objects
 from coco_ai.crypto.verify import VerificationPolicy, verify_signed_manifest
 from coco_ai.digest import is_sha256
 from coco_ai.guest.initdata import (
+    AGENT_POLICY_KEY,
     CHECKPOINT_KEY_KEY,
     CUSTOM_KEY_PREFIX,
     IMAGE_DIGEST_KEY,
@@ -44,7 +45,7 @@ from coco_ai.guest.initdata import (
 )
 from coco_ai.kbs.ear import EarClaims
 from coco_ai.kbs.errors import KbsError
-from coco_ai.owner_policy import SignedOwnerPolicy
+from coco_ai.owner_policy import OwnerPolicy, SignedOwnerPolicy
 from coco_ai.promotion import _policy
 from coco_ai.promotion.errors import PromotionRefused
 from coco_ai.storage import open_store
@@ -152,12 +153,13 @@ class PromotionExpectations:
         if run_id is not None and run_id != claimed_run:
             raise ValueError(f"the initdata is run {claimed_run!r}'s, not run {run_id!r}'s")
         policy = owner.policy
+        check_code_binding(initdata, policy)
         return cls(
             run_id=claimed_run,
             approved_base_models=policy.approved_base_models,
             approved_datasets=policy.approved_datasets,
             approved_training_recipes=policy.approved_training_recipes,
-            approved_images=policy.approved_images,
+            approved_images=policy.approved_image_digests,
             appraisal_policy_ids=policy.appraisal_policy_ids,
             allow_development_evidence=policy.allow_development_evidence,
             champion_max_regression=policy.champion_max_regression,
@@ -205,6 +207,33 @@ class PromotionExpectations:
             if getattr(self, what) is not None:
                 data[what] = getattr(self, what)
         return data
+
+
+def check_code_binding(initdata: Initdata, policy: OwnerPolicy) -> None:
+    """Raise ValueError unless `initdata` binds the guest to the approved image it names: the
+    Kata agent policy that starts only that image, and the owner's image security policy.
+
+    The resource policy demanded the same before releasing any key; a verifier re-checks it from
+    the initdata itself (whose digest the token carries), so it holds even if Trustee ran a
+    weaker resource policy. An image the owner does not approve is left to the promotion
+    policy, which names it.
+    """
+    from coco_ai.guest.agent_policy import agent_policy_text
+    from coco_ai.guest.image_policy import IMAGE_POLICY_URI
+
+    image = policy.approved_image(initdata.claim(IMAGE_DIGEST_KEY))
+    if image is None:
+        return
+    if initdata.claim(AGENT_POLICY_KEY) != agent_policy_text(image):
+        raise ValueError(
+            f"the run's initdata does not carry the agent policy that starts only {image} "
+            "(missing, permissive or another image's): the host could have run other code"
+        )
+    if initdata.image_security_policy_uri != IMAGE_POLICY_URI:
+        raise ValueError(
+            f"the run's initdata does not point the image puller at the owner's image policy "
+            f"{IMAGE_POLICY_URI} (it names {initdata.image_security_policy_uri!r})"
+        )
 
 
 @dataclass(frozen=True)

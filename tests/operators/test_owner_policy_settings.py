@@ -24,7 +24,7 @@ def owner_files(tmp_path, monkeypatch):
             "policy_id": "settings-test",
             "version": 3,
             "model_name": "m",
-            "approved": {"images": ["sha256:" + "1" * 64]},
+            "approved": {"images": ["registry.example/app@sha256:" + "1" * 64]},
             "attestation": {
                 "trust_anchor_pem": pem(anchor).decode(),
                 "token_signer_pem": pem(anchor).decode(),

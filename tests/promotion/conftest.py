@@ -29,6 +29,7 @@ from coco_ai.trustee_dev.tokens import TokenBroker
 
 RUN_ID = "run-2026-11-26-a"
 IMAGE_DIGEST = "sha256:" + "1" * 64
+IMAGE_REF = "registry.example/coco-ai/finetune@" + IMAGE_DIGEST
 BASE_MODEL_DIGEST = "sha256:" + "b" * 64
 DATASET_DIGEST = "sha256:" + "d" * 64
 KEY_URI = f"kbs:///coco-ai/checkpoint/{RUN_ID}"
@@ -98,12 +99,15 @@ def issuer(tmp_path_factory) -> TokenIssuer:
 
 
 def run_initdata(run_id: str = RUN_ID, **claims: str) -> Initdata:
-    """A run's initdata: run id, image digest and checkpoint key claims (`claims` replace them,
-    keyed by claim name with '-' written '_', e.g. image_digest=...)."""
-    values = {RUN_ID_KEY: run_id, IMAGE_DIGEST_KEY: IMAGE_DIGEST, CHECKPOINT_KEY_KEY: KEY_URI}
+    """A run's initdata: run id and checkpoint key claims, bound to the approved image (agent
+    policy, image policy, image digest) as key release builds it. `claims` replace claims,
+    keyed by claim name with '-' written '_'; an image_digest claim builds initdata that names
+    that digest but binds no image (as an attacker's would)."""
+    values = {RUN_ID_KEY: run_id, CHECKPOINT_KEY_KEY: KEY_URI}
     for name, value in claims.items():
         values[f"io.coco-ai.{name.replace('_', '-')}"] = value
-    return build_initdata("https://127.0.0.1:8080", None, values)
+    image = None if IMAGE_DIGEST_KEY in values else IMAGE_REF
+    return build_initdata("https://127.0.0.1:8080", None, values, image=image)
 
 
 @pytest.fixture(scope="session")
@@ -276,7 +280,7 @@ class DataOwner:
                 "base_models": [BASE_MODEL_DIGEST],
                 "datasets": [DATASET_DIGEST],
                 "training_recipes": [RECIPE_DIGEST],
-                "images": [IMAGE_DIGEST],
+                "images": [IMAGE_REF],
             },
             "attestation": {
                 "trust_anchor_pem": self.issuer.ca_pem.decode(),

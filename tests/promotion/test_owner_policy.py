@@ -67,7 +67,7 @@ MALFORMED = {
     ),
     "images-bad-digest": (
         {"approved__images": ["registry/x:latest"]},
-        "approved.images: 'registry/x:latest'",
+        "approved.images: image 'registry/x:latest' must be a fully qualified reference",
     ),
     "attestation-not-object": ({"attestation": "x"}, "attestation must be an object"),
     "attestation-unknown": ({"attestation__skip": True}, "attestation: unknown field(s)"),

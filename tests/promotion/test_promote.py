@@ -315,7 +315,7 @@ REFUSALS = {
     "unapproved-image": (
         lambda f, champion: {},
         None,
-        {"approved__images": [OTHER]},
+        {"approved__images": ["registry.example/coco-ai/other@" + OTHER]},
         {},
         f"promotion policy: image {IMAGE_DIGEST} is not approved",
     ),

@@ -27,7 +27,7 @@ from coco_ai.trustee_dev.server import serve_in_thread
 from .conftest import (
     BASE_MODEL_DIGEST,
     DATASET_DIGEST,
-    IMAGE_DIGEST,
+    IMAGE_REF,
     KEY_URI,
     RUN_ID,
     config_file_bytes,
@@ -52,11 +52,8 @@ def test_stand_in_token_promotes_end_to_end(tmp_path, promotion_keys, owner):
         initdata = build_initdata(
             trustee.url,
             tls_ca,
-            {
-                "io.coco-ai.run-id": RUN_ID,
-                "io.coco-ai.image-digest": IMAGE_DIGEST,
-                "io.coco-ai.checkpoint-key": KEY_URI,
-            },
+            {"io.coco-ai.run-id": RUN_ID, "io.coco-ai.checkpoint-key": KEY_URI},
+            image=IMAGE_REF,
         )
         client = KbsClient(
             trustee.url,

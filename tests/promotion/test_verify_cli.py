@@ -414,25 +414,25 @@ def test_usage_errors_exit_2(bundle, capsys, args, message):
 
 def test_policy_keygen_sign_show_round_trip(owner, tmp_path, capsys):
     private, public = tmp_path / "owner.key", tmp_path / "owner.pub"
-    assert main(["policy", "keygen", "--private", str(private), "--public", str(public)]) == 0
+    assert main(["owner-policy", "keygen", "--private", str(private), "--public", str(public)]) == 0
     assert private.stat().st_mode & 0o777 == 0o600
-    assert main(["policy", "keygen", "--private", str(private), "--public", str(public)]) == 2
+    assert main(["owner-policy", "keygen", "--private", str(private), "--public", str(public)]) == 2
     doc = tmp_path / "policy.json"
     doc.write_text(json.dumps(owner.policy_doc(version=4)))
     jws = tmp_path / "policy.jws"
     capsys.readouterr()
-    assert main(["policy", "sign", str(doc), "--key", str(private), "--out", str(jws)]) == 0
+    assert main(["owner-policy", "sign", str(doc), "--key", str(private), "--out", str(jws)]) == 0
     signed = json.loads(capsys.readouterr().out)
     assert signed["version"] == 4 and signed["digest"].startswith("sha256:")
-    assert main(["policy", "show", str(jws), "--owner-key", str(public)]) == 0
+    assert main(["owner-policy", "show", str(jws), "--owner-key", str(public)]) == 0
     shown = json.loads(capsys.readouterr().out)
     assert shown["digest"] == signed["digest"]
     assert shown["policy"]["approved"] == owner.policy_doc()["approved"]
     # under another key the policy does not verify
-    assert main(["policy", "show", str(jws), "--owner-key", str(tmp_path / "x.pub")]) == 2
+    assert main(["owner-policy", "show", str(jws), "--owner-key", str(tmp_path / "x.pub")]) == 2
     other = tmp_path / "other.pub"
     other.write_bytes(owner.public_pem)
-    assert main(["policy", "show", str(jws), "--owner-key", str(other)]) == 4
+    assert main(["owner-policy", "show", str(jws), "--owner-key", str(other)]) == 4
     assert "does not verify with the data owner's key" in capsys.readouterr().err
 
 
@@ -442,6 +442,6 @@ def test_policy_sign_refuses_an_invalid_document(owner, tmp_path, capsys):
     key = tmp_path / "owner.key"
     key.write_bytes(owner.private_pem)
     out = tmp_path / "policy.jws"
-    assert main(["policy", "sign", str(doc), "--key", str(key), "--out", str(out)]) == 2
+    assert main(["owner-policy", "sign", str(doc), "--key", str(key), "--out", str(out)]) == 2
     assert "attestation.min_gpus must be an integer >= 0" in capsys.readouterr().err
     assert not out.exists()
