@@ -7,6 +7,7 @@ exit status and stderr out.
 from __future__ import annotations
 
 import base64
+import json
 import os
 import stat
 import subprocess
@@ -27,8 +28,13 @@ SCRIPT = REPO_ROOT / "deploy" / "compose" / "init_env.py"
 @pytest.fixture
 def generated(tmp_path: Path) -> tuple[Path, Path]:
     env_file, secrets_dir = tmp_path / ".env", tmp_path / "secrets"
-    init_env.generate(env_file, secrets_dir)
+    init_env.generate(env_file, secrets_dir, tmp_path / "owner")
     return env_file, secrets_dir
+
+
+@pytest.fixture
+def owner_dir(generated) -> Path:
+    return generated[0].parent / "owner"
 
 
 def _check(env: dict[str, str], *extra: str) -> subprocess.CompletedProcess:
@@ -166,10 +172,14 @@ def test_errors_never_print_secret_values(generated) -> None:
 def test_generate_refuses_to_overwrite_existing_secrets(generated) -> None:
     env_file, secrets_dir = generated
     before = env_file.read_bytes()
+    owner = env_file.parent / "owner"
     with pytest.raises(init_env.SecretsError, match="refusing to overwrite"):
-        init_env.generate(env_file, secrets_dir)
+        init_env.generate(env_file, secrets_dir, owner)
     assert env_file.read_bytes() == before
-    init_env.generate(env_file, secrets_dir, force=True)
+    # The owner's policy alone is reason enough: it may hold the data owner's approvals.
+    with pytest.raises(init_env.SecretsError, match=r"owner-policy\.jws"):
+        init_env.generate(env_file.parent / "other.env", env_file.parent / "other", owner)
+    init_env.generate(env_file, secrets_dir, owner, force=True)
     assert env_file.read_bytes() != before
 
 
@@ -270,4 +280,109 @@ def test_compose_check_reads_run_secrets_without_the_run_key_root(generated, tmp
 def test_run_key_root_is_in_no_rotation_group() -> None:
     """A rotated root needs a new version path (v2), not a new file under v1."""
     assert all("run-key-root.bin" not in files for files in init_env.KEY_GROUPS.values())
-    assert set(init_env.COMPOSE_SECRET_NAMES) == set(init_env.SECRET_FILES)
+    assert set(init_env.COMPOSE_SECRET_NAMES) == set(init_env.SECRET_FILES) - init_env.NOT_MOUNTED
+
+
+# -- the data owner's policy key and first policy ------------------------------------------------
+
+
+def _public_pem(key) -> str:
+    return (
+        key.public_key()
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        .decode()
+    )
+
+
+def test_first_owner_policy_verifies_with_the_written_key_and_approves_nothing(
+    generated, owner_dir: Path
+) -> None:
+    from coco_ai.owner_policy import OwnerPolicy, verify_owner_policy
+
+    secrets_dir = generated[1]
+    signed = verify_owner_policy(
+        (owner_dir / "owner-policy.jws").read_bytes(), (owner_dir / "owner-public.pem").read_bytes()
+    )
+    policy = signed.policy
+    # Fail closed: no input, recipe or image approved, so nothing can be promoted yet.
+    assert policy.approved_base_models == frozenset()
+    assert policy.approved_datasets == frozenset()
+    assert policy.approved_training_recipes == frozenset()
+    assert policy.approved_images == frozenset()
+    assert policy.allow_development_evidence is False
+    assert policy.min_gpus == 1
+    # The policy key is the data owner's (0600, kept with the secrets), and no other.
+    owner_key = serialization.load_pem_private_key(
+        (secrets_dir / "owner-policy-key.pem").read_bytes(), None
+    )
+    assert isinstance(owner_key, ec.EllipticCurvePrivateKey)
+    assert owner_key.curve.name == "secp256r1"
+    assert _public_pem(owner_key) == (owner_dir / "owner-public.pem").read_text()
+    assert stat.S_IMODE((secrets_dir / "owner-policy-key.pem").stat().st_mode) == 0o600
+    assert not (owner_dir / "owner-policy-key.pem").exists()
+    # Trust: this stack's token CA, pinned to its attestation service's own signing certificate.
+    assert policy.trust_anchor_pem == (secrets_dir / "token-ca.pem").read_text()
+    signer = x509.load_pem_x509_certificate(policy.token_signer_pem.encode())
+    signer_key = serialization.load_pem_private_key(
+        (secrets_dir / "as-token-signer-key.pem").read_bytes(), None
+    )
+    assert signer.public_key() == signer_key.public_key()
+    assert policy.token_signer_pem.count("BEGIN CERTIFICATE") == 1, "the leaf, not the chain"
+    # Promotion signer: the stack's model-signing key, which the worker signs with.
+    model_key = serialization.load_pem_private_key(
+        (secrets_dir / "model-signing-key.pem").read_bytes(), None
+    )
+    assert isinstance(model_key, ec.EllipticCurvePrivateKey)
+    assert policy.promotion_signers == (_public_pem(model_key),)
+    assert (secrets_dir / "model-signing-public.pem").read_text() == _public_pem(model_key)
+    # The document beside it is exactly what the JWS carries, ready to edit and re-sign.
+    document = json.loads((owner_dir / "owner-policy.json").read_text())
+    assert OwnerPolicy.from_dict(document) == policy
+    assert document == policy.to_dict()
+
+
+def test_a_second_generation_has_its_own_owner_key(generated, owner_dir: Path, tmp_path) -> None:
+    from coco_ai.owner_policy import OwnerPolicyError, verify_owner_policy
+
+    init_env.generate(tmp_path / "b.env", tmp_path / "b-secrets", tmp_path / "b-owner")
+    with pytest.raises(OwnerPolicyError, match="does not verify"):
+        verify_owner_policy(
+            (tmp_path / "b-owner" / "owner-policy.jws").read_bytes(),
+            (owner_dir / "owner-public.pem").read_bytes(),
+        )
+
+
+def test_check_verifies_the_owner_policy(generated, owner_dir: Path, tmp_path) -> None:
+    env_file, secrets_dir = generated
+    values = init_env.read_env_file(env_file)
+    ok = _check(values, "--secrets-dir", str(secrets_dir), "--owner-dir", str(owner_dir))
+    assert ok.returncode == 0, ok.stderr
+
+    # A policy signed by someone else (here: another deployment's owner) is refused, named.
+    init_env.generate(tmp_path / "b.env", tmp_path / "b-secrets", tmp_path / "b-owner")
+    (owner_dir / "owner-policy.jws").write_bytes(
+        (tmp_path / "b-owner" / "owner-policy.jws").read_bytes()
+    )
+    forged = _check(values, "--owner-dir", str(owner_dir))
+    assert forged.returncode == 2
+    assert "owner-policy.jws" in forged.stderr
+    assert "does not verify with the data owner's key" in forged.stderr
+
+    (owner_dir / "owner-policy.jws").unlink()
+    (owner_dir / "owner-public.pem").write_bytes(b"")
+    missing = _check(values, "--owner-dir", str(owner_dir))
+    assert missing.returncode == 2
+    assert "owner-policy.jws is missing" in missing.stderr
+    assert "owner-public.pem is empty" in missing.stderr
+
+
+@pytest.mark.parametrize("group", sorted(init_env.KEY_GROUPS))
+def test_rotating_a_key_the_owner_policy_names_says_to_re_sign(generated, group: str) -> None:
+    done = subprocess.run(
+        [sys.executable, str(SCRIPT), "rotate", group, "--secrets-dir", str(generated[1])],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    assert ("re-sign it" in done.stdout) == (group in {"token-signer", "model-signing"})
