@@ -386,3 +386,59 @@ def test_rotating_a_key_the_owner_policy_names_says_to_re_sign(generated, group:
     )
     assert done.returncode == 0, done.stderr
     assert ("re-sign it" in done.stdout) == (group in {"token-signer", "model-signing"})
+
+
+def test_add_missing_completes_an_earlier_deployment_without_touching_its_keys(
+    generated, owner_dir: Path
+) -> None:
+    """A deployment generated before the owner policy existed has no promotion key, no owner
+    key and no owner directory: `generate --add-missing` writes exactly those."""
+    import shutil
+
+    env_file, secrets_dir = generated
+    new = {"model-signing-key.pem", "model-signing-public.pem", "owner-policy-key.pem"}
+    for name in new:
+        (secrets_dir / name).unlink()
+    shutil.rmtree(owner_dir)
+    before = {p.name: p.read_bytes() for p in secrets_dir.iterdir() if p.is_file()}
+    env_before = env_file.read_bytes()
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(SCRIPT),
+            "generate",
+            "--add-missing",
+            "--env-file",
+            str(env_file),
+            "--secrets-dir",
+            str(secrets_dir),
+            "--owner-dir",
+            str(owner_dir),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    assert env_file.read_bytes() == env_before
+    for name, content in before.items():
+        assert (secrets_dir / name).read_bytes() == content, name
+    assert {p.name for p in secrets_dir.iterdir() if p.is_file()} - set(before) == new
+    values = init_env.read_env_file(env_file)
+    ok = _check(values, "--secrets-dir", str(secrets_dir), "--owner-dir", str(owner_dir))
+    assert ok.returncode == 0, ok.stderr
+    # Everything there: nothing to do, nothing replaced.
+    policy = (owner_dir / "owner-policy.jws").read_bytes()
+    assert init_env.add_missing(secrets_dir, owner_dir) == []
+    assert (owner_dir / "owner-policy.jws").read_bytes() == policy
+
+
+def test_add_missing_refuses_a_partial_group(generated, owner_dir: Path) -> None:
+    secrets_dir = generated[1]
+    (secrets_dir / "model-signing-public.pem").unlink()
+    with pytest.raises(init_env.SecretsError, match=r"partial key group.*model-signing-key"):
+        init_env.add_missing(secrets_dir, owner_dir)
+    assert (secrets_dir / "model-signing-key.pem").exists()
+    (owner_dir / "owner-policy.jws").unlink()
+    with pytest.raises(init_env.SecretsError, match="owner-public"):
+        init_env.add_missing(secrets_dir, owner_dir)
