@@ -442,3 +442,37 @@ def test_add_missing_refuses_a_partial_group(generated, owner_dir: Path) -> None
     (owner_dir / "owner-policy.jws").unlink()
     with pytest.raises(init_env.SecretsError, match="owner-public"):
         init_env.add_missing(secrets_dir, owner_dir)
+
+
+def test_airflow_reads_the_generated_policy_and_the_next_read_sees_a_re_signed_one(
+    generated, owner_dir: Path, monkeypatch
+) -> None:
+    """As compose configures the Airflow services; then the OPERATIONS.md approval procedure:
+    edit the document, sign with the owner's key, rename into place. No restart: the next read
+    (the next task) applies it, and a policy signed by anyone else is refused."""
+    from coco_ai.owner_policy import OwnerPolicy, OwnerPolicyError, generate_owner_key
+    from coco_ai_airflow._settings import owner_policy
+
+    monkeypatch.setenv("AIRFLOW__COCO_AI__OWNER_PUBLIC_KEY", str(owner_dir / "owner-public.pem"))
+    monkeypatch.setenv("AIRFLOW__COCO_AI__OWNER_POLICY", str(owner_dir / "owner-policy.jws"))
+    first = owner_policy()
+    assert first.policy.version == 1 and first.policy.approved_images == frozenset()
+
+    document = json.loads((owner_dir / "owner-policy.json").read_text())
+    image = "sha256:" + "ab" * 32
+    document["approved"]["images"].append(image)
+    document["version"] += 1
+    owner_key = (generated[1] / "owner-policy-key.pem").read_bytes()
+    staged = owner_dir / "owner-policy.jws.new"
+    staged.write_text(OwnerPolicy.from_dict(document).sign(owner_key))
+    staged.rename(owner_dir / "owner-policy.jws")
+    second = owner_policy()
+    assert second.policy.version == 2
+    assert second.policy.approved_images == {image}
+    assert second.digest != first.digest
+
+    intruder, _ = generate_owner_key()
+    document["attestation"]["allow_development_evidence"] = True
+    (owner_dir / "owner-policy.jws").write_text(OwnerPolicy.from_dict(document).sign(intruder))
+    with pytest.raises(OwnerPolicyError, match="does not verify"):
+        owner_policy()
