@@ -456,11 +456,11 @@ def test_airflow_reads_the_generated_policy_and_the_next_read_sees_a_re_signed_o
     monkeypatch.setenv("AIRFLOW__COCO_AI__OWNER_PUBLIC_KEY", str(owner_dir / "owner-public.pem"))
     monkeypatch.setenv("AIRFLOW__COCO_AI__OWNER_POLICY", str(owner_dir / "owner-policy.jws"))
     first = owner_policy()
-    assert first.policy.version == 1 and first.policy.approved_images == frozenset()
+    assert first.policy.version == 1 and first.policy.approved_base_models == frozenset()
 
     document = json.loads((owner_dir / "owner-policy.json").read_text())
-    image = "sha256:" + "ab" * 32
-    document["approved"]["images"].append(image)
+    base_model = "sha256:" + "ab" * 32
+    document["approved"]["base_models"].append(base_model)
     document["version"] += 1
     owner_key = (generated[1] / "owner-policy-key.pem").read_bytes()
     staged = owner_dir / "owner-policy.jws.new"
@@ -468,7 +468,7 @@ def test_airflow_reads_the_generated_policy_and_the_next_read_sees_a_re_signed_o
     staged.rename(owner_dir / "owner-policy.jws")
     second = owner_policy()
     assert second.policy.version == 2
-    assert second.policy.approved_images == {image}
+    assert second.policy.approved_base_models == {base_model}
     assert second.digest != first.digest
 
     intruder, _ = generate_owner_key()
