@@ -74,12 +74,13 @@ class TrusteeSettings:
     def from_extra(cls, extra: dict[str, Any]) -> TrusteeSettings:
         legacy = [name for name in LEGACY_TRUST_FIELDS if str(extra.get(name) or "").strip()]
         if legacy:
+            names = " and ".join(repr(n) for n in legacy)
             raise TrusteeConnectionError(
-                f"trustee connection: {', '.join(repr(n) for n in legacy)} is no longer read "
-                "from the connection, which Airflow users can change: the attestation trust "
-                "anchor and token signer come from the data owner's signed policy "
+                f"trustee connection: {names} {'is' if len(legacy) == 1 else 'are'} no longer "
+                "read from the connection, which Airflow users can change: the attestation trust "
+                "anchor and token signer come only from the data owner's signed policy "
                 "([coco_ai] owner_public_key and owner_policy, docs/formats/owner-policy.md). "
-                "Put them there and remove the field from the connection (e.g. re-import it with "
+                "Remove them from the connection (e.g. re-import it with "
                 "`airflow connections import --overwrite`)"
             )
         url = str(extra.get("kbs_url") or "").strip().rstrip("/")

@@ -118,6 +118,9 @@ def test_a_connection_carrying_a_trust_field_is_refused_not_ignored(trustee, fie
     assert "data owner's signed policy" in str(refused.value)
     assert "owner_policy" in str(refused.value)
     assert TrusteeHook().test_connection()[0] is False
+    both = {**json.loads(trustee.connection())["extra"], "trust_anchor": "x", "token_signer": "y"}
+    with pytest.raises(TrusteeConnectionError, match="'trust_anchor' and 'token_signer' are no"):
+        TrusteeSettings.from_extra(both)
     # Empty leftovers (an old form saved with the field blank) carry no trust: accepted.
     extra = json.loads(trustee.connection(**{field: ""}))["extra"]
     assert TrusteeSettings.from_extra(extra).kbs_url == trustee.url
