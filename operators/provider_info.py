@@ -91,18 +91,6 @@ def get_provider_info() -> dict:
                             "enum": [None, "0.20.0", "0.21.0", "main"],
                         },
                     },
-                    "trust_anchor": {
-                        "label": "Attestation-token trust anchor (PEM)",
-                        "description": "CA certificate that the EAR token's x5c chain must end at.",
-                        "schema": {**_TEXT, "format": "multiline"},
-                    },
-                    "token_signer": {
-                        "label": "Attestation-token signer (PEM)",
-                        "description": "The attestation service's signing certificate or public "
-                        "key: only tokens it signed verify (empty: any signing certificate under "
-                        "the anchor, never a CA or a TLS certificate).",
-                        "schema": {**_TEXT, "format": "multiline"},
-                    },
                 },
                 "ui-field-behaviour": {
                     "hidden-fields": ["host", "schema", "login", "password", "port", "extra"],

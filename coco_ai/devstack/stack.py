@@ -621,8 +621,6 @@ class DevStack:
                         **airflow_credential,
                         "credential": "airflow",
                         "trustee_version": self.trustee_version,
-                        "trust_anchor": token_anchor.decode(),
-                        "token_signer": token_signer.decode(),
                     },
                 )
                 self.progress(f"waiting for the {DAG_ID} DAG to be parsed")

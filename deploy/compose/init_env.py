@@ -1,33 +1,47 @@
 #!/usr/bin/env python3
 """Generate and check the secrets of the docker-compose deployment.
 
-    python deploy/compose/init_env.py generate [--env-file .env] [--secrets-dir DIR] [--force]
+    python deploy/compose/init_env.py generate [--env-file .env] [--secrets-dir DIR]
+                                               [--owner-dir DIR] [--force | --add-missing]
     python deploy/compose/init_env.py check    [--env-file .env | --from-environment]
-                                               [--secrets-dir DIR]
-    python deploy/compose/init_env.py rotate   {trustee-admin,token-signer,kbs-tls}
-                                               [--secrets-dir DIR]
+                                               [--secrets-dir DIR] [--compose-names]
+                                               [--owner-dir DIR]
+    python deploy/compose/init_env.py rotate   {trustee-admin,trustee-airflow,token-signer,
+                                                kbs-tls,model-signing} [--secrets-dir DIR]
 
 `generate` writes `.env` (mode 0600) with fresh random values and the key files Trustee needs
 (the data owner's Ed25519 admin key pair, Airflow's Ed25519 persona key pair, the attestation
 service's P-256 token-signing key and its CA, the KBS TLS key and CA, the data owner's 32-byte
-run-key root) into the secrets directory. It refuses to
+run-key root), the promotion step's P-256 model-signing key pair and the data owner's P-256
+policy key into the secrets directory. Into the owner directory (public material, mounted
+read-only into the Airflow services) it writes the data owner's public policy key and a first
+signed owner policy (coco_ai.owner_policy): trust anchor the token CA, pinned signer the
+attestation service's certificate, promotion signer the model-signing key, at least one GPU, no
+development evidence, and nothing approved — nothing can be promoted until the data owner
+approves inputs and re-signs (docs/OPERATIONS.md, "Approving a model's inputs"). It refuses to
 overwrite existing secrets unless `--force` is given, because rotating e.g. the Fernet key
 without re-encrypting makes every stored connection unreadable, and a new run-key root leaves
 every existing checkpoint readable only with the old one (see docs/OPERATIONS.md).
+`--add-missing` completes a deployment made by an earlier version instead: it writes only the
+key groups and owner files that do not exist yet, and never replaces one.
 
 `check` fails (exit 2) with a message naming every missing, empty or weak secret, a private key
 file readable by group or others, and a run-key root that is not exactly 32 bytes. The compose
 file's `airflow-init` service runs it before anything else (`--compose-names`: the files under
 their compose secret names in /run/secrets, less NOT_IN_AIRFLOW — the data owner's admin key,
 the run-key root and the Trustee services' own private keys, which no Airflow container gets),
-so the stack never starts with a default or empty secret.
+so the stack never starts with a default or empty secret. With `--owner-dir` it also requires
+the owner's public key and signed policy there and verifies the signature, so the stack does not
+start with a policy that every promotion would refuse.
 
 The run-key root is not in any `rotate` group: a rotated root must go to a new version path
 (`coco-ai/run-key-root/v2`) while v1 stays readable for old checkpoints, which this script cannot
 do alone (docs/OPERATIONS.md, "Run-key root").
 
-Only the standard library and `cryptography` are used, so the script runs on the host and inside
-the Airflow image alike. Nothing secret is ever printed.
+`check` and `rotate` use only the standard library and `cryptography`, so they run on the host
+and inside the Airflow image alike. Signing and verifying the owner policy (`generate`, `check
+--owner-dir`) use the project's own coco_ai.owner_policy, from the installed package or this
+checkout (it also needs `jwcrypto`). Nothing secret is ever printed.
 """
 
 from __future__ import annotations
@@ -36,6 +50,7 @@ import argparse
 import base64
 import binascii
 import datetime
+import json
 import os
 import secrets
 import sys
@@ -146,10 +161,23 @@ SECRET_FILES: dict[str, str] = {
         "the data owner's 32-byte run-key root (uploaded to Trustee by trustee-init; keep a copy "
         "offline to read checkpoints: coco-ai checkpoint decrypt --run-key-root-file)"
     ),
+    "model-signing-key.pem": (
+        "P-256 key the promotion step signs promoted models with (OpenSSF model signing): "
+        "the Airflow worker only"
+    ),
+    "model-signing-public.pem": (
+        "public half of the model-signing key: a promotion signer in the owner policy, and what "
+        "the provenance view verifies model signatures with"
+    ),
+    "owner-policy-key.pem": (
+        "the data owner's P-256 key that signs the owner policy (coco-ai policy sign): held by "
+        "the data owner, mounted into no container"
+    ),
 }
 
 RUN_KEY_ROOT = "run-key-root.bin"
 RUN_KEY_ROOT_SIZE = 32
+OWNER_POLICY_KEY = "owner-policy-key.pem"
 # Written with mode 0600; `check` refuses them when group or others may read them.
 PRIVATE_FILES = frozenset(
     {
@@ -158,6 +186,8 @@ PRIVATE_FILES = frozenset(
         "as-token-signer-key.pem",
         "kbs-tls-key.pem",
         RUN_KEY_ROOT,
+        "model-signing-key.pem",
+        OWNER_POLICY_KEY,
     }
 )
 # The compose secret each file is mounted as (/run/secrets/<name>; docker-compose.yaml `secrets:`).
@@ -173,14 +203,37 @@ COMPOSE_SECRET_NAMES: dict[str, str] = {
     "kbs-tls-cert.pem": "kbs_tls_cert",
     "kbs-ca.pem": "kbs_ca",
     RUN_KEY_ROOT: "run_key_root",
+    "model-signing-key.pem": "model_signing_key",
+    "model-signing-public.pem": "model_signing_public_key",
 }
+# Never mounted into any container: the data owner signs the owner policy where the key is kept.
+NOT_MOUNTED = frozenset({OWNER_POLICY_KEY})
 # Never mounted into an Airflow container, each of them able to widen access: the data owner's
 # admin key (rewrites the resource policy) and run-key root (trustee-init only), the attestation
 # service's token-signing key (forges attestation tokens) and the KBS TLS key (impersonates the
-# KBS) — the last two for the Trustee services only.
-NOT_IN_AIRFLOW = frozenset(
-    {RUN_KEY_ROOT, "trustee-admin-private.pem", "as-token-signer-key.pem", "kbs-tls-key.pem"}
-)
+# KBS) — the last two for the Trustee services only — and the owner's policy key (decides what
+# is trusted and approved).
+NOT_IN_AIRFLOW = NOT_MOUNTED | {
+    RUN_KEY_ROOT,
+    "trustee-admin-private.pem",
+    "as-token-signer-key.pem",
+    "kbs-tls-key.pem",
+}
+
+# The owner directory: public material every verifier in the stack reads, bind-mounted
+# read-only (a directory, not single files, so that a re-signed policy moved into place is seen
+# by the next task without restarting anything).
+OWNER_PUBLIC_KEY = "owner-public.pem"
+OWNER_POLICY = "owner-policy.jws"
+OWNER_POLICY_DOCUMENT = "owner-policy.json"  # what owner-policy.jws carries, to edit and re-sign
+OWNER_FILES: dict[str, str] = {
+    OWNER_PUBLIC_KEY: "the data owner's P-256 public key; verifies the owner policy",
+    OWNER_POLICY: "the data owner's signed policy (compact JWS, docs/formats/owner-policy.md)",
+}
+# The registered model the first policy governs: the `[coco_ai] registered_model_name` default,
+# which docker-compose.yaml leaves unchanged.
+OWNER_POLICY_MODEL_NAME = "coco-ai-finetuned"
+OWNER_POLICY_ID = "coco-ai-compose"
 
 
 class SecretsError(Exception):
@@ -340,7 +393,7 @@ def _leaf(ca_key, ca_cert, common_name: str, days: int, *, dns_names: list[str] 
 def generate_secret_files(secrets_dir: Path, *, only: set[str] | None = None) -> None:
     """Write the key files of SECRET_FILES (or the groups containing `only`) into secrets_dir."""
     from cryptography.hazmat.primitives import serialization
-    from cryptography.hazmat.primitives.asymmetric import ed25519
+    from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
     secrets_dir.mkdir(parents=True, exist_ok=True)
     os.chmod(secrets_dir, 0o700)
@@ -377,6 +430,14 @@ def generate_secret_files(secrets_dir: Path, *, only: set[str] | None = None) ->
         (secrets_dir / "kbs-ca.pem").write_bytes(ca_cert.public_bytes(pem))
     if wanted(RUN_KEY_ROOT):
         _write_private(secrets_dir / RUN_KEY_ROOT, secrets.token_bytes(RUN_KEY_ROOT_SIZE))
+    if wanted("model-signing-key.pem", "model-signing-public.pem"):
+        key = ec.generate_private_key(ec.SECP256R1())
+        _write_private(secrets_dir / "model-signing-key.pem", _pem_private(key))
+        (secrets_dir / "model-signing-public.pem").write_bytes(_pem_public(key.public_key()))
+    if wanted(OWNER_POLICY_KEY):
+        _write_private(
+            secrets_dir / OWNER_POLICY_KEY, _pem_private(ec.generate_private_key(ec.SECP256R1()))
+        )
 
 
 # Key-file groups that rotate together (docs/OPERATIONS.md, "Rotating keys"). The run-key root
@@ -386,7 +447,11 @@ KEY_GROUPS: dict[str, tuple[str, ...]] = {
     "trustee-airflow": ("trustee-airflow-private.pem", "trustee-airflow-public.pem"),
     "token-signer": ("as-token-signer-key.pem", "as-token-signer-cert.pem", "token-ca.pem"),
     "kbs-tls": ("kbs-tls-key.pem", "kbs-tls-cert.pem", "kbs-ca.pem"),
+    "model-signing": ("model-signing-key.pem", "model-signing-public.pem"),
 }
+# Groups whose public half the owner policy names: after rotating one, the data owner re-signs
+# the policy with the new trust anchor and signer, or the new promotion signer.
+IN_OWNER_POLICY = frozenset({"token-signer", "model-signing"})
 
 
 def rotate_key_group(secrets_dir: Path, group: str) -> Path:
@@ -404,6 +469,108 @@ def rotate_key_group(secrets_dir: Path, group: str) -> Path:
     return previous
 
 
+# ---- the data owner's policy ------------------------------------------------------------------
+
+
+def _owner_policy_module():
+    """coco_ai.owner_policy: installed (the Airflow image), or from this checkout (the host)."""
+    try:
+        import coco_ai.owner_policy as module
+    except ImportError:
+        sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+        try:
+            import coco_ai.owner_policy as module
+        except ImportError:
+            raise SecretsError(
+                "the owner policy needs the coco_ai package: run this script from the "
+                "repository checkout (or with the project installed)"
+            ) from None
+    try:
+        import jwcrypto  # noqa: F401  (coco_ai.owner_policy signs and verifies with it)
+    except ImportError:
+        raise SecretsError(
+            "signing and verifying the owner policy needs jwcrypto: pip install jwcrypto "
+            "(or make setup)"
+        ) from None
+    return module
+
+
+def _leaf_certificate(chain_pem: str) -> str:
+    """The first certificate of a PEM chain (leaf first, as the token signer's is written)."""
+    end_marker = "-----END CERTIFICATE-----"
+    end = chain_pem.find(end_marker)
+    if "-----BEGIN CERTIFICATE-----" not in chain_pem or end < 0:
+        raise SecretsError("as-token-signer-cert.pem holds no PEM certificate")
+    return chain_pem[: end + len(end_marker)].strip() + "\n"
+
+
+def initial_owner_policy_document(secrets_dir: Path) -> dict:
+    """The first owner policy of the stack: it trusts this stack's attestation service and
+    promotion key, and approves nothing (fail closed until the data owner approves inputs)."""
+    return {
+        "format": "coco-ai/owner-policy/v1",
+        "policy_id": OWNER_POLICY_ID,
+        "version": 1,
+        "model_name": OWNER_POLICY_MODEL_NAME,
+        "approved": {"base_models": [], "datasets": [], "training_recipes": [], "images": []},
+        "attestation": {
+            "trust_anchor_pem": (secrets_dir / "token-ca.pem").read_text(),
+            # Pinned: only tokens the stack's own attestation service signed verify, not any
+            # signer a compromised token CA could issue.
+            "token_signer_pem": _leaf_certificate(
+                (secrets_dir / "as-token-signer-cert.pem").read_text()
+            ),
+            "appraisal_policy_ids": ["default"],
+            "allow_development_evidence": False,
+            "min_gpus": 1,
+        },
+        # Conservative defaults the data owner may change: a promoted model must not be worse
+        # than its base model, nor than the model it replaces.
+        "thresholds": {"min_relative_improvement": 0.0},
+        "champion": {"max_regression": 0.0},
+        "promotion_signers": [(secrets_dir / "model-signing-public.pem").read_text()],
+    }
+
+
+def write_owner_files(secrets_dir: Path, owner_dir: Path) -> None:
+    """Sign the initial owner policy with the owner's key; write it, its document and the
+    owner's public key into owner_dir."""
+    from cryptography.hazmat.primitives import serialization
+
+    owner_policy = _owner_policy_module()
+    policy = owner_policy.OwnerPolicy.from_dict(initial_owner_policy_document(secrets_dir))
+    private_pem = (secrets_dir / OWNER_POLICY_KEY).read_bytes()
+    key = serialization.load_pem_private_key(private_pem, password=None)
+    owner_dir.mkdir(parents=True, exist_ok=True)
+    (owner_dir / OWNER_PUBLIC_KEY).write_bytes(_pem_public(key.public_key()))
+    (owner_dir / OWNER_POLICY_DOCUMENT).write_text(json.dumps(policy.to_dict(), indent=2) + "\n")
+    (owner_dir / OWNER_POLICY).write_text(policy.sign(private_pem) + "\n")
+
+
+def check_owner_files(owner_dir: Path) -> list[str]:
+    """Problems with the owner directory: files missing or empty, or a policy that does not
+    verify with the owner's public key; [] when fine."""
+    problems = []
+    for name, purpose in OWNER_FILES.items():
+        path = owner_dir / name
+        if not path.is_file():
+            problems.append(f"owner file {path} is missing ({purpose})")
+        elif path.stat().st_size == 0:
+            problems.append(f"owner file {path} is empty ({purpose})")
+    if problems:
+        return problems
+    try:
+        owner_policy = _owner_policy_module()
+        owner_policy.verify_owner_policy(
+            (owner_dir / OWNER_POLICY).read_bytes(), (owner_dir / OWNER_PUBLIC_KEY).read_bytes()
+        )
+    except SecretsError as exc:
+        return [f"cannot verify {owner_dir / OWNER_POLICY}: {exc}"]
+    except ValueError as exc:  # OwnerPolicyError: another key, altered, malformed
+        return [f"{owner_dir / OWNER_POLICY}: {exc}"]
+    return []
+
+
 def write_env_file(path: Path, values: Mapping[str, str]) -> None:
     # AIRFLOW_UID is not secret: the Airflow containers run as this user, so the key files
     # (mode 0600, owned by whoever ran `generate`) are readable inside them.
@@ -412,8 +579,13 @@ def write_env_file(path: Path, values: Mapping[str, str]) -> None:
     _write_private(path, body.encode())
 
 
-def generate(env_file: Path, secrets_dir: Path, *, force: bool = False) -> None:
-    existing = [p for p in (env_file, *(secrets_dir / n for n in SECRET_FILES)) if p.exists()]
+def generate(env_file: Path, secrets_dir: Path, owner_dir: Path, *, force: bool = False) -> None:
+    candidates = (
+        env_file,
+        *(secrets_dir / n for n in SECRET_FILES),
+        *(owner_dir / n for n in (*OWNER_FILES, OWNER_POLICY_DOCUMENT)),
+    )
+    existing = [p for p in candidates if p.exists()]
     if existing and not force:
         raise SecretsError(
             "refusing to overwrite existing secrets ("
@@ -421,16 +593,57 @@ def generate(env_file: Path, secrets_dir: Path, *, force: bool = False) -> None:
             + "); rotating them needs the procedures in docs/OPERATIONS.md. Use --force only "
             "for a fresh deployment whose data may be discarded."
         )
+    _owner_policy_module()  # fail before writing anything when the policy cannot be signed
     write_env_file(env_file, generate_env_values())
     generate_secret_files(secrets_dir)
+    write_owner_files(secrets_dir, owner_dir)
+
+
+def add_missing(secrets_dir: Path, owner_dir: Path) -> list[str]:
+    """For a deployment generated by an earlier version: write the key files of every group of
+    which no file exists yet (e.g. the promotion key, the owner's policy key) and, when absent,
+    the owner's public key and first policy. Never replaces a file; a group or an owner
+    directory that is only partly there is refused. Returns the names written."""
+    units = [*KEY_GROUPS.values(), (RUN_KEY_ROOT,), (OWNER_POLICY_KEY,)]
+    owner_names = (*OWNER_FILES, OWNER_POLICY_DOCUMENT)
+    partial = [
+        ", ".join(str(d / n) for n in names)
+        for d, names in ((secrets_dir, u) for u in units)
+        if 0 < sum((d / n).exists() for n in names) < len(names)
+    ]
+    owner_present = [n for n in owner_names if (owner_dir / n).exists()]
+    if owner_present and OWNER_POLICY not in owner_present:
+        partial.append(", ".join(str(owner_dir / n) for n in owner_names))
+    if partial:
+        raise SecretsError(
+            "refusing to complete a partial key group (restore it or use `rotate`): "
+            + "; ".join(partial)
+        )
+    if not owner_present:
+        _owner_policy_module()
+    written = []
+    for unit in units:
+        if not any((secrets_dir / n).exists() for n in unit):
+            generate_secret_files(secrets_dir, only=set(unit))
+            written += unit
+    if not owner_present:
+        write_owner_files(secrets_dir, owner_dir)
+        written += owner_names
+    return written
 
 
 def check(
-    values: Mapping[str, str], secrets_dir: Path | None, *, compose_names: bool = False
+    values: Mapping[str, str],
+    secrets_dir: Path | None,
+    *,
+    compose_names: bool = False,
+    owner_dir: Path | None = None,
 ) -> None:
     problems = check_env_values(values)
     if secrets_dir is not None:
         problems += check_secret_files(secrets_dir, compose_names=compose_names)
+    if owner_dir is not None:
+        problems += check_owner_files(owner_dir)
     if problems:
         raise SecretsError(
             "refusing to start: insecure or incomplete secrets:\n  - "
@@ -446,7 +659,20 @@ def main(argv: list[str] | None = None) -> int:
     gen = sub.add_parser("generate", help="write .env and the Trustee key files")
     gen.add_argument("--env-file", type=Path, default=here.parent.parent / ".env")
     gen.add_argument("--secrets-dir", type=Path, default=here / "secrets")
-    gen.add_argument("--force", action="store_true", help="overwrite existing secrets")
+    gen.add_argument(
+        "--owner-dir",
+        type=Path,
+        default=here / "owner",
+        help="where the owner's public key and signed policy go (public; mounted read-only)",
+    )
+    mode = gen.add_mutually_exclusive_group()
+    mode.add_argument("--force", action="store_true", help="overwrite existing secrets")
+    mode.add_argument(
+        "--add-missing",
+        action="store_true",
+        help="keep every existing file; write only the key groups and owner files not there yet "
+        "(after upgrading a deployment)",
+    )
     rot = sub.add_parser("rotate", help="replace one group of key files (old ones kept aside)")
     rot.add_argument("group", choices=sorted(KEY_GROUPS))
     rot.add_argument("--secrets-dir", type=Path, default=here / "secrets")
@@ -464,14 +690,30 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="the directory is a container's /run/secrets: compose secret names, no run-key root",
     )
+    chk.add_argument(
+        "--owner-dir",
+        type=Path,
+        help="also require the owner's public key and a signed policy that verifies with it",
+    )
     args = parser.parse_args(argv)
     try:
-        if args.command == "generate":
-            generate(args.env_file, args.secrets_dir, force=args.force)
-            print(f"init-env: wrote {args.env_file} and key files in {args.secrets_dir}")
+        if args.command == "generate" and args.add_missing:
+            written = add_missing(args.secrets_dir, args.owner_dir)
+            print(f"init-env: added {', '.join(written) or 'nothing (all present)'}")
+        elif args.command == "generate":
+            generate(args.env_file, args.secrets_dir, args.owner_dir, force=args.force)
+            print(
+                f"init-env: wrote {args.env_file}, key files in {args.secrets_dir} and the "
+                f"owner's public key and first policy (approving nothing) in {args.owner_dir}"
+            )
         elif args.command == "rotate":
             previous = rotate_key_group(args.secrets_dir, args.group)
             print(f"init-env: new {args.group} keys written; previous ones in {previous}")
+            if args.group in IN_OWNER_POLICY:
+                print(
+                    "init-env: the owner policy names the old keys: re-sign it with the new "
+                    "ones (docs/OPERATIONS.md, Rotating keys)"
+                )
         else:
             if args.from_environment:
                 values: Mapping[str, str] = os.environ
@@ -482,7 +724,12 @@ def main(argv: list[str] | None = None) -> int:
                     f"{args.env_file} does not exist; generate it with "
                     "python deploy/compose/init_env.py generate"
                 )
-            check(values, args.secrets_dir, compose_names=args.compose_names)
+            check(
+                values,
+                args.secrets_dir,
+                compose_names=args.compose_names,
+                owner_dir=args.owner_dir,
+            )
             print("init-env: all secrets present")
     except SecretsError as exc:
         print(f"init-env: {exc}", file=sys.stderr)

@@ -6,8 +6,9 @@
   admin key — persona `airflow`, which the KBS allows to write and delete run grants only
   (kbs-config.toml, coco_ai.kbs.admin_acl) — is stored Fernet-encrypted in the metadata DB
   instead of sitting in any environment. The data owner's admin key is never mounted here. It
-  names the pinned Trustee release (`trustee_version`) and pins the attestation service's
-  token-signing certificate (`token_signer`, the leaf of the mounted `as_token_signer_cert`).
+  names the pinned Trustee release (`trustee_version`). It holds no trust anchor: the EAR token CA
+  and signer reach Airflow only inside the data owner's signed policy (init_env.py writes the
+  first one; docker-compose.yaml mounts it read-only).
 
 Reads only files under /run/secrets and variables set by docker-compose.yaml; prints no secret.
 """
@@ -25,15 +26,6 @@ SECRETS = Path(os.environ.get("COCO_AI_SECRETS_DIR", "/run/secrets"))
 BUCKETS = ("coco-staging", "coco-checkpoints")
 # The Trustee release docker-compose.yaml runs (kbs, as, rvps images): no version probe needed.
 TRUSTEE_VERSION = "0.20.0"
-_END_CERT = "-----END CERTIFICATE-----"
-
-
-def _leaf_certificate(chain_pem: str) -> str:
-    """The first certificate of a PEM chain (leaf first, as init_env.py writes the signer's)."""
-    end = chain_pem.find(_END_CERT)
-    if "-----BEGIN CERTIFICATE-----" not in chain_pem or end < 0:
-        raise ValueError("as_token_signer_cert holds no PEM certificate")
-    return chain_pem[: end + len(_END_CERT)].strip() + "\n"
 
 
 def create_buckets() -> None:
@@ -56,11 +48,7 @@ def register_trustee_connection() -> None:
         "admin_auth": "self-signed",
         "admin_secret": (SECRETS / "trustee_airflow_private_key").read_text(),
         "credential": "airflow",
-        "trust_anchor": (SECRETS / "token_ca").read_text(),
         "trustee_version": TRUSTEE_VERSION,
-        # Pin the attestation service's own signing key: only tokens it signed verify, not any
-        # signer a compromised token CA could issue.
-        "token_signer": _leaf_certificate((SECRETS / "as_token_signer_cert").read_text()),
     }
     payload = {"trustee_default": {"conn_type": "trustee", "extra": json.dumps(extra)}}
     # A private temporary file, not a command-line argument (visible in `ps`).

@@ -9,11 +9,15 @@ Connection (all fields live in ``extra``; the form is declared in
         "admin_secret": "-----BEGIN PRIVATE KEY-----...",   # Ed25519 key PEM, or an admin JWT
         "admin_auth": "self-signed",                        # or "bearer" (Trustee v0.21+)
         "credential": "airflow",                            # or "data-owner" (loopback only)
-        "trustee_version": "0.20.0",                        # or "0.21.0", "main"; absent: probe
-        "trust_anchor": "-----BEGIN CERTIFICATE-----...",   # CA of the EAR token's x5c chain
-        "token_signer": "-----BEGIN CERTIFICATE-----..."}}' # the AS signer (cert or public key)
+        "trustee_version": "0.20.0"}}'                      # or "0.21.0", "main"; absent: probe
 
 The admin credential is registered with Airflow's secrets masker as soon as it is read.
+
+The connection carries no trust: Airflow users and tasks can write it. The attestation trust
+anchor and the pinned EAR signer come from the data owner's signed policy
+(``[coco_ai] owner_public_key`` / ``owner_policy``, coco_ai.owner_policy). A connection that still
+holds the fields earlier versions read for them (``trust_anchor``, ``token_signer``) is refused
+with an error saying so, so that nobody believes those values are still applied.
 
 Whose credential it is (``credential``): ``airflow`` (the default) is Airflow's own, allowed by
 Trustee to write and delete run grants only (coco_ai.kbs.admin_acl): on v0.20.0 Airflow's persona
@@ -43,6 +47,8 @@ ADMIN_AUTH_STYLES = ("self-signed", "bearer")
 AIRFLOW_CREDENTIAL = "airflow"
 DATA_OWNER_CREDENTIAL = "data-owner"
 CREDENTIALS = (AIRFLOW_CREDENTIAL, DATA_OWNER_CREDENTIAL)
+#: Fields earlier versions read trust from; refused now (see the module docstring).
+LEGACY_TRUST_FIELDS = ("trust_anchor", "token_signer")
 
 
 class TrusteeConnectionError(ValueError):
@@ -55,11 +61,9 @@ class TrusteeSettings:
 
     kbs_url: str
     ca_cert_pem: str | None
-    trust_anchor_pem: str | None
     admin_auth: str
     admin_secret: str | None = field(repr=False)
     trustee_version: str | None = None  # None: the client probes (coco_ai.kbs.versions)
-    token_signer_pem: str | None = None  # None: any token-signing leaf under the anchor
     credential: str = AIRFLOW_CREDENTIAL  # whose admin credential admin_secret is
 
     @property
@@ -68,6 +72,17 @@ class TrusteeSettings:
 
     @classmethod
     def from_extra(cls, extra: dict[str, Any]) -> TrusteeSettings:
+        legacy = [name for name in LEGACY_TRUST_FIELDS if str(extra.get(name) or "").strip()]
+        if legacy:
+            names = " and ".join(repr(n) for n in legacy)
+            raise TrusteeConnectionError(
+                f"trustee connection: {names} {'is' if len(legacy) == 1 else 'are'} no longer "
+                "read from the connection, which Airflow users can change: the attestation trust "
+                "anchor and token signer come only from the data owner's signed policy "
+                "([coco_ai] owner_public_key and owner_policy, docs/formats/owner-policy.md). "
+                "Remove them from the connection (e.g. re-import it with "
+                "`airflow connections import --overwrite`)"
+            )
         url = str(extra.get("kbs_url") or "").strip().rstrip("/")
         if not url:
             raise TrusteeConnectionError("trustee connection: 'kbs_url' is required")
@@ -109,26 +124,21 @@ class TrusteeSettings:
         return cls(
             kbs_url=url,
             ca_cert_pem=_pem_or_none(extra, "ca_cert"),
-            trust_anchor_pem=_pem_or_none(extra, "trust_anchor"),
             admin_auth=auth,
             admin_secret=(str(extra["admin_secret"]).strip() or None)
             if extra.get("admin_secret")
             else None,
             trustee_version=version,
-            token_signer_pem=_pem_or_none(extra, "token_signer", allow_public_key=True),
             credential=credential,
         )
 
 
-def _pem_or_none(extra: dict[str, Any], name: str, *, allow_public_key: bool = False) -> str | None:
+def _pem_or_none(extra: dict[str, Any], name: str) -> str | None:
     value = str(extra.get(name) or "").strip()
     if not value:
         return None
-    kinds = ("CERTIFICATE", "PUBLIC KEY") if allow_public_key else ("CERTIFICATE",)
-    if not any(f"-----BEGIN {kind}-----" in value for kind in kinds):
-        raise TrusteeConnectionError(
-            f"trustee connection: {name!r} is not a PEM {' or '.join(k.lower() for k in kinds)}"
-        )
+    if "-----BEGIN CERTIFICATE-----" not in value:
+        raise TrusteeConnectionError(f"trustee connection: {name!r} is not a PEM certificate")
     return value + "\n"
 
 
@@ -149,7 +159,6 @@ class TrusteeHook(BaseHook):
         hook = TrusteeHook("trustee_default")
         client = hook.get_conn()            # coco_ai.kbs.client.KbsAdminClient
         client.alive()
-        anchor = hook.settings.trust_anchor_pem
     """
 
     conn_name_attr = "trustee_conn_id"
@@ -186,21 +195,6 @@ class TrusteeHook(BaseHook):
         return KbsAdminClient(
             s.kbs_url, auth=auth, ca_cert=s.ca_cert_pem, trustee_version=s.trustee_version
         )
-
-    def trust_anchor(self) -> bytes:
-        """The EAR token trust anchor PEM; required by every verifier downstream."""
-        if not self.settings.trust_anchor_pem:
-            raise TrusteeConnectionError(
-                f"trustee connection {self.trustee_conn_id!r}: 'trust_anchor' is required to "
-                "verify attestation tokens"
-            )
-        return self.settings.trust_anchor_pem.encode()
-
-    def token_signer(self) -> bytes | None:
-        """The pinned EAR token signer (certificate or public key PEM), if configured: then only
-        tokens signed with exactly that key verify, not any signer under the anchor."""
-        pem = self.settings.token_signer_pem
-        return pem.encode() if pem else None
 
     def test_connection(self) -> tuple[bool, str]:
         try:

@@ -172,10 +172,23 @@ def test_placeholder_digests_are_documented_for_resolution(services: dict) -> No
             assert ref.split("@")[0] in ops, f"{name}: placeholder {ref} not in OPERATIONS.md"
 
 
+def _names_a_mounted_file(service: dict, value: str) -> bool:
+    """A setting that is the path of a file mounted into the service holds no secret itself."""
+    if value.startswith("/run/secrets/"):
+        return value.removeprefix("/run/secrets/") in (service.get("secrets") or [])
+    return any(
+        value.startswith(str(volume).split(":")[1].rstrip("/") + "/")
+        for volume in service.get("volumes", [])
+        if str(volume).startswith("./") and str(volume).endswith(":ro")
+    )
+
+
 def test_no_literal_secret_in_the_compose_file(services: dict) -> None:
     for name, service in services.items():
         for key, value in _env(service).items():
             refs = list(INTERPOLATION.finditer(value))
+            if _names_a_mounted_file(service, value):
+                continue
             if SECRET_NAME.search(key) or any(spec.name in value for spec in init_env.ENV_SECRETS):
                 assert refs, f"{name}.{key} holds a literal value"
             for ref in refs:
@@ -194,7 +207,8 @@ def test_every_generated_secret_is_used_and_required(services: dict) -> None:
 
 def test_secret_files_match_what_init_env_generates(compose: dict) -> None:
     files = {Path(s["file"]).name for s in compose["secrets"].values()}
-    assert files == set(init_env.SECRET_FILES)
+    # Every generated key file but the data owner's policy key, which no container gets.
+    assert files == set(init_env.SECRET_FILES) - init_env.NOT_MOUNTED
     # init_env.py check --compose-names looks each file up under this secret name.
     names = {name: Path(s["file"]).name for name, s in compose["secrets"].items()}
     assert {f: n for n, f in names.items()} == init_env.COMPOSE_SECRET_NAMES
@@ -202,6 +216,7 @@ def test_secret_files_match_what_init_env_generates(compose: dict) -> None:
         assert secret["file"].startswith("./deploy/compose/secrets/")
     ignore = (REPO_ROOT / "deploy" / "compose" / ".gitignore").read_text().split()
     assert "secrets/" in ignore
+    assert "owner/" in ignore
 
 
 def test_env_file_is_ignored_by_git() -> None:
@@ -368,7 +383,73 @@ def test_kbs_admin_config_gives_airflow_run_grants_only(version: str, tmp_path: 
 def test_airflow_services_get_no_key_that_widens_access(services: dict) -> None:
     for name in AIRFLOW_SERVICES:
         mounted = set(services[name].get("secrets") or [])
-        for file in init_env.NOT_IN_AIRFLOW:
+        for file in init_env.NOT_IN_AIRFLOW - init_env.NOT_MOUNTED:
             assert init_env.COMPOSE_SECRET_NAMES[file] not in mounted, (name, file)
     assert "trustee_airflow_private_key" in services["airflow-init"]["secrets"]
     assert "trustee_admin_private_key" in services["trustee-init"]["secrets"]
+
+
+# -- the data owner's policy (coco_ai.owner_policy) --------------------------------------------
+
+OWNER_DIR = "./deploy/compose/owner"
+OWNER_MOUNT = "/opt/coco-ai/owner"
+# Services that run tasks (the Celery worker) or serve the provenance view (the API server), and
+# the other long-running Airflow components, which share the same configuration.
+TASK_AND_VIEW_SERVICES = AIRFLOW_SERVICES - {"airflow-init"}
+
+
+def test_every_airflow_service_reads_the_owner_policy_from_a_read_only_mount(
+    services: dict,
+) -> None:
+    for name in TASK_AND_VIEW_SERVICES:
+        env = _env(services[name])
+        key = env.get("AIRFLOW__COCO_AI__OWNER_PUBLIC_KEY")
+        policy = env.get("AIRFLOW__COCO_AI__OWNER_POLICY")
+        assert key == f"{OWNER_MOUNT}/{init_env.OWNER_PUBLIC_KEY}", name
+        assert policy == f"{OWNER_MOUNT}/{init_env.OWNER_POLICY}", name
+        assert f"{OWNER_DIR}:{OWNER_MOUNT}:ro" in services[name]["volumes"], name
+    # airflow-init verifies the policy before anything starts (init_env.py check --owner-dir).
+    assert f"{OWNER_DIR}:{OWNER_MOUNT}:ro" in services["airflow-init"]["volumes"]
+    assert f"--owner-dir {OWNER_MOUNT}" in services["airflow-init"]["command"][1]
+    # Nothing writes the owner directory: every mount of it is read-only.
+    for name, service in services.items():
+        for volume in service.get("volumes", []):
+            if str(volume).startswith(OWNER_DIR):
+                assert str(volume).endswith(":ro"), (name, volume)
+
+
+def test_the_owner_mount_exposes_no_secret(services: dict) -> None:
+    for secret_file in init_env.SECRET_FILES:
+        target = f"./deploy/compose/secrets/{secret_file}"
+        assert not _exposes(OWNER_DIR, target), secret_file
+    for name in AIRFLOW_SERVICES:
+        for source in _bind_sources(services[name]):
+            assert not _exposes(source, "./deploy/compose/secrets/owner-policy-key.pem"), (
+                name,
+                source,
+            )
+
+
+def test_the_owner_policy_key_is_in_no_service(compose: dict, services: dict) -> None:
+    assert init_env.OWNER_POLICY_KEY in init_env.NOT_IN_AIRFLOW
+    assert init_env.OWNER_POLICY_KEY not in init_env.COMPOSE_SECRET_NAMES
+    files = {Path(s["file"]).name for s in compose["secrets"].values()}
+    assert init_env.OWNER_POLICY_KEY not in files
+    for name, service in services.items():
+        for source in _bind_sources(service):
+            assert not _exposes(source, f"./deploy/compose/secrets/{init_env.OWNER_POLICY_KEY}")
+        env = _env(service)
+        assert not any("owner-policy-key" in v for v in env.values()), name
+
+
+def test_the_worker_signs_with_the_promotion_key_and_the_view_checks_its_public_half(
+    services: dict,
+) -> None:
+    worker = services["airflow-worker"]
+    assert _env(worker)["AIRFLOW__COCO_AI__MODEL_SIGNING_KEY"] == "/run/secrets/model_signing_key"
+    assert "model_signing_key" in worker["secrets"]
+    holders = {n for n, s in services.items() if "model_signing_key" in (s.get("secrets") or [])}
+    assert holders == {"airflow-worker", "airflow-init"}, "airflow-init only checks it"
+    api = services["airflow-apiserver"]
+    public = _env(api)["AIRFLOW__COCO_AI__MODEL_SIGNING_PUBLIC_KEY"]
+    assert public.removeprefix("/run/secrets/") in api["secrets"]

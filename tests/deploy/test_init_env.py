@@ -7,6 +7,7 @@ exit status and stderr out.
 from __future__ import annotations
 
 import base64
+import json
 import os
 import stat
 import subprocess
@@ -27,8 +28,13 @@ SCRIPT = REPO_ROOT / "deploy" / "compose" / "init_env.py"
 @pytest.fixture
 def generated(tmp_path: Path) -> tuple[Path, Path]:
     env_file, secrets_dir = tmp_path / ".env", tmp_path / "secrets"
-    init_env.generate(env_file, secrets_dir)
+    init_env.generate(env_file, secrets_dir, tmp_path / "owner")
     return env_file, secrets_dir
+
+
+@pytest.fixture
+def owner_dir(generated) -> Path:
+    return generated[0].parent / "owner"
 
 
 def _check(env: dict[str, str], *extra: str) -> subprocess.CompletedProcess:
@@ -166,10 +172,14 @@ def test_errors_never_print_secret_values(generated) -> None:
 def test_generate_refuses_to_overwrite_existing_secrets(generated) -> None:
     env_file, secrets_dir = generated
     before = env_file.read_bytes()
+    owner = env_file.parent / "owner"
     with pytest.raises(init_env.SecretsError, match="refusing to overwrite"):
-        init_env.generate(env_file, secrets_dir)
+        init_env.generate(env_file, secrets_dir, owner)
     assert env_file.read_bytes() == before
-    init_env.generate(env_file, secrets_dir, force=True)
+    # The owner's policy alone is reason enough: it may hold the data owner's approvals.
+    with pytest.raises(init_env.SecretsError, match=r"owner-policy\.jws"):
+        init_env.generate(env_file.parent / "other.env", env_file.parent / "other", owner)
+    init_env.generate(env_file, secrets_dir, owner, force=True)
     assert env_file.read_bytes() != before
 
 
@@ -270,4 +280,199 @@ def test_compose_check_reads_run_secrets_without_the_run_key_root(generated, tmp
 def test_run_key_root_is_in_no_rotation_group() -> None:
     """A rotated root needs a new version path (v2), not a new file under v1."""
     assert all("run-key-root.bin" not in files for files in init_env.KEY_GROUPS.values())
-    assert set(init_env.COMPOSE_SECRET_NAMES) == set(init_env.SECRET_FILES)
+    assert set(init_env.COMPOSE_SECRET_NAMES) == set(init_env.SECRET_FILES) - init_env.NOT_MOUNTED
+
+
+# -- the data owner's policy key and first policy ------------------------------------------------
+
+
+def _public_pem(key) -> str:
+    return (
+        key.public_key()
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        .decode()
+    )
+
+
+def test_first_owner_policy_verifies_with_the_written_key_and_approves_nothing(
+    generated, owner_dir: Path
+) -> None:
+    from coco_ai.owner_policy import OwnerPolicy, verify_owner_policy
+
+    secrets_dir = generated[1]
+    signed = verify_owner_policy(
+        (owner_dir / "owner-policy.jws").read_bytes(), (owner_dir / "owner-public.pem").read_bytes()
+    )
+    policy = signed.policy
+    # Fail closed: no input, recipe or image approved, so nothing can be promoted yet.
+    assert policy.approved_base_models == frozenset()
+    assert policy.approved_datasets == frozenset()
+    assert policy.approved_training_recipes == frozenset()
+    assert policy.approved_images == frozenset()
+    assert policy.allow_development_evidence is False
+    assert policy.min_gpus == 1
+    # The policy key is the data owner's (0600, kept with the secrets), and no other.
+    owner_key = serialization.load_pem_private_key(
+        (secrets_dir / "owner-policy-key.pem").read_bytes(), None
+    )
+    assert isinstance(owner_key, ec.EllipticCurvePrivateKey)
+    assert owner_key.curve.name == "secp256r1"
+    assert _public_pem(owner_key) == (owner_dir / "owner-public.pem").read_text()
+    assert stat.S_IMODE((secrets_dir / "owner-policy-key.pem").stat().st_mode) == 0o600
+    assert not (owner_dir / "owner-policy-key.pem").exists()
+    # Trust: this stack's token CA, pinned to its attestation service's own signing certificate.
+    assert policy.trust_anchor_pem == (secrets_dir / "token-ca.pem").read_text()
+    signer = x509.load_pem_x509_certificate(policy.token_signer_pem.encode())
+    signer_key = serialization.load_pem_private_key(
+        (secrets_dir / "as-token-signer-key.pem").read_bytes(), None
+    )
+    assert signer.public_key() == signer_key.public_key()
+    assert policy.token_signer_pem.count("BEGIN CERTIFICATE") == 1, "the leaf, not the chain"
+    # Promotion signer: the stack's model-signing key, which the worker signs with.
+    model_key = serialization.load_pem_private_key(
+        (secrets_dir / "model-signing-key.pem").read_bytes(), None
+    )
+    assert isinstance(model_key, ec.EllipticCurvePrivateKey)
+    assert policy.promotion_signers == (_public_pem(model_key),)
+    assert (secrets_dir / "model-signing-public.pem").read_text() == _public_pem(model_key)
+    # The document beside it is exactly what the JWS carries, ready to edit and re-sign.
+    document = json.loads((owner_dir / "owner-policy.json").read_text())
+    assert OwnerPolicy.from_dict(document) == policy
+    assert document == policy.to_dict()
+
+
+def test_a_second_generation_has_its_own_owner_key(generated, owner_dir: Path, tmp_path) -> None:
+    from coco_ai.owner_policy import OwnerPolicyError, verify_owner_policy
+
+    init_env.generate(tmp_path / "b.env", tmp_path / "b-secrets", tmp_path / "b-owner")
+    with pytest.raises(OwnerPolicyError, match="does not verify"):
+        verify_owner_policy(
+            (tmp_path / "b-owner" / "owner-policy.jws").read_bytes(),
+            (owner_dir / "owner-public.pem").read_bytes(),
+        )
+
+
+def test_check_verifies_the_owner_policy(generated, owner_dir: Path, tmp_path) -> None:
+    env_file, secrets_dir = generated
+    values = init_env.read_env_file(env_file)
+    ok = _check(values, "--secrets-dir", str(secrets_dir), "--owner-dir", str(owner_dir))
+    assert ok.returncode == 0, ok.stderr
+
+    # A policy signed by someone else (here: another deployment's owner) is refused, named.
+    init_env.generate(tmp_path / "b.env", tmp_path / "b-secrets", tmp_path / "b-owner")
+    (owner_dir / "owner-policy.jws").write_bytes(
+        (tmp_path / "b-owner" / "owner-policy.jws").read_bytes()
+    )
+    forged = _check(values, "--owner-dir", str(owner_dir))
+    assert forged.returncode == 2
+    assert "owner-policy.jws" in forged.stderr
+    assert "does not verify with the data owner's key" in forged.stderr
+
+    (owner_dir / "owner-policy.jws").unlink()
+    (owner_dir / "owner-public.pem").write_bytes(b"")
+    missing = _check(values, "--owner-dir", str(owner_dir))
+    assert missing.returncode == 2
+    assert "owner-policy.jws is missing" in missing.stderr
+    assert "owner-public.pem is empty" in missing.stderr
+
+
+@pytest.mark.parametrize("group", sorted(init_env.KEY_GROUPS))
+def test_rotating_a_key_the_owner_policy_names_says_to_re_sign(generated, group: str) -> None:
+    done = subprocess.run(
+        [sys.executable, str(SCRIPT), "rotate", group, "--secrets-dir", str(generated[1])],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    assert ("re-sign it" in done.stdout) == (group in {"token-signer", "model-signing"})
+
+
+def test_add_missing_completes_an_earlier_deployment_without_touching_its_keys(
+    generated, owner_dir: Path
+) -> None:
+    """A deployment generated before the owner policy existed has no promotion key, no owner
+    key and no owner directory: `generate --add-missing` writes exactly those."""
+    import shutil
+
+    env_file, secrets_dir = generated
+    new = {"model-signing-key.pem", "model-signing-public.pem", "owner-policy-key.pem"}
+    for name in new:
+        (secrets_dir / name).unlink()
+    shutil.rmtree(owner_dir)
+    before = {p.name: p.read_bytes() for p in secrets_dir.iterdir() if p.is_file()}
+    env_before = env_file.read_bytes()
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(SCRIPT),
+            "generate",
+            "--add-missing",
+            "--env-file",
+            str(env_file),
+            "--secrets-dir",
+            str(secrets_dir),
+            "--owner-dir",
+            str(owner_dir),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    assert env_file.read_bytes() == env_before
+    for name, content in before.items():
+        assert (secrets_dir / name).read_bytes() == content, name
+    assert {p.name for p in secrets_dir.iterdir() if p.is_file()} - set(before) == new
+    values = init_env.read_env_file(env_file)
+    ok = _check(values, "--secrets-dir", str(secrets_dir), "--owner-dir", str(owner_dir))
+    assert ok.returncode == 0, ok.stderr
+    # Everything there: nothing to do, nothing replaced.
+    policy = (owner_dir / "owner-policy.jws").read_bytes()
+    assert init_env.add_missing(secrets_dir, owner_dir) == []
+    assert (owner_dir / "owner-policy.jws").read_bytes() == policy
+
+
+def test_add_missing_refuses_a_partial_group(generated, owner_dir: Path) -> None:
+    secrets_dir = generated[1]
+    (secrets_dir / "model-signing-public.pem").unlink()
+    with pytest.raises(init_env.SecretsError, match=r"partial key group.*model-signing-key"):
+        init_env.add_missing(secrets_dir, owner_dir)
+    assert (secrets_dir / "model-signing-key.pem").exists()
+    (owner_dir / "owner-policy.jws").unlink()
+    with pytest.raises(init_env.SecretsError, match="owner-public"):
+        init_env.add_missing(secrets_dir, owner_dir)
+
+
+def test_airflow_reads_the_generated_policy_and_the_next_read_sees_a_re_signed_one(
+    generated, owner_dir: Path, monkeypatch
+) -> None:
+    """As compose configures the Airflow services; then the OPERATIONS.md approval procedure:
+    edit the document, sign with the owner's key, rename into place. No restart: the next read
+    (the next task) applies it, and a policy signed by anyone else is refused."""
+    from coco_ai.owner_policy import OwnerPolicy, OwnerPolicyError, generate_owner_key
+    from coco_ai_airflow._settings import owner_policy
+
+    monkeypatch.setenv("AIRFLOW__COCO_AI__OWNER_PUBLIC_KEY", str(owner_dir / "owner-public.pem"))
+    monkeypatch.setenv("AIRFLOW__COCO_AI__OWNER_POLICY", str(owner_dir / "owner-policy.jws"))
+    first = owner_policy()
+    assert first.policy.version == 1 and first.policy.approved_base_models == frozenset()
+
+    document = json.loads((owner_dir / "owner-policy.json").read_text())
+    base_model = "sha256:" + "ab" * 32
+    document["approved"]["base_models"].append(base_model)
+    document["version"] += 1
+    owner_key = (generated[1] / "owner-policy-key.pem").read_bytes()
+    staged = owner_dir / "owner-policy.jws.new"
+    staged.write_text(OwnerPolicy.from_dict(document).sign(owner_key))
+    staged.rename(owner_dir / "owner-policy.jws")
+    second = owner_policy()
+    assert second.policy.version == 2
+    assert second.policy.approved_base_models == {base_model}
+    assert second.digest != first.digest
+
+    intruder, _ = generate_owner_key()
+    document["attestation"]["allow_development_evidence"] = True
+    (owner_dir / "owner-policy.jws").write_text(OwnerPolicy.from_dict(document).sign(intruder))
+    with pytest.raises(OwnerPolicyError, match="does not verify"):
+        owner_policy()

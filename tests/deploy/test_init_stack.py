@@ -10,8 +10,6 @@ import sys
 from pathlib import Path
 
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import serialization
 from distributed.harness import REPO_ROOT, init_env, load_deploy_script
 
 init_stack = load_deploy_script("init_stack")
@@ -20,8 +18,6 @@ init_stack = load_deploy_script("init_stack")
 MOUNTED = {
     "kbs_ca": "kbs-ca.pem",
     "trustee_airflow_private_key": "trustee-airflow-private.pem",
-    "token_ca": "token-ca.pem",
-    "as_token_signer_cert": "as-token-signer-cert.pem",
 }
 
 
@@ -83,41 +79,17 @@ def test_trustee_connection_is_registered_from_mounted_secrets(tmp_path: Path) -
     assert extra["credential"] == "airflow"
     assert extra["admin_secret"] != (generated / "trustee-admin-private.pem").read_text()
     assert extra["ca_cert"] == (run_secrets / "kbs_ca").read_text()
-    assert extra["trust_anchor"] == (run_secrets / "token_ca").read_text()
-    # The release the compose stack pins, and the attestation service's own signing key.
+    # The release the compose stack pins.
     assert extra["trustee_version"] == "0.20.0"
-    signer = x509.load_pem_x509_certificate(extra["token_signer"].encode())
-    signer_key = serialization.load_pem_private_key(
-        (generated / "as-token-signer-key.pem").read_bytes(), None
-    )
-    assert signer.public_key() == signer_key.public_key()
-    assert extra["token_signer"].count("BEGIN CERTIFICATE") == 1, "the leaf, not the chain"
+    # No trust in the connection: the EAR anchor and signer come from the owner policy, and the
+    # hook refuses a connection that still carries them.
+    assert not {"trust_anchor", "token_signer"} & set(extra)
+    from operators.hooks.trustee import TrusteeSettings
+
+    assert TrusteeSettings.from_extra(extra).credential == "airflow"
     # Stored Fernet-encrypted: the key is not in the metadata DB in clear.
     db = (tmp_path / "airflow" / "airflow.db").read_bytes()
     assert b"BEGIN PRIVATE KEY" not in db
-
-
-def test_token_signer_is_the_leaf_of_the_mounted_chain(tmp_path: Path) -> None:
-    from operators.hooks.trustee import TrusteeSettings
-
-    init_env.generate_secret_files(tmp_path, only={"as-token-signer-cert.pem"})
-    chain_pem = (tmp_path / "as-token-signer-cert.pem").read_text()
-    leaf_pem = init_stack._leaf_certificate(chain_pem)
-    chain = x509.load_pem_x509_certificates(chain_pem.encode())
-    assert x509.load_pem_x509_certificate(leaf_pem.encode()) == chain[0]
-    assert leaf_pem.count("BEGIN CERTIFICATE") == 1
-    # What the registered connection holds parses as the hook reads it.
-    settings = TrusteeSettings.from_extra(
-        {
-            "kbs_url": "https://kbs:8080",
-            "trustee_version": init_stack.TRUSTEE_VERSION,
-            "token_signer": leaf_pem,
-        }
-    )
-    assert settings.trustee_version == "0.20.0"
-    assert settings.token_signer_pem == leaf_pem
-    with pytest.raises(ValueError, match="no PEM certificate"):
-        init_stack._leaf_certificate("-----BEGIN PUBLIC KEY-----\nAAAA\n-----END PUBLIC KEY-----\n")
 
 
 def test_trustee_version_is_the_release_the_compose_stack_runs() -> None:

@@ -25,7 +25,6 @@ class Trustee:
     admin_pem: str  # the data owner's Ed25519 key
     airflow_pem: str  # Airflow's persona key (Trustee v0.20.0; later versions get a token)
     state_dir: Path
-    anchor_pem: str  # the stand-in's EAR token CA (a different CA)
     version: str  # the Trustee version the stand-in emulates
 
     def admin(self):
@@ -67,7 +66,6 @@ class Trustee:
             "ca_cert": self.ca_pem,
             **auth,
             "trustee_version": self.version,
-            "trust_anchor": self.anchor_pem,
             **overrides,
         }
         return json.dumps({"conn_type": "trustee", "extra": extra})
@@ -115,7 +113,6 @@ def trustee(request, tmp_path_factory):
             admin_pem,
             airflow_pem,
             state,
-            Path(server.token_anchor_path).read_text(),
             request.param,
         )
     finally:

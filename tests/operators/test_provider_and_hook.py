@@ -52,8 +52,6 @@ def test_airflow_lists_the_provider_and_the_trustee_connection_fields(tmp_path):
             "credential",
             "admin_auth",
             "trustee_version",
-            "trust_anchor",
-            "token_signer",
         )
     }
 
@@ -86,7 +84,6 @@ def test_connection_form_declares_a_password_field_and_hides_the_generic_ones():
         ({"kbs_url": "https://kbs", "admin_auth": "basic"}, "admin_auth 'basic'"),
         ({"kbs_url": "https://kbs", "ca_cert": "not a pem"}, "'ca_cert' is not a PEM"),
         ({"kbs_url": "https://kbs", "trustee_version": "0.19.0"}, "unknown Trustee version"),
-        ({"kbs_url": "https://kbs", "token_signer": "-----BEGIN PRIVATE KEY-----"}, "token_signer"),
         ({"kbs_url": "http://127.0.0.2:8080"}, None),  # all of 127.0.0.0/8 is loopback
         ({"kbs_url": "https://kbs", "credential": "root"}, "credential 'root'"),
         # the data owner's credential in Airflow: a development convenience, loopback only
@@ -103,11 +100,30 @@ def test_bad_connections_are_refused_with_the_field_named(extra, message):
         TrusteeSettings.from_extra(extra)
 
 
-def test_version_and_signer_pin_are_read(trustee):
+def test_version_is_read(trustee):
     extra = json.loads(trustee.connection(trustee_version="v0.21.0"))["extra"]
-    settings = TrusteeSettings.from_extra({**extra, "token_signer": trustee.ca_pem})
-    assert settings.trustee_version == "0.21.0"
-    assert settings.token_signer_pem.startswith("-----BEGIN CERTIFICATE-----")
+    assert TrusteeSettings.from_extra(extra).trustee_version == "0.21.0"
+
+
+@pytest.mark.parametrize("field", ["trust_anchor", "token_signer"])
+def test_a_connection_carrying_a_trust_field_is_refused_not_ignored(trustee, field, monkeypatch):
+    """Earlier versions took the EAR trust anchor and signer from the connection. Whoever
+    upgrades with them still there must learn that they no longer count (they come from the
+    owner policy), not have them silently dropped: every use of the connection fails."""
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_TRUSTEE_DEFAULT", trustee.connection(**{field: trustee.ca_pem})
+    )
+    with pytest.raises(TrusteeConnectionError, match=f"'{field}' is no longer read") as refused:
+        TrusteeHook().get_conn()
+    assert "data owner's signed policy" in str(refused.value)
+    assert "owner_policy" in str(refused.value)
+    assert TrusteeHook().test_connection()[0] is False
+    both = {**json.loads(trustee.connection())["extra"], "trust_anchor": "x", "token_signer": "y"}
+    with pytest.raises(TrusteeConnectionError, match="'trust_anchor' and 'token_signer' are no"):
+        TrusteeSettings.from_extra(both)
+    # Empty leftovers (an old form saved with the field blank) carry no trust: accepted.
+    extra = json.loads(trustee.connection(**{field: ""}))["extra"]
+    assert TrusteeSettings.from_extra(extra).kbs_url == trustee.url
 
 
 def test_admin_credential_never_in_repr_and_masked_in_logs(trustee_conn):
@@ -123,7 +139,6 @@ def test_admin_credential_never_in_repr_and_masked_in_logs(trustee_conn):
 
 def test_hook_talks_to_trustee_over_pinned_tls(trustee_conn):
     assert TrusteeHook().test_connection() == (True, "KBS is alive")
-    assert TrusteeHook().trust_anchor().startswith(b"-----BEGIN CERTIFICATE-----")
 
 
 def test_hook_fails_with_a_foreign_ca(trustee, monkeypatch, tmp_path):
