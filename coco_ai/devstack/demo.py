@@ -180,7 +180,29 @@ def run_pipeline(
         samples = read_report(checkpoint, key)["samples"]
         summary["sample"] = samples[0] if samples else None
         del key
+    if summary["registry"].get("version") is not None and info.owner_public_key:
+        summary["verify"] = third_party_verify(info, summary["checkpoint_uri"])
     return summary
+
+
+def third_party_verify(info: StackInfo, checkpoint_uri: str) -> dict[str, Any]:
+    """What `coco-ai verify` says of the promotion with only the data owner's public key, the
+    store and the registry: nothing of Airflow's (no XCom, no Connection, no Variable)."""
+    from coco_ai.promotion.audit import audit_promotion
+
+    audit = audit_promotion(
+        checkpoint_uri,
+        owner_public_key_pem=Path(info.owner_public_key).read_bytes(),
+        registry_uri=info.registry_uri,
+        model_name=info.registered_model_name,
+    )
+    return {
+        **audit.to_dict(),
+        "command": (
+            f"coco-ai verify models:/{info.registered_model_name}@serving --owner-key "
+            f"{info.owner_public_key} --registry {info.registry_uri}"
+        ),
+    }
 
 
 def _summary(
@@ -222,6 +244,7 @@ def _summary(
         "eval_loss_before": metrics.get("eval_loss_before"),
         "eval_loss_after": metrics.get("eval_loss"),
         "sample": None,
+        "verify": None,
         # the data owner's copy of the run-key root: `coco-ai report` derives the run's key
         "run_key_root_file": str(Path(info.root) / RUN_KEY_ROOT_FILE),
         "registry": {
@@ -284,6 +307,20 @@ def format_summary(summary: dict[str, Any]) -> str:
             f"'{reg['alias']}' ({reg['uri']})"
         )
         lines.append(f"  model signature: {reg['signature_uri']}")
+    verify = summary.get("verify")
+    if verify:
+        checks = verify["checks"]
+        passed = sum(c["status"] == "passed" for c in checks)
+        lines.append(
+            f"  coco-ai verify (owner's public key + store + registry only): "
+            f"{verify['verdict'].upper()} ({passed}/{len(checks)} checks passed)"
+        )
+        lines += [
+            f"    {c['name']}: {c['status']} ({c['reason']})"
+            for c in checks
+            if c["status"] != "passed"
+        ]
+        lines.append(f"    re-run: {verify['command']}")
     ui = summary["ui"]
     lines.append(f"  UI: {ui['url']}  (login {ui['username']} / {ui['password']})")
     # the provenance plugin's run tab (operators.provenance.RUN_TAB_ROUTE; no Airflow import here)

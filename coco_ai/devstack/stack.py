@@ -317,6 +317,7 @@ class DevStack:
         signing_key: Path,
         dataset_uri: str,
         base_model: Path,
+        image: str,
     ) -> tuple[Path, Path]:
         """The data owner's key pair and signed development policy: (public key, policy JWS).
 
@@ -362,7 +363,7 @@ class DevStack:
                     "base_models": [model_digest(base_model)],
                     "datasets": [object_digest(dataset_uri)],
                     "training_recipes": recipes,
-                    "images": [local_image_reference()],
+                    "images": [image],
                 },
                 "attestation": {
                     "trust_anchor_pem": token_anchor.decode(),
@@ -458,13 +459,12 @@ class DevStack:
         admin.set_resource(DEFAULT_ROOT, root)
         _write_secret(path, root)
 
-    def _approve_workload_image(self, admin: Any) -> None:
+    def _approve_workload_image(self, admin: Any, image: str) -> None:
         """The data owner approves the workload code: the resource policy releases keys only to
         a guest whose initdata binds it to this image, and the image policy accepts only it."""
         from coco_ai.guest.image_policy import IMAGE_POLICY_PATH, image_policy_json
         from coco_ai.policies import resource_policy_text
 
-        image = local_image_reference()
         admin.set_resource_policy(resource_policy_text("dev", [image]))
         admin.set_resource(IMAGE_POLICY_PATH, image_policy_json([image]).encode())
 
@@ -509,6 +509,9 @@ class DevStack:
         if running is not None and running.alive():
             raise ServiceError(f"a stack is already running in {self.root} (coco-ai demo stop)")
         services: list[ServiceProcess] = []
+        # One reading of the code's digest for every place that names the image: approvals,
+        # the owner policy and the setting key release pins (the code may change meanwhile).
+        image = local_image_reference()
         try:
             admin_pem, admin_public = self._admin_keys()
             airflow_credential, airflow_public = self._airflow_credential(admin_pem)
@@ -523,7 +526,7 @@ class DevStack:
                 self.progress("encrypting the demo data set; its key goes to Trustee only")
                 dataset_uri = self._dataset(admin)
                 self._run_key_root(admin)
-                self._approve_workload_image(admin)
+                self._approve_workload_image(admin, image)
             self.progress(f"preparing the base model ({self.model})")
             base_model = self._base_model()
             signing_key = self._signing_key()
@@ -534,6 +537,7 @@ class DevStack:
                 signing_key=signing_key,
                 dataset_uri=dataset_uri,
                 base_model=base_model,
+                image=image,
             )
 
             registry_uri = f"sqlite:///{self.root / 'mlflow' / 'mlflow.db'}"
@@ -544,7 +548,7 @@ class DevStack:
                 "EXECUTION_MODE": "local",
                 "DEFAULT_TEE": "sample",
                 "POLICY_SET": "dev",
-                "WORKLOAD_IMAGE": local_image_reference(),
+                "WORKLOAD_IMAGE": image,
                 "STAGING_URI": f"file://{self.store / 'staging'}",
                 "CHECKPOINT_STORE_URI": f"file://{self.store / 'checkpoints'}",
                 "DATASET_URI": dataset_uri,

@@ -117,6 +117,15 @@ def promote(
     retry = champion is not None and _tag(champion, "manifest_digest") == evidence.manifest_digest
     if not retry:
         _check_challenger(evidence, champion, expectations, name, registry_uri)
+    _check_signer(signing_key_path, policy.promotion_signers)
+    record_uri = default_record_uri(checkpoint_uri)
+    options = dict(storage_options or {})
+    # A retry of the served manifest keeps the champion its first promotion replaced.
+    replaced = (
+        _recorded_champion(record_uri, evidence.manifest_digest, options)
+        if retry
+        else _champion_entry(champion)
+    )
     try:
         signature = sign_model(
             checkpoint_uri,
@@ -127,18 +136,17 @@ def promote(
         )
     except SignatureInvalid as exc:
         raise PromotionRefused([f"model signing: {exc}"]) from None
-    record_uri = default_record_uri(checkpoint_uri)
     record = promotion_record(
         evidence,
         owner_policy=owner_policy,
         initdata=initdata,
         model_name=name,
-        champion=None if retry else champion,
+        champion=replaced,
         signature=signature,
         promoted_at=int(time.time() if now is None else now),
     )
     parent, leaf = split_object_uri(record_uri)
-    open_store(parent, **dict(storage_options or {})).put_bytes(leaf, record)
+    open_store(parent, **options).put_bytes(leaf, record)
     provenance = {
         **evidence.provenance(),
         "signature_uri": signature.signature_uri,
@@ -157,7 +165,7 @@ def promotion_record(
     owner_policy: SignedOwnerPolicy,
     initdata: Initdata,
     model_name: str,
-    champion: RegisteredVersion | None,
+    champion: dict[str, Any] | None,
     signature: ModelSignature,
     promoted_at: int,
 ) -> bytes:
@@ -171,19 +179,65 @@ def promotion_record(
         "owner_policy": owner_policy.jws,
         "owner_policy_digest": owner_policy.digest,
         "initdata": initdata.toml,
-        "champion": None
-        if champion is None
-        else {
-            "version": champion.version,
-            "manifest_digest": _tag(champion, "manifest_digest"),
-            "created_at": _number_tag(champion, TAG_PREFIX + "created_at"),
-            "eval_loss": _number_tag(champion, METRIC_TAG_PREFIX + "eval_loss"),
-        },
+        "champion": champion,
         "signature_uri": signature.signature_uri,
         "signature_digest": signature.signature_digest,
         "promoted_at": promoted_at,
     }
     return json.dumps(record, sort_keys=True, indent=1).encode()
+
+
+def _champion_entry(champion: RegisteredVersion | None) -> dict[str, Any] | None:
+    """The record's `champion`: the served version the challenger replaces, by reference."""
+    if champion is None:
+        return None
+    return {
+        "version": champion.version,
+        "manifest_digest": _tag(champion, "manifest_digest"),
+        "created_at": _number_tag(champion, TAG_PREFIX + "created_at"),
+        "eval_loss": _number_tag(champion, METRIC_TAG_PREFIX + "eval_loss"),
+    }
+
+
+def _recorded_champion(
+    record_uri: str, manifest_digest: str, options: dict[str, Any]
+) -> dict[str, Any] | None:
+    """The champion in the record an earlier promotion of the same manifest wrote, if any."""
+    parent, leaf = split_object_uri(record_uri)
+    try:
+        record = json.loads(open_store(parent, **options).read_bytes(leaf))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(record, dict) or record.get("manifest_digest") != manifest_digest:
+        return None
+    champion = record.get("champion")
+    return champion if isinstance(champion, dict) else None
+
+
+def _check_signer(signing_key_path: str | Path, signers: tuple[str, ...]) -> None:
+    """Refuse to sign with a key the owner policy does not name: consumers would refuse the
+    signature, so the promotion would only look done."""
+    from cryptography.hazmat.primitives import serialization
+
+    try:
+        key = serialization.load_pem_private_key(Path(signing_key_path).read_bytes(), None)
+        mine = key.public_key().public_bytes(
+            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+    except (OSError, ValueError, TypeError):
+        return  # sign_model names what is wrong with the key file
+    for pem in signers:
+        named = serialization.load_pem_public_key(pem.encode()).public_bytes(
+            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+        if named == mine:
+            return
+    raise PromotionRefused(
+        [
+            "model signing: the promotion key is not one of the owner policy's "
+            "promotion_signers, so no consumer would accept its signature"
+        ]
+    )
 
 
 def _check_challenger(

@@ -170,8 +170,8 @@ SECRET_FILES: dict[str, str] = {
         "the provenance view verifies model signatures with"
     ),
     "owner-policy-key.pem": (
-        "the data owner's P-256 key that signs the owner policy (coco-ai policy sign): held by "
-        "the data owner, mounted into no container"
+        "the data owner's P-256 key that signs the owner policy (coco-ai owner-policy sign): "
+        "held by the data owner, mounted into no container"
     ),
 }
 

@@ -576,7 +576,31 @@ class TestChampionAndRollback:
         assert again.version == 1
         assert [v.version for v in model_versions(MODEL, registry_uri=registry)] == [1]
         record = json.loads(Path(again.record_uri).read_bytes())
-        assert record["champion"] is None  # a retry replaced nothing
+        assert record["champion"] is None  # v1 replaced nothing
+
+    def test_a_retry_of_the_served_challenger_keeps_the_champion_it_replaced(
+        self, served, checkpoints, initdata, owner_policy, promotion_keys
+    ):
+        registry, first = served
+        better = checkpoints.make("v2", metrics={"eval_loss": 1.0, "eval_loss_before": 3.0})
+        second = self._promote(better, registry, owner_policy, initdata, promotion_keys)
+        replaced = json.loads(Path(second.record_uri).read_bytes())["champion"]
+        assert replaced["manifest_digest"] == first.evidence.manifest_digest
+        again = self._promote(better, registry, owner_policy, initdata, promotion_keys)
+        assert again.version == 2
+        assert json.loads(Path(again.record_uri).read_bytes())["champion"] == replaced
+
+    def test_a_promotion_key_the_owner_does_not_name_is_refused_before_signing(
+        self, served, checkpoints, initdata, owner_policy, other_p256_pem, tmp_path
+    ):
+        registry, _ = served
+        (tmp_path / "other.key").write_bytes(other_p256_pem)
+        ckpt = checkpoints.make("v2", metrics={"eval_loss": 1.0, "eval_loss_before": 3.0})
+        before = _registry_state_of(registry)
+        with pytest.raises(PromotionRefused, match="not one of the owner policy's promotion"):
+            self._promote(ckpt, registry, owner_policy, initdata, (tmp_path / "other.key",))
+        assert _registry_state_of(registry) == before
+        assert not Path(str(ckpt) + ".sig").exists()
 
     def test_a_champion_without_a_creation_time_blocks_promotion(
         self, served, checkpoints, initdata, owner_policy, promotion_keys
