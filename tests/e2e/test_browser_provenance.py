@@ -50,6 +50,20 @@ def _api(info, run_id: str) -> str:
     return f"{info.api_url}/coco-ai/api/runs/{DAG_ID}/{quote(run_id, safe='')}"
 
 
+def test_demo_summary_carries_the_third_party_verdict(promoted):
+    """`coco-ai verify` as the demo runs it: the owner's public key, the store and the registry
+    only; every check passes, including the registry's (a real promotion, a real alias)."""
+    from coco_ai.devstack.demo import format_summary
+
+    verify = promoted["summary"]["verify"]
+    assert verify["verdict"] == "verified", verify["checks"]
+    statuses = {c["name"]: c["status"] for c in verify["checks"]}
+    assert set(statuses.values()) == {"passed"}, statuses
+    assert "coco-ai verify (owner's public key + store + registry only): VERIFIED" in (
+        format_summary(promoted["summary"])
+    )
+
+
 def test_demo_relays_training_progress_from_the_task_log(promoted):
     progress = promoted["progress"]
     assert progress, "no training progress was read from the confidential_finetune log"
