@@ -98,8 +98,10 @@ def start_local_stack(
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
     )
     servers: list[Any] = []
+    image = local_image_reference()
     try:
-        trustee = serve_in_thread(Path(state_dir), admin_pub)
+        # The data owner approves the workload's code; the initdata binds the guest to it.
+        trustee = serve_in_thread(Path(state_dir), admin_pub, approved_images=[image])
         servers.append(trustee)
         tls_ca, anchor = trustee.tls_ca_path.read_bytes(), trustee.token_anchor_path.read_bytes()
         admin = KbsAdminClient(trustee.url, auth=SelfSignedAdminAuth(admin_pem), ca_cert=tls_ca)
@@ -111,11 +113,11 @@ def start_local_stack(
         claims = run_claims(
             workload=FINETUNE.name,
             run_id=run_id,
-            image=local_image_reference(),
+            image=image,
             run_key_root=DEFAULT_ROOT,
             input_keys={"dataset": dataset_key_ref},
         )
-        initdata = build_initdata(trustee.url, tls_ca, claims)
+        initdata = build_initdata(trustee.url, tls_ca, claims, image=image)
         initdata_digest = Digest(initdata.algorithm, initdata.digest().hex())
         admin.set_resource(grant_path(run_id), Grant(run_id, initdata_digest).to_bytes())
         emulator = guest_emulator.GuestComponentsEmulator(initdata, gpus=gpus)

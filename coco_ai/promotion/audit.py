@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from coco_ai.check_status import FAILED, NOT_RUN, PASSED
 from coco_ai.crypto.manifest import MANIFEST_FILE
 from coco_ai.digest import is_sha256
 from coco_ai.guest.initdata import RUN_ID_KEY
@@ -45,7 +46,6 @@ from coco_ai.promotion.registry import (
 )
 from coco_ai.promotion.signing import default_signature_uri, verify_model_signature
 from coco_ai.promotion.verify import PromotionEvidence, PromotionExpectations, verify_for_promotion
-from coco_ai.provenance import FAILED, NOT_RUN, PASSED
 
 #: failure classes, as exit codes (coco_ai.crypto.cli)
 INTEGRITY, ATTESTATION = 3, 4
