@@ -296,6 +296,22 @@ def test_the_policy_cli_prints_what_the_data_owner_uploads(capsys):
 
     assert main(["policy", "render", "--kind", "prod", "--image", APPROVED_IMAGE]) == 0
     assert capsys.readouterr().out == policies.resource_policy_text("prod", [APPROVED_IMAGE])
+    only = [
+        "policy",
+        "render",
+        "--kind",
+        "prod",
+        "--image",
+        APPROVED_IMAGE,
+        "--module",
+        OTHER_MODULE,
+    ]
+    assert main(only) == 0
+    out = capsys.readouterr().out
+    assert out == policies.resource_policy_text("prod", [APPROVED_IMAGE], [OTHER_MODULE])
+    assert json.dumps(workload_launch(APPROVED_MODULE)) not in out
+    assert main([*only[:-1], "os; id"]) == 2
+    assert "not a Python module name" in capsys.readouterr().err
     assert main(["policy", "image-policy", "--image", APPROVED_IMAGE]) == 0
     assert capsys.readouterr().out == image_policy_json([APPROVED_IMAGE])
     tagged = "registry.example/coco-ai/finetune:latest"
