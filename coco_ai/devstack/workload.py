@@ -117,7 +117,7 @@ def start_local_stack(
             run_key_root=DEFAULT_ROOT,
             input_keys={"dataset": dataset_key_ref},
         )
-        initdata = build_initdata(trustee.url, tls_ca, claims, image=image)
+        initdata = build_initdata(trustee.url, tls_ca, claims, image=image, module=FINETUNE.module)
         initdata_digest = Digest(initdata.algorithm, initdata.digest().hex())
         admin.set_resource(grant_path(run_id), Grant(run_id, initdata_digest).to_bytes())
         emulator = guest_emulator.GuestComponentsEmulator(initdata, gpus=gpus)
