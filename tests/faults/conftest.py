@@ -20,6 +20,9 @@ import pytest
 from tests.faults.proxy import FaultProxy
 from tests.operators.conftest import Trustee, running_trustee
 
+# the storage tier's checkpoint fixtures (a 12 MiB weights file: three 5 MiB multipart parts)
+from tests.storage.conftest import ckpt_dir, kek, plain_dir  # noqa: F401
+
 # One Trustee version keeps the tier short; the protocol paths are version-independent here
 # (operators' tests cover each version's admin styles).
 TRUSTEE_VERSION = "0.21.0"
