@@ -48,10 +48,11 @@ class Row:
     fault: str
     step: str
     outcome: str  # "recovered" or "failed closed"
-    recover_s: float | None  # seconds from the fault's start to success (recovered only)
+    recover_s: float | None  # seconds the step took with the fault, to its success
     keys_left: str
     artefacts_left: str
     test: str
+    baseline_s: float | None = None  # the same step without the fault, same run
 
 
 @pytest.fixture
@@ -59,8 +60,9 @@ def matrix(request):
     """``record(...)``: one row of the fault matrix, from what this test measured."""
 
     def record(**fields) -> None:
-        if fields.get("recover_s") is not None:
-            fields["recover_s"] = round(fields["recover_s"], 2)
+        for name in ("recover_s", "baseline_s"):
+            if fields.get(name) is not None:
+                fields[name] = round(fields[name], 2)
         _ROWS.append(asdict(Row(test=request.node.nodeid, **fields)))
 
     return record

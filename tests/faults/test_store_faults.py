@@ -69,6 +69,36 @@ def _copy(ckpt_dir, uri: str, endpoint: str, events=None):
     )
 
 
+@pytest.fixture(scope="module")
+def fault_free_s(tmp_path_factory, moto_endpoint, s3_admin):
+    """Seconds a fault-free transfer of the same checkpoint takes through the proxy (baseline)."""
+    from urllib.parse import urlsplit
+
+    from coco_ai.crypto.checkpoint import encrypt_checkpoint
+    from tests.faults.proxy import FaultProxy
+
+    base = tmp_path_factory.mktemp("baseline")
+    (base / "plain").mkdir()
+    (base / "plain" / "model.safetensors").write_bytes(os.urandom(12 * MIB))
+    encrypt_checkpoint(
+        base / "plain",
+        base / "ckpt",
+        kek=os.urandom(32),
+        key_uri="kbs:///a/b/c",
+        run_id="b",
+        meta={},
+    )
+    s3_admin.create_bucket(Bucket="faults-baseline")
+    parts = urlsplit(moto_endpoint)
+    proxy = FaultProxy((parts.hostname, parts.port))
+    try:
+        clock = Stopwatch()
+        _copy(base / "ckpt", "s3://faults-baseline/runs/b", proxy.url)
+        return clock.elapsed()
+    finally:
+        proxy.close()
+
+
 @pytest.mark.parametrize(
     ("fault", "inject"),
     [
@@ -76,9 +106,10 @@ def _copy(ckpt_dir, uri: str, endpoint: str, events=None):
         ("connection reset mid-part", lambda proxy: proxy.cut(1, match=_part(2))),
         ("5xx ×2 on CompleteMultipartUpload", lambda proxy: proxy.fail(2, match=_complete)),
     ],
+    ids=["5xx-upload-part", "reset-mid-part", "5xx-complete"],
 )
 def test_transient_fault_mid_multipart_upload_recovers(
-    ckpt_dir, bucket, s3_proxy, s3_admin, moto_endpoint, matrix, fault, inject
+    ckpt_dir, bucket, s3_proxy, s3_admin, moto_endpoint, matrix, fault, inject, fault_free_s
 ):
     uri = f"s3://{bucket}/runs/transient"
     inject(s3_proxy)
@@ -94,6 +125,7 @@ def test_transient_fault_mid_multipart_upload_recovers(
         step="checkpoint upload (S3 multipart)",
         outcome="recovered",
         recover_s=elapsed,
+        baseline_s=fault_free_s,
         keys_left="n/a",
         artefacts_left="none (no open multipart upload)",
     )
@@ -258,4 +290,35 @@ def test_full_disk_fails_closed_and_the_retry_resumes(ckpt_dir, tmp_path, matrix
         recover_s=clock.elapsed(),
         keys_left="n/a",
         artefacts_left="partial bytes in .uploads/ until the retry resumes them (or the sweep)",
+    )
+
+
+@pytest.mark.parametrize("damage", ["manifest missing", "object missing"])
+def test_partially_written_checkpoint_is_never_uploaded(
+    ckpt_dir, bucket, s3_admin, moto_endpoint, matrix, damage
+):
+    """Staging holds a checkpoint a crash left half-written: the upload refuses it before
+    writing anything, and the destination stays empty."""
+    from coco_ai.crypto.errors import IntegrityError
+    from coco_ai.crypto.manifest import MANIFEST_FILE, OBJECTS_DIR
+
+    if damage == "manifest missing":
+        (ckpt_dir / MANIFEST_FILE).unlink()
+        expected = IncompleteCheckpointError
+    else:
+        next((ckpt_dir / OBJECTS_DIR).iterdir()).unlink()
+        expected = IntegrityError
+    uri = f"s3://{bucket}/runs/partial"
+    with pytest.raises(expected):
+        _copy(ckpt_dir, uri, moto_endpoint)
+    assert s3_admin.list_objects_v2(Bucket=bucket).get("KeyCount") == 0
+    assert _open_uploads(s3_admin, bucket) == []
+    matrix(
+        component="object store",
+        fault=f"partially written checkpoint in staging ({damage})",
+        step="checkpoint upload",
+        outcome="failed closed before writing",
+        recover_s=None,
+        keys_left="n/a",
+        artefacts_left="none at the destination",
     )
