@@ -61,6 +61,8 @@ class FaultProxy:
         self._rules: list[_Rule] = []
         self._lock = threading.Lock()
         self._listener: socket.socket | None = None
+        self._in_flight = 0
+        self._idle = threading.Condition(self._lock)
         self.port = 0
         self.up()
 
@@ -109,6 +111,12 @@ class FaultProxy:
     def close(self) -> None:
         self.down()
 
+    def wait_idle(self, timeout: float = 30.0) -> None:
+        """Wait until no request is being handled (e.g. delayed ones still to reach the server)."""
+        with self._idle:
+            if not self._idle.wait_for(lambda: self._in_flight == 0, timeout):
+                raise TimeoutError(f"{self._in_flight} request(s) still in flight")
+
     # -- plumbing ----------------------------------------------------------------------------
     def _accept(self, listener: socket.socket) -> None:
         while True:
@@ -127,6 +135,16 @@ class FaultProxy:
         return None
 
     def _serve(self, raw: socket.socket) -> None:
+        with self._lock:
+            self._in_flight += 1
+        try:
+            self._handle(raw)
+        finally:
+            with self._idle:
+                self._in_flight -= 1
+                self._idle.notify_all()
+
+    def _handle(self, raw: socket.socket) -> None:
         conn = raw
         try:
             conn.settimeout(30)

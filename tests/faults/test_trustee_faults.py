@@ -5,7 +5,6 @@ and revocation. The stand-in is real (loopback TLS); so is the proxy that breaks
 from __future__ import annotations
 
 import datetime as dt
-import time
 
 import pytest
 from airflow.sdk import DAG
@@ -219,7 +218,7 @@ def test_key_release_past_the_timeout_fails_and_revoke_removes_a_late_grant(
     with pytest.raises(KbsUnavailable, match="timed out"):
         _key_release(inputs).execute(_context("release-slow"))
     conn.clear()
-    time.sleep(1.6)  # let the delayed writes land
+    conn.wait_idle()  # every delayed write has reached Trustee (or failed) by now
     late = _grant(trustee, "release-slow") is not None
     clock = Stopwatch()
     _revoke().execute(_context("release-slow"))
