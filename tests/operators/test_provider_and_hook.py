@@ -52,6 +52,9 @@ def test_airflow_lists_the_provider_and_the_trustee_connection_fields(tmp_path):
             "credential",
             "admin_auth",
             "trustee_version",
+            "timeout_s",
+            "attempts",
+            "retry_delay_s",
         )
     }
 
