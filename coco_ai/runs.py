@@ -56,17 +56,6 @@ def pinned_image(image: object) -> str:
         raise RunRefsError(f"workload {exc}") from None
 
 
-def workload_module(workload: str) -> str:
-    """The Python module of workload ``workload``, which the run's agent policy lets it launch."""
-    # coco_ai.workloads.kinds imports this module (a kind's config takes RunRefs).
-    from coco_ai.workloads.kinds import workload_kind
-
-    try:
-        return workload_kind(workload).module
-    except ValueError as exc:
-        raise RunRefsError(str(exc)) from None
-
-
 def staging_location(staging_root: str, run_id: str) -> str:
     """The run's own prefix under the staging root (one per run, so runs never share one)."""
     root = staging_root.strip().rstrip("/")
@@ -168,6 +157,7 @@ class RunRefs:
         cls,
         *,
         workload: str,
+        module: str,
         run_id: str,
         image: str,
         run_key_root: ResourcePath,
@@ -176,7 +166,8 @@ class RunRefs:
         kbs_url: str,
         kbs_ca_pem: str | bytes | None,
     ) -> RunRefs:
-        """The run's references with its initdata, built from exactly `expected_claims`."""
+        """The run's references with its initdata, built from exactly `expected_claims`; the
+        initdata's agent policy lets the guest launch exactly `module` (the workload kind's)."""
         claims = run_claims(
             workload=workload,
             run_id=run_id,
@@ -184,9 +175,7 @@ class RunRefs:
             run_key_root=run_key_root,
             input_keys=_input_keys(inputs),
         )
-        initdata = build_initdata(
-            kbs_url, kbs_ca_pem, claims, image=image, module=workload_module(workload)
-        )
+        initdata = build_initdata(kbs_url, kbs_ca_pem, claims, image=image, module=module)
         return cls(
             workload=workload,
             run_id=run_id,

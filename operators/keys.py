@@ -140,6 +140,7 @@ class KeyReleaseOperator(BaseOperator):
         settings = hook.settings
         refs = RunRefs.plan(
             workload=kind.name,
+            module=kind.module,
             run_id=run_id,
             image=image,
             run_key_root=run_key_root,

@@ -23,6 +23,7 @@ DATASET_KEY = "kbs:///coco-ai/dataset-key/v1"
 def _refs(run_id: str = "run-1", **overrides) -> RunRefs:
     args = {
         "workload": "finetune",
+        "module": FINETUNE.module,
         "run_id": run_id,
         "image": IMAGE,
         "run_key_root": DEFAULT_ROOT,
@@ -80,8 +81,8 @@ def test_the_run_initdata_binds_the_guest_to_the_run_image():
     assert other.initdata().claims()["policy.rego"] != claims["policy.rego"]
     with pytest.raises(RunRefsError, match="fully qualified"):
         _refs(image="finetune@sha256:" + "ab" * 32)
-    with pytest.raises(RunRefsError, match="unknown workload 'nosuch'"):
-        _refs(workload="nosuch")
+    with pytest.raises(ValueError, match="module"):
+        _refs(module="os; import sys")
 
 
 def test_two_runs_have_different_initdata():

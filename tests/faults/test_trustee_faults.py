@@ -17,7 +17,7 @@ from coco_ai.run_keys import grant_path
 from coco_ai_airflow._settings import coco_run_id
 from coco_ai_airflow.attestation import AttestationGateError, AttestationGateOperator
 from coco_ai_airflow.keys import KeyReleaseOperator, KeyRevokeOperator
-from tests.code_binding import APPROVED_IMAGE
+from tests.code_binding import APPROVED_IMAGE, APPROVED_MODULE
 from tests.faults.conftest import Stopwatch
 
 pytestmark = pytest.mark.timeout(120)
@@ -318,7 +318,11 @@ def guest(trustee, kbs_proxy):
     with trustee.admin() as admin:
         admin.set_resource(DATASET_KEY, b"k" * 32)
     initdata = build_initdata(
-        kbs_proxy.url, trustee.ca_pem, {RUN_ID_KEY: "fetch"}, image=APPROVED_IMAGE
+        kbs_proxy.url,
+        trustee.ca_pem,
+        {RUN_ID_KEY: "fetch"},
+        image=APPROVED_IMAGE,
+        module=APPROVED_MODULE,
     )
     emulator = GuestComponentsEmulator(initdata, gpus=1, handshake_retries=3, retry_delay=0.05)
     server = serve_in_thread(emulator)

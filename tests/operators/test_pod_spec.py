@@ -34,6 +34,7 @@ def _run_refs(run_id: str = "run-7") -> dict:
     """Key release's XCom for a fine-tune run (what the pod operator receives)."""
     return RunRefs.plan(
         workload="finetune",
+        module="coco_ai.workloads.finetune",
         run_id=run_id,
         image=IMAGE,
         run_key_root=DEFAULT_ROOT,

@@ -221,6 +221,7 @@ def _run_refs(run_id: str = RUN_ID):
 
     return RunRefs.plan(
         workload="finetune",
+        module="coco_ai.workloads.finetune",
         run_id=run_id,
         image="registry.example/coco-ai/finetune@" + IMAGE_DIGEST,
         run_key_root=DEFAULT_ROOT,

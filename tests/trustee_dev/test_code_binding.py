@@ -204,6 +204,7 @@ def _run(run_id: str) -> RunRefs:
     )
     return RunRefs.plan(
         workload="finetune",
+        module="coco_ai.workloads.finetune",
         run_id=run_id,
         image=APPROVED_IMAGE,
         run_key_root=ROOT,
