@@ -21,7 +21,7 @@ from coco_ai.kbs.resource_path import parse_resource_path
 from coco_ai.run_keys import DEFAULT_ROOT, Grant, checkpoint_key_path, derive_run_key, grant_path
 from coco_ai.runs import run_claims
 from coco_ai.workloads.finetune.workload import DATASET_AAD
-from coco_ai.workloads.kinds import FINETUNE
+from coco_ai.workloads.kinds import FINETUNE, WorkloadKind
 
 
 @dataclass
@@ -80,7 +80,9 @@ def start_local_stack(
     *,
     dataset_key_path: str = "default/dataset/northwind",
     gpus: int = 1,
+    kind: WorkloadKind = FINETUNE,
 ) -> LocalStack:
+    """The stack for a run of ``kind``; ``dataset_key_path`` is the key of its keyed input."""
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric import ed25519
 
@@ -98,8 +100,10 @@ def start_local_stack(
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
     )
     servers: list[Any] = []
+    image = local_image_reference()
     try:
-        trustee = serve_in_thread(Path(state_dir), admin_pub)
+        # the stand-in's dev resource policy approves the local image, as the gate renders it
+        trustee = serve_in_thread(Path(state_dir), admin_pub, approved_images=[image])
         servers.append(trustee)
         tls_ca, anchor = trustee.tls_ca_path.read_bytes(), trustee.token_anchor_path.read_bytes()
         admin = KbsAdminClient(trustee.url, auth=SelfSignedAdminAuth(admin_pem), ca_cert=tls_ca)
@@ -109,13 +113,13 @@ def start_local_stack(
         run_key_root = secrets.token_bytes(32)
         admin.set_resource(DEFAULT_ROOT, run_key_root)
         claims = run_claims(
-            workload=FINETUNE.name,
+            workload=kind.name,
             run_id=run_id,
-            image=local_image_reference(),
+            image=image,
             run_key_root=DEFAULT_ROOT,
-            input_keys={"dataset": dataset_key_ref},
+            input_keys={next(i.name for i in kind.inputs if i.keyed): dataset_key_ref},
         )
-        initdata = build_initdata(trustee.url, tls_ca, claims)
+        initdata = build_initdata(trustee.url, tls_ca, claims, image=image)
         initdata_digest = Digest(initdata.algorithm, initdata.digest().hex())
         admin.set_resource(grant_path(run_id), Grant(run_id, initdata_digest).to_bytes())
         emulator = guest_emulator.GuestComponentsEmulator(initdata, gpus=gpus)

@@ -102,17 +102,18 @@ class FinetuneConfig:
 RECIPE_TABLES = ("lora", "training")
 
 
-def recipe_digest(config: Mapping[str, Any]) -> str:
+def recipe_digest(config: Mapping[str, Any], tables: tuple[str, ...] = RECIPE_TABLES) -> str:
     """``sha256:`` of the canonical JSON of the config's recipe tables (defaults filled in).
 
     ``config`` is a validated config's ``to_dict()`` (or the parsed ``training_config.json``);
-    the data owner lists approved recipes by this digest in the owner policy.
+    the data owner lists approved recipes by this digest in the owner policy. ``tables``: the
+    recipe tables of another workload kind (coco_ai.workloads.kinds).
     """
     import hashlib
 
     from coco_ai.kbs.wire import canonical_json
 
-    recipe = {name: config[name] for name in RECIPE_TABLES}
+    recipe = {name: config[name] for name in tables}
     return "sha256:" + hashlib.sha256(canonical_json(recipe)).hexdigest()
 
 
