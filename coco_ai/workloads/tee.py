@@ -15,7 +15,7 @@ import hashlib
 import os
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TextIO, TypeVar
@@ -70,12 +70,16 @@ def with_retries(
     backoff_s: float,
     log: Callable[[str], None],
     sleep: Callable[[float], None] = time.sleep,
+    retry: Callable[[Exception], bool] = lambda exc: True,
 ) -> T:
-    """Call ``fn`` up to ``attempts`` times with exponential backoff; then fail with the cause."""
+    """Call ``fn`` up to ``attempts`` times with exponential backoff; then fail with the cause.
+    An exception ``retry`` refuses is raised at once, as it is."""
     for attempt in range(1, attempts + 1):
         try:
             return fn()
         except Exception as exc:  # storage back-ends raise many kinds; all are retried alike
+            if not retry(exc):
+                raise
             cause = f"{type(exc).__name__}: {exc}".splitlines()[0]
             if attempt == attempts:
                 raise WorkloadError(
@@ -238,3 +242,55 @@ class TeeWorkload:
             log=self.log,
         )
         self.log(f"uploaded to {cfg.staging_uri}")
+
+
+def workload_main(
+    argv: Sequence[str] | None,
+    *,
+    name: str,
+    description: str,
+    config_env: str,
+    load_config: Callable[[str], Any],
+    run: Callable[[Any], Any],
+) -> int:
+    """The ``python -m`` entry point of a workload kind ``name``: exit 0 only once the signed,
+    encrypted output is in staging; otherwise one line on stderr, ``<name>: error: <reason>``,
+    and the exit code of the failure class. ``load_config`` raises ``ConfigError``; ``run``
+    (given the config) raises :class:`WorkloadError`. ``COCO_AI_<NAME>_DEBUG=1`` prints the
+    traceback of an internal error."""
+    import argparse
+    import sys
+    import traceback
+
+    from coco_ai.workloads.finetune.config import ConfigError
+
+    module = name.replace("-", "_")
+    debug_env = f"COCO_AI_{module.upper()}_DEBUG"
+
+    def fail(reason: str, code: int) -> int:
+        print(f"{name}: error: {reason}", file=sys.stderr, flush=True)
+        return code
+
+    parser = argparse.ArgumentParser(
+        prog=f"python -m coco_ai.workloads.{module}", description=description
+    )
+    parser.add_argument(
+        "--config", default=os.environ.get(config_env), help=f"config file (or env {config_env})"
+    )
+    args = parser.parse_args(argv)
+    if not args.config:
+        return fail(f"no config: pass --config FILE or set {config_env}", EXIT_CONFIG)
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        return fail(f"bad config: {exc}", EXIT_CONFIG)
+    try:
+        run(config)
+    except WorkloadError as exc:
+        return fail(exc.reason, exc.exit_code)
+    except Exception as exc:  # a bug or an unforeseen failure: still one line, nothing uploaded
+        if os.environ.get(debug_env) == "1":
+            traceback.print_exc()
+        first = str(exc).splitlines()[0] if str(exc) else ""
+        return fail(f"internal error: {type(exc).__name__}: {first}", EXIT_INTERNAL)
+    return 0
