@@ -194,3 +194,37 @@ def test_config_errors_name_the_field(override, message) -> None:
     with pytest.raises(ConfigError) as info:
         RagIndexConfig.from_dict({**_BASE, **override})
     assert message in str(info.value)
+
+
+# ---- data-owner CLI ---------------------------------------------------------------------------
+
+
+def test_rag_generate_and_encrypt_cli(tmp_path, capsys) -> None:
+    import secrets
+
+    from coco_ai.cli import main as coco_ai
+    from coco_ai.crypto import decrypt_blob
+    from coco_ai.workloads.rag_index.workload import REPOSITORY_AAD
+
+    src, dst = tmp_path / "repo.jsonl", tmp_path / "repo.enc"
+    assert coco_ai(["rag", "generate", "--out", str(src), "--documents", "5", "--seed", "2"]) == 0
+    assert json.loads(capsys.readouterr().out) == {
+        "out": str(src),
+        "documents": 5,
+        "questions": 5 * corpus.FACTS_PER_DOCUMENT,
+    }
+    key = secrets.token_bytes(32)
+    (tmp_path / "k").write_bytes(key)
+    uri = "kbs:///default/rag/northwind"
+    assert coco_ai(["rag", "encrypt", "--key-file", str(tmp_path / "k"), "--key-uri", uri,
+                    str(src), str(dst)]) == 0  # fmt: skip
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["documents"] == 5 and printed["dataset_digest"].startswith("sha256:")
+    plain = decrypt_blob(dst.read_bytes(), kek=key, aad_context=REPOSITORY_AAD, key_uri=uri)
+    assert parse_repository(plain) == generate_repository(5, seed=2)
+
+    src.write_bytes(_lines(_doc()))  # no questions: the workload would refuse it, so does this
+    assert coco_ai(["rag", "encrypt", "--key-file", str(tmp_path / "k"), "--key-uri", uri,
+                    str(src), str(tmp_path / "o")]) == 2  # fmt: skip
+    assert "holds no evaluation questions" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
