@@ -209,6 +209,46 @@ class TeeWorkload:
         self.log(f"checkpoint key {cfg.checkpoint_key_uri} derived (grant {grant_uri})")
         return key
 
+    def _pinned_model(self, path: str, digest: str, scratch: Path, what: str) -> Path:
+        """The model directory at ``path`` (downloaded into ``scratch`` first if it is in an
+        object store: a flat Hugging Face directory); its model_digest must be ``digest``."""
+        from coco_ai.workloads.models import ModelError, model_digest
+
+        if is_remote(path) and not path.startswith("file://"):
+            from coco_ai.storage import open_store
+
+            parent, dirname = split_object_uri(path)
+
+            def download() -> Path:
+                store = open_store(parent)
+                names = store.list(dirname)
+                if not names:
+                    raise FileNotFoundError(f"no files under {path}")
+                scratch.mkdir(parents=True, exist_ok=True)
+                for name in names:
+                    (scratch / name.rpartition("/")[2]).write_bytes(store.read_bytes(name))
+                return scratch
+
+            model_dir = with_retries(
+                f"downloading {what} {path}",
+                download,
+                attempts=self.config.store_attempts,
+                backoff_s=self.config.store_backoff_s,
+                log=self.log,
+            )
+        else:
+            model_dir = Path(path.removeprefix("file://"))
+        try:
+            actual = model_digest(model_dir)
+        except ModelError as exc:
+            raise WorkloadError(f"{what}: {exc}", EXIT_BASE_MODEL) from None
+        if actual != digest:
+            raise WorkloadError(
+                f"{what} {path} has digest {actual}, but the run names {digest}", EXIT_BASE_MODEL
+            )
+        self.log(f"{what} {digest} verified")
+        return model_dir
+
     def _attestation_token(self, guest) -> tuple[str, bytes]:
         from coco_ai.guest.client import GuestError
 

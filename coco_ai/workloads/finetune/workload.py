@@ -29,19 +29,15 @@ from coco_ai.workloads.finetune.report import (
     write_metrics,
     write_report,
 )
-from coco_ai.workloads.models import ModelError, model_digest
 from coco_ai.workloads.tee import (  # noqa: F401 (the exit codes are this module's API too)
-    EXIT_ATTESTATION,
     EXIT_BASE_MODEL,
     EXIT_CONFIG,
     EXIT_DATASET,
-    EXIT_INTERNAL,
     EXIT_KEY_RELEASE,
     EXIT_STAGING,
     TeeWorkload,
     WorkloadError,
     WorkloadLog,
-    is_remote,
     private_tmpdir,
     sha256_digest,
     split_object_uri,
@@ -202,41 +198,7 @@ class FinetuneWorkload(TeeWorkload):
     def _base_model(self, scratch: Path) -> Path:
         """The base model directory, downloaded first if remote; its digest must match."""
         cfg = self.config.base_model
-        if is_remote(cfg.path) and not cfg.path.startswith("file://"):
-            from coco_ai.storage import open_store
-
-            parent, dirname = split_object_uri(cfg.path)
-
-            def download() -> Path:  # a flat Hugging Face model directory
-                store = open_store(parent)
-                names = store.list(dirname)
-                if not names:
-                    raise FileNotFoundError(f"no files under {cfg.path}")
-                scratch.mkdir(parents=True, exist_ok=True)
-                for name in names:
-                    (scratch / name.rpartition("/")[2]).write_bytes(store.read_bytes(name))
-                return scratch
-
-            model_dir = with_retries(
-                f"downloading base model {cfg.path}",
-                download,
-                attempts=self.config.store_attempts,
-                backoff_s=self.config.store_backoff_s,
-                log=self.log,
-            )
-        else:
-            model_dir = Path(cfg.path.removeprefix("file://"))
-        try:
-            actual = model_digest(model_dir)
-        except ModelError as exc:
-            raise WorkloadError(f"base model: {exc}", EXIT_BASE_MODEL) from None
-        if actual != cfg.digest:
-            raise WorkloadError(
-                f"base model {cfg.path} has digest {actual}, but the run names {cfg.digest}",
-                EXIT_BASE_MODEL,
-            )
-        self.log(f"base model {cfg.digest} verified")
-        return model_dir
+        return self._pinned_model(cfg.path, cfg.digest, scratch, "base model")
 
     def _train(
         self,

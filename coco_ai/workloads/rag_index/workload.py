@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from coco_ai.workloads.models import ModelError, model_digest
+from coco_ai.workloads.models import ModelError
 from coco_ai.workloads.rag_index.config import RagIndexConfig
 from coco_ai.workloads.rag_index.corpus import (
     MAX_REPOSITORY_BYTES,
@@ -86,11 +86,11 @@ class RagIndexWorkload(TeeWorkload):
             with phase("repository"):
                 repository, repository_digest = self._load_repository(repo_key)
                 del repo_key
-            with phase("embedder_check"):
-                embedder = self._embedder()
 
             plain = private_tmpdir("coco-ai-rag-index-")
             stack.callback(shutil.rmtree, plain, ignore_errors=True)
+            with phase("embedder_check"):
+                embedder = self._embedder(plain / "embedder")
             index_dir = plain / "index"
             index_dir.mkdir()
             metrics = self._index(repository, embedder, index_dir)
@@ -172,27 +172,21 @@ class RagIndexWorkload(TeeWorkload):
         )
         return repository, digest
 
-    def _embedder(self):
+    def _embedder(self, scratch: Path):
+        """The embedder, downloaded first if remote; its digest must match the run's."""
         from coco_ai.workloads.rag_index.embedder import Embedder
 
         cfg = self.config
-        model_dir = Path(cfg.embedder.path.removeprefix("file://"))
+        model_dir = self._pinned_model(cfg.embedder.path, cfg.embedder.digest, scratch, "embedder")
         try:
-            actual = model_digest(model_dir)
-            if actual != cfg.embedder.digest:
-                raise WorkloadError(
-                    f"embedder {cfg.embedder.path} has digest {actual}, but the run names "
-                    f"{cfg.embedder.digest}",
-                    EXIT_BASE_MODEL,
-                )
             embedder = Embedder(
                 model_dir,
                 max_seq_length=cfg.embedding.max_seq_length,
                 batch_size=cfg.embedding.batch_size,
             )
         except ModelError as exc:
-            raise WorkloadError(f"embedder: {exc}", EXIT_BASE_MODEL) from None
-        self.log(f"embedder {cfg.embedder.digest} verified (dimension {embedder.dim})")
+            raise WorkloadError(f"embedder {cfg.embedder.path}: {exc}", EXIT_BASE_MODEL) from None
+        self.log(f"embedding dimension {embedder.dim}")
         return embedder
 
     def _index(self, repository: Repository, embedder, out: Path) -> dict[str, Any]:
