@@ -71,7 +71,7 @@ class RepositorySettings:
 
 @dataclass(frozen=True)
 class EmbedderSettings:
-    path: str  # local directory of a BERT-style sentence embedder (Hugging Face layout)
+    path: str  # BERT-style sentence embedder directory: local, file:// or object-store URI
     digest: str  # "sha256:<hex>" from coco_ai.workloads.models.model_digest
 
 
