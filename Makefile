@@ -36,7 +36,7 @@ test: setup system-deps
 
 ## test-fast: everything except the slow tiers, for development
 test-fast: setup
-	$(PY) -m pytest -m "not slow and not e2e and not browser and not distributed" $(PYTEST_ARGS)
+	$(PY) -m pytest -m "not slow and not e2e and not browser and not distributed and not faults" $(PYTEST_ARGS)
 
 lint: setup
 	$(VENV)/bin/ruff check .

@@ -76,8 +76,11 @@ def _client(url: str, ca: bytes | None, gpus: int = 1):
     from coco_ai.guest.attesters.sampledevice import SampleDeviceAttester
     from coco_ai.guest.initdata import build_initdata
     from coco_ai.kbs.client import KbsClient
+    from coco_ai.workloads.kinds import FINETUNE
 
-    initdata = build_initdata(url, ca, {"io.coco-ai.run-id": "bench"}, image=BENCH_IMAGE)
+    initdata = build_initdata(
+        url, ca, {"io.coco-ai.run-id": "bench"}, image=BENCH_IMAGE, module=FINETUNE.module
+    )
     return KbsClient(
         url,
         SampleAttester(init_data_digest=initdata.digest()),
@@ -149,13 +152,14 @@ def _breakdown(samples: int) -> dict[str, float]:
     from coco_ai.trustee_dev.app import TrusteeStandIn
     from coco_ai.trustee_dev.attestation import Session
     from coco_ai.trustee_dev.policy import ResourcePolicyEvaluator
+    from coco_ai.workloads.kinds import FINETUNE
 
     _, public = _admin_keys()
     standin = TrusteeStandIn(tempfile.mkdtemp(prefix="bench-kbs-"), public)
     key = TeeKeyPair.generate()
     nonce = base64.b64encode(os.urandom(32)).decode()
     pub = key.public_jwk()
-    initdata = build_initdata("https://127.0.0.1", None, image=BENCH_IMAGE)
+    initdata = build_initdata("https://127.0.0.1", None, image=BENCH_IMAGE, module=FINETUNE.module)
     cpu = SampleAttester(init_data_digest=initdata.digest())
     body = json.dumps(
         {

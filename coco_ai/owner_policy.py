@@ -311,26 +311,22 @@ class SignedOwnerPolicy:
 
 def verify_owner_policy(signed: str | bytes, owner_public_key_pem: bytes) -> SignedOwnerPolicy:
     """Verify a compact JWS with the owner's public key and return the policy it carries."""
-    from jwcrypto import jws
-    from jwcrypto.common import JWException
+    from coco_ai.crypto.verify import verify_es256_jws
 
     text = signed.decode("ascii", errors="replace") if isinstance(signed, bytes) else signed
     text = text.strip()
     key = owner_public_key(owner_public_key_pem)
     try:
-        sig = jws.JWS()
-        sig.allowed_algs = ["ES256"]
-        sig.deserialize(text)
-        sig.verify(key, alg="ES256")
-    except (JWException, ValueError):
+        header, payload = verify_es256_jws(text, key)
+    except ValueError:
         raise OwnerPolicyError(
             "owner policy signature does not verify with the data owner's key "
             "(signed by another key, or the document was altered)"
         ) from None
-    if sig.jose_header.get("typ") != JWS_TYPE:
+    if header.get("typ") != JWS_TYPE:
         raise OwnerPolicyError(f"owner policy JWS typ is not {JWS_TYPE}")
     try:
-        doc = json.loads(sig.payload)
+        doc = json.loads(payload)
     except ValueError:
         raise OwnerPolicyError("owner policy payload is not JSON") from None
     return SignedOwnerPolicy(OwnerPolicy.from_dict(doc), text)

@@ -53,41 +53,13 @@ class OwnerReport:
 
 def resolve_target(target: str, registry_uri: str | None = None) -> tuple[str, dict | None]:
     """The checkpoint URI of `target` and, for a registry entry, that entry (references)."""
-    if not target.startswith("models:/"):
-        return target, None
-    from coco_ai.promotion import RegistryError, model_versions, version_by_alias
+    from coco_ai.promotion.errors import RegistryError
+    from coco_ai.promotion.registry import resolve_entry
 
-    spec = target.removeprefix("models:/")
     try:
-        if "@" in spec:
-            name, alias = spec.split("@", 1)
-            found = version_by_alias(name, alias, registry_uri=registry_uri)
-        else:
-            name, _, number = spec.partition("/")
-            if not number.isdigit():
-                raise ReportError(
-                    f"registry entry {target!r} must be models:/<name>/<version> or "
-                    "models:/<name>@<alias>"
-                )
-            found = next(
-                (
-                    v
-                    for v in model_versions(name, registry_uri=registry_uri)
-                    if v.version == int(number)
-                ),
-                None,
-            )
+        return resolve_entry(target, registry_uri=registry_uri)
     except RegistryError as exc:
         raise ReportError(str(exc)) from None
-    if found is None:
-        raise ReportError(f"registry entry {target!r} does not exist")
-    entry = {
-        "model_name": found.name,
-        "version": found.version,
-        "aliases": list(found.aliases),
-        "tags": dict(found.tags),
-    }
-    return found.source, entry
 
 
 def read_owner_files(

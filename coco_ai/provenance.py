@@ -22,12 +22,12 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
+from coco_ai.check_status import FAILED, NOT_RUN, PASSED
 from coco_ai.crypto.manifest import MANIFEST_FILE, SIGNATURE_FILE, TOKEN_FILE
 
 if TYPE_CHECKING:
     from coco_ai.runs import RunRefs
 
-PASSED, FAILED, NOT_RUN = "passed", "failed", "not run"
 WITHHELD = "(withheld: not a public reference)"
 
 _DIGEST = re.compile(r"^sha(256|384|512):[0-9a-f]{64,128}$")

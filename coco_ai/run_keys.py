@@ -105,6 +105,29 @@ def tombstone(run_id: str) -> bytes:
     return json.dumps({"revoked": True, "run_id": run_id}, sort_keys=True).encode()
 
 
+def revoke_grant(client, run_id: str, *, attempts: int = 3) -> ResourcePath:
+    """Tombstone, then delete, the run's grant with the data owner's or Airflow's admin
+    ``client`` (coco_ai.kbs.client.KbsAdminClient); the grant's path.
+
+    Writing first means the delete always finds a resource, so the pair is safe to repeat
+    (Trustee v0.20/v0.21 answer a DELETE of an absent resource with PluginInternalError): it is
+    repeated, up to ``attempts`` times, when Trustee is unreachable or answers 5xx, including
+    when the delete's answer was lost after Trustee acted. Any other failure is raised.
+    """
+    from coco_ai.kbs.errors import KbsUnavailable
+
+    path = grant_path(run_id)
+    for attempt in range(1, attempts + 1):
+        try:
+            client.set_resource(path, tombstone(run_id))
+            client.delete_resource(path)
+            return path
+        except KbsUnavailable:
+            if attempt == attempts:
+                raise
+    raise AssertionError("unreachable")
+
+
 def derive_run_key(root: bytes, run_id: str) -> bytes:
     """The run's 32-byte key from the data owner's root (inside the TEE, or by the data owner)."""
     from cryptography.hazmat.primitives import hashes

@@ -56,6 +56,17 @@ def pinned_image(image: object) -> str:
         raise RunRefsError(f"workload {exc}") from None
 
 
+def workload_module(workload: str) -> str:
+    """The Python module of workload ``workload``, which the run's agent policy lets it launch."""
+    # coco_ai.workloads.kinds imports this module (a kind's config takes RunRefs).
+    from coco_ai.workloads.kinds import workload_kind
+
+    try:
+        return workload_kind(workload).module
+    except ValueError as exc:
+        raise RunRefsError(str(exc)) from None
+
+
 def staging_location(staging_root: str, run_id: str) -> str:
     """The run's own prefix under the staging root (one per run, so runs never share one)."""
     root = staging_root.strip().rstrip("/")
@@ -173,7 +184,9 @@ class RunRefs:
             run_key_root=run_key_root,
             input_keys=_input_keys(inputs),
         )
-        initdata = build_initdata(kbs_url, kbs_ca_pem, claims, image=image)
+        initdata = build_initdata(
+            kbs_url, kbs_ca_pem, claims, image=image, module=workload_module(workload)
+        )
         return cls(
             workload=workload,
             run_id=run_id,

@@ -16,7 +16,7 @@ from airflow.sdk import BaseOperator, Context, TriggerRule
 
 from coco_ai.digest import Digest
 from coco_ai.kbs.wire import parse_resource_uri
-from coco_ai.run_keys import Grant, grant_path, tombstone
+from coco_ai.run_keys import Grant, revoke_grant
 from coco_ai.runs import RunInput, RunRefs, pinned_image
 from coco_ai.workloads.kinds import WorkloadKind, workload_kind
 from coco_ai_airflow._settings import coco_run_id, required_setting, setting
@@ -162,10 +162,11 @@ class KeyRevokeOperator(BaseOperator):
 
     ``trigger_rule`` defaults to ``all_done``. The grant's path follows from the run id alone,
     so a key release that failed half-way is cleaned up too. The grant is first overwritten with
-    a tombstone, then deleted: writing always succeeds, so the delete then always finds it —
-    Trustee v0.20/v0.21 answer a DELETE of an absent resource with 401 PluginInternalError — and
-    a retry (say after a lost answer) repeats both steps harmlessly, while any other failure
-    (network, credential) still fails the task.
+    a tombstone, then deleted (coco_ai.run_keys.revoke_grant): writing always succeeds, so the
+    delete then always finds it — Trustee v0.20/v0.21 answer a DELETE of an absent resource with
+    401 PluginInternalError — and a retry (say after a lost answer, or while Trustee is down)
+    repeats both steps harmlessly; a credential failure, or Trustee still down after the
+    retries, fails the task, and a later sweep (``coco-ai grants sweep``) revokes what is left.
 
     Example::
 
@@ -186,9 +187,7 @@ class KeyRevokeOperator(BaseOperator):
 
     def execute(self, context: Context) -> dict[str, Any]:
         run_id = coco_run_id(self.dag_id, context["run_id"])
-        grant = grant_path(run_id)
         with TrusteeHook(self.trustee_conn_id).get_conn() as client:
-            client.set_resource(grant, tombstone(run_id))
-            client.delete_resource(grant)
+            grant = revoke_grant(client, run_id)
         self.log.info("Revoked run %s: %s tombstoned and deleted", run_id, grant)
         return {"run_id": run_id, "revoked": [grant.uri()]}

@@ -91,6 +91,22 @@ def get_provider_info() -> dict:
                             "enum": [None, "0.20.0", "0.21.0", "main"],
                         },
                     },
+                    "timeout_s": {
+                        "label": "Request timeout (s)",
+                        "description": "Per request to Trustee (default 30).",
+                        "schema": {"type": ["number", "null"], "exclusiveMinimum": 0},
+                    },
+                    "attempts": {
+                        "label": "Attempts",
+                        "description": "Tries of each idempotent admin call while Trustee is "
+                        "unreachable or answers 5xx (default 4).",
+                        "schema": {"type": ["integer", "null"], "minimum": 1},
+                    },
+                    "retry_delay_s": {
+                        "label": "First retry delay (s)",
+                        "description": "Backoff before the second try, doubling (default 1).",
+                        "schema": {"type": ["number", "null"], "exclusiveMinimum": 0},
+                    },
                 },
                 "ui-field-behaviour": {
                     "hidden-fields": ["host", "schema", "login", "password", "port", "extra"],

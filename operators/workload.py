@@ -32,8 +32,9 @@ class ConfidentialWorkloadOperator(KubernetesPodOperator):
     ``[coco_ai] execution_mode`` unless given:
 
     - ``kubernetes``: a pod with runtime class ``kata-qemu-nvidia-gpu-<tee>``, ``nvidia.com/pgpu``
-      limits, the initdata annotation, the image pinned by digest, no secrets in env, a deadline,
-      deleted when done (``deferrable=True`` waits in the triggerer);
+      limits, the initdata annotation, the image pinned by digest, the argv the run's agent policy
+      admits, no env vars, volumes, service-account token or service links, a deadline, deleted
+      when done (``deferrable=True`` waits in the triggerer);
     - ``local``: the same workload as a process beside the guest-components emulator.
 
     Returns ``{"run_id", "staging_uri"}``: where the encrypted, signed output now is.
@@ -136,7 +137,7 @@ class ConfidentialWorkloadOperator(KubernetesPodOperator):
         self.cmds, self.arguments = kubernetes.launch_command(
             workload_kind(refs.workload).module, self.build_workload_config()
         )
-        return super().build_pod_request_obj(context, dry_run=dry_run)
+        return kubernetes.lock_down(super().build_pod_request_obj(context, dry_run=dry_run))
 
     def execute(self, context: Context) -> dict[str, str]:
         mode = self.resolved_mode()

@@ -70,15 +70,18 @@ def test_initdata_is_built_from_exactly_the_expected_claims():
 
 
 def test_the_run_initdata_binds_the_guest_to_the_run_image():
-    """policy.rego is the agent policy for exactly the run's image and the CDH reads the data
-    owner's image policy: what the resource policies require before releasing a key."""
+    """policy.rego is the agent policy for exactly the run's image running its workload's launch
+    and the CDH reads the data owner's image policy: what the resource policies require before
+    releasing a key."""
     claims = _refs().initdata().claims()
-    assert claims["policy.rego"] == agent_policy_text(IMAGE)
+    assert claims["policy.rego"] == agent_policy_text(IMAGE, FINETUNE.module)
     assert claims["cdh.toml"]["image"] == {"image_security_policy_uri": IMAGE_POLICY_URI}
     other = _refs(image="registry.example/coco-ai/finetune@sha256:" + "cd" * 32)
     assert other.initdata().claims()["policy.rego"] != claims["policy.rego"]
     with pytest.raises(RunRefsError, match="fully qualified"):
         _refs(image="finetune@sha256:" + "ab" * 32)
+    with pytest.raises(RunRefsError, match="unknown workload 'nosuch'"):
+        _refs(workload="nosuch")
 
 
 def test_two_runs_have_different_initdata():

@@ -102,6 +102,19 @@ def check_policy(claims: EarClaims, policy: VerificationPolicy) -> None:
         )
 
 
+def verify_es256_jws(compact: str, key: jwk.JWK) -> tuple[dict, bytes]:
+    """(protected header, payload) of a compact JWS that verifies with `key` under ES256 and
+    no other algorithm; ValueError otherwise (the caller says what was being verified)."""
+    try:
+        sig = jws.JWS()
+        sig.allowed_algs = ["ES256"]
+        sig.deserialize(compact)
+        sig.verify(key, alg="ES256")
+    except (JWException, ValueError):
+        raise ValueError("JWS does not verify under ES256 with the given key") from None
+    return dict(sig.jose_header), sig.payload
+
+
 def verify_signed_manifest(
     manifest_bytes: bytes,
     signature: str | None,
@@ -145,18 +158,15 @@ def verify_signed_manifest(
     except (KbsError, KeyError, TypeError, ValueError, JWException):
         raise AttestationError("token carries no usable P-256 tee-pubkey") from None
     try:
-        sig = jws.JWS()
-        sig.allowed_algs = ["ES256"]
-        sig.deserialize(signature)
-        sig.verify(key, alg="ES256")
-    except (JWException, ValueError):
+        header, payload = verify_es256_jws(signature, key)
+    except ValueError:
         raise SignatureError(
             "manifest signature does not verify with the attested TEE key "
             "(signed by another key, or signature/manifest altered)"
         ) from None
-    if sig.jose_header.get("typ") != JWS_TYPE:
+    if header.get("typ") != JWS_TYPE:
         raise SignatureError(f"signature typ is not {JWS_TYPE}")
-    if sig.payload != manifest_bytes:
+    if payload != manifest_bytes:
         raise SignatureError(
             "manifest.json differs from the signed manifest (edited after signing)"
         )

@@ -102,7 +102,7 @@ def start_local_stack(
     servers: list[Any] = []
     image = local_image_reference()
     try:
-        # the stand-in's dev resource policy approves the local image, as the gate renders it
+        # The data owner approves the workload's code; the initdata binds the guest to it.
         trustee = serve_in_thread(Path(state_dir), admin_pub, approved_images=[image])
         servers.append(trustee)
         tls_ca, anchor = trustee.tls_ca_path.read_bytes(), trustee.token_anchor_path.read_bytes()
@@ -119,7 +119,7 @@ def start_local_stack(
             run_key_root=DEFAULT_ROOT,
             input_keys={next(i.name for i in kind.inputs if i.keyed): dataset_key_ref},
         )
-        initdata = build_initdata(trustee.url, tls_ca, claims, image=image)
+        initdata = build_initdata(trustee.url, tls_ca, claims, image=image, module=kind.module)
         initdata_digest = Digest(initdata.algorithm, initdata.digest().hex())
         admin.set_resource(grant_path(run_id), Grant(run_id, initdata_digest).to_bytes())
         emulator = guest_emulator.GuestComponentsEmulator(initdata, gpus=gpus)

@@ -185,15 +185,18 @@ def build_initdata(
     algorithm: str = "sha384",
     *,
     image: str | None = None,
+    module: str | None = None,
 ) -> Initdata:
     """Initdata pointing the guest's AA and CDH at ``kbs_url`` (pinning ``kbs_ca_pem``).
 
     ``extra`` holds the project's claims; every key must start with ``io.coco-ai.`` so that it can
     never shadow an upstream key (``aa.toml``, ``cdh.toml``, ``policy.rego``).
 
-    ``image`` (``host/path@sha256:<hex>``) binds the guest to that code: ``policy.rego`` becomes
-    the Kata agent policy that starts only this image, ``cdh.toml`` points the CDH at the data
-    owner's image policy (`IMAGE_POLICY_URI`), and ``io.coco-ai.image-digest`` names its digest.
+    ``image`` (``host/path@sha256:<hex>``) and ``module`` (the workload module it runs) bind the
+    guest to that code: ``policy.rego`` becomes the Kata agent policy that starts only this image
+    with the launch of ``module``, the image's environment and no volume; ``cdh.toml`` points the
+    CDH at the data owner's image policy (`IMAGE_POLICY_URI`), and ``io.coco-ai.image-digest``
+    names its digest.
     The resource policies release nothing to initdata without all three; without ``image`` the
     initdata binds no code.
     """
@@ -209,9 +212,11 @@ def build_initdata(
 
     claims = dict(extra or {})
     agent_policy = None
-    if image is not None:
+    if (image is None) != (module is None):
+        raise InitdataError("an image binding needs both the image and the workload module")
+    if image is not None and module is not None:
         try:
-            agent_policy = agent_policy_text(image)
+            agent_policy = agent_policy_text(image, module)
         except AgentPolicyError as exc:
             raise InitdataError(str(exc)) from None
         digest = image.partition("@")[2]
@@ -239,7 +244,7 @@ def build_initdata(
     ]
     if agent_policy is not None:
         # A literal string keeps the Rego verbatim (the template holds no '''), so Trustee's
-        # policy.rego claim is exactly agent_policy_text(image).
+        # policy.rego claim is exactly agent_policy_text(image, module).
         lines.append(f"\"{AGENT_POLICY_KEY}\" = '''\n{agent_policy}'''")
     for key in sorted(claims):
         value = claims[key]

@@ -74,6 +74,10 @@ MAX_UPLOAD_BYTES = 2 * 1024 * 1024  # Trustee's default payload_request_size
 ATTESTATION_POLICY_IDS = ("default_cpu", "default_gpu", "default_switch", "default_ppcie")
 RVPS_MESSAGE_VERSION = "0.1.0"
 
+#: Admin requests: attempts and first backoff (doubling) while Trustee is down or answers 5xx.
+ADMIN_ATTEMPTS = 4
+ADMIN_RETRY_DELAY_S = 1.0
+
 # Transient conditions worth another handshake; evidence or policy failures are not.
 _RETRY_STATUSES = frozenset({408, 425, 429, 500, 502, 503, 504})
 
@@ -210,6 +214,13 @@ def _is_transient(err: KbsError) -> bool:
     )
 
 
+def _gave_up(err: KbsError, what: str, attempts: int) -> KbsError:
+    """``err`` (same type and status) with a detail naming the KBS and the attempts made."""
+    return type(err)(
+        f"{what}: still failing after {attempts} attempt(s): {err.detail}", status=err.status
+    )
+
+
 def _fetch_resource(
     http: _Http, path: ResourcePath, headers: dict[str, str], tee_key: TeeKeyPair
 ) -> bytes:
@@ -287,8 +298,10 @@ class KbsClient(_ClosingClient):
             try:
                 return self._handshake()
             except KbsError as err:
-                if not _is_transient(err) or attempt == self._retries:
+                if not _is_transient(err):
                     raise
+                if attempt == self._retries:
+                    raise _gave_up(err, f"KBS {self.url}: attestation", attempt) from None
                 delay = self._delay * 2 ** (attempt - 1)
                 log.info(
                     "KBS handshake attempt %d failed (%s); retry in %.1fs", attempt, err, delay
@@ -350,22 +363,33 @@ class KbsClient(_ClosingClient):
 
         On a 401 (expired session, token rejected, …) re-attest and retry, at most
         RESOURCE_MAX_ATTEMPTS requests in all. A policy denial is final: fresh evidence of the
-        same TEE cannot change it. 404 (bad path / plugin) is final too.
+        same TEE cannot change it. 404 (bad path / plugin) is final too. While the KBS is
+        unreachable or answers a transient 5xx, the GET (idempotent) is repeated with the
+        handshake's backoff, ``handshake_retries`` requests in all, then fails naming the KBS.
         """
         path = to_resource_path(uri_or_path)
-        for attempt in range(1, RESOURCE_MAX_ATTEMPTS + 1):
+        reattested = transient = 0
+        while True:
             if self._session is None:
                 self.attest()
             headers = {"Cookie": f"{SESSION_COOKIE}={self._session}"}
             try:
                 return _fetch_resource(self._http, path, headers, self.tee_key)
             except KbsError as err:
-                final = attempt == RESOURCE_MAX_ATTEMPTS
+                if _is_transient(err):
+                    transient += 1
+                    if transient >= self._retries:
+                        raise _gave_up(err, f"KBS {self.url}: {path.uri()}", transient) from None
+                    delay = self._delay * 2 ** (transient - 1)
+                    log.info("KBS GET %s failed (%s); retry in %.1fs", path.uri(), err, delay)
+                    self._sleep(delay)
+                    continue
+                reattested += 1
+                final = reattested == RESOURCE_MAX_ATTEMPTS
                 if final or isinstance(err, PolicyDenied) or err.status != 401:
                     raise
                 log.info("KBS answered 401 for %s (%s); re-attesting", path.uri(), err.variant)
                 self._session = None
-        raise AssertionError("unreachable")
 
     def get_resource_with_token(self, path: str | ResourcePath, token: str) -> bytes:
         """Fetch a resource with `Authorization: Bearer <EAR>` (the token must attest this
@@ -439,10 +463,18 @@ class KbsAdminClient(_ClosingClient):
         timeout: float = 30.0,
         allow_insecure_http: bool = False,
         trustee_version: str | None = None,
+        attempts: int = ADMIN_ATTEMPTS,
+        retry_delay: float = ADMIN_RETRY_DELAY_S,
+        sleep: Callable[[float], None] = time.sleep,
     ) -> None:
+        if attempts < 1:
+            raise ValueError("attempts must be at least 1")
         self.trustee_version = (
             versions.check_version(trustee_version) if trustee_version is not None else None
         )
+        self._attempts = attempts
+        self._delay = retry_delay
+        self._sleep = sleep
         self._http = _Http(
             url,
             ca_cert=ca_cert,
@@ -457,10 +489,29 @@ class KbsAdminClient(_ClosingClient):
         return self._http.base
 
     def _call(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        """One admin request, retried with backoff while Trustee is unreachable or answers a
+        transient 5xx. Every admin call but DELETE is idempotent (a POST replaces what it
+        names); a DELETE is sent once, because after a lost answer a repeat finds nothing and
+        Trustee reports that as a failure (see delete_resource): its callers repeat the step
+        that makes it safe (coco_ai.run_keys.revoke_grant)."""
         headers = {"Authorization": self._auth.authorization(), **kwargs.pop("headers", {})}
-        response = self._http.request(method, API_PREFIX + path, headers=headers, **kwargs)
-        _raise_for(response)
-        return response
+        attempts = 1 if method == "DELETE" else self._attempts
+        for attempt in range(1, attempts + 1):
+            try:
+                response = self._http.request(method, API_PREFIX + path, headers=headers, **kwargs)
+                _raise_for(response)
+                return response
+            except KbsError as err:
+                if not _is_transient(err):
+                    raise
+                if attempt == attempts:
+                    raise _gave_up(
+                        err, f"Trustee KBS {self.url}: {method} {API_PREFIX}{path}", attempts
+                    ) from None
+                delay = self._delay * 2 ** (attempt - 1)
+                log.info("KBS admin %s %s failed (%s); retry in %.1fs", method, path, err, delay)
+                self._sleep(delay)
+        raise AssertionError("unreachable")
 
     # -- policies -------------------------------------------------------------------------
     def set_resource_policy(self, rego: str) -> None:
@@ -613,20 +664,33 @@ class KbsAdminClient(_ClosingClient):
         v0.21.0 and main: `/healthz` (200). v0.20.0 has no `/healthz` (404), so there the probe
         is `/metrics`, which every version serves without auth. With no configured version,
         `/healthz` is tried first and a 404 falls back to `/metrics`. An unreachable KBS, or one
-        whose certificate does not verify against the pinned CA, gives False.
+        whose certificate does not verify against the pinned CA, gives False. An unreachable
+        KBS or a transient 5xx is probed again with the admin calls' backoff before False.
         """
         paths = (
             [versions.liveness_path(self.trustee_version)]
             if self.trustee_version is not None
             else ["/healthz", "/metrics"]
         )
-        for path in paths:
-            try:
-                status = self._http.request("GET", path).status_code
-            except KbsUnavailable:
+        for attempt in range(1, self._attempts + 1):
+            transient = False
+            for path in paths:
+                try:
+                    status = self._http.request("GET", path).status_code
+                except KbsTlsError:
+                    return False
+                except KbsUnavailable:
+                    transient = True
+                    break
+                if status in _RETRY_STATUSES:
+                    transient = True
+                    break
+                if status != 404:
+                    return status == 200
+            if not transient:
                 return False
-            if status != 404:
-                return status == 200
+            if attempt < self._attempts:
+                self._sleep(self._delay * 2 ** (attempt - 1))
         return False
 
     def __repr__(self) -> str:

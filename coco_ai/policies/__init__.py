@@ -6,8 +6,9 @@ deployment, keyed by Trustee policy id (``resource-policy`` for the KBS resource
 ``default_cpu``/``default_gpu`` for the attestation service).
 
 The resource policies are templates of the data owner's approval: `resource_policy_text(kind,
-approved_images)` fills in the approved images and the code binding, and `policy_text(name,
-approved_images)` is what is uploaded and compared for any policy of a set.
+approved_images, approved_modules)` fills in the approved images, the launches of the approved
+workload modules and the code binding, and `policy_text(name, approved_images)` is what is
+uploaded and compared for any policy of a set.
 """
 
 from __future__ import annotations
@@ -26,7 +27,9 @@ from typing import Any
 from coco_ai.guest.agent_policy import (
     AGENT_POLICY_TEMPLATE,
     IMAGE_PLACEHOLDER,
+    LAUNCH_PLACEHOLDER,
     qualified_pinned_image,
+    workload_launch,
 )
 from coco_ai.guest.image_policy import IMAGE_POLICY_URI
 
@@ -96,20 +99,41 @@ def digest(name: str) -> str:
     return hashlib.sha256(_bytes(name)).hexdigest()
 
 
-def render_resource_policy(template: str, approved_images: Iterable[str]) -> str:
+def workload_modules() -> list[str]:
+    """The modules of every workload kind of the project (coco_ai.workloads.kinds)."""
+    from coco_ai.workloads.kinds import KINDS  # imported when rendering only: it loads storage
+
+    return sorted(kind.module for kind in KINDS.values())
+
+
+def _rego_set(values: Iterable[str]) -> str:
+    items = sorted(set(values))
+    return "{" + ", ".join(json.dumps(item) for item in items) + "}" if items else "set()"
+
+
+def render_resource_policy(
+    template: str, approved_images: Iterable[str], approved_modules: Iterable[str] | None = None
+) -> str:
     """Fill a resource policy template's approval lines (each exactly once, as shipped).
 
     Every image must be a fully qualified reference pinned by digest; none approved leaves
-    ``approved_images := set()``, under which nothing is released.
+    ``approved_images := set()``, under which nothing is released. ``approved_modules`` are the
+    workload modules an approved image may launch (`workload_launch`), every workload kind's
+    by default.
     """
-    images = sorted({qualified_pinned_image(image) for image in approved_images})
-    approved = "{" + ", ".join(json.dumps(image) for image in images) + "}" if images else "set()"
+    images = [qualified_pinned_image(image) for image in approved_images]
+    modules = workload_modules() if approved_modules is None else list(approved_modules)
+    launches = [workload_launch(module) for module in modules]
     fills = {
-        "approved_images := set()": f"approved_images := {approved}",
+        "approved_images := set()": f"approved_images := {_rego_set(images)}",
+        "approved_launches := set()": f"approved_launches := {_rego_set(launches)}",
         # A raw string keeps the template verbatim (it holds no backtick, checked where defined).
         'agent_policy_template := ""': f"agent_policy_template := `{AGENT_POLICY_TEMPLATE}`",
         'agent_policy_image_placeholder := ""': (
             f"agent_policy_image_placeholder := {json.dumps(IMAGE_PLACEHOLDER)}"
+        ),
+        'agent_policy_launch_placeholder := ""': (
+            f"agent_policy_launch_placeholder := {json.dumps(LAUNCH_PLACEHOLDER)}"
         ),
         'image_security_policy_uri := ""': (
             f"image_security_policy_uri := {json.dumps(IMAGE_POLICY_URI)}"
@@ -123,17 +147,20 @@ def render_resource_policy(template: str, approved_images: Iterable[str]) -> str
     return text
 
 
-def resource_policy_text(kind: str, approved_images: Iterable[str]) -> str:
+def resource_policy_text(
+    kind: str, approved_images: Iterable[str], approved_modules: Iterable[str] | None = None
+) -> str:
     """The resource policy of ``kind`` (``prod`` or ``dev``) releasing keys only to guests bound
-    to one of ``approved_images`` (see resource_prod.rego); what the data owner uploads."""
+    to one of ``approved_images`` running the launch of one of ``approved_modules`` (every
+    workload kind's by default; see resource_prod.rego); what the data owner uploads."""
     if kind not in RESOURCE_POLICIES:
         raise KeyError(f"no resource policy kind {kind!r}; known: {', '.join(RESOURCE_POLICIES)}")
-    return render_resource_policy(load(RESOURCE_POLICIES[kind]), approved_images)
+    return render_resource_policy(load(RESOURCE_POLICIES[kind]), approved_images, approved_modules)
 
 
 def policy_text(name: str, approved_images: Iterable[str] = ()) -> str:
     """The text Trustee must hold for policy file ``name``: resource policies rendered with
-    ``approved_images``, attestation policies as shipped."""
+    ``approved_images`` (and every workload module), attestation policies as shipped."""
     for kind, resource_name in RESOURCE_POLICIES.items():
         if name == resource_name:
             return resource_policy_text(kind, approved_images)

@@ -27,6 +27,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     render.add_argument("--kind", choices=("prod", "dev"), required=True)
     render.add_argument("--image", action="append", default=[], help=image_help)
+    render.add_argument(
+        "--module",
+        action="append",
+        default=None,
+        help="a workload module the images may launch (repeatable; default: every workload's)",
+    )
     render.set_defaults(func=_render)
 
     image_policy = sub.add_parser(
@@ -43,7 +49,7 @@ def _render(args: argparse.Namespace) -> int:
     from coco_ai.policies import resource_policy_text
 
     try:
-        sys.stdout.write(resource_policy_text(args.kind, args.image))
+        sys.stdout.write(resource_policy_text(args.kind, args.image, args.module))
     except ValueError as exc:
         print(f"coco-ai policy render: {exc}", file=sys.stderr)
         return 2

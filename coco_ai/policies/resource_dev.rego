@@ -20,14 +20,20 @@ min_gpus := 1
 per_run_repository := "coco-ai-run"
 
 # The data owner's approval, filled in by coco_ai.policies.resource_policy_text: the approved
-# workload images (host/path@sha256:<hex>), the Kata agent policy template that pins one of them
-# (coco_ai.guest.agent_policy) with its placeholder, and the image policy URI the guest's CDH
-# must use (coco_ai.guest.image_policy). As shipped nothing is approved: nothing is released.
+# workload images (host/path@sha256:<hex>), the launches of the approved workload modules
+# (coco_ai.guest.agent_policy.workload_launch), the Kata agent policy template that pins an image
+# and a launch (coco_ai.guest.agent_policy) with its placeholders, and the image policy URI the
+# guest's CDH must use (coco_ai.guest.image_policy). As shipped nothing is approved: nothing is
+# released.
 approved_images := set()
+
+approved_launches := set()
 
 agent_policy_template := ""
 
 agent_policy_image_placeholder := ""
+
+agent_policy_launch_placeholder := ""
 
 image_security_policy_uri := ""
 
@@ -81,12 +87,23 @@ per_run_binding_ok if {
 }
 
 # The TEE can run only approved code: its initdata names an approved image's digest, carries
-# exactly the Kata agent policy that lets the guest start only that image (Trustee keeps
-# policy.rego verbatim because the template holds no policy_data), and points the guest's CDH at
-# the data owner's image policy, which accepts only approved digests.
+# exactly the Kata agent policy that lets the guest start only that image, with an approved
+# launch, the image's environment and no volume (Trustee keeps policy.rego verbatim because the
+# template holds no policy_data), and points the guest's CDH at the data owner's image policy,
+# which accepts only approved digests.
 approved_code if {
 	some image in approved_images
 	split(image, "@")[1] == init_data_claims["io.coco-ai.image-digest"]
-	init_data_claims["policy.rego"] == replace(agent_policy_template, agent_policy_image_placeholder, image)
+	some launch in approved_launches
+	init_data_claims["policy.rego"] == agent_policy(image, launch)
 	init_data_claims["cdh.toml"].image.image_security_policy_uri == image_security_policy_uri
 }
+
+# coco_ai.guest.agent_policy.agent_policy_text: the image first (a pinned reference cannot hold
+# the launch placeholder), then the launch as the inside of a Rego string (launches are printable
+# ASCII without backslash, so escaping the double quote is all it takes).
+agent_policy(image, launch) := replace(
+	replace(agent_policy_template, agent_policy_image_placeholder, image),
+	agent_policy_launch_placeholder,
+	replace(launch, "\"", "\\\""),
+)

@@ -27,12 +27,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from coco_ai.check_status import FAILED, NOT_RUN, PASSED
 from coco_ai.crypto.manifest import MANIFEST_FILE
 from coco_ai.digest import is_sha256
 from coco_ai.guest.initdata import RUN_ID_KEY
 from coco_ai.owner_policy import OwnerPolicyError, SignedOwnerPolicy, verify_owner_policy
 from coco_ai.promotion.errors import PromotionRefused, SignatureInvalid
-from coco_ai.promotion.promote import RECORD_FORMAT, default_record_uri
+from coco_ai.promotion.promote import RECORD_FORMAT, champion_problems, default_record_uri
 from coco_ai.promotion.registry import (
     DEFAULT_ALIAS,
     METRIC_TAG_PREFIX,
@@ -45,7 +46,6 @@ from coco_ai.promotion.registry import (
 )
 from coco_ai.promotion.signing import default_signature_uri, verify_model_signature
 from coco_ai.promotion.verify import PromotionEvidence, PromotionExpectations, verify_for_promotion
-from coco_ai.provenance import FAILED, NOT_RUN, PASSED
 
 #: failure classes, as exit codes (coco_ai.crypto.cli)
 INTEGRITY, ATTESTATION = 3, 4
@@ -465,23 +465,12 @@ def _champion(
         return AuditCheck(CHAMPION, PASSED, "the record names no champion it replaced")
     if evidence is None:
         return AuditCheck(CHAMPION, NOT_RUN, "the evidence chain did not verify")
-    problems = []
-    served_at, served_loss = champion.get("created_at"), champion.get("eval_loss")
-    if not _number(served_at) or evidence.created_at <= served_at:
-        problems.append(
-            f"rollback: checkpoint created at {evidence.created_at} is not newer than the "
-            f"champion's created_at {served_at!r}"
-        )
-    regression = applied.policy.champion_max_regression
-    loss = evidence.metrics.get("eval_loss")
-    if regression is not None:
-        if not _number(served_loss) or not _number(loss):
-            problems.append("eval_loss of the checkpoint or the champion is unknown")
-        elif loss > served_loss * (1 + regression):
-            problems.append(
-                f"eval_loss {loss:g} is worse than the champion's {served_loss:g} (allowed "
-                f"regression {regression:g})"
-            )
+    problems = champion_problems(
+        champion,
+        created_at=evidence.created_at,
+        eval_loss=evidence.metrics.get("eval_loss"),
+        max_regression=applied.policy.champion_max_regression,
+    )
     if problems:
         return AuditCheck(
             CHAMPION, FAILED, "record's champion: " + "; ".join(problems), ATTESTATION

@@ -107,8 +107,9 @@ def _read(path: str, what: str) -> bytes:
 
 def _verify(args: argparse.Namespace) -> int:
     def body() -> int:
-        from coco_ai.owner_report import ReportError, resolve_target
         from coco_ai.promotion.audit import audit_promotion
+        from coco_ai.promotion.errors import RegistryError
+        from coco_ai.promotion.registry import resolve_entry
 
         owner_key = _read(args.owner_key, "owner key")
         policy = (
@@ -119,8 +120,8 @@ def _verify(args: argparse.Namespace) -> int:
             if not args.registry:
                 raise _UsageError(f"{args.target} needs --registry")
             try:
-                checkpoint_uri, entry = resolve_target(args.target, args.registry)
-            except ReportError as exc:
+                checkpoint_uri, entry = resolve_entry(args.target, registry_uri=args.registry)
+            except RegistryError as exc:
                 raise _UsageError(str(exc)) from None
             assert entry is not None
             if model is not None and model != entry["model_name"]:

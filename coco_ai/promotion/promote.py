@@ -256,31 +256,55 @@ def _check_challenger(
             f"rollback: this checkpoint is already version {earlier.version} of {name}; "
             "moving the serving alias back to it is refused"
         )
-    if champion is not None:
-        served_at = _number_tag(champion, TAG_PREFIX + "created_at")
-        if served_at is None:
-            reasons.append(
-                f"champion: served version {champion.version} records no creation time, so "
-                "no challenger can be shown to be newer"
-            )
-        elif evidence.created_at <= served_at:
-            reasons.append(
-                f"rollback: checkpoint created at {evidence.created_at} is not newer than the "
-                f"served version {champion.version} (created at {int(served_at)})"
-            )
-        regression = expectations.champion_max_regression
-        if regression is not None:
-            served_loss = _number_tag(champion, METRIC_TAG_PREFIX + "eval_loss")
-            loss = evidence.metrics.get("eval_loss")
-            if served_loss is None or not isinstance(loss, int | float):
-                reasons.append("champion: eval_loss of the challenger or the champion is unknown")
-            elif loss > served_loss * (1 + regression):
-                reasons.append(
-                    f"champion: eval_loss {loss:g} is worse than the served version "
-                    f"{champion.version}'s {served_loss:g} (allowed regression {regression:g})"
-                )
+    reasons += champion_problems(
+        _champion_entry(champion),
+        created_at=evidence.created_at,
+        eval_loss=evidence.metrics.get("eval_loss"),
+        max_regression=expectations.champion_max_regression,
+    )
     if reasons:
         raise PromotionRefused(reasons)
+
+
+def champion_problems(
+    champion: Mapping[str, Any] | None,
+    *,
+    created_at: float,
+    eval_loss: Any,
+    max_regression: float | None,
+) -> list[str]:
+    """Why a challenger created at `created_at` with `eval_loss` may not replace `champion`
+    (``{version, created_at, eval_loss}``, as the promotion record holds it): it must be newer,
+    and, unless the owner policy disables the comparison (`max_regression` None), its eval_loss
+    at most the champion's times (1 + max_regression). One rule for promote and coco-ai verify."""
+    if champion is None:
+        return []
+    version = champion.get("version")
+    served_at, served_loss = champion.get("created_at"), champion.get("eval_loss")
+    problems = []
+    if not _is_number(served_at):
+        problems.append(
+            f"champion: version {version} records no creation time, so no challenger can be "
+            "shown to be newer"
+        )
+    elif created_at <= served_at:
+        problems.append(
+            f"rollback: checkpoint created at {created_at} is not newer than version {version} "
+            f"(created at {int(served_at)})"
+        )
+    if max_regression is not None:
+        if not _is_number(served_loss) or not _is_number(eval_loss):
+            problems.append("champion: eval_loss of the challenger or the champion is unknown")
+        elif eval_loss > served_loss * (1 + max_regression):
+            problems.append(
+                f"champion: eval_loss {eval_loss:g} is worse than version {version}'s "
+                f"{served_loss:g} (allowed regression {max_regression:g})"
+            )
+    return problems
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 def _tag(version: RegisteredVersion, key: str) -> str | None:

@@ -159,6 +159,35 @@ def version_by_alias(
         raise RegistryError(f"model registry lookup failed: {exc.message}") from None
 
 
+def resolve_entry(target: str, *, registry_uri: str | None = None) -> tuple[str, dict | None]:
+    """The checkpoint URI of `target` — a checkpoint URI, ``models:/<name>/<version>`` or
+    ``models:/<name>@<alias>`` — and, for a registry entry, that entry (references only)."""
+    if not target.startswith("models:/"):
+        return target, None
+    spec = target.removeprefix("models:/")
+    if "@" in spec:
+        name, alias = spec.split("@", 1)
+        found = version_by_alias(name, alias, registry_uri=registry_uri)
+    else:
+        name, _, number = spec.partition("/")
+        if not number.isdigit():
+            raise RegistryError(
+                f"registry entry {target!r} must be models:/<name>/<version> or "
+                "models:/<name>@<alias>"
+            )
+        versions = model_versions(name, registry_uri=registry_uri)
+        found = next((v for v in versions if v.version == int(number)), None)
+    if found is None:
+        raise RegistryError(f"registry entry {target!r} does not exist")
+    entry = {
+        "model_name": found.name,
+        "version": found.version,
+        "aliases": list(found.aliases),
+        "tags": dict(found.tags),
+    }
+    return found.source, entry
+
+
 # ---- internals ---------------------------------------------------------------------------------
 
 

@@ -220,14 +220,17 @@ def check_code_binding(initdata: Initdata, policy: OwnerPolicy) -> None:
     """
     from coco_ai.guest.agent_policy import agent_policy_text
     from coco_ai.guest.image_policy import IMAGE_POLICY_URI
+    from coco_ai.policies import workload_modules
 
     image = policy.approved_image(initdata.claim(IMAGE_DIGEST_KEY))
     if image is None:
         return
-    if initdata.claim(AGENT_POLICY_KEY) != agent_policy_text(image):
+    claimed = initdata.claim(AGENT_POLICY_KEY)
+    if all(claimed != agent_policy_text(image, module) for module in workload_modules()):
         raise ValueError(
             f"the run's initdata does not carry the agent policy that starts only {image} "
-            "(missing, permissive or another image's): the host could have run other code"
+            "with a workload's launch (missing, permissive or another image's): the host could "
+            "have run other code"
         )
     if initdata.image_security_policy_uri != IMAGE_POLICY_URI:
         raise ValueError(

@@ -25,6 +25,7 @@ import os
 import posixpath
 import queue
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, BinaryIO
@@ -153,6 +154,27 @@ class Store:
     def delete(self, name: str) -> None:
         if self._fs.exists(self._path(name)):
             self._fs.rm(self._path(name))
+
+    def abort_incomplete_uploads(
+        self, older_than_s: float, *, now: float | None = None
+    ) -> list[str]:
+        """Remove what interrupted uploads left under this prefix and did not touch for
+        ``older_than_s`` seconds (the bytes a retry would resume from); the names removed.
+
+        An upload that is only paused is resumed by the retry of its transfer; one whose run
+        was abandoned is never resumed and would keep its bytes (and on S3, its bill) forever.
+        Call this from a cleanup job with a bound longer than any transfer's retries.
+        """
+        cutoff = (time.time() if now is None else now) - older_than_s
+        base = self._path(UPLOADS_DIR)
+        if not self._fs.isdir(base):
+            return []
+        removed = []
+        for path in sorted(self._fs.find(base)):
+            if self._fs.modified(path).timestamp() <= cutoff:
+                self._fs.rm(path)
+                removed.append(posixpath.relpath(path, self._root))
+        return removed
 
     def open_writer(
         self,
@@ -463,6 +485,26 @@ class _S3Store(Store):
             name, size, sha256 if hash_check else None, parts.write, finish, on_progress
         )
 
+    def abort_incomplete_uploads(
+        self, older_than_s: float, *, now: float | None = None
+    ) -> list[str]:
+        """Abort the unfinished multipart uploads under this prefix initiated more than
+        ``older_than_s`` seconds ago (S3 ``ListMultipartUploads``); the keys aborted."""
+        cutoff = (time.time() if now is None else now) - older_than_s
+        prefix = f"{self._prefix}/" if self._prefix else ""
+        aborted = []
+        pages = self._client.get_paginator("list_multipart_uploads").paginate(
+            Bucket=self._bucket, Prefix=prefix
+        )
+        for page in pages:
+            for upload in page.get("Uploads", []):
+                if upload["Initiated"].timestamp() <= cutoff:
+                    self._client.abort_multipart_upload(
+                        Bucket=self._bucket, Key=upload["Key"], UploadId=upload["UploadId"]
+                    )
+                    aborted.append(upload["Key"])
+        return sorted(aborted)
+
     def _find_upload(self, key: str) -> str | None:
         """The newest unfinished multipart upload of `key`, left by an interrupted try."""
         found: list[dict] = []
@@ -625,6 +667,7 @@ class _PartUploader:
 
 def _s3_client(options: dict[str, Any]) -> Any:
     import boto3
+    from botocore.config import Config
 
     client_kwargs = dict(options.get("client_kwargs") or {})
     endpoint = options.get("endpoint_url") or client_kwargs.pop("endpoint_url", None)
@@ -635,6 +678,8 @@ def _s3_client(options: dict[str, Any]) -> Any:
         aws_secret_access_key=options.get("secret"),
         aws_session_token=options.get("token"),
         region_name=client_kwargs.pop("region_name", None) or "us-east-1",
+        # s3fs's option for botocore (e.g. {"retries": {...}}): writes retry as reads do
+        config=Config(**options["config_kwargs"]) if options.get("config_kwargs") else None,
     )
 
 

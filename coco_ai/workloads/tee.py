@@ -176,8 +176,10 @@ class TeeWorkload:
             key = guest.get_resource(uri)
         except GuestError as exc:
             detail = str(exc).splitlines()[0] if str(exc) else "no reason given"
+            # an outage is not a denial: say which, so an operator retries or fixes the policy
+            verb = "denied" if exc.policy_denied else "failed"
             raise WorkloadError(
-                f"key release denied for the {what} {uri}: {detail}", EXIT_KEY_RELEASE
+                f"key release {verb} for the {what} {uri}: {detail}", EXIT_KEY_RELEASE
             ) from None
         if size is not None and len(key) != size:
             raise WorkloadError(

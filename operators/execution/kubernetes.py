@@ -7,7 +7,10 @@ Everything the pod needs to be confidential is decided here, from the operator's
 - the run's initdata in ``io.katacontainers.config.hypervisor.cc_init_data`` (gzip + base64);
 - the image pinned by digest (a tag could be re-pointed by the registry);
 - no Airflow-supplied secrets: no ``secrets``, ``env_from`` or ``configmaps``, no env var with a
-  secret-looking name. Keys reach the workload only from the confidential data hub, in the TEE.
+  secret-looking name. Keys reach the workload only from the confidential data hub, in the TEE;
+- exactly the argv the run's agent policy admits (`coco_ai.guest.agent_policy.workload_args`), no
+  extra env var, no volume, no service-account token and no service links: the agent policy
+  refuses a container with anything else.
 
 The workload's configuration carries references only, so it travels as a container argument.
 """
@@ -20,14 +23,13 @@ from typing import Any
 
 from kubernetes.client import models as k8s
 
+from coco_ai.guest.agent_policy import AgentPolicyError, workload_args
 from coco_ai.guest.initdata import INITDATA_ANNOTATION, InitdataError
 from coco_ai.runs import RunRefs, RunRefsError
 
 RUNTIME_CLASSES = {"tdx": "kata-qemu-nvidia-gpu-tdx", "snp": "kata-qemu-nvidia-gpu-snp"}
 GPU_RESOURCE = "nvidia.com/pgpu"
-WORKLOAD_CONFIG_PATH = "/tmp/coco-ai/workload.json"  # noqa: S108 - the pod's own tmpfs
 _SECRET_NAME = re.compile(r"KEY|TOKEN|SECRET|PASSW|CREDENTIAL|PRIVATE", re.IGNORECASE)
-_MODULE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
 
 
 class PodSpecError(ValueError):
@@ -75,15 +77,31 @@ def check_no_secrets(env_vars: Any, secrets: list, env_from: list, configmaps: l
 
 def launch_command(module: str, config: dict[str, Any]) -> tuple[list[str], list[str]]:
     """Container command and args that run ``python -m module`` with ``config`` (references
-    only): the config is written to a file of the pod's own, `$0` being the JSON argument."""
-    if not _MODULE.match(module):
-        raise PodSpecError(f"workload module {module!r} is not a Python module name")
-    launch = (
-        f'mkdir -p "$(dirname {WORKLOAD_CONFIG_PATH})" && '
-        f'printf "%s" "$0" > {WORKLOAD_CONFIG_PATH} && '
-        f"exec python -m {module} --config {WORKLOAD_CONFIG_PATH}"
-    )
-    return ["/bin/sh", "-c"], [launch, json.dumps(config, sort_keys=True, separators=(",", ":"))]
+    only): exactly `workload_args`, the argv the run's agent policy admits."""
+    try:
+        argv = workload_args(module, json.dumps(config, sort_keys=True, separators=(",", ":")))
+    except AgentPolicyError as exc:
+        raise PodSpecError(str(exc)) from None
+    return argv[:2], argv[2:]
+
+
+def lock_down(pod: k8s.V1Pod) -> k8s.V1Pod:
+    """No service-account token mount and no service-link env vars: the agent policy refuses
+    both (a token is a volume, the service variables an environment the image did not set)."""
+    pod.spec.automount_service_account_token = False
+    pod.spec.enable_service_links = False
+    for container in pod.spec.containers:
+        if container.volume_mounts or container.env or container.env_from:
+            raise PodSpecError(
+                f"container {container.name!r} has volumes or env vars: the guest's agent policy "
+                "admits neither"
+            )
+    if pod.spec.volumes or pod.spec.init_containers or len(pod.spec.containers) != 1:
+        raise PodSpecError(
+            "the confidential pod has exactly one container and no volumes or init containers: "
+            "the guest's agent policy starts nothing else"
+        )
+    return pod
 
 
 def annotations_with_initdata(annotations: dict[str, str] | None, refs: RunRefs) -> dict:

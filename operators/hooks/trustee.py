@@ -9,7 +9,8 @@ Connection (all fields live in ``extra``; the form is declared in
         "admin_secret": "-----BEGIN PRIVATE KEY-----...",   # Ed25519 key PEM, or an admin JWT
         "admin_auth": "self-signed",                        # or "bearer" (Trustee v0.21+)
         "credential": "airflow",                            # or "data-owner" (loopback only)
-        "trustee_version": "0.20.0"}}'                      # or "0.21.0", "main"; absent: probe
+        "trustee_version": "0.20.0",                        # or "0.21.0", "main"; absent: probe
+        "timeout_s": 30, "attempts": 4, "retry_delay_s": 1}}'  # optional: while Trustee is down
 
 The admin credential is registered with Airflow's secrets masker as soon as it is read.
 
@@ -65,6 +66,10 @@ class TrusteeSettings:
     admin_secret: str | None = field(repr=False)
     trustee_version: str | None = None  # None: the client probes (coco_ai.kbs.versions)
     credential: str = AIRFLOW_CREDENTIAL  # whose admin credential admin_secret is
+    # Requests while Trustee is down or slow: per-request timeout, attempts, first backoff.
+    timeout_s: float = 30.0
+    attempts: int = 4
+    retry_delay_s: float = 1.0
 
     @property
     def holds_data_owner_credential(self) -> bool:
@@ -121,7 +126,16 @@ class TrusteeSettings:
                 version = versions.check_version(version)
             except ValueError as exc:
                 raise TrusteeConnectionError(f"trustee connection: {exc}") from None
+        retry = {
+            name: _positive(extra, name, kind, default)
+            for name, kind, default in (
+                ("timeout_s", float, cls.timeout_s),
+                ("attempts", int, cls.attempts),
+                ("retry_delay_s", float, cls.retry_delay_s),
+            )
+        }
         return cls(
+            **retry,
             kbs_url=url,
             ca_cert_pem=_pem_or_none(extra, "ca_cert"),
             admin_auth=auth,
@@ -131,6 +145,19 @@ class TrusteeSettings:
             trustee_version=version,
             credential=credential,
         )
+
+
+def _positive(extra: dict[str, Any], name: str, kind: type, default: float) -> Any:
+    value = extra.get(name)
+    if value is None or value == "":
+        return default
+    try:
+        number = kind(value)
+    except (TypeError, ValueError):
+        number = None
+    if number is None or isinstance(value, bool) or not number > 0:
+        raise TrusteeConnectionError(f"trustee connection: {name} must be a positive number")
+    return number
 
 
 def _pem_or_none(extra: dict[str, Any], name: str) -> str | None:
@@ -193,7 +220,13 @@ class TrusteeHook(BaseHook):
         else:
             auth = SelfSignedAdminAuth(s.admin_secret.encode())
         return KbsAdminClient(
-            s.kbs_url, auth=auth, ca_cert=s.ca_cert_pem, trustee_version=s.trustee_version
+            s.kbs_url,
+            auth=auth,
+            ca_cert=s.ca_cert_pem,
+            trustee_version=s.trustee_version,
+            timeout=s.timeout_s,
+            attempts=s.attempts,
+            retry_delay=s.retry_delay_s,
         )
 
     def test_connection(self) -> tuple[bool, str]:

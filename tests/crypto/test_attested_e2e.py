@@ -42,7 +42,7 @@ from coco_ai.run_keys import (
     grant_path,
 )
 from coco_ai.trustee_dev.server import serve_in_thread as serve_trustee
-from tests.code_binding import APPROVED_IMAGE
+from tests.code_binding import APPROVED_IMAGE, APPROVED_MODULE
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -82,7 +82,7 @@ def _guest(trustee, run_id: str) -> tuple[GuestClient, RunningServer, Initdata]:
         RUN_KEY_ROOT_KEY: DEFAULT_ROOT.uri(),
         CHECKPOINT_KEY_KEY: checkpoint_key_path(run_id).uri(),
     }
-    initdata = build_initdata(trustee.url, ca, claims, image=APPROVED_IMAGE)
+    initdata = build_initdata(trustee.url, ca, claims, image=APPROVED_IMAGE, module=APPROVED_MODULE)
     server = serve_in_thread(GuestComponentsEmulator(initdata, gpus=2))
     return GuestClient(server.url), server, initdata
 

@@ -23,7 +23,7 @@ from coco_ai.kbs.versions import TRUSTEE_VERSIONS
 from coco_ai.run_keys import Grant, RunKeyError, check_grant, grant_path
 from coco_ai.trustee_dev.server import RunningServer as TrusteeServer
 from coco_ai.trustee_dev.server import serve_in_thread as serve_trustee
-from tests.code_binding import APPROVED_IMAGE
+from tests.code_binding import APPROVED_IMAGE, APPROVED_MODULE
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -101,7 +101,9 @@ def guest_factory(trustee: TrusteeServer, trustee_ca: bytes) -> Iterator:
     def make(
         claims: dict[str, str], gpus: int = 1, image: str | None = APPROVED_IMAGE, **kwargs: object
     ) -> _Guest:
-        initdata = build_initdata(trustee.url, trustee_ca, claims, image=image)
+        initdata = build_initdata(
+            trustee.url, trustee_ca, claims, image=image, module=image and APPROVED_MODULE
+        )
         guest = _Guest(initdata, gpus, **kwargs)
         started.append(guest)
         return guest
@@ -237,7 +239,11 @@ def test_cli_serve_end_to_end(
     initdata = tmp_path / "initdata.toml"
     initdata.write_bytes(
         build_initdata(
-            trustee.url, trustee_ca, {RUN_ID_KEY: "run-cli"}, image=APPROVED_IMAGE
+            trustee.url,
+            trustee_ca,
+            {RUN_ID_KEY: "run-cli"},
+            image=APPROVED_IMAGE,
+            module=APPROVED_MODULE,
         ).toml_bytes()
     )
     sock = bind_loopback("127.0.0.1", 0)

@@ -7,7 +7,9 @@ The stand-in knows two admin credentials, as every Trustee the project sets up
 
 from __future__ import annotations
 
+import contextlib
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -82,10 +84,10 @@ def _key_pair() -> tuple[str, bytes]:
     return private, public
 
 
-@pytest.fixture(scope="module", params=TRUSTEE_VERSIONS)
-def trustee(request, tmp_path_factory):
-    """The stand-in as each Trustee version we claim (and main): every operator test runs
-    against each."""
+@contextlib.contextmanager
+def running_trustee(version: str, tmp_path_factory, **standin_kwargs) -> Iterator[Trustee]:
+    """The stand-in as Trustee ``version``, on loopback TLS, with both admin credentials
+    (``standin_kwargs`` go to the stand-in, e.g. ``approved_images``)."""
     from coco_ai.kbs import versions
     from coco_ai.kbs.admin_acl import admin_config_toml
     from coco_ai.trustee_dev import serve_in_thread
@@ -95,17 +97,19 @@ def trustee(request, tmp_path_factory):
     (admin_pem, owner_public), (airflow_pem, airflow_public) = _key_pair(), _key_pair()
     (keys_dir / "owner-public.pem").write_bytes(owner_public)
     (keys_dir / "airflow-public.pem").write_bytes(airflow_public)
-    v020 = versions.self_signed_admin_auth(request.param)
+    v020 = versions.self_signed_admin_auth(version)
     admin = AdminConfig.from_toml(
         admin_config_toml(
-            request.param,
+            version,
             str(keys_dir / "owner-public.pem"),
             str(keys_dir / "airflow-public.pem") if v020 else None,
         ),
-        request.param,
+        version,
     )
     state = tmp_path_factory.mktemp("trustee")
-    server = serve_in_thread(state, admin, policy_set="dev", trustee_version=request.param)
+    server = serve_in_thread(
+        state, admin, policy_set="dev", trustee_version=version, **standin_kwargs
+    )
     try:
         yield Trustee(
             server.url,
@@ -113,10 +117,18 @@ def trustee(request, tmp_path_factory):
             admin_pem,
             airflow_pem,
             state,
-            request.param,
+            version,
         )
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="module", params=TRUSTEE_VERSIONS)
+def trustee(request, tmp_path_factory):
+    """The stand-in as each Trustee version we claim (and main): every operator test runs
+    against each."""
+    with running_trustee(request.param, tmp_path_factory) as running:
+        yield running
 
 
 @pytest.fixture

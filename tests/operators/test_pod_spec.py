@@ -11,6 +11,7 @@ import kubernetes_validate
 import pytest
 from airflow.providers.cncf.kubernetes.secret import Secret
 from kubernetes.client import ApiClient
+from kubernetes.client import models as k8s
 
 from coco_ai.digest import Digest
 from coco_ai.guest.initdata import INITDATA_ANNOTATION, Initdata, build_initdata
@@ -118,6 +119,68 @@ def test_workload_config_in_the_pod_holds_references_only():
     assert config["lora"]["r"] == 4 and config["training"]["epochs"] == 2
     # no env at all: keys come from the confidential data hub inside the TEE
     assert not container.get("env") and not container.get("envFrom")
+
+
+def test_the_runs_agent_policy_admits_exactly_the_pods_process():
+    """The argv, environment and mounts the pod yields, shaped as the Kata agent receives them,
+    pass the agent policy in the pod's own initdata; another config passes (it is data), a
+    changed launch or an extra env var does not."""
+    from coco_ai.guest.agent_policy import WORKLOAD_IMAGE_ENV
+    from tests.guest.test_agent_policy import KUBERNETES_ENV, create_container, decision
+
+    manifest = _manifest(_operator())
+    annotation = manifest["metadata"]["annotations"][INITDATA_ANNOTATION]
+    policy = Initdata.from_annotation(annotation).claim("policy.rego")
+    (container,) = manifest["spec"]["containers"]
+    argv = container["command"] + container["args"]  # containerd: command, then args
+    request = create_container(IMAGE, args=argv, env=[*WORKLOAD_IMAGE_ENV, *KUBERNETES_ENV])
+    assert decision(policy, "CreateContainerRequest", request)
+    request["OCI"]["Process"]["Args"] = [*argv[:3], json.dumps({"run_id": "other"})]
+    assert decision(policy, "CreateContainerRequest", request)
+    request["OCI"]["Process"]["Args"] = [
+        *argv[:2],
+        argv[2].replace("exec python", "python"),
+        argv[3],
+    ]
+    assert not decision(policy, "CreateContainerRequest", request)
+    preload = create_container(IMAGE, args=argv, env=[*WORKLOAD_IMAGE_ENV, "LD_PRELOAD=/x.so"])
+    assert not decision(policy, "CreateContainerRequest", preload)
+
+
+def test_the_pod_mounts_no_token_and_gets_no_service_links():
+    """Kubernetes would otherwise add a service-account volume and every service's variables,
+    which the agent policy refuses: the pod would never start."""
+    spec = _manifest(_operator())["spec"]
+    assert spec["automountServiceAccountToken"] is False
+    assert spec["enableServiceLinks"] is False
+    assert not spec.get("volumes") and not spec.get("initContainers")
+    (container,) = spec["containers"]
+    assert not container.get("volumeMounts")
+    # A DAG asking for the token does not get it either.
+    asked = _operator(service_account_name="default", automount_service_account_token=True)
+    assert _manifest(asked)["spec"]["automountServiceAccountToken"] is False
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"env_vars": {"PYTHONPATH": "/mnt/code"}}, "env vars"),
+        ({"env_vars": {"LD_PRELOAD": "/mnt/hook.so"}}, "env vars"),
+        (
+            {
+                "volumes": [k8s.V1Volume(name="code", empty_dir=k8s.V1EmptyDirVolumeSource())],
+                "volume_mounts": [
+                    k8s.V1VolumeMount(name="code", mount_path="/opt/venv/lib/python3.11")
+                ],
+            },
+            "volumes",
+        ),
+    ],
+    ids=["pythonpath", "ld-preload", "volume"],
+)
+def test_what_the_agent_policy_would_refuse_is_refused_before_a_pod_exists(kwargs, message):
+    with pytest.raises(PodSpecError, match=message):
+        _manifest(_operator(**kwargs))
 
 
 def test_no_gpu_means_no_pgpu_limit():

@@ -52,6 +52,9 @@ def test_airflow_lists_the_provider_and_the_trustee_connection_fields(tmp_path):
             "credential",
             "admin_auth",
             "trustee_version",
+            "timeout_s",
+            "attempts",
+            "retry_delay_s",
         )
     }
 
@@ -90,6 +93,11 @@ def test_connection_form_declares_a_password_field_and_hides_the_generic_ones():
         ({"kbs_url": "https://kbs.example", "credential": "data-owner"}, "loopback KBS"),
         ({"kbs_url": "https://10.0.0.1", "credential": "data-owner"}, "loopback KBS"),
         ({"kbs_url": "https://127.0.0.1:8443", "credential": "data-owner"}, None),
+        ({"kbs_url": "https://kbs.example", "attempts": 0}, "attempts must be a positive"),
+        ({"kbs_url": "https://kbs.example", "attempts": "many"}, "attempts must be a positive"),
+        ({"kbs_url": "https://kbs.example", "timeout_s": -1}, "timeout_s must be a positive"),
+        ({"kbs_url": "https://kbs.example", "retry_delay_s": True}, "retry_delay_s must be"),
+        ({"kbs_url": "https://kbs.example", "attempts": "2", "timeout_s": 0.5}, None),
     ],
 )
 def test_bad_connections_are_refused_with_the_field_named(extra, message):
@@ -98,6 +106,35 @@ def test_bad_connections_are_refused_with_the_field_named(extra, message):
         return
     with pytest.raises(TrusteeConnectionError, match=message):
         TrusteeSettings.from_extra(extra)
+
+
+def test_retry_settings_reach_the_admin_client(monkeypatch):
+    """Attempts and backoff from the connection govern the client: with nothing listening,
+    the error reports ``attempts`` tries, after ``retry_delay_s`` + twice that of backoff."""
+    import time
+
+    from coco_ai.kbs.errors import KbsUnavailable
+    from coco_ai.trustee_dev.server import free_port
+
+    extra = {
+        "kbs_url": f"https://127.0.0.1:{free_port('127.0.0.1')}",
+        "attempts": "3",
+        "retry_delay_s": 0.2,
+        "admin_secret": "a.b.c",
+        "admin_auth": "bearer",
+    }
+    settings = TrusteeSettings.from_extra(extra)
+    assert (settings.attempts, settings.retry_delay_s, settings.timeout_s) == (3, 0.2, 30.0)
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_TRUSTEE_RETRY", json.dumps({"conn_type": "trustee", "extra": extra})
+    )
+    start = time.monotonic()
+    with (
+        TrusteeHook("trustee_retry").get_conn() as client,
+        pytest.raises(KbsUnavailable, match=r"Trustee KBS https://127\.0\.0\.1:\d+.*3 attempt"),
+    ):
+        client.set_resource("kbs:///coco-ai-run/grant/x", b"{}")
+    assert 0.6 <= time.monotonic() - start < 5
 
 
 def test_version_is_read(trustee):

@@ -214,9 +214,10 @@ def test_gate_with_airflows_credential_reads_no_policy(trustee_conn):
     try:
         summary = _gate().execute(_context())
         assert summary["credential"] == "airflow"
+        rendered = policies.resource_policy_text("dev", [APPROVED_IMAGE])
         assert summary["resource_policy"] == {
             "file": "resource_dev.rego",
-            "sha256": policies.digest("resource_dev"),
+            "sha256": hashlib.sha256(rendered.encode()).hexdigest(),
             "state": "not checked: the data owner's (Airflow's credential cannot read it)",
         }
         assert set(summary["attestation_policies"]) == {"default_cpu", "default_gpu"}

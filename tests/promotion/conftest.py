@@ -26,6 +26,7 @@ from coco_ai.owner_policy import OwnerPolicy, SignedOwnerPolicy, verify_owner_po
 from coco_ai.promotion import PromotionExpectations
 from coco_ai.trustee_dev.state import StateDir
 from coco_ai.trustee_dev.tokens import TokenBroker
+from tests.code_binding import APPROVED_MODULE
 
 RUN_ID = "run-2026-11-26-a"
 IMAGE_DIGEST = "sha256:" + "1" * 64
@@ -107,7 +108,13 @@ def run_initdata(run_id: str = RUN_ID, **claims: str) -> Initdata:
     for name, value in claims.items():
         values[f"io.coco-ai.{name.replace('_', '-')}"] = value
     image = None if IMAGE_DIGEST_KEY in values else IMAGE_REF
-    return build_initdata("https://127.0.0.1:8080", None, values, image=image)
+    return build_initdata(
+        "https://127.0.0.1:8080",
+        None,
+        values,
+        image=image,
+        module=None if image is None else APPROVED_MODULE,
+    )
 
 
 @pytest.fixture(scope="session")

@@ -374,7 +374,7 @@ REFUSALS = {
         None,
         {},
         {},
-        "champion: eval_loss 1.5 is worse than the served version 1's 1.2",
+        "champion: eval_loss 1.5 is worse than version 1's 1.2",
     ),
     "older-than-the-champion": (
         lambda f, champion: {"created_at": champion.evidence.created_at - 1},

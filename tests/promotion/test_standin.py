@@ -25,6 +25,7 @@ from coco_ai.promotion import (
 from coco_ai.trustee_dev.server import serve_in_thread
 
 from .conftest import (
+    APPROVED_MODULE,
     BASE_MODEL_DIGEST,
     DATASET_DIGEST,
     IMAGE_REF,
@@ -54,6 +55,7 @@ def test_stand_in_token_promotes_end_to_end(tmp_path, promotion_keys, owner):
             tls_ca,
             {"io.coco-ai.run-id": RUN_ID, "io.coco-ai.checkpoint-key": KEY_URI},
             image=IMAGE_REF,
+            module=APPROVED_MODULE,
         )
         client = KbsClient(
             trustee.url,

@@ -23,7 +23,7 @@ from coco_ai.kbs.evidence import tee_evidence
 from coco_ai.kbs.jwe import TeeKeyPair
 from coco_ai.kbs.versions import TRUSTEE_VERSIONS
 from coco_ai.trustee_dev import serve_in_thread
-from tests.code_binding import APPROVED_IMAGE
+from tests.code_binding import APPROVED_IMAGE, APPROVED_MODULE
 
 
 @dataclass
@@ -96,7 +96,11 @@ class Stand:
 
     def client(self, gpus: int = 1, run_id: str = "run-1", **kwargs: Any) -> KbsClient:
         initdata = build_initdata(
-            self.url, self.ca, {"io.coco-ai.run-id": run_id}, image=APPROVED_IMAGE
+            self.url,
+            self.ca,
+            {"io.coco-ai.run-id": run_id},
+            image=APPROVED_IMAGE,
+            module=APPROVED_MODULE,
         )
         devices = [SampleDeviceAttester(count=gpus)] if gpus else []
         return KbsClient(
@@ -111,7 +115,9 @@ class Stand:
 
 
 # Raw handshakes' default initdata: any KBS URL, bound to the approved image.
-BOUND_INITDATA = build_initdata("https://127.0.0.1", None, image=APPROVED_IMAGE)
+BOUND_INITDATA = build_initdata(
+    "https://127.0.0.1", None, image=APPROVED_IMAGE, module=APPROVED_MODULE
+)
 
 
 def _ctx(ca: bytes):

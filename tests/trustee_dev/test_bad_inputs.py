@@ -22,7 +22,7 @@ from coco_ai.kbs.errors import AdminAuthError, PolicyEngineError
 from coco_ai.kbs.jwe import TeeKeyPair
 from coco_ai.trustee_dev.state import StateDir
 from coco_ai.trustee_dev.tokens import TokenBroker
-from tests.code_binding import APPROVED_IMAGE
+from tests.code_binding import APPROVED_IMAGE, APPROVED_MODULE
 from tests.trustee_dev.conftest import b64url_nopad, error_type, handshake, make_admin_keys
 
 pytestmark = pytest.mark.timeout(60)
@@ -162,10 +162,18 @@ def test_body_over_two_mib(stand):
 
 def test_initdata_digest_mismatch(stand):
     expected = build_initdata(
-        stand.url, stand.ca, {"io.coco-ai.run-id": "run-a"}, image=APPROVED_IMAGE
+        stand.url,
+        stand.ca,
+        {"io.coco-ai.run-id": "run-a"},
+        image=APPROVED_IMAGE,
+        module=APPROVED_MODULE,
     )
     other = build_initdata(
-        stand.url, stand.ca, {"io.coco-ai.run-id": "run-b"}, image=APPROVED_IMAGE
+        stand.url,
+        stand.ca,
+        {"io.coco-ai.run-id": "run-b"},
+        image=APPROVED_IMAGE,
+        module=APPROVED_MODULE,
     )
     with stand.http() as http:
         hs = handshake(http)

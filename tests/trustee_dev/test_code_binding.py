@@ -5,7 +5,7 @@ evidence is the verifier's claims (TDX, SNP, NVIDIA NRAS / local verifier shapes
 test_policies.py) plus `init_data_claims` from Trustee's parse_init_data of the initdata the
 guest sent (the stand-in's mirror of it), and its `ear.status` comes from the shipped
 attestation policy's trust vector. Only the code binding (image approval, the agent policy in
-initdata, the image policy URI) and the named cases vary.
+initdata — image and launch —, the image policy URI) and the named cases vary.
 """
 
 from __future__ import annotations
@@ -17,14 +17,19 @@ import pytest
 
 from coco_ai import policies
 from coco_ai.digest import Digest
-from coco_ai.guest.agent_policy import IMAGE_PLACEHOLDER, agent_policy_text
+from coco_ai.guest.agent_policy import (
+    IMAGE_PLACEHOLDER,
+    LAUNCH_PLACEHOLDER,
+    agent_policy_text,
+    workload_launch,
+)
 from coco_ai.guest.initdata import Initdata, build_initdata
 from coco_ai.kbs.resource_path import ResourcePath
 from coco_ai.runs import RunInput, RunRefs
 from coco_ai.trustee_dev.attestation import _initdata as trustee_parse_init_data
 from coco_ai.trustee_dev.attestation import _status as ear_status
 from coco_ai.trustee_dev.policy import AttestationPolicy, evaluate_resource_policy
-from tests.code_binding import APPROVED_IMAGE
+from tests.code_binding import APPROVED_IMAGE, APPROVED_MODULE
 from tests.trustee_dev.test_policies import (
     LOCAL,
     NRAS,
@@ -38,6 +43,7 @@ from tests.trustee_dev.test_policies import (
 AE = "ear.veraison.annotated-evidence"
 KBS = "https://kbs.example:8080"
 OTHER_IMAGE = "registry.example/attacker/tool@sha256:" + "6" * 64
+OTHER_MODULE = "coco_ai.workloads.unapproved"
 DATASET_KEY = ("coco-ai", "dataset-key", "v1")
 ROOT = ResourcePath("coco-ai", "run-key-root", "v1")
 CPU = {"tdx": (TDX, "attestation_cpu_tdx", TDX_RVS), "snp": (SNP, "attestation_cpu_snp", SNP_RVS)}
@@ -71,14 +77,19 @@ def ear(initdata_toml: str | None, *, cpu="tdx", gpus=("h100-nras",), nv_rvs=NV_
     }
 
 
-def released(claims: dict, path=DATASET_KEY, *, kind="prod", approved=(APPROVED_IMAGE,)) -> bool:
+def released(
+    claims: dict, path=DATASET_KEY, *, kind="prod", approved=(APPROVED_IMAGE,), modules=None
+) -> bool:
     request = {"plugin": "resource", "resource-path": list(path), "query": {}}
-    text = policies.resource_policy_text(kind, approved)
+    text = policies.resource_policy_text(kind, approved, modules)
     return evaluate_resource_policy(text, claims, request)
 
 
-def bound(image: str | None = APPROVED_IMAGE, claims: dict | None = None) -> Initdata:
-    return build_initdata(KBS, None, {"io.coco-ai.run-id": "run-1", **(claims or {})}, image=image)
+def bound(
+    image: str | None = APPROVED_IMAGE, claims: dict | None = None, module=APPROVED_MODULE
+) -> Initdata:
+    extra = {"io.coco-ai.run-id": "run-1", **(claims or {})}
+    return build_initdata(KBS, None, extra, image=image, module=image and module)
 
 
 @pytest.mark.parametrize("cpu", sorted(CPU))
@@ -114,7 +125,7 @@ def test_initdata_without_the_agent_policy_is_refused():
 
 def _with_agent_policy(initdata: Initdata, policy: str) -> str:
     """The initdata TOML with its policy.rego replaced (the rest, image claim included, kept)."""
-    original = agent_policy_text(APPROVED_IMAGE)
+    original = agent_policy_text(APPROVED_IMAGE, APPROVED_MODULE)
     assert initdata.toml.count(original) == 1
     return initdata.toml.replace(original, policy)
 
@@ -123,21 +134,50 @@ def test_a_permissive_agent_policy_with_the_right_image_claim_is_refused():
     allow_all = "package agent_policy\n\ndefault ExecProcessRequest := true\n"
     assert not released(ear(_with_agent_policy(bound(), allow_all)))
     # The approved policy with exec turned on, or one space changed: not the approved text.
-    exec_on = agent_policy_text(APPROVED_IMAGE).replace(
+    exec_on = agent_policy_text(APPROVED_IMAGE, APPROVED_MODULE).replace(
         "default ExecProcessRequest := false", "default ExecProcessRequest := true"
     )
     assert not released(ear(_with_agent_policy(bound(), exec_on)))
-    spaced = agent_policy_text(APPROVED_IMAGE).replace(
+    spaced = agent_policy_text(APPROVED_IMAGE, APPROVED_MODULE).replace(
         "package agent_policy", "package  agent_policy"
     )
     assert not released(ear(_with_agent_policy(bound(), spaced)))
     # The agent policy of another image under the approved image's digest claim.
-    other = agent_policy_text(OTHER_IMAGE)
+    other = agent_policy_text(OTHER_IMAGE, APPROVED_MODULE)
     assert not released(ear(_with_agent_policy(bound(), other)))
 
 
+def test_an_agent_policy_that_does_not_pin_the_approved_launch_is_refused():
+    """The process is part of the binding: a policy admitting another launch, any argv, any
+    environment or any mount for the approved image gets no key."""
+    assert released(ear(bound().toml))
+    approved = agent_policy_text(APPROVED_IMAGE, APPROVED_MODULE)
+    # The launch of a module the data owner did not approve, with every other byte the same.
+    assert not released(ear(bound(module=OTHER_MODULE).toml))
+    assert released(ear(bound(module=OTHER_MODULE).toml), modules=[APPROVED_MODULE, OTHER_MODULE])
+    assert not released(ear(bound().toml), modules=[OTHER_MODULE])
+    weakened = {
+        "any argv": approved.replace("\tapproved_process\n", ""),
+        "python -c": approved.replace(
+            "args[2] == approved_launch", 'args[2] == "import os; print(os.environ)"'
+        ),
+        "any env": approved.replace("\t\tallowed_env(var)\n", "\t\tis_string(var)\n"),
+        "LD_PRELOAD": approved.replace(
+            "image_env := {\n", 'image_env := {\n\t"LD_PRELOAD=/x.so",\n'
+        ),
+        "any mount": approved.replace(
+            "\truntime_mounts_only\n\tguest_pulled_root(approved", "\tguest_pulled_root(approved"
+        ),
+    }
+    for why, text in weakened.items():
+        assert text != approved, why
+        assert not released(ear(_with_agent_policy(bound(), text))), why
+
+
 def test_a_policy_trustee_reduces_to_policy_data_is_refused():
-    genpolicy_like = agent_policy_text(APPROVED_IMAGE) + 'policy_data := {"containers": []}\n'
+    genpolicy_like = (
+        agent_policy_text(APPROVED_IMAGE, APPROVED_MODULE) + 'policy_data := {"containers": []}\n'
+    )
     claims = ear(_with_agent_policy(bound(), genpolicy_like))
     assert "policy.rego" not in claims["submods"]["cpu0"][AE]["init_data_claims"]
     assert not released(claims)
@@ -212,23 +252,32 @@ def test_the_rego_render_of_the_agent_policy_is_the_python_render():
     from coco_ai.policies import load_regopy
 
     for image in (APPROVED_IMAGE, OTHER_IMAGE, "localhost/coco-ai-finetune@sha256:" + "0" * 64):
-        interp = load_regopy().Interpreter()
-        interp.add_module("resource-policy", policies.resource_policy_text("prod", [image]))
-        interp.set_input_term("{}")
-        output = interp.query(
-            "some image in data.policy.approved_images; text := replace("
-            "data.policy.agent_policy_template, data.policy.agent_policy_image_placeholder, image)"
-        )
-        bindings = json.loads(str(output))["bindings"]
-        assert bindings["image"] == image
-        assert bindings["text"] == agent_policy_text(image)
-    assert IMAGE_PLACEHOLDER in policies.resource_policy_text("dev", [APPROVED_IMAGE])
+        for module in (APPROVED_MODULE, OTHER_MODULE):
+            text = policies.resource_policy_text("prod", [image], [module])
+            interp = load_regopy().Interpreter()
+            interp.add_module("resource-policy", text)
+            interp.set_input_term("{}")
+            output = interp.query(
+                "some image in data.policy.approved_images; "
+                "some launch in data.policy.approved_launches; "
+                "text := data.policy.agent_policy(image, launch)"
+            )
+            bindings = json.loads(str(output))["bindings"]
+            assert (bindings["image"], bindings["launch"]) == (image, workload_launch(module))
+            assert bindings["text"] == agent_policy_text(image, module)
+    text = policies.resource_policy_text("dev", [APPROVED_IMAGE])
+    assert IMAGE_PLACEHOLDER in text and LAUNCH_PLACEHOLDER in text
 
 
 def test_the_render_fills_each_approval_line_and_refuses_bad_templates():
     text = policies.resource_policy_text("prod", [OTHER_IMAGE, APPROVED_IMAGE, APPROVED_IMAGE])
     assert f'approved_images := {{"{OTHER_IMAGE}", "{APPROVED_IMAGE}"}}' in text  # sorted
     assert 'image_security_policy_uri := "kbs:///coco-ai/image-policy/v1"' in text
+    # Every workload kind's launch by default; the data owner may approve fewer.
+    launches = {workload_launch(module) for module in policies.workload_modules()}
+    assert APPROVED_MODULE in policies.workload_modules()
+    assert f"approved_launches := {{{', '.join(json.dumps(x) for x in sorted(launches))}}}" in text
+    assert "approved_launches := set()" in policies.resource_policy_text("prod", [], [])
     assert text == policies.resource_policy_text("prod", [APPROVED_IMAGE, OTHER_IMAGE])
     with pytest.raises(ValueError, match="pinned by digest"):
         policies.resource_policy_text("prod", ["registry.example/coco-ai/finetune:latest"])
@@ -247,6 +296,22 @@ def test_the_policy_cli_prints_what_the_data_owner_uploads(capsys):
 
     assert main(["policy", "render", "--kind", "prod", "--image", APPROVED_IMAGE]) == 0
     assert capsys.readouterr().out == policies.resource_policy_text("prod", [APPROVED_IMAGE])
+    only = [
+        "policy",
+        "render",
+        "--kind",
+        "prod",
+        "--image",
+        APPROVED_IMAGE,
+        "--module",
+        OTHER_MODULE,
+    ]
+    assert main(only) == 0
+    out = capsys.readouterr().out
+    assert out == policies.resource_policy_text("prod", [APPROVED_IMAGE], [OTHER_MODULE])
+    assert json.dumps(workload_launch(APPROVED_MODULE)) not in out
+    assert main([*only[:-1], "os; id"]) == 2
+    assert "not a Python module name" in capsys.readouterr().err
     assert main(["policy", "image-policy", "--image", APPROVED_IMAGE]) == 0
     assert capsys.readouterr().out == image_policy_json([APPROVED_IMAGE])
     tagged = "registry.example/coco-ai/finetune:latest"

@@ -16,7 +16,7 @@ from coco_ai.kbs.client import KbsAdminClient, KbsClient
 from coco_ai.kbs.ear import TRUSTEE_EAT_PROFILE, verify_ear_token
 from coco_ai.kbs.errors import KbsUnavailable, PluginInternalError, PolicyDenied, RvpsError
 from coco_ai.trustee_dev import serve_in_thread
-from tests.code_binding import APPROVED_IMAGE
+from tests.code_binding import APPROVED_IMAGE, APPROVED_MODULE
 from tests.trustee_dev.conftest import handshake
 
 pytestmark = pytest.mark.timeout(60)
@@ -52,7 +52,9 @@ def test_attest_and_fetch_over_tls(stand):
         k: tee_pubkey[k] for k in ("kty", "crv", "alg", "x", "y")
     }
     assert json.loads(cpu["runtime_data_claims"]["additional-evidence"])["sampledevice"]
-    initdata = build_initdata(stand.url, stand.ca, {RUN_KEY: "run-e2e"}, image=APPROVED_IMAGE)
+    initdata = build_initdata(
+        stand.url, stand.ca, {RUN_KEY: "run-e2e"}, image=APPROVED_IMAGE, module=APPROVED_MODULE
+    )
     assert cpu["init_data_claims"][RUN_KEY] == "run-e2e"
     assert cpu["init_data_claims"]["cdh.toml"]["kbc"]["url"] == stand.url
     assert claims.init_data() is not None
@@ -71,7 +73,9 @@ def test_plain_http_on_loopback(tmp_path, admin_keys):
         assert server.url.startswith("http://127.0.0.1:")
         admin = KbsAdminClient(server.url, auth=SelfSignedAdminAuth(admin_keys.private_pem))
         admin.set_resource("coco-ai/k/plain", b"over http")
-        initdata = build_initdata(server.url, None, {RUN_KEY: "r"}, image=APPROVED_IMAGE)
+        initdata = build_initdata(
+            server.url, None, {RUN_KEY: "r"}, image=APPROVED_IMAGE, module=APPROVED_MODULE
+        )
         client = KbsClient(
             server.url,
             SampleAttester(init_data_digest=initdata.digest()),
@@ -97,7 +101,9 @@ def test_per_run_grant_pinned_to_initdata_and_revoked(stand):
     stand.admin.set_resource(path, b'{"run_id":"run-42"}')
 
     def fetch(extra: dict[str, str]) -> bytes:
-        initdata = build_initdata(stand.url, stand.ca, extra, image=APPROVED_IMAGE)
+        initdata = build_initdata(
+            stand.url, stand.ca, extra, image=APPROVED_IMAGE, module=APPROVED_MODULE
+        )
         with KbsClient(
             stand.url,
             SampleAttester(init_data_digest=initdata.digest()),

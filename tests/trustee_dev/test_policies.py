@@ -12,7 +12,7 @@ import pytest
 from coco_ai import policies
 from coco_ai.guest.initdata import build_initdata
 from coco_ai.trustee_dev.policy import AttestationPolicy, check_policy, evaluate_resource_policy
-from tests.code_binding import APPROVED_IMAGE
+from tests.code_binding import APPROVED_IMAGE, APPROVED_MODULE
 
 # the real Trustee token claims, copied from shared/fixtures (see tests/kbs/data/README.md)
 FIXTURE = Path(__file__).resolve().parent.parent / "kbs" / "data" / "example.token.json"
@@ -210,7 +210,9 @@ def submod(status: str, tee: str, **evidence) -> dict:
 
 # init_data_claims of a guest bound to the approved image (tests/trustee_dev/test_code_binding.py
 # varies the binding itself); `token(claims=…)` adds a run's io.coco-ai.* claims to them.
-BOUND = build_initdata("https://kbs.example", None, image=APPROVED_IMAGE).claims()
+BOUND = build_initdata(
+    "https://kbs.example", None, image=APPROVED_IMAGE, module=APPROVED_MODULE
+).claims()
 
 
 def token(*, cpu="affirming", gpus=("affirming",), cpu_tee="tdx", gpu_tee="nvidia", claims=None):
