@@ -71,6 +71,7 @@ def _doc_line(text: str) -> bytes:
 def store(tmp_path_factory, stack, repository) -> Path:
     """The object store: the data owner's encrypted repositories (good and bad variants)."""
     root = tmp_path_factory.mktemp("store")
+    stack.admin.set_resource("default/rag/other", secrets.token_bytes(32))
 
     def put(name: str, plaintext: bytes, *, kek=None, aad=REPOSITORY_AAD) -> None:
         blob = encrypt_blob(
@@ -216,10 +217,16 @@ def test_failure_exits_with_one_line_and_uploads_nothing(tmp_path, stack, store,
 
 BAD_INPUTS = [
     pytest.param(
-        {"repository__key_uri": "kbs:///default/rag/other"},
+        {"repository__key_uri": "kbs:///default/rag/absent"},
         EXIT_KEY_RELEASE,
-        "key release denied for the repository key kbs:///default/rag/other",
-        id="key-not-named-in-initdata",
+        "key release failed for the repository key kbs:///default/rag/absent",
+        id="key-absent",
+    ),
+    pytest.param(
+        {"repository__key_uri": "kbs:///default/rag/other"},
+        EXIT_DATASET,
+        "does not decrypt under kbs:///default/rag/other",
+        id="another-resources-key",  # released, but the blob is bound to its own key URI
     ),
     pytest.param(
         {"run_id": "some-other-run"},
