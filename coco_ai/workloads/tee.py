@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -100,7 +101,7 @@ def split_object_uri(uri: str) -> tuple[str, str]:
         raise WorkloadError(str(exc), EXIT_CONFIG) from None
 
 
-def is_remote(path: str) -> bool:
+def _is_remote(path: str) -> bool:
     return "://" in path
 
 
@@ -112,8 +113,6 @@ class TeeWorkload:
     NAME = "workload"
 
     def __init__(self, config: Any, *, guest=None, out: TextIO | None = None) -> None:
-        import sys
-
         self.config = config
         self._guest = guest
         self.log = WorkloadLog(out or sys.stdout, self.NAME)
@@ -216,7 +215,7 @@ class TeeWorkload:
         object store: a flat Hugging Face directory); its model_digest must be ``digest``."""
         from coco_ai.workloads.models import ModelError, model_digest
 
-        if is_remote(path) and not path.startswith("file://"):
+        if _is_remote(path) and not path.startswith("file://"):
             from coco_ai.storage import open_store
 
             parent, dirname = split_object_uri(path)
@@ -301,7 +300,6 @@ def workload_main(
     (given the config) raises :class:`WorkloadError`. ``COCO_AI_<NAME>_DEBUG=1`` prints the
     traceback of an internal error."""
     import argparse
-    import sys
     import traceback
 
     from coco_ai.workloads.finetune.config import ConfigError
