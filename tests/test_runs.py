@@ -187,6 +187,31 @@ def test_finetune_kind_builds_the_workload_config_from_the_refs():
         workload_kind("rag")
 
 
+def test_rag_index_kind_builds_its_config_and_claims_its_repository_key():
+    repo_key = "kbs:///default/rag/northwind"
+    refs = _refs(
+        workload="rag_index",
+        inputs={
+            "documents": RunInput(
+                "s3://docs/v3.enc", Digest("sha256", "33" * 32), parse_resource_uri(repo_key)
+            ),
+            "embedder": RunInput("s3://models/minilm", Digest("sha256", "44" * 32)),
+        },
+    )
+    kind = workload_kind("rag_index")
+    assert kind.module == "coco_ai.workloads.rag_index"
+    assert [(i.name, i.keyed) for i in kind.inputs] == [("documents", True), ("embedder", False)]
+    config = kind.config(refs, {"chunker": {"max_words": 64, "overlap_words": None}})
+    assert config["repository"] == {"uri": "s3://docs/v3.enc", "key_uri": repo_key}
+    assert config["embedder"] == {"path": "s3://models/minilm", "digest": "sha256:" + "44" * 32}
+    assert config["chunker"]["max_words"] == 64 and config["chunker"]["overlap_words"] == 8
+    assert config["checkpoint_key_uri"] == refs.checkpoint_key.uri()
+    # the TEE of this run may ask for the repository key: its initdata names it
+    assert repo_key in refs.expected_claims().values()
+    with pytest.raises(ConfigError, match="lora: unknown settings table"):
+        kind.config(refs, {"lora": {}})
+
+
 def test_expected_claims_match_what_the_initdata_builder_accepts():
     # every claim is a custom initdata key: build_initdata refuses anything else
     build_initdata("https://kbs.example", None, _refs().expected_claims())

@@ -21,7 +21,7 @@ from coco_ai.kbs.resource_path import parse_resource_path
 from coco_ai.run_keys import DEFAULT_ROOT, Grant, checkpoint_key_path, derive_run_key, grant_path
 from coco_ai.runs import run_claims
 from coco_ai.workloads.finetune.workload import DATASET_AAD
-from coco_ai.workloads.kinds import FINETUNE
+from coco_ai.workloads.kinds import FINETUNE, WorkloadKind
 
 
 @dataclass
@@ -80,7 +80,9 @@ def start_local_stack(
     *,
     dataset_key_path: str = "default/dataset/northwind",
     gpus: int = 1,
+    kind: WorkloadKind = FINETUNE,
 ) -> LocalStack:
+    """The stack for a run of ``kind``; ``dataset_key_path`` is the key of its keyed input."""
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric import ed25519
 
@@ -111,13 +113,13 @@ def start_local_stack(
         run_key_root = secrets.token_bytes(32)
         admin.set_resource(DEFAULT_ROOT, run_key_root)
         claims = run_claims(
-            workload=FINETUNE.name,
+            workload=kind.name,
             run_id=run_id,
             image=image,
             run_key_root=DEFAULT_ROOT,
-            input_keys={"dataset": dataset_key_ref},
+            input_keys={next(i.name for i in kind.inputs if i.keyed): dataset_key_ref},
         )
-        initdata = build_initdata(trustee.url, tls_ca, claims, image=image, module=FINETUNE.module)
+        initdata = build_initdata(trustee.url, tls_ca, claims, image=image, module=kind.module)
         initdata_digest = Digest(initdata.algorithm, initdata.digest().hex())
         admin.set_resource(grant_path(run_id), Grant(run_id, initdata_digest).to_bytes())
         emulator = guest_emulator.GuestComponentsEmulator(initdata, gpus=gpus)

@@ -1,4 +1,5 @@
-"""`coco-ai dataset generate|encrypt` (data-owner tooling) and `coco-ai model prepare|digest`.
+"""`coco-ai dataset generate|encrypt` and `coco-ai rag generate|encrypt` (data-owner tooling),
+and `coco-ai model prepare|digest`.
 
 Heavy imports (torch, transformers, cryptography) happen inside the handlers.
 """
@@ -11,6 +12,7 @@ import sys
 from pathlib import Path
 
 from coco_ai.workloads.dataset import DEFAULT_EXAMPLES
+from coco_ai.workloads.rag_index.corpus import DEFAULT_DOCUMENTS
 
 
 def register(subparsers) -> None:
@@ -39,13 +41,38 @@ def register(subparsers) -> None:
     enc.add_argument("dst", help="encrypted output file")
     enc.set_defaults(func=_encrypt)
 
+    rag = subparsers.add_parser("rag", help="generate and encrypt RAG document repositories")
+    rag_sub = rag.add_subparsers(dest="rag_command", metavar="SUBCOMMAND")
+    rgen = rag_sub.add_parser(
+        "generate",
+        help="write the deterministic Northwind document repository with its evaluation "
+        "questions (JSONL)",
+    )
+    rgen.add_argument("--out", required=True, help="output JSONL file")
+    rgen.add_argument(
+        "--documents", type=int, default=DEFAULT_DOCUMENTS, help=f"default {DEFAULT_DOCUMENTS}"
+    )
+    rgen.add_argument("--seed", type=int, default=0, help="generator seed (default 0)")
+    rgen.set_defaults(func=_generate_repository)
+    renc = rag_sub.add_parser(
+        "encrypt", help="validate a document repository and encrypt it under its key (data owner)"
+    )
+    renc.add_argument("--key-file", required=True, help="file holding the raw 32-byte key")
+    renc.add_argument("--key-uri", required=True, help="kbs:///repo/type/tag the key is stored at")
+    renc.add_argument("src", help="plaintext JSONL repository")
+    renc.add_argument("dst", help="encrypted output file")
+    renc.set_defaults(func=_encrypt_repository)
+
     model = subparsers.add_parser("model", help="prepare base models and compute their digests")
     m_sub = model.add_subparsers(dest="model_command", metavar="SUBCOMMAND")
     prep = m_sub.add_parser(
         "prepare", help="convert SmolLM2-135M-Instruct (GGUF) or build a tiny test model"
     )
     prep.add_argument(
-        "--kind", choices=("smollm2", "tiny-1m", "tiny-10m"), default="smollm2", help="which model"
+        "--kind",
+        choices=("smollm2", "tiny-1m", "tiny-10m", "minilm", "tiny-bert"),
+        default="smollm2",
+        help="which model (minilm, tiny-bert: RAG embedders)",
     )
     prep.add_argument("--out", required=True, help="cache dir (smollm2) or output dir (tiny)")
     prep.add_argument("--corpus", help="JSONL data set the tiny model's tokenizer is trained on")
@@ -82,11 +109,32 @@ def _generate(args: argparse.Namespace) -> int:
 
 
 def _encrypt(args: argparse.Namespace) -> int:
+    from coco_ai.workloads.dataset import DatasetError, parse_jsonl
+    from coco_ai.workloads.finetune.workload import DATASET_AAD
+
+    def count(plaintext: bytes) -> dict[str, int]:
+        return {"records": len(parse_jsonl(plaintext))}
+
+    return _encrypt_validated(args, count, DatasetError, DATASET_AAD)
+
+
+def _encrypt_repository(args: argparse.Namespace) -> int:
+    from coco_ai.workloads.rag_index.corpus import RepositoryError, parse_repository
+    from coco_ai.workloads.rag_index.workload import REPOSITORY_AAD
+
+    def count(plaintext: bytes) -> dict[str, int]:
+        repo = parse_repository(plaintext)
+        return {"documents": len(repo.documents), "questions": len(repo.questions)}
+
+    return _encrypt_validated(args, count, RepositoryError, REPOSITORY_AAD)
+
+
+def _encrypt_validated(args: argparse.Namespace, validate, invalid: type, aad: dict) -> int:
+    """Validate ``args.src`` as the workload would (refusing what it would reject), encrypt it
+    under the key in ``args.key_file`` bound to ``args.key_uri`` and ``aad``, print a summary."""
     import hashlib
 
     from coco_ai.crypto import encrypt_blob
-    from coco_ai.workloads.dataset import DatasetError, parse_jsonl
-    from coco_ai.workloads.finetune.workload import DATASET_AAD
 
     try:
         key = Path(args.key_file).read_bytes()
@@ -96,11 +144,11 @@ def _encrypt(args: argparse.Namespace) -> int:
     if len(key) != 32:
         return _err(f"{args.key_file} holds {len(key)} bytes; a raw 32-byte key is required")
     try:
-        records = parse_jsonl(plaintext)  # refuse to encrypt what the workload would reject
-    except DatasetError as exc:
+        counts = validate(plaintext)
+    except invalid as exc:
         return _err(f"{args.src}: {exc}")
     try:
-        blob = encrypt_blob(plaintext, kek=key, key_uri=args.key_uri, aad_context=DATASET_AAD)
+        blob = encrypt_blob(plaintext, kek=key, key_uri=args.key_uri, aad_context=aad)
     except ValueError as exc:
         return _err(str(exc))
     Path(args.dst).write_bytes(blob)
@@ -109,10 +157,26 @@ def _encrypt(args: argparse.Namespace) -> int:
         json.dumps(
             {
                 "out": args.dst,
-                "records": len(records),
+                **counts,
                 "key_uri": args.key_uri,
                 "dataset_digest": "sha256:" + hashlib.sha256(blob).hexdigest(),
             }
+        )
+    )
+    return 0
+
+
+def _generate_repository(args: argparse.Namespace) -> int:
+    from coco_ai.workloads.rag_index.corpus import generate_repository, to_jsonl
+
+    try:
+        repo = generate_repository(args.documents, args.seed)
+    except ValueError as exc:
+        return _err(str(exc))
+    Path(args.out).write_bytes(to_jsonl(repo))
+    print(
+        json.dumps(
+            {"out": args.out, "documents": len(repo.documents), "questions": len(repo.questions)}
         )
     )
     return 0
@@ -124,6 +188,15 @@ def _prepare(args: argparse.Namespace) -> int:
     try:
         if args.kind == "smollm2":
             path = convert_smollm2(args.out)
+        elif args.kind == "minilm":
+            from coco_ai.workloads.rag_index.embedder import minilm_dir
+
+            path = minilm_dir(args.out)
+        elif args.kind == "tiny-bert":
+            from coco_ai.workloads.rag_index.corpus import generate_repository
+            from coco_ai.workloads.rag_index.embedder import build_tiny_embedder
+
+            path = build_tiny_embedder(args.out, [d.text for d in generate_repository().documents])
         else:
             from coco_ai.workloads.dataset import corpus_text, generate_examples, parse_jsonl
 

@@ -37,7 +37,9 @@ class Example(NamedTuple):
 
 
 @dataclass(frozen=True)
-class _Template:
+class FactTemplate:
+    """One kind of fact: its subjects, the phrasings that ask it, and how its answer is drawn."""
+
     subjects: tuple[str, ...]
     questions: tuple[str, ...]  # PHRASINGS_PER_FACT phrasings with {s}
     answer: object  # callable(rng, subject) -> str
@@ -139,8 +141,8 @@ def _freeze(rng: random.Random, s: str) -> str:
     )
 
 
-_TEMPLATES = (
-    _Template(
+FACT_TEMPLATES = (
+    FactTemplate(
         ("laptop hardware", "VPN access", "badge access", "CAD licence", "payroll correction",
          "wind-tunnel booking", "export-control review", "printer", "SSO password reset",
          "expense report", "parking permit", "lab safety incident", "software install",
@@ -152,7 +154,7 @@ _TEMPLATES = (
          "At Northwind Aerospace, what is the queue code for {s}?"),
         _ticket,
     ),
-    _Template(
+    FactTemplate(
         ("build farm", "flight-data archive", "telemetry dashboard", "licence server",
          "engineering wiki", "artifact mirror", "git server", "HR portal", "time-tracking service",
          "test-bench scheduler", "simulation cluster", "PLM vault", "certificate authority",
@@ -164,7 +166,7 @@ _TEMPLATES = (
          "Give me the address of the Northwind {s}."),
         _hostname,
     ),
-    _Template(
+    FactTemplate(
         ("Sev-1 build farm", "Sev-1 flight-data archive", "Sev-2 VPN", "Sev-1 identity provider",
          "Sev-2 telemetry ingest", "Sev-1 ground-station link", "Sev-2 simulation cluster",
          "Sev-1 payroll", "Sev-2 email", "Sev-1 test-bench network", "Sev-2 licence server",
@@ -176,7 +178,7 @@ _TEMPLATES = (
          "Describe Northwind's escalation rule for {s} incidents."),
         _escalation,
     ),
-    _Template(
+    FactTemplate(
         tuple(f"{t} on-call" for t in _TEAMS),
         ("When does the {s} rotation hand over?",
          "What day and time does the {s} shift change?",
@@ -185,7 +187,7 @@ _TEMPLATES = (
          "At what time is the weekly {s} handover?"),
         _handover,
     ),
-    _Template(
+    FactTemplate(
         ("anechoic chamber", "avionics integration lab", "composites lab", "clean room",
          "hydraulics test bay", "EMC test lab", "flight simulator suite", "metrology lab",
          "battery test cell", "secure briefing room", "rapid prototyping shop", "server room"),
@@ -196,7 +198,7 @@ _TEMPLATES = (
          "Where can I find Northwind's {s}?"),
         _location,
     ),
-    _Template(
+    FactTemplate(
         ("IT service desk", "badge office", "payroll desk", "export-control office",
          "travel desk", "facilities helpdesk", "security control room", "lab safety officer",
          "records office", "benefits team", "procurement desk", "NOC"),
@@ -207,7 +209,7 @@ _TEMPLATES = (
          "What are the {s}'s extension and hours?"),
         _extension,
     ),
-    _Template(
+    FactTemplate(
         ("flight test recordings", "export licence files", "badge access logs",
          "supplier contracts", "personnel files", "incident reports", "VPN connection logs",
          "engineering change orders", "payroll records", "calibration certificates"),
@@ -218,7 +220,7 @@ _TEMPLATES = (
          "What does Northwind's records policy say about {s}?"),
         _retention,
     ),
-    _Template(
+    FactTemplate(
         ("Project Kestrel", "Project Halcyon", "Project Ironbark", "Project Meridian",
          "Project Sable", "Project Tamarack", "Project Wren", "Project Corvid", "Project Basalt",
          "Project Lumen"),
@@ -229,7 +231,7 @@ _TEMPLATES = (
          "Tell me about {s}."),
         _codename,
     ),
-    _Template(
+    FactTemplate(
         ("ERP system", "identity provider", "build farm", "flight-data archive",
          "ground-station network", "PLM vault", "payroll system", "core network"),
         ("When is the change freeze for the {s}?",
@@ -244,7 +246,7 @@ _TEMPLATES = (
 
 def capacity() -> int:
     """The largest number of examples :func:`generate_examples` can produce."""
-    return sum(len(t.subjects) for t in _TEMPLATES) * PHRASINGS_PER_FACT
+    return sum(len(t.subjects) for t in FACT_TEMPLATES) * PHRASINGS_PER_FACT
 
 
 def generate_examples(n: int = DEFAULT_EXAMPLES, seed: int = 0) -> list[Example]:
@@ -253,7 +255,7 @@ def generate_examples(n: int = DEFAULT_EXAMPLES, seed: int = 0) -> list[Example]
     if not 1 <= n <= capacity():
         raise ValueError(f"examples must be in [1, {capacity()}], got {n}")
     rng = random.Random(seed)  # noqa: S311 (reproducible synthetic data, not security)
-    facts = [(t, s) for t in _TEMPLATES for s in t.subjects]
+    facts = [(t, s) for t in FACT_TEMPLATES for s in t.subjects]
     rng.shuffle(facts)
     out: list[Example] = []
     for template, subject in facts:

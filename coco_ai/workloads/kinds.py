@@ -17,6 +17,7 @@ from coco_ai.runs import RunRefs
 from coco_ai.storage import object_digest
 from coco_ai.workloads.finetune.config import config_for_run as finetune_config
 from coco_ai.workloads.models import model_digest
+from coco_ai.workloads.rag_index.config import config_for_run as rag_index_config
 
 
 @dataclass(frozen=True)
@@ -44,7 +45,19 @@ FINETUNE = WorkloadKind(
     config=finetune_config,
 )
 
-KINDS = {kind.name: kind for kind in (FINETUNE,)}
+# documents: the data owner's encrypted repository (one blob, docs/formats/rag.md), keyed;
+# embedder: the sentence embedder's model directory, pinned by digest like a base model
+RAG_INDEX = WorkloadKind(
+    name="rag_index",
+    module="coco_ai.workloads.rag_index",
+    inputs=(
+        WorkloadInput("documents", keyed=True, digest=object_digest),
+        WorkloadInput("embedder", keyed=False, digest=model_digest),
+    ),
+    config=rag_index_config,
+)
+
+KINDS = {kind.name: kind for kind in (FINETUNE, RAG_INDEX)}
 
 
 def workload_kind(name: str) -> WorkloadKind:

@@ -80,7 +80,7 @@ def model_digest(model_dir: str | Path) -> str:
     return "sha256:" + hashlib.sha256(model_listing(model_dir)).hexdigest()
 
 
-def _atomic_dir(final: Path, build) -> Path:
+def atomic_dir(final: Path, build) -> Path:
     """Build into a sibling temp dir, then rename: readers never see a half-written model."""
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
@@ -139,7 +139,7 @@ def convert_smollm2(cache_dir: str | Path) -> Path:
         plain.save_pretrained(out)
         tok.save_pretrained(out)
 
-    return _atomic_dir(final, build)
+    return atomic_dir(final, build)
 
 
 def build_tiny_model(
@@ -196,4 +196,4 @@ def build_tiny_model(
     out = Path(out_dir)
     if out.exists():
         raise FileExistsError(f"{out} already exists")
-    return _atomic_dir(out, build)
+    return atomic_dir(out, build)

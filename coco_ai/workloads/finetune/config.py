@@ -90,7 +90,7 @@ class FinetuneConfig:
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able form (defaults filled in); what the manifest's config digest covers."""
-        return _jsonable(dataclasses.asdict(self))
+        return jsonable(dataclasses.asdict(self))
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> FinetuneConfig:
@@ -102,17 +102,18 @@ class FinetuneConfig:
 RECIPE_TABLES = ("lora", "training")
 
 
-def recipe_digest(config: Mapping[str, Any]) -> str:
+def recipe_digest(config: Mapping[str, Any], tables: tuple[str, ...] = RECIPE_TABLES) -> str:
     """``sha256:`` of the canonical JSON of the config's recipe tables (defaults filled in).
 
     ``config`` is a validated config's ``to_dict()`` (or the parsed ``training_config.json``);
-    the data owner lists approved recipes by this digest in the owner policy.
+    the data owner lists approved recipes by this digest in the owner policy. ``tables``: the
+    recipe tables of another workload kind (coco_ai.workloads.kinds).
     """
     import hashlib
 
     from coco_ai.kbs.wire import canonical_json
 
-    recipe = {name: config[name] for name in RECIPE_TABLES}
+    recipe = {name: config[name] for name in tables}
     return "sha256:" + hashlib.sha256(canonical_json(recipe)).hexdigest()
 
 
@@ -124,7 +125,7 @@ def recipe_for(settings: Mapping[str, Any]) -> dict[str, Any]:
     recipe = {}
     for cls, name in tables.items():
         values = {k: v for k, v in (settings.get(name) or {}).items() if v is not None}
-        recipe[name] = _jsonable(dataclasses.asdict(_build(cls, values, name + ".")))
+        recipe[name] = jsonable(dataclasses.asdict(_build(cls, values, name + ".")))
     return recipe
 
 
@@ -158,6 +159,11 @@ def config_for_run(refs: RunRefs, settings: Mapping[str, Any]) -> dict[str, Any]
 
 def load_config(path: str | Path) -> FinetuneConfig:
     """Read and validate a config file (TOML if it ends in .toml, JSON otherwise)."""
+    return FinetuneConfig.from_dict(read_config_file(path))
+
+
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    """The object in a config file (TOML if it ends in .toml, JSON otherwise), not yet checked."""
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
@@ -169,18 +175,18 @@ def load_config(path: str | Path) -> FinetuneConfig:
         raise ConfigError(f"config file {path} is not valid {_fmt(path)}: {exc}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"config file {path} must hold an object at the top level")
-    return FinetuneConfig.from_dict(data)
+    return data
 
 
 def _fmt(path: Path) -> str:
     return "TOML" if path.suffix == ".toml" else "JSON"
 
 
-def _jsonable(value: Any) -> Any:
+def jsonable(value: Any) -> Any:
     if isinstance(value, dict):
-        return {k: _jsonable(v) for k, v in value.items()}
+        return {k: jsonable(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
-        return [_jsonable(v) for v in value]
+        return [jsonable(v) for v in value]
     return value
 
 
@@ -194,7 +200,16 @@ _NESTED = {
 }
 
 
-def _build(cls: type, data: Any, prefix: str) -> Any:
+def build_checked(
+    cls: type,
+    data: Any,
+    prefix: str,
+    *,
+    checks: Mapping[str, Callable[[str, Any], Any]],
+    nested: Mapping[str, type] | None = None,
+) -> Any:
+    """``cls`` from ``data``: every field checked by ``checks[dotted name]``; ``nested`` names
+    the top-level fields that are tables of their own. Errors name the dotted field."""
     where = prefix.rstrip(".") or "config"
     if not isinstance(data, Mapping):
         raise ConfigError(f"{where}: expected a table/object, got {type(data).__name__}")
@@ -210,19 +225,18 @@ def _build(cls: type, data: Any, prefix: str) -> Any:
                 raise ConfigError(f"{dotted}: required field missing")
             continue
         raw = data[name]
-        if cls is FinetuneConfig and name in _NESTED:
-            values[name] = _build(_NESTED[name], raw, dotted + ".")
+        if nested and name in nested:
+            values[name] = build_checked(nested[name], raw, dotted + ".", checks=checks)
         else:
-            values[name] = _check(dotted, raw)
+            values[name] = checks[dotted](dotted, raw)
     return cls(**values)
 
 
-def _check(dotted: str, raw: Any) -> Any:
-    check = _CHECKS[dotted]
-    return check(dotted, raw)
+def _build(cls: type, data: Any, prefix: str) -> Any:
+    return build_checked(cls, data, prefix, checks=_CHECKS, nested=_NESTED)
 
 
-def _int(lo: int, hi: int, *, optional: bool = False):
+def int_in(lo: int, hi: int, *, optional: bool = False):
     def check(name: str, v: Any) -> int | None:
         if v is None and optional:
             return None
@@ -235,7 +249,7 @@ def _int(lo: int, hi: int, *, optional: bool = False):
     return check
 
 
-def _float(lo: float, hi: float, *, lo_open: bool = False, hi_open: bool = False):
+def float_in(lo: float, hi: float, *, lo_open: bool = False, hi_open: bool = False):
     def check(name: str, v: Any) -> float:
         if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
             raise ConfigError(f"{name}: expected a finite number, got {v!r}")
@@ -250,7 +264,7 @@ def _float(lo: float, hi: float, *, lo_open: bool = False, hi_open: bool = False
     return check
 
 
-def _choice(options: tuple[str, ...]):
+def one_of(options: tuple[str, ...]):
     def check(name: str, v: Any) -> str:
         if v not in options:
             raise ConfigError(f"{name}: {v!r} is not one of {', '.join(options)}")
@@ -259,7 +273,7 @@ def _choice(options: tuple[str, ...]):
     return check
 
 
-def _string(valid: Callable[[str], bool] | None = None, what: str = "", *, prefixes=()):
+def text(valid: Callable[[str], bool] | None = None, what: str = "", *, prefixes=()):
     def check(name: str, v: Any) -> str:
         if not isinstance(v, str) or not v.strip():
             raise ConfigError(f"{name}: expected a non-empty string")
@@ -272,8 +286,8 @@ def _string(valid: Callable[[str], bool] | None = None, what: str = "", *, prefi
     return check
 
 
-def _kbs_uri(name: str, v: Any) -> str:
-    _string()(name, v)
+def kbs_uri(name: str, v: Any) -> str:
+    text()(name, v)
     try:
         parse_resource_uri(v)
     except ValueError as exc:
@@ -292,34 +306,34 @@ def _modules(name: str, v: Any) -> tuple[str, ...]:
     return tuple(v)
 
 
-_URL = _string(prefixes=("http://", "https://"))
+_URL = text(prefixes=("http://", "https://"))
 
 _CHECKS = {
-    "run_id": _string(is_run_id, f"a run id ({RUN_ID_RULE})"),
-    "staging_uri": _string(),
-    "checkpoint_key_uri": _kbs_uri,
-    "run_key_root_uri": _kbs_uri,
+    "run_id": text(is_run_id, f"a run id ({RUN_ID_RULE})"),
+    "staging_uri": text(),
+    "checkpoint_key_uri": kbs_uri,
+    "run_key_root_uri": kbs_uri,
     "guest_api_url": _URL,
-    "store_attempts": _int(1, 20),
-    "store_backoff_s": _float(0.0, 60.0),
-    "dataset.uri": _string(),
-    "dataset.key_uri": _kbs_uri,
-    "base_model.path": _string(),
-    "base_model.digest": _string(is_sha256, "a digest of the form sha256:<64 lowercase hex>"),
-    "lora.r": _int(1, 1024),
-    "lora.alpha": _int(1, 4096),
-    "lora.dropout": _float(0.0, 1.0, hi_open=True),
+    "store_attempts": int_in(1, 20),
+    "store_backoff_s": float_in(0.0, 60.0),
+    "dataset.uri": text(),
+    "dataset.key_uri": kbs_uri,
+    "base_model.path": text(),
+    "base_model.digest": text(is_sha256, "a digest of the form sha256:<64 lowercase hex>"),
+    "lora.r": int_in(1, 1024),
+    "lora.alpha": int_in(1, 4096),
+    "lora.dropout": float_in(0.0, 1.0, hi_open=True),
     "lora.target_modules": _modules,
-    "training.epochs": _int(1, 1000),
-    "training.learning_rate": _float(0.0, 1.0, lo_open=True),
-    "training.max_steps": _int(1, 10_000_000, optional=True),
-    "training.batch_size": _int(1, 4096),
-    "training.seed": _int(0, 2**32 - 1),
-    "training.max_seq_length": _int(8, 131_072),
-    "training.pack_length": _int(8, 131_072),
-    "training.eval_fraction": _float(0.0, 0.9, lo_open=True),
-    "training.device": _choice(_DEVICES),
-    "training.precision": _choice(_PRECISIONS),
-    "training.sample_questions": _int(0, 64),
-    "training.max_new_tokens": _int(1, 2048),
+    "training.epochs": int_in(1, 1000),
+    "training.learning_rate": float_in(0.0, 1.0, lo_open=True),
+    "training.max_steps": int_in(1, 10_000_000, optional=True),
+    "training.batch_size": int_in(1, 4096),
+    "training.seed": int_in(0, 2**32 - 1),
+    "training.max_seq_length": int_in(8, 131_072),
+    "training.pack_length": int_in(8, 131_072),
+    "training.eval_fraction": float_in(0.0, 0.9, lo_open=True),
+    "training.device": one_of(_DEVICES),
+    "training.precision": one_of(_PRECISIONS),
+    "training.sample_questions": int_in(0, 64),
+    "training.max_new_tokens": int_in(1, 2048),
 }

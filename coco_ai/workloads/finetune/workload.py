@@ -9,18 +9,14 @@ leaves is ciphertext, the manifest, its signature and the EAR token. Any failure
 
 from __future__ import annotations
 
-import hashlib
-import os
 import shutil
-import sys
 import tempfile
 import time
 import warnings
-from collections.abc import Callable, Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TextIO, TypeVar
+from typing import Any, TextIO
 
 from coco_ai.workloads.dataset import DatasetError, Example, parse_jsonl, split_examples
 from coco_ai.workloads.finetune.config import FinetuneConfig
@@ -33,30 +29,24 @@ from coco_ai.workloads.finetune.report import (
     write_metrics,
     write_report,
 )
-from coco_ai.workloads.models import ModelError, model_digest
+from coco_ai.workloads.tee import (  # noqa: F401 (the exit codes are this module's API too)
+    EXIT_BASE_MODEL,
+    EXIT_CONFIG,
+    EXIT_DATASET,
+    EXIT_KEY_RELEASE,
+    EXIT_STAGING,
+    TeeWorkload,
+    WorkloadError,
+    WorkloadLog,
+    private_tmpdir,
+    sha256_digest,
+    split_object_uri,
+    with_retries,
+)
 
 # aad context every encrypted data set is bound to (with its key URI): a checkpoint file or any
 # other blob under the same key cannot be passed off as a data set
 DATASET_AAD = {"type": "coco-ai/dataset-jsonl", "version": 1}
-
-EXIT_INTERNAL = 1
-EXIT_CONFIG = 2
-EXIT_KEY_RELEASE = 3
-EXIT_DATASET = 4
-EXIT_BASE_MODEL = 5
-EXIT_STAGING = 6
-EXIT_ATTESTATION = 7
-
-T = TypeVar("T")
-
-
-class WorkloadError(Exception):
-    """A failure with a one-line, secret-free reason and the process exit code for it."""
-
-    def __init__(self, reason: str, exit_code: int = EXIT_INTERNAL) -> None:
-        super().__init__(reason)
-        self.reason = reason
-        self.exit_code = exit_code
 
 
 @dataclass(frozen=True)
@@ -84,16 +74,9 @@ class _Outcome:
     eval_examples: int
 
 
-class _Log:
+class _Log(WorkloadLog):
     def __init__(self, out: TextIO) -> None:
-        self._out = out
-
-    def __call__(self, message: str) -> None:
-        print(f"[finetune] {message}", file=self._out, flush=True)
-
-
-def _sha256(data: bytes) -> str:
-    return "sha256:" + hashlib.sha256(data).hexdigest()
+        super().__init__(out, "finetune")
 
 
 def config_bytes(config: FinetuneConfig) -> bytes:
@@ -106,63 +89,14 @@ def config_bytes(config: FinetuneConfig) -> bytes:
 
 def config_digest(config: FinetuneConfig) -> str:
     """``sha256:`` over :func:`config_bytes` (the manifest's training_config_digest)."""
-    return _sha256(config_bytes(config))
+    return sha256_digest(config_bytes(config))
 
 
-def private_tmpdir(prefix: str) -> Path:
-    """A 0700 temp dir, on tmpfs (/dev/shm) when available so plaintext never touches a disk."""
-    shm = Path("/dev/shm")  # noqa: S108 (mkdtemp makes a fresh 0700 dir; that is the point)
-    base = shm if shm.is_dir() and os.access(shm, os.W_OK) else None
-    return Path(tempfile.mkdtemp(prefix=prefix, dir=base))
-
-
-def with_retries(
-    what: str,
-    fn: Callable[[], T],
-    *,
-    attempts: int,
-    backoff_s: float,
-    log: Callable[[str], None],
-    sleep: Callable[[float], None] = time.sleep,
-) -> T:
-    """Call ``fn`` up to ``attempts`` times with exponential backoff; then fail with the cause."""
-    for attempt in range(1, attempts + 1):
-        try:
-            return fn()
-        except Exception as exc:  # storage back-ends raise many kinds; all are retried alike
-            cause = f"{type(exc).__name__}: {exc}".splitlines()[0]
-            if attempt == attempts:
-                raise WorkloadError(
-                    f"{what} failed after {attempts} attempts: {cause}", EXIT_STAGING
-                ) from None
-            delay = backoff_s * 2 ** (attempt - 1)
-            log(f"{what} failed (attempt {attempt}/{attempts}: {cause}); retrying in {delay:.1f} s")
-            sleep(delay)
-    raise AssertionError("unreachable")
-
-
-def _split_object_uri(uri: str) -> tuple[str, str]:
-    from coco_ai.storage import split_object_uri
-
-    try:
-        return split_object_uri(uri)
-    except ValueError as exc:
-        raise WorkloadError(str(exc), EXIT_CONFIG) from None
-
-
-def _is_remote(path: str) -> bool:
-    return "://" in path
-
-
-class FinetuneWorkload:
+class FinetuneWorkload(TeeWorkload):
     """One run of the workload. ``guest`` is a ``GuestClient`` (injected in tests)."""
 
-    def __init__(self, config: FinetuneConfig, *, guest=None, out: TextIO | None = None) -> None:
-        self.config = config
-        self._guest = guest
-        self.log = _Log(out or sys.stdout)
-        self.timings: dict[str, float] = {}  # wall seconds per phase, in order
-        self.cpu_timings: dict[str, float] = {}  # process CPU seconds per phase
+    NAME = "finetune"
+    config: FinetuneConfig
 
     # ---- steps --------------------------------------------------------------------------------
 
@@ -170,11 +104,7 @@ class FinetuneWorkload:
         cfg = self.config
         phase = self._phase
         with ExitStack() as stack:
-            guest = self._guest
-            if guest is None:
-                from coco_ai.guest.client import GuestClient
-
-                guest = stack.enter_context(GuestClient(cfg.guest_api_url))
+            guest = self._guest_client(stack)
             with phase("staging_check"):
                 self._check_staging()
             with phase("keys"):  # the first key request attests
@@ -222,96 +152,13 @@ class FinetuneWorkload:
             dict(self.cpu_timings),
         )
 
-    @contextmanager
-    def _phase(self, name: str) -> Iterator[None]:
-        start, cpu_start = time.perf_counter(), time.process_time()
-        try:
-            yield
-        finally:
-            self.timings[name] = self.timings.get(name, 0.0) + time.perf_counter() - start
-            self.cpu_timings[name] = (
-                self.cpu_timings.get(name, 0.0) + time.process_time() - cpu_start
-            )
-
-    def _check_staging(self) -> None:
-        """Fail fast (before any key is released or any compute spent) if staging is unreachable
-        or already holds a checkpoint."""
-        from coco_ai.crypto.manifest import MANIFEST_FILE
-        from coco_ai.storage import open_store
-
-        cfg = self.config
-
-        def probe() -> bool:
-            # size(), not exists(): fsspec's exists/isfile answer False when the store is down
-            try:
-                open_store(cfg.staging_uri).size(MANIFEST_FILE)
-            except FileNotFoundError:
-                return False
-            return True
-
-        occupied = with_retries(
-            f"staging store {cfg.staging_uri}",
-            probe,
-            attempts=cfg.store_attempts,
-            backoff_s=cfg.store_backoff_s,
-            log=self.log,
-        )
-        if occupied:
-            raise WorkloadError(
-                f"staging {cfg.staging_uri} already holds a checkpoint; refusing to overwrite",
-                EXIT_STAGING,
-            )
-
-    def _fetch_key(self, guest, uri: str, what: str, *, size: int | None = 32) -> bytes:
-        """A resource from the confidential data hub (``size``: the exact length it must have)."""
-        from coco_ai.guest.client import GuestError
-
-        try:
-            key = guest.get_resource(uri)
-        except GuestError as exc:
-            detail = str(exc).splitlines()[0] if str(exc) else "no reason given"
-            # an outage is not a denial: say which, so an operator retries or fixes the policy
-            verb = "denied" if exc.policy_denied else "failed"
-            raise WorkloadError(
-                f"key release {verb} for the {what} {uri}: {detail}", EXIT_KEY_RELEASE
-            ) from None
-        if size is not None and len(key) != size:
-            raise WorkloadError(
-                f"the {what} {uri} is {len(key)} bytes; a {size}-byte AES-256 key is required",
-                EXIT_KEY_RELEASE,
-            )
-        self.log(f"{what} released: {uri}")
-        return key
-
-    def _run_key(self, guest) -> bytes:
-        """The run's checkpoint key: the run's grant must name this run and this TEE's own
-        initdata (as its attestation token reports it); then the key is derived from the data
-        owner's root (coco_ai.run_keys)."""
-        from coco_ai.kbs.ear import unverified_claims
-        from coco_ai.kbs.errors import KbsError
-        from coco_ai.run_keys import Grant, RunKeyError, check_grant, derive_run_key, grant_path
-
-        cfg = self.config
-        grant_uri = grant_path(cfg.run_id).uri()
-        try:
-            grant = Grant.from_bytes(self._fetch_key(guest, grant_uri, "grant", size=None))
-            token, _ = self._attestation_token(guest)
-            claims = unverified_claims(token)  # this TEE's own token, fresh from its AA
-            check_grant(grant, run_id=cfg.run_id, initdata_matches=claims.carries_init_data)
-            root = self._fetch_key(guest, cfg.run_key_root_uri, "run-key root")
-            key = derive_run_key(root, cfg.run_id)
-        except (RunKeyError, KbsError) as exc:
-            raise WorkloadError(f"run key for {cfg.run_id}: {exc}", EXIT_KEY_RELEASE) from None
-        self.log(f"checkpoint key {cfg.checkpoint_key_uri} derived (grant {grant_uri})")
-        return key
-
     def _load_dataset(self, data_key: bytes) -> tuple[list[Example], str]:
         from coco_ai.crypto import decrypt_blob
         from coco_ai.crypto.errors import CheckpointError
         from coco_ai.storage import open_store
 
         cfg = self.config
-        parent, name = _split_object_uri(cfg.dataset.uri)
+        parent, name = split_object_uri(cfg.dataset.uri)
         blob = with_retries(
             f"reading data set {cfg.dataset.uri}",
             lambda: open_store(parent).read_bytes(name),
@@ -319,7 +166,7 @@ class FinetuneWorkload:
             backoff_s=cfg.store_backoff_s,
             log=self.log,
         )
-        digest = _sha256(blob)
+        digest = sha256_digest(blob)
         try:
             plaintext = decrypt_blob(
                 blob, kek=data_key, aad_context=DATASET_AAD, key_uri=cfg.dataset.key_uri
@@ -351,41 +198,7 @@ class FinetuneWorkload:
     def _base_model(self, scratch: Path) -> Path:
         """The base model directory, downloaded first if remote; its digest must match."""
         cfg = self.config.base_model
-        if _is_remote(cfg.path) and not cfg.path.startswith("file://"):
-            from coco_ai.storage import open_store
-
-            parent, dirname = _split_object_uri(cfg.path)
-
-            def download() -> Path:  # a flat Hugging Face model directory
-                store = open_store(parent)
-                names = store.list(dirname)
-                if not names:
-                    raise FileNotFoundError(f"no files under {cfg.path}")
-                scratch.mkdir(parents=True, exist_ok=True)
-                for name in names:
-                    (scratch / name.rpartition("/")[2]).write_bytes(store.read_bytes(name))
-                return scratch
-
-            model_dir = with_retries(
-                f"downloading base model {cfg.path}",
-                download,
-                attempts=self.config.store_attempts,
-                backoff_s=self.config.store_backoff_s,
-                log=self.log,
-            )
-        else:
-            model_dir = Path(cfg.path.removeprefix("file://"))
-        try:
-            actual = model_digest(model_dir)
-        except ModelError as exc:
-            raise WorkloadError(f"base model: {exc}", EXIT_BASE_MODEL) from None
-        if actual != cfg.digest:
-            raise WorkloadError(
-                f"base model {cfg.path} has digest {actual}, but the run names {cfg.digest}",
-                EXIT_BASE_MODEL,
-            )
-        self.log(f"base model {cfg.digest} verified")
-        return model_dir
+        return self._pinned_model(cfg.path, cfg.digest, scratch, "base model")
 
     def _train(
         self,
@@ -577,40 +390,6 @@ class FinetuneWorkload:
         (dst / CONFIG_FILE).write_bytes(config_bytes(cfg))
         self.log(f"adapter encrypted: {len(manifest.files)} files under {cfg.checkpoint_key_uri}")
         return manifest
-
-    def _attestation_token(self, guest) -> tuple[str, bytes]:
-        from coco_ai.guest.client import GuestError
-
-        try:
-            return guest.get_token()
-        except GuestError as exc:
-            raise WorkloadError(
-                f"attestation token unavailable from {self.config.guest_api_url}: {exc}",
-                EXIT_ATTESTATION,
-            ) from None
-
-    def _sign(self, manifest, dst: Path, token: str, tee_key: bytes) -> None:
-        from coco_ai.crypto import sign_manifest
-        from coco_ai.crypto.errors import CheckpointError
-
-        try:
-            sign_manifest(manifest, tee_key, token, dst_dir=str(dst))
-        except CheckpointError as exc:
-            raise WorkloadError(f"signing the manifest failed: {exc}", EXIT_ATTESTATION) from None
-        self.log(f"manifest {manifest.digest()} signed with the attested TEE key")
-
-    def _upload(self, src: Path) -> None:
-        from coco_ai.crypto.transfer import upload_checkpoint
-
-        cfg = self.config
-        with_retries(
-            f"upload to staging {cfg.staging_uri}",
-            lambda: upload_checkpoint(str(src), cfg.staging_uri),
-            attempts=cfg.store_attempts,
-            backoff_s=cfg.store_backoff_s,
-            log=self.log,
-        )
-        self.log(f"uploaded to {cfg.staging_uri}")
 
 
 def _quiet_transformers() -> None:

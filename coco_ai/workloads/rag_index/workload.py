@@ -1,0 +1,284 @@
+"""The confidential RAG indexing: keys → documents → chunks → embeddings → FAISS index →
+encrypted, signed index in staging.
+
+Runs inside the TEE (or beside the guest-components emulator), with the discipline of the
+fine-tune (coco_ai.workloads.tee): the repository key and the run's checkpoint key come from the
+confidential data hub; the documents, chunks, embeddings and the index exist only in this
+process's memory and a private temp dir (tmpfs when there is one) removed before exit; what
+leaves is ciphertext, the manifest, its signature, the EAR token and the public config. Any
+failure raises :class:`WorkloadError` before anything is uploaded.
+
+The manifest (checkpoint format v2) names the repository ciphertext's digest as
+``dataset_digest``, the embedder's directory digest as ``base_model_digest``, the config's
+digest as ``training_config_digest`` (the config, with the chunker, embedding and index
+settings, is public beside it) and the retrieval metrics; per-document digests are in the
+encrypted ``documents.json``.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import time
+from contextlib import ExitStack
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from coco_ai.workloads.models import ModelError
+from coco_ai.workloads.rag_index.config import RagIndexConfig
+from coco_ai.workloads.rag_index.corpus import (
+    MAX_REPOSITORY_BYTES,
+    Repository,
+    RepositoryError,
+    parse_repository,
+)
+from coco_ai.workloads.tee import (
+    EXIT_BASE_MODEL,
+    EXIT_DATASET,
+    TeeWorkload,
+    WorkloadError,
+    private_tmpdir,
+    sha256_digest,
+    split_object_uri,
+    with_retries,
+)
+
+# aad context every encrypted document repository is bound to (with its key URI): a data set or
+# any other blob under the same key cannot be passed off as a repository, nor the reverse
+REPOSITORY_AAD = {"type": "coco-ai/rag-repository-jsonl", "version": 1}
+#: the k of the approximate index's recall against exact search (a metric of every run)
+RECALL_K = 10
+
+
+@dataclass(frozen=True)
+class IndexResult:
+    manifest_digest: str
+    checkpoint_id: str
+    staging_uri: str
+    metrics: dict[str, float | int]
+    timings: dict[str, float]
+
+
+def config_bytes(config: RagIndexConfig) -> bytes:
+    """The RFC 8785 canonical JSON of the validated config: the public file beside the manifest."""
+    from coco_ai.kbs.wire import canonical_json
+
+    return canonical_json(config.to_dict())
+
+
+class RagIndexWorkload(TeeWorkload):
+    """One run of the indexing workload. ``guest`` is a ``GuestClient`` (injected in tests)."""
+
+    NAME = "rag-index"
+    config: RagIndexConfig
+
+    def run(self) -> IndexResult:
+        cfg = self.config
+        phase = self._phase
+        with ExitStack() as stack:
+            guest = self._guest_client(stack)
+            with phase("staging_check"):
+                self._check_staging()
+            with phase("keys"):  # the first key request attests
+                repo_key = self._fetch_key(guest, cfg.repository.key_uri, "repository key")
+                checkpoint_key = self._run_key(guest)
+            with phase("repository"):
+                repository, repository_digest = self._load_repository(repo_key)
+                del repo_key
+
+            plain = private_tmpdir("coco-ai-rag-index-")
+            stack.callback(shutil.rmtree, plain, ignore_errors=True)
+            with phase("embedder_check"):
+                embedder = self._embedder(plain / "embedder")
+            index_dir = plain / "index"
+            index_dir.mkdir()
+            metrics = self._index(repository, embedder, index_dir)
+            del repository
+
+            encrypted = Path(tempfile.mkdtemp(prefix="coco-ai-index-"))
+            stack.callback(shutil.rmtree, encrypted, ignore_errors=True)
+            with phase("attest"):  # right before encrypting: created_at inside the token's life
+                token, tee_key = self._attestation_token(guest)
+            with phase("encrypt"):
+                manifest = self._encrypt(
+                    index_dir, encrypted, checkpoint_key, repository_digest, metrics
+                )
+                del checkpoint_key
+                shutil.rmtree(index_dir)  # plaintext gone before anything leaves the TEE
+            with phase("sign"):
+                self._sign(manifest, encrypted, token, tee_key)
+                del tee_key
+            with phase("upload"):
+                self._upload(encrypted)
+        self.log("timings: " + ", ".join(f"{k} {v:.2f} s" for k, v in self.timings.items()))
+        self.log(f"done: index {manifest.checkpoint_id} in {cfg.staging_uri}")
+        return IndexResult(
+            manifest.digest(),
+            manifest.checkpoint_id,
+            cfg.staging_uri,
+            manifest.metrics,
+            dict(self.timings),
+        )
+
+    def _load_repository(self, key: bytes) -> tuple[Repository, str]:
+        from coco_ai.crypto import decrypt_blob
+        from coco_ai.crypto.errors import CheckpointError
+        from coco_ai.storage import open_store
+
+        cfg = self.config
+        parent, name = split_object_uri(cfg.repository.uri)
+
+        def read() -> bytes:
+            store = open_store(parent)
+            size = store.size(name)
+            if size > MAX_REPOSITORY_BYTES:  # refused before reading it into memory
+                raise _TooLarge(size)
+            return store.read_bytes(name)
+
+        try:
+            blob = with_retries(
+                f"reading repository {cfg.repository.uri}",
+                read,
+                attempts=cfg.store_attempts,
+                backoff_s=cfg.store_backoff_s,
+                log=self.log,
+                retry=lambda exc: not isinstance(exc, _TooLarge),
+            )
+        except _TooLarge as exc:
+            raise WorkloadError(
+                f"repository {cfg.repository.uri} is {exc.size} bytes, over the limit of "
+                f"{MAX_REPOSITORY_BYTES}",
+                EXIT_DATASET,
+            ) from None
+        digest = sha256_digest(blob)
+        try:
+            plaintext = decrypt_blob(
+                blob, kek=key, aad_context=REPOSITORY_AAD, key_uri=cfg.repository.key_uri
+            )
+        except CheckpointError as exc:
+            raise WorkloadError(
+                f"repository {cfg.repository.uri} does not decrypt under "
+                f"{cfg.repository.key_uri} (wrong key or tampered): {type(exc).__name__}: {exc}",
+                EXIT_DATASET,
+            ) from None
+        try:
+            repository = parse_repository(plaintext)
+        except RepositoryError as exc:
+            raise WorkloadError(f"repository {cfg.repository.uri}: {exc}", EXIT_DATASET) from None
+        self.log(
+            f"repository {digest}: {len(repository.documents)} documents, "
+            f"{len(repository.questions)} evaluation questions"
+        )
+        return repository, digest
+
+    def _embedder(self, scratch: Path):
+        """The embedder, downloaded first if remote; its digest must match the run's."""
+        from coco_ai.workloads.rag_index.embedder import Embedder
+
+        cfg = self.config
+        model_dir = self._pinned_model(cfg.embedder.path, cfg.embedder.digest, scratch, "embedder")
+        try:
+            embedder = Embedder(
+                model_dir,
+                max_seq_length=cfg.embedding.max_seq_length,
+                batch_size=cfg.embedding.batch_size,
+            )
+        except ModelError as exc:
+            raise WorkloadError(f"embedder {cfg.embedder.path}: {exc}", EXIT_BASE_MODEL) from None
+        self.log(f"embedding dimension {embedder.dim}")
+        return embedder
+
+    def _index(self, repository: Repository, embedder, out: Path) -> dict[str, Any]:
+        """Chunk, embed, index, evaluate; write the index directory; the metrics."""
+        from coco_ai.workloads.rag_index import index as engine
+        from coco_ai.workloads.rag_index.chunker import chunk_documents
+
+        cfg = self.config
+        with self._phase("chunk"):
+            chunks = chunk_documents(repository.documents, cfg.chunker)
+        with self._phase("embed"):
+            start = time.perf_counter()
+            vectors = embedder.embed([c.embed_text for c in chunks])
+            embed_s = time.perf_counter() - start
+        self.log(f"{len(chunks)} chunks embedded ({len(chunks) / embed_s:.1f} chunks/s)")
+        with self._phase("build_index"):
+            start = time.perf_counter()
+            index = engine.build_index(vectors, cfg.index)
+            build_s = time.perf_counter() - start
+        with self._phase("evaluate"):
+            questions = embedder.embed([q.question for q in repository.questions])
+            k = cfg.evaluation.k
+            _, ranked = engine.search(index, questions, max(k, RECALL_K))
+            quality = engine.retrieval_quality(
+                ranked[:, :k], chunks, [q.doc_id for q in repository.questions]
+            )
+            _, exact = engine.exact_search(vectors, questions, RECALL_K)
+            recall = engine.recall_vs_exact(ranked[:, : exact.shape[1]], exact)
+        metrics: dict[str, Any] = {
+            "documents": len(repository.documents),
+            "chunks": len(chunks),
+            "questions": len(repository.questions),
+            "embedding_dim": embedder.dim,
+            "eval_k": k,
+            "hit_rate_at_1": quality.hit_rate_at_1,
+            "hit_rate_at_k": quality.hit_rate_at_k,
+            "mrr_at_k": quality.mrr_at_k,
+            "ann_recall_at_10": recall,
+            "embed_chunks_per_s": len(chunks) / embed_s,
+            "index_build_seconds": build_s,
+        }
+        self.log(
+            f"retrieval: hit rate@1 {quality.hit_rate_at_1:.3f}, hit rate@{k} "
+            f"{quality.hit_rate_at_k:.3f}, MRR@{k} {quality.mrr_at_k:.3f}, "
+            f"recall@{RECALL_K} vs exact {recall:.3f}"
+        )
+        with self._phase("write_index"):
+            engine.write_index_dir(
+                out,
+                index,
+                chunks,
+                repository.documents,
+                {
+                    "engine": cfg.index.engine,
+                    "faiss_version": engine.faiss_version(),
+                    "dimension": embedder.dim,
+                    "metric": "inner_product",
+                    "normalized": True,
+                    "embedder_digest": cfg.embedder.digest,
+                    "chunker": cfg.to_dict()["chunker"],
+                    "embedding": cfg.to_dict()["embedding"],
+                    "index": cfg.to_dict()["index"],
+                    "metrics": metrics,
+                },
+            )
+        return metrics
+
+    def _encrypt(self, src: Path, dst: Path, key: bytes, repository_digest: str, metrics):
+        from coco_ai.crypto import encrypt_checkpoint
+        from coco_ai.crypto.manifest import CONFIG_FILE
+
+        cfg = self.config
+        public_config = config_bytes(cfg)
+        manifest = encrypt_checkpoint(
+            str(src),
+            str(dst),
+            kek=key,
+            key_uri=cfg.checkpoint_key_uri,
+            run_id=cfg.run_id,
+            meta={
+                "base_model_digest": cfg.embedder.digest,
+                "dataset_digest": repository_digest,
+                "training_config_digest": sha256_digest(public_config),
+                "metrics": metrics,
+            },
+        )
+        (dst / CONFIG_FILE).write_bytes(public_config)
+        self.log(f"index encrypted: {len(manifest.files)} files under {cfg.checkpoint_key_uri}")
+        return manifest
+
+
+class _TooLarge(Exception):
+    def __init__(self, size: int) -> None:
+        super().__init__(f"{size} bytes")
+        self.size = size
