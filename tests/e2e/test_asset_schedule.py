@@ -33,6 +33,8 @@ def test_new_dataset_version_event_triggers_a_run_on_that_version(e2e_stack, fol
     store = Path(e2e_stack.info.dataset_uri.removeprefix("file://")).parent
     (store / "demo-v2.enc").write_bytes(blob)
     dataset_uri = f"file://{store / 'demo-v2.enc'}"
+    # ... and approves it: promotion takes approvals from the owner's signed policy only
+    assert e2e_stack.info.approve_datasets(dataset_uri) >= 2
 
     client = e2e_stack.info.client()
     try:
