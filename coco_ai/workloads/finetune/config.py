@@ -129,6 +129,32 @@ def recipe_for(settings: Mapping[str, Any]) -> dict[str, Any]:
     return recipe
 
 
+def run_config(
+    refs: RunRefs,
+    references: Mapping[str, Any],
+    settings: Mapping[str, Any],
+    tables: tuple[str, ...],
+) -> dict[str, Any]:
+    """A pipeline run's config, not yet validated: the run's own references (run id, staging,
+    checkpoint key, run-key root) and the workload's input `references`, plus the non-``None``
+    values of the optional `tables` in `settings`. One rule for every workload kind."""
+    unknown = sorted(set(settings) - set(tables))
+    if unknown:
+        raise ConfigError(f"{unknown[0]}: unknown settings table (expected {', '.join(tables)})")
+    config: dict[str, Any] = {
+        "run_id": refs.run_id,
+        "staging_uri": refs.staging_uri,
+        "checkpoint_key_uri": refs.checkpoint_key.uri(),
+        "run_key_root_uri": refs.run_key_root.uri(),
+        **references,
+    }
+    for table in tables:
+        values = {k: v for k, v in (settings.get(table) or {}).items() if v is not None}
+        if values:
+            config[table] = values
+    return config
+
+
 def config_for_run(refs: RunRefs, settings: Mapping[str, Any]) -> dict[str, Any]:
     """The config of a pipeline run: references from ``refs`` (key release's output) and the
     optional ``lora`` / ``training`` tables of ``settings`` (``None`` values keep the defaults).
@@ -139,21 +165,15 @@ def config_for_run(refs: RunRefs, settings: Mapping[str, Any]) -> dict[str, Any]
     dataset, base_model = refs.input("dataset"), refs.input("base_model")
     if dataset.key is None:
         raise ConfigError("dataset.key_uri: the run names no key for its data set")
-    config: dict[str, Any] = {
-        "run_id": refs.run_id,
-        "staging_uri": refs.staging_uri,
-        "checkpoint_key_uri": refs.checkpoint_key.uri(),
-        "run_key_root_uri": refs.run_key_root.uri(),
-        "dataset": {"uri": dataset.uri, "key_uri": dataset.key.uri()},
-        "base_model": {"path": base_model.uri, "digest": str(base_model.digest)},
-    }
-    unknown = sorted(set(settings) - {"lora", "training"})
-    if unknown:
-        raise ConfigError(f"{unknown[0]}: unknown settings table (expected lora, training)")
-    for table in ("lora", "training"):
-        values = {k: v for k, v in (settings.get(table) or {}).items() if v is not None}
-        if values:
-            config[table] = values
+    config = run_config(
+        refs,
+        {
+            "dataset": {"uri": dataset.uri, "key_uri": dataset.key.uri()},
+            "base_model": {"path": base_model.uri, "digest": str(base_model.digest)},
+        },
+        settings,
+        RECIPE_TABLES,
+    )
     return FinetuneConfig.from_dict(config).to_dict()
 
 

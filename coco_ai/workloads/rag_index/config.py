@@ -25,6 +25,7 @@ from coco_ai.workloads.finetune.config import (
     kbs_uri,
     one_of,
     read_config_file,
+    run_config,
     text,
 )
 from coco_ai.workloads.finetune.config import recipe_digest as _recipe_digest
@@ -117,23 +118,15 @@ def config_for_run(refs: RunRefs, settings: Mapping[str, Any]) -> dict[str, Any]
     documents, embedder = refs.input("documents"), refs.input("embedder")
     if documents.key is None:
         raise ConfigError("repository.key_uri: the run names no key for its documents")
-    config: dict[str, Any] = {
-        "run_id": refs.run_id,
-        "staging_uri": refs.staging_uri,
-        "checkpoint_key_uri": refs.checkpoint_key.uri(),
-        "run_key_root_uri": refs.run_key_root.uri(),
-        "repository": {"uri": documents.uri, "key_uri": documents.key.uri()},
-        "embedder": {"path": embedder.uri, "digest": str(embedder.digest)},
-    }
-    unknown = sorted(set(settings) - set(RECIPE_TABLES))
-    if unknown:
-        raise ConfigError(
-            f"{unknown[0]}: unknown settings table (expected {', '.join(RECIPE_TABLES)})"
-        )
-    for table in RECIPE_TABLES:
-        values = {k: v for k, v in (settings.get(table) or {}).items() if v is not None}
-        if values:
-            config[table] = values
+    config = run_config(
+        refs,
+        {
+            "repository": {"uri": documents.uri, "key_uri": documents.key.uri()},
+            "embedder": {"path": embedder.uri, "digest": str(embedder.digest)},
+        },
+        settings,
+        RECIPE_TABLES,
+    )
     return RagIndexConfig.from_dict(config).to_dict()
 
 
