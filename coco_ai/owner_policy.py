@@ -7,6 +7,12 @@ digests, the attestation trust anchor and the EAR signer, the accepted appraisal
 whether development (sample) evidence is acceptable, the minimum GPU count, the metric
 thresholds, the champion rule, and the keys allowed to sign promoted models.
 
+The top-level approvals, thresholds, champion rule and ``model_name`` govern the fine-tune's
+outputs; each other workload kind (coco_ai.workloads.kinds) whose outputs may be promoted has a
+section under ``workloads`` with its own registry name, approved inputs and recipes, thresholds
+and champion rule (:class:`WorkloadPolicy`). Attestation and promotion signers are shared: one
+chain of trust for every kind.
+
 Whoever verifies (the promotion step, `coco-ai verify`, a serving TEE) holds the owner's public
 key from its own configuration — never from an Airflow Connection, Variable, Param or XCom — and
 takes every decision from the document that key verifies. Airflow may only *narrow* it
@@ -20,7 +26,7 @@ import json
 import math
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from coco_ai.digest import Digest, is_sha256
@@ -41,8 +47,11 @@ _FIELDS = frozenset(
         "thresholds",
         "champion",
         "promotion_signers",
+        "workloads",
     }
 )
+#: the workload kind the top-level approvals, thresholds, champion rule and model_name govern
+FINETUNE = "finetune"
 _APPROVED = ("base_models", "datasets", "training_recipes", "images")
 _ATTESTATION = frozenset(
     {
@@ -58,6 +67,27 @@ _THRESHOLDS = ("max_eval_loss", "min_relative_improvement")
 
 class OwnerPolicyError(ValueError):
     """A policy document that is malformed, unsigned, signed by another key, or widened."""
+
+
+@dataclass(frozen=True)
+class WorkloadPolicy:
+    """What the owner approves for the outputs of one workload kind."""
+
+    workload: str
+    registry_name: str  # the registered model (or index) its promoted outputs are versions of
+    approved_inputs: Mapping[str, frozenset[str]]  # input name (the kind's) -> approved digests
+    approved_recipes: frozenset[str]
+    thresholds: Mapping[str, float]  # as the owner set them; see limits() for the defaults
+    champion_max_regression: float | None
+
+    def limits(self) -> dict[str, float]:
+        """The thresholds promotion applies: the owner's, and the kind's defaults for those
+        the owner left out."""
+        from coco_ai.workloads.kinds import workload_kind
+
+        rules = workload_kind(self.workload).promotion
+        limits = {t.name: t.default for t in rules.thresholds if t.default is not None}
+        return {**limits, **self.thresholds}
 
 
 @dataclass(frozen=True)
@@ -82,6 +112,8 @@ class OwnerPolicy:
     #: champion_eval_loss * (1 + champion_max_regression); None disables the comparison
     champion_max_regression: float | None
     promotion_signers: tuple[str, ...]  # PEM public keys allowed to sign a promoted model
+    #: the other workload kinds' sections (the fine-tune's are the top-level fields)
+    workloads: Mapping[str, WorkloadPolicy] = field(default_factory=dict)
 
     # ---- the document ---------------------------------------------------------------------
 
@@ -171,6 +203,7 @@ class OwnerPolicy:
             for i, s in enumerate(signers)
             if (p := _pem(s, f"promotion_signers[{i}]", bad, ("PUBLIC KEY",))) is not None
         )
+        workloads = _workloads(doc, bad)
         if bad:
             raise OwnerPolicyError("invalid owner policy: " + "; ".join(bad))
         assert anchor is not None and signer is not None
@@ -191,6 +224,7 @@ class OwnerPolicy:
             min_relative_improvement=limits["min_relative_improvement"],
             champion_max_regression=regression,
             promotion_signers=signer_pems,
+            workloads=workloads,
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -200,7 +234,7 @@ class OwnerPolicy:
             if self.champion_max_regression is None
             else {"max_regression": self.champion_max_regression}
         )
-        return {
+        doc = {
             "format": FORMAT,
             "policy_id": self.policy_id,
             "version": self.version,
@@ -222,6 +256,41 @@ class OwnerPolicy:
             "champion": champion,
             "promotion_signers": list(self.promotion_signers),
         }
+        if self.workloads:  # absent when empty: a fine-tune-only policy's payload is unchanged
+            doc["workloads"] = {
+                name: _workload_dict(section) for name, section in sorted(self.workloads.items())
+            }
+        return doc
+
+    def for_workload(self, workload: str) -> WorkloadPolicy:
+        """The owner's approvals, thresholds and registry name for `workload`'s outputs;
+        OwnerPolicyError when the policy has no section for it (it approves nothing of it)."""
+        if workload == FINETUNE:
+            return WorkloadPolicy(
+                workload=FINETUNE,
+                registry_name=self.model_name,
+                approved_inputs={
+                    "dataset": self.approved_datasets,
+                    "base_model": self.approved_base_models,
+                },
+                approved_recipes=self.approved_training_recipes,
+                thresholds={
+                    n: getattr(self, n) for n in _THRESHOLDS if getattr(self, n) is not None
+                },
+                champion_max_regression=self.champion_max_regression,
+            )
+        try:
+            return self.workloads[workload]
+        except KeyError:
+            raise OwnerPolicyError(
+                f"the owner policy approves no {workload} outputs (it has no workloads.{workload} "
+                "section)"
+            ) from None
+
+    @property
+    def registry_names(self) -> frozenset[str]:
+        """Every registered name the policy governs (the model's, each kind's)."""
+        return frozenset({self.model_name, *(w.registry_name for w in self.workloads.values())})
 
     @property
     def approved_image_digests(self) -> frozenset[str]:
@@ -237,16 +306,24 @@ class OwnerPolicy:
     # ---- narrowing (the only thing Airflow may do to it) ---------------------------------------
 
     def narrowed(
-        self,
-        *,
-        min_gpus: int | None = None,
-        max_eval_loss: float | None = None,
-        min_relative_improvement: float | None = None,
+        self, *, workload: str = FINETUNE, min_gpus: int | None = None, **thresholds: Any
     ) -> OwnerPolicy:
-        """This policy made stricter by run parameters; a parameter that would widen it is
-        refused (never silently clamped), so a misconfigured trigger fails loudly."""
+        """This policy made stricter by run parameters: `min_gpus` and `workload`'s thresholds
+        (coco_ai.workloads.kinds: max_eval_loss, min_relative_improvement for the fine-tune;
+        min_hit_rate_at_k, min_ann_recall_at_10 … for rag_index; None keeps the owner's). A
+        parameter that would widen it is refused (never silently clamped), so a misconfigured
+        trigger fails loudly."""
+        from coco_ai.workloads.kinds import workload_kind
+
+        try:
+            rules = workload_kind(workload).promotion
+        except ValueError as exc:
+            raise OwnerPolicyError(str(exc)) from None
+        section = self.for_workload(workload)
+        limits = section.limits()
         bad = []
         changes: dict[str, Any] = {}
+        tightened: dict[str, float] = {}
         if min_gpus is not None:
             if isinstance(min_gpus, bool) or not isinstance(min_gpus, int):
                 bad.append(f"min_gpus must be an integer, got {min_gpus!r}")
@@ -254,30 +331,34 @@ class OwnerPolicy:
                 bad.append(f"min_gpus={min_gpus} is below the data owner's minimum {self.min_gpus}")
             else:
                 changes["min_gpus"] = min_gpus
-        if max_eval_loss is not None:
-            if self.max_eval_loss is not None and max_eval_loss > self.max_eval_loss:
-                bad.append(
-                    f"max_eval_loss={max_eval_loss} is looser than the data owner's "
-                    f"{self.max_eval_loss}"
-                )
-            else:
-                changes["max_eval_loss"] = max_eval_loss
-        if min_relative_improvement is not None:
-            floor = self.min_relative_improvement
-            if floor is not None and min_relative_improvement < floor:
-                bad.append(
-                    f"min_relative_improvement={min_relative_improvement} is looser than the "
-                    f"data owner's {floor}"
-                )
-            else:
-                changes["min_relative_improvement"] = min_relative_improvement
-        for name, value in changes.items():
-            if name != "min_gpus" and (isinstance(value, bool) or not math.isfinite(value)):
+        for name, value in thresholds.items():
+            if value is None:
+                continue
+            threshold = rules.threshold(name)
+            if threshold is None:
+                known = ", ".join(t.name for t in rules.thresholds)
+                bad.append(f"{name} is not a threshold of {workload} outputs (those are {known})")
+            elif (
+                isinstance(value, bool)
+                or not isinstance(value, int | float)
+                or not math.isfinite(value)
+            ):
                 bad.append(f"{name} must be a finite number, got {value!r}")
+            elif (owner := limits.get(name)) is not None and (
+                value < owner if threshold.minimum else value > owner
+            ):
+                bad.append(f"{name}={value} is looser than the data owner's {owner}")
+            else:
+                tightened[name] = value
         if bad:
             raise OwnerPolicyError(
                 "run parameters may only narrow the owner policy: " + "; ".join(bad)
             )
+        if workload == FINETUNE:
+            changes.update(tightened)
+        elif tightened:
+            narrowed = replace(section, thresholds={**section.thresholds, **tightened})
+            changes["workloads"] = {**self.workloads, workload: narrowed}
         return replace(self, **changes)
 
     # ---- signing ----------------------------------------------------------------------------
@@ -433,3 +514,79 @@ def _pem(value: Any, what: str, bad: list[str], kinds: tuple[str, ...]) -> str |
         bad.append(f"{what} must be a PEM {' or '.join(k.lower() for k in kinds)}")
         return None
     return value.strip() + "\n"
+
+
+def _workloads(doc: Mapping[str, Any], bad: list[str]) -> dict[str, WorkloadPolicy]:
+    """The `workloads` sections: one per workload kind other than the fine-tune."""
+    from coco_ai.workloads.kinds import KINDS
+
+    sections = _table(doc, "workloads", bad)
+    found = {}
+    for name, section in sections.items():
+        where = f"workloads.{name}"
+        if name == FINETUNE:
+            bad.append(f"{where}: the fine-tune's approvals are the top-level fields")
+            continue
+        if name not in KINDS:
+            bad.append(f"{where}: unknown workload kind (known: {', '.join(sorted(KINDS))})")
+            continue
+        if not isinstance(section, Mapping):
+            bad.append(f"{where} must be an object")
+            continue
+        kind = KINDS[name]
+        unknown = sorted(set(section) - {"registry_name", "approved", "thresholds", "champion"})
+        if unknown:
+            bad.append(f"{where}: unknown field(s) {unknown}")
+        registry_name = section.get("registry_name")
+        if not isinstance(registry_name, str) or not registry_name.strip():
+            bad.append(f"{where}.registry_name must be a non-empty string")
+        approved = _table(section, "approved", bad)
+        inputs = [i.name for i in kind.inputs]
+        unknown = sorted(set(approved) - {*inputs, "recipes"})
+        if unknown:
+            bad.append(f"{where}.approved: unknown field(s) {unknown} (expected {inputs}, recipes)")
+        thresholds = _table(section, "thresholds", bad)
+        names = [t.name for t in kind.promotion.thresholds]
+        unknown = sorted(set(thresholds) - set(names))
+        if unknown:
+            bad.append(f"{where}.thresholds: unknown field(s) {unknown} (expected {names})")
+        limits = {
+            n: v
+            for n in names
+            if (v := _number(thresholds.get(n), f"{where}.thresholds.{n}", bad)) is not None
+        }
+        champion = _table(section, "champion", bad)
+        if sorted(set(champion) - {"max_regression"}):
+            bad.append(
+                f"{where}.champion: unknown field(s) {sorted(set(champion) - {'max_regression'})}"
+            )
+        regression = _number(
+            champion.get("max_regression"), f"{where}.champion.max_regression", bad
+        )
+        if regression is not None and regression < 0:
+            bad.append(f"{where}.champion.max_regression must not be negative")
+        found[name] = WorkloadPolicy(
+            workload=name,
+            registry_name=registry_name if isinstance(registry_name, str) else "",
+            approved_inputs={
+                i: _digest_set(approved.get(i), f"{where}.approved.{i}", bad) for i in inputs
+            },
+            approved_recipes=_digest_set(approved.get("recipes"), f"{where}.approved.recipes", bad),
+            thresholds=limits,
+            champion_max_regression=regression,
+        )
+    return found
+
+
+def _workload_dict(section: WorkloadPolicy) -> dict[str, Any]:
+    return {
+        "registry_name": section.registry_name,
+        "approved": {
+            **{name: sorted(d) for name, d in section.approved_inputs.items()},
+            "recipes": sorted(section.approved_recipes),
+        },
+        "thresholds": dict(sorted(section.thresholds.items())),
+        "champion": {}
+        if section.champion_max_regression is None
+        else {"max_regression": section.champion_max_regression},
+    }

@@ -1,4 +1,7 @@
-"""`AttestedModelPromotionOperator`: verify the evidence chain, sign, register, announce."""
+"""`AttestedModelPromotionOperator`: verify the evidence chain, sign, register, announce.
+
+One operator for every workload kind's output (a fine-tuned model, a RAG index): the kind comes
+from the run's references, its thresholds from coco_ai.workloads.kinds."""
 
 from __future__ import annotations
 
@@ -13,6 +16,7 @@ from coco_ai_airflow.provenance.links import ProvenanceLink
 #: Keys of the Asset event extra (references only).
 ASSET_EXTRA_KEYS = (
     "model_name",
+    "workload",
     "version",
     "alias",
     "run_id",
@@ -37,15 +41,21 @@ def _optional_number(name: str, value: Any) -> float | None:
         raise ValueError(f"{name} must be a number, got {value!r}") from None
 
 
-def narrowing(min_gpus: Any, thresholds: dict[str, Any] | None) -> dict[str, Any]:
-    """Run parameters as a narrowing of the owner policy (empty values: the owner's)."""
+def narrowing(
+    min_gpus: Any, thresholds: dict[str, Any] | None, workload: str = "finetune"
+) -> dict[str, Any]:
+    """Run parameters as a narrowing of the owner policy (empty values: the owner's); the
+    threshold names are the `workload` kind's (coco_ai.workloads.kinds)."""
+    from coco_ai.workloads.kinds import workload_kind
+
     thresholds = thresholds or {}
-    unknown = sorted(set(thresholds) - {"max_eval_loss", "min_relative_improvement"})
+    names = [t.name for t in workload_kind(workload).promotion.thresholds]
+    unknown = sorted(set(thresholds) - set(names))
     if unknown:
-        raise ValueError(f"unknown threshold(s) {unknown}")
+        raise ValueError(f"unknown threshold(s) {unknown} for {workload} (known: {names})")
     narrowed: dict[str, Any] = {
         name: number
-        for name in ("max_eval_loss", "min_relative_improvement")
+        for name in names
         if (number := _optional_number(name, thresholds.get(name))) is not None
     }
     if min_gpus is not None and min_gpus != "":
@@ -133,12 +143,15 @@ class AttestedModelPromotionOperator(BaseOperator):
             owner.policy.version,
             owner.digest,
         )
+        # [coco_ai] registered_model_name names the fine-tuned model; another kind's outputs
+        # go under the owner policy's registry name for that kind unless model_name is given
+        default_name = setting("registered_model_name") if refs.workload == "finetune" else ""
         result = promote(
             checkpoint["checkpoint_uri"],
             owner_policy=owner,
             initdata=Initdata.from_annotation(refs.initdata_annotation),
-            narrowing=narrowing(self.min_gpus, self.thresholds),
-            model_name=self.model_name or setting("registered_model_name") or None,
+            narrowing=narrowing(self.min_gpus, self.thresholds, refs.workload),
+            model_name=self.model_name or default_name or None,
             signing_key_path=required_setting("model_signing_key"),
             registry_uri=required_setting("mlflow_tracking_uri"),
             alias=self.alias or setting("serving_alias"),

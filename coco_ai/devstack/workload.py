@@ -17,6 +17,7 @@ from typing import Any
 
 from coco_ai.devstack.stack import local_image_reference
 from coco_ai.digest import Digest
+from coco_ai.guest.initdata import Initdata
 from coco_ai.kbs.resource_path import parse_resource_path
 from coco_ai.run_keys import DEFAULT_ROOT, Grant, checkpoint_key_path, derive_run_key, grant_path
 from coco_ai.runs import run_claims
@@ -32,6 +33,10 @@ class LocalStack:
     trust_anchor_pem: bytes = field(
         repr=False
     )  # the stand-in's CA: verifies its TLS and its EAR tokens
+    token_signer_pem: bytes = field(
+        repr=False
+    )  # the stand-in's EAR signer (an owner policy pins it)
+    initdata: Initdata = field(repr=False)  # the run's (what promotion checks the token against)
     dataset_key_uri: str
     checkpoint_key_uri: str
     run_key_root_uri: str
@@ -134,6 +139,8 @@ def start_local_stack(
         trustee_url=trustee.url,
         guest_url=guest.url,
         trust_anchor_pem=anchor,
+        token_signer_pem=trustee.token_signer_path.read_bytes(),
+        initdata=initdata,
         dataset_key_uri=dataset_key_ref.uri(),
         checkpoint_key_uri=checkpoint_key_path(run_id).uri(),
         run_key_root_uri=DEFAULT_ROOT.uri(),

@@ -15,6 +15,10 @@ champion rule, and with a registry its version, tags and the serving alias (neve
 Each check reports passed, failed (with a reason naming what) or not run; `Audit.exit_code`
 maps failures to the codes of `coco-ai checkpoint` (3 integrity, 4 attestation, signature or
 policy).
+
+A promoted RAG index is audited exactly as a model: the run's initdata names its workload kind,
+and the owner policy's section and the kind's rules (coco_ai.workloads.kinds) supply the
+registered name, approvals, thresholds and the champion metric.
 """
 
 from __future__ import annotations
@@ -87,7 +91,8 @@ _RECORD_STRINGS = (
     "signature_digest",
 )
 _RECORD_DIGESTS = ("manifest_digest", "owner_policy_digest", "signature_digest")
-_CHAMPION_FIELDS = ("version", "manifest_digest", "created_at", "eval_loss")
+#: a record's champion: these, plus the figure of the kind's champion metric (e.g. eval_loss)
+_CHAMPION_FIELDS = ("version", "manifest_digest", "created_at")
 
 
 @dataclass(frozen=True)
@@ -191,7 +196,7 @@ class PromotionRecord:
         if champion is not None and not _champion_shape(champion):
             bad.append(
                 "champion must be null or {version: int >= 1, manifest_digest: 'sha256:<64 hex>', "
-                "created_at: number, eval_loss: number or null}"
+                "created_at: number, <champion metric>: number or null}"
             )
         unknown = sorted(set(doc) - {*_RECORD_STRINGS, "format", "promoted_at", "champion"})
         if unknown:
@@ -269,6 +274,12 @@ def audit_promotion(
         if initdata.claim(RUN_ID_KEY) != record.run_id:
             raise ValueError(f"its {RUN_ID_KEY} is not the record's run_id {record.run_id!r}")
         expectations = PromotionExpectations.from_owner_policy(applied, initdata=initdata)
+        governed = applied.policy.for_workload(expectations.workload).registry_name
+        if governed != record.model_name:
+            raise ValueError(
+                f"it is a {expectations.workload} run, whose outputs the owner policy registers "
+                f"as {governed!r}, not the record's model_name {record.model_name!r}"
+            )
     except (InitdataError, ValueError) as exc:
         audit._add(INITDATA, FAILED, f"record's initdata: {exc}", INTEGRITY)
         return audit._skip_rest("the run's initdata is unusable")
@@ -308,14 +319,15 @@ def audit_promotion(
     audit.checks.append(_model_signature(checkpoint_uri, record, applied, options))
 
     # -- champion and registry
-    audit.checks.append(_champion(record, evidence, applied))
+    audit.checks.append(_champion(record, evidence, applied, expectations))
     if registry_uri is None:
         audit._add(REGISTRY, NOT_RUN, "no registry given")
         audit._add(ALIAS, NOT_RUN, "no registry given")
         return audit
     # an unreadable registry raises RegistryError: an error, not a verdict
-    name = model_name or applied.policy.model_name
-    audit.checks.append(_registry_version(record, evidence, name, registry_uri))
+    name = model_name or record.model_name  # the policy's name for the kind (checked above)
+    metric = expectations.rules.champion_metric
+    audit.checks.append(_registry_version(record, evidence, name, registry_uri, metric))
     audit.checks.append(_alias(name, alias, registry_uri))
     return audit
 
@@ -336,10 +348,10 @@ def _owner_policy(
             f"record's owner_policy_digest {record.owner_policy_digest} is not the digest of its "
             f"owner_policy ({recorded.digest})"
         )
-    if recorded.policy.model_name != record.model_name:
+    if record.model_name not in recorded.policy.registry_names:
         raise OwnerPolicyError(
-            f"record's owner_policy governs {recorded.policy.model_name!r}, not the record's "
-            f"model_name {record.model_name!r}"
+            f"record's owner_policy governs {sorted(recorded.policy.registry_names)}, not the "
+            f"record's model_name {record.model_name!r}"
         )
     if policy_jws is None:
         return recorded, recorded
@@ -458,18 +470,24 @@ def _model_signature(
 
 
 def _champion(
-    record: PromotionRecord, evidence: PromotionEvidence | None, applied: SignedOwnerPolicy
+    record: PromotionRecord,
+    evidence: PromotionEvidence | None,
+    applied: SignedOwnerPolicy,
+    expectations: PromotionExpectations,
 ) -> AuditCheck:
     champion = record.champion
     if champion is None:
         return AuditCheck(CHAMPION, PASSED, "the record names no champion it replaced")
     if evidence is None:
         return AuditCheck(CHAMPION, NOT_RUN, "the evidence chain did not verify")
+    rules = expectations.rules
     problems = champion_problems(
         champion,
         created_at=evidence.created_at,
-        eval_loss=evidence.metrics.get("eval_loss"),
-        max_regression=applied.policy.champion_max_regression,
+        metric=rules.champion_metric,
+        value=evidence.metrics.get(rules.champion_metric),
+        higher_is_better=rules.higher_is_better,
+        max_regression=applied.policy.for_workload(expectations.workload).champion_max_regression,
     )
     if problems:
         return AuditCheck(
@@ -488,6 +506,7 @@ def _registry_version(
     evidence: PromotionEvidence | None,
     name: str,
     registry_uri: str,
+    metric: str,
 ) -> AuditCheck:
     found = find_model_version(name, record.manifest_digest, registry_uri=registry_uri)
     if found is None:
@@ -515,7 +534,7 @@ def _registry_version(
         for tag, value in provenance_tags(expected).items()
         if found.tags.get(tag) != value
     ]
-    differing += _champion_in_registry(record, found, name, registry_uri)
+    differing += _champion_in_registry(record, found, name, registry_uri, metric)
     if differing:
         return AuditCheck(
             REGISTRY, FAILED, f"{name} version {found.version}: " + "; ".join(differing), INTEGRITY
@@ -526,7 +545,7 @@ def _registry_version(
 
 
 def _champion_in_registry(
-    record: PromotionRecord, found: RegisteredVersion, name: str, registry_uri: str
+    record: PromotionRecord, found: RegisteredVersion, name: str, registry_uri: str, metric: str
 ) -> list[str]:
     champion = record.champion
     if champion is None:
@@ -540,7 +559,7 @@ def _champion_in_registry(
     registered = {
         "manifest_digest": served.tags.get(TAG_PREFIX + "manifest_digest"),
         "created_at": _float(served.tags.get(TAG_PREFIX + "created_at")),
-        "eval_loss": _float(served.tags.get(METRIC_TAG_PREFIX + "eval_loss")),
+        metric: _float(served.tags.get(METRIC_TAG_PREFIX + metric)),
     }
     return [
         f"record's champion {key} {champion.get(key)!r} is not version {version}'s {value!r}"
@@ -579,8 +598,9 @@ def _alias(name: str, alias: str, registry_uri: str) -> AuditCheck:
 
 
 def _champion_shape(champion: Any) -> bool:
-    if not isinstance(champion, dict) or set(champion) != set(_CHAMPION_FIELDS):
+    if not isinstance(champion, dict) or not set(_CHAMPION_FIELDS) <= set(champion):
         return False
+    figures = [champion[k] for k in set(champion) - set(_CHAMPION_FIELDS)]
     version = champion["version"]
     return (
         isinstance(version, int)
@@ -588,7 +608,8 @@ def _champion_shape(champion: Any) -> bool:
         and version >= 1
         and is_sha256(champion["manifest_digest"])
         and _number(champion["created_at"])
-        and (champion["eval_loss"] is None or _number(champion["eval_loss"]))
+        and len(figures) == 1  # which metric it must be is the kind's, checked by the champion
+        and (figures[0] is None or _number(figures[0]))
     )
 
 

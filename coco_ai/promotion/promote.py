@@ -1,5 +1,10 @@
 """Promotion end to end: verify -> champion check -> sign -> record -> register, in that order.
 
+The same steps for every workload kind (a fine-tuned model, a RAG index): the run's initdata
+names the kind, the owner policy's section for it names the registered name, approvals and
+thresholds, and the kind's rules (coco_ai.workloads.kinds) say which metric the champion rule
+compares and in which direction.
+
 Every decision comes from the data owner's signed policy (coco_ai.owner_policy) and the run's
 initdata; the caller may only narrow the policy. Nothing reaches the registry unless every check
 passed, the model signature and the promotion record were written; a refusal at any step leaves
@@ -33,7 +38,12 @@ from coco_ai.promotion.registry import (
     version_by_alias,
 )
 from coco_ai.promotion.signing import ModelSignature, sign_model
-from coco_ai.promotion.verify import PromotionEvidence, PromotionExpectations, verify_for_promotion
+from coco_ai.promotion.verify import (
+    PromotionEvidence,
+    PromotionExpectations,
+    verify_for_promotion,
+    workload_of,
+)
 from coco_ai.storage.store import open_store, split_object_uri
 
 RECORD_FORMAT = "coco-ai/promotion-record/v1"
@@ -53,6 +63,7 @@ class PromotionResult:
         """References only, JSON-serialisable (what the Airflow operator returns / emits)."""
         return {
             "model_name": self.model_name,
+            "workload": self.evidence.workload,
             "version": self.version,
             "alias": self.alias,
             "checkpoint_uri": self.evidence.checkpoint_uri,
@@ -88,19 +99,27 @@ def promote(
     now: float | None = None,
 ) -> PromotionResult:
     """Verify the checkpoint of the run that carried `initdata` under `owner_policy` (narrowed
-    by `narrowing`: min_gpus, max_eval_loss, min_relative_improvement), compare it with the
-    served champion, sign it (OpenSSF model signing), write its promotion record, register it.
+    by `narrowing`: min_gpus and the run's kind's thresholds, e.g. max_eval_loss or
+    min_hit_rate_at_k), compare it with the served champion, sign it (OpenSSF model signing),
+    write its promotion record, register it under the policy's name for the kind's outputs.
 
     Raises PromotionRefused (reasons listed) when verification, the policy, the champion rule
     or signing fails; the registry is untouched then. Re-promoting the served manifest returns
     its version.
     """
     policy = owner_policy.policy
-    name = model_name or policy.model_name
-    if name != policy.model_name:
-        raise PromotionRefused([f"owner policy governs model {policy.model_name!r}, not {name!r}"])
     try:
-        narrowed = policy.narrowed(**dict(narrowing or {}))
+        workload = workload_of(initdata).name
+        governed = policy.for_workload(workload).registry_name
+    except (OwnerPolicyError, ValueError) as exc:
+        raise PromotionRefused([f"promotion expectations: {exc}"]) from None
+    name = model_name or governed
+    if name != governed:
+        raise PromotionRefused(
+            [f"owner policy governs model {governed!r} for {workload} outputs, not {name!r}"]
+        )
+    try:
+        narrowed = policy.narrowed(workload=workload, **dict(narrowing or {}))
         expectations = PromotionExpectations.from_owner_policy(
             SignedOwnerPolicy(narrowed, owner_policy.jws), initdata=initdata
         )
@@ -124,7 +143,7 @@ def promote(
     replaced = (
         _recorded_champion(record_uri, evidence.manifest_digest, options)
         if retry
-        else _champion_entry(champion)
+        else _champion_entry(champion, expectations)
     )
     try:
         signature = sign_model(
@@ -187,15 +206,19 @@ def promotion_record(
     return json.dumps(record, sort_keys=True, indent=1).encode()
 
 
-def _champion_entry(champion: RegisteredVersion | None) -> dict[str, Any] | None:
-    """The record's `champion`: the served version the challenger replaces, by reference."""
+def _champion_entry(
+    champion: RegisteredVersion | None, expectations: PromotionExpectations
+) -> dict[str, Any] | None:
+    """The record's `champion`: the served version the challenger replaces, by reference, with
+    its figure of the kind's champion metric (eval_loss for the fine-tune)."""
     if champion is None:
         return None
+    metric = expectations.rules.champion_metric
     return {
         "version": champion.version,
         "manifest_digest": _tag(champion, "manifest_digest"),
         "created_at": _number_tag(champion, TAG_PREFIX + "created_at"),
-        "eval_loss": _number_tag(champion, METRIC_TAG_PREFIX + "eval_loss"),
+        metric: _number_tag(champion, METRIC_TAG_PREFIX + metric),
     }
 
 
@@ -248,7 +271,7 @@ def _check_challenger(
     registry_uri: str | None,
 ) -> None:
     """Refuse a rollback (an already registered, older or not newer checkpoint) and, per the
-    owner policy, a challenger whose eval_loss is worse than the served champion's."""
+    owner policy, a challenger whose champion metric is worse than the served champion's."""
     reasons = []
     earlier = find_model_version(name, evidence.manifest_digest, registry_uri=registry_uri)
     if earlier is not None:
@@ -256,10 +279,13 @@ def _check_challenger(
             f"rollback: this checkpoint is already version {earlier.version} of {name}; "
             "moving the serving alias back to it is refused"
         )
+    rules = expectations.rules
     reasons += champion_problems(
-        _champion_entry(champion),
+        _champion_entry(champion, expectations),
         created_at=evidence.created_at,
-        eval_loss=evidence.metrics.get("eval_loss"),
+        metric=rules.champion_metric,
+        value=evidence.metrics.get(rules.champion_metric),
+        higher_is_better=rules.higher_is_better,
         max_regression=expectations.champion_max_regression,
     )
     if reasons:
@@ -270,17 +296,22 @@ def champion_problems(
     champion: Mapping[str, Any] | None,
     *,
     created_at: float,
-    eval_loss: Any,
+    metric: str,
+    value: Any,
+    higher_is_better: bool,
     max_regression: float | None,
 ) -> list[str]:
-    """Why a challenger created at `created_at` with `eval_loss` may not replace `champion`
-    (``{version, created_at, eval_loss}``, as the promotion record holds it): it must be newer,
-    and, unless the owner policy disables the comparison (`max_regression` None), its eval_loss
-    at most the champion's times (1 + max_regression). One rule for promote and coco-ai verify."""
+    """Why a challenger created at `created_at` with `metric` at `value` may not replace
+    `champion` (``{version, created_at, <metric>}``, as the promotion record holds it): it must
+    be newer, and, unless the owner policy disables the comparison (`max_regression` None), no
+    worse than the champion's figure by more than that share: at most champion × (1 +
+    max_regression) for a lower-is-better metric (eval_loss), at least champion × (1 −
+    max_regression) for a higher-is-better one (hit_rate_at_k). One rule for promote and
+    coco-ai verify."""
     if champion is None:
         return []
     version = champion.get("version")
-    served_at, served_loss = champion.get("created_at"), champion.get("eval_loss")
+    served_at, served = champion.get("created_at"), champion.get(metric)
     problems = []
     if not _is_number(served_at):
         problems.append(
@@ -293,12 +324,16 @@ def champion_problems(
             f"(created at {int(served_at)})"
         )
     if max_regression is not None:
-        if not _is_number(served_loss) or not _is_number(eval_loss):
-            problems.append("champion: eval_loss of the challenger or the champion is unknown")
-        elif eval_loss > served_loss * (1 + max_regression):
+        if not _is_number(served) or not _is_number(value):
+            problems.append(f"champion: {metric} of the challenger or the champion is unknown")
+        elif (
+            value < served * (1 - max_regression)
+            if higher_is_better
+            else value > served * (1 + max_regression)
+        ):
             problems.append(
-                f"champion: eval_loss {eval_loss:g} is worse than version {version}'s "
-                f"{served_loss:g} (allowed regression {max_regression:g})"
+                f"champion: {metric} {value:g} is worse than version {version}'s "
+                f"{served:g} (allowed regression {max_regression:g})"
             )
     return problems
 

@@ -55,21 +55,32 @@ deny contains msg if {
 	msg := sprintf("image %v is not approved", [object.get(input.attestation, "image_digest", null)])
 }
 
-# ---- inputs: the model must come from an approved base model, data set and training recipe ------
+# ---- inputs: the output must come from approved inputs and an approved recipe -----------------
+# The manifest names two input digests for every workload kind; `data.promotion.labels` says
+# what they are for this run's kind (fine-tune: base model, data set; rag_index: embedder,
+# document repository) and what its recipe is called.
+
+default_labels := {
+	"base_model_digest": "base model",
+	"dataset_digest": "data set",
+	"recipe": "training recipe",
+}
+
+label(name) := object.get(object.get(data.promotion, "labels", default_labels), name, default_labels[name])
 
 deny contains msg if {
 	not input.checkpoint.base_model_digest in data.promotion.approved_base_models
-	msg := sprintf("base model %v is not approved", [object.get(input.checkpoint, "base_model_digest", null)])
+	msg := sprintf("%s %v is not approved", [label("base_model_digest"), object.get(input.checkpoint, "base_model_digest", null)])
 }
 
 deny contains msg if {
 	not input.checkpoint.dataset_digest in data.promotion.approved_datasets
-	msg := sprintf("data set %v is not approved", [object.get(input.checkpoint, "dataset_digest", null)])
+	msg := sprintf("%s %v is not approved", [label("dataset_digest"), object.get(input.checkpoint, "dataset_digest", null)])
 }
 
 deny contains msg if {
 	not input.checkpoint.training_recipe_digest in data.promotion.approved_training_recipes
-	msg := sprintf("training recipe %v is not approved", [object.get(input.checkpoint, "training_recipe_digest", null)])
+	msg := sprintf("%s %v is not approved", [label("recipe"), object.get(input.checkpoint, "training_recipe_digest", null)])
 }
 
 deny contains msg if {
@@ -79,17 +90,27 @@ deny contains msg if {
 }
 
 # ---- metrics -----------------------------------------------------------------------------------
+# `data.promotion.metric_bounds`: [{metric, minimum (true: a floor, false: a ceiling), limit}],
+# the thresholds of the run's workload kind (coco_ai.workloads.kinds) the owner policy sets.
 
 deny contains msg if {
-	"max_eval_loss" in object.keys(data.promotion)
-	not is_number(input.metrics.eval_loss)
-	msg := "metric eval_loss is missing from the manifest"
+	some bound in object.get(data.promotion, "metric_bounds", [])
+	not is_number(input.metrics[bound.metric])
+	msg := sprintf("metric %s is missing from the manifest", [bound.metric])
 }
 
 deny contains msg if {
-	limit := data.promotion.max_eval_loss
-	input.metrics.eval_loss > limit
-	msg := sprintf("eval_loss %v is above the maximum %v", [input.metrics.eval_loss, limit])
+	some bound in object.get(data.promotion, "metric_bounds", [])
+	bound.minimum == false
+	input.metrics[bound.metric] > bound.limit
+	msg := sprintf("%s %v is above the maximum %v", [bound.metric, input.metrics[bound.metric], bound.limit])
+}
+
+deny contains msg if {
+	some bound in object.get(data.promotion, "metric_bounds", [])
+	bound.minimum == true
+	input.metrics[bound.metric] < bound.limit
+	msg := sprintf("%s %v is below the minimum %v", [bound.metric, input.metrics[bound.metric], bound.limit])
 }
 
 deny contains msg if {

@@ -6,7 +6,12 @@
    TEE key attested in that token and was created while the token was valid, the manifest is the
    run's (replay check), and the ciphertext in the store matches the manifest.
 2. Promotion policy, in Rego (`promotion.rego`, evaluated by regopy): metric thresholds and
-   approved base-model and data-set digests, with a reason for every rule that denies.
+   approved input, recipe and image digests, with a reason for every rule that denies.
+
+One chain for every workload kind: the run's initdata names its kind (claim
+`io.coco-ai.workload`, attested with the rest), and the kind's promotion rules
+(coco_ai.workloads.kinds.PromotionRules) say which recipe tables its public config has, which
+config fields name the input digests the manifest carries, and which metrics its thresholds bound.
 
 Every failure raises PromotionRefused naming what failed. The evidence returned holds public
 references only (digests, URIs, claims summary, the token itself), never a key.
@@ -41,6 +46,7 @@ from coco_ai.guest.initdata import (
     CUSTOM_KEY_PREFIX,
     IMAGE_DIGEST_KEY,
     RUN_ID_KEY,
+    WORKLOAD_KEY,
     Initdata,
 )
 from coco_ai.kbs.ear import EarClaims
@@ -59,6 +65,15 @@ _DIGEST_SETS = (
 )
 #: Trustee's development verifiers (sample CPU, sampledevice GPU): no hardware behind them
 DEVELOPMENT_EVIDENCE = ("sample", "sampledevice")
+#: the kind of a run whose initdata names none (initdata built before the workload claim)
+DEFAULT_WORKLOAD = "finetune"
+
+
+def workload_of(initdata: Initdata):
+    """The workload kind (coco_ai.workloads.kinds.WorkloadKind) the run's initdata claims."""
+    from coco_ai.workloads.kinds import workload_kind
+
+    return workload_kind(initdata.claim(WORKLOAD_KEY) or DEFAULT_WORKLOAD)
 
 
 @dataclass(frozen=True)
@@ -72,10 +87,12 @@ class PromotionExpectations:
     """
 
     run_id: str
+    #: approved digests of the inputs the manifest's base_model_digest and dataset_digest name
+    #: (the fine-tune's base model and data set; rag_index's embedder and document repository)
     approved_base_models: frozenset[str]
     approved_datasets: frozenset[str]
-    #: approved training recipes (coco_ai.workloads.finetune.config.recipe_digest) and image
-    #: digests; empty approves nothing
+    #: approved recipes (coco_ai.workloads.finetune.config.recipe_digest over the kind's recipe
+    #: tables) and image digests; empty approves nothing
     approved_training_recipes: frozenset[str] = frozenset()
     approved_images: frozenset[str] = frozenset()
     #: ear.appraisal-policy-id values accepted on every submod
@@ -83,8 +100,10 @@ class PromotionExpectations:
     #: sample / sampledevice evidence proves nothing about hardware: refused unless the owner
     #: policy is a development one
     allow_development_evidence: bool = False
-    #: the served model is replaced only by one with eval_loss <= champion * (1 + this);
-    #: None: no comparison (the owner policy says so explicitly)
+    #: the kind whose promotion rules apply (coco_ai.workloads.kinds)
+    workload: str = DEFAULT_WORKLOAD
+    #: the served version is replaced only by one whose champion metric is no worse than the
+    #: champion's by more than this share; None: no comparison (the owner policy says so)
     champion_max_regression: float | None = 0.0
     owner_policy_digest: str | None = None  # "sha256:<hex>" of the owner policy JWS
     init_data_digest: str | None = None
@@ -94,8 +113,8 @@ class PromotionExpectations:
     init_data_claims: Mapping[str, str] = field(default_factory=dict)
     min_gpus: int = 1
     token_signer_pem: bytes | None = None  # the pinned attestation-service signer, if any
-    max_eval_loss: float | None = None
-    min_relative_improvement: float | None = None
+    #: the kind's thresholds (coco_ai.workloads.kinds.Threshold names) to apply, by name
+    thresholds: Mapping[str, float] = field(default_factory=dict)
     leeway: int = 0  # clock skew tolerated when judging the token, seconds
 
     def __post_init__(self) -> None:
@@ -122,14 +141,24 @@ class PromotionExpectations:
             bad.append("min_gpus must be an integer")
         elif self.min_gpus < 0:
             bad.append("min_gpus must not be negative")
-        for what in ("max_eval_loss", "min_relative_improvement", "champion_max_regression"):
-            value = getattr(self, what)
+        limits = {**self.thresholds, "champion_max_regression": self.champion_max_regression}
+        for what, value in limits.items():
             if value is not None and (
                 isinstance(value, bool)
                 or not isinstance(value, int | float)
                 or not math.isfinite(value)
             ):
                 bad.append(f"{what} must be a finite number")
+        try:
+            rules = self.rules
+        except ValueError as exc:
+            bad.append(str(exc))
+        else:
+            bad += [
+                f"{name} is not a threshold of {self.workload} outputs"
+                for name in self.thresholds
+                if rules.threshold(name) is None
+            ]
         if bad:
             raise ValueError("invalid promotion expectations: " + "; ".join(bad))
 
@@ -153,16 +182,23 @@ class PromotionExpectations:
         if run_id is not None and run_id != claimed_run:
             raise ValueError(f"the initdata is run {claimed_run!r}'s, not run {run_id!r}'s")
         policy = owner.policy
+        kind = workload_of(initdata)
+        section = policy.for_workload(kind.name)
         check_code_binding(initdata, policy)
+        approved = {
+            spec.manifest_field: section.approved_inputs.get(spec.name, frozenset())
+            for spec in kind.inputs
+        }
         return cls(
             run_id=claimed_run,
-            approved_base_models=policy.approved_base_models,
-            approved_datasets=policy.approved_datasets,
-            approved_training_recipes=policy.approved_training_recipes,
+            approved_base_models=approved.get("base_model_digest", frozenset()),
+            approved_datasets=approved.get("dataset_digest", frozenset()),
+            approved_training_recipes=section.approved_recipes,
             approved_images=policy.approved_image_digests,
             appraisal_policy_ids=policy.appraisal_policy_ids,
             allow_development_evidence=policy.allow_development_evidence,
-            champion_max_regression=policy.champion_max_regression,
+            workload=kind.name,
+            champion_max_regression=section.champion_max_regression,
             owner_policy_digest=owner.digest,
             init_data_digest=initdata.digest().hex(),
             image_digest=initdata.claim(IMAGE_DIGEST_KEY),
@@ -172,10 +208,21 @@ class PromotionExpectations:
             },
             min_gpus=policy.min_gpus,
             token_signer_pem=policy.token_signer_pem.encode(),
-            max_eval_loss=policy.max_eval_loss,
-            min_relative_improvement=policy.min_relative_improvement,
+            thresholds=section.limits(),
             leeway=leeway,
         )
+
+    @property
+    def kind(self):
+        """The workload kind (coco_ai.workloads.kinds.WorkloadKind) whose rules apply."""
+        from coco_ai.workloads.kinds import workload_kind
+
+        return workload_kind(self.workload)
+
+    @property
+    def rules(self):
+        """The kind's promotion rules (coco_ai.workloads.kinds.PromotionRules)."""
+        return self.kind.promotion
 
     def verification_policy(self) -> VerificationPolicy:
         claims = {**self.init_data_claims, RUN_ID_KEY: self.run_id}
@@ -202,10 +249,21 @@ class PromotionExpectations:
             "approved_images": sorted(self.approved_images),
             "appraisal_policy_ids": sorted(self.appraisal_policy_ids),
             "allow_development_evidence": self.allow_development_evidence,
+            "labels": {
+                **{spec.manifest_field: spec.label for spec in self.kind.inputs},
+                "recipe": self.rules.recipe_label,
+            },
+            "metric_bounds": [
+                {"metric": t.metric, "minimum": t.minimum, "limit": self.thresholds[t.name]}
+                for t in self.rules.thresholds
+                if t.metric is not None and t.name in self.thresholds
+            ],
         }
-        for what in ("max_eval_loss", "min_relative_improvement", "checkpoint_key_uri"):
-            if getattr(self, what) is not None:
-                data[what] = getattr(self, what)
+        # the fine-tune's derived rule: relative improvement of eval_loss over eval_loss_before
+        if "min_relative_improvement" in self.thresholds:
+            data["min_relative_improvement"] = self.thresholds["min_relative_improvement"]
+        if self.checkpoint_key_uri is not None:
+            data["checkpoint_key_uri"] = self.checkpoint_key_uri
         return data
 
 
@@ -225,12 +283,15 @@ def check_code_binding(initdata: Initdata, policy: OwnerPolicy) -> None:
     image = policy.approved_image(initdata.claim(IMAGE_DIGEST_KEY))
     if image is None:
         return
+    module = workload_of(initdata).module
     claimed = initdata.claim(AGENT_POLICY_KEY)
-    if all(claimed != agent_policy_text(image, module) for module in workload_modules()):
+    if claimed != agent_policy_text(image, module):
+        other = any(claimed == agent_policy_text(image, m) for m in workload_modules())
         raise ValueError(
             f"the run's initdata does not carry the agent policy that starts only {image} "
-            "with a workload's launch (missing, permissive or another image's): the host could "
-            "have run other code"
+            f"with the launch of {module}, the workload it claims ("
+            + ("it starts another workload" if other else "missing, permissive or another image's")
+            + "): the host could have run other code"
         )
     if initdata.image_security_policy_uri != IMAGE_POLICY_URI:
         raise ValueError(
@@ -241,7 +302,10 @@ def check_code_binding(initdata: Initdata, policy: OwnerPolicy) -> None:
 
 @dataclass(frozen=True)
 class PromotionEvidence:
-    """Public references proving where a promoted checkpoint came from (no key, no plaintext)."""
+    """Public references proving where a promoted checkpoint came from (no key, no plaintext).
+
+    For every kind alike: base_model_digest and dataset_digest are the manifest's input digests
+    (rag_index: the embedder and the document repository)."""
 
     checkpoint_uri: str
     manifest_digest: str  # "sha256:<hex>" of manifest.json (canonical manifest bytes)
@@ -264,11 +328,13 @@ class PromotionEvidence:
     owner_policy_digest: str | None = None  # "sha256:<hex>" of the owner policy JWS applied
     training_recipe_digest: str | None = None
     files: dict[str, str] = field(default_factory=dict)  # stored file -> "sha256:<hex>"
+    workload: str = DEFAULT_WORKLOAD  # the kind of the run (its initdata's claim)
 
     def provenance(self) -> dict[str, Any]:
         """What the model registry records (see docs/formats/promotion.md)."""
         return {
             "checkpoint_uri": self.checkpoint_uri,
+            "workload": self.workload,
             "manifest_digest": self.manifest_digest,
             "token_digest": self.token_digest,
             "run_id": self.run_id,
@@ -391,6 +457,7 @@ def verify_for_promotion(
         owner_policy_digest=expectations.owner_policy_digest,
         training_recipe_digest=recipe,
         files=files,
+        workload=expectations.workload,
     )
 
 
@@ -435,9 +502,11 @@ def _training_config(
     text: str | None, manifest: Manifest, expectations: PromotionExpectations
 ) -> tuple[str | None, list[str]]:
     """(recipe digest, reasons) for the public training_config.json beside the manifest: it must
-    be the config whose digest the TEE signed, and belong to this run, base model and key."""
-    from coco_ai.workloads.finetune.config import RECIPE_TABLES, recipe_digest
+    be the config whose digest the TEE signed, and belong to this run, its inputs and its key.
+    The recipe is the digest of the kind's recipe tables."""
+    from coco_ai.workloads.finetune.config import recipe_digest
 
+    tables = expectations.rules.recipe_tables
     if text is None:
         return None, [f"training config: {CONFIG_FILE} is missing beside the manifest"]
     if _sha256(text.encode()) != manifest.training_config_digest:
@@ -447,15 +516,22 @@ def _training_config(
         ]
     try:
         config = json.loads(text)
-        recipe = recipe_digest(config)
+        recipe = recipe_digest(config, tables)
     except (ValueError, KeyError, TypeError):
-        return None, [f"training config: {CONFIG_FILE} lacks the {RECIPE_TABLES} tables"]
+        return None, [
+            f"training config: {CONFIG_FILE} lacks the {tables} tables of a "
+            f"{expectations.workload} config"
+        ]
     reasons = []
     if config.get("run_id") != manifest.run_id:
         reasons.append(f"training config: names run {config.get('run_id')!r}, not the manifest's")
-    base = config.get("base_model")
-    if not isinstance(base, dict) or base.get("digest") != manifest.base_model_digest:
-        reasons.append("training config: base model digest differs from the manifest's")
+    for spec in expectations.kind.inputs:
+        if spec.config_digest is None:
+            continue  # the config names the input by URI only; its digest is the TEE's to sign
+        table, name = spec.config_digest
+        named = config.get(table)
+        if not isinstance(named, dict) or named.get(name) != getattr(manifest, spec.manifest_field):
+            reasons.append(f"training config: {spec.label} digest differs from the manifest's")
     if config.get("checkpoint_key_uri") != manifest.key_uri:
         reasons.append("training config: checkpoint key differs from the manifest's")
     if (

@@ -111,3 +111,11 @@ def test_run_parameters_may_narrow_and_empty_ones_keep_the_owners(owner_files):
 def test_unknown_threshold_names_are_refused():
     with pytest.raises(ValueError, match="unknown threshold"):
         narrowing(None, {"max_eval_los": 1.0})
+
+
+def test_narrowing_takes_the_thresholds_of_the_runs_kind():
+    assert narrowing("", {"min_hit_rate_at_k": "0.9", "min_mrr_at_k": ""}, "rag_index") == {
+        "min_hit_rate_at_k": 0.9
+    }
+    with pytest.raises(ValueError, match="unknown threshold"):
+        narrowing(None, {"max_eval_loss": 1.0}, "rag_index")

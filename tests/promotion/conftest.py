@@ -338,3 +338,25 @@ def owner_policy(owner) -> SignedOwnerPolicy:
 def run_expectations(owner_policy: SignedOwnerPolicy, initdata: Initdata) -> PromotionExpectations:
     """What the test run's checkpoints must prove under the owner's policy."""
     return PromotionExpectations.from_owner_policy(owner_policy, initdata=initdata)
+
+
+def other_key_signature(ckpt: Path, pem: bytes) -> None:
+    """Re-sign the checkpoint's manifest with `pem`, a key no token attests."""
+    from jwcrypto import jwk, jws
+
+    from coco_ai.crypto.manifest import JWS_TYPE
+
+    key = jwk.JWK.from_pem(pem)
+    sig = jws.JWS((ckpt / "manifest.json").read_bytes())
+    sig.add_signature(
+        key, alg="ES256", protected={"alg": "ES256", "typ": JWS_TYPE, "kid": key.thumbprint()}
+    )
+    (ckpt / "manifest.jws").write_text(sig.serialize(compact=True))
+
+
+def flip_ciphertext(ckpt: Path) -> None:
+    """Flip one bit in the middle of the checkpoint's first ciphertext object."""
+    victim = sorted((ckpt / "objects").iterdir())[0]
+    data = bytearray(victim.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    victim.write_bytes(bytes(data))

@@ -282,3 +282,75 @@ def test_narrowing_refuses_malformed_values(owner_policy, args, reason):
 def test_a_threshold_the_owner_left_open_may_be_set(owner):
     open_policy = owner.sign(thresholds={}).policy
     assert open_policy.narrowed(max_eval_loss=3.0).max_eval_loss == 3.0
+
+
+# ---- per-kind sections ---------------------------------------------------------------------------
+
+RAG_SECTION = {
+    "registry_name": "northwind-index",
+    "approved": {
+        "documents": ["sha256:" + "a" * 64],
+        "embedder": ["sha256:" + "c" * 64],
+        "recipes": ["sha256:" + "f" * 64],
+    },
+    "thresholds": {"min_hit_rate_at_k": 0.8},
+    "champion": {"max_regression": 0.05},
+}
+
+
+def test_a_rag_index_section_round_trips_and_fills_the_recall_default(owner):
+    policy = owner.sign(workloads={"rag_index": RAG_SECTION}).policy
+    assert OwnerPolicy.from_dict(policy.to_dict()) == policy
+    section = policy.for_workload("rag_index")
+    assert section.registry_name == "northwind-index"
+    assert section.approved_inputs["documents"] == {"sha256:" + "a" * 64}
+    assert section.limits() == {"min_hit_rate_at_k": 0.8, "min_ann_recall_at_10": 0.95}
+    assert policy.registry_names == {policy.model_name, "northwind-index"}
+    # the fine-tune's view is the top-level fields
+    finetune = policy.for_workload("finetune")
+    assert finetune.registry_name == policy.model_name
+    assert finetune.approved_recipes == policy.approved_training_recipes
+
+
+def test_a_fine_tune_only_policy_payload_is_unchanged_by_the_workloads_field(owner):
+    policy = owner.sign().policy
+    assert "workloads" not in policy.to_dict()
+    with pytest.raises(OwnerPolicyError, match="approves no rag_index outputs"):
+        policy.for_workload("rag_index")
+
+
+@pytest.mark.parametrize(
+    ("workloads", "reason"),
+    [
+        ({"finetune": RAG_SECTION}, "workloads.finetune: the fine-tune's approvals are the top"),
+        ({"ocr": RAG_SECTION}, "workloads.ocr: unknown workload kind"),
+        ({"rag_index": {**RAG_SECTION, "registry_name": ""}}, "registry_name must be a non-empty"),
+        (
+            {"rag_index": {**RAG_SECTION, "thresholds": {"max_eval_loss": 1.0}}},
+            "workloads.rag_index.thresholds: unknown field(s) ['max_eval_loss']",
+        ),
+        (
+            {"rag_index": {**RAG_SECTION, "approved": {"datasets": []}}},
+            "workloads.rag_index.approved: unknown field(s) ['datasets']",
+        ),
+        (
+            {"rag_index": {**RAG_SECTION, "thresholds": {"min_hit_rate_at_k": "0.9"}}},
+            "workloads.rag_index.thresholds.min_hit_rate_at_k must be a finite number",
+        ),
+    ],
+)
+def test_a_malformed_workloads_section_is_refused(owner, workloads, reason):
+    with pytest.raises(OwnerPolicyError) as refused:
+        OwnerPolicy.from_dict(owner.policy_doc(workloads=workloads))
+    assert reason in str(refused.value)
+
+
+def test_narrowing_a_rag_index_threshold_touches_only_its_section(owner):
+    policy = owner.sign(workloads={"rag_index": RAG_SECTION}).policy
+    tighter = policy.narrowed(workload="rag_index", min_hit_rate_at_k=0.9)
+    assert tighter.for_workload("rag_index").limits()["min_hit_rate_at_k"] == 0.9
+    assert tighter.max_eval_loss == policy.max_eval_loss
+    with pytest.raises(OwnerPolicyError, match=r"min_ann_recall_at_10=0\.9 is looser than"):
+        policy.narrowed(workload="rag_index", min_ann_recall_at_10=0.9)
+    with pytest.raises(OwnerPolicyError, match="max_eval_loss is not a threshold of rag_index"):
+        policy.narrowed(workload="rag_index", max_eval_loss=1.0)

@@ -38,7 +38,7 @@ def _input(**overrides):
 def _data(**overrides):
     data = {
         "min_gpus": 1,
-        "max_eval_loss": 2.0,
+        "metric_bounds": [{"metric": "eval_loss", "minimum": False, "limit": 2.0}],
         "min_relative_improvement": 0.25,
         "approved_base_models": [BASE],
         "approved_datasets": [DATA],
@@ -62,7 +62,11 @@ def test_allows_a_checkpoint_meeting_every_rule():
     ("overrides", "data", "reason"),
     [
         ({"metrics__eval_loss": 2.5}, {}, "eval_loss 2.5 is above the maximum 2"),
-        ({"metrics__eval_loss": 3.5}, {"max_eval_loss": 5.0}, "improved by 0.125"),
+        (
+            {"metrics__eval_loss": 3.5},
+            {"metric_bounds": [{"metric": "eval_loss", "minimum": False, "limit": 5.0}]},
+            "improved by 0.125",
+        ),
         ({"checkpoint__dataset_digest": "sha256:" + "e" * 64}, {}, "data set sha256:eee"),
         ({"checkpoint__base_model_digest": None}, {}, "base model null is not approved"),
         ({"attestation__gpu_count": 1}, {"min_gpus": 2}, "covers 1 GPU(s), at least 2"),
@@ -116,7 +120,7 @@ def test_thresholds_not_configured_are_not_applied():
     doc = _input(metrics__eval_loss=9.0)
     doc["metrics"].pop("eval_loss_before")
     data = _data()
-    del data["max_eval_loss"], data["min_relative_improvement"]
+    del data["metric_bounds"], data["min_relative_improvement"]
     assert evaluate(doc, data).allow
 
 

@@ -8,9 +8,7 @@ import time
 from pathlib import Path
 
 import pytest
-from jwcrypto import jwk, jws
 
-from coco_ai.crypto.manifest import JWS_TYPE
 from coco_ai.guest.initdata import build_initdata
 from coco_ai.promotion import (
     PromotionExpectations,
@@ -32,6 +30,8 @@ from .conftest import (
     MODEL,
     RECIPE_DIGEST,
     RUN_ID,
+    flip_ciphertext,
+    other_key_signature,
     recipe_of,
     run_expectations,
     run_initdata,
@@ -152,22 +152,6 @@ def test_re_promotion_of_the_served_manifest_is_idempotent(
     # the registry records the signature that is stored now (re-signed by this run)
     assert serving.tags["coco-ai.signature_digest"] == again.signature.signature_digest
     verify_model_signature(baseline.evidence.checkpoint_uri, public_key_path=promotion_keys[1])
-
-
-def _other_key_signature(ckpt: Path, pem: bytes) -> None:
-    key = jwk.JWK.from_pem(pem)
-    sig = jws.JWS((ckpt / "manifest.json").read_bytes())
-    sig.add_signature(
-        key, alg="ES256", protected={"alg": "ES256", "typ": JWS_TYPE, "kid": key.thumbprint()}
-    )
-    (ckpt / "manifest.jws").write_text(sig.serialize(compact=True))
-
-
-def _flip_ciphertext(ckpt: Path) -> None:
-    victim = sorted((ckpt / "objects").iterdir())[0]
-    data = bytearray(victim.read_bytes())
-    data[len(data) // 2] ^= 0x01
-    victim.write_bytes(bytes(data))
 
 
 def _another_run_token(factory):
@@ -393,9 +377,9 @@ def test_refusals_name_the_failure_and_leave_the_registry_untouched(
     make_args, tamper, policy_overrides, narrowing, reason = REFUSALS[case]
     ckpt = checkpoints.make(**make_args(checkpoints, baseline))
     if tamper == "other-key":
-        _other_key_signature(ckpt, other_p256_pem)
+        other_key_signature(ckpt, other_p256_pem)
     elif tamper == "flip":
-        _flip_ciphertext(ckpt)
+        flip_ciphertext(ckpt)
     elif tamper == "config":
         _flip_byte(ckpt / "training_config.json")
     if policy_overrides.get("attestation__token_signer_pem") == "stranger-signer":
@@ -638,7 +622,7 @@ def test_all_policy_reasons_are_reported_together(checkpoints, issuer, initdata,
         metrics={"eval_loss": 2.9, "eval_loss_before": 3.0},
         dataset_digest="sha256:" + "e" * 64,
     )
-    _flip_ciphertext(ckpt)
+    flip_ciphertext(ckpt)
     with pytest.raises(PromotionRefused) as refused:
         verify_for_promotion(
             str(ckpt),
@@ -657,7 +641,7 @@ def test_invalid_expectations_are_rejected_up_front(initdata, owner_policy):
     with pytest.raises(ValueError, match="approved_datasets: 'v1'"):
         replace(expectations, approved_datasets={"v1"})
     with pytest.raises(ValueError, match="max_eval_loss must be a finite number"):
-        replace(expectations, max_eval_loss=float("nan"))
+        replace(expectations, thresholds={"max_eval_loss": float("nan")})
     with pytest.raises(ValueError, match="the initdata is run 'run-2026-11-26-a'"):
         PromotionExpectations.from_owner_policy(owner_policy, initdata=initdata, run_id="other")
 
