@@ -11,19 +11,18 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pendulum
-from airflow.sdk import (
-    DAG,
-    Asset,
-    AssetOrTimeSchedule,
-    CronTriggerTimetable,
-    Param,
-    conf,
-)
+from airflow.sdk import DAG, Asset, Param, conf
 
 from coco_ai.kbs.resource_path import RESOURCE_URI_PATTERN
-from coco_ai_airflow.attestation import AttestationGateOperator
-from coco_ai_airflow.checkpoint import EncryptedCheckpointUploadOperator
-from coco_ai_airflow.keys import KeyReleaseOperator, KeyRevokeOperator
+from coco_ai_airflow.keys import KeyReleaseOperator
+from coco_ai_airflow.pipeline import (
+    attestation_gate,
+    confidential_pipeline,
+    encrypted_upload,
+    revoke_keys,
+    schedule,
+    tee_params,
+)
 from coco_ai_airflow.promotion import AttestedModelPromotionOperator
 from coco_ai_airflow.workload import ConfidentialWorkloadOperator
 
@@ -41,24 +40,7 @@ PROMOTED_MODEL = Asset(
     uri=f"x-coco-ai://models/{_setting('registered_model_name')}",
 )
 
-
-def _schedule() -> Asset | AssetOrTimeSchedule:
-    """Retrain when a new data-set version lands and, if ``retrain_cron`` is set, by the clock."""
-    cron = _setting("retrain_cron").strip()
-    if not cron:
-        return TRAINING_DATA
-    return AssetOrTimeSchedule(
-        timetable=CronTriggerTimetable(cron, timezone="UTC"), assets=TRAINING_DATA
-    )
-
-
-DATA, LORA, TRAIN, TEE, PROMOTE = (
-    "Data",
-    "LoRA adapter",
-    "Training",
-    "Confidential computing",
-    "Promotion gate",
-)
+DATA, LORA, TRAIN, PROMOTE = ("Data", "LoRA adapter", "Training", "Promotion gate")
 
 PARAMS = {
     "base_model": Param(
@@ -102,30 +84,7 @@ PARAMS = {
         description="Stop after this many steps (empty: as many as the epochs give).",
         section=TRAIN,
     ),
-    "tee": Param(
-        _setting("default_tee"),
-        type="string",
-        enum=["tdx", "snp", "sample"],
-        values_display={
-            "tdx": "Intel TDX + NVIDIA confidential GPU",
-            "snp": "AMD SEV-SNP + NVIDIA confidential GPU",
-            "sample": "Sample TEE (development: local emulator, dev policy only)",
-        },
-        title="TEE type",
-        description="Hardware the fine-tune must attest on; picks the Kata runtime class.",
-        section=TEE,
-    ),
-    "gpu_count": Param(
-        1,
-        type="integer",
-        minimum=0,
-        maximum=8,
-        title="Confidential GPUs",
-        description="nvidia.com/pgpu per pod. Promotion requires at least this many attested "
-        "GPUs, and never fewer than the data owner's policy requires (a lower value fails the "
-        "run); the resource policy refuses keys to fewer GPUs than it requires.",
-        section=TEE,
-    ),
+    **tee_params(_setting("default_tee"), "fine-tune"),
     "max_eval_loss": Param(
         None,
         type=["null", "number"],
@@ -152,7 +111,8 @@ with DAG(
     description="PEFT fine-tuning on confidential GPUs with attested key release and promotion",
     doc_md=__doc__,
     start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
-    schedule=_schedule(),
+    # retrain when a new data-set version lands and, if retrain_cron is set, by the clock
+    schedule=schedule(TRAINING_DATA, _setting("retrain_cron")),
     catchup=False,
     max_active_runs=1,
     # Only the idempotent tasks set retries; a short delay suits transient network errors.
@@ -161,13 +121,7 @@ with DAG(
     render_template_as_native_obj=True,
     tags=["confidential-computing", "coco", "fine-tuning"],
 ) as dag:
-    attestation_gate = AttestationGateOperator(
-        task_id="attestation_gate",
-        retries=2,  # read-only checks: safe to retry on a transient network error
-        doc_md="""Pre-flight: Trustee answers over TLS with the pinned CA, serves exactly the
-repository's resource and attestation policies (by digest), and holds the required
-reference values. Fails closed, naming the mismatch.""",
-    )
+    gate = attestation_gate()
     key_release = KeyReleaseOperator(
         task_id="key_release",
         retries=2,  # the grant goes to a path fixed by the run id: writing it again is harmless
@@ -206,17 +160,10 @@ checkpoint keys from the confidential data hub (after attestation), trains, eval
 the adapter and signs its manifest with the attested TEE key. Kubernetes mode: a Kata pod with
 a confidential GPU runtime class; local mode: a process beside the guest emulator.""",
     )
-    encrypted_checkpoint_upload = EncryptedCheckpointUploadOperator(
-        task_id="encrypted_checkpoint_upload",
-        staged=confidential_finetune.output,
-        run_refs=key_release.output,
-        retries=2,  # content-addressed and manifest-last: a retry resumes, never duplicates
-        doc_md="""Copies the ciphertext and signed manifest from staging to the durable
-checkpoint store, verifying token, signature and digests first, without any key.""",
-    )
+    upload = encrypted_upload(confidential_finetune, key_release, "adapter")
     attested_promotion = AttestedModelPromotionOperator(
         task_id="attested_promotion",
-        checkpoint=encrypted_checkpoint_upload.output,
+        checkpoint=upload.output,
         run_refs=key_release.output,
         min_gpus="{{ params.gpu_count }}",
         thresholds={
@@ -232,28 +179,11 @@ model signing), writes the promotion record, registers it in MLflow and moves th
 Params can only tighten the owner's policy. Any failed check leaves the registry untouched;
 anyone can re-check the result with `coco-ai verify` and the owner's public key.""",
     )
-    revoke_keys = KeyRevokeOperator(
-        task_id="revoke_keys",
-        retries=2,  # tombstone + delete: a retry repeats both harmlessly
-        doc_md="""Always runs (trigger rule all_done): revokes this run's grant in Trustee, so
-no TEE of this run obtains its key any more. Marked as a teardown so that its success never
-hides a failed run.""",
-    )
-    # Cleanup must not decide the run's state: a teardown leaf is ignored for it, and keeping
-    # trigger rule all_done (not all_done_setup_success) revokes even after a failed key release.
-    revoke_keys.is_teardown = True
-
-    (
-        attestation_gate
-        >> key_release
-        >> confidential_finetune
-        >> encrypted_checkpoint_upload
-        >> attested_promotion
-        >> revoke_keys
-    )
-    [
-        attestation_gate,
+    confidential_pipeline(
+        gate,
         key_release,
         confidential_finetune,
-        encrypted_checkpoint_upload,
-    ] >> revoke_keys
+        upload,
+        attested_promotion,
+        revoke=revoke_keys(),
+    )

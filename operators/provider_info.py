@@ -207,6 +207,39 @@ def get_provider_info() -> dict:
                         "example": None,
                         "default": "0 3 * * 1",
                     },
+                    "documents_uri": {
+                        "description": "Encrypted RAG document repository preselected in the "
+                        "confidential_rag_index trigger form (coco-ai rag encrypt).",
+                        "version_added": None,
+                        "type": "string",
+                        "example": "s3://coco-datasets/northwind-docs-v1.enc",
+                        "default": "",
+                    },
+                    "documents_key_uri": {
+                        "description": "KBS resource holding the document repository's key, "
+                        "preselected in the confidential_rag_index trigger form.",
+                        "version_added": None,
+                        "type": "string",
+                        "example": "kbs:///coco-ai/rag-key/northwind-v1",
+                        "default": "kbs:///coco-ai/rag-key/default",
+                    },
+                    "embedder": {
+                        "description": "Sentence-embedder model directory (BERT layout) "
+                        "preselected in the confidential_rag_index trigger form.",
+                        "version_added": None,
+                        "type": "string",
+                        "example": "/models/all-MiniLM-L6-v2",
+                        "default": "",
+                    },
+                    "reindex_cron": {
+                        "description": "Cron expression (UTC) of periodic re-indexing (empty: "
+                        "none); runs also start when a new document-repository version is "
+                        "published as an Asset event.",
+                        "version_added": None,
+                        "type": "string",
+                        "example": "0 4 * * *",
+                        "default": "",
+                    },
                     "policy_set": {
                         "description": "Policy files the attestation gate expects Trustee to "
                         "serve: dev (accepts sample evidence) or prod.",
