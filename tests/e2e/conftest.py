@@ -9,9 +9,11 @@ secret-hygiene test knows which bytes to look for.
 
 from __future__ import annotations
 
+import base64
 import json
 import re
 import shutil
+import sqlite3
 import sys
 import time
 from dataclasses import dataclass
@@ -123,17 +125,19 @@ def follow_run(
     *,
     timeout_s: float = 300,
     on_refs=None,
+    dag_id: str = DAG_ID,
 ) -> FollowedRun:
-    """Poll a run to its end; its checkpoint key is what the data owner derives for it."""
+    """Poll a run of `dag_id` to its end; its checkpoint key is what the data owner derives
+    for it."""
     client = stack.info.client()
     refs = None
     deadline = time.monotonic() + timeout_s
     try:
         while True:
-            run = client.dag_run(DAG_ID, run_id)
-            tasks = {t["task_id"]: t for t in client.task_instances(DAG_ID, run_id)}
+            run = client.dag_run(dag_id, run_id)
+            tasks = {t["task_id"]: t for t in client.task_instances(dag_id, run_id)}
             if refs is None and (tasks.get("key_release") or {}).get("state") == "success":
-                refs = client.xcom(DAG_ID, run_id, "key_release")
+                refs = client.xcom(dag_id, run_id, "key_release")
                 if on_refs:
                     on_refs(refs)
             if run["state"] in TERMINAL:
@@ -147,6 +151,57 @@ def follow_run(
         client.close()
     key = stack.info.data_owner_run_key(RunRefs.from_xcom(refs).run_id) if refs else None
     return FollowedRun(run_id, run["state"], tasks, refs, key)
+
+
+# ---- secret hygiene: where Airflow keeps anything, searched for secrets -----------------------
+
+
+def secret_forms(secret: bytes) -> list[bytes]:
+    """The ways `secret` could be written down: raw, hex, base64 (also cut short, as padding-free
+    base64 inside a longer string ends differently)."""
+    forms = [
+        secret,
+        secret.hex().encode(),
+        secret.hex().upper().encode(),
+        base64.b64encode(secret),
+        base64.urlsafe_b64encode(secret),
+        base64.urlsafe_b64encode(secret).rstrip(b"="),
+    ]
+    return [*forms, base64.b64encode(secret)[:-4], base64.urlsafe_b64encode(secret)[:-4]]
+
+
+def find_secrets(haystack: bytes, secrets: dict[str, bytes]) -> list[str]:
+    """The names of the `secrets` found in `haystack`, in any of their forms."""
+    return [
+        name for name, value in secrets.items() for form in secret_forms(value) if form in haystack
+    ]
+
+
+def metadata_db_findings(stack: E2EStack, secrets: dict[str, bytes]) -> tuple[list[str], int]:
+    """(where each secret was found, rows read): every row of every table of Airflow's metadata
+    DB, then the raw DB files, write-ahead log included."""
+    db = Path(stack.info.root) / "airflow" / "airflow.db"
+    con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    tables = [r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='table'")]
+    assert {"xcom", "rendered_task_instance_fields", "task_instance", "connection"} <= set(tables)
+    found, rows_seen = [], 0
+    for table in tables:
+        for row in con.execute(f'SELECT * FROM "{table}"'):  # noqa: S608 - names from the DB
+            rows_seen += 1
+            blob = b"\x00".join(
+                v if isinstance(v, bytes) else str(v).encode() for v in row if v is not None
+            )
+            found += [f"{table}: {name}" for name in find_secrets(blob, secrets)]
+    con.close()
+    for path in db.parent.glob("airflow.db*"):
+        found += [f"{path.name}: {n}" for n in find_secrets(path.read_bytes(), secrets)]
+    return found, rows_seen
+
+
+def log_files(stack: E2EStack) -> tuple[list[Path], list[Path]]:
+    """(Airflow task logs, the stack's service logs)."""
+    root = Path(stack.info.root)
+    return list((root / "airflow" / "logs").rglob("*.log")), list((root / "logs").glob("*.log"))
 
 
 @pytest.fixture(scope="session")

@@ -4,9 +4,7 @@ environment of its processes."""
 
 from __future__ import annotations
 
-import base64
 import json
-import sqlite3
 from pathlib import Path
 
 import airflow_client.client as ac
@@ -14,6 +12,11 @@ import jinja2
 import pytest
 from airflow_client.client.api.dag_run_api import DagRunApi
 from airflow_client.client.models import TriggerDAGRunPostBody
+from conftest import (  # tests/e2e is on sys.path (rootdir-relative test modules)
+    find_secrets,
+    log_files,
+    metadata_db_findings,
+)
 from cryptography.hazmat.primitives import serialization
 
 from coco_ai.devstack import DAG_ID
@@ -102,20 +105,6 @@ def test_run_grant_is_revoked(e2e_stack, successful_run):
 # ---- secret hygiene -----------------------------------------------------------------------
 
 
-def _encodings(secret: bytes) -> list[bytes]:
-    forms = [
-        secret,
-        secret.hex().encode(),
-        secret.hex().upper().encode(),
-        base64.b64encode(secret),
-        base64.urlsafe_b64encode(secret),
-        base64.urlsafe_b64encode(secret).rstrip(b"="),
-    ]
-    # padding-free base64 of the same bytes may sit inside a longer string: drop the last,
-    # possibly merged, characters
-    return [*forms, base64.b64encode(secret)[:-4], base64.urlsafe_b64encode(secret)[:-4]]
-
-
 def _tee_private_forms(pem: bytes) -> dict[str, bytes]:
     key = serialization.load_pem_private_key(pem, password=None)
     der = key.private_bytes(
@@ -142,36 +131,14 @@ def secrets_of_the_run(e2e_stack, successful_run) -> dict[str, bytes]:
     return secrets
 
 
-def _find(haystack: bytes, secrets: dict[str, bytes]) -> list[str]:
-    return [
-        name for name, value in secrets.items() for form in _encodings(value) if form in haystack
-    ]
-
-
 def test_no_secret_in_any_table_of_the_metadata_db(e2e_stack, secrets_of_the_run):
-    db = Path(e2e_stack.info.root) / "airflow" / "airflow.db"
-    con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
-    tables = [r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='table'")]
-    assert {"xcom", "rendered_task_instance_fields", "task_instance", "connection"} <= set(tables)
-    found = []
-    rows_seen = 0
-    for table in tables:
-        for row in con.execute(f'SELECT * FROM "{table}"'):  # noqa: S608 - names from the DB
-            rows_seen += 1
-            blob = b"\x00".join(
-                v if isinstance(v, bytes) else str(v).encode() for v in row if v is not None
-            )
-            found += [f"{table}: {name}" for name in _find(blob, secrets_of_the_run)]
-    con.close()
+    found, rows_seen = metadata_db_findings(e2e_stack, secrets_of_the_run)
     assert rows_seen > 50
-    # and the raw files, write-ahead log included
-    for path in db.parent.glob("airflow.db*"):
-        found += [f"{path.name}: {n}" for n in _find(path.read_bytes(), secrets_of_the_run)]
     assert found == []
 
 
 def test_no_secret_in_task_logs_or_service_logs(e2e_stack, successful_run, secrets_of_the_run):
-    task_logs = list((Path(e2e_stack.info.root) / "airflow" / "logs").rglob("*.log"))
+    task_logs, service_logs = log_files(e2e_stack)
     assert any("confidential_finetune" in str(p) for p in task_logs)
     finetune_log = "\n".join(
         p.read_text(errors="replace")
@@ -179,11 +146,10 @@ def test_no_secret_in_task_logs_or_service_logs(e2e_stack, successful_run, secre
         if "task_id=confidential_finetune" in str(p)
     )
     assert "[workload]" in finetune_log and "key released" in finetune_log  # logs are streamed
-    service_logs = list((Path(e2e_stack.info.root) / "logs").glob("*.log"))
     found = [
         f"{p}: {name}"
         for p in task_logs + service_logs
-        for name in _find(p.read_bytes(), secrets_of_the_run)
+        for name in find_secrets(p.read_bytes(), secrets_of_the_run)
     ]
     assert found == []
 
@@ -203,7 +169,7 @@ def test_no_secret_in_xcom_or_rendered_templates_via_api(
     client.close()
     blob = json.dumps(payload).encode()
     assert b"kbs:///coco-ai-run/checkpoint-key/" in blob  # references do travel
-    assert _find(blob, secrets_of_the_run) == []
+    assert find_secrets(blob, secrets_of_the_run) == []
 
 
 def test_no_secret_in_the_pod_spec_of_this_run(e2e_stack, successful_run, secrets_of_the_run):
@@ -225,7 +191,7 @@ def test_no_secret_in_the_pod_spec_of_this_run(e2e_stack, successful_run, secret
     )
     op.render_template_fields({}, jinja_env=_plain_jinja())
     manifest = ApiClient().sanitize_for_serialization(op.build_pod_request_obj(dry_run=True))
-    assert _find(json.dumps(manifest).encode(), secrets_of_the_run) == []
+    assert find_secrets(json.dumps(manifest).encode(), secrets_of_the_run) == []
 
 
 def test_no_secret_in_the_environment_of_airflow_processes(e2e_stack, secrets_of_the_run):
@@ -245,7 +211,7 @@ def test_no_secret_in_the_environment_of_airflow_processes(e2e_stack, secrets_of
             continue
         readable += 1
         assert b"AIRFLOW_HOME=" in environ
-        found += [f"{pid}: {n}" for n in _find(environ, secrets_of_the_run)]
+        found += [f"{pid}: {n}" for n in find_secrets(environ, secrets_of_the_run)]
         # nor any credential of the key broker
         assert b"BEGIN PRIVATE KEY" not in environ
     assert readable >= 4
