@@ -100,3 +100,26 @@ def test_unreadable_and_malformed_files(tmp_path: Path) -> None:
     p.write_text("{not json")
     with pytest.raises(ConfigError, match="not valid JSON"):
         load_config(p)
+
+
+def test_the_rag_recipe_a_data_owner_approves_is_the_one_a_run_indexes_with() -> None:
+    from coco_ai.workloads.rag_index.config import RagIndexConfig, recipe_digest, recipe_for
+
+    run = RagIndexConfig.from_dict(
+        {
+            "run_id": "run-1",
+            "staging_uri": "file:///staging/run-1",
+            "checkpoint_key_uri": "kbs:///coco-ai-run/checkpoint-key/run-1",
+            "run_key_root_uri": "kbs:///coco-ai/run-key-root/v1",
+            "repository": {"uri": "file:///docs.enc", "key_uri": "kbs:///coco-ai/rag-key/v1"},
+            "embedder": {"path": "/m", "digest": "sha256:" + "0" * 64},
+            "chunker": {"max_words": 48},
+        }
+    ).to_dict()
+    settings = {"chunker": {"max_words": 48, "overlap_words": None}}
+    assert recipe_digest(recipe_for(settings)) == recipe_digest(run)
+    assert recipe_digest(recipe_for({})) != recipe_digest(run)
+    with pytest.raises(ConfigError, match=r"chunker\.overlap_words: 8 must be less than"):
+        recipe_for({"chunker": {"max_words": 8}})
+    with pytest.raises(ConfigError, match=r"index\.engine"):
+        recipe_for({"index": {"engine": "lancedb"}})
