@@ -474,3 +474,16 @@ def test_signing_jwk_whose_public_half_is_not_its_own_is_refused() -> None:
     mixed = {**a, "x": b["x"], "y": b["y"]}
     with pytest.raises(SealedSecretError, match="not the public key of d"):
         signing_key_from_jwk(json.dumps(mixed).encode(), "mixed")
+
+
+def test_volume_entry_resolving_outside_the_volume_is_refused(approved_guest, owner, tmp_path):
+    """A symlink out of the volume would make the unsealer write plaintext beside its target."""
+    outside = tmp_path / "elsewhere"
+    outside.write_text(owner.seal(DB_PASSWORD))
+    volume = tmp_path / "volume"
+    volume.mkdir()
+    (volume / "db").symlink_to(outside)
+    with pytest.raises(SealedSecretError, match="outside the mounted directory"):
+        unseal_mounted_files(volume, approved_guest.client.unseal_secret)
+    assert not (tmp_path / "elsewhere.unsealed").exists()
+    assert (volume / "db").read_text().startswith("sealed.")
