@@ -159,6 +159,39 @@ def test_our_seal_is_upstreams_bytes_up_to_the_signature() -> None:
     assert ours.rsplit(".", 1)[0] == UPSTREAM_SEALED.rsplit(".", 1)[0]
 
 
+def test_independent_jose_implementations_agree() -> None:
+    """What upstream's CDH checks is plain RFC 7515 ES256 (jose_jws + p256): two independent
+    implementations (joserfc, jwcrypto) verify our output, and ours verifies joserfc's."""
+    from joserfc import jws as joserfc_jws
+    from joserfc.jwk import ECKey
+    from jwcrypto import jwk as jwcrypto_jwk
+    from jwcrypto import jws as jwcrypto_jws
+
+    private = generate_signing_jwk(SIGNING_KID)
+    key = signing_key_from_jwk(json.dumps(private).encode(), "owner")
+    ours = seal_vault_secret(VaultSecret(DB_PASSWORD), key, SIGNING_KID)
+    compact = ours.removeprefix("sealed.")
+    payload = json.loads(
+        joserfc_jws.deserialize_compact(
+            compact, ECKey.import_key(public_jwk(private)), algorithms=["ES256"]
+        ).payload
+    )
+    assert payload == VaultSecret(DB_PASSWORD).payload()
+    token = jwcrypto_jws.JWS()
+    token.deserialize(compact)
+    token.verify(jwcrypto_jwk.JWK(**public_jwk(private)), alg="ES256")
+    assert json.loads(token.payload) == payload
+
+    theirs = "sealed." + joserfc_jws.serialize_compact(
+        {"alg": "ES256", "kid": SIGNING_KID},
+        json.dumps(VaultSecret(S3_KEY).payload()).encode(),
+        ECKey.import_key(private),
+        algorithms=["ES256"],
+    )
+    resources = {SIGNING_KID: json.dumps(public_jwk(private)).encode(), S3_KEY: b"s3"}
+    assert unseal_secret(theirs, resources.__getitem__, expected_resource=S3_KEY) == b"s3"
+
+
 # -- refusals -----------------------------------------------------------------------------------
 
 P384_JWK = {
