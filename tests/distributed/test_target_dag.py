@@ -208,3 +208,130 @@ def _wait_for_workload(workers: CeleryWorkers, timeout: float = 120.0) -> int:
                 return pid
         time.sleep(0.2)
     raise AssertionError(f"no {WORKLOAD_MODULE} process under the Celery worker in {timeout}s")
+
+
+def test_concurrent_runs_never_share_keys_or_checkpoints(celery_stack: CeleryStack) -> None:
+    """COCO_CONCURRENT_RUNS runs (default 4; benchmarks/bench_concurrent_runs.py runs 20) on
+    two data-set versions at once: each TEE receives only its own run's grant and its own data
+    set's key (Trustee's release audit), each promotion is its own run's checkpoint, every grant
+    is revoked, and the serving alias only ever moves to newer versions."""
+    from coco_ai.trustee_dev.state import StateDir
+
+    count = int(os.environ.get("COCO_CONCURRENT_RUNS", "4"))
+    second = publish_dataset_version(celery_stack, "concurrent-v2", seed=11)
+    first = {
+        "dataset_uri": celery_stack.info.dataset_uri,
+        "dataset_key_uri": celery_stack.info.dataset_key_uri,
+    }
+    versions_before = {v.version for v in celery_stack.registry_versions()}
+    releases_before = len(StateDir(celery_stack.info.trustee_state_dir).releases())
+
+    runs = [celery_stack.trigger({**DAG_CONF, **(first, second)[i % 2]}) for i in range(count)]
+    outcomes = {run_id: celery_stack.finish(run_id) for run_id in runs}
+
+    releases = StateDir(celery_stack.info.trustee_state_dir).releases()[releases_before:]
+    problems = cross_run_problems(celery_stack, outcomes, releases, versions_before)
+    assert problems == [], "\n".join(problems)
+
+
+def publish_dataset_version(stack: CeleryStack, name: str, *, seed: int) -> dict[str, str]:
+    """The data owner encrypts a data-set version under its own key, gives the key to Trustee
+    (admin API) and approves the version in the signed owner policy."""
+    import secrets
+
+    from coco_ai.crypto import encrypt_blob
+    from coco_ai.kbs.admin_auth import SelfSignedAdminAuth
+    from coco_ai.kbs.client import KbsAdminClient
+    from coco_ai.workloads.dataset import generate_examples, to_jsonl
+    from coco_ai.workloads.finetune.workload import DATASET_AAD
+
+    key_path = f"coco-ai/dataset-key/{name}"
+    key = secrets.token_bytes(32)
+    blob = encrypt_blob(
+        to_jsonl(generate_examples(seed=seed)),
+        kek=key,
+        key_uri=f"kbs:///{key_path}",
+        aad_context=DATASET_AAD,
+    )
+    root = Path(stack.info.root)
+    with KbsAdminClient(
+        stack.info.trustee_url,
+        auth=SelfSignedAdminAuth((root / "keys" / "admin-key.pem").read_bytes()),
+        ca_cert=(Path(stack.info.trustee_state_dir) / "tls-ca" / "ca.pem").read_bytes(),
+    ) as admin:
+        admin.set_resource(key_path, key)
+    del key
+    target = Path(stack.info.dataset_uri.removeprefix("file://")).parent / f"{name}.enc"
+    target.write_bytes(blob)
+    uri = f"file://{target}"
+    stack.info.approve_datasets(uri)
+    return {"dataset_uri": uri, "dataset_key_uri": f"kbs:///{key_path}"}
+
+
+def cross_run_problems(
+    stack: CeleryStack,
+    outcomes: dict[str, tuple[str, dict[str, dict]]],
+    releases: list[dict],
+    versions_before: set[int],
+) -> list[str]:
+    """Every way concurrent runs could have leaked into each other, as readable findings."""
+    client = stack.client
+    problems: list[str] = []
+    refs_of = {}  # coco run id -> its references
+    promoted = []  # (version, created_at) of what each run promoted
+    for dag_run_id, (state, tis) in outcomes.items():
+        summary = {task_id: ti["state"] for task_id, ti in tis.items()}
+        refs = RunRefs.from_xcom(client.xcom(DAG_ID, dag_run_id, "key_release"))
+        refs_of[refs.run_id] = refs
+        if summary.get("revoke_keys") != "success" or stack.resource(refs.grant.url_path()):
+            problems.append(f"{dag_run_id}: grant not revoked ({summary})")
+        if summary.get("attested_promotion") != "success":
+            # The champion rule may refuse a run whose checkpoint is older than one already
+            # served (a rollback): that is the only acceptable failure.
+            log = stack.log_tail()
+            if state != "failed" or summary.get("confidential_finetune") != "success":
+                problems.append(f"{dag_run_id}: failed before promotion: {summary}\n{log}")
+            continue
+        result = client.xcom(DAG_ID, dag_run_id, "attested_promotion")
+        if result["run_id"] != refs.run_id:
+            problems.append(f"{dag_run_id}: promoted run {result['run_id']}, not {refs.run_id}")
+        if f"/{refs.run_id}" not in result["checkpoint_uri"]:
+            problems.append(f"{dag_run_id}: promoted {result['checkpoint_uri']}")
+        promoted.append(result["version"])
+
+    run_claim = "io.coco-ai.run-id"
+    for entry in releases:
+        claims = entry.get("init_data_claims") or {}
+        receiver = refs_of.get(claims.get(run_claim))
+        if receiver is None:
+            problems.append(f"{entry['path']} released to a TEE of no run of this test: {claims}")
+            continue
+        wanted = {
+            receiver.grant.url_path(),
+            receiver.run_key_root.url_path(),
+            *(i.key.url_path() for i in receiver.inputs.values() if i.key is not None),
+        }
+        if entry["path"] not in wanted:
+            problems.append(f"run {receiver.run_id}'s TEE received {entry['path']}")
+    for run_id, refs in refs_of.items():
+        if not any(e["path"] == refs.grant.url_path() for e in releases):
+            problems.append(f"run {run_id}'s own grant was never released to it")
+
+    created = {
+        v.version: float(v.tags["coco-ai.created_at"])
+        for v in stack.registry_versions()
+        if v.version not in versions_before
+    }
+    if sorted(promoted) != sorted(created):
+        problems.append(f"registry gained versions {sorted(created)}, runs promoted {promoted}")
+    if not promoted:
+        problems.append("no run promoted")
+    # Monotonic: a higher version always holds a newer checkpoint, and the alias ends on the
+    # highest.
+    in_version_order = [created[v] for v in sorted(created)]
+    if in_version_order != sorted(in_version_order):
+        problems.append(f"a newer version holds an older checkpoint: {created}")
+    served = stack.serving_version()
+    if promoted and (served is None or served.version != max(promoted)):
+        problems.append(f"serving alias on {served and served.version}, not {max(promoted)}")
+    return problems
