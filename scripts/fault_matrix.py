@@ -32,7 +32,6 @@ NOT_YET = [
     ("Airflow", "task timeout", "each task"),
     ("Airflow", "run cleared from the UI mid fine-tune", "fine-tune"),
     ("Airflow", "triggerer restart (deferrable KubernetesPodOperator)", "fine-tune"),
-    ("Trustee", "EAR token / KBS session expiring mid training", "workload key fetch, signing"),
     ("Trustee", "crash leaving a grant, swept by a later run or cleanup DAG", "revoke"),
     ("resources", "data set or base model larger than the TEE's memory", "fine-tune"),
     ("resources", "full staging disk", "fine-tune (staging write)"),

@@ -78,6 +78,7 @@ class GuestComponentsEmulator:
         handshake_retries: int = 5,
         retry_delay: float = 1.0,
         clock: Callable[[], float] = time.time,
+        token_refresh_margin_s: float = TOKEN_REFRESH_MARGIN_S,
     ) -> None:
         if not isinstance(gpus, int) or isinstance(gpus, bool) or gpus < 0:
             raise EmulatorConfigError(f"gpus must be a non-negative integer, got {gpus!r}")
@@ -86,6 +87,7 @@ class GuestComponentsEmulator:
             raise EmulatorConfigError("no KBS URL: pass --kbs-url or put it in cdh.toml [kbc] url")
         self.initdata = initdata
         self.kbs_url = url
+        self.token_refresh_margin_s = token_refresh_margin_s
         self.gpus = gpus
         self.cpu = SampleAttester(init_data_digest=initdata.digest())
         self.devices: list[Any] = [SampleDeviceAttester(count=gpus)] if gpus else []
@@ -136,7 +138,7 @@ class GuestComponentsEmulator:
             token = self._kbs.token
             # The token may have been renewed by a resource fetch; its own exp is the truth.
             exp = _token_expiry(token) if token else None
-            if exp is None or self._clock() > exp - TOKEN_REFRESH_MARGIN_S:
+            if exp is None or self._clock() > exp - self.token_refresh_margin_s:
                 token = self._kbs.attest()
             return token, self._kbs.tee_key.private_pem()
 
