@@ -32,7 +32,6 @@ NOT_YET = [
     ("Airflow", "task timeout", "each task"),
     ("Airflow", "run cleared from the UI mid fine-tune", "fine-tune"),
     ("Airflow", "triggerer restart (deferrable KubernetesPodOperator)", "fine-tune"),
-    ("Trustee", "crash leaving a grant, swept by a later run or cleanup DAG", "revoke"),
     ("resources", "data set or base model larger than the TEE's memory", "fine-tune"),
     ("resources", "full staging disk", "fine-tune (staging write)"),
 ]
@@ -60,6 +59,17 @@ OTHER_TIERS = [
         "none",
         "tests/distributed/test_target_dag.py::"
         "test_concurrent_runs_never_share_keys_or_checkpoints",
+    ),
+    (
+        "Airflow",
+        "revoke_keys failed for good after a crash, the grant left in Trustee (simulated: "
+        "grant rewritten, task state set failed)",
+        "revoke",
+        "recovered: the hourly coco_ai_grant_sweep DAG revokes it",
+        "none after the sweep",
+        "none",
+        "tests/e2e/test_grant_sweep.py::"
+        "test_sweep_revokes_the_grant_of_a_run_whose_revocation_failed",
     ),
 ]
 
