@@ -56,6 +56,8 @@ from coco_ai.workloads.tee import (
     private_tmpdir,
 )
 
+#: the file, in the credentials directory, holding the index store's fsspec options
+STORAGE_OPTIONS_FILE = "storage-options.json"
 _WORD = re.compile(r"[a-z0-9]+")
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
 # words too common to say anything about which sentence answers a question
@@ -335,7 +337,12 @@ class ServiceStartup(TeeWorkload):
             index_run, min_gpus=0, init_data_claims={WORKLOAD_KEY: "rag_index"}
         )
         try:
-            verified = verify_checkpoint(cfg.index_uri, trust_anchor_pem=anchor, policy=policy)
+            verified = verify_checkpoint(
+                cfg.index_uri,
+                trust_anchor_pem=anchor,
+                policy=policy,
+                storage_options=self._storage_options(),
+            )
         except (CheckpointError, KbsError, OSError, ValueError) as exc:
             first = str(exc).splitlines()[0] if str(exc) else ""
             raise WorkloadError(
@@ -355,6 +362,31 @@ class ServiceStartup(TeeWorkload):
         self.log(f"index {verified.manifest_digest} of run {index_run} verified")
         return verified.manifest_digest, verified.manifest
 
+    def _storage_options(self) -> dict[str, Any]:
+        """The index store's credentials (fsspec options), if any: ``storage-options.json`` in
+        the directory ``COCO_AI_RAG_SERVE_CREDENTIALS_DIR`` names, where the pod's launcher
+        leaves what it unsealed (CoCo sealed secrets, unsealed by the CDH inside the TEE). Read
+        here, never logged; without it the store's own environment defaults apply."""
+        import os
+
+        from coco_ai.workloads.rag_serve.config import CREDENTIALS_DIR_ENV
+
+        directory = os.environ.get(CREDENTIALS_DIR_ENV)
+        if not directory:
+            return {}
+        path = Path(directory) / STORAGE_OPTIONS_FILE
+        try:
+            options = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return {}
+        except (OSError, ValueError) as exc:
+            raise WorkloadError(
+                f"storage credentials {path} unreadable: {type(exc).__name__}", EXIT_CONFIG
+            ) from None
+        if not isinstance(options, dict):
+            raise WorkloadError(f"storage credentials {path} must be a JSON object", EXIT_CONFIG)
+        return options
+
     def _index_key(self, guest, claims: dict[str, str], index_run: str) -> bytes:
         from coco_ai.guest.initdata import RUN_KEY_ROOT_KEY
         from coco_ai.run_keys import RunKeyError, derive_run_key
@@ -371,7 +403,9 @@ class ServiceStartup(TeeWorkload):
 
         uri = self.config.index_uri
         try:
-            manifest = decrypt_checkpoint(uri, dst, kek=key)
+            manifest = decrypt_checkpoint(
+                uri, dst, kek=key, storage_options=self._storage_options()
+            )
         except (CheckpointError, OSError, ValueError) as exc:
             first = str(exc).splitlines()[0] if str(exc) else ""
             raise WorkloadError(
