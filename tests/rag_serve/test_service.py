@@ -214,3 +214,41 @@ def test_client_refuses_a_service_it_cannot_verify(service, stack, trust, caller
         pytest.raises(ServiceVerificationError, match="does not verify"),
     ):
         client.verify_service()
+
+
+def test_probe_caller_cli(tmp_path, service, stack, trust, caller_guests) -> None:
+    import subprocess
+    import sys
+
+    anchor = tmp_path / "anchor.pem"
+    anchor.write_bytes(stack.trust_anchor_pem)
+    question = "Which torque applies to the " + MARKER
+    config = {
+        "service_url": service.url,
+        "caller_id": "alice",
+        "guest_api_url": caller_guests["alice"].url,
+        "trust_anchor_file": str(anchor),
+        "approved_image_digests": sorted(trust.approved_image_digests),
+        "index_manifest_digest": service.service.manifest_digest,
+        "question": question,
+        "k": 3,
+    }
+    path = tmp_path / "probe.json"
+
+    def probe(**override) -> subprocess.CompletedProcess:
+        path.write_text(json.dumps({**config, **override}))
+        module = "coco_ai.workloads.rag_serve.client"
+        return subprocess.run(
+            [sys.executable, "-m", module, "--config", str(path)],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+
+    ok = probe()
+    assert ok.returncode == 0, ok.stderr
+    assert "3 results with citations" in ok.stdout and MARKER not in ok.stdout + ok.stderr
+    # mallory's TEE has a credential, but not one the service admits
+    refused = probe(caller_id="mallory", guest_api_url=caller_guests["mallory"].url)
+    assert refused.returncode == 1
+    assert refused.stderr.strip() == "rag-client: error: HTTP 401: unauthorized"

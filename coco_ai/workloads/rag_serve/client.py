@@ -222,3 +222,52 @@ class RagServiceClient:
                 f"response to {path} is not signed by the attested service key"
             ) from None
         return resp.status_code, resp.content
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m coco_ai.workloads.rag_serve.client --config FILE``: an attested probe caller
+    (e.g. a readiness check in its own TEE). It verifies the service, asks one question with its
+    own credential and prints only counts and digests (never the question, a chunk or an
+    answer). Config JSON: ``service_url``, ``caller_id``, ``trust_anchor_file``,
+    ``approved_image_digests``, ``question``, optional ``guest_api_url``, ``token_signer_file``,
+    ``index_manifest_digest``, ``k``. Exit 0 answered, 1 refused or unverifiable, 2 bad config."""
+    import argparse
+    import sys
+    from pathlib import Path
+
+    from coco_ai.guest.client import DEFAULT_BASE_URL, GuestClient, GuestError
+
+    parser = argparse.ArgumentParser(prog="python -m coco_ai.workloads.rag_serve.client")
+    parser.add_argument("--config", required=True)
+    args = parser.parse_args(argv)
+    try:
+        cfg = json.loads(Path(args.config).read_text(encoding="utf-8"))
+        signer = cfg.get("token_signer_file")
+        trust = ServiceTrust(
+            trust_anchor_pem=Path(cfg["trust_anchor_file"]).read_bytes(),
+            approved_image_digests=frozenset(cfg["approved_image_digests"]),
+            token_signer_pem=Path(signer).read_bytes() if signer else None,
+            index_manifest_digest=cfg.get("index_manifest_digest"),
+        )
+        url, caller, question = cfg["service_url"], cfg["caller_id"], cfg["question"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        print(f"rag-client: error: bad config: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 2
+    try:
+        with GuestClient(cfg.get("guest_api_url", DEFAULT_BASE_URL)) as guest:
+            client = RagServiceClient.from_guest(url, trust, caller_id=caller, guest=guest)
+            with client:
+                claims = client.verify_service()
+                out = client.retrieve(question, cfg.get("k"))
+    except (GuestError, ServiceVerificationError, RagServiceError) as exc:
+        print(f"rag-client: error: {str(exc).splitlines()[0]}", file=sys.stderr)
+        return 1
+    print(
+        f"[rag-client] service of index {claims.get(INDEX_MANIFEST_KEY)} verified; "
+        f"{len(out['results'])} results with citations"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
