@@ -68,6 +68,25 @@ class ServiceTrust:
         )
 
 
+#: a caller's own token is fetched again this long before its exp
+TOKEN_REFRESH_MARGIN_S = 30
+
+
+def _cached_token(fetch: Callable[[], str], clock: Callable[[], float] = time.time):
+    """``fetch`` (the caller's guest API ``/aa/token``), called again only near the token's exp."""
+    from coco_ai.kbs.ear import unverified_claims
+
+    held: list[tuple[str, float]] = []
+
+    def token() -> str:
+        if not held or clock() > held[0][1] - TOKEN_REFRESH_MARGIN_S:
+            fresh = fetch()
+            held[:] = [(fresh, float(unverified_claims(fresh).expires_at))]
+        return held[0][0]
+
+    return token
+
+
 class RagServiceClient:
     def __init__(
         self,
@@ -100,7 +119,7 @@ class RagServiceClient:
             trust,
             caller_id=caller_id,
             credential=credential,
-            attestation_token=lambda: guest.get_token()[0],
+            attestation_token=_cached_token(lambda: guest.get_token()[0]),
             **kwargs,
         )
 

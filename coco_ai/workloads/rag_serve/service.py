@@ -56,6 +56,8 @@ from coco_ai.workloads.tee import (
     private_tmpdir,
 )
 
+#: verified caller tokens kept (cleared when full: a flood of fresh tokens costs only time)
+_TOKEN_CACHE_SIZE = 4096
 #: the file, in the credentials directory, holding the index store's fsspec options
 STORAGE_OPTIONS_FILE = "storage-options.json"
 _WORD = re.compile(r"[a-z0-9]+")
@@ -150,7 +152,9 @@ class CallerGate:
     and its attestation token (chained to the anchor, unexpired, every submod affirming) names
     that caller's credential in its initdata.
 
-    Both checks always run and are combined at the end, the credential comparison in constant
+    A token's verification is cached for its lifetime (tokens are public evidence; what the
+    cache saves is the chain and signature check of a token already seen). Both checks always
+    run and are combined at the end, the credential comparison in constant
     time against a same-length decoy for unknown callers, so the time and the (fixed) answer of
     a refusal do not depend on which check failed or on which caller ids exist.
     """
@@ -169,6 +173,9 @@ class CallerGate:
         self._clock = clock
         self._credentials: dict[str, bytes] = {}
         self._decoy = hashlib.sha256(trust_anchor_pem).digest()
+        # token -> (exp, the credential URI it names, "" if not affirming): a caller's token is
+        # verified once (chain, signature, claims), then only its expiry is checked again
+        self._verified_tokens: dict[str, tuple[float, str]] = {}
         self.refresh()
 
     @property
@@ -199,14 +206,20 @@ class CallerGate:
         credentials = self._credentials
         expected = credentials.get(caller, self._decoy)
         same = hmac.compare_digest(expected, credential) and caller in credentials
-        try:
-            claims = verify_ear_token(token, self._anchor, now=self._clock())
-            named = (claims.init_data_claims() or {}).get(CALLER_KEY)
-            attested = claims.all_affirming() and hmac.compare_digest(
-                str(named), _credential_uri_or_empty(caller)
-            )
-        except (KbsError, ValueError, TypeError):
-            attested = False
+        now = self._clock()
+        verified = self._verified_tokens.get(token)
+        if verified is None:
+            try:
+                claims = verify_ear_token(token, self._anchor, now=now)
+                named = (claims.init_data_claims() or {}).get(CALLER_KEY)
+                verified = (claims.expires_at, str(named) if claims.all_affirming() else "")
+            except (KbsError, ValueError, TypeError):
+                verified = (0.0, "")
+            if len(self._verified_tokens) >= _TOKEN_CACHE_SIZE:
+                self._verified_tokens.clear()
+            self._verified_tokens[token] = verified
+        expires_at, named = verified
+        attested = now < expires_at and hmac.compare_digest(named, _credential_uri_or_empty(caller))
         return same and attested
 
 
