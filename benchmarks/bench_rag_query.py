@@ -120,6 +120,7 @@ def main() -> None:
                 embedder_path=str(embedder),
                 callers=["bench-caller"],
                 limits={"max_k": RECALL_K},
+                out=io.StringIO(),  # stdout is the JSON result
             )
             trust = ServiceTrust(stack.trust_anchor_pem, frozenset({image.partition("@")[2]}))
             try:

@@ -105,9 +105,11 @@ def start_rag_service(
     credential_refresh_s: float = 30.0,
     limits: dict[str, int] | None = None,
     clock=None,
+    out=None,
 ) -> RagServiceStack:
     """Start the service of ``index_run_id`` on a free loopback port; raises
-    coco_ai.workloads.tee.WorkloadError (with its exit code) when it refuses to start."""
+    coco_ai.workloads.tee.WorkloadError (with its exit code) when it refuses to start. ``out``
+    receives the service's log lines (default stdout); ``clock`` is the service's clock."""
     from coco_ai.workloads.rag_serve.config import ServeConfig
     from coco_ai.workloads.rag_serve.server import serve
     from coco_ai.workloads.rag_serve.service import ServiceStartup
@@ -141,7 +143,7 @@ def start_rag_service(
                 "limits": limits or {},
             }
         )
-        startup = ServiceStartup(config)
+        startup = ServiceStartup(config, out=out)
         loaded = startup.start() if clock is None else startup.start(clock=clock)
         running = serve(loaded, config, log=startup.log)
     except BaseException:
