@@ -109,8 +109,21 @@ def clock_offset() -> list[float]:
 
 
 @pytest.fixture(scope="session")
+def service_log() -> io.StringIO:
+    """Everything the service logs (start-up, refreshes) while the suite runs."""
+    return io.StringIO()
+
+
+@pytest.fixture(scope="session")
 def service(
-    tmp_path_factory, stack, index_uri, manifest_digest, embedder, credentials, clock_offset
+    tmp_path_factory,
+    stack,
+    index_uri,
+    manifest_digest,
+    embedder,
+    credentials,
+    clock_offset,
+    service_log,
 ):
     from coco_ai.devstack.rag_service import start_rag_service
     from coco_ai.devstack.stack import local_image_reference
@@ -120,6 +133,7 @@ def service(
         **service_kwargs(stack, index_uri, manifest_digest, embedder),
         image=local_image_reference(),
         clock=lambda: time.time() + clock_offset[0],
+        out=service_log,
     ) as running:
         yield running
 

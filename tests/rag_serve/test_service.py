@@ -252,3 +252,68 @@ def test_probe_caller_cli(tmp_path, service, stack, trust, caller_guests) -> Non
     refused = probe(caller_id="mallory", guest_api_url=caller_guests["mallory"].url)
     assert refused.returncode == 1
     assert refused.stderr.strip() == "rag-client: error: HTTP 401: unauthorized"
+
+
+def test_client_refuses_answers_not_signed_by_the_attested_service(
+    service, trust, caller_guests
+) -> None:
+    """An impostor that relays the real service's attestation cannot answer in its name."""
+    import threading
+    import time
+
+    import uvicorn
+    from starlette.applications import Starlette
+    from starlette.responses import JSONResponse, Response
+    from starlette.routing import Route
+
+    from coco_ai.guest.client import GuestClient
+    from coco_ai.guest.emulator import bind_loopback
+
+    async def relay_attestation(request):
+        real = httpx.get(service.url + "/v1/attestation", trust_env=False)
+        return Response(real.content, media_type="application/json")
+
+    async def fake_answer(request):
+        return JSONResponse({"results": [], "index": {}})
+
+    app = Starlette(
+        routes=[
+            Route("/v1/attestation", relay_attestation),
+            Route("/v1/retrieve", fake_answer, methods=["POST"]),
+        ]
+    )
+    sock = bind_loopback("127.0.0.1", 0)
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    while not server.started:
+        time.sleep(0.01)
+    try:
+        impostor = f"http://127.0.0.1:{sock.getsockname()[1]}"
+        guest = GuestClient(caller_guests["alice"].url)
+        with RagServiceClient.from_guest(impostor, trust, caller_id="alice", guest=guest) as c:
+            c.verify_service()  # the relayed token itself is genuine
+            with pytest.raises(ServiceVerificationError, match="not signed by the attested"):
+                c.retrieve("anything")
+    finally:
+        server.should_exit = True
+        thread.join(10)
+
+
+def test_nothing_confidential_in_the_service_log_or_left_on_disk(
+    service, service_log, credentials, repository
+) -> None:
+    import base64
+    from pathlib import Path
+
+    log = service_log.getvalue()
+    assert "index of run" in log and "caller(s) admitted" in log  # it did log, counts only
+    for credential in credentials.values():
+        assert base64.urlsafe_b64encode(credential).rstrip(b"=").decode() not in log
+        assert credential.hex() not in log
+    for doc in repository.documents:
+        assert doc.text[:40] not in log and doc.title not in log
+    assert MARKER not in log
+    shm = Path("/dev/shm")  # the decrypted index dir is gone once the service serves
+    if shm.is_dir():
+        assert not list(shm.glob("coco-ai-rag-serve-*"))
