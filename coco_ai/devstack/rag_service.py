@@ -40,6 +40,15 @@ class RagServiceStack:
     def service(self):
         return self.running.service
 
+    def tls_context(self):
+        """An SSL context trusting exactly the service's certificate (for the owner's tests and
+        tools that talk to it without the verifying client)."""
+        import ssl
+
+        context = ssl.create_default_context(cadata=self.running.certificate_pem.decode())
+        context.check_hostname = False
+        return context
+
     def stop(self) -> None:
         self.running.stop()
         self.guest.stop()

@@ -63,7 +63,12 @@ def test_attested_caller_gets_cited_answers(service, trust, caller_guests, repos
 
 def _raw(service, headers: dict[str, str], body: bytes = b'{"query": "x"}') -> httpx.Response:
     return httpx.post(
-        service.url + "/v1/retrieve", content=body, headers=headers, trust_env=False, timeout=60
+        service.url + "/v1/retrieve",
+        content=body,
+        headers=headers,
+        trust_env=False,
+        timeout=60,
+        verify=service.tls_context(),
     )
 
 
@@ -254,26 +259,37 @@ def test_probe_caller_cli(tmp_path, service, stack, trust, caller_guests) -> Non
     assert refused.stderr.strip() == "rag-client: error: HTTP 401: unauthorized"
 
 
-def test_client_refuses_answers_not_signed_by_the_attested_service(
-    service, trust, caller_guests
+@pytest.mark.parametrize("impostor_tls", [False, True], ids=["http", "https-own-certificate"])
+def test_an_impostor_relaying_the_attestation_cannot_answer(
+    tmp_path, service, trust, caller_guests, impostor_tls
 ) -> None:
-    """An impostor that relays the real service's attestation cannot answer in its name."""
+    """An impostor relays the real service's (genuine) attestation. Over plain HTTP its answer
+    is refused for want of the attested key's signature; over TLS with its own certificate the
+    client, pinned to the attested key's certificate, never even sends it the query."""
     import threading
     import time
 
     import uvicorn
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
     from starlette.applications import Starlette
     from starlette.responses import JSONResponse, Response
     from starlette.routing import Route
 
     from coco_ai.guest.client import GuestClient
     from coco_ai.guest.emulator import bind_loopback
+    from coco_ai.workloads.rag_serve.app import tee_key_certificate
+
+    queries = []
 
     async def relay_attestation(request):
-        real = httpx.get(service.url + "/v1/attestation", trust_env=False)
+        real = httpx.get(
+            service.url + "/v1/attestation", trust_env=False, verify=service.tls_context()
+        )
         return Response(real.content, media_type="application/json")
 
     async def fake_answer(request):
+        queries.append(await request.body())
         return JSONResponse({"results": [], "index": {}})
 
     app = Starlette(
@@ -282,22 +298,35 @@ def test_client_refuses_answers_not_signed_by_the_attested_service(
             Route("/v1/retrieve", fake_answer, methods=["POST"]),
         ]
     )
+    tls = {}
+    if impostor_tls:
+        key = ec.generate_private_key(ec.SECP256R1()).private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+        (tmp_path / "key.pem").write_bytes(key)
+        (tmp_path / "cert.pem").write_bytes(tee_key_certificate(key))
+        tls = {"ssl_keyfile": str(tmp_path / "key.pem"), "ssl_certfile": str(tmp_path / "cert.pem")}
     sock = bind_loopback("127.0.0.1", 0)
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off", **tls))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     while not server.started:
         time.sleep(0.01)
+    scheme = "https" if impostor_tls else "http"
+    impostor = f"{scheme}://127.0.0.1:{sock.getsockname()[1]}"
+    expected = "certificate verify failed" if impostor_tls else "not signed by the attested"
     try:
-        impostor = f"http://127.0.0.1:{sock.getsockname()[1]}"
         guest = GuestClient(caller_guests["alice"].url)
         with RagServiceClient.from_guest(impostor, trust, caller_id="alice", guest=guest) as c:
             c.verify_service()  # the relayed token itself is genuine
-            with pytest.raises(ServiceVerificationError, match="not signed by the attested"):
+            with pytest.raises(ServiceVerificationError, match=expected):
                 c.retrieve("anything")
     finally:
         server.should_exit = True
         thread.join(10)
+    assert len(queries) == (0 if impostor_tls else 1)
 
 
 def test_nothing_confidential_in_the_service_log_or_left_on_disk(

@@ -1,8 +1,9 @@
 """The retrieval service's HTTP API (docs/formats/rag.md §5): Starlette on uvicorn.
 
 - ``GET /v1/attestation`` (public): ``{"token": <EAR token>, "signing_key": <its tee-pubkey
-  JWK>}``. The token is this TEE's, so a caller proves the service's code, initdata and key
-  before it sends anything (coco_ai.workloads.rag_serve.client).
+  JWK>, "certificate": <the TLS certificate, PEM, for that same key>}``. The token is this
+  TEE's, so a caller proves the service's code, initdata and key — and pins the TLS certificate
+  of that key — before it sends anything (coco_ai.workloads.rag_serve.client).
 - ``POST /v1/retrieve`` ``{"query", "k"?}`` → ``{"results": [{rank, score, doc_id, chunk,
   start, end, title, text}], "index": {run_id, manifest_digest}}``.
 - ``POST /v1/chat/completions`` (OpenAI-compatible subset): the last ``user`` message is the
@@ -85,7 +86,41 @@ class ResponseSigner:
         return b64url_encode(r.to_bytes(32, "big") + s.to_bytes(32, "big"))
 
 
-def build_app(service: LoadedService, limits: Limits, *, default_k: int) -> Starlette:
+def tee_key_certificate(tee_key_pem: bytes, *, lifetime_s: int = 7 * 24 * 3600) -> bytes:
+    """A self-signed X.509 certificate (PEM) for the TEE key: the service's TLS certificate. It
+    proves nothing by itself; a caller trusts it only because its public key is the one the
+    service's EAR token attests (coco_ai.workloads.rag_serve.client)."""
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.serialization import load_pem_private_key
+    from cryptography.x509.oid import NameOID
+
+    key = load_pem_private_key(tee_key_pem, password=None)
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "coco-ai rag_serve TEE key")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(seconds=lifetime_s))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    return cert.public_bytes(serialization.Encoding.PEM)
+
+
+def build_app(
+    service: LoadedService,
+    limits: Limits,
+    *,
+    default_k: int,
+    certificate_pem: bytes | None = None,
+) -> Starlette:
     from coco_ai.kbs.ear import unverified_claims
     from coco_ai.kbs.wire import b64url_decode
 
@@ -219,7 +254,10 @@ def build_app(service: LoadedService, limits: Limits, *, default_k: int) -> Star
         token, _ = await run_in_threadpool(service.attestation)
         key = unverified_claims(token).tee_pubkey()
         public = {k: key[k] for k in ("kty", "crv", "x", "y")}
-        return json_reply(request, 200, {"token": token, "signing_key": public})
+        doc = {"token": token, "signing_key": public}
+        if certificate_pem is not None:
+            doc["certificate"] = certificate_pem.decode()
+        return json_reply(request, 200, doc)
 
     async def not_found(request: Request, exc: Exception) -> Response:
         return json_reply(request, 404, {"error": "not found"})

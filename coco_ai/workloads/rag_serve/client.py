@@ -6,7 +6,9 @@ Before the first query :meth:`RagServiceClient.verify_service` fetches ``/v1/att
 requires: the EAR token chains to the data owner's trust anchor (and signer, when pinned), is
 unexpired, every submod affirming; its initdata claims name the role ``rag_serve``, an image the
 data owner approved and (when given) the promoted index manifest the caller expects; the
-advertised signing key is the token's attested TEE key. Every later response must carry a
+advertised signing key is the token's attested TEE key; over https, the advertised TLS
+certificate is for that key, and from then on the client trusts that certificate only, so a
+query is only ever sent to the attested TEE. Every later response must carry a
 signature by that key over the request's method, path, a fresh nonce, status and body: a
 response from anything else — another process, a replay — is refused, whatever it says.
 
@@ -105,7 +107,13 @@ class RagServiceClient:
         self._token = attestation_token
         self._clock = clock
         self._service_key = None  # the attested signing key, once verify_service succeeded
-        self._http = httpx.Client(base_url=url, timeout=timeout, trust_env=False)
+        self._url, self._timeout = url, timeout
+        self._tls = url.startswith("https://")
+        # https: the first client only fetches the (public) attestation, certificate unchecked;
+        # queries go through a client that trusts exactly the certificate of the attested key
+        self._http = httpx.Client(
+            base_url=url, timeout=timeout, trust_env=False, verify=not self._tls
+        )
 
     @classmethod
     def from_guest(cls, url: str, trust: ServiceTrust, *, caller_id: str, guest, **kwargs):
@@ -176,10 +184,38 @@ class RagServiceClient:
             if not isinstance(advertised, dict) or not same_ec_key(advertised, attested):
                 raise ServiceVerificationError("advertised signing key is not the attested one")
             key = jwk.JWK(**{k: attested[k] for k in ("kty", "crv", "x", "y")})
-            self._service_key = key.get_op_key("verify")
+            service_key = key.get_op_key("verify")
         except (KbsError, KeyError, TypeError, ValueError, JWException):
             raise ServiceVerificationError("service token has no usable P-256 key") from None
+        if self._tls:
+            self._pin_certificate(doc.get("certificate"), service_key)
+        self._service_key = service_key
         return {k: v for k, v in init.items() if isinstance(v, str)}
+
+    def _pin_certificate(self, certificate: object, service_key) -> None:
+        """Query only over TLS to the holder of the attested key: the advertised certificate
+        must be for that key, and becomes the one certificate the next client trusts."""
+        import ssl
+
+        from cryptography import x509
+        from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+        def spki(key) -> bytes:
+            return key.public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
+
+        try:
+            cert = x509.load_pem_x509_certificate(str(certificate).encode())
+            same = spki(cert.public_key()) == spki(service_key)
+        except ValueError:
+            same = False
+        if not same:
+            raise ServiceVerificationError("service TLS certificate is not for the attested key")
+        context = ssl.create_default_context(cadata=cert.public_bytes(Encoding.PEM).decode())
+        context.check_hostname = False  # the pinned certificate is the identity, not a name
+        self._http.close()
+        self._http = httpx.Client(
+            base_url=self._url, timeout=self._timeout, trust_env=False, verify=context
+        )
 
     def retrieve(self, query: str, k: int | None = None) -> dict[str, Any]:
         body: dict[str, Any] = {"query": query}

@@ -50,6 +50,9 @@ class ServeConfig:
     guest_api_url: str = "http://127.0.0.1:8006"
     host: str = "127.0.0.1"
     port: int = 8080
+    # TLS with a certificate for the attested TEE key (what callers pin); plain HTTP is allowed
+    # on loopback only
+    tls: bool = True
     store_attempts: int = 5
     store_backoff_s: float = 1.0
     credential_refresh_s: float = 30.0  # how soon a revoked caller credential stops working
@@ -67,6 +70,12 @@ class ServeConfig:
         return config
 
 
+def _boolean(name: str, v: Any) -> bool:
+    if not isinstance(v, bool):
+        raise ConfigError(f"{name}: expected true or false, got {type(v).__name__}")
+    return v
+
+
 def load_config(path: str | Path) -> ServeConfig:
     return ServeConfig.from_dict(read_config_file(path))
 
@@ -79,6 +88,7 @@ _CHECKS = {
     "guest_api_url": text(prefixes=("http://", "https://")),
     "host": text(),
     "port": int_in(0, 65535),
+    "tls": _boolean,
     "store_attempts": int_in(1, 20),
     "store_backoff_s": float_in(0, 60),
     "credential_refresh_s": float_in(0.1, 3600),

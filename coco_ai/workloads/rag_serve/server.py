@@ -1,4 +1,5 @@
-"""Serving the loaded service: uvicorn on a loopback socket, plus the periodic refresh of the
+"""Serving the loaded service: uvicorn (TLS with a certificate for the attested TEE key, or plain
+HTTP on loopback), plus the periodic refresh of the
 callers' credentials (so a credential the data owner revoked in Trustee stops working within
 ``credential_refresh_s``)."""
 
@@ -7,6 +8,7 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from coco_ai.net import is_loopback
@@ -19,6 +21,8 @@ from coco_ai.workloads.tee import EXIT_CONFIG, WorkloadError
 class RunningService:
     url: str
     service: LoadedService
+    #: the TLS certificate (PEM) of the attested TEE key; None when serving plain HTTP
+    certificate_pem: bytes | None = field(repr=False)
     _server: Any = field(repr=False)
     _threads: list[threading.Thread] = field(repr=False)
     _stop: threading.Event = field(repr=False)
@@ -37,15 +41,14 @@ class RunningService:
         self.stop()
 
 
-def _listening_socket(host: str, port: int):
+def _listening_socket(host: str, port: int, *, tls: bool):
     import socket
 
-    # The service speaks plain HTTP with signed responses; queries and answers are confidential,
-    # so it listens where only the pod (or host) itself can reach it (docs/THREAT_MODEL.md).
-    if not is_loopback(host):
+    # Queries and answers are confidential: without TLS the service listens only where the pod
+    # (or host) itself can reach it (docs/THREAT_MODEL.md, "The retrieval service").
+    if not tls and not is_loopback(host):
         raise WorkloadError(
-            f"refusing to listen on {host!r}: the service serves plain HTTP and listens on "
-            "loopback only",
+            f"refusing to listen on {host!r} without TLS: plain HTTP is for loopback only",
             EXIT_CONFIG,
         )
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
@@ -64,14 +67,27 @@ def _listening_socket(host: str, port: int):
 
 def serve(service: LoadedService, config: ServeConfig, *, log=print) -> RunningService:
     """Serve ``service`` on a background thread; returns once it accepts connections."""
+    import shutil
+
     import uvicorn
 
-    from coco_ai.workloads.rag_serve.app import build_app
+    from coco_ai.workloads.rag_serve.app import build_app, tee_key_certificate
+    from coco_ai.workloads.tee import private_tmpdir
 
-    app = build_app(service, config.limits, default_k=config.default_k)
-    sock = _listening_socket(config.host, config.port)
+    tls: dict[str, str] = {}
+    certificate = None
+    if config.tls:
+        # the TLS key is the attested TEE key; uvicorn reads the files once, when it starts
+        _, tee_key_pem = service.attestation()
+        certificate = tee_key_certificate(tee_key_pem)
+        tls_dir = private_tmpdir("coco-ai-rag-serve-tls-")
+        (tls_dir / "key.pem").write_bytes(tee_key_pem)
+        (tls_dir / "cert.pem").write_bytes(certificate)
+        tls = {"ssl_keyfile": str(tls_dir / "key.pem"), "ssl_certfile": str(tls_dir / "cert.pem")}
+    app = build_app(service, config.limits, default_k=config.default_k, certificate_pem=certificate)
+    sock = _listening_socket(config.host, config.port, tls=config.tls)
     server = uvicorn.Server(
-        uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off")
+        uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off", **tls)
     )
     stop = threading.Event()
     thread = threading.Thread(
@@ -87,12 +103,18 @@ def serve(service: LoadedService, config: ServeConfig, *, log=print) -> RunningS
     refresher = threading.Thread(target=refresh_loop, name="rag-serve-credentials", daemon=True)
     thread.start()
     deadline = time.monotonic() + 15
-    while not server.started:
-        if not thread.is_alive() or time.monotonic() > deadline:
-            server.should_exit = True
-            raise WorkloadError("the HTTP server did not start")
-        time.sleep(0.01)
+    try:
+        while not server.started:
+            if not thread.is_alive() or time.monotonic() > deadline:
+                server.should_exit = True
+                raise WorkloadError("the HTTP server did not start")
+            time.sleep(0.01)
+    finally:
+        if tls:  # loaded (or failed): the key file goes
+            shutil.rmtree(Path(tls["ssl_keyfile"]).parent, ignore_errors=True)
     refresher.start()
     host, port = sock.getsockname()[:2]
     netloc = f"[{host}]" if ":" in host else host
-    return RunningService(f"http://{netloc}:{port}", service, server, [thread, refresher], stop)
+    scheme = "https" if config.tls else "http"
+    url = f"{scheme}://{netloc}:{port}"
+    return RunningService(url, service, certificate, server, [thread, refresher], stop)
