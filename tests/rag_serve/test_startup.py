@@ -179,7 +179,7 @@ def test_plain_http_only_on_loopback() -> None:
     from coco_ai.workloads.rag_serve.server import _listening_socket
 
     with pytest.raises(WorkloadError) as err:
-        _listening_socket("0.0.0.0", 0, tls=False)  # noqa: S104 (the refusal under test)
+        _listening_socket("0.0.0.0", 0, tls=False)
     assert err.value.exit_code == EXIT_CONFIG
     assert "without TLS: plain HTTP is for loopback only" in err.value.reason
     _listening_socket("127.0.0.1", 0, tls=False).close()
