@@ -183,3 +183,23 @@ def test_plain_http_only_on_loopback() -> None:
     assert err.value.exit_code == EXIT_CONFIG
     assert "without TLS: plain HTTP is for loopback only" in err.value.reason
     _listening_socket("127.0.0.1", 0, tls=False).close()
+
+
+def test_unreadable_store_credentials_refused(
+    tmp_path, monkeypatch, stack, embedder, index_uri, manifest_digest
+) -> None:
+    """The seam for sealed secrets: the store credentials the launcher unsealed into
+    COCO_AI_RAG_SERVE_CREDENTIALS_DIR must be a JSON object, or the service does not start."""
+    from coco_ai.workloads.rag_serve.config import CREDENTIALS_DIR_ENV, ServeConfig
+    from coco_ai.workloads.rag_serve.service import STORAGE_OPTIONS_FILE, ServiceStartup
+
+    (tmp_path / STORAGE_OPTIONS_FILE).write_text('["not", "an", "object"]')
+    monkeypatch.setenv(CREDENTIALS_DIR_ENV, str(tmp_path))
+    anchor = tmp_path / "anchor.pem"
+    anchor.write_bytes(stack.trust_anchor_pem)
+    with running_guest(stack, index_uri, manifest_digest, embedder) as guest:
+        config = ServeConfig.from_dict(serve_config(guest.url, index_uri, embedder, anchor))
+        with pytest.raises(WorkloadError) as err:
+            ServiceStartup(config).start()
+    assert err.value.exit_code == EXIT_CONFIG
+    assert err.value.reason.endswith(f"{STORAGE_OPTIONS_FILE} must be a JSON object")
