@@ -17,6 +17,7 @@ _COMMAND_MODULES = (
     "coco_ai.trustee_dev.cli",
     "coco_ai.policies.cli",
     "coco_ai.guest.cli",
+    "coco_ai.guest.secret_cli",
     "coco_ai.crypto.cli",
     "coco_ai.workloads.cli",
     "coco_ai.demo_cli",

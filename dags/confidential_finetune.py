@@ -154,7 +154,7 @@ with DAG(
     start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
     schedule=_schedule(),
     catchup=False,
-    max_active_runs=1,
+    max_active_runs=conf.getint("coco_ai", "max_active_runs"),
     # Only the idempotent tasks set retries; a short delay suits transient network errors.
     default_args={"retry_delay": timedelta(seconds=15)},
     params=PARAMS,

@@ -13,6 +13,11 @@ Routes as guest-components ``api-server-rest/src/router.rs`` (feature ``all``):
 - ``GET /aa/additional-evidence?runtime_data=…``: the ``{tee: evidence}`` device map.
 - ``GET /info``: ``{"version", "tee", "additional_tees", "feature"}``.
 
+Sealed secrets: api-server-rest has no unseal route (the CDH's ``UnsealSecret`` is ttrpc, called
+by the Kata agent), so neither has this surface. ``unseal_secret`` is the in-process counterpart;
+the agent's unsealing of ``sealed.`` env values and Secret volume files before the workload starts
+is ``coco-ai guest exec`` (coco_ai.guest.sealed).
+
 Every peer that is not a loopback address gets 403 before any routing, like the real server.
 The emulator holds one TEE key pair for its lifetime (the workload's identity in the EAR) and
 re-attests when its token is about to expire.
@@ -43,6 +48,7 @@ from coco_ai.guest.attesters import SampleAttester, SampleDeviceAttester
 from coco_ai.guest.initdata import Initdata
 from coco_ai.kbs.client import KbsClient
 from coco_ai.kbs.jwe import TeeKeyPair
+from coco_ai.kbs.resource_path import to_resource_path
 from coco_ai.net import is_loopback
 
 EMULATOR_VERSION = "coco-ai-guest-emulator 0.1.0"
@@ -111,6 +117,18 @@ class GuestComponentsEmulator:
     def get_resource(self, path: str) -> bytes:
         with self._lock:
             return self._kbs.get_resource("kbs:///" + path)
+
+    def unseal_secret(self, sealed: str | bytes, expected_resource: str | None = None) -> bytes:
+        """The CDH's ``UnsealSecret`` (a ttrpc call upstream, no api-server-rest route, so none
+        here either): verify a sealed vault secret and fetch its resource over this guest's
+        attested KBS session. Raises coco_ai.guest.sealed.SealedSecretError."""
+        from coco_ai.guest.sealed import unseal_secret
+
+        return unseal_secret(
+            sealed,
+            lambda uri: self.get_resource(to_resource_path(uri).url_path()),
+            expected_resource=expected_resource,
+        )
 
     def get_token(self) -> tuple[str, bytes]:
         """A valid EAR token for this TEE key, attesting again only when it is about to expire."""
