@@ -1,7 +1,6 @@
 """Serving the loaded service: uvicorn (TLS with a certificate for the attested TEE key, or plain
-HTTP on loopback), plus the periodic refresh of the
-callers' credentials (so a credential the data owner revoked in Trustee stops working within
-``credential_refresh_s``)."""
+HTTP on loopback), plus the periodic refresh of the callers' credentials (so a credential the
+data owner revoked in Trustee stops working within ``credential_refresh_s``)."""
 
 from __future__ import annotations
 

@@ -219,7 +219,9 @@ class CallerGate:
                 self._verified_tokens.clear()
             self._verified_tokens[token] = verified
         expires_at, named = verified
-        attested = now < expires_at and hmac.compare_digest(named, _credential_uri_or_empty(caller))
+        expected_uri = _credential_uri_or_empty(caller)
+        # an empty name (a token naming no caller, or an unusable caller id) never matches
+        attested = now < expires_at and bool(named) and hmac.compare_digest(named, expected_uri)
         return same and attested
 
 
