@@ -7,7 +7,9 @@ the caller's EAR token, embeds the query, searches FAISS and signs the response 
 key; the client verifies the signature. ``direct``: the same loaded index and embedder, called
 in the service's process (``Retriever.retrieve``). Same queries (the repository's held-out
 questions), interleaved per query, after a warm-up. Goal (issue 13): p50 ratio ≤ 1.5;
-recall@10 ≥ 0.95 (service top-10 vs exact inner-product search over every chunk).
+recall@10 ≥ 0.95 (service top-10 vs exact inner-product search over every chunk). Also, through
+``/v1/chat/completions`` (top 5 chunks): the share of questions whose first citation is the
+answer's document, and whose extracted sentence is exactly the answer sentence.
 
     nice -n 5 .venv/bin/python benchmarks/bench_rag_query.py [--quick] [--rounds N]
 
@@ -148,6 +150,14 @@ def main() -> None:
                                 else:
                                     direct.retrieve(q, RECALL_K)
                                 timings[name].append(time.perf_counter() - start)
+                    # answer quality through the chat endpoint (top 5 chunks, extractive)
+                    cited_right = exact_answers = 0
+                    for item in repository.questions:
+                        chat = client.chat([{"role": "user", "content": item.question}], top_k=5)
+                        content = chat["choices"][0]["message"]["content"]
+                        citations = chat["citations"]
+                        cited_right += bool(citations) and citations[0]["doc_id"] == item.doc_id
+                        exact_answers += content.rsplit(" [", 1)[0].strip() == item.answer.strip()
             finally:
                 service.stop()
                 caller.stop()
@@ -186,6 +196,8 @@ def main() -> None:
                 "ratio_p50": round(p50["service"] / p50["direct"], 3),
                 "ratio_p95": round(p95["service"] / p95["direct"], 3),
                 "recall_at_10_vs_exact": round(recall, 4),
+                "chat_citation_hit_rate": round(cited_right / len(questions), 4),
+                "chat_answer_exact_match": round(exact_answers / len(questions), 4),
                 "goal": {"ratio_p50_max": 1.5, "recall_at_10_min": 0.95},
             },
             indent=1,
