@@ -72,6 +72,11 @@ bound_to_initdata if {
 	data["resource-path"][1] == "run-key-root"
 }
 
+# The retrieval service's caller credentials (coco_ai.workloads.rag_serve.identity,
+# kbs:///coco-ai-rag/caller-credential/<caller id>) likewise go only to a TEE whose initdata
+# names them: the caller the credential identifies, and the service that admits that caller.
+bound_to_initdata if data["resource-path"][0] == "coco-ai-rag"
+
 per_run_binding_ok if not bound_to_initdata
 
 # The requested kbs:/// URI must be the value of one of the run's io.coco-ai.* initdata claims
