@@ -46,9 +46,9 @@ class CeleryStack:
     def trigger(self, conf: dict) -> str:
         return self.client.trigger(DAG_ID, conf)["dag_run_id"]
 
-    def finish(self, run_id: str) -> tuple[str, dict[str, dict]]:
+    def finish(self, run_id: str, timeout: float = TIMEOUT) -> tuple[str, dict[str, dict]]:
         """Wait for the run and for its teardown (the key revocation) to be final."""
-        state = wait_run(self.client, DAG_ID, run_id, TIMEOUT, diagnostics=self.log_tail)
+        state = wait_run(self.client, DAG_ID, run_id, timeout, diagnostics=self.log_tail)
         final = ("success", "failed", "upstream_failed", "skipped")
         wait_task(self.client, DAG_ID, run_id, "revoke_keys", final, 120, self.log_tail)
         tis = index_task_instances(self.client.task_instances(DAG_ID, run_id))
@@ -82,6 +82,7 @@ def celery_pipeline_stack(
     database: str = "airflow_coco",
     redis_db: int = 1,
     parallelism: int = 4,
+    worker_concurrency: int | None = None,
 ) -> Iterator[CeleryStack]:
     """The embedded default on PostgreSQL + Redis with the api-server, scheduler,
     dag-processor, triggerer and one Celery worker as separate processes."""
@@ -94,7 +95,14 @@ def celery_pipeline_stack(
         celery_broker_url=redis_server.url_for(redis_db),
         celery_result_backend=postgres.celery_result_backend_for(database),
         parallelism=parallelism,
-        extra_env=cluster_tuning_env(heartbeat_timeout=30),
+        extra_env={
+            **cluster_tuning_env(heartbeat_timeout=30),
+            **(
+                {"AIRFLOW__CELERY__WORKER_CONCURRENCY": str(worker_concurrency)}
+                if worker_concurrency
+                else {}
+            ),
+        },
     )
     try:
         info = devstack.start()
