@@ -26,7 +26,6 @@ END = "<!-- fault-matrix:end -->"
 
 #: Faults of issue 16 that no test of the tier covers yet.
 NOT_YET = [
-    ("Airflow", "scheduler restart mid-run", "any"),
     ("Airflow", "api-server restart while a run is followed", "any"),
     ("Airflow", "worker killed (beyond the fine-tune)", "each task"),
     ("Airflow", "task timeout", "each task"),
@@ -48,6 +47,16 @@ OTHER_TIERS = [
         "none",
         "tests/e2e/test_operator_interventions.py::"
         "test_run_marked_failed_mid_finetune_stops_the_workload_and_revokes_the_key",
+    ),
+    (
+        "Airflow",
+        "scheduler killed (SIGKILL) and restarted mid fine-tune (Celery)",
+        "fine-tune",
+        "recovered: the new scheduler adopts the running task; one attempt, run promoted",
+        "none (grant revoked)",
+        "none",
+        "tests/distributed/test_target_dag.py::"
+        "test_scheduler_restart_mid_finetune_adopts_the_running_task",
     ),
     (
         "concurrency",

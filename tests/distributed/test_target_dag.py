@@ -35,6 +35,7 @@ from .harness import (
     PostgresServer,
     RedisServer,
     assert_dead,
+    kill_tree,
     wait_task,
 )
 
@@ -160,3 +161,42 @@ def test_concurrent_runs_never_share_keys_or_checkpoints(celery_stack: CelerySta
     releases = StateDir(celery_stack.info.trustee_state_dir).releases()[releases_before:]
     problems = cross_run_problems(celery_stack, outcomes, releases, versions_before)
     assert problems == [], "\n".join(problems)
+
+
+def test_scheduler_restart_mid_finetune_adopts_the_running_task(celery_stack: CeleryStack) -> None:
+    """The scheduler killed (SIGKILL, as a crashed container) while the fine-tune runs on the
+    Celery worker, then started again: the worker keeps the task, the new scheduler adopts it,
+    the run completes and promotes its own checkpoint and the grant is revoked — one attempt, no
+    re-run of the workload under the same run key."""
+    client = celery_stack.client
+    run_id = celery_stack.trigger(DAG_CONF)
+    wait_task(client, DAG_ID, run_id, FINETUNE, {"running"}, 300, celery_stack.log_tail)
+    refs = RunRefs.from_xcom(client.xcom(DAG_ID, run_id, "key_release"))
+
+    (scheduler,) = [
+        s for s in celery_stack.info.services if s.name == "airflow-scheduler" and s.alive()
+    ]
+    kill_tree(scheduler)
+    down_at = time.monotonic()
+    celery_stack.devstack.start_component("scheduler")
+    _wait_api(client)
+
+    state, tis = celery_stack.finish(run_id)
+    summary = {task_id: ti["state"] for task_id, ti in tis.items()}
+    print(f"scheduler restarted; run {state} {time.monotonic() - down_at:.1f}s after the kill")
+    assert state == "success", f"{summary}\n{celery_stack.log_tail()}"
+    assert tis[FINETUNE]["try_number"] == 1, tis[FINETUNE]
+    promoted = client.xcom(DAG_ID, run_id, "attested_promotion")
+    assert promoted["run_id"] == refs.run_id
+    assert celery_stack.resource(refs.grant.url_path()) is None
+
+
+def _wait_api(client, timeout: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            client.request("GET", "/api/v2/version")
+            return
+        except Exception:
+            assert time.monotonic() < deadline, "the api-server did not come back"
+            time.sleep(1)
