@@ -4,6 +4,7 @@ issued over real HTTP to guest-components emulators whose initdata names each pa
 from __future__ import annotations
 
 import json
+import socket
 import time
 from collections.abc import Callable
 
@@ -241,3 +242,19 @@ def test_bad_configuration_is_refused(trustee, tmp_path) -> None:
         TrusteeCCAuthorizer("http://127.0.0.1:1", anchor, "../x")
     with pytest.raises(ValueError, match="accepted_roles"):
         TrusteeCCAuthorizer("http://127.0.0.1:1", anchor, RUN_ID, accepted_roles=["observer"])
+
+
+def test_generate_fails_closed_without_guest_or_identity(trustee, party_factory) -> None:
+    from nvflare.app_opt.confidential_computing.cc_authorizer import CCTokenGenerateError
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        closed_port = sock.getsockname()[1]
+    nowhere = TrusteeCCAuthorizer(
+        f"http://127.0.0.1:{closed_port}", str(trustee.token_anchor_path), RUN_ID
+    )
+    with pytest.raises(CCTokenGenerateError, match="no token"):
+        nowhere.generate()
+    anon = party_factory("anon", claims={RUN_ID_KEY: RUN_ID})
+    with pytest.raises(CCTokenGenerateError, match="names no party"):
+        authorizer_of(anon, trustee).generate()
