@@ -31,7 +31,7 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from coco_ai.federated.identity import AGGREGATOR, PARTICIPANT, FederationIdentity
@@ -39,6 +39,9 @@ from coco_ai.kbs.client import KbsAdminClient
 from coco_ai.kbs.errors import ResourceDeleteUnconfirmed
 
 BUNDLE_VERSION = 1
+# RSA, as NVFlare's own provisioning: NVFlare 2.9 signs its identity assertions (registration,
+# job signatures) with the party's key under RSA-PSS, which an EC key cannot do.
+RSA_BITS = 2048
 DEFAULT_VALIDITY = dt.timedelta(days=2)
 # NVFlare's startup-kit file names (its provisioner's): the root CA and the party's pair.
 NVFLARE_ROOT_CA = "rootCA.pem"
@@ -114,8 +117,8 @@ class CredentialBundle:
             key = serialization.load_pem_private_key(self.key_pem, password=None)
         except (ValueError, TypeError):
             raise CredentialError("party key is not an unencrypted PEM private key") from None
-        if not isinstance(ca.public_key(), ec.EllipticCurvePublicKey):
-            raise CredentialError("federation CA key is not an EC key")
+        if not isinstance(key, rsa.RSAPrivateKey) or key.key_size < RSA_BITS:
+            raise CredentialError(f"party key is not an RSA key of at least {RSA_BITS} bits")
         try:
             cert.verify_directly_issued_by(ca)
         except (ValueError, TypeError, InvalidSignature):
@@ -194,7 +197,7 @@ def issue_federation(
     ]
     start = dt.datetime.now(dt.UTC) - dt.timedelta(minutes=5)
     organisation = x509.NameAttribute(NameOID.ORGANIZATION_NAME, f"coco-ai federation {run_id}")
-    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_key = _new_key()
     ca_name = x509.Name([organisation, x509.NameAttribute(NameOID.COMMON_NAME, "federation CA")])
     ca = (
         _builder(ca_name, ca_name, ca_key.public_key(), start, validity)
@@ -206,7 +209,7 @@ def issue_federation(
     hosts = list(aggregator_hosts)
     bundles = []
     for identity in identities:
-        key = ec.generate_private_key(ec.SECP256R1())
+        key = _new_key()
         subject = x509.Name(
             [
                 organisation,
@@ -263,6 +266,10 @@ def revoke(admin: KbsAdminClient, identities: Iterable[FederationIdentity]) -> l
     return unconfirmed
 
 
+def _new_key() -> rsa.RSAPrivateKey:
+    return rsa.generate_private_key(public_exponent=65537, key_size=RSA_BITS)
+
+
 def _builder(
     subject: x509.Name, issuer: x509.Name, public_key, start: dt.datetime, validity: dt.timedelta
 ) -> x509.CertificateBuilder:
@@ -281,9 +288,9 @@ def _key_usage(*, ca: bool) -> x509.KeyUsage:
     return x509.KeyUsage(
         digital_signature=not ca,
         content_commitment=False,
-        key_encipherment=False,
+        key_encipherment=not ca,
         data_encipherment=False,
-        key_agreement=not ca,
+        key_agreement=False,
         key_cert_sign=ca,
         crl_sign=ca,
         encipher_only=False,
