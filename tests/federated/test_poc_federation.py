@@ -1,0 +1,159 @@
+"""A real NVFlare federation on loopback: the server (aggregator) and three clients
+(participants) as separate processes in NVFlare's secure mode, each with the mTLS credentials
+Trustee released to its attested guest and the Trustee CC authorizer + identity-bound CC manager
+checking every peer at registration and at each cross-site validation."""
+
+from __future__ import annotations
+
+import socket
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from coco_ai.federated.authorizer import NAMESPACE
+from coco_ai.federated.credentials import CredentialBundle, issue_federation, provision, revoke
+from coco_ai.federated.identity import AGGREGATOR
+from coco_ai.federated.local import POC_SERVER_NAME, prepare_kits, start_site, stop_site
+from coco_ai.federated.startup_kit import install_confidential_kit
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
+
+RUN = "fl-run-poc"
+PARTICIPANTS = ("dept-a", "dept-b", "dept-c")
+SITES = (POC_SERVER_NAME, *PARTICIPANTS)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def federation(admin):
+    issued = issue_federation(RUN, POC_SERVER_NAME, PARTICIPANTS)
+    provision(admin, issued)
+    yield issued
+    revoke(admin, [b.identity for b in issued.bundles])
+
+
+class Federation:
+    """Kits installed from Trustee-released bundles; processes started on demand."""
+
+    def __init__(self, root: Path, trustee, party_factory, federation) -> None:
+        self.root = root
+        self.prod = prepare_kits(root / "poc", PARTICIPANTS, port=free_port())
+        self.trustee = trustee
+        self.party_factory = party_factory
+        self.bundles = {b.identity.participant_id: b for b in federation.bundles}
+        self.processes: list = []
+
+    def install(self, site: str, *, attested_as: str | None = None) -> None:
+        """Install `site`'s kit with the bundle its guest obtains from Trustee; with
+        `attested_as`, the CC components use the guest of that other identity instead."""
+        bundle = self.bundles[site]
+        identity = bundle.identity
+        guest = self.party_factory(site, role=identity.role, run_id=RUN)
+        released = guest.client.get_resource(identity.credential_path().uri())
+        assert CredentialBundle.from_bytes(released, identity) == bundle
+        cc_guest = guest
+        if attested_as is not None:
+            role = AGGREGATOR if attested_as == POC_SERVER_NAME else "participant"
+            cc_guest = self.party_factory(attested_as, role=role, run_id=RUN)
+        install_confidential_kit(
+            self.prod / site,
+            CredentialBundle.from_bytes(released, identity),
+            guest_api_url=cc_guest.url,
+            trust_anchor_path=str(self.trustee.token_anchor_path),
+            token_signer_path=str(self.trustee.token_signer_path),
+            cc_enabled_sites=SITES,
+            allow_development_evidence=True,
+            verify_frequency_s=20,
+        )
+
+    def start(self, site: str) -> None:
+        role = AGGREGATOR if site == POC_SERVER_NAME else "participant"
+        self.processes.append(start_site(self.prod / site, site, role, self.log(site)))
+
+    def log(self, site: str) -> Path:
+        return self.root / f"{site}.log"
+
+    def text(self, site: str) -> str:
+        path = self.log(site)
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    def wait_for(self, what: str, check: Callable[[], bool], timeout: float = 120) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if check():
+                return
+            if any(p.poll() is not None for p in self.processes[:1]):
+                break  # the server is gone
+            time.sleep(0.5)
+        logs = "\n".join(f"--- {s}\n{self.text(s)[-3000:]}" for s in SITES)
+        pytest.fail(f"timed out waiting for {what}\n{logs}")
+
+    def stop(self) -> None:
+        for process in self.processes:
+            stop_site(process)
+
+
+@pytest.fixture()
+def poc(tmp_path, trustee, party_factory, federation):
+    fed = Federation(tmp_path, trustee, party_factory, federation)
+    yield fed
+    fed.stop()
+
+
+def test_attested_parties_register_and_pass_cross_site_validation(poc) -> None:
+    started = time.monotonic()
+    for site in SITES:
+        poc.install(site)
+        poc.start(site)
+    poc.wait_for(
+        "every participant registered",
+        lambda: all(f"client {p} registered" in poc.text(POC_SERVER_NAME) for p in PARTICIPANTS),
+    )
+    poc.wait_for(
+        "a passed cross-site validation at every site",
+        lambda: all("Cross-site validation passed" in poc.text(s) for s in SITES),
+    )
+    elapsed = time.monotonic() - started
+    server = poc.text(POC_SERVER_NAME)
+    for participant in PARTICIPANTS:
+        # The aggregator verified each participant's token under its own site name, and each
+        # participant verified the aggregator's at registration (mutual).
+        assert f"CC - verified ['{participant}.{NAMESPACE}']; refused []" in server
+        assert f"CC - verified ['server.{NAMESPACE}']; refused []" in poc.text(participant)
+    assert "refused [" not in server.replace("refused []", "")
+    print(f"federation up and cross-validated in {elapsed:.1f} s")
+
+
+def test_attested_tee_of_another_participant_is_refused_at_registration(poc) -> None:
+    """dept-b's TLS credentials in a process whose attestation names dept-a: NVFlare's mutual
+    TLS accepts the certificate, the identity-bound CC manager refuses the registration, and
+    the attested participants carry on without it."""
+    poc.install(POC_SERVER_NAME)
+    poc.install("dept-a")
+    poc.install("dept-b", attested_as="dept-a")
+    for site in (POC_SERVER_NAME, "dept-a", "dept-b"):
+        poc.start(site)
+    poc.wait_for(
+        "dept-a registered and dept-b refused",
+        lambda: (
+            "client dept-a registered" in poc.text(POC_SERVER_NAME)
+            and "CC token presented by site 'dept-b' attests participant dept-a"
+            in poc.text(POC_SERVER_NAME)
+        ),
+    )
+    poc.wait_for(
+        "a passed cross-site validation at the server",
+        lambda: "Cross-site validation passed" in poc.text(POC_SERVER_NAME),
+    )
+    server = poc.text(POC_SERVER_NAME)
+    assert "client registration refused: Participant dept-b" in server
+    assert "client dept-b registered" not in server
+    assert "Shutting down site server" not in server
+    assert poc.processes[0].poll() is None  # the aggregator still serves the others
