@@ -49,6 +49,8 @@ _NVFLARE_PAIR = {
     AGGREGATOR: ("server.crt", "server.key"),
     PARTICIPANT: ("client.crt", "client.key"),
 }
+#: The NVFlare role of the job-submitting admin (its certificate's unstructuredName).
+NVFLARE_ADMIN_ROLE = "project_admin"
 _BUNDLE_FIELDS = {"version", "run_id", "role", "participant_id", "ca", "cert", "key"}
 
 
@@ -153,12 +155,37 @@ class CredentialBundle:
 
 
 @dataclass(frozen=True)
+class AdminCredential:
+    """The job submitter's NVFlare admin certificate and key; kept by the data owner, never in
+    Trustee or Airflow. ``key_pem`` never appears in repr."""
+
+    name: str
+    ca_pem: bytes
+    cert_pem: bytes
+    key_pem: bytes
+
+    def __repr__(self) -> str:
+        return f"AdminCredential({self.name})"
+
+    def write_startup_files(self, directory: str | Path) -> None:
+        """``rootCA.pem``, ``client.crt`` and ``client.key`` (0600) of an NVFlare admin kit."""
+        out = Path(directory)
+        (out / NVFLARE_ROOT_CA).write_bytes(self.ca_pem)
+        (out / "client.crt").write_bytes(self.cert_pem)
+        fd = os.open(out / "client.key", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(self.key_pem)
+
+
+@dataclass(frozen=True)
 class Federation:
-    """The public result of issuing: the CA certificate and every party's bundle."""
+    """The result of issuing: the CA certificate, every party's bundle and, when asked for,
+    the job submitter's admin credential."""
 
     run_id: str
     ca_pem: bytes
     bundles: tuple[CredentialBundle, ...]
+    admin: AdminCredential | None = None
 
     def summary(self) -> dict:
         """What the data owner may publish: resource URIs and certificate fingerprints."""
@@ -184,9 +211,11 @@ def issue_federation(
     *,
     aggregator_hosts: Iterable[str] = ("localhost", "127.0.0.1"),
     validity: dt.timedelta = DEFAULT_VALIDITY,
+    admin_name: str | None = None,
 ) -> Federation:
-    """A fresh federation CA and one bundle per party; the CA key is not kept (it leaves scope
-    when this returns), so this federation's certificates are exactly these."""
+    """A fresh federation CA and one bundle per party (and, with ``admin_name``, the NVFlare
+    admin credential that submits the job); the CA key is not kept (it leaves scope when this
+    returns), so this federation's certificates are exactly these."""
     if not participant_ids:
         raise CredentialError("a federation needs at least one participant")
     ids = [aggregator_id, *participant_ids]
@@ -240,7 +269,36 @@ def issue_federation(
                 identity, ca_pem, cert.public_bytes(serialization.Encoding.PEM), key_pem
             )
         )
-    return Federation(run_id, ca_pem, tuple(bundles))
+    admin = None
+    if admin_name is not None:
+        if not admin_name or any(ord(c) < 0x21 or c in '\\/"' for c in admin_name):
+            raise CredentialError(f"admin name {admin_name!r} must be printable, without spaces")
+        key = _new_key()
+        subject = x509.Name(
+            [
+                x509.NameAttribute(NameOID.COMMON_NAME, admin_name),
+                organisation,
+                x509.NameAttribute(NameOID.UNSTRUCTURED_NAME, NVFLARE_ADMIN_ROLE),
+            ]
+        )
+        cert = (
+            _builder(subject, ca_name, key.public_key(), start, validity)
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(_key_usage(ca=False), critical=True)
+            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+            .sign(ca_key, hashes.SHA256())
+        )
+        admin = AdminCredential(
+            admin_name,
+            ca_pem,
+            cert.public_bytes(serialization.Encoding.PEM),
+            key.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption(),
+            ),
+        )
+    return Federation(run_id, ca_pem, tuple(bundles), admin)
 
 
 def provision(admin: KbsAdminClient, federation: Federation) -> list[str]:

@@ -94,3 +94,19 @@ def stop_site(process: subprocess.Popen, timeout: float = 15.0) -> None:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(process.pid, signal.SIGKILL)
             process.wait(timeout)
+
+
+def run_job(
+    admin_kit: str | Path, admin_name: str, job_dir: str | Path, *, timeout_s: float
+) -> dict:
+    """Submit the job folder ``job_dir`` with the admin kit and wait for it; returns the job's
+    final meta (``status`` ``FINISHED:COMPLETED`` when it ran to the end)."""
+    from nvflare.fuel.flare_api.flare_api import new_secure_session
+
+    session = new_secure_session(admin_name, str(admin_kit), timeout=30.0)
+    try:
+        job_id = session.submit_job(str(job_dir))
+        _, meta = session.monitor_job_and_return_job_meta(job_id, timeout=timeout_s)
+        return meta or session.get_job_meta(job_id)
+    finally:
+        session.close()
