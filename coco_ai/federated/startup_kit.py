@@ -45,11 +45,13 @@ def install_confidential_kit(
     allow_development_evidence: bool = False,
     verify_frequency_s: int = 120,
     token_expiration_s: int = 60,
+    extra_allowed_classes: Sequence[str] = (),
 ) -> Path:
     """Install ``bundle`` and the CC components into ``kit_dir``; returns the resources file.
 
     ``cc_enabled_sites`` are the site names of the whole federation (aggregator included); they
-    are also the only participant ids the authorizer accepts.
+    are also the only participant ids the authorizer accepts. ``extra_allowed_classes`` are the
+    installed job classes (e.g. coco_ai.federated.lora's) the kit's class allow list must admit.
     """
     kit = Path(kit_dir)
     startup, local = kit / "startup", kit / "local"
@@ -100,7 +102,9 @@ def install_confidential_kit(
     resources["components"] = components
     allowed = resources.get("class_allow_list")
     if isinstance(allowed, list):
-        resources["class_allow_list"] = sorted({*allowed, AUTHORIZER_CLASS, CC_MANAGER_CLASS})
+        resources["class_allow_list"] = sorted(
+            {*allowed, AUTHORIZER_CLASS, CC_MANAGER_CLASS, *extra_allowed_classes}
+        )
     target = local / _RESOURCES
     target.write_text(json.dumps(resources, indent=2) + "\n")
     return target
