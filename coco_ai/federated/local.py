@@ -27,8 +27,8 @@ _ORG = "nvidia"  # the organisation POC provisioning writes into every kit
 
 def prepare_kits(workspace: str | Path, participant_ids: Sequence[str], *, port: int) -> Path:
     """Provision POC startup kits for the server (on ``localhost:port``) and ``participant_ids``;
-    returns the folder holding one kit per site (``<folder>/<site>/{startup,local}``). The
-    server keeps its job and snapshot stores inside ``workspace``."""
+    returns the folder holding one kit per site (``<folder>/<site>/{startup,local}``). NVFlare
+    points the server's job and snapshot stores into ``workspace`` (its local/resources.json)."""
     import yaml
     from nvflare.tool.poc.poc_commands import (
         gen_project_config_file,
@@ -47,10 +47,7 @@ def prepare_kits(workspace: str | Path, participant_ids: Sequence[str], *, port:
     servers[0]["fed_learn_port"] = port
     project_file.write_text(yaml.safe_dump(project, sort_keys=False))
     prepare_poc_provision(list(participant_ids), len(participant_ids), str(ws), None)
-    prod = Path(get_prod_dir(str(ws)))
-    resources = prod / POC_SERVER_NAME / "local" / "resources.json.default"
-    resources.write_text(resources.read_text().replace('"/tmp/nvflare/', f'"{ws}/nvflare-'))
-    return prod
+    return Path(get_prod_dir(str(ws)))
 
 
 def site_command(kit_dir: str | Path, site: str, role: str) -> list[str]:

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 from nvflare.apis.dxo import DXO, DataKind, MetaKey, from_shareable
 from nvflare.apis.executor import Executor
+from nvflare.apis.filter import Filter
 from nvflare.apis.fl_constant import ReturnCode
 from nvflare.apis.fl_context import FLContext
 from nvflare.apis.shareable import Shareable, make_reply
@@ -206,3 +207,66 @@ class LoraTrainer(Executor):
                 meta={MetaKey.NUM_STEPS_CURRENT_ROUND: result.steps, LOCAL_EVAL_LOSS: local.loss},
             )
             return out.to_shareable()
+
+
+class AdapterUpdateCheck(Filter):
+    """The aggregator's check of each participant's update (a task result filter): exactly the
+    adapter's tensor names and shapes, finite values, a global L2 norm of at most ``max_norm``,
+    and a positive step count. A failing update is replaced by a BAD_TASK_DATA reply, which
+    ScatterAndGather leaves out of the average (or, below its minimum of responses, turns into a
+    failed run): the sender contributes nothing."""
+
+    def __init__(
+        self,
+        model_dir: str,
+        max_norm: float = 1e3,
+        lora_r: int = 8,
+        lora_alpha: int = 16,
+        target_modules: Sequence[str] = ("q_proj", "k_proj", "v_proj", "o_proj"),
+    ) -> None:
+        super().__init__()
+        self.model_dir = model_dir
+        self.max_norm = float(max_norm)
+        self.lora = (lora_r, lora_alpha, tuple(target_modules))
+        self._layout: dict[str, tuple[int, ...]] | None = None
+
+    def layout(self) -> dict[str, tuple[int, ...]]:
+        """Adapter tensor name -> shape, from the base model (computed once)."""
+        if self._layout is None:
+            r, alpha, targets = self.lora
+            model, _, _ = _adapter_model(self.model_dir, r, alpha, targets, 0)
+            self._layout = {k: v.shape for k, v in adapter_weights(model).items()}
+        return self._layout
+
+    def problem(self, shareable: Shareable) -> str | None:
+        """Why the update must not be averaged, or None."""
+        try:
+            dxo = from_shareable(shareable)
+        except ValueError as exc:
+            return f"not a DXO: {exc}"
+        if dxo.data_kind != DataKind.WEIGHTS or not isinstance(dxo.data, dict):
+            return f"data kind {dxo.data_kind!r} is not WEIGHTS"
+        steps = dxo.get_meta_prop(MetaKey.NUM_STEPS_CURRENT_ROUND)
+        if isinstance(steps, bool) or not isinstance(steps, int) or steps <= 0:
+            return f"step count {steps!r} is not a positive integer"
+        got = {k: tuple(np.shape(v)) for k, v in dxo.data.items()}
+        if got != self.layout():
+            return "tensor names or shapes are not the adapter's"
+        arrays = [np.asarray(v, dtype=np.float64) for v in dxo.data.values()]
+        if not all(np.isfinite(a).all() for a in arrays):
+            return "update holds NaN or Inf"
+        norm = float(np.sqrt(sum(float((a * a).sum()) for a in arrays)))
+        if norm > self.max_norm:
+            return f"update norm {norm:.3g} exceeds {self.max_norm:.3g}"
+        return None
+
+    def process(self, shareable: Shareable, fl_ctx: FLContext) -> Shareable:
+        if shareable.get_return_code(ReturnCode.OK) != ReturnCode.OK:
+            return shareable
+        reason = self.problem(shareable)
+        if reason is None:
+            return shareable
+        peer = fl_ctx.get_peer_context()
+        sender = peer.get_identity_name() if peer else "unknown"
+        self.log_error(fl_ctx, f"update from {sender} refused: {reason}")
+        return make_reply(ReturnCode.BAD_TASK_DATA)

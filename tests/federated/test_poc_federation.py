@@ -180,6 +180,7 @@ def test_attested_tee_of_another_participant_is_refused_at_registration(poc) -> 
 
 LORA_TRAINER = "coco_ai.federated.lora.LoraTrainer"
 LORA_PERSISTOR = "coco_ai.federated.lora.LoraAdapterPersistor"
+UPDATE_CHECK = "coco_ai.federated.lora.AdapterUpdateCheck"
 
 
 @pytest.fixture(scope="module")
@@ -212,6 +213,12 @@ def write_lora_fedavg_job(
     (job_dir / "meta.json").write_text(json.dumps({**meta, "min_clients": len(PARTICIPANTS)}))
     server = {
         "format_version": 2,
+        "task_result_filters": [
+            {
+                "tasks": ["train"],
+                "filters": [{"path": UPDATE_CHECK, "args": {"model_dir": str(model)}}],
+            }
+        ],
         "workflows": [
             {
                 "id": "scatter_and_gather",
@@ -269,7 +276,7 @@ def test_lora_fedavg_job_runs_over_attested_parties(poc, northwind, tmp_path) ->
         {topic_of(e) for e in split["dept-a"]} & {topic_of(e) for e in split["dept-b"]}
     )
     for site in SITES:
-        poc.install(site, extra_allowed_classes=[LORA_TRAINER, LORA_PERSISTOR])
+        poc.install(site, extra_allowed_classes=[LORA_TRAINER, LORA_PERSISTOR, UPDATE_CHECK])
         poc.start(site)
     poc.wait_for(
         "every participant registered",
@@ -286,6 +293,7 @@ def test_lora_fedavg_job_runs_over_attested_parties(poc, northwind, tmp_path) ->
     with np.load(output / GLOBAL_ADAPTER_FILE) as final:
         weights = {k: final[k] for k in final.files}
     assert weights and all(k.endswith(("lora_A.weight", "lora_B.weight")) for k in weights)
+    assert "refused" not in poc.text(POC_SERVER_NAME).replace("refused []", "")
     # LoRA starts with B = 0; after two averaged rounds of training it has moved.
     assert any(np.abs(v).max() > 0 for k, v in weights.items() if "lora_B" in k)
     assert all(np.isfinite(v).all() for v in weights.values())
