@@ -45,6 +45,7 @@ def install_confidential_kit(
     allow_development_evidence: bool = False,
     verify_frequency_s: int = 120,
     token_expiration_s: int = 60,
+    peer_request_timeout_s: float = 30.0,
     extra_allowed_classes: Sequence[str] = (),
 ) -> Path:
     """Install ``bundle`` and the CC components into ``kit_dir``; returns the resources file.
@@ -52,6 +53,9 @@ def install_confidential_kit(
     ``cc_enabled_sites`` are the site names of the whole federation (aggregator included); they
     are also the only participant ids the authorizer accepts. ``extra_allowed_classes`` are the
     installed job classes (e.g. coco_ai.federated.lora's) the kit's class allow list must admit.
+    ``peer_request_timeout_s`` bounds the CC manager's requests for a peer's fresh token and for
+    the site list (NVFlare's default, 10 s, is short enough that one slow attestation-agent
+    answer on a loaded host shuts the whole federation down).
     """
     kit = Path(kit_dir)
     startup, local = kit / "startup", kit / "local"
@@ -96,6 +100,8 @@ def install_confidential_kit(
                 "cc_verifier_ids": [AUTHORIZER_ID],
                 "verify_frequency": verify_frequency_s,
                 "cc_enabled_sites": list(cc_enabled_sites),
+                "get_site_request_timeout": peer_request_timeout_s,
+                "get_token_request_timeout": peer_request_timeout_s,
             },
         },
     ]
