@@ -23,6 +23,7 @@ _COMMAND_MODULES = (
     "coco_ai.demo_cli",
     "coco_ai.owner_report",
     "coco_ai.promotion.cli",
+    "coco_ai.federated.cli",
 )
 
 

@@ -54,6 +54,7 @@ allow if {
 	not any_not_affirming
 	not development_evidence
 	per_run_binding_ok
+	federation_binding_ok
 	approved_code
 }
 
@@ -100,6 +101,27 @@ per_run_binding_ok if {
 	some key, value in init_data_claims
 	startswith(key, "io.coco-ai.")
 	value == uri
+}
+
+# A federation party's credentials (coco_ai.federated.credentials) live at
+# kbs:///coco-ai-fl/<run-id>/<role>.<participant-id> and go only to a TEE whose initdata names
+# that run (io.coco-ai.run-id), that role (io.coco-ai.fl-role) and that participant
+# (io.coco-ai.fl-participant): another party's, or another federation's, TEE gets nothing.
+federation_repository := "coco-ai-fl"
+
+federation_roles := {"aggregator", "participant"}
+
+bound_to_federation_identity if data["resource-path"][0] == federation_repository
+
+federation_binding_ok if not bound_to_federation_identity
+
+federation_binding_ok if {
+	bound_to_federation_identity
+	init_data_claims["io.coco-ai.run-id"] == data["resource-path"][1]
+	role := init_data_claims["io.coco-ai.fl-role"]
+	role in federation_roles
+	participant := init_data_claims["io.coco-ai.fl-participant"]
+	data["resource-path"][2] == concat(".", [role, participant])
 }
 
 # The TEE can run only approved code: its initdata names an approved image's digest, carries
