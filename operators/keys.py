@@ -192,3 +192,61 @@ class KeyRevokeOperator(BaseOperator):
             grant = revoke_grant(client, run_id)
         self.log.info("Revoked run %s: %s tombstoned and deleted", run_id, grant)
         return {"run_id": run_id, "revoked": [grant.uri()]}
+
+
+#: revoke_keys states that mean the run ended without its grant provably revoked (the task
+#: failed for good, or an operator or a crash left it unrun)
+UNREVOKED_STATES = frozenset({"failed", "upstream_failed", "skipped", "removed"})
+
+
+class GrantSweepOperator(BaseOperator):
+    """Revoke the grants that runs of ``dag_ids`` left behind.
+
+    A run's ``revoke_keys`` normally revokes its grant; when that task failed for good (Trustee
+    down longer than its retries, a worker lost mid-revoke) or never ran, the grant outlives the
+    run. Trustee lists no resources over its API and Airflow's credential may only write and
+    delete grants, so the runs are found from Airflow's side (the Task SDK's task states): every
+    run whose key release started and whose revocation ended in a state in ``UNREVOKED_STATES``.
+    Runs still in progress (revocation not final) are left alone. Revoking is idempotent, so a
+    run swept twice is harmless; each sweep re-checks every such run of the DAGs' history.
+    """
+
+    ui_color = "#ffccd5"
+
+    def __init__(
+        self,
+        *,
+        dag_ids: list[str],
+        key_release_task_id: str = "key_release",
+        revoke_task_id: str = "revoke_keys",
+        trustee_conn_id: str = TrusteeHook.default_conn_name,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.dag_ids = dag_ids
+        self.key_release_task_id = key_release_task_id
+        self.revoke_task_id = revoke_task_id
+        self.trustee_conn_id = trustee_conn_id
+
+    def execute(self, context: Context) -> dict[str, Any]:
+        ti = context["ti"]
+        orphans = []
+        for dag_id in self.dag_ids:
+            states = ti.get_task_states(
+                dag_id=dag_id, task_ids=[self.key_release_task_id, self.revoke_task_id]
+            )
+            for airflow_run_id, tasks in sorted(states.items()):
+                started = tasks.get(self.key_release_task_id) not in (None, "skipped", "removed")
+                if started and tasks.get(self.revoke_task_id) in UNREVOKED_STATES:
+                    orphans.append(coco_run_id(dag_id, airflow_run_id))
+        swept, failed = [], []
+        with TrusteeHook(self.trustee_conn_id).get_conn() as client:
+            for run_id in orphans:
+                try:
+                    swept.append(revoke_grant(client, run_id).uri())
+                except Exception as exc:  # keep sweeping; the task fails below, naming each
+                    failed.append(f"{run_id}: {exc}")
+        self.log.info("Swept %d grant(s) of ended runs: %s", len(swept), swept)
+        if failed:
+            raise RuntimeError(f"could not revoke {len(failed)} grant(s): " + "; ".join(failed))
+        return {"swept": swept}

@@ -240,6 +240,16 @@ def get_provider_info() -> dict:
                         "example": "0 4 * * *",
                         "default": "",
                     },
+                    "max_active_runs": {
+                        "description": "How many runs of each pipeline DAG may run at once. "
+                        "Runs never share a key (each has its own grant, initdata and derived "
+                        "run key) and promotions are serialised by the registry lock, so the "
+                        "bound is capacity: confidential GPU nodes, Trustee and the scheduler.",
+                        "version_added": None,
+                        "type": "integer",
+                        "example": "32",
+                        "default": "16",
+                    },
                     "policy_set": {
                         "description": "Policy files the attestation gate expects Trustee to "
                         "serve: dev (accepts sample evidence) or prod.",

@@ -86,8 +86,12 @@ def start_local_stack(
     dataset_key_path: str = "default/dataset/northwind",
     gpus: int = 1,
     kind: WorkloadKind = FINETUNE,
+    token_lifetime_s: int | None = None,
+    token_refresh_margin_s: float | None = None,
 ) -> LocalStack:
-    """The stack for a run of ``kind``; ``dataset_key_path`` is the key of its keyed input."""
+    """The stack for a run of ``kind``; ``dataset_key_path`` is the key of its keyed input.
+    ``token_lifetime_s`` / ``token_refresh_margin_s``: the stand-in's EAR token lifetime and how
+    long before expiry the guest re-attests (defaults: theirs)."""
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric import ed25519
 
@@ -108,7 +112,8 @@ def start_local_stack(
     image = local_image_reference()
     try:
         # The data owner approves the workload's code; the initdata binds the guest to it.
-        trustee = serve_in_thread(Path(state_dir), admin_pub, approved_images=[image])
+        lifetime = {} if token_lifetime_s is None else {"token_lifetime_s": token_lifetime_s}
+        trustee = serve_in_thread(Path(state_dir), admin_pub, approved_images=[image], **lifetime)
         servers.append(trustee)
         tls_ca, anchor = trustee.tls_ca_path.read_bytes(), trustee.token_anchor_path.read_bytes()
         admin = KbsAdminClient(trustee.url, auth=SelfSignedAdminAuth(admin_pem), ca_cert=tls_ca)
@@ -127,7 +132,12 @@ def start_local_stack(
         initdata = build_initdata(trustee.url, tls_ca, claims, image=image, module=kind.module)
         initdata_digest = Digest(initdata.algorithm, initdata.digest().hex())
         admin.set_resource(grant_path(run_id), Grant(run_id, initdata_digest).to_bytes())
-        emulator = guest_emulator.GuestComponentsEmulator(initdata, gpus=gpus)
+        margin = (
+            {}
+            if token_refresh_margin_s is None
+            else {"token_refresh_margin_s": token_refresh_margin_s}
+        )
+        emulator = guest_emulator.GuestComponentsEmulator(initdata, gpus=gpus, **margin)
         guest = guest_emulator.serve_in_thread(emulator)
         servers.append(guest)
     except BaseException:

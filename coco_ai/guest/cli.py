@@ -1,9 +1,11 @@
-"""``coco-ai guest``: the guest-components emulator and the initdata builder."""
+"""``coco-ai guest``: the guest-components emulator, the initdata builder, and ``exec`` (the Kata
+agent's unsealing of sealed secrets before the workload starts)."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -48,6 +50,39 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     init.add_argument("--out", type=Path, required=True, help="where to write the TOML")
     init.set_defaults(func=_initdata)
+
+    run = sub.add_parser(
+        "exec",
+        help="unseal sealed. env values and Secret volume files, then exec the workload",
+        description="What the Kata agent does with the CDH before a container starts: replace "
+        "every environment value and every file in --sealed-dir that starts with 'sealed.' by "
+        "its plaintext, then exec COMMAND. Unlike the agent, any failure stops here (exit 2) "
+        "and COMMAND never starts.",
+    )
+    run.add_argument(
+        "--guest-url",
+        default="http://127.0.0.1:8006",
+        help="guest components REST API (default http://127.0.0.1:8006)",
+    )
+    run.add_argument(
+        "--sealed-dir", type=Path, action="append", default=[], help="mounted Secret volume"
+    )
+    run.add_argument(
+        "--expect-env",
+        action="append",
+        default=[],
+        metavar="NAME=KBS_URI",
+        help="variable NAME must hold a sealed secret for KBS_URI (repeatable)",
+    )
+    run.add_argument(
+        "--expect-file",
+        action="append",
+        default=[],
+        metavar="PATH=KBS_URI",
+        help="file PATH in a --sealed-dir must hold a sealed secret for KBS_URI (repeatable)",
+    )
+    run.add_argument("command", nargs=argparse.REMAINDER, help="-- COMMAND [ARGS...]")
+    run.set_defaults(func=_exec)
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -107,3 +142,48 @@ def _initdata(args: argparse.Namespace) -> int:
         )
     )
     return 0
+
+
+def _exec(args: argparse.Namespace) -> int:
+    from coco_ai.guest.client import GuestClient
+    from coco_ai.guest.sealed import SealedSecretError, unseal_environment, unseal_mounted_files
+
+    command = args.command[1:] if args.command[:1] == ["--"] else args.command
+    if not command:
+        print("coco-ai guest exec: no COMMAND after --", file=sys.stderr)
+        return 2
+    try:
+        env_pins = _pins(args.expect_env, "--expect-env")
+        file_pins: dict[Path, dict[str, str]] = {}
+        for path, uri in _pins(args.expect_file, "--expect-file").items():
+            file_pins.setdefault(Path(path).parent.resolve(), {})[Path(path).name] = uri
+        dirs = [d.resolve() for d in args.sealed_dir]
+        stray = sorted(str(d) for d in file_pins if d not in dirs)
+        if stray:
+            raise SealedSecretError(f"--expect-file outside every --sealed-dir: {stray}")
+        with GuestClient(args.guest_url) as guest:
+            env = unseal_environment(os.environ, guest.unseal_secret, env_pins)
+            for directory in dirs:
+                unseal_mounted_files(directory, guest.unseal_secret, file_pins.get(directory))
+    except (OSError, SealedSecretError) as exc:
+        print(f"coco-ai guest exec: workload not started: {exc}", file=sys.stderr)
+        return 2
+    sys.stdout.flush()
+    try:
+        # The workload replaces this process, as the agent starts the container's own argv.
+        os.execvpe(command[0], command, env)  # noqa: S606
+    except OSError as exc:
+        print(f"coco-ai guest exec: cannot start {command[0]!r}: {exc}", file=sys.stderr)
+    return 127
+
+
+def _pins(items: list[str], flag: str) -> dict[str, str]:
+    from coco_ai.guest.sealed import SealedSecretError
+
+    pins: dict[str, str] = {}
+    for item in items:
+        name, sep, uri = item.partition("=")
+        if not sep or not name:
+            raise SealedSecretError(f"{flag} {item!r} is not NAME=KBS_URI")
+        pins[name] = uri
+    return pins

@@ -67,6 +67,30 @@ class GuestClient:
             raise GuestError(f"bad resource URI: {exc}") from None
         return self._get(f"/cdh/resource/{path.url_path()}").content
 
+    def unseal_secret(
+        self,
+        sealed: str | bytes,
+        expected_resource: str | None = None,
+        *,
+        expected_kid: str | None = None,
+    ) -> bytes:
+        """Plaintext of a CoCo sealed secret (``sealed.`` JWS, vault type), for code in the TEE.
+
+        Ours, not an api-server-rest route (upstream unseals over the CDH's ttrpc
+        ``UnsealSecret``, which a container cannot reach): the kid's public JWK and the named
+        resource are fetched with ``get_resource`` and the ES256 signature is verified here,
+        by coco_ai.guest.sealed.unseal_secret. Pin ``expected_resource`` (and ``expected_kid``)
+        so a swapped secret for another resource is refused. Raises SealedSecretError.
+        """
+        from coco_ai.guest.sealed import unseal_secret
+
+        return unseal_secret(
+            sealed,
+            self.get_resource,
+            expected_resource=expected_resource,
+            expected_kid=expected_kid,
+        )
+
     def get_token(self) -> tuple[str, bytes]:
         """(EAR token, PEM of the TEE private key the token's tee-pubkey belongs to)."""
         body = self._json(self._get("/aa/token", params={"token_type": "kbs"}))

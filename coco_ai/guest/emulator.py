@@ -13,6 +13,11 @@ Routes as guest-components ``api-server-rest/src/router.rs`` (feature ``all``):
 - ``GET /aa/additional-evidence?runtime_data=…``: the ``{tee: evidence}`` device map.
 - ``GET /info``: ``{"version", "tee", "additional_tees", "feature"}``.
 
+Sealed secrets: api-server-rest has no unseal route (the CDH's ``UnsealSecret`` is ttrpc, called
+by the Kata agent), so neither has this surface. ``unseal_secret`` is the in-process counterpart;
+the agent's unsealing of ``sealed.`` env values and Secret volume files before the workload starts
+is ``coco-ai guest exec`` (coco_ai.guest.sealed).
+
 Every peer that is not a loopback address gets 403 before any routing, like the real server.
 The emulator holds one TEE key pair for its lifetime (the workload's identity in the EAR) and
 re-attests when its token is about to expire.
@@ -43,6 +48,7 @@ from coco_ai.guest.attesters import SampleAttester, SampleDeviceAttester
 from coco_ai.guest.initdata import Initdata
 from coco_ai.kbs.client import KbsClient
 from coco_ai.kbs.jwe import TeeKeyPair
+from coco_ai.kbs.resource_path import to_resource_path
 from coco_ai.net import is_loopback
 
 EMULATOR_VERSION = "coco-ai-guest-emulator 0.1.0"
@@ -72,6 +78,7 @@ class GuestComponentsEmulator:
         handshake_retries: int = 5,
         retry_delay: float = 1.0,
         clock: Callable[[], float] = time.time,
+        token_refresh_margin_s: float = TOKEN_REFRESH_MARGIN_S,
     ) -> None:
         if not isinstance(gpus, int) or isinstance(gpus, bool) or gpus < 0:
             raise EmulatorConfigError(f"gpus must be a non-negative integer, got {gpus!r}")
@@ -80,6 +87,7 @@ class GuestComponentsEmulator:
             raise EmulatorConfigError("no KBS URL: pass --kbs-url or put it in cdh.toml [kbc] url")
         self.initdata = initdata
         self.kbs_url = url
+        self.token_refresh_margin_s = token_refresh_margin_s
         self.gpus = gpus
         self.cpu = SampleAttester(init_data_digest=initdata.digest())
         self.devices: list[Any] = [SampleDeviceAttester(count=gpus)] if gpus else []
@@ -112,13 +120,25 @@ class GuestComponentsEmulator:
         with self._lock:
             return self._kbs.get_resource("kbs:///" + path)
 
+    def unseal_secret(self, sealed: str | bytes, expected_resource: str | None = None) -> bytes:
+        """The CDH's ``UnsealSecret`` (a ttrpc call upstream, no api-server-rest route, so none
+        here either): verify a sealed vault secret and fetch its resource over this guest's
+        attested KBS session. Raises coco_ai.guest.sealed.SealedSecretError."""
+        from coco_ai.guest.sealed import unseal_secret
+
+        return unseal_secret(
+            sealed,
+            lambda uri: self.get_resource(to_resource_path(uri).url_path()),
+            expected_resource=expected_resource,
+        )
+
     def get_token(self) -> tuple[str, bytes]:
         """A valid EAR token for this TEE key, attesting again only when it is about to expire."""
         with self._lock:
             token = self._kbs.token
             # The token may have been renewed by a resource fetch; its own exp is the truth.
             exp = _token_expiry(token) if token else None
-            if exp is None or self._clock() > exp - TOKEN_REFRESH_MARGIN_S:
+            if exp is None or self._clock() > exp - self.token_refresh_margin_s:
                 token = self._kbs.attest()
             return token, self._kbs.tee_key.private_pem()
 

@@ -106,6 +106,17 @@ def workload_modules() -> list[str]:
     return sorted(kind.module for kind in KINDS.values())
 
 
+#: Modules an approved image may also launch that are not workload kinds: they produce no
+#: checkpoint (so promotion, which accepts only `workload_modules`, never accepts them) but hold
+#: keys: the retrieval service and its attested callers (coco_ai.workloads.rag_serve).
+SERVICE_MODULES = ("coco_ai.workloads.rag_serve", "coco_ai.workloads.rag_serve.client")
+
+
+def launchable_modules() -> list[str]:
+    """Every module the resource policies approve by default: workload kinds and services."""
+    return sorted({*workload_modules(), *SERVICE_MODULES})
+
+
 def _rego_set(values: Iterable[str]) -> str:
     items = sorted(set(values))
     return "{" + ", ".join(json.dumps(item) for item in items) + "}" if items else "set()"
@@ -119,10 +130,10 @@ def render_resource_policy(
     Every image must be a fully qualified reference pinned by digest; none approved leaves
     ``approved_images := set()``, under which nothing is released. ``approved_modules`` are the
     workload modules an approved image may launch (`workload_launch`), every workload kind's
-    by default.
+    and service's (`launchable_modules`) by default.
     """
     images = [qualified_pinned_image(image) for image in approved_images]
-    modules = workload_modules() if approved_modules is None else list(approved_modules)
+    modules = launchable_modules() if approved_modules is None else list(approved_modules)
     launches = [workload_launch(module) for module in modules]
     fills = {
         "approved_images := set()": f"approved_images := {_rego_set(images)}",

@@ -54,6 +54,7 @@ allow if {
 	count(gpu_submods) >= min_gpus
 	not any_not_affirming
 	per_run_binding_ok
+	federation_binding_ok
 	approved_code
 }
 
@@ -72,6 +73,11 @@ bound_to_initdata if {
 	data["resource-path"][1] == "run-key-root"
 }
 
+# The retrieval service's caller credentials (coco_ai.workloads.rag_serve.identity,
+# kbs:///coco-ai-rag/caller-credential/<caller id>) likewise go only to a TEE whose initdata
+# names them: the caller the credential identifies, and the service that admits that caller.
+bound_to_initdata if data["resource-path"][0] == "coco-ai-rag"
+
 per_run_binding_ok if not bound_to_initdata
 
 # The requested kbs:/// URI must be the value of one of the run's io.coco-ai.* initdata claims
@@ -84,6 +90,27 @@ per_run_binding_ok if {
 	some key, value in init_data_claims
 	startswith(key, "io.coco-ai.")
 	value == uri
+}
+
+# A federation party's credentials (coco_ai.federated.credentials) live at
+# kbs:///coco-ai-fl/<run-id>/<role>.<participant-id> and go only to a TEE whose initdata names
+# that run (io.coco-ai.run-id), that role (io.coco-ai.fl-role) and that participant
+# (io.coco-ai.fl-participant): another party's, or another federation's, TEE gets nothing.
+federation_repository := "coco-ai-fl"
+
+federation_roles := {"aggregator", "participant"}
+
+bound_to_federation_identity if data["resource-path"][0] == federation_repository
+
+federation_binding_ok if not bound_to_federation_identity
+
+federation_binding_ok if {
+	bound_to_federation_identity
+	init_data_claims["io.coco-ai.run-id"] == data["resource-path"][1]
+	role := init_data_claims["io.coco-ai.fl-role"]
+	role in federation_roles
+	participant := init_data_claims["io.coco-ai.fl-participant"]
+	data["resource-path"][2] == concat(".", [role, participant])
 }
 
 # The TEE can run only approved code: its initdata names an approved image's digest, carries

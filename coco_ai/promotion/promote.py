@@ -35,6 +35,7 @@ from coco_ai.promotion.registry import (
     RegisteredVersion,
     find_model_version,
     register_model_version,
+    registry_lock,
     version_by_alias,
 )
 from coco_ai.promotion.signing import ModelSignature, sign_model
@@ -132,50 +133,54 @@ def promote(
         now=now,
         storage_options=storage_options,
     )
-    champion = version_by_alias(name, alias, registry_uri=registry_uri) if alias else None
-    retry = champion is not None and _tag(champion, "manifest_digest") == evidence.manifest_digest
-    if not retry:
-        _check_challenger(evidence, champion, expectations, name, registry_uri)
-    _check_signer(signing_key_path, policy.promotion_signers)
-    record_uri = default_record_uri(checkpoint_uri)
-    options = dict(storage_options or {})
-    # A retry of the served manifest keeps the champion its first promotion replaced.
-    replaced = (
-        _recorded_champion(record_uri, evidence.manifest_digest, options)
-        if retry
-        else _champion_entry(champion, expectations)
-    )
-    try:
-        signature = sign_model(
-            checkpoint_uri,
-            private_key_path=signing_key_path,
-            signature_uri=signature_uri,
-            expected_files=evidence.files,
-            storage_options=storage_options,
+    # The champion check, the signature, the record and the registration as one step: a
+    # concurrent run's promotion waits, then compares itself with what this one served.
+    with registry_lock(registry_uri):
+        champion = version_by_alias(name, alias, registry_uri=registry_uri) if alias else None
+        served = _tag(champion, "manifest_digest") if champion is not None else None
+        retry = served == evidence.manifest_digest
+        if not retry:
+            _check_challenger(evidence, champion, expectations, name, registry_uri)
+        _check_signer(signing_key_path, policy.promotion_signers)
+        record_uri = default_record_uri(checkpoint_uri)
+        options = dict(storage_options or {})
+        # A retry of the served manifest keeps the champion its first promotion replaced.
+        replaced = (
+            _recorded_champion(record_uri, evidence.manifest_digest, options)
+            if retry
+            else _champion_entry(champion, expectations)
         )
-    except SignatureInvalid as exc:
-        raise PromotionRefused([f"model signing: {exc}"]) from None
-    record = promotion_record(
-        evidence,
-        owner_policy=owner_policy,
-        initdata=initdata,
-        model_name=name,
-        champion=replaced,
-        signature=signature,
-        promoted_at=int(time.time() if now is None else now),
-    )
-    parent, leaf = split_object_uri(record_uri)
-    open_store(parent, **options).put_bytes(leaf, record)
-    provenance = {
-        **evidence.provenance(),
-        "signature_uri": signature.signature_uri,
-        "signature_digest": signature.signature_digest,
-        "record_uri": record_uri,
-    }
-    name, version = register_model_version(
-        name, checkpoint_uri, provenance, alias, registry_uri=registry_uri
-    )
-    return PromotionResult(evidence, signature, name, version, alias, record_uri)
+        try:
+            signature = sign_model(
+                checkpoint_uri,
+                private_key_path=signing_key_path,
+                signature_uri=signature_uri,
+                expected_files=evidence.files,
+                storage_options=storage_options,
+            )
+        except SignatureInvalid as exc:
+            raise PromotionRefused([f"model signing: {exc}"]) from None
+        record = promotion_record(
+            evidence,
+            owner_policy=owner_policy,
+            initdata=initdata,
+            model_name=name,
+            champion=replaced,
+            signature=signature,
+            promoted_at=int(time.time() if now is None else now),
+        )
+        parent, leaf = split_object_uri(record_uri)
+        open_store(parent, **options).put_bytes(leaf, record)
+        provenance = {
+            **evidence.provenance(),
+            "signature_uri": signature.signature_uri,
+            "signature_digest": signature.signature_digest,
+            "record_uri": record_uri,
+        }
+        name, version = register_model_version(
+            name, checkpoint_uri, provenance, alias, registry_uri=registry_uri
+        )
+        return PromotionResult(evidence, signature, name, version, alias, record_uri)
 
 
 def promotion_record(

@@ -9,9 +9,12 @@ promotion is harmless. Callers register only after verification and signing succ
 
 from __future__ import annotations
 
+import fcntl
+import hashlib
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -52,6 +55,33 @@ def sqlite_registry_uri(db_path: str | Path) -> str:
     path = Path(db_path).resolve()
     path.parent.mkdir(parents=True, exist_ok=True)
     return f"sqlite:///{path}"
+
+
+@contextmanager
+def registry_lock(registry_uri: str | None = None) -> Iterator[None]:
+    """Hold the promotion lock of `registry_uri`: the champion check, the registration and the
+    alias move of one promotion happen as one step, so concurrent runs move the serving alias
+    monotonically and never both replace the same champion.
+
+    An exclusive ``flock`` on ``<db>.lock`` beside a SQLite registry, which every process
+    sharing that file sees; for any other registry (an MLflow server) on a lock file named after
+    the URI under ``$COCO_AI_HOME/locks``, which serialises the promotions of one host. Workers
+    on several hosts sharing a remote registry must serialise promotion themselves (an Airflow
+    pool of one slot: docs/OPERATIONS.md).
+    """
+    uri = registry_uri or default_registry_uri()
+    if uri.startswith("sqlite:///"):
+        path = Path(uri.removeprefix("sqlite:///") + ".lock")
+    else:
+        home = Path(os.environ.get(HOME_ENV) or Path.home() / ".coco-ai")
+        path = home / "locks" / f"registry-{hashlib.sha256(uri.encode()).hexdigest()[:16]}.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
 
 
 def provenance_tags(provenance: Mapping[str, Any]) -> dict[str, str]:

@@ -394,7 +394,9 @@ class TrusteeStandIn:
         self.metrics.inc("kbs_resource_reads_total", path)
         if record is None:
             raise _plugin_error(f"resource not found: {path}")
-        return self._encrypted(claims, record.data)
+        response = self._encrypted(claims, record.data)
+        self.state.record_release(path, claims, self._clock())
+        return response
 
     def _check_resource_policy(self, claims: dict[str, Any], descriptor: dict[str, Any]) -> None:
         self.metrics.inc("kbs_policy_evaluations_total")

@@ -29,6 +29,8 @@ RECORD_VERSION = 2
 NAMESPACES = ("resources", "provisioner")
 STATE_KEY_FILE = "state.key"
 CA_CERT_FILE = "ca.pem"
+#: append-only audit of every resource the stand-in released (docs/formats/trustee_dev.md §1)
+RELEASE_LOG_FILE = "releases.jsonl"
 
 
 class StateError(Exception):
@@ -172,6 +174,34 @@ class StateDir:
         except FileNotFoundError:
             return False
         return True
+
+    # -- release audit ----------------------------------------------------------------------
+
+    def record_release(self, path: str, claims: dict[str, Any], at: float) -> None:
+        """Append who received `path`: the token's cpu0 init_data digest and init_data_claims
+        (public: run id, image digest, grant and key names), never the resource itself. One
+        `O_APPEND` write per line, so concurrent requests never interleave within a line."""
+        cpu0 = claims.get("submods", {}).get("cpu0", {}).get("ear.veraison.annotated-evidence", {})
+        entry = {
+            "at": round(at, 3),
+            "path": path,
+            "init_data": cpu0.get("init_data"),
+            "init_data_claims": cpu0.get("init_data_claims"),
+        }
+        line = json.dumps(entry, sort_keys=True, separators=(",", ":")).encode() + b"\n"
+        fd = os.open(self.root / RELEASE_LOG_FILE, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        try:
+            os.write(fd, line)
+        finally:
+            os.close(fd)
+
+    def releases(self) -> list[dict[str, Any]]:
+        """The release audit, oldest first."""
+        try:
+            text = (self.root / RELEASE_LOG_FILE).read_text()
+        except FileNotFoundError:
+            return []
+        return [json.loads(line) for line in text.splitlines() if line]
 
     # -- policies and reference values ------------------------------------------------------
 

@@ -1,5 +1,6 @@
 """`coco-ai dataset generate|encrypt` and `coco-ai rag generate|encrypt` (data-owner tooling),
-and `coco-ai model prepare|digest`.
+`coco-ai rag serve` (the attested retrieval service, run inside its TEE) and
+`coco-ai model prepare|digest`.
 
 Heavy imports (torch, transformers, cryptography) happen inside the handlers.
 """
@@ -62,6 +63,15 @@ def register(subparsers) -> None:
     renc.add_argument("src", help="plaintext JSONL repository")
     renc.add_argument("dst", help="encrypted output file")
     renc.set_defaults(func=_encrypt_repository)
+    rserve = rag_sub.add_parser(
+        "serve",
+        help="run the attested retrieval service inside its TEE (python -m "
+        "coco_ai.workloads.rag_serve; docs/formats/rag.md section 5)",
+    )
+    rserve.add_argument(
+        "--config", help="service config file (or env COCO_AI_RAG_SERVE_CONFIG)", default=None
+    )
+    rserve.set_defaults(func=_serve)
 
     model = subparsers.add_parser("model", help="prepare base models and compute their digests")
     m_sub = model.add_subparsers(dest="model_command", metavar="SUBCOMMAND")
@@ -85,6 +95,12 @@ def register(subparsers) -> None:
 def _err(message: str) -> int:
     print(f"coco-ai: error: {message}", file=sys.stderr)
     return 2
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from coco_ai.workloads.rag_serve.__main__ import main
+
+    return main(["--config", args.config] if args.config else [])
 
 
 def _generate(args: argparse.Namespace) -> int:

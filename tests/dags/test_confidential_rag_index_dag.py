@@ -77,7 +77,7 @@ def test_triggered_by_new_repository_versions_and_emits_the_promoted_index(dag):
     assert dag.timetable.asset_condition == Asset(
         name="coco_ai_rag_documents", uri="x-coco-ai://datasets/rag-documents"
     )
-    assert dag.max_active_runs == 1
+    assert dag.max_active_runs == 16  # [coco_ai] max_active_runs, as the fine-tune's
     promotion = dag.task_dict["attested_promotion"]
     assert [o.name for o in promotion.outlets] == ["coco_ai_promoted_index"]
 

@@ -12,115 +12,44 @@ Parameters (environment):
 
 from __future__ import annotations
 
-import json
 import os
-import tempfile
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from coco_ai.devstack import DAG_ID, DevStack, StackInfo, stop_stack
-from coco_ai.devstack.airflow import CELERY_WORKER, LOCAL_COMPONENTS, AirflowRestClient
+from coco_ai.devstack import DAG_ID
 from coco_ai.devstack.processes import descendants
 from coco_ai.runs import RunRefs
 
+from .celery_pipeline import (
+    DAG_CONF,
+    CeleryStack,
+    celery_pipeline_stack,
+    cross_run_problems,
+    publish_dataset_version,
+)
 from .harness import (
     CeleryWorkers,
     PostgresServer,
     RedisServer,
     assert_dead,
-    cluster_tuning_env,
-    components_log_tail,
-    index_task_instances,
-    keep_or_remove,
-    wait_run,
+    kill_tree,
     wait_task,
 )
 
 pytestmark = [pytest.mark.distributed, pytest.mark.slow, pytest.mark.timeout(900)]
 
-DAG_CONF = json.loads(os.environ.get("COCO_DISTRIBUTED_DAG_CONF", '{"epochs": 1, "lora_r": 4}'))
-TIMEOUT = float(os.environ.get("COCO_DISTRIBUTED_TIMEOUT", "600"))
 FINETUNE = "confidential_finetune"  # the fine-tune task of the DAG of the same name
 DOWNSTREAM_OF_FINETUNE = ("encrypted_checkpoint_upload", "attested_promotion")
 WORKLOAD_MODULE = "coco_ai.workloads.finetune"
 
 
-@dataclass
-class CeleryStack:
-    devstack: DevStack
-    info: StackInfo
-    client: AirflowRestClient
-    workers: CeleryWorkers
-
-    def log_tail(self) -> str:
-        assert self.devstack.deployment is not None
-        return components_log_tail(self.devstack.deployment)
-
-    def trigger(self, conf: dict) -> str:
-        return self.client.trigger(DAG_ID, conf)["dag_run_id"]
-
-    def finish(self, run_id: str) -> tuple[str, dict[str, dict]]:
-        """Wait for the run and for its teardown (the key revocation) to be final."""
-        state = wait_run(self.client, DAG_ID, run_id, TIMEOUT, diagnostics=self.log_tail)
-        final = ("success", "failed", "upstream_failed", "skipped")
-        wait_task(self.client, DAG_ID, run_id, "revoke_keys", final, 120, self.log_tail)
-        tis = index_task_instances(self.client.task_instances(DAG_ID, run_id))
-        return state, tis
-
-    def resource(self, path: str) -> bytes | None:
-        """What the stand-in Trustee holds at `path` (None when absent)."""
-        from coco_ai.trustee_dev.state import StateDir
-
-        record = StateDir(self.info.trustee_state_dir).get_resource(path)
-        return record.data if record else None
-
-    def registry_versions(self) -> list:
-        from coco_ai.promotion import model_versions
-
-        return model_versions(self.info.registered_model_name, registry_uri=self.info.registry_uri)
-
-    def serving_version(self):
-        from coco_ai.promotion import version_by_alias
-
-        return version_by_alias(
-            self.info.registered_model_name, "serving", registry_uri=self.info.registry_uri
-        )
-
-
 @pytest.fixture(scope="module")
 def celery_stack(postgres: PostgresServer, redis_server: RedisServer) -> Iterator[CeleryStack]:
-    root = Path(tempfile.mkdtemp(prefix="coco-distributed-dag-"))
-    devstack = DevStack(
-        root,
-        executor="CeleryExecutor",
-        sql_alchemy_conn=postgres.create_database("airflow_coco"),
-        components=(*LOCAL_COMPONENTS, CELERY_WORKER),
-        celery_broker_url=redis_server.url_for(1),
-        celery_result_backend=postgres.celery_result_backend_for("airflow_coco"),
-        parallelism=4,
-        extra_env=cluster_tuning_env(heartbeat_timeout=30),
-    )
-    try:
-        info = devstack.start()
-        assert devstack.deployment is not None
-        workers = CeleryWorkers(
-            devstack.start_component, devstack.deployment.log_path(CELERY_WORKER)
-        )
-        (worker,) = [s for s in info.services if s.name == "airflow-celery-worker"]
-        workers.adopt(worker)
-        workers.wait_ready()
-        client = info.client()
-        try:
-            yield CeleryStack(devstack, info, client, workers)
-        finally:
-            client.close()
-    finally:
-        stop_stack(root)
-    keep_or_remove(root)
+    with celery_pipeline_stack(postgres, redis_server) as stack:
+        yield stack
 
 
 def test_target_dag_succeeds_on_celery_over_rest(celery_stack: CeleryStack) -> None:
@@ -208,3 +137,66 @@ def _wait_for_workload(workers: CeleryWorkers, timeout: float = 120.0) -> int:
                 return pid
         time.sleep(0.2)
     raise AssertionError(f"no {WORKLOAD_MODULE} process under the Celery worker in {timeout}s")
+
+
+def test_concurrent_runs_never_share_keys_or_checkpoints(celery_stack: CeleryStack) -> None:
+    """COCO_CONCURRENT_RUNS runs (default 4; benchmarks/bench_concurrent_runs.py runs 20) on
+    two data-set versions at once: each TEE receives only its own run's grant and its own data
+    set's key (Trustee's release audit), each promotion is its own run's checkpoint, every grant
+    is revoked, and the serving alias only ever moves to newer versions."""
+    from coco_ai.trustee_dev.state import StateDir
+
+    count = int(os.environ.get("COCO_CONCURRENT_RUNS", "4"))
+    second = publish_dataset_version(celery_stack, "concurrent-v2", seed=11)
+    first = {
+        "dataset_uri": celery_stack.info.dataset_uri,
+        "dataset_key_uri": celery_stack.info.dataset_key_uri,
+    }
+    versions_before = {v.version for v in celery_stack.registry_versions()}
+    releases_before = len(StateDir(celery_stack.info.trustee_state_dir).releases())
+
+    runs = [celery_stack.trigger({**DAG_CONF, **(first, second)[i % 2]}) for i in range(count)]
+    outcomes = {run_id: celery_stack.finish(run_id) for run_id in runs}
+
+    releases = StateDir(celery_stack.info.trustee_state_dir).releases()[releases_before:]
+    problems = cross_run_problems(celery_stack, outcomes, releases, versions_before)
+    assert problems == [], "\n".join(problems)
+
+
+def test_scheduler_restart_mid_finetune_adopts_the_running_task(celery_stack: CeleryStack) -> None:
+    """The scheduler killed (SIGKILL, as a crashed container) while the fine-tune runs on the
+    Celery worker, then started again: the worker keeps the task, the new scheduler adopts it,
+    the run completes and promotes its own checkpoint and the grant is revoked — one attempt, no
+    re-run of the workload under the same run key."""
+    client = celery_stack.client
+    run_id = celery_stack.trigger(DAG_CONF)
+    wait_task(client, DAG_ID, run_id, FINETUNE, {"running"}, 300, celery_stack.log_tail)
+    refs = RunRefs.from_xcom(client.xcom(DAG_ID, run_id, "key_release"))
+
+    (scheduler,) = [
+        s for s in celery_stack.info.services if s.name == "airflow-scheduler" and s.alive()
+    ]
+    kill_tree(scheduler)
+    down_at = time.monotonic()
+    celery_stack.devstack.start_component("scheduler")
+    _wait_api(client)
+
+    state, tis = celery_stack.finish(run_id)
+    summary = {task_id: ti["state"] for task_id, ti in tis.items()}
+    print(f"scheduler restarted; run {state} {time.monotonic() - down_at:.1f}s after the kill")
+    assert state == "success", f"{summary}\n{celery_stack.log_tail()}"
+    assert tis[FINETUNE]["try_number"] == 1, tis[FINETUNE]
+    promoted = client.xcom(DAG_ID, run_id, "attested_promotion")
+    assert promoted["run_id"] == refs.run_id
+    assert celery_stack.resource(refs.grant.url_path()) is None
+
+
+def _wait_api(client, timeout: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            client.request("GET", "/api/v2/version")
+            return
+        except Exception:
+            assert time.monotonic() < deadline, "the api-server did not come back"
+            time.sleep(1)

@@ -23,6 +23,9 @@ from tests.operators.conftest import Trustee, running_trustee
 # the storage tier's checkpoint fixtures (a 12 MiB weights file: three 5 MiB multipart parts)
 from tests.storage.conftest import ckpt_dir, kek, plain_dir  # noqa: F401
 
+# the workloads tier's tiny model and data set (the token-expiry test runs the fine-tune)
+from tests.workloads.conftest import examples, tiny_model  # noqa: F401
+
 # One Trustee version keeps the tier short; the protocol paths are version-independent here
 # (operators' tests cover each version's admin styles).
 TRUSTEE_VERSION = "0.21.0"

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import math
 import shutil
 from pathlib import Path
 
@@ -222,10 +223,11 @@ def test_a_metric_below_the_owners_threshold_is_refused(
     built, stack, owner, promotion_keys, registry, tmp_path
 ):
     measured = built[2].metrics["hit_rate_at_1"]
-    policy = _policy(owner, stack, built, thresholds={"min_hit_rate_at_1": measured + 0.01})
+    limit = (math.floor(measured * 100) + 2) / 100  # above what was measured, two decimals
+    policy = _policy(owner, stack, built, thresholds={"min_hit_rate_at_1": limit})
     refused = _refused(_copy(built, tmp_path), policy, stack, promotion_keys, registry)
     assert "promotion policy: hit_rate_at_1 " in refused
-    assert f"is below the minimum {measured + 0.01}" in refused
+    assert f"is below the minimum {limit}" in refused
 
 
 def test_a_run_may_tighten_the_recall_floor_but_not_loosen_it(

@@ -274,9 +274,10 @@ def test_the_render_fills_each_approval_line_and_refuses_bad_templates():
     text = policies.resource_policy_text("prod", [OTHER_IMAGE, APPROVED_IMAGE, APPROVED_IMAGE])
     assert f'approved_images := {{"{OTHER_IMAGE}", "{APPROVED_IMAGE}"}}' in text  # sorted
     assert 'image_security_policy_uri := "kbs:///coco-ai/image-policy/v1"' in text
-    # Every workload kind's launch by default; the data owner may approve fewer.
-    launches = {workload_launch(module) for module in policies.workload_modules()}
+    # Every workload kind's and service's launch by default; the data owner may approve fewer.
+    launches = {workload_launch(module) for module in policies.launchable_modules()}
     assert APPROVED_MODULE in policies.workload_modules()
+    assert set(policies.SERVICE_MODULES) < set(policies.launchable_modules())
     assert f"approved_launches := {{{', '.join(json.dumps(x) for x in sorted(launches))}}}" in text
     assert "approved_launches := set()" in policies.resource_policy_text("prod", [], [])
     assert text == policies.resource_policy_text("prod", [APPROVED_IMAGE, OTHER_IMAGE])

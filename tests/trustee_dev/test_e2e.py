@@ -16,6 +16,7 @@ from coco_ai.kbs.client import KbsAdminClient, KbsClient
 from coco_ai.kbs.ear import TRUSTEE_EAT_PROFILE, verify_ear_token
 from coco_ai.kbs.errors import KbsUnavailable, PluginInternalError, PolicyDenied, RvpsError
 from coco_ai.trustee_dev import serve_in_thread
+from coco_ai.trustee_dev.state import StateDir
 from tests.code_binding import APPROVED_IMAGE, APPROVED_MODULE
 from tests.trustee_dev.conftest import handshake
 
@@ -123,6 +124,20 @@ def test_per_run_grant_pinned_to_initdata_and_revoked(stand):
         fetch({RUN_KEY: "run-42"})
     with pytest.raises(PolicyDenied):
         fetch({"io.coco-ai.run-grant": uri})
+    # The release audit names the one TEE that received the grant, by its initdata; the
+    # denied requests left no line.
+    released = [r for r in StateDir(stand.state_dir).releases() if r["path"] == path]
+    assert [r["init_data_claims"][RUN_KEY] for r in released] == ["run-42"]
+    assert released[0]["init_data_claims"]["io.coco-ai.run-grant"] == uri
+    initdata = build_initdata(
+        stand.url,
+        stand.ca,
+        {RUN_KEY: "run-42", "io.coco-ai.run-grant": uri},
+        image=APPROVED_IMAGE,
+        module=APPROVED_MODULE,
+    )
+    assert base64.b64decode(released[0]["init_data"]) == initdata.digest()
+    assert b"run_id" not in json.dumps(released).encode()  # names only, never the resource
     stand.admin.delete_resource(path)
     with pytest.raises(PluginInternalError):
         fetch({RUN_KEY: "run-42", "io.coco-ai.run-grant": uri})

@@ -1,0 +1,272 @@
+"""FedAvg over PEFT LoRA adapter weights on NVFlare: the aggregator's persistor and each
+participant's trainer, as installed code (a confidential job brings none: NVFlare's CCManager
+refuses BYOC jobs, and the approved image is what the attestation binds).
+
+Only the adapter travels: the persistor draws the initial LoRA weights from the base model (the
+same seed everywhere), the trainer loads them into its own copy of the base model, trains
+``local_steps`` on its own data and returns the new adapter weights with its step count, and
+NVFlare's weighted aggregator averages them. Training, evaluation and the adapter come from
+coco_ai.workloads.finetune.train, the fine-tune's own code.
+
+Each participant reads its examples from ``<data_dir>/<site name>.jsonl`` (the data set's JSON
+Lines format), and holds out phrasings for evaluation with the data set's own split.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from nvflare.apis.dxo import DXO, DataKind, MetaKey, from_shareable
+from nvflare.apis.executor import Executor
+from nvflare.apis.filter import Filter
+from nvflare.apis.fl_constant import ReturnCode
+from nvflare.apis.fl_context import FLContext
+from nvflare.apis.shareable import Shareable, make_reply
+from nvflare.apis.signal import Signal
+from nvflare.app_common.abstract.model import (
+    ModelLearnable,
+    ModelLearnableKey,
+    make_model_learnable,
+)
+from nvflare.app_common.abstract.model_persistor import ModelPersistor
+from nvflare.app_common.app_constant import AppConstants
+
+GLOBAL_ADAPTER_FILE = "global_adapter.npz"
+#: Meta key of a participant's result: its mean eval loss on its own held-out phrasings.
+LOCAL_EVAL_LOSS = "local_eval_loss"
+
+
+def _lora_settings(r: int, alpha: int, target_modules: Sequence[str]):
+    from coco_ai.workloads.finetune.config import LoraSettings
+
+    return LoraSettings(r=r, alpha=alpha, dropout=0.0, target_modules=tuple(target_modules))
+
+
+def _adapter_model(model_dir: str, r: int, alpha: int, target_modules: Sequence[str], seed: int):
+    """(PEFT model with a fresh adapter, tokenizer, runtime) on CPU in fp32."""
+    from coco_ai.workloads.finetune.train import add_lora, load_model, select_runtime
+
+    runtime = select_runtime("cpu", "fp32")
+    model, tokenizer = load_model(model_dir, runtime)
+    return add_lora(model, _lora_settings(r, alpha, target_modules), seed), tokenizer, runtime
+
+
+def adapter_weights(model) -> dict[str, np.ndarray]:
+    """The adapter's tensors (PEFT's own naming), as float32 NumPy arrays."""
+    from peft import get_peft_model_state_dict
+
+    return {
+        k: v.detach().cpu().float().numpy().copy()
+        for k, v in get_peft_model_state_dict(model).items()
+    }
+
+
+def load_adapter_weights(model, weights: dict[str, Any]) -> None:
+    """Set the adapter to ``weights``: exactly the adapter's names and shapes, finite values."""
+    import torch
+    from peft import set_peft_model_state_dict
+
+    expected = {k: tuple(v.shape) for k, v in adapter_weights(model).items()}
+    got = {k: tuple(np.shape(v)) for k, v in weights.items()}
+    if got != expected:
+        raise ValueError("global adapter does not have this model's adapter names and shapes")
+    if not all(np.isfinite(np.asarray(v)).all() for v in weights.values()):
+        raise ValueError("global adapter holds NaN or Inf")
+    set_peft_model_state_dict(
+        model, {k: torch.as_tensor(np.asarray(v, dtype=np.float32)) for k, v in weights.items()}
+    )
+
+
+class LoraAdapterPersistor(ModelPersistor):
+    """The aggregator's global adapter: initial LoRA weights drawn from the base model, each
+    round's average saved as ``<output_dir>/global_adapter.npz`` (NVFlare removes the job's run
+    directory when the job ends; in the TEE ``output_dir`` is private memory, encrypted before
+    anything leaves)."""
+
+    def __init__(
+        self,
+        model_dir: str,
+        output_dir: str,
+        lora_r: int = 8,
+        lora_alpha: int = 16,
+        target_modules: Sequence[str] = ("q_proj", "k_proj", "v_proj", "o_proj"),
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        self.model_dir = model_dir
+        self.output_dir = output_dir
+        self.lora = (lora_r, lora_alpha, tuple(target_modules), seed)
+
+    def load_model(self, fl_ctx: FLContext) -> ModelLearnable:
+        r, alpha, targets, seed = self.lora
+        model, _, _ = _adapter_model(self.model_dir, r, alpha, targets, seed)
+        return make_model_learnable(adapter_weights(model), {})
+
+    def save_model(self, model: ModelLearnable, fl_ctx: FLContext) -> None:
+        out = Path(self.output_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        partial = out / (GLOBAL_ADAPTER_FILE + ".partial")
+        with partial.open("wb") as fh:
+            np.savez(fh, **model[ModelLearnableKey.WEIGHTS])
+        partial.replace(out / GLOBAL_ADAPTER_FILE)
+
+
+class LoraTrainer(Executor):
+    """A participant: trains the global adapter ``local_steps`` on its own data per round."""
+
+    def __init__(
+        self,
+        model_dir: str,
+        data_dir: str,
+        local_steps: int = 4,
+        batch_size: int = 8,
+        learning_rate: float = 2e-3,
+        lora_r: int = 8,
+        lora_alpha: int = 16,
+        target_modules: Sequence[str] = ("q_proj", "k_proj", "v_proj", "o_proj"),
+        seed: int = 0,
+        train_task_name: str = AppConstants.TASK_TRAIN,
+    ) -> None:
+        super().__init__()
+        self.model_dir = model_dir
+        self.data_dir = data_dir
+        self.local_steps = local_steps
+        self.batch_size = batch_size
+        self.learning_rate = learning_rate
+        self.lora = (lora_r, lora_alpha, tuple(target_modules), seed)
+        self.train_task_name = train_task_name
+        self._state: dict[str, Any] | None = None
+        self._lock = threading.Lock()
+
+    def _setup(self, site: str) -> dict[str, Any]:
+        from coco_ai.workloads.dataset import parse_jsonl, split_examples
+        from coco_ai.workloads.finetune.train import encode_examples
+
+        r, alpha, targets, seed = self.lora
+        model, tokenizer, runtime = _adapter_model(self.model_dir, r, alpha, targets, seed)
+        examples = parse_jsonl((Path(self.data_dir) / f"{site}.jsonl").read_bytes())
+        train, held = split_examples(examples, 0.2, seed)
+        return {
+            "model": model,
+            "runtime": runtime,
+            "pad_id": tokenizer.pad_token_id,
+            "train": encode_examples(tokenizer, train, 256),
+            "eval": encode_examples(tokenizer, held, 256),
+        }
+
+    def execute(
+        self, task_name: str, shareable: Shareable, fl_ctx: FLContext, abort_signal: Signal
+    ) -> Shareable:
+        if task_name != self.train_task_name:
+            return make_reply(ReturnCode.TASK_UNKNOWN)
+        from coco_ai.workloads.finetune.config import TrainingSettings
+        from coco_ai.workloads.finetune.train import evaluate, train
+
+        with self._lock:
+            if self._state is None:
+                self._state = self._setup(fl_ctx.get_identity_name())
+            state = self._state
+            try:
+                dxo = from_shareable(shareable)
+                load_adapter_weights(state["model"], dxo.data)
+            except ValueError as exc:
+                self.log_error(fl_ctx, f"refusing the global adapter: {exc}")
+                return make_reply(ReturnCode.BAD_TASK_DATA)
+            settings = TrainingSettings(
+                max_steps=self.local_steps,
+                epochs=max(1, self.local_steps),
+                batch_size=self.batch_size,
+                learning_rate=self.learning_rate,
+                seed=self.lora[3] + shareable.get_header(AppConstants.CURRENT_ROUND, 0),
+                device="cpu",
+                precision="fp32",
+            )
+            result = train(
+                state["model"], state["train"], settings, state["runtime"], pad_id=state["pad_id"]
+            )
+            local = evaluate(
+                state["model"],
+                state["eval"],
+                state["runtime"],
+                batch_size=self.batch_size,
+                pad_id=state["pad_id"],
+                pack_length=256,
+            )
+            self.log_info(
+                fl_ctx,
+                f"round {shareable.get_header(AppConstants.CURRENT_ROUND)}: {result.steps} steps, "
+                f"last loss {result.step_losses[-1]:.4f}, local eval loss {local.loss:.4f}",
+            )
+            out = DXO(
+                DataKind.WEIGHTS,
+                data=adapter_weights(state["model"]),
+                meta={MetaKey.NUM_STEPS_CURRENT_ROUND: result.steps, LOCAL_EVAL_LOSS: local.loss},
+            )
+            return out.to_shareable()
+
+
+class AdapterUpdateCheck(Filter):
+    """The aggregator's check of each participant's update (a task result filter): exactly the
+    adapter's tensor names and shapes, finite values, a global L2 norm of at most ``max_norm``,
+    and a positive step count. A failing update is replaced by a BAD_TASK_DATA reply, which
+    ScatterAndGather leaves out of the average (or, below its minimum of responses, turns into a
+    failed run): the sender contributes nothing."""
+
+    def __init__(
+        self,
+        model_dir: str,
+        max_norm: float = 1e3,
+        lora_r: int = 8,
+        lora_alpha: int = 16,
+        target_modules: Sequence[str] = ("q_proj", "k_proj", "v_proj", "o_proj"),
+    ) -> None:
+        super().__init__()
+        self.model_dir = model_dir
+        self.max_norm = float(max_norm)
+        self.lora = (lora_r, lora_alpha, tuple(target_modules))
+        self._layout: dict[str, tuple[int, ...]] | None = None
+
+    def layout(self) -> dict[str, tuple[int, ...]]:
+        """Adapter tensor name -> shape, from the base model (computed once)."""
+        if self._layout is None:
+            r, alpha, targets = self.lora
+            model, _, _ = _adapter_model(self.model_dir, r, alpha, targets, 0)
+            self._layout = {k: v.shape for k, v in adapter_weights(model).items()}
+        return self._layout
+
+    def problem(self, shareable: Shareable) -> str | None:
+        """Why the update must not be averaged, or None."""
+        try:
+            dxo = from_shareable(shareable)
+        except ValueError as exc:
+            return f"not a DXO: {exc}"
+        if dxo.data_kind != DataKind.WEIGHTS or not isinstance(dxo.data, dict):
+            return f"data kind {dxo.data_kind!r} is not WEIGHTS"
+        steps = dxo.get_meta_prop(MetaKey.NUM_STEPS_CURRENT_ROUND)
+        if isinstance(steps, bool) or not isinstance(steps, int) or steps <= 0:
+            return f"step count {steps!r} is not a positive integer"
+        got = {k: tuple(np.shape(v)) for k, v in dxo.data.items()}
+        if got != self.layout():
+            return "tensor names or shapes are not the adapter's"
+        arrays = [np.asarray(v, dtype=np.float64) for v in dxo.data.values()]
+        if not all(np.isfinite(a).all() for a in arrays):
+            return "update holds NaN or Inf"
+        norm = float(np.sqrt(sum(float((a * a).sum()) for a in arrays)))
+        if norm > self.max_norm:
+            return f"update norm {norm:.3g} exceeds {self.max_norm:.3g}"
+        return None
+
+    def process(self, shareable: Shareable, fl_ctx: FLContext) -> Shareable:
+        if shareable.get_return_code(ReturnCode.OK) != ReturnCode.OK:
+            return shareable
+        reason = self.problem(shareable)
+        if reason is None:
+            return shareable
+        peer = fl_ctx.get_peer_context()
+        sender = peer.get_identity_name() if peer else "unknown"
+        self.log_error(fl_ctx, f"update from {sender} refused: {reason}")
+        return make_reply(ReturnCode.BAD_TASK_DATA)

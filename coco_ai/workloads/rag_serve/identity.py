@@ -1,0 +1,107 @@
+"""Who is who around the retrieval service: the initdata claims of the service and of its
+callers, and where Trustee keeps each caller's credential (docs/formats/rag.md §5).
+
+The service's initdata (attested, so the service trusts it over its config) names:
+
+- ``io.coco-ai.workload`` = ``rag_serve`` (its role) and its own ``io.coco-ai.run-id``;
+- ``io.coco-ai.run-key-root``: the data owner's root, from which it derives the index run's key
+  (coco_ai.run_keys; the index run's grant is tombstoned when that run ends, so it is not used);
+- ``io.coco-ai.rag-index-run`` and ``io.coco-ai.rag-index-manifest``: the index run it serves
+  and the manifest digest promotion published for it;
+- ``io.coco-ai.rag-trust-anchor``: the SHA-256 of the attestation trust anchor (PEM) that the
+  index's token and callers' tokens must chain to;
+- ``io.coco-ai.rag-caller-credential.<caller id>``: one per admitted caller, the URI of that
+  caller's credential, which the resource policy then releases to the service too.
+
+A caller's initdata names ``io.coco-ai.rag-caller`` = the URI of its own credential
+``kbs:///coco-ai-rag/caller-credential/<caller id>``; the resource policy releases a credential
+only to an attested TEE running approved code whose initdata names that URI.
+"""
+
+from __future__ import annotations
+
+from coco_ai.digest import Digest
+from coco_ai.kbs.resource_path import ResourcePath, validate_segment
+
+SERVICE_ROLE = "rag_serve"
+SERVICE_MODULE = "coco_ai.workloads.rag_serve"
+INDEX_RUN_KEY = "io.coco-ai.rag-index-run"
+INDEX_MANIFEST_KEY = "io.coco-ai.rag-index-manifest"
+TRUST_ANCHOR_KEY = "io.coco-ai.rag-trust-anchor"
+CALLER_CREDENTIAL_PREFIX = "io.coco-ai.rag-caller-credential."
+CALLER_KEY = "io.coco-ai.rag-caller"
+
+CREDENTIAL_REPOSITORY = "coco-ai-rag"
+CREDENTIAL_TYPE = "caller-credential"
+CREDENTIAL_SIZE = 32
+
+
+def credential_path(caller_id: str) -> ResourcePath:
+    """Where Trustee keeps the caller's credential (32 random bytes the data owner writes)."""
+    return ResourcePath(CREDENTIAL_REPOSITORY, CREDENTIAL_TYPE, validate_segment(caller_id))
+
+
+def service_claims(
+    *,
+    run_id: str,
+    image: str,
+    run_key_root: ResourcePath,
+    index_run_id: str,
+    index_manifest_digest: str,
+    trust_anchor_pem: bytes,
+    callers: list[str],
+) -> dict[str, str]:
+    """The ``io.coco-ai.*`` initdata claims of a retrieval service run."""
+    from coco_ai.guest.initdata import (
+        IMAGE_DIGEST_KEY,
+        RUN_ID_KEY,
+        RUN_KEY_ROOT_KEY,
+        WORKLOAD_KEY,
+    )
+    from coco_ai.runs import pinned_image
+
+    validate_segment(index_run_id)
+    Digest.parse(index_manifest_digest, algorithms=("sha256",))
+    claims = {
+        WORKLOAD_KEY: SERVICE_ROLE,
+        RUN_ID_KEY: validate_segment(run_id),
+        IMAGE_DIGEST_KEY: pinned_image(image).partition("@")[2],
+        RUN_KEY_ROOT_KEY: run_key_root.uri(),
+        INDEX_RUN_KEY: index_run_id,
+        INDEX_MANIFEST_KEY: index_manifest_digest,
+        TRUST_ANCHOR_KEY: anchor_digest(trust_anchor_pem),
+    }
+    for caller in callers:
+        claims[CALLER_CREDENTIAL_PREFIX + caller] = credential_path(caller).uri()
+    return claims
+
+
+def caller_claims(*, run_id: str, image: str, caller_id: str) -> dict[str, str]:
+    """The ``io.coco-ai.*`` initdata claims of a caller workload (its own run)."""
+    from coco_ai.guest.initdata import IMAGE_DIGEST_KEY, RUN_ID_KEY, WORKLOAD_KEY
+    from coco_ai.runs import pinned_image
+
+    return {
+        WORKLOAD_KEY: "rag_caller",
+        RUN_ID_KEY: validate_segment(run_id),
+        IMAGE_DIGEST_KEY: pinned_image(image).partition("@")[2],
+        CALLER_KEY: credential_path(caller_id).uri(),
+    }
+
+
+def anchor_digest(trust_anchor_pem: bytes) -> str:
+    import hashlib
+
+    return "sha256:" + hashlib.sha256(trust_anchor_pem).hexdigest()
+
+
+def admitted_callers(claims: dict[str, str]) -> dict[str, str]:
+    """{caller id: credential URI} named by a service's initdata claims."""
+    out = {}
+    for key, uri in claims.items():
+        if key.startswith(CALLER_CREDENTIAL_PREFIX):
+            caller = key[len(CALLER_CREDENTIAL_PREFIX) :]
+            if uri != credential_path(caller).uri():
+                raise ValueError(f"initdata claim {key} does not name caller {caller}'s credential")
+            out[caller] = uri
+    return out
