@@ -34,6 +34,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="training epochs (default: 1 for tiny, 3 for smollm2, enough for it to learn the "
         "facts' format and many of the facts)",
     )
+    demo.add_argument(
+        "--no-rag",
+        action="store_true",
+        help="skip the RAG half (index the documents, ask the attested retrieval service)",
+    )
     demo.add_argument("--dir", type=Path, help="state directory (default: <repo>/.demo)")
     demo.add_argument("--port", type=int, help="Airflow API/UI port (default: a free port)")
     demo.add_argument(
@@ -100,6 +105,10 @@ def _run(args: argparse.Namespace) -> int:
             training=relay.show,
             timeout_s=args.timeout,
         )
+        if not args.no_rag:
+            from coco_ai.devstack.rag_demo import run_rag_demo
+
+            summary["rag"] = run_rag_demo(info, progress=progress, timeout_s=args.timeout)
     except KeyboardInterrupt:
         _progress("interrupted")
         return 130
@@ -113,7 +122,8 @@ def _run(args: argparse.Namespace) -> int:
     print(to_json(summary) if args.json else format_summary(summary))
     if args.keep_running or not started_here:
         _progress(f"UI at {info.api_url} stays up; stop everything with `coco-ai demo stop`")
-    return 0 if summary["state"] == "success" else 1
+    rag_ok = args.no_rag or summary["rag"]["state"] == "success"
+    return 0 if summary["state"] == "success" and rag_ok else 1
 
 
 def _stop(args: argparse.Namespace) -> int:

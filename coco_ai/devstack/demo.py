@@ -330,7 +330,32 @@ def format_summary(summary: dict[str, Any]) -> str:
             "  data owner's report (loss curve, answers): coco-ai report "
             f"{summary['checkpoint_uri']} --run-key-root-file {summary['run_key_root_file']}"
         )
+    if summary.get("rag"):
+        lines += format_rag(summary["rag"])
     return "\n".join(lines)
+
+
+def format_rag(rag: dict[str, Any]) -> list[str]:
+    """The RAG half of the summary (coco_ai.devstack.rag_demo)."""
+    lines = [f"RAG index run {rag['run_id']}: {rag['state'].upper()} in {rag['wall_seconds']} s"]
+    index = rag.get("index")
+    if index:
+        metrics = ", ".join(f"{k} {v:g}" for k, v in index["metrics"].items())
+        lines.append(
+            f"  promoted index: {index['model_name']} version {index['version']} ({metrics})"
+        )
+        lines.append(f"  manifest: {index['manifest_digest']}")
+    service = rag.get("service")
+    if service:
+        lines += [
+            "  attested retrieval service, asked by an attested caller:",
+            f"    question: {service['question']}",
+            f"    answer:   {service['answer']}",
+            "    citations: "
+            + ", ".join(f"{c['doc_id']}#{c['chunk']} ({c['title']})" for c in service["citations"]),
+            f"    an unattested caller got HTTP {service['unattested_caller_status']}",
+        ]
+    return lines
 
 
 def to_json(summary: dict[str, Any]) -> str:
