@@ -70,8 +70,6 @@ def _ask_the_service(info: StackInfo, index_run_id: str, promoted: dict, progres
         issue_caller_credential,
         start_rag_service,
     )
-    from coco_ai.kbs.admin_auth import SelfSignedAdminAuth
-    from coco_ai.kbs.client import KbsAdminClient
     from coco_ai.owner_policy import verify_owner_policy
     from coco_ai.workloads.rag_index.corpus import generate_repository
     from coco_ai.workloads.rag_serve.client import ServiceTrust
@@ -80,11 +78,7 @@ def _ask_the_service(info: StackInfo, index_run_id: str, promoted: dict, progres
     tls_ca = (state / "tls-ca" / "ca.pem").read_bytes()
     image = local_image_reference()
     # The data owner admits the demo's caller: a credential only its attested TEE receives.
-    with KbsAdminClient(
-        info.trustee_url,
-        auth=SelfSignedAdminAuth((root / "keys" / "admin-key.pem").read_bytes()),
-        ca_cert=tls_ca,
-    ) as admin:
+    with info.data_owner_admin() as admin:
         issue_caller_credential(admin, CALLER_ID)
     policy = verify_owner_policy(
         Path(info.owner_policy).read_bytes(), Path(info.owner_public_key).read_bytes()

@@ -136,6 +136,18 @@ class StackInfo:
 
         return derive_run_key((Path(self.root) / RUN_KEY_ROOT_FILE).read_bytes(), run_id)
 
+    def data_owner_admin(self) -> Any:
+        """A KbsAdminClient with the data owner's admin key (keys/admin-key.pem), TLS pinned to
+        the stand-in's TLS CA: the data owner's own steps (keys, caller credentials)."""
+        from coco_ai.kbs.admin_auth import SelfSignedAdminAuth
+        from coco_ai.kbs.client import KbsAdminClient
+
+        return KbsAdminClient(
+            self.trustee_url,
+            auth=SelfSignedAdminAuth((Path(self.root) / "keys" / "admin-key.pem").read_bytes()),
+            ca_cert=(Path(self.trustee_state_dir) / "tls-ca" / "ca.pem").read_bytes(),
+        )
+
     def approve_datasets(self, *dataset_uris: str) -> int:
         """The data owner approves more data-set versions: the owner policy is re-signed with
         their digests and a higher version, replacing the file atomically (upload and promotion
@@ -515,46 +527,52 @@ class DevStack:
 
     def _dataset(self, admin: Any) -> str:
         """Encrypt the demo data set under a fresh key held only by Trustee (data owner's step)."""
-        from coco_ai.crypto import encrypt_blob
-        from coco_ai.trustee_dev.state import StateDir
         from coco_ai.workloads.dataset import generate_examples, to_jsonl
         from coco_ai.workloads.finetune.workload import DATASET_AAD
 
-        path = self.store / "datasets" / f"{DATASET_NAME}.enc"
-        if path.exists() and StateDir(self.trustee_dir).get_resource(DATASET_KEY_PATH):
-            return f"file://{path}"
-        key = secrets.token_bytes(32)
-        blob = encrypt_blob(
-            to_jsonl(generate_examples()),
-            kek=key,
-            key_uri=f"kbs:///{DATASET_KEY_PATH}",
-            aad_context=DATASET_AAD,
+        return self._publish_encrypted(
+            admin,
+            DATASET_NAME,
+            DATASET_KEY_PATH,
+            lambda: to_jsonl(generate_examples()),
+            DATASET_AAD,
         )
-        admin.set_resource(DATASET_KEY_PATH, key)
-        del key  # from now on only Trustee holds it
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(blob)
-        return f"file://{path}"
 
     def _documents(self, admin: Any) -> str:
         """Encrypt the generated Northwind document repository under a fresh key held only by
         Trustee (the data owner's step, as `coco-ai rag encrypt`)."""
-        from coco_ai.crypto import encrypt_blob
-        from coco_ai.trustee_dev.state import StateDir
         from coco_ai.workloads.rag_index.corpus import generate_repository, to_jsonl
         from coco_ai.workloads.rag_index.workload import REPOSITORY_AAD
 
-        path = self.store / "datasets" / f"{DOCUMENTS_NAME}.enc"
-        if path.exists() and StateDir(self.trustee_dir).get_resource(DOCUMENTS_KEY_PATH):
+        return self._publish_encrypted(
+            admin,
+            DOCUMENTS_NAME,
+            DOCUMENTS_KEY_PATH,
+            lambda: to_jsonl(generate_repository()),
+            REPOSITORY_AAD,
+        )
+
+    def _publish_encrypted(
+        self,
+        admin: Any,
+        name: str,
+        key_path: str,
+        plaintext: Callable[[], bytes],
+        aad_context: dict[str, Any],
+    ) -> str:
+        """``datasets/<name>.enc`` in the store, encrypted under a fresh key that only Trustee
+        keeps (at ``key_path``); kept as it is when both already exist. Its file:// URI."""
+        from coco_ai.crypto import encrypt_blob
+        from coco_ai.trustee_dev.state import StateDir
+
+        path = self.store / "datasets" / f"{name}.enc"
+        if path.exists() and StateDir(self.trustee_dir).get_resource(key_path):
             return f"file://{path}"
         key = secrets.token_bytes(32)
         blob = encrypt_blob(
-            to_jsonl(generate_repository()),
-            kek=key,
-            key_uri=f"kbs:///{DOCUMENTS_KEY_PATH}",
-            aad_context=REPOSITORY_AAD,
+            plaintext(), kek=key, key_uri=f"kbs:///{key_path}", aad_context=aad_context
         )
-        admin.set_resource(DOCUMENTS_KEY_PATH, key)
+        admin.set_resource(key_path, key)
         del key  # from now on only Trustee holds it
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(blob)

@@ -129,8 +129,6 @@ def publish_dataset_version(stack: CeleryStack, name: str, *, seed: int) -> dict
     import secrets
 
     from coco_ai.crypto import encrypt_blob
-    from coco_ai.kbs.admin_auth import SelfSignedAdminAuth
-    from coco_ai.kbs.client import KbsAdminClient
     from coco_ai.workloads.dataset import generate_examples, to_jsonl
     from coco_ai.workloads.finetune.workload import DATASET_AAD
 
@@ -142,12 +140,7 @@ def publish_dataset_version(stack: CeleryStack, name: str, *, seed: int) -> dict
         key_uri=f"kbs:///{key_path}",
         aad_context=DATASET_AAD,
     )
-    root = Path(stack.info.root)
-    with KbsAdminClient(
-        stack.info.trustee_url,
-        auth=SelfSignedAdminAuth((root / "keys" / "admin-key.pem").read_bytes()),
-        ca_cert=(Path(stack.info.trustee_state_dir) / "tls-ca" / "ca.pem").read_bytes(),
-    ) as admin:
+    with stack.info.data_owner_admin() as admin:
         admin.set_resource(key_path, key)
     del key
     target = Path(stack.info.dataset_uri.removeprefix("file://")).parent / f"{name}.enc"

@@ -40,14 +40,7 @@ class E2EStack:
     tee_key_dir: Path
 
     def admin(self) -> Any:
-        from coco_ai.kbs.admin_auth import SelfSignedAdminAuth
-        from coco_ai.kbs.client import KbsAdminClient
-
-        return KbsAdminClient(
-            self.info.trustee_url,
-            auth=SelfSignedAdminAuth((self.root / "keys" / "admin-key.pem").read_bytes()),
-            ca_cert=(Path(self.info.trustee_state_dir) / "tls-ca" / "ca.pem").read_bytes(),
-        )
+        return self.info.data_owner_admin()
 
     def resource(self, path: str) -> bytes | None:
         """What the data owner's Trustee holds at `path` (None when absent)."""
