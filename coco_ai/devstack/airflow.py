@@ -35,6 +35,9 @@ CELERY_EXECUTOR = "CeleryExecutor"
 # Inherited from the caller; everything else (notably any AIRFLOW_* of the caller) is not.
 _PASS_ENV = ("HOME", "LANG", "LC_ALL", "TZ", "TMPDIR", "USER", "LOGNAME")
 _HEALTH_COMPONENTS = ("metadatabase", "scheduler", "triggerer", "dag_processor")
+# Transient api-server answers, and the waits between repeats of an idempotent call (~15 s).
+_TRANSIENT_STATUS = frozenset({500, 502, 503, 504})
+_RETRY_DELAYS_S = (0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
 
 
 def free_port() -> int:
@@ -207,9 +210,18 @@ class AirflowApiError(RuntimeError):
 class AirflowRestClient:
     """The few REST API v2 calls the demo needs (token from POST /auth/token)."""
 
-    def __init__(self, base_url: str, username: str, password: str, timeout: float = 30) -> None:
+    def __init__(
+        self,
+        base_url: str,
+        username: str,
+        password: str,
+        timeout: float = 30,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
         self.base_url = base_url
-        self._http = httpx.Client(base_url=base_url, timeout=timeout, trust_env=False)
+        self._http = httpx.Client(
+            base_url=base_url, timeout=timeout, trust_env=False, transport=transport
+        )
         self._username = username
         self._password = password
         self._token: str | None = None
@@ -227,12 +239,30 @@ class AirflowRestClient:
             self._token = r.json()["access_token"]
         return self._token
 
-    def request(self, method: str, path: str, **kwargs: Any) -> Any:
-        headers = {"Authorization": f"Bearer {self.token()}"}
-        r = self._http.request(method, path, headers=headers, **kwargs)
-        if r.status_code >= 400:
-            raise AirflowApiError(method, path, r.status_code, r.text)
-        return r.json() if r.content else None
+    def request(self, method: str, path: str, *, retry: bool | None = None, **kwargs: Any) -> Any:
+        """One API call. Idempotent calls (every method but POST, or a POST the caller marks
+        ``retry=True`` because it handles a repeat) ride out transient failures: the api-server
+        answers 500 "Database error" when its SQLite metadata database is locked under load."""
+        retry = method.upper() != "POST" if retry is None else retry
+        delays = iter(_RETRY_DELAYS_S if retry else ())
+        while True:
+            try:
+                headers = {"Authorization": f"Bearer {self.token()}"}
+                r = self._http.request(method, path, headers=headers, **kwargs)
+            except httpx.TransportError as exc:
+                delay = next(delays, None)
+                if delay is None:
+                    raise ServiceError(
+                        f"{method} {path}: the Airflow api-server at {self.base_url} is "
+                        f"unreachable: {type(exc).__name__}: {exc}"
+                    ) from exc
+            else:
+                if r.status_code < 400:
+                    return r.json() if r.content else None
+                delay = next(delays, None) if r.status_code in _TRANSIENT_STATUS else None
+                if delay is None:
+                    raise AirflowApiError(method, path, r.status_code, r.text)
+            time.sleep(delay)
 
     def wait_for_dag(self, dag_id: str, timeout_s: float = 120) -> dict:
         """Wait until the DAG is parsed and serialized; fail fast on an import error."""
@@ -297,7 +327,7 @@ class AirflowRestClient:
     def put_connection(self, conn_id: str, conn_type: str, extra: Mapping[str, Any]) -> None:
         body = {"connection_id": conn_id, "conn_type": conn_type, "extra": json.dumps(extra)}
         try:
-            self.request("POST", "/api/v2/connections", json=body)
+            self.request("POST", "/api/v2/connections", json=body, retry=True)
         except AirflowApiError as exc:
             if exc.status != 409:
                 raise
@@ -306,7 +336,7 @@ class AirflowRestClient:
     def put_variable(self, key: str, value: str) -> None:
         body = {"key": key, "value": value}
         try:
-            self.request("POST", "/api/v2/variables", json=body)
+            self.request("POST", "/api/v2/variables", json=body, retry=True)
         except AirflowApiError as exc:
             if exc.status != 409:
                 raise
