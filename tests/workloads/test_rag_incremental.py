@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import io
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -150,6 +151,47 @@ def test_new_version_reembeds_only_changed_and_added_documents(
     assert np.allclose(a, b, atol=1e-5)
     for name in ("hit_rate_at_1", "hit_rate_at_k", "mrr_at_k"):
         assert metrics[name] == pytest.approx(full.metrics[name])
+
+
+def test_the_data_owner_reads_which_documents_were_reused_in_the_report(
+    tmp_path, stack, store, embedder, repository, earlier_index, capsys
+) -> None:
+    """`coco-ai report` decrypts the index's documents.json and index.json locally (the ids and
+    statuses never leave the TEE in plaintext otherwise)."""
+    import html
+
+    from coco_ai.cli import main
+
+    v2, which = _version_two(repository)
+    uri = _put_repository(stack, store, "northwind-v2-report.enc", v2)
+    result, _, _ = _run(tmp_path / "inc", stack, store, embedder, uri, _previous(earlier_index))
+    root = tmp_path / "root.key"
+    root.write_bytes(stack.run_key_root)
+    page = tmp_path / "report.html"
+    args = [result.staging_uri, "--run-key-root-file", str(root), "--out", str(page)]
+    assert main(["report", *args]) == 0
+    text = page.read_text()
+    assert "RAG index report" in text and html.escape(result.manifest_digest) in text
+    for doc in v2.documents:
+        assert html.escape(doc.title) in text
+    rows = dict(
+        re.findall(
+            r"<code>([^<]+)</code></td><td>[^<]*</td><td>[^<]*</td><td>\d+</td>"
+            r"<td class='status'>(\w+)</td>",
+            text,
+        )
+    )
+    assert rows[which["edited"]] == CHANGED and rows[which["added"]] == ADDED
+    assert sum(v == REUSED for v in rows.values()) == len(v2.documents) - 2
+    assert f"<span id='removed'>{which['removed']}</span>" in text
+    assert f"{result.metrics['hit_rate_at_k']:.4f}" in text
+
+    page.unlink()
+    root.write_bytes(bytes(32))  # another root: no file authenticates, no page is written
+    assert main(["report", *args]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("coco-ai report: error: ") and result.staging_uri in err
+    assert not page.exists()
 
 
 def test_changed_settings_reuse_nothing(
