@@ -54,7 +54,7 @@ def main() -> None:
     from coco_ai.workloads.rag_index.embedder import Embedder, build_tiny_embedder, minilm_dir
     from coco_ai.workloads.rag_index.workload import REPOSITORY_AAD, RagIndexWorkload
     from coco_ai.workloads.rag_serve.client import RagServiceClient, ServiceTrust
-    from coco_ai.workloads.rag_serve.identity import issue_caller_credential
+    from coco_ai.workloads.rag_serve.identity import issue_caller_credential, publish_index_key
 
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true", help="tiny embedder, 12 documents")
@@ -102,6 +102,7 @@ def main() -> None:
             RagIndexWorkload(config, out=io.StringIO()).run()
             manifest, _ = read_manifest(open_store(staging))
             tls_ca = (state / "tls-ca" / "ca.pem").read_bytes()
+            publish_index_key(stack.admin, index_run, stack.run_key)  # the stack's run
             issue_caller_credential(stack.admin, "bench-caller")
             caller = start_caller(
                 stack.trustee_url, tls_ca, caller_id="bench-caller", run_id="bench-c", image=image

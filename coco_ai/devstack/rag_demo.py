@@ -70,13 +70,15 @@ def _ask_the_service(info: StackInfo, index_run_id: str, promoted: dict, progres
     from coco_ai.owner_policy import verify_owner_policy
     from coco_ai.workloads.rag_index.corpus import generate_repository
     from coco_ai.workloads.rag_serve.client import ServiceTrust
-    from coco_ai.workloads.rag_serve.identity import issue_caller_credential
+    from coco_ai.workloads.rag_serve.identity import issue_caller_credential, publish_index_key
 
     root, state = Path(info.root), Path(info.trustee_state_dir)
     tls_ca = (state / "tls-ca" / "ca.pem").read_bytes()
     image = local_image_reference()
-    # The data owner admits the demo's caller: a credential only its attested TEE receives.
+    # The data owner publishes the promoted index's key for its services (one key, never the
+    # root) and admits the demo's caller: a credential only its attested TEE receives.
     with info.data_owner_admin() as admin:
+        publish_index_key(admin, index_run_id, info.data_owner_run_key(index_run_id))
         issue_caller_credential(admin, CALLER_ID)
     policy = verify_owner_policy(
         Path(info.owner_policy).read_bytes(), Path(info.owner_public_key).read_bytes()

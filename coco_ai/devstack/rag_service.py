@@ -13,8 +13,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from coco_ai.kbs.resource_path import ResourcePath
-from coco_ai.run_keys import DEFAULT_ROOT
 from coco_ai.workloads.rag_serve.identity import (  # noqa: F401 (issue_…: the devstack's API)
     SERVICE_MODULE,
     caller_claims,
@@ -100,13 +98,14 @@ def start_rag_service(
     index_manifest_digest: str,
     embedder_path: str,
     callers: list[str],
-    run_key_root: ResourcePath = DEFAULT_ROOT,
     credential_refresh_s: float = 30.0,
     limits: dict[str, int] | None = None,
     clock=None,
     out=None,
 ) -> RagServiceStack:
-    """Start the service of ``index_run_id`` on a free loopback port; raises
+    """Start the service of ``index_run_id`` on a free loopback port (the data owner published
+    the index's key and admitted the callers first: identity.publish_index_key and
+    issue_caller_credential); raises
     coco_ai.workloads.tee.WorkloadError (with its exit code) when it refuses to start. ``out``
     receives the service's log lines (default stdout); ``clock`` is the service's clock."""
     from coco_ai.workloads.rag_serve.config import ServeConfig
@@ -120,7 +119,6 @@ def start_rag_service(
     claims = service_claims(
         run_id=run_id,
         image=image,
-        run_key_root=run_key_root,
         index_run_id=index_run_id,
         index_manifest_digest=index_manifest_digest,
         trust_anchor_pem=trust_anchor_pem,

@@ -1,6 +1,6 @@
-"""`coco-ai dataset generate|encrypt`, `coco-ai rag generate|encrypt` and
-`coco-ai rag caller admit|revoke` (data-owner tooling), `coco-ai rag serve` (the attested retrieval
-service, run inside its TEE) and `coco-ai model prepare|digest`.
+"""`coco-ai dataset generate|encrypt`, `coco-ai rag generate|encrypt`, `coco-ai rag caller
+admit|revoke` and `coco-ai rag index-key publish|withdraw` (data-owner tooling), `coco-ai rag
+serve` (the attested retrieval service, run inside its TEE) and `coco-ai model prepare|digest`.
 
 Heavy imports (torch, transformers, cryptography) happen inside the handlers.
 """
@@ -87,6 +87,29 @@ def register(subparsers) -> None:
         add_admin_arguments(cmd)
         cmd.add_argument("caller", nargs="+", help="caller id ([A-Za-z0-9._-], repeatable)")
         cmd.set_defaults(func=func)
+    rkey = rag_sub.add_parser(
+        "index-key",
+        help="publish or withdraw a promoted index's key for the retrieval services that serve "
+        "it (data owner, Trustee admin API)",
+    )
+    key_sub = rkey.add_subparsers(dest="index_key_command", required=True)
+    publish = key_sub.add_parser(
+        "publish",
+        help="derive the index run's key from the run-key root and write it to Trustee",
+        description="Derive the index run's key from the data owner's run-key root (read here, "
+        "never sent) and write it to Trustee, which releases it only to a TEE whose initdata "
+        "names it: a service of that index. Services get this one key, never the root.",
+    )
+    publish.add_argument(
+        "--run-key-root-file", required=True, help="the data owner's 32-byte run-key root"
+    )
+    withdraw = key_sub.add_parser(
+        "withdraw", help="delete the index's key from Trustee (no new service can load it)"
+    )
+    for cmd, func in ((publish, _publish_index_key), (withdraw, _withdraw_index_key)):
+        add_admin_arguments(cmd)
+        cmd.add_argument("--index-run", required=True, help="the run that built the index")
+        cmd.set_defaults(func=func)
 
     model = subparsers.add_parser("model", help="prepare base models and compute their digests")
     m_sub = model.add_subparsers(dest="model_command", metavar="SUBCOMMAND")
@@ -151,6 +174,35 @@ def _revoke_callers(args: argparse.Namespace) -> int:
         revoke_caller_credential,
         lambda caller: {"caller": caller, "revoked": credential_path(caller).uri()},
     )
+
+
+def _publish_index_key(args: argparse.Namespace) -> int:
+    from coco_ai.kbs.errors import KbsError
+    from coco_ai.run_keys import RunKeyError, derive_run_key, read_key_file
+    from coco_ai.workloads.rag_serve.identity import publish_index_key
+
+    try:
+        key = derive_run_key(read_key_file(args.run_key_root_file), args.index_run)
+        with admin_client(args) as admin:
+            path = publish_index_key(admin, args.index_run, key)
+    except (KbsError, RunKeyError, ValueError, OSError) as exc:
+        return _err(f"rag index-key publish: {exc}")
+    print(json.dumps({"index_run": args.index_run, "index_key_uri": path.uri()}, indent=2))
+    return 0
+
+
+def _withdraw_index_key(args: argparse.Namespace) -> int:
+    from coco_ai.kbs.errors import KbsError
+    from coco_ai.workloads.rag_serve.identity import index_key_path, withdraw_index_key
+
+    try:
+        uri = index_key_path(args.index_run).uri()
+        with admin_client(args) as admin:
+            withdraw_index_key(admin, args.index_run)
+    except (KbsError, ValueError, OSError) as exc:
+        return _err(f"rag index-key withdraw: {exc}")
+    print(json.dumps({"index_run": args.index_run, "withdrawn": uri}, indent=2))
+    return 0
 
 
 def _for_each_caller(args: argparse.Namespace, act, describe) -> int:

@@ -50,12 +50,14 @@ def stack(tmp_path_factory, embedder):
 
 @pytest.fixture(scope="session")
 def index_uri(tmp_path_factory, stack, repository, embedder) -> str:
-    """The index run's signed, encrypted index (staging: what promotion copies and pins)."""
+    """The index run's signed, encrypted index (staging: what promotion copies and pins), its
+    key published for serving."""
     from coco_ai.crypto import encrypt_blob
     from coco_ai.workloads.models import model_digest
     from coco_ai.workloads.rag_index.config import RagIndexConfig
     from coco_ai.workloads.rag_index.corpus import to_jsonl
     from coco_ai.workloads.rag_index.workload import REPOSITORY_AAD, RagIndexWorkload
+    from coco_ai.workloads.rag_serve.identity import publish_index_key
 
     root = tmp_path_factory.mktemp("store")
     blob = encrypt_blob(
@@ -85,6 +87,8 @@ def index_uri(tmp_path_factory, stack, repository, embedder) -> str:
         }
     )
     RagIndexWorkload(config, out=io.StringIO()).run()
+    # the data owner publishes the index's key for the services that serve it
+    publish_index_key(stack.admin, INDEX_RUN, stack.run_key)  # INDEX_RUN is the stack's run
     return staging
 
 

@@ -74,3 +74,30 @@ def test_a_bad_caller_id_is_refused_before_trustee_is_touched(admin_args, capsys
     captured = capsys.readouterr()
     assert json.loads(captured.out) == []
     assert "rag caller admit" in captured.err and "../alice" in captured.err
+
+
+def test_data_owner_publishes_and_withdraws_the_index_key(
+    service, stack, admin_args, tmp_path, capsys
+) -> None:
+    from coco_ai.run_keys import DEFAULT_ROOT
+    from coco_ai.workloads.rag_serve.identity import index_key_path
+    from tests.rag_serve.conftest import INDEX_RUN
+
+    uri = index_key_path(INDEX_RUN).uri()
+    root = tmp_path / "root.bin"
+    root.write_bytes(stack.run_key_root)
+    with GuestClient(service.guest_url) as guest:  # the service's own TEE
+        assert (
+            cli.main(["rag", "index-key", "withdraw", *admin_args, "--index-run", INDEX_RUN]) == 0
+        )
+        assert json.loads(capsys.readouterr().out) == {"index_run": INDEX_RUN, "withdrawn": uri}
+        with pytest.raises(GuestError):
+            guest.get_resource(uri)
+        publish = ["rag", "index-key", "publish", *admin_args, "--index-run", INDEX_RUN]
+        assert cli.main([*publish, "--run-key-root-file", str(root)]) == 0
+        printed = capsys.readouterr().out
+        assert json.loads(printed) == {"index_run": INDEX_RUN, "index_key_uri": uri}
+        assert guest.get_resource(uri) == stack.run_key  # the index run's key, derived
+        assert stack.run_key.hex() not in printed and stack.run_key_root.hex() not in printed
+        with pytest.raises(GuestError):  # the service never gets the root itself
+            guest.get_resource(DEFAULT_ROOT.uri())

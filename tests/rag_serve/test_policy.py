@@ -43,12 +43,9 @@ def caller(caller_id: str, **kw) -> dict:
 
 
 def service(callers: list[str]) -> dict:
-    from coco_ai.run_keys import DEFAULT_ROOT
-
     claims = service_claims(
         run_id="run-s1",
         image=APPROVED_IMAGE,
-        run_key_root=DEFAULT_ROOT,
         index_run_id="run-i1",
         index_manifest_digest="sha256:" + "0" * 64,
         trust_anchor_pem=b"anchor",
@@ -68,3 +65,17 @@ def test_caller_credential_only_to_the_tee_that_names_it(policy) -> None:
     # approved code only: the same claims under a launch the data owner did not approve
     claims = caller_claims(run_id="run-c1", image=APPROVED_IMAGE, caller_id="alice")
     assert not allowed(policy, token(claims, module="coco_ai.not_approved"))
+
+
+@pytest.mark.parametrize("policy", ["resource_prod", "resource_dev"])
+def test_a_service_gets_its_index_key_and_never_the_run_key_root(policy) -> None:
+    from coco_ai.run_keys import DEFAULT_ROOT
+    from coco_ai.workloads.rag_serve.identity import index_key_path
+
+    own = tuple(index_key_path("run-i1").uri().removeprefix("kbs:///").split("/"))
+    other = tuple(index_key_path("run-i2").uri().removeprefix("kbs:///").split("/"))
+    root = tuple(DEFAULT_ROOT.uri().removeprefix("kbs:///").split("/"))
+    assert allowed(policy, service(["alice"]), path=own)
+    assert not allowed(policy, service(["alice"]), path=other)  # another index's key
+    assert not allowed(policy, service(["alice"]), path=root)  # the root: not named, not released
+    assert not allowed(policy, caller("alice"), path=own)  # a caller never gets an index key

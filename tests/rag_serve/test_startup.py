@@ -14,7 +14,6 @@ from pathlib import Path
 import pytest
 
 from coco_ai.crypto.manifest import MANIFEST_FILE, SIGNATURE_FILE
-from coco_ai.run_keys import DEFAULT_ROOT
 from coco_ai.workloads.tee import (
     EXIT_CONFIG,
     EXIT_DATASET,
@@ -141,7 +140,6 @@ def running_guest(stack, index_uri, manifest_digest, embedder):
     claims = service_claims(
         run_id=kw["run_id"],
         image=image,
-        run_key_root=DEFAULT_ROOT,
         index_run_id=kw["index_run_id"],
         index_manifest_digest=manifest_digest,
         trust_anchor_pem=stack.trust_anchor_pem,
@@ -203,3 +201,20 @@ def test_unreadable_store_credentials_refused(
             ServiceStartup(config).start()
     assert err.value.exit_code == EXIT_CONFIG
     assert err.value.reason.endswith(f"{STORAGE_OPTIONS_FILE} must be a JSON object")
+
+
+def test_no_service_starts_once_the_index_key_is_withdrawn(
+    tmp_path, stack, embedder, index_uri, manifest_digest
+) -> None:
+    from coco_ai.workloads.rag_serve.identity import publish_index_key, withdraw_index_key
+    from coco_ai.workloads.tee import EXIT_KEY_RELEASE
+    from tests.rag_serve.conftest import INDEX_RUN
+
+    withdraw_index_key(stack.admin, INDEX_RUN)
+    try:
+        with pytest.raises(WorkloadError) as err:
+            _start(tmp_path, stack, embedder, index_uri, manifest_digest)
+        assert err.value.exit_code == EXIT_KEY_RELEASE
+        assert f"index key of run {INDEX_RUN}" in err.value.reason
+    finally:
+        publish_index_key(stack.admin, INDEX_RUN, stack.run_key)

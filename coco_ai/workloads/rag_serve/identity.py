@@ -4,8 +4,10 @@ callers, and where Trustee keeps each caller's credential (docs/formats/rag.md Â
 The service's initdata (attested, so the service trusts it over its config) names:
 
 - ``io.coco-ai.workload`` = ``rag_serve`` (its role) and its own ``io.coco-ai.run-id``;
-- ``io.coco-ai.run-key-root``: the data owner's root, from which it derives the index run's key
-  (coco_ai.run_keys; the index run's grant is tombstoned when that run ends, so it is not used);
+- ``io.coco-ai.rag-index-key``: the URI of the index run's key that the data owner published
+  for serving (``kbs:///coco-ai-rag/index-key/<index run>``, :func:`publish_index_key`): that one
+  key, not the run-key root, so a broken service exposes one index, not every run under the
+  root (the index run's grant is tombstoned when that run ends, so it is not used either);
 - ``io.coco-ai.rag-index-run`` and ``io.coco-ai.rag-index-manifest``: the index run it serves
   and the manifest digest promotion published for it;
 - ``io.coco-ai.rag-trust-anchor``: the SHA-256 of the attestation trust anchor (PEM) that the
@@ -30,15 +32,37 @@ INDEX_MANIFEST_KEY = "io.coco-ai.rag-index-manifest"
 TRUST_ANCHOR_KEY = "io.coco-ai.rag-trust-anchor"
 CALLER_CREDENTIAL_PREFIX = "io.coco-ai.rag-caller-credential."
 CALLER_KEY = "io.coco-ai.rag-caller"
+INDEX_KEY_KEY = "io.coco-ai.rag-index-key"
 
 CREDENTIAL_REPOSITORY = "coco-ai-rag"
 CREDENTIAL_TYPE = "caller-credential"
 CREDENTIAL_SIZE = 32
+INDEX_KEY_TYPE = "index-key"
 
 
 def credential_path(caller_id: str) -> ResourcePath:
     """Where Trustee keeps the caller's credential (32 random bytes the data owner writes)."""
     return ResourcePath(CREDENTIAL_REPOSITORY, CREDENTIAL_TYPE, validate_segment(caller_id))
+
+
+def index_key_path(index_run_id: str) -> ResourcePath:
+    """Where Trustee keeps an index run's key for the services that serve that index."""
+    return ResourcePath(CREDENTIAL_REPOSITORY, INDEX_KEY_TYPE, validate_segment(index_run_id))
+
+
+def publish_index_key(admin, index_run_id: str, index_key: bytes) -> ResourcePath:
+    """The data owner lets services serve ``index_run_id``: that run's key (derived from the
+    owner's run-key root on the owner's side, coco_ai.run_keys) written to Trustee at
+    :func:`index_key_path`, which the resource policy releases only to a TEE whose initdata
+    names it (a service of that index)."""
+    path = index_key_path(index_run_id)
+    admin.set_resource(path, index_key)
+    return path
+
+
+def withdraw_index_key(admin, index_run_id: str) -> None:
+    """No service obtains the index's key any more (a running one keeps what it loaded)."""
+    admin.delete_resource(index_key_path(index_run_id))
 
 
 def issue_caller_credential(admin, caller_id: str) -> bytes:
@@ -63,19 +87,13 @@ def service_claims(
     *,
     run_id: str,
     image: str,
-    run_key_root: ResourcePath,
     index_run_id: str,
     index_manifest_digest: str,
     trust_anchor_pem: bytes,
     callers: list[str],
 ) -> dict[str, str]:
     """The ``io.coco-ai.*`` initdata claims of a retrieval service run."""
-    from coco_ai.guest.initdata import (
-        IMAGE_DIGEST_KEY,
-        RUN_ID_KEY,
-        RUN_KEY_ROOT_KEY,
-        WORKLOAD_KEY,
-    )
+    from coco_ai.guest.initdata import IMAGE_DIGEST_KEY, RUN_ID_KEY, WORKLOAD_KEY
     from coco_ai.runs import pinned_image
 
     validate_segment(index_run_id)
@@ -84,7 +102,7 @@ def service_claims(
         WORKLOAD_KEY: SERVICE_ROLE,
         RUN_ID_KEY: validate_segment(run_id),
         IMAGE_DIGEST_KEY: pinned_image(image).partition("@")[2],
-        RUN_KEY_ROOT_KEY: run_key_root.uri(),
+        INDEX_KEY_KEY: index_key_path(index_run_id).uri(),
         INDEX_RUN_KEY: index_run_id,
         INDEX_MANIFEST_KEY: index_manifest_digest,
         TRUST_ANCHOR_KEY: anchor_digest(trust_anchor_pem),

@@ -10,8 +10,9 @@ Start-up (:meth:`ServiceStartup.start`) refuses to return a service on any doubt
    token chains to the anchor, is affirming, and names the index run and the ``rag_index``
    workload; the manifest is signed by the TEE key attested in it, belongs to the index run,
    and every object matches it; and its digest must be the one the initdata pins (promotion's);
-4. the index run's key, derived from the run-key root that Trustee releases to this TEE
-   (coco_ai.run_keys), must decrypt every file, bound to that run, to the same manifest;
+4. the index run's key, which the data owner published for serving and Trustee releases to
+   this TEE (its initdata names it; coco_ai.workloads.rag_serve.identity), must decrypt every
+   file, bound to that run, to the same manifest;
 5. the embedder directory's digest must be the manifest's ``base_model_digest``;
 6. each admitted caller's credential is fetched through the confidential data hub.
 
@@ -37,6 +38,7 @@ from coco_ai.workloads.rag_serve.config import ServeConfig
 from coco_ai.workloads.rag_serve.identity import (
     CALLER_KEY,
     CREDENTIAL_SIZE,
+    INDEX_KEY_KEY,
     INDEX_MANIFEST_KEY,
     INDEX_RUN_KEY,
     SERVICE_ROLE,
@@ -44,13 +46,13 @@ from coco_ai.workloads.rag_serve.identity import (
     admitted_callers,
     anchor_digest,
     credential_path,
+    index_key_path,
 )
 from coco_ai.workloads.tee import (
     EXIT_ATTESTATION,
     EXIT_BASE_MODEL,
     EXIT_CONFIG,
     EXIT_DATASET,
-    EXIT_KEY_RELEASE,
     TeeWorkload,
     WorkloadError,
     private_tmpdir,
@@ -365,7 +367,7 @@ class ServiceStartup(TeeWorkload):
         return LoadedService(retriever, gate, guest, index_run, manifest_digest, claims)
 
     def _check_identity(self, claims: dict[str, Any]) -> dict[str, str]:
-        from coco_ai.guest.initdata import RUN_ID_KEY, RUN_KEY_ROOT_KEY, WORKLOAD_KEY
+        from coco_ai.guest.initdata import RUN_ID_KEY, WORKLOAD_KEY
 
         if claims.get(WORKLOAD_KEY) != SERVICE_ROLE:
             raise WorkloadError(
@@ -379,9 +381,19 @@ class ServiceStartup(TeeWorkload):
                 f"{self.config.run_id!r}",
                 EXIT_CONFIG,
             )
-        for key in (INDEX_RUN_KEY, INDEX_MANIFEST_KEY, TRUST_ANCHOR_KEY, RUN_KEY_ROOT_KEY):
+        for key in (INDEX_RUN_KEY, INDEX_MANIFEST_KEY, TRUST_ANCHOR_KEY, INDEX_KEY_KEY):
             if not isinstance(claims.get(key), str) or not claims[key]:
                 raise WorkloadError(f"this TEE's initdata lacks {key}", EXIT_ATTESTATION)
+        try:
+            expected = index_key_path(claims[INDEX_RUN_KEY]).uri()
+        except ValueError as exc:
+            raise WorkloadError(f"this TEE's initdata: {exc}", EXIT_ATTESTATION) from None
+        if claims[INDEX_KEY_KEY] != expected:
+            raise WorkloadError(
+                f"this TEE's initdata names index key {claims[INDEX_KEY_KEY]!r}, not the "
+                f"served index's {expected}",
+                EXIT_ATTESTATION,
+            )
         return {k: v for k, v in claims.items() if isinstance(v, str)}
 
     def _trust_anchor(self, claims: dict[str, str]) -> bytes:
@@ -466,14 +478,8 @@ class ServiceStartup(TeeWorkload):
         return options
 
     def _index_key(self, guest, claims: dict[str, str], index_run: str) -> bytes:
-        from coco_ai.guest.initdata import RUN_KEY_ROOT_KEY
-        from coco_ai.run_keys import RunKeyError, derive_run_key
-
-        root = self._fetch_key(guest, claims[RUN_KEY_ROOT_KEY], "run-key root")
-        try:
-            return derive_run_key(root, index_run)
-        except RunKeyError as exc:
-            raise WorkloadError(f"index key: {exc}", EXIT_KEY_RELEASE) from None
+        """The served index's key as the data owner published it (never the run-key root)."""
+        return self._fetch_key(guest, claims[INDEX_KEY_KEY], f"index key of run {index_run}")
 
     def _decrypt(self, dst: Path, key: bytes, manifest_digest: str) -> None:
         from coco_ai.crypto import decrypt_checkpoint
