@@ -52,7 +52,7 @@ def scaled_repository(base_docs: int, copies: int):
 def main() -> None:
     import torch
 
-    from coco_ai.crypto import decrypt_checkpoint, encrypt_blob, encrypt_checkpoint
+    from coco_ai.crypto import decrypt_checkpoint, encrypt_checkpoint
     from coco_ai.devstack.workload import start_local_stack
     from coco_ai.run_keys import derive_run_key
     from coco_ai.workloads.kinds import RAG_INDEX
@@ -60,7 +60,7 @@ def main() -> None:
     from coco_ai.workloads.rag_index.config import RagIndexConfig
     from coco_ai.workloads.rag_index.corpus import capacity, revise_repository, to_jsonl
     from coco_ai.workloads.rag_index.embedder import build_tiny_embedder, minilm_dir
-    from coco_ai.workloads.rag_index.workload import REPOSITORY_AAD, RagIndexWorkload
+    from coco_ai.workloads.rag_index.workload import RagIndexWorkload
 
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true", help="tiny embedder, 12 documents")
@@ -93,12 +93,7 @@ def main() -> None:
     ) as stack:
 
         def publish(name: str, repo) -> str:
-            blob = encrypt_blob(
-                to_jsonl(repo),
-                kek=stack.dataset_key,
-                key_uri=stack.dataset_key_uri,
-                aad_context=REPOSITORY_AAD,
-            )
+            blob = stack.encrypt_repository(to_jsonl(repo))
             (tmp / name).write_bytes(blob)
             return f"file://{tmp}/{name}"
 

@@ -31,14 +31,13 @@ from pathlib import Path
 def main() -> None:
     import torch
 
-    from coco_ai.crypto import encrypt_blob
     from coco_ai.devstack.workload import start_local_stack
     from coco_ai.workloads.kinds import RAG_INDEX
     from coco_ai.workloads.models import model_digest
     from coco_ai.workloads.rag_index.config import RagIndexConfig
     from coco_ai.workloads.rag_index.corpus import generate_repository, to_jsonl
     from coco_ai.workloads.rag_index.embedder import Embedder, build_tiny_embedder, minilm_dir
-    from coco_ai.workloads.rag_index.workload import REPOSITORY_AAD, RagIndexWorkload
+    from coco_ai.workloads.rag_index.workload import RagIndexWorkload
 
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true", help="tiny embedder, 12 documents")
@@ -56,14 +55,7 @@ def main() -> None:
     with start_local_stack(
         tmp / "trustee", run_id, kind=RAG_INDEX, dataset_key_path="default/rag/bench"
     ) as stack:
-        (tmp / "repo.enc").write_bytes(
-            encrypt_blob(
-                to_jsonl(repo),
-                kek=stack.dataset_key,
-                key_uri=stack.dataset_key_uri,
-                aad_context=REPOSITORY_AAD,
-            )
-        )
+        (tmp / "repo.enc").write_bytes(stack.encrypt_repository(to_jsonl(repo)))
 
         def config(round_no: int) -> RagIndexConfig:
             return RagIndexConfig.from_dict(

@@ -40,7 +40,7 @@ def main() -> None:
     import faiss
     import torch
 
-    from coco_ai.crypto import decrypt_checkpoint, encrypt_blob, read_manifest
+    from coco_ai.crypto import decrypt_checkpoint, read_manifest
     from coco_ai.devstack.rag_service import start_caller, start_rag_service
     from coco_ai.devstack.stack import local_image_reference
     from coco_ai.devstack.workload import start_local_stack
@@ -52,7 +52,7 @@ def main() -> None:
     from coco_ai.workloads.rag_index.config import RagIndexConfig
     from coco_ai.workloads.rag_index.corpus import generate_repository, to_jsonl
     from coco_ai.workloads.rag_index.embedder import Embedder, build_tiny_embedder, minilm_dir
-    from coco_ai.workloads.rag_index.workload import REPOSITORY_AAD, RagIndexWorkload
+    from coco_ai.workloads.rag_index.workload import RagIndexWorkload
     from coco_ai.workloads.rag_serve.client import RagServiceClient, ServiceTrust
     from coco_ai.workloads.rag_serve.identity import issue_caller_credential, publish_index_key
 
@@ -77,12 +77,7 @@ def main() -> None:
         with start_local_stack(
             state, index_run, kind=RAG_INDEX, dataset_key_path="default/rag/bench"
         ) as stack:
-            blob = encrypt_blob(
-                to_jsonl(repository),
-                kek=stack.dataset_key,
-                key_uri=stack.dataset_key_uri,
-                aad_context=REPOSITORY_AAD,
-            )
+            blob = stack.encrypt_repository(to_jsonl(repository))
             (tmp / "repo.enc").write_bytes(blob)
             staging = f"file://{tmp}/staging/{index_run}"
             config = RagIndexConfig.from_dict(

@@ -69,6 +69,19 @@ class LocalStack:
             aad_context=DATASET_AAD,
         )
 
+    def encrypt_repository(self, plaintext: bytes) -> bytes:
+        """What ``coco-ai rag encrypt`` does for the data owner: a RAG document repository
+        under the stack's data key (the key of the run's keyed input)."""
+        from coco_ai.crypto import encrypt_blob
+        from coco_ai.workloads.rag_index.workload import REPOSITORY_AAD
+
+        return encrypt_blob(
+            plaintext,
+            kek=self.dataset_key,
+            key_uri=self.dataset_key_uri,
+            aad_context=REPOSITORY_AAD,
+        )
+
     def stop(self) -> None:
         self.admin.close()  # an open keep-alive connection would hold up the server's shutdown
         for server in reversed(self._servers):

@@ -22,7 +22,7 @@ from coco_ai.workloads.kinds import RAG_INDEX
 from coco_ai.workloads.models import model_digest
 from coco_ai.workloads.rag_index.config import RagIndexConfig, recipe_digest
 from coco_ai.workloads.rag_index.corpus import generate_repository, to_jsonl
-from coco_ai.workloads.rag_index.workload import REPOSITORY_AAD, RagIndexWorkload
+from coco_ai.workloads.rag_index.workload import RagIndexWorkload
 
 from .conftest import flip_ciphertext, other_key_signature
 
@@ -46,7 +46,6 @@ def built(tmp_path_factory, stack):
     """The workload's real output in staging: (index dir, its config, embedder dir)."""
     import torch
 
-    from coco_ai.crypto import encrypt_blob
     from coco_ai.workloads.rag_index.embedder import build_tiny_embedder
 
     torch.set_num_threads(2)  # the box is shared
@@ -54,12 +53,7 @@ def built(tmp_path_factory, stack):
     repository = generate_repository(8, seed=5)
     texts = [d.text for d in repository.documents] + [q.question for q in repository.questions]
     embedder = build_tiny_embedder(work / "tiny-bert", texts)
-    blob = encrypt_blob(
-        to_jsonl(repository),
-        kek=stack.dataset_key,
-        key_uri=stack.dataset_key_uri,
-        aad_context=REPOSITORY_AAD,
-    )
+    blob = stack.encrypt_repository(to_jsonl(repository))
     (work / "repo.enc").write_bytes(blob)
     config = RagIndexConfig.from_dict(
         {

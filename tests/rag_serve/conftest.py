@@ -52,20 +52,14 @@ def stack(tmp_path_factory, embedder):
 def index_uri(tmp_path_factory, stack, repository, embedder) -> str:
     """The index run's signed, encrypted index (staging: what promotion copies and pins), its
     key published for serving."""
-    from coco_ai.crypto import encrypt_blob
     from coco_ai.workloads.models import model_digest
     from coco_ai.workloads.rag_index.config import RagIndexConfig
     from coco_ai.workloads.rag_index.corpus import to_jsonl
-    from coco_ai.workloads.rag_index.workload import REPOSITORY_AAD, RagIndexWorkload
+    from coco_ai.workloads.rag_index.workload import RagIndexWorkload
     from coco_ai.workloads.rag_serve.identity import publish_index_key
 
     root = tmp_path_factory.mktemp("store")
-    blob = encrypt_blob(
-        to_jsonl(repository),
-        kek=stack.dataset_key,
-        key_uri=stack.dataset_key_uri,
-        aad_context=REPOSITORY_AAD,
-    )
+    blob = stack.encrypt_repository(to_jsonl(repository))
     (root / "northwind.enc").write_bytes(blob)
     staging = f"file://{root}/staging/{INDEX_RUN}"
     config = RagIndexConfig.from_dict(

@@ -79,15 +79,7 @@ def earlier_index(tmp_path_factory, stack, store, embedder):
 
 
 def _put_repository(stack, store: Path, name: str, repo: Repository) -> str:
-    from coco_ai.crypto import encrypt_blob
-    from coco_ai.workloads.rag_index.workload import REPOSITORY_AAD
-
-    blob = encrypt_blob(
-        to_jsonl(repo),
-        kek=stack.dataset_key,
-        key_uri=stack.dataset_key_uri,
-        aad_context=REPOSITORY_AAD,
-    )
+    blob = stack.encrypt_repository(to_jsonl(repo))
     (store / name).write_bytes(blob)
     return f"file://{store}/{name}"
 
