@@ -148,7 +148,7 @@ def _deferred_run(kube: FakeKubeApi, inputs, tmp_path: Path, run: str, **kwargs)
     pod = kube.pods[(namespace, name)]
     assert pod["spec"]["runtimeClassName"] == "kata-qemu-nvidia-gpu-tdx"
     assert pod["metadata"]["annotations"][INITDATA_ANNOTATION]
-    return refs, context, row, name
+    return refs, row, name
 
 
 def _polling_the_running_pod(kube: FakeKubeApi, name: str) -> None:
@@ -177,14 +177,14 @@ def _resume(refs: dict, run: str, event: dict, **kwargs):
     """The task resumed on a worker: a fresh operator, the trigger's event."""
     op, dag = _workload(refs, **kwargs)
     context = _task_context(run, dag)
-    return op, context, lambda: op.trigger_reentry(context, event)
+    return context, lambda: op.trigger_reentry(context, event)
 
 
 def test_trigger_is_rebuilt_after_a_triggerer_restart_and_the_run_resumes(
     trustee, kube, inputs, tmp_path, matrix
 ):
     run = "k8s-restart"
-    refs, _, row, name = _deferred_run(kube, inputs, tmp_path, run)
+    refs, row, name = _deferred_run(kube, inputs, tmp_path, run)
     _running_then_down(kube, row, name, signal.SIGTERM)  # a triggerer shutdown (rolling restart)
     clock = Stopwatch()
     second = _Triggerer(row)  # rebuilt from the stored row
@@ -193,7 +193,7 @@ def test_trigger_is_rebuilt_after_a_triggerer_restart_and_the_run_resumes(
     took = clock.elapsed()
     assert event["status"] == "success" and event["name"] == name
 
-    _, context, reentry = _resume(refs, run, event)
+    context, reentry = _resume(refs, run, event)
     assert reentry() == {"run_id": refs["run_id"], "staging_uri": refs["staging_uri"]}
     assert context["ti"].xcom["return_value"]["run_id"] == refs["run_id"]
     assert any(r.path.endswith(f"/pods/{name}/log") for r in kube.requests)
@@ -217,7 +217,7 @@ def test_pod_failed_while_the_triggerer_was_down_fails_closed_and_the_grant_is_r
     trustee, kube, inputs, tmp_path, matrix
 ):
     run = "k8s-failed"
-    refs, _, row, name = _deferred_run(kube, inputs, tmp_path, run)
+    refs, row, name = _deferred_run(kube, inputs, tmp_path, run)
     assert _grant(trustee, run) is not None
     _running_then_down(kube, row, name, signal.SIGKILL)  # the triggerer crashes
     reason = "finetune: error: key release denied for the grant kbs:///coco-ai-run/grant/x"
@@ -226,8 +226,8 @@ def test_pod_failed_while_the_triggerer_was_down_fails_closed_and_the_grant_is_r
     (event,) = _Triggerer(row).events()
     assert event["status"] == "failed"
 
-    _, context, reentry = _resume(refs, run, event)
-    with pytest.raises(Exception, match="returned a failure") as failure:
+    context, reentry = _resume(refs, run, event)
+    with pytest.raises(AirflowException, match="returned a failure") as failure:
         reentry()
     took = clock.elapsed()
     assert reason in str(failure.value)  # the workload's own one-line reason
@@ -254,7 +254,7 @@ def test_task_killed_or_timed_out_while_deferred_deletes_the_running_pod(
 ):
     run = f"k8s-{how.replace(' ', '-').replace('_', '-')}"
     timeout = {"execution_timeout": dt.timedelta(seconds=6)} if how == "execution_timeout" else {}
-    refs, _, row, name = _deferred_run(kube, inputs, tmp_path, run, **timeout)
+    refs, row, name = _deferred_run(kube, inputs, tmp_path, run, **timeout)
     kube.schedule(NAMESPACE, name)
     kube.start(NAMESPACE, name)
     triggerer = _Triggerer(row)
@@ -269,7 +269,7 @@ def test_task_killed_or_timed_out_while_deferred_deletes_the_running_pod(
         # the deadline passes with the pod still running: the trigger fires "timeout"
         (event,) = triggerer.events()
         assert event["status"] == "timeout"
-        _, context, reentry = _resume(refs, run, event, **timeout)
+        context, reentry = _resume(refs, run, event, **timeout)
         with pytest.raises(AirflowException, match=r"execution_timeout deadline.*pod was deleted"):
             reentry()
         # at once: the running pod's log was read, not followed to the workload's end
