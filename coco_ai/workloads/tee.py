@@ -171,20 +171,21 @@ def _cgroup_limits(root: Path) -> list[tuple[int, str]]:
     return limits
 
 
-def tee_memory(explicit_bytes: int | None = None, *, root: Path = Path("/")) -> tuple[int, str]:
+def tee_memory(
+    explicit_bytes: int | None = None, *, root: Path = Path("/")
+) -> tuple[int, str] | None:
     """The memory this TEE has, and what says so: the least of the guest's ``MemTotal``, the
     memory limits of this process's cgroups (in a Kata pod, the pod's memory limit, which also
     sizes the guest VM) and ``explicit_bytes`` (a workload config's ``tee_memory_bytes``: in
-    local mode the host's memory is not a TEE's)."""
+    local mode the host's memory is not a TEE's). ``None`` where none of these can be read (a
+    guest always has ``/proc``; a local-mode host without it may not)."""
     candidates = _cgroup_limits(root)
     total = _meminfo_total(root)
     if total is not None:
         candidates.append((total, "MemTotal in /proc/meminfo"))
     if explicit_bytes is not None:
         candidates.append((explicit_bytes, "the config's tee_memory_bytes"))
-    if not candidates:
-        raise WorkloadError("the TEE's memory cannot be read (no /proc/meminfo)", EXIT_RESOURCES)
-    return min(candidates)
+    return min(candidates, default=None)
 
 
 class TeeWorkload:
@@ -283,7 +284,11 @@ class TeeWorkload:
         """Refuse, before any key is released or anything is loaded, inputs whose sizes alone
         exceed the TEE's memory (a lower bound: loading and training need more). ``inputs``:
         what each input is → its path or URI."""
-        memory, source = tee_memory(explicit_bytes)
+        known = tee_memory(explicit_bytes)
+        if known is None:
+            self.log("memory: not checked (no /proc/meminfo, cgroup or tee_memory_bytes)")
+            return
+        memory, source = known
         sizes = {}
         for what, path in inputs.items():
             # an absent input is left to the step that loads it (it fails with its own code)

@@ -142,6 +142,9 @@ def test_tee_memory_is_the_least_of_cgroup_limits_memtotal_and_the_config(tmp_pa
     (v1 / "memory.limit_in_bytes").write_text("1073741824\n")
     limit = "cgroup limit sys/fs/cgroup/memory/kubepods/pod1/memory.limit_in_bytes"
     assert tee_memory(root=tmp_path) == (2**30, limit)
+    empty = tmp_path / "no-proc"
+    assert tee_memory(root=empty) is None  # nothing to read: the check is skipped, said so
+    assert tee_memory(3, root=empty) == (3, "the config's tee_memory_bytes")
     # this host: never more than its physical memory
     assert 0 < tee_memory()[0] <= os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
