@@ -11,6 +11,7 @@ from typing import Any, ClassVar
 
 from airflow.providers.cncf.kubernetes.operators.pod import KubernetesPodOperator
 from airflow.sdk import BaseXCom, Context
+from airflow.sdk.exceptions import AirflowException
 
 from coco_ai.runs import RunRefs, pinned_image
 from coco_ai.workloads.kinds import workload_kind
@@ -163,6 +164,16 @@ class ConfidentialWorkloadOperator(KubernetesPodOperator):
 
     def trigger_reentry(self, context: Context, event: dict[str, Any]) -> dict[str, str]:
         # Deferrable kubernetes mode resumes here (KubernetesPodOperator's resume method).
+        if event["status"] == "timeout":  # the task's deadline (or the pod's start) passed
+            kubernetes.stop_pod(
+                self.client,
+                event["namespace"],
+                event["name"],
+                container=self.base_container_name,
+                grace_s=self.termination_grace_period,
+                log=self.log,
+            )
+            raise AirflowException(f"{event['message']} The pod was deleted.")
         super().trigger_reentry(context, event)
         return self._result(context)
 

@@ -30,9 +30,6 @@ NOT_YET = [
     ("Airflow", "worker killed (beyond the fine-tune)", "each task"),
     ("Airflow", "task timeout", "each task"),
     ("Airflow", "run cleared from the UI mid fine-tune", "fine-tune"),
-    ("Airflow", "triggerer restart (deferrable KubernetesPodOperator)", "fine-tune"),
-    ("resources", "data set or base model larger than the TEE's memory", "fine-tune"),
-    ("resources", "full staging disk", "fine-tune (staging write)"),
 ]
 
 #: Faults tested in tiers that need a whole deployment (tests/e2e, tests/distributed): their

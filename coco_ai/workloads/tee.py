@@ -7,17 +7,23 @@ this TEE's initdata (coco_ai.run_keys), fetch the EAR token and the attested TEE
 encrypting, sign the manifest, upload with bounded retries. A kind subclasses
 :class:`TeeWorkload` and adds its own computation between these steps; its config has the fields
 listed in :class:`TeeWorkload`. Exit codes are shared by every kind.
+
+Resources are checked the same way for every kind: inputs larger than the TEE's memory are
+refused before any key is released (:meth:`TeeWorkload._check_memory`), and a disk that fills up
+during any phase fails that phase with :data:`EXIT_RESOURCES`, before anything is uploaded.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
+import shutil
 import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any, TextIO, TypeVar
 
@@ -28,6 +34,9 @@ EXIT_DATASET = 4  # the keyed input (data set, document repository) is wrong, ta
 EXIT_BASE_MODEL = 5  # the pinned model (base model, embedder) is wrong or unloadable
 EXIT_STAGING = 6
 EXIT_ATTESTATION = 7
+EXIT_RESOURCES = 8  # the TEE's memory cannot hold the inputs, or its disk filled up
+
+_DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 
 T = TypeVar("T")
 
@@ -105,6 +114,80 @@ def _is_remote(path: str) -> bool:
     return "://" in path
 
 
+def disk_full_error(exc: OSError, when: str) -> WorkloadError:
+    """A full disk (ENOSPC, EDQUOT) as a clear workload failure: what was being written, and
+    the size of the disk where the workload stages its files (the encrypted checkpoint: TMPDIR)."""
+    scratch = tempfile.gettempdir()
+    return WorkloadError(
+        f"disk full {when}: {exc.strerror}"
+        + (f" writing {exc.filename}" if exc.filename else "")
+        + f"; the temp dir {scratch} is on a disk of {shutil.disk_usage(scratch).total} bytes "
+        "(give the TEE a larger disk, or point TMPDIR at one)",
+        EXIT_RESOURCES,
+    )
+
+
+def _gib(n: int) -> str:
+    return f"{n / 2**30:.2f} GiB ({n} bytes)"
+
+
+def _meminfo_total(root: Path) -> int | None:
+    try:
+        lines = (root / "proc/meminfo").read_text().splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        name, _, value = line.partition(":")
+        if name == "MemTotal":
+            return int(value.split()[0]) * 1024  # "MemTotal: 16318812 kB"
+    return None
+
+
+def _cgroup_limits(root: Path) -> list[tuple[int, str]]:
+    """The memory limits of this process's cgroup and its ancestors (v2 ``memory.max``; v1
+    ``memory.limit_in_bytes``, whose "unlimited" is a huge number that MemTotal undercuts)."""
+    try:
+        lines = (root / "proc/self/cgroup").read_text().splitlines()
+    except OSError:
+        return []
+    limits = []
+    for line in lines:
+        _, controllers, path = line.split(":", 2)
+        if controllers == "":
+            base, limit_file = root / "sys/fs/cgroup", "memory.max"
+        elif "memory" in controllers.split(","):
+            base, limit_file = root / "sys/fs/cgroup/memory", "memory.limit_in_bytes"
+        else:
+            continue
+        group = Path(path.lstrip("/"))
+        for part in (group, *group.parents):
+            f = base / part / limit_file
+            try:
+                value = f.read_text().strip()
+            except OSError:
+                continue
+            if value.isdigit():
+                limits.append((int(value), f"cgroup limit {f.relative_to(root)}"))
+    return limits
+
+
+def tee_memory(
+    explicit_bytes: int | None = None, *, root: Path = Path("/")
+) -> tuple[int, str] | None:
+    """The memory this TEE has, and what says so: the least of the guest's ``MemTotal``, the
+    memory limits of this process's cgroups (in a Kata pod, the pod's memory limit, which also
+    sizes the guest VM) and ``explicit_bytes`` (a workload config's ``tee_memory_bytes``: in
+    local mode the host's memory is not a TEE's). ``None`` where none of these can be read (a
+    guest always has ``/proc``; a local-mode host without it may not)."""
+    candidates = _cgroup_limits(root)
+    total = _meminfo_total(root)
+    if total is not None:
+        candidates.append((total, "MemTotal in /proc/meminfo"))
+    if explicit_bytes is not None:
+        candidates.append((explicit_bytes, "the config's tee_memory_bytes"))
+    return min(candidates, default=None)
+
+
 class TeeWorkload:
     """The steps every kind shares. ``config`` has ``run_id``, ``staging_uri``,
     ``checkpoint_key_uri``, ``run_key_root_uri``, ``guest_api_url``, ``store_attempts`` and
@@ -132,6 +215,10 @@ class TeeWorkload:
         start, cpu_start = time.perf_counter(), time.process_time()
         try:
             yield
+        except OSError as exc:
+            if exc.errno not in _DISK_FULL:
+                raise
+            raise disk_full_error(exc, f"during {name}") from None
         finally:
             self.timings[name] = self.timings.get(name, 0.0) + time.perf_counter() - start
             self.cpu_timings[name] = (
@@ -166,6 +253,57 @@ class TeeWorkload:
                 f"staging {cfg.staging_uri} already holds a checkpoint; refusing to overwrite",
                 EXIT_STAGING,
             )
+
+    def _input_size(self, what: str, path: str) -> int:
+        """Bytes of an input (an object, or every file of a model directory), without reading
+        it: local paths are stat'ed, object stores asked with bounded retries."""
+        from coco_ai.storage import open_store
+
+        cfg = self.config
+        if not _is_remote(path) or path.startswith("file://"):
+            local = Path(path.removeprefix("file://"))
+            files = [local] if local.is_file() else [p for p in local.rglob("*") if p.is_file()]
+            return sum(p.stat().st_size for p in files)
+        parent, name = split_object_uri(path)
+
+        def size() -> int:
+            store = open_store(parent)
+            names = store.list(name)  # a model directory; an object lists nothing
+            return sum(store.size(n) for n in names) if names else store.size(name)
+
+        return with_retries(
+            f"sizing {what} {path}",
+            size,
+            attempts=cfg.store_attempts,
+            backoff_s=cfg.store_backoff_s,
+            log=self.log,
+            retry=lambda exc: not isinstance(exc, FileNotFoundError),
+        )
+
+    def _check_memory(self, inputs: dict[str, str], explicit_bytes: int | None) -> None:
+        """Refuse, before any key is released or anything is loaded, inputs whose sizes alone
+        exceed the TEE's memory (a lower bound: loading and training need more). ``inputs``:
+        what each input is → its path or URI."""
+        known = tee_memory(explicit_bytes)
+        if known is None:
+            self.log("memory: not checked (no /proc/meminfo, cgroup or tee_memory_bytes)")
+            return
+        memory, source = known
+        sizes = {}
+        for what, path in inputs.items():
+            # an absent input is left to the step that loads it (it fails with its own code)
+            with suppress(FileNotFoundError):
+                sizes[f"{what} {path}"] = self._input_size(what, path)
+        need = sum(sizes.values())
+        if need > memory:
+            listed = ", ".join(f"{what} {_gib(n)}" for what, n in sizes.items())
+            raise WorkloadError(
+                f"the inputs need at least {_gib(need)} of memory ({listed}), more than the "
+                f"TEE's {_gib(memory)} ({source}); give the TEE more memory (kubernetes: the "
+                "pod's memory limit) or use smaller inputs",
+                EXIT_RESOURCES,
+            )
+        self.log(f"memory: inputs {_gib(need)} within the TEE's {_gib(memory)} ({source})")
 
     def _fetch_key(self, guest, uri: str, what: str, *, size: int | None = 32) -> bytes:
         """A resource from the confidential data hub (``size``: the exact length it must have)."""
@@ -329,6 +467,9 @@ def workload_main(
     except WorkloadError as exc:
         return fail(exc.reason, exc.exit_code)
     except Exception as exc:  # a bug or an unforeseen failure: still one line, nothing uploaded
+        if isinstance(exc, OSError) and exc.errno in _DISK_FULL:  # outside a timed phase
+            error = disk_full_error(exc, "while writing")
+            return fail(error.reason, error.exit_code)
         if os.environ.get(debug_env) == "1":
             traceback.print_exc()
         first = str(exc).splitlines()[0] if str(exc) else ""

@@ -13,6 +13,10 @@ Everything the pod needs to be confidential is decided here, from the operator's
   refuses a container with anything else.
 
 The workload's configuration carries references only, so it travels as a container argument.
+
+Deferred (``deferrable=True``), the provider's KubernetesPodTrigger watches the pod from the
+triggerer; a pod still running when the trigger reports the task's deadline is deleted at once
+(:func:`stop_pod`) instead of having its log followed to the workload's end.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import re
 from typing import Any
 
 from kubernetes.client import models as k8s
+from kubernetes.client.exceptions import ApiException
 
 from coco_ai.guest.agent_policy import AgentPolicyError, workload_args
 from coco_ai.guest.initdata import INITDATA_ANNOTATION, InitdataError
@@ -113,3 +118,27 @@ def annotations_with_initdata(annotations: dict[str, str] | None, refs: RunRefs)
     merged = dict(annotations or {})
     merged[INITDATA_ANNOTATION] = refs.initdata_annotation
     return merged
+
+
+def stop_pod(
+    client, namespace: str, name: str, *, container: str, grace_s: int | None, log
+) -> None:
+    """Log the last lines of a pod that must stop now, and delete it (gone already is fine).
+
+    Used when the trigger reports the task's deadline: the provider's resume path would first
+    follow the pod's log, which lasts as long as a running workload writes progress lines, so
+    the deadline would not stop the workload; this deletes it before anything else."""
+    try:
+        tail = client.read_namespaced_pod_log(
+            name=name, namespace=namespace, container=container, tail_lines=20
+        )
+        for line in tail.splitlines():
+            log.info("[%s] %s", container, line)
+    except ApiException as exc:
+        log.warning("Last log lines of pod %s/%s unavailable: %s", namespace, name, exc.reason)
+    try:
+        client.delete_namespaced_pod(name=name, namespace=namespace, grace_period_seconds=grace_s)
+    except ApiException as exc:
+        if exc.status != 404:
+            raise
+    log.info("Deleted pod %s/%s", namespace, name)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 import textwrap
 import uuid
@@ -20,6 +19,7 @@ from coco_ai.crypto.transfer import copy_checkpoint, is_complete, read_manifest,
 from coco_ai.storage import open_store
 from coco_ai.storage.store import PART_REUSED, PART_UPLOADED
 from tests.faults.conftest import Stopwatch
+from tests.faults.full_disk import in_mount_namespace, on_tmpfs
 from tests.storage.conftest import MIB, recorder
 
 pytestmark = pytest.mark.timeout(180)
@@ -234,8 +234,7 @@ _FULL_DISK = textwrap.dedent(
     import json, os, subprocess, sys
     from coco_ai.crypto.transfer import copy_checkpoint, is_complete
     from coco_ai.storage import open_store
-    src, mnt = sys.argv[1], sys.argv[2]
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", mnt], check=True)
+    src, mnt = sys.argv[1], sys.argv[2]  # mnt: an 8 MiB tmpfs (full_disk.on_tmpfs)
     dst = os.path.join(mnt, "ckpt")
     out = {}
     try:
@@ -262,17 +261,9 @@ def test_full_disk_fails_closed_and_the_retry_resumes(ckpt_dir, tmp_path, matrix
     needed) and the checkpoint is 12 MiB."""
     mnt = tmp_path / "mnt"
     mnt.mkdir()
-    probe = subprocess.run(["unshare", "-rm", "true"], capture_output=True, check=False)
-    if probe.returncode != 0:
-        pytest.skip(f"no unprivileged mount namespace here: {probe.stderr.decode().strip()}")
     clock = Stopwatch()
-    proc = subprocess.run(
-        ["unshare", "-rm", sys.executable, "-c", _FULL_DISK, str(ckpt_dir), str(mnt)],
-        capture_output=True,
-        text=True,
-        check=False,
-        env={**os.environ, "PYTHONPATH": os.getcwd()},
-        timeout=120,
+    proc = in_mount_namespace(
+        on_tmpfs(mnt, "8m", [sys.executable, "-c", _FULL_DISK, str(ckpt_dir), str(mnt)])
     )
     assert proc.returncode == 0, proc.stderr
     result = json.loads(proc.stdout.strip().splitlines()[-1])

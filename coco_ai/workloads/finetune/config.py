@@ -85,6 +85,9 @@ class FinetuneConfig:
     guest_api_url: str = "http://127.0.0.1:8006"
     store_attempts: int = 5  # object-store operations: bounded retries with exponential backoff
     store_backoff_s: float = 1.0  # first retry delay; doubles each attempt
+    # the TEE's memory when the guest cannot tell it (local mode: the host's is not the TEE's);
+    # the workload uses the least of this, its cgroup limit and MemTotal (coco_ai.workloads.tee)
+    tee_memory_bytes: int | None = None
     lora: LoraSettings = field(default_factory=LoraSettings)
     training: TrainingSettings = field(default_factory=TrainingSettings)
 
@@ -336,6 +339,7 @@ _CHECKS = {
     "guest_api_url": _URL,
     "store_attempts": int_in(1, 20),
     "store_backoff_s": float_in(0.0, 60.0),
+    "tee_memory_bytes": int_in(1, 2**50, optional=True),
     "dataset.uri": text(),
     "dataset.key_uri": kbs_uri,
     "base_model.path": text(),

@@ -34,6 +34,7 @@ from coco_ai.workloads.tee import (  # noqa: F401 (the exit codes are this modul
     EXIT_CONFIG,
     EXIT_DATASET,
     EXIT_KEY_RELEASE,
+    EXIT_RESOURCES,
     EXIT_STAGING,
     TeeWorkload,
     WorkloadError,
@@ -107,6 +108,11 @@ class FinetuneWorkload(TeeWorkload):
             guest = self._guest_client(stack)
             with phase("staging_check"):
                 self._check_staging()
+            with phase("memory_check"):  # before any key is released or input loaded
+                self._check_memory(
+                    {"data set": cfg.dataset.uri, "base model": cfg.base_model.path},
+                    cfg.tee_memory_bytes,
+                )
             with phase("keys"):  # the first key request attests
                 data_key = self._fetch_key(guest, cfg.dataset.key_uri, "data-set key")
                 checkpoint_key = self._run_key(guest)
