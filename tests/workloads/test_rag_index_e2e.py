@@ -26,6 +26,7 @@ from coco_ai.workloads.tee import (
     EXIT_BASE_MODEL,
     EXIT_DATASET,
     EXIT_KEY_RELEASE,
+    EXIT_RESOURCES,
     EXIT_STAGING,
     WorkloadError,
 )
@@ -270,6 +271,12 @@ BAD_INPUTS = [
         EXIT_STAGING,
         "reading repository",
         id="repository-missing",
+    ),
+    pytest.param(
+        {"tee_memory_bytes": 4096},  # refused before any key is released or document read
+        EXIT_RESOURCES,
+        "(the config's tee_memory_bytes); give the TEE more memory",
+        id="inputs-larger-than-the-tee-memory",
     ),
     pytest.param(
         {"embedder__digest": "sha256:" + "0" * 64},

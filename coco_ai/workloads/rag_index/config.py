@@ -101,6 +101,7 @@ class RagIndexConfig:
     guest_api_url: str = "http://127.0.0.1:8006"
     store_attempts: int = 5
     store_backoff_s: float = 1.0
+    tee_memory_bytes: int | None = None  # as the fine-tune's (docs/formats/workload.md §1)
     chunker: ChunkerSettings = field(default_factory=ChunkerSettings)
     embedding: EmbeddingSettings = field(default_factory=EmbeddingSettings)
     index: IndexSettings = field(default_factory=IndexSettings)
@@ -202,6 +203,7 @@ _CHECKS = {
     "guest_api_url": text(prefixes=("http://", "https://")),
     "store_attempts": int_in(1, 20),
     "store_backoff_s": float_in(0.0, 60.0),
+    "tee_memory_bytes": int_in(1, 2**50, optional=True),
     "repository.uri": text(),
     "repository.key_uri": kbs_uri,
     "embedder.path": text(),

@@ -87,6 +87,11 @@ class RagIndexWorkload(TeeWorkload):
             guest = self._guest_client(stack)
             with phase("staging_check"):
                 self._check_staging()
+            with phase("memory_check"):  # before any key is released or input loaded
+                self._check_memory(
+                    {"document repository": cfg.repository.uri, "embedder": cfg.embedder.path},
+                    cfg.tee_memory_bytes,
+                )
             with phase("keys"):  # the first key request attests
                 repo_key = self._fetch_key(guest, cfg.repository.key_uri, "repository key")
                 checkpoint_key = self._run_key(guest)
