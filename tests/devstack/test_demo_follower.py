@@ -124,3 +124,37 @@ def test_an_api_server_that_stays_down_is_named(tmp_path, monkeypatch):
     assert f"the Airflow api-server at {server.url} has not answered for" in message
     assert RUN_ID in message and "may still go on" in message
     assert "unreachable" in message  # the client's own error, naming why
+
+
+def test_a_trigger_whose_answer_was_lost_is_repeated_and_finds_its_run():
+    """The api-server committed the run and then failed to answer (500): the repeat gets 409
+    for the run id the client chose, and returns that run; no second run is created."""
+    import httpx
+
+    from coco_ai.devstack.airflow import AirflowRestClient
+
+    runs: dict[str, dict] = {}
+    posts = []
+
+    def api_server(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/auth/token":
+            return httpx.Response(201, json={"access_token": "t"})
+        if request.method == "POST":
+            body = json.loads(request.content)
+            posts.append(body["dag_run_id"])
+            if body["dag_run_id"] in runs:
+                return httpx.Response(409, json={"detail": "exists"})
+            runs[body["dag_run_id"]] = {"dag_run_id": body["dag_run_id"], "state": "queued"}
+            if len(posts) == 1:
+                return httpx.Response(500, json={"detail": "Database error"})
+            return httpx.Response(200, json=runs[body["dag_run_id"]])
+        run_id = request.url.path.rsplit("/", 1)[1]
+        return httpx.Response(200, json=runs[run_id])
+
+    client = AirflowRestClient(
+        "http://api-server", "admin", "pw", transport=httpx.MockTransport(api_server)
+    )
+    run = client.trigger("d", {"epochs": 1})
+    assert len(runs) == 1 and run == next(iter(runs.values()))
+    assert posts == [run["dag_run_id"]] * 2
+    assert run["dag_run_id"].startswith("manual__")
