@@ -26,7 +26,7 @@ END = "<!-- fault-matrix:end -->"
 
 #: Faults of issue 16 that no test of the tier covers yet.
 NOT_YET = [
-    ("Airflow", "worker killed", "gate, key release, upload, revoke"),
+    ("Airflow", "worker killed", "checkpoint upload"),
     ("Airflow", "task timeout", "gate, key release, upload, promotion, revoke"),
     ("Airflow", "triggerer restart (deferrable KubernetesPodOperator)", "fine-tune"),
     ("resources", "data set or base model larger than the TEE's memory", "fine-tune"),
@@ -67,7 +67,17 @@ OTHER_TIERS = [
         "none (grant revoked)",
         "none",
         "tests/e2e/test_airflow_faults.py::"
-        "test_killed_task_process_and_workload_timeout_each_fail_closed",
+        "test_killed_task_processes_and_workload_timeout_each_end_closed",
+    ),
+    (
+        "Airflow",
+        "task process killed (SIGKILL to it alone) in the gate, key release and revoke",
+        "gate, key release, revoke",
+        "recovered: each idempotent step's retry succeeds (grant written again, revoked)",
+        "none (grant revoked by the retry)",
+        "none",
+        "tests/e2e/test_airflow_faults.py::"
+        "test_killed_task_processes_and_workload_timeout_each_end_closed",
     ),
     (
         "Airflow",
@@ -78,7 +88,7 @@ OTHER_TIERS = [
         "none (grant revoked)",
         "none",
         "tests/e2e/test_airflow_faults.py::"
-        "test_killed_task_process_and_workload_timeout_each_fail_closed",
+        "test_killed_task_processes_and_workload_timeout_each_end_closed",
     ),
     (
         "Airflow",

@@ -1,7 +1,8 @@
 """Airflow's own components failing mid-run (issue 16): the api-server restarted while a run is
-followed, the running fine-tune cleared from the UI, the task process of the fine-tune killed,
-the workload past its execution_timeout. Each ends recovered or failed closed: the workload
-stopped, the grant revoked, nothing promoted twice or from a partial step.
+followed, the running fine-tune cleared from the UI, task processes killed (key release,
+fine-tune, revoke, gate), the workload past its execution_timeout. Each ends recovered or
+failed closed: the workload stopped, the grant revoked, nothing promoted twice or from a partial
+step.
 
 One stack for the module (its own: the api-server is restarted, and its DAG folder adds
 ``confidential_finetune_timeout``, the fine-tune DAG with an execution_timeout on the workload;
@@ -219,19 +220,29 @@ def _api_up(url: str) -> bool:
         return False
 
 
-def test_killed_task_process_and_workload_timeout_each_fail_closed(stack):
-    """Two runs side by side. In one, the fine-tune's task process is killed outright
-    (SIGKILL to it alone, as the OOM killer or a lost worker would; no on_kill runs): its TEE
-    processes, in sessions of their own, die with it. In the other (``execution_timeout`` on
-    the workload), Airflow times the task out: on_kill stops the workload. Both: the task
-    fails naming why, nothing is uploaded or promoted, the teardown revokes the grant."""
+def test_killed_task_processes_and_workload_timeout_each_end_closed(stack):
+    """Two runs side by side.
+
+    Run K: the task process of each of key_release, the fine-tune and revoke_keys is killed
+    outright (SIGKILL to it alone, as the OOM killer or a lost worker would; no on_kill runs).
+    The idempotent steps are retried and recover (the grant written, then revoked); the
+    fine-tune (no retries) fails closed, and its TEE processes, in sessions of their own, die
+    with its task process.
+
+    Run T (``execution_timeout`` on the workload): its gate's task process is killed too (the
+    retry recovers); then Airflow times the workload out, and on_kill stops it.
+
+    Both: nothing is uploaded or promoted, the teardown revokes the grant."""
     _, info, client = stack
     registry_before = _registry(info)
-    killed_run = client.trigger(DAG_ID, LONG_RUN, note="task process killed")["dag_run_id"]
+    killed_run = client.trigger(DAG_ID, LONG_RUN, note="task processes killed")["dag_run_id"]
     timed_run = client.trigger(TIMEOUT_DAG_ID, LONG_RUN, note="workload timeout")["dag_run_id"]
+    _kill_attempt(client, TIMEOUT_DAG_ID, timed_run, "attestation_gate")
+    _kill_attempt(client, DAG_ID, killed_run, "key_release")
 
     # the timed run first: its workload is stopped WORKLOAD_TIMEOUT_S after its task started
     timed_refs, _ = _wait_workload(client, TIMEOUT_DAG_ID, timed_run)
+    timed_seen_at = time.monotonic()
     killed_refs, killed_pids = _wait_workload(client, DAG_ID, killed_run)
     assert _grant(info, killed_refs) is not None and _grant(info, timed_refs) is not None
     # the task runner: the parent of the workload and of its emulator
@@ -242,11 +253,13 @@ def test_killed_task_process_and_workload_timeout_each_fail_closed(stack):
     killed_stop_s = _wait(
         "the killed task's workload gone", lambda: not _workload_pids(killed_refs.run_id), 30
     )
-    timed_stop_s = _wait(
+    _kill_attempt(client, DAG_ID, killed_run, "revoke_keys")
+    _wait(
         "the timed-out workload gone",
         lambda: not _workload_pids(timed_refs.run_id),
         WORKLOAD_TIMEOUT_S + 90,
     )
+    timed_stop_s = time.monotonic() - timed_seen_at
 
     killed_tis = _wait_final(client, DAG_ID, killed_run)
     timed_tis = _wait_final(client, TIMEOUT_DAG_ID, timed_run)
@@ -256,13 +269,40 @@ def test_killed_task_process_and_workload_timeout_each_fail_closed(stack):
     _assert_failed_closed(
         info, client, TIMEOUT_DAG_ID, timed_run, timed_refs, timed_tis, registry_before
     )
+    # the killed attempts of the idempotent steps were retried and succeeded
+    for tis, task_id in (
+        (killed_tis, "key_release"),
+        (killed_tis, "revoke_keys"),
+        (timed_tis, "attestation_gate"),
+    ):
+        assert (tis[task_id]["state"], tis[task_id]["try_number"]) == ("success", 2), tis[task_id]
     log = client.task_log(TIMEOUT_DAG_ID, timed_run, FINETUNE, 1)
     assert "timed out" in log, log[-3000:]
     print(
-        f"killed task: workload gone {killed_stop_s:.1f}s after the kill, revoked by "
-        f"{time.monotonic() - killed_at:.1f}s; timed-out workload gone {timed_stop_s:.1f}s "
-        f"after it was seen running (timeout {WORKLOAD_TIMEOUT_S}s)"
+        f"killed fine-tune: workload gone {killed_stop_s:.1f}s after the kill, grant revoked by "
+        f"{time.monotonic() - killed_at:.1f}s; timed-out workload gone by {timed_stop_s:.1f}s "
+        f"after it was seen running (timeout {WORKLOAD_TIMEOUT_S}s from the task's start)"
     )
+
+
+def _kill_attempt(client, dag_id: str, run_id: str, task_id: str, timeout_s: float = 240) -> None:
+    """SIGKILL the task process of `task_id`'s first attempt as soon as it exists (the Task SDK
+    names it ``airflow worker -- <task instance id>``)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        ti = _states(client, dag_id, run_id).get(task_id) or {}
+        assert ti.get("state") not in FINAL, f"{task_id} ended before it could be killed: {ti}"
+        if ti.get("state") == "running":
+            title = f"airflow worker -- {ti['id']}".encode()
+            for proc in Path("/proc").iterdir():
+                try:
+                    if proc.name.isdigit() and (proc / "cmdline").read_bytes().startswith(title):
+                        os.kill(int(proc.name), signal.SIGKILL)
+                        return
+                except OSError:
+                    continue
+        time.sleep(0.1)
+    raise AssertionError(f"{dag_id} {run_id}: no task process of {task_id} in {timeout_s:.0f}s")
 
 
 def _parent(pid: int) -> int:
