@@ -91,7 +91,7 @@ def main() -> None:
             )
             out = tmp / f"bare-{round_no}"
             out.mkdir()
-            return workload._index(repo, embedder, out)["chunks"]
+            return workload._index(repo, embedder, out, None)["chunks"]
 
         def confidential(round_no: int) -> int:
             return RagIndexWorkload(config(round_no), out=io.StringIO()).run().metrics["chunks"]

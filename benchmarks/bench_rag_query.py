@@ -41,11 +41,7 @@ def main() -> None:
     import torch
 
     from coco_ai.crypto import decrypt_checkpoint, encrypt_blob, read_manifest
-    from coco_ai.devstack.rag_service import (
-        issue_caller_credential,
-        start_caller,
-        start_rag_service,
-    )
+    from coco_ai.devstack.rag_service import start_caller, start_rag_service
     from coco_ai.devstack.stack import local_image_reference
     from coco_ai.devstack.workload import start_local_stack
     from coco_ai.guest.client import GuestClient
@@ -58,6 +54,7 @@ def main() -> None:
     from coco_ai.workloads.rag_index.embedder import Embedder, build_tiny_embedder, minilm_dir
     from coco_ai.workloads.rag_index.workload import REPOSITORY_AAD, RagIndexWorkload
     from coco_ai.workloads.rag_serve.client import RagServiceClient, ServiceTrust
+    from coco_ai.workloads.rag_serve.identity import issue_caller_credential
 
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true", help="tiny embedder, 12 documents")

@@ -1,13 +1,17 @@
-"""`coco-ai report`: the data owner's page for one fine-tune, decrypted locally with their key.
+"""`coco-ai report`: the data owner's page for one fine-tune or RAG index, decrypted locally with
+their key.
 
-The workload puts its report (``report.md``: eval before/after, sample answers), its metrics
+A fine-tune puts its report (``report.md``: eval before/after, sample answers), its metrics
 (``metrics.json``: per-step losses) and its loss curve (``loss_curve.png``) *inside* the
-encrypted checkpoint, so only the holder of the checkpoint key can see them. This command runs
-on the data owner's machine, never in Airflow: it reads the checkpoint (directly, or through a
-registry entry ``models:/<name>/<version>`` or ``models:/<name>@<alias>``), with the run's key or
-the data owner's run-key root (the run's key is derived from it), decrypts only those
-three files in memory (each authenticated against the manifest), and writes one self-contained
-HTML page with the provenance summary beside them.
+encrypted checkpoint; a RAG index its ``documents.json`` (per document: title, digest, chunks,
+and whether this build reused, re-embedded or added it) and ``index.json`` (settings, retrieval
+metrics, the documents an incremental build dropped). Only the holder of the checkpoint key can
+see them. This command runs on the data owner's machine, never in Airflow: it reads the
+checkpoint (directly, or through a registry entry ``models:/<name>/<version>`` or
+``models:/<name>@<alias>``), with the run's key or the data owner's run-key root (the run's key
+is derived from it), decrypts only those files in memory (each authenticated against the
+manifest; never the chunks or the index itself), and writes one self-contained HTML page with
+the provenance summary beside them.
 """
 
 from __future__ import annotations
@@ -26,9 +30,16 @@ from typing import Any
 
 from coco_ai.run_keys import RunKeyError, add_key_file_arguments, read_key_file
 from coco_ai.workloads.finetune.report import LOSS_CURVE_FILE, METRICS_FILE, REPORT_FILE
+from coco_ai.workloads.rag_index.index import DOCUMENTS_FILE, INDEX_INFO_FILE
 
 SAMPLE_HEADER = "| question | expected | before | after |"
 EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
+FINETUNE, RAG_INDEX = "finetune", "rag_index"
+#: per output kind: the files the page needs (each must be there) and may use
+_OWNER_FILES = {
+    FINETUNE: ((REPORT_FILE, METRICS_FILE), (LOSS_CURVE_FILE,)),
+    RAG_INDEX: ((DOCUMENTS_FILE, INDEX_INFO_FILE), ()),
+}
 
 
 class ReportError(Exception):
@@ -40,9 +51,12 @@ class OwnerReport:
     checkpoint_uri: str
     manifest: dict[str, Any]
     metrics: dict[str, Any]
-    samples: list[dict[str, str]]
-    loss_curve_png: bytes
     attestation: dict[str, Any]
+    kind: str = FINETUNE
+    samples: list[dict[str, str]] = field(default_factory=list)  # fine-tune
+    loss_curve_png: bytes = b""  # fine-tune
+    documents: list[dict[str, Any]] = field(default_factory=list)  # RAG index
+    index_info: dict[str, Any] = field(default_factory=dict)  # RAG index
     registry: dict[str, Any] | None = None
     verification: dict[str, Any] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
@@ -69,7 +83,8 @@ def read_owner_files(
     *,
     run_key_root: bytes | None = None,
 ) -> tuple[dict[str, Any], dict[str, bytes], str | None]:
-    """Decrypt report, metrics and loss curve in memory; (manifest summary, files, token).
+    """Decrypt the owner files of a fine-tune or a RAG index in memory; (manifest summary,
+    files, token). The summary's ``kind`` says which the checkpoint is.
 
     The key is the checkpoint's own (`key`) or derived from the data owner's run-key root and
     the run id in the manifest (`run_key_root`, see coco_ai.run_keys).
@@ -93,9 +108,10 @@ def read_owner_files(
                 key = derive_run_key(run_key_root, manifest.run_id)
             except RunKeyError as exc:
                 raise ReportError(f"run-key root: {exc}") from None
+        wanted = {name for need, may in _OWNER_FILES.values() for name in (*need, *may)}
         files: dict[str, bytes] = {}
         for entry in manifest.files:
-            if entry.path not in (REPORT_FILE, METRICS_FILE, LOSS_CURVE_FILE):
+            if entry.path not in wanted:
                 continue
             out = io.BytesIO()
             with store.open(entry.object_name) as f:
@@ -106,10 +122,14 @@ def read_owner_files(
         raise ReportError(f"{checkpoint_uri}: {type(exc).__name__}: {exc}") from None
     except OSError as exc:
         raise ReportError(f"{checkpoint_uri}: cannot read: {exc}") from None
-    missing = [n for n in (REPORT_FILE, METRICS_FILE) if n not in files]
-    if missing:
-        raise ReportError(f"{checkpoint_uri} holds no {', '.join(missing)}: not a fine-tune output")
+    kind = next((k for k, (need, _) in _OWNER_FILES.items() if all(n in files for n in need)), "")
+    if not kind:
+        raise ReportError(
+            f"{checkpoint_uri} holds neither {REPORT_FILE} and {METRICS_FILE} nor "
+            f"{DOCUMENTS_FILE} and {INDEX_INFO_FILE}: not a fine-tune or RAG index output"
+        )
     summary = {
+        "kind": kind,
         "digest": manifest.digest(),
         "run_id": manifest.run_id,
         "checkpoint_id": manifest.checkpoint_id,
@@ -174,20 +194,37 @@ def build_report(
     manifest, files, token = read_owner_files(
         checkpoint_uri, key, storage_options, run_key_root=run_key_root
     )
-    try:
-        metrics = json.loads(files[METRICS_FILE])
-    except ValueError:
-        raise ReportError(f"{METRICS_FILE} in {checkpoint_uri} is not JSON") from None
-    png = files.get(LOSS_CURVE_FILE) or _draw_loss_curve(metrics)
-    report = OwnerReport(
-        checkpoint_uri=checkpoint_uri,
-        manifest=manifest,
-        metrics=metrics,
-        samples=sample_answers(files[REPORT_FILE].decode()),
-        loss_curve_png=png,
-        attestation=attestation_summary(token) if token else {"error": "no attestation token"},
-        registry=entry,
-    )
+
+    def parsed(name: str) -> Any:
+        try:
+            return json.loads(files[name])
+        except ValueError:
+            raise ReportError(f"{name} in {checkpoint_uri} is not JSON") from None
+
+    attestation = attestation_summary(token) if token else {"error": "no attestation token"}
+    if manifest["kind"] == RAG_INDEX:
+        info = parsed(INDEX_INFO_FILE)
+        report = OwnerReport(
+            checkpoint_uri=checkpoint_uri,
+            manifest=manifest,
+            metrics=dict(info.get("metrics") or {}),
+            attestation=attestation,
+            kind=RAG_INDEX,
+            documents=list(parsed(DOCUMENTS_FILE)),
+            index_info=info,
+            registry=entry,
+        )
+    else:
+        metrics = parsed(METRICS_FILE)
+        report = OwnerReport(
+            checkpoint_uri=checkpoint_uri,
+            manifest=manifest,
+            metrics=metrics,
+            attestation=attestation,
+            samples=sample_answers(files[REPORT_FILE].decode()),
+            loss_curve_png=files.get(LOSS_CURVE_FILE) or _draw_loss_curve(metrics),
+            registry=entry,
+        )
     if trust_anchor_pem is not None:
         tags = (entry or {}).get("tags") or {}
         subject = Subject(
@@ -226,17 +263,7 @@ def _draw_loss_curve(metrics: Mapping[str, Any]) -> bytes:
 
 def render_html(report: OwnerReport) -> str:
     e = html.escape
-    m = report.metrics
-
-    def num(name: str, fmt: str = "{:.4f}") -> str:
-        value = m.get(name)
-        return e(fmt.format(value)) if isinstance(value, int | float) else "-"
-
-    rows = "".join(
-        f"<tr><td>{e(s['question'])}</td><td>{e(s['expected'])}</td>"
-        f"<td>{e(s['before'])}</td><td>{e(s['after'])}</td></tr>"
-        for s in report.samples
-    )
+    index = report.kind == RAG_INDEX
     att = report.attestation
     submods = "".join(
         f"<tr><td>{e(str(s['name']))}</td><td class='{e(str(s['status']))}'>{e(str(s['status']))}"
@@ -244,14 +271,24 @@ def render_html(report: OwnerReport) -> str:
         f"<td>{e(str(s['policy_id']))}</td></tr>"
         for s in att.get("submods") or ()
     )
+    # the manifest's input fields name the kind's inputs (coco_ai.workloads.kinds)
+    inputs = (
+        ("embedder", "document repository", "indexing config")
+        if index
+        else (
+            "base model",
+            "data set",
+            "training config",
+        )
+    )
     prov = {
         "checkpoint": report.checkpoint_uri,
         "manifest digest": report.manifest["digest"],
         "run id": report.manifest["run_id"],
         "checkpoint key (reference)": report.manifest["key_uri"],
-        "base model digest": report.manifest["base_model_digest"],
-        "data set digest": report.manifest["dataset_digest"],
-        "training config digest": report.manifest["training_config_digest"],
+        f"{inputs[0]} digest": report.manifest["base_model_digest"],
+        f"{inputs[1]} digest": report.manifest["dataset_digest"],
+        f"{inputs[2]} digest": report.manifest["training_config_digest"],
         "TEE": att.get("tee"),
         "initdata digest": att.get("initdata_digest"),
     }
@@ -269,7 +306,6 @@ def render_html(report: OwnerReport) -> str:
         for k, v in prov.items()
         if v is not None
     )
-    verification = ""
     if report.verification:
         checks = "".join(
             f"<tr><td>{e(c['name'])}</td><td class='{e(c['status'].replace(' ', '-'))}'>"
@@ -285,12 +321,13 @@ def render_html(report: OwnerReport) -> str:
             "<p>The attestation summary is read from the token without checking it; pass "
             "<code>--trust-anchor</code> to verify the whole chain.</p>"
         )
-    curve = base64.b64encode(report.loss_curve_png).decode()
+    what = "RAG index" if index else "Fine-tune"
+    body = _index_body(report) if index else _finetune_body(report)
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8">
 <meta http-equiv="Content-Security-Policy"
  content="default-src 'none'; img-src data:; style-src 'unsafe-inline'">
-<title>Fine-tune report {e(report.manifest["run_id"])}</title>
+<title>{what} report {e(report.manifest["run_id"])}</title>
 <style>
 body {{ font-family: system-ui, sans-serif; margin: 2em auto; max-width: 72em; color: #222; }}
 table {{ border-collapse: collapse; margin: 0.5em 0 1.5em; }}
@@ -299,9 +336,37 @@ code {{ word-break: break-all; }}
 .affirming, .passed {{ color: #0a6b2d; font-weight: bold; }}
 .failed, .contraindicated, .warning {{ color: #a4161a; font-weight: bold; }}
 </style></head><body>
-<h1>Fine-tune report: run <code>{e(report.manifest["run_id"])}</code></h1>
+<h1>{what} report: run <code>{e(report.manifest["run_id"])}</code></h1>
 <p>Decrypted on this machine with the data owner's key; nothing here came from Airflow.</p>
-<h2>Evaluation (held-out phrasings)</h2>
+{body}
+<h2>Provenance</h2>
+<table id="provenance">{prov_rows}</table>
+<h3>Attestation</h3>
+<table id="submods"><tr><th>submod</th><th>status</th><th>trust vector</th>
+<th>appraisal policy</th></tr>{submods}</table>
+{verification}
+</body></html>
+"""
+
+
+def _number(metrics: Mapping[str, Any], name: str, fmt: str = "{:.4f}") -> str:
+    value = metrics.get(name)
+    return html.escape(fmt.format(value)) if isinstance(value, int | float) else "-"
+
+
+def _finetune_body(report: OwnerReport) -> str:
+    e, m = html.escape, report.metrics
+
+    def num(name: str, fmt: str = "{:.4f}") -> str:
+        return _number(m, name, fmt)
+
+    rows = "".join(
+        f"<tr><td>{e(s['question'])}</td><td>{e(s['expected'])}</td>"
+        f"<td>{e(s['before'])}</td><td>{e(s['after'])}</td></tr>"
+        for s in report.samples
+    )
+    curve = base64.b64encode(report.loss_curve_png).decode()
+    return f"""<h2>Evaluation (held-out phrasings)</h2>
 <table id="eval"><tr><th></th><th>loss</th><th>perplexity</th></tr>
 <tr><th>before</th><td>{num("eval_loss_before")}</td>
 <td>{num("eval_perplexity_before", "{:.2f}")}</td></tr>
@@ -314,15 +379,57 @@ code {{ word-break: break-all; }}
 <img id="loss-curve" alt="training loss per step" src="data:image/png;base64,{curve}">
 <h2>Sample answers (greedy, held-out questions)</h2>
 <table id="samples"><tr><th>question</th><th>expected</th><th>before</th><th>after</th></tr>
-{rows}</table>
-<h2>Provenance</h2>
-<table id="provenance">{prov_rows}</table>
-<h3>Attestation</h3>
-<table id="submods"><tr><th>submod</th><th>status</th><th>trust vector</th>
-<th>appraisal policy</th></tr>{submods}</table>
-{verification}
-</body></html>
-"""
+{rows}</table>"""
+
+
+def _index_body(report: OwnerReport) -> str:
+    e, m, info = html.escape, report.metrics, report.index_info
+
+    def num(name: str, fmt: str = "{:.4f}") -> str:
+        return _number(m, name, fmt)
+
+    k = num("eval_k", "{}")
+    docs = "".join(
+        f"<tr><td><code>{e(str(d.get('id')))}</code></td><td>{e(str(d.get('kind')))}</td>"
+        f"<td>{e(str(d.get('title')))}</td><td>{e(str(d.get('chunks')))}</td>"
+        f"<td class='status'>{e(str(d.get('status', '-')))}</td></tr>"
+        for d in report.documents
+    )
+    incremental = info.get("incremental")
+    if isinstance(incremental, Mapping):
+        removed = ", ".join(str(i) for i in incremental.get("removed") or ()) or "none"
+        why = incremental.get("nothing_reused_because")
+        build = (
+            f"Incremental, on the index of run <code>{e(str(incremental.get('previous_run_id')))}"
+            f"</code> (manifest <code>{e(str(incremental.get('previous_manifest_digest')))}"
+            f"</code>): {num('documents_reused', '{}')} documents reused, "
+            f"{num('documents_changed', '{}')} changed, {num('documents_added', '{}')} added, "
+            f"{num('chunks_embedded', '{}')} chunks embedded; dropped: "
+            f"<span id='removed'>{e(removed)}</span>."
+            + (f" Nothing was reused: {e(str(why))}." if why else "")
+        )
+    else:
+        build = f"Full build: {num('chunks_embedded', '{}')} chunks embedded."
+    settings = {
+        name: info.get(name) for name in ("engine", "chunker", "embedding", "index", "dimension")
+    }
+    setting_rows = "".join(
+        f"<tr><th>{e(name)}</th><td><code>{e(json.dumps(value, sort_keys=True))}</code></td></tr>"
+        for name, value in settings.items()
+        if value is not None
+    )
+    return f"""<h2>Retrieval (the data owner's held-out questions)</h2>
+<table id="eval"><tr><th>hit rate@1</th><th>hit rate@{k}</th><th>MRR@{k}</th>
+<th>recall@10 vs exact</th></tr>
+<tr><td>{num("hit_rate_at_1")}</td><td>{num("hit_rate_at_k")}</td><td>{num("mrr_at_k")}</td>
+<td>{num("ann_recall_at_10")}</td></tr></table>
+<p>{num("documents", "{}")} documents, {num("chunks", "{}")} chunks,
+{num("questions", "{}")} questions. <span id="build">{build}</span></p>
+<h2>Documents</h2>
+<table id="documents"><tr><th>id</th><th>kind</th><th>title</th><th>chunks</th>
+<th>this build</th></tr>{docs}</table>
+<h2>Settings</h2>
+<table id="settings">{setting_rows}</table>"""
 
 
 # ---- the command -------------------------------------------------------------------------------
@@ -331,10 +438,12 @@ code {{ word-break: break-all; }}
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "report",
-        help="decrypt a fine-tune's report locally with the data owner's key; write an HTML page",
+        help="decrypt a fine-tune's or RAG index's report locally with the data owner's key; "
+        "write an HTML page",
         description="Data owner only, on the data owner's machine: decrypt the report, metrics "
-        "and loss curve inside an encrypted checkpoint and write an HTML page with the "
-        "provenance summary. TARGET is a checkpoint URI (file://, s3://) or a registry entry "
+        "and loss curve of a fine-tune, or the document list and retrieval metrics of a RAG "
+        "index, inside an encrypted checkpoint and write an HTML page with the provenance "
+        "summary. TARGET is a checkpoint URI (file://, s3://) or a registry entry "
         "models:/<name>/<version> or models:/<name>@<alias>.",
     )
     p.add_argument("target", help="checkpoint URI or registry entry (models:/name/version)")

@@ -26,7 +26,7 @@ from coco_ai_airflow.pipeline import (
     schedule,
     tee_params,
 )
-from coco_ai_airflow.promotion import AttestedModelPromotionOperator
+from coco_ai_airflow.promotion import AttestedModelPromotionOperator, ServedVersionOperator
 from coco_ai_airflow.workload import ConfidentialWorkloadOperator
 
 
@@ -79,6 +79,15 @@ PARAMS = {
         title="Chunk overlap (words)",
         description="Less than the chunk size.",
         section=CHUNKS,
+    ),
+    "incremental": Param(
+        True,
+        type="boolean",
+        title="Incremental",
+        description="Reuse the served index's embeddings for documents that did not change "
+        "(same text, chunking and embedder); off: embed every document again. The TEE reuses "
+        "nothing that does not authenticate under the earlier run's key.",
+        section=INDEX,
     ),
     "engine": Param(
         "faiss-hnsw",
@@ -162,6 +171,15 @@ digest) and writes the run's grant to Trustee: only a TEE whose attested initdat
 obtains it, and with it derives the run's index key from the data owner's root. XCom holds
 references only.""",
     )
+    served_index = ServedVersionOperator(
+        task_id="served_index",
+        workload="rag_index",
+        enabled="{{ params.incremental }}",
+        doc_md="""The registry's served index (the owner policy's name for RAG indexes, the
+serving alias): its URI, run id and manifest digest, which the indexing workload may build on.
+References only, and no trust: the TEE reuses an embedding only from an index that authenticates
+under that run's key and for a document whose text and settings are unchanged.""",
+    )
     confidential_rag_index = ConfidentialWorkloadOperator(
         task_id="confidential_rag_index",
         run_refs=key_release.output,
@@ -174,6 +192,7 @@ references only.""",
             },
             "index": {"engine": "{{ params.engine }}", "ef_search": "{{ params.ef_search }}"},
             "evaluation": {"k": "{{ params.eval_k }}"},
+            "previous_index": served_index.output,
         },
         doc_md="""Indexing inside the TEE. The workload fetches the repository and index keys
 from the confidential data hub (after attestation), decrypts the documents in memory, chunks and

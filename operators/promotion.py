@@ -167,3 +167,43 @@ class AttestedModelPromotionOperator(BaseOperator):
         for outlet in self.outlets:
             context["outlet_events"][outlet].extra = extra
         return result
+
+
+class ServedVersionOperator(BaseOperator):
+    """References of the version the registry serves for a workload kind's outputs, or None.
+
+    The name is the owner policy's registry name for ``workload`` and the alias the deployment's
+    serving alias. Returns ``{"uri", "run_id", "manifest_digest"}`` (references only) for a
+    workload that can build on its last output — the RAG index re-embeds only what changed
+    (coco_ai.workloads.rag_index.incremental). Nothing here is trusted: the TEE reuses that
+    output only if it authenticates under its run's key. ``enabled`` false (templated, e.g. a
+    Param) returns None: a full build.
+    """
+
+    template_fields = ("enabled",)
+
+    def __init__(self, *, workload: str, enabled: Any = True, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.workload = workload
+        self.enabled = enabled
+
+    def execute(self, context: Context) -> dict[str, str] | None:
+        from coco_ai.promotion import version_by_alias
+        from coco_ai.promotion.registry import DEFAULT_ALIAS, MANIFEST_DIGEST_TAG, TAG_PREFIX
+
+        if self.enabled in (False, "False", "false", 0, "0"):
+            self.log.info("Disabled: a full build")
+            return None
+        name = owner_policy().policy.for_workload(self.workload).registry_name
+        alias = setting("serving_alias") or DEFAULT_ALIAS
+        served = version_by_alias(name, alias, registry_uri=required_setting("mlflow_tracking_uri"))
+        if served is None:
+            self.log.info("No version of %s is served (@%s): a full build", name, alias)
+            return None
+        found = {
+            "uri": served.source,
+            "run_id": served.tags.get(TAG_PREFIX + "run_id", ""),
+            "manifest_digest": served.tags.get(MANIFEST_DIGEST_TAG, ""),
+        }
+        self.log.info("%s version %s (@%s): %s", name, served.version, alias, found)
+        return found

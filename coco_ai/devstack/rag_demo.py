@@ -66,13 +66,11 @@ def run_rag_demo(
 
 
 def _ask_the_service(info: StackInfo, index_run_id: str, promoted: dict, progress) -> dict:
-    from coco_ai.devstack.rag_service import (
-        issue_caller_credential,
-        start_rag_service,
-    )
+    from coco_ai.devstack.rag_service import start_rag_service
     from coco_ai.owner_policy import verify_owner_policy
     from coco_ai.workloads.rag_index.corpus import generate_repository
     from coco_ai.workloads.rag_serve.client import ServiceTrust
+    from coco_ai.workloads.rag_serve.identity import issue_caller_credential
 
     root, state = Path(info.root), Path(info.trustee_state_dir)
     tls_ca = (state / "tls-ca" / "ca.pem").read_bytes()

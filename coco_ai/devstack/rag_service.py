@@ -9,18 +9,16 @@ emulator: the service itself sees only its guest API URL and its config.
 
 from __future__ import annotations
 
-import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from coco_ai.kbs.resource_path import ResourcePath
 from coco_ai.run_keys import DEFAULT_ROOT
-from coco_ai.workloads.rag_serve.identity import (
-    CREDENTIAL_SIZE,
+from coco_ai.workloads.rag_serve.identity import (  # noqa: F401 (issue_…: the devstack's API)
     SERVICE_MODULE,
     caller_claims,
-    credential_path,
+    issue_caller_credential,
     service_claims,
 )
 
@@ -58,14 +56,6 @@ class RagServiceStack:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
-
-
-def issue_caller_credential(admin, caller_id: str) -> bytes:
-    """The data owner admits ``caller_id``: a fresh random credential in Trustee (``admin`` is a
-    coco_ai.kbs.client.KbsAdminClient); the bytes are returned only for the owner's tests."""
-    credential = secrets.token_bytes(CREDENTIAL_SIZE)
-    admin.set_resource(credential_path(caller_id), credential)
-    return credential
 
 
 def start_emulator(

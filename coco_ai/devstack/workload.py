@@ -44,6 +44,8 @@ class LocalStack:
     dataset_key: bytes = field(repr=False)  # the data owner's key (the owner's side, not the TEE)
     run_key_root: bytes = field(repr=False)  # the data owner's copy of the run-key root
     admin: Any = field(repr=False)  # KbsAdminClient
+    admin_private_pem: bytes = field(repr=False)  # the data owner's Ed25519 admin key (for CLIs)
+    trustee_version: str = ""  # the version the stand-in emulates (its admin auth style)
     _servers: list[Any] = field(repr=False, default_factory=list)
 
     @property
@@ -158,5 +160,7 @@ def start_local_stack(
         dataset_key=dataset_key,
         run_key_root=run_key_root,
         admin=admin,
+        admin_private_pem=admin_pem,
+        trustee_version=trustee.standin.trustee_version,
         _servers=servers,
     )

@@ -14,6 +14,8 @@ import json
 import sys
 from pathlib import Path
 
+from coco_ai.kbs.admin_cli import add_admin_arguments, admin_client
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
@@ -27,14 +29,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         ("revoke", "delete each party's credentials from Trustee", _revoke),
     ):
         cmd = sub.add_parser(name, help=helptext, description=helptext + ".")
-        cmd.add_argument("--kbs-url", required=True, help="Trustee KBS URL (https://…)")
-        cmd.add_argument("--kbs-ca", type=Path, help="PEM CA to pin for the KBS's TLS")
-        cmd.add_argument(
-            "--admin-key", type=Path, required=True, help="Ed25519 admin private key (PEM)"
-        )
-        cmd.add_argument(
-            "--trustee-version", required=True, help="0.20.0, 0.21.0 or main (admin auth style)"
-        )
+        add_admin_arguments(cmd)
         cmd.add_argument("--run-id", required=True, help="the federation run id")
         cmd.add_argument("--aggregator", required=True, help="the aggregator's participant id")
         cmd.add_argument(
@@ -53,15 +48,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
 
 
-def _admin(args: argparse.Namespace):
-    from coco_ai.kbs.admin_auth import admin_auth_for
-    from coco_ai.kbs.client import KbsAdminClient
-
-    auth = admin_auth_for(args.trustee_version, args.admin_key.read_bytes())
-    ca = args.kbs_ca.read_bytes() if args.kbs_ca else None
-    return KbsAdminClient(args.kbs_url, auth=auth, ca_cert=ca, trustee_version=args.trustee_version)
-
-
 def _provision(args: argparse.Namespace) -> int:
     from coco_ai.federated.credentials import CredentialError, issue_federation, provision
     from coco_ai.kbs.errors import KbsError
@@ -73,7 +59,7 @@ def _provision(args: argparse.Namespace) -> int:
             args.participant,
             aggregator_hosts=args.aggregator_host or ("localhost", "127.0.0.1"),
         )
-        with _admin(args) as admin:
+        with admin_client(args) as admin:
             provision(admin, federation)
     except (CredentialError, ValueError, KbsError, OSError) as exc:
         print(f"coco-ai federation provision: {exc}", file=sys.stderr)
@@ -92,7 +78,7 @@ def _revoke(args: argparse.Namespace) -> int:
         identities = [FederationIdentity(args.run_id, AGGREGATOR, args.aggregator)] + [
             FederationIdentity(args.run_id, PARTICIPANT, p) for p in args.participant
         ]
-        with _admin(args) as admin:
+        with admin_client(args) as admin:
             unconfirmed = revoke(admin, identities)
     except (ValueError, KbsError, OSError) as exc:
         print(f"coco-ai federation revoke: {exc}", file=sys.stderr)

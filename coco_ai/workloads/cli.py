@@ -1,6 +1,6 @@
-"""`coco-ai dataset generate|encrypt` and `coco-ai rag generate|encrypt` (data-owner tooling),
-`coco-ai rag serve` (the attested retrieval service, run inside its TEE) and
-`coco-ai model prepare|digest`.
+"""`coco-ai dataset generate|encrypt`, `coco-ai rag generate|encrypt` and
+`coco-ai rag caller admit|revoke` (data-owner tooling), `coco-ai rag serve` (the attested retrieval
+service, run inside its TEE) and `coco-ai model prepare|digest`.
 
 Heavy imports (torch, transformers, cryptography) happen inside the handlers.
 """
@@ -12,6 +12,7 @@ import json
 import sys
 from pathlib import Path
 
+from coco_ai.kbs.admin_cli import add_admin_arguments, admin_client
 from coco_ai.workloads.dataset import DEFAULT_EXAMPLES
 from coco_ai.workloads.rag_index.corpus import DEFAULT_DOCUMENTS
 
@@ -72,6 +73,20 @@ def register(subparsers) -> None:
         "--config", help="service config file (or env COCO_AI_RAG_SERVE_CONFIG)", default=None
     )
     rserve.set_defaults(func=_serve)
+    rcaller = rag_sub.add_parser(
+        "caller",
+        help="admit or revoke a caller of the attested retrieval service (data owner, Trustee "
+        "admin API)",
+    )
+    caller_sub = rcaller.add_subparsers(dest="caller_command", required=True)
+    for name, helptext, func in (
+        ("admit", "write a fresh credential for each caller to Trustee", _admit_callers),
+        ("revoke", "delete each caller's credential from Trustee", _revoke_callers),
+    ):
+        cmd = caller_sub.add_parser(name, help=helptext, description=helptext + ".")
+        add_admin_arguments(cmd)
+        cmd.add_argument("caller", nargs="+", help="caller id ([A-Za-z0-9._-], repeatable)")
+        cmd.set_defaults(func=func)
 
     model = subparsers.add_parser("model", help="prepare base models and compute their digests")
     m_sub = model.add_subparsers(dest="model_command", metavar="SUBCOMMAND")
@@ -101,6 +116,60 @@ def _serve(args: argparse.Namespace) -> int:
     from coco_ai.workloads.rag_serve.__main__ import main
 
     return main(["--config", args.config] if args.config else [])
+
+
+def _admit_callers(args: argparse.Namespace) -> int:
+    """Credentials go only to Trustee, never to the terminal: a caller's TEE and a service whose
+    initdata names the caller (claim printed here) obtain it after attestation."""
+    from coco_ai.workloads.rag_serve.identity import (
+        CALLER_CREDENTIAL_PREFIX,
+        credential_path,
+        issue_caller_credential,
+    )
+
+    def admit(admin, caller: str) -> None:
+        issue_caller_credential(admin, caller)  # the bytes are dropped here
+
+    return _for_each_caller(
+        args,
+        admit,
+        lambda caller: {
+            "caller": caller,
+            "credential_uri": credential_path(caller).uri(),
+            "service_initdata_claim": {
+                CALLER_CREDENTIAL_PREFIX + caller: credential_path(caller).uri()
+            },
+        },
+    )
+
+
+def _revoke_callers(args: argparse.Namespace) -> int:
+    from coco_ai.workloads.rag_serve.identity import credential_path, revoke_caller_credential
+
+    return _for_each_caller(
+        args,
+        revoke_caller_credential,
+        lambda caller: {"caller": caller, "revoked": credential_path(caller).uri()},
+    )
+
+
+def _for_each_caller(args: argparse.Namespace, act, describe) -> int:
+    from coco_ai.kbs.errors import KbsError
+    from coco_ai.workloads.rag_serve.identity import credential_path
+
+    done: list[dict] = []
+    try:
+        for caller in args.caller:  # every id checked before Trustee is touched
+            credential_path(caller)
+        with admin_client(args) as admin:
+            for caller in args.caller:
+                act(admin, caller)
+                done.append(describe(caller))
+    except (KbsError, ValueError, OSError) as exc:
+        print(json.dumps(done, indent=2))  # what did take effect before the failure
+        return _err(f"rag caller {args.caller_command}: {exc}")
+    print(json.dumps(done, indent=2))
+    return 0
 
 
 def _generate(args: argparse.Namespace) -> int:

@@ -233,6 +233,8 @@ OWNER_FILES: dict[str, str] = {
 # The registered model the first policy governs: the `[coco_ai] registered_model_name` default,
 # which docker-compose.yaml leaves unchanged.
 OWNER_POLICY_MODEL_NAME = "coco-ai-finetuned"
+# The registered name of promoted RAG indexes in the first policy (the devstack's too).
+OWNER_POLICY_INDEX_NAME = "coco-ai-rag-index"
 OWNER_POLICY_ID = "coco-ai-compose"
 
 
@@ -529,6 +531,16 @@ def initial_owner_policy_document(secrets_dir: Path) -> dict:
         "thresholds": {"min_relative_improvement": 0.0},
         "champion": {"max_regression": 0.0},
         "promotion_signers": [(secrets_dir / "model-signing-public.pem").read_text()],
+        # RAG indexes (confidential_rag_index): a section that approves nothing either, so the
+        # data owner only adds digests; recall@10 keeps the kind's 0.95 floor, and an index must
+        # retrieve at least as well as the one it replaces.
+        "workloads": {
+            "rag_index": {
+                "registry_name": OWNER_POLICY_INDEX_NAME,
+                "approved": {"documents": [], "embedder": [], "recipes": []},
+                "champion": {"max_regression": 0.0},
+            }
+        },
     }
 
 

@@ -14,7 +14,11 @@ from airflow.sdk.exceptions import ParamValidationError
 
 from coco_ai.workloads.kinds import RAG_INDEX
 from coco_ai_airflow.keys import KeyReleaseOperator
-from coco_ai_airflow.promotion import AttestedModelPromotionOperator, narrowing
+from coco_ai_airflow.promotion import (
+    AttestedModelPromotionOperator,
+    ServedVersionOperator,
+    narrowing,
+)
 from coco_ai_airflow.workload import ConfidentialWorkloadOperator
 
 DAGS = Path(__file__).resolve().parents[2] / "dags"
@@ -41,12 +45,12 @@ def dag(bag):
 
 def test_the_pipeline_is_the_fine_tunes_on_the_same_operators(dag, bag):
     finetune = bag.dags["confidential_finetune"]
-    assert set(dag.task_dict) == {*PIPELINE, "revoke_keys"}
+    assert set(dag.task_dict) == {*PIPELINE, "revoke_keys", "served_index"}
     for upstream, downstream in itertools.pairwise(PIPELINE):
         assert {downstream, "revoke_keys"} <= dag.task_dict[upstream].downstream_task_ids
     assert dag.task_dict["revoke_keys"].downstream_task_ids == set()
     # position by position, the same operator classes (the workload step is named per kind)
-    kinds = [type(t).__name__ for t in dag.topological_sort()]
+    kinds = [type(t).__name__ for t in dag.topological_sort() if t.task_id != "served_index"]
     assert kinds == [type(t).__name__ for t in finetune.topological_sort()]
     assert isinstance(dag.task_dict["confidential_rag_index"], ConfidentialWorkloadOperator)
     assert isinstance(dag.task_dict["attested_promotion"], AttestedModelPromotionOperator)
@@ -98,6 +102,7 @@ def test_every_form_field_is_titled_and_sectioned_and_defaults_validate(dag):
         "embedder",
         "max_words",
         "overlap_words",
+        "incremental",
         "engine",
         "ef_search",
         "eval_k",
@@ -133,6 +138,18 @@ def test_form_rejects_bad_values(dag, name, value):
 
 def test_the_workload_settings_are_recipe_tables_and_carry_no_secret(dag):
     workload = dag.task_dict["confidential_rag_index"]
-    assert set(workload.settings) <= set(RAG_INDEX.promotion.recipe_tables)
+    # the recipe tables the owner approves, and the earlier index to build on (references only)
+    assert set(workload.settings) <= {*RAG_INDEX.promotion.recipe_tables, "previous_index"}
     assert workload.env_vars in (None, [], {}) and not workload.secrets
     assert dag.render_template_as_native_obj
+
+
+def test_the_served_index_is_offered_to_the_workload_for_incremental_reuse(dag):
+    served = dag.task_dict["served_index"]
+    assert isinstance(served, ServedVersionOperator) and served.workload == RAG_INDEX.name
+    assert served.enabled == "{{ params.incremental }}"
+    assert served.downstream_task_ids == {"confidential_rag_index"}
+    workload = dag.task_dict["confidential_rag_index"]
+    previous = workload.settings["previous_index"]
+    assert previous.operator is served  # its XCom, resolved when the workload renders
+    assert dag.params["incremental"] is True

@@ -309,6 +309,11 @@ def test_first_owner_policy_verifies_with_the_written_key_and_approves_nothing(
     assert policy.approved_datasets == frozenset()
     assert policy.approved_training_recipes == frozenset()
     assert policy.approved_images == frozenset()
+    index = policy.for_workload("rag_index")  # the RAG index DAG's outputs: approved nothing
+    assert index.registry_name == "coco-ai-rag-index"
+    assert all(digests == frozenset() for digests in index.approved_inputs.values())
+    assert index.approved_recipes == frozenset()
+    assert index.champion_max_regression == 0.0
     assert policy.allow_development_evidence is False
     assert policy.min_gpus == 1
     # The policy key is the data owner's (0600, kept with the secrets), and no other.

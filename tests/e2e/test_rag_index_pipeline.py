@@ -22,10 +22,11 @@ from conftest import (  # tests/e2e is on sys.path (rootdir-relative test module
 
 from coco_ai.devstack.stack import DOCUMENTS_KEY_PATH, RAG_DAG_ID
 from coco_ai.runs import RunRefs
-from coco_ai.workloads.rag_index.corpus import generate_repository, to_jsonl
+from coco_ai.workloads.rag_index.corpus import generate_repository, revise_repository, to_jsonl
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(900)]
 PIPELINE = (
+    "served_index",
     "attestation_gate",
     "key_release",
     "confidential_rag_index",
@@ -143,11 +144,11 @@ def test_the_promoted_index_asset_event_carries_references_only(e2e_stack, rest_
     }
 
 
-def test_a_new_repository_version_event_indexes_that_version(e2e_stack, follow, rest_run):
+def test_a_new_repository_version_event_indexes_only_what_changed(e2e_stack, follow, rest_run):
+    # the next version of the stack's repository: one document edited, one removed, one added
+    v2 = revise_repository(changed=1, removed=1, added=1)
     key_path = "coco-ai/rag-key/northwind-docs-v2"
-    documents_uri = _publish(
-        e2e_stack, "northwind-docs-v2.enc", to_jsonl(generate_repository(12, seed=3)), key_path
-    )
+    documents_uri = _publish(e2e_stack, "northwind-docs-v2.enc", to_jsonl(v2), key_path)
     # ... and approves it: promotion takes approvals from the owner's signed policy only
     assert e2e_stack.info.approve_documents(documents_uri) >= 2
     client = e2e_stack.info.client()
@@ -182,6 +183,19 @@ def test_a_new_repository_version_event_indexes_that_version(e2e_stack, follow, 
     assert run.state == "success", _states(run)
     assert run.refs["inputs"]["documents"]["uri"] == documents_uri
     assert run.refs["inputs"]["documents"]["key_uri"] == f"kbs:///{key_path}"
+    # built on the served index (the REST run's, same repository lineage and settings)
+    client = e2e_stack.info.client()
+    try:
+        served = client.xcom(RAG_DAG_ID, run.run_id, "served_index")
+        metrics = client.xcom(RAG_DAG_ID, run.run_id, "attested_promotion")["metrics"]
+    finally:
+        client.close()
+    assert served is not None and set(served) == {"uri", "run_id", "manifest_digest"}
+    assert served["run_id"] != run.refs["run_id"]
+    assert metrics["documents"] == len(v2.documents)
+    assert (metrics["documents_reused"], metrics["documents_changed"]) == (len(v2.documents) - 2, 1)
+    assert (metrics["documents_added"], metrics["documents_removed"]) == (1, 1)
+    assert 0 < metrics["chunks_embedded"] < metrics["chunks"]
 
 
 def test_a_tampered_repository_fails_closed(e2e_stack, follow, rest_run):

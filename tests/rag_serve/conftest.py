@@ -15,7 +15,9 @@ from coco_ai.workloads.kinds import RAG_INDEX
 INDEX_RUN = "run-rag-serve-index"
 SERVICE_RUN = "run-rag-serve-1"
 REPO_KEY_PATH = "default/rag/northwind"
-CALLERS = ["alice", "bob", "carol"]  # admitted by the service; mallory is not
+# admitted by the service; mallory is not; dave is the one the data-owner command revokes and
+# admits again (test_caller_admin.py)
+CALLERS = ["alice", "bob", "carol", "dave"]
 
 
 @pytest.fixture(scope="session")
@@ -97,7 +99,7 @@ def manifest_digest(index_uri) -> str:
 
 @pytest.fixture(scope="session")
 def credentials(stack) -> dict[str, bytes]:
-    from coco_ai.devstack.rag_service import issue_caller_credential
+    from coco_ai.workloads.rag_serve.identity import issue_caller_credential
 
     return {c: issue_caller_credential(stack.admin, c) for c in [*CALLERS, "mallory"]}
 

@@ -9,13 +9,19 @@ import json
 import httpx
 import pytest
 
-from coco_ai.workloads.rag_serve.app import ATTESTATION_HEADER, UNAUTHORIZED_BODY
+from coco_ai.workloads.rag_serve.app import (
+    ATTESTATION_HEADER,
+    NONCE_HEADER,
+    PROOF_HEADER,
+    UNAUTHORIZED_BODY,
+)
 from coco_ai.workloads.rag_serve.client import (
     RagServiceClient,
     RagServiceError,
     ServiceTrust,
     ServiceVerificationError,
 )
+from tests.rag_serve.conftest import SERVICE_RUN
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -78,19 +84,49 @@ def _bearer(caller: str, credential: bytes) -> str:
     return f"Bearer {caller}.{b64url_encode(credential)}"
 
 
-def _token(caller_guests, caller: str) -> str:
+def _attestation(caller_guests, caller: str) -> tuple[str, bytes]:
+    """The caller TEE's token and the private key it attests (as its guest API gives them)."""
     from coco_ai.guest.client import GuestClient
 
     with GuestClient(caller_guests[caller].url) as guest:
-        return guest.get_token()[0]
+        return guest.get_token()
+
+
+def _token(caller_guests, caller: str) -> str:
+    return _attestation(caller_guests, caller)[0]
+
+
+def _proof(
+    caller_guests,
+    signer: str,
+    *,
+    service_run: str = SERVICE_RUN,
+    path: str = "/v1/retrieve",
+    at: float | None = None,
+    nonce: str | None = None,
+) -> dict[str, str]:
+    """Fresh proof-of-possession headers signed with ``signer``'s attested TEE key."""
+    import secrets
+    import time
+
+    from coco_ai.workloads.rag_serve.signing import TeeSigner, request_signing_input
+
+    nonce = nonce or secrets.token_urlsafe(24)
+    when = int(time.time() if at is None else at)
+    key = _attestation(caller_guests, signer)[1]
+    signature = TeeSigner(key).sign(request_signing_input("POST", path, nonce, when, service_run))
+    return {NONCE_HEADER: nonce, PROOF_HEADER: f"{when}.{signature}"}
 
 
 def test_every_unauthorised_request_gets_the_same_401(
     service, caller_guests, credentials, clock_offset
 ) -> None:
+    import time
+
     alice, bob, mallory = (_token(caller_guests, c) for c in ("alice", "bob", "mallory"))
     good = {"Authorization": _bearer("alice", credentials["alice"]), ATTESTATION_HEADER: alice}
-    assert _raw(service, good).status_code == 200  # the baseline: this caller is admitted
+    proven = {**good, **_proof(caller_guests, "alice")}
+    assert _raw(service, proven).status_code == 200  # the baseline: this caller is admitted
 
     refused = {
         "no credential, no token": {},
@@ -124,20 +160,34 @@ def test_every_unauthorised_request_gets_the_same_401(
             ATTESTATION_HEADER: alice,
         },
     }
+    refused = {what: {**h, **_proof(caller_guests, "alice")} for what, h in refused.items()}
+    # alice's credential and live token stolen by a TEE without alice's key: no proof, or one
+    # by another key, for another service, request or time, or replayed
+    refused["no proof of possession"] = good
+    refused["proof by another TEE's key"] = {**good, **_proof(caller_guests, "mallory")}
+    refused["proof for another service"] = {
+        **good,
+        **_proof(caller_guests, "alice", service_run="run-rag-serve-2"),
+    }
+    refused["proof for another request"] = {
+        **good,
+        **_proof(caller_guests, "alice", path="/v1/chat/completions"),
+    }
+    refused["stale proof"] = {**good, **_proof(caller_guests, "alice", at=time.time() - 600)}
+    refused["replayed proof"] = proven
     for what, headers in refused.items():
         resp = _raw(service, headers, body=b"\xff" * 100_000)  # never read: no 400 or 413
         assert (resp.status_code, resp.content) == (401, UNAUTHORIZED_BODY), what
 
-    # an expired attestation: the same token, presented after its exp
+    # an expired attestation: the same token, presented after its exp (with a proof made then)
     clock_offset[0] = 24 * 3600
     try:
-        assert (_raw(service, good).status_code, _raw(service, good).content) == (
-            401,
-            UNAUTHORIZED_BODY,
-        )
+        late = {**good, **_proof(caller_guests, "alice", at=time.time() + clock_offset[0])}
+        resp = _raw(service, late)
+        assert (resp.status_code, resp.content) == (401, UNAUTHORIZED_BODY)
     finally:
         clock_offset[0] = 0.0
-    assert _raw(service, good).status_code == 200
+    assert _raw(service, {**good, **_proof(caller_guests, "alice")}).status_code == 200
 
 
 def test_revoked_credential_is_refused(service, stack, caller_guests, credentials) -> None:
@@ -145,10 +195,10 @@ def test_revoked_credential_is_refused(service, stack, caller_guests, credential
 
     carol = {"Authorization": _bearer("carol", credentials["carol"])}
     carol[ATTESTATION_HEADER] = _token(caller_guests, "carol")
-    assert _raw(service, carol).status_code == 200
+    assert _raw(service, {**carol, **_proof(caller_guests, "carol")}).status_code == 200
     stack.admin.delete_resource(credential_path("carol"))  # the data owner revokes carol
     assert service.service.gate.refresh() == ["carol"]  # what the refresh thread does
-    resp = _raw(service, carol)
+    resp = _raw(service, {**carol, **_proof(caller_guests, "carol")})
     assert (resp.status_code, resp.content) == (401, UNAUTHORIZED_BODY)
     # others are unaffected
     assert "alice" in service.service.gate.admitted

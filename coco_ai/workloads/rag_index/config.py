@@ -77,6 +77,20 @@ class EmbedderSettings:
 
 
 @dataclass(frozen=True)
+class PreviousIndexSettings:
+    """An earlier run's index whose embeddings this run may reuse (incremental re-indexing).
+
+    Not a recipe table and no trust: the workload derives that run's key from the run-key root
+    and reuses an embedding only where every file authenticates under it, the manifest is the
+    one named here, and the document's text, the chunker, the embedding settings and the
+    embedder are the same — so the index equals a full rebuild's, whatever Airflow names here."""
+
+    uri: str  # the earlier run's encrypted index (its checkpoint URI, e.g. the served version's)
+    run_id: str  # the run that built it: its key is derived from the root for this id
+    manifest_digest: str  # "sha256:<hex>" of its manifest (the registry's tag)
+
+
+@dataclass(frozen=True)
 class RagIndexConfig:
     run_id: str
     staging_uri: str
@@ -91,15 +105,22 @@ class RagIndexConfig:
     embedding: EmbeddingSettings = field(default_factory=EmbeddingSettings)
     index: IndexSettings = field(default_factory=IndexSettings)
     evaluation: EvaluationSettings = field(default_factory=EvaluationSettings)
+    previous_index: PreviousIndexSettings | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain JSON-able form (defaults filled in); what the manifest's config digest covers."""
-        return jsonable(dataclasses.asdict(self))
+        """Plain JSON-able form (defaults filled in); what the manifest's config digest covers.
+        Without a previous index the key is absent (a full build's config is unchanged)."""
+        doc = jsonable(dataclasses.asdict(self))
+        if doc["previous_index"] is None:
+            del doc["previous_index"]
+        return doc
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> RagIndexConfig:
         config = build_checked(cls, data, "", checks=_CHECKS, nested=_NESTED)
         _check_chunker(config.chunker, "chunker.")
+        if config.previous_index is not None and config.previous_index.run_id == config.run_id:
+            raise ConfigError("previous_index.run_id: an index cannot reuse its own run's index")
         return config
 
 
@@ -127,19 +148,20 @@ def recipe_for(settings: Mapping[str, Any]) -> dict[str, Any]:
 
 def config_for_run(refs: RunRefs, settings: Mapping[str, Any]) -> dict[str, Any]:
     """The config of a pipeline run: references from ``refs`` (inputs ``documents`` and
-    ``embedder``) and the optional recipe tables of ``settings`` (``None`` keeps a default)."""
+    ``embedder``), the optional recipe tables of ``settings`` (``None`` keeps a default) and
+    its optional ``previous_index`` (``None``: a full build)."""
     documents, embedder = refs.input("documents"), refs.input("embedder")
     if documents.key is None:
         raise ConfigError("repository.key_uri: the run names no key for its documents")
-    config = run_config(
-        refs,
-        {
-            "repository": {"uri": documents.uri, "key_uri": documents.key.uri()},
-            "embedder": {"path": embedder.uri, "digest": str(embedder.digest)},
-        },
-        settings,
-        RECIPE_TABLES,
-    )
+    settings = dict(settings)
+    previous = settings.pop("previous_index", None)
+    references: dict[str, Any] = {
+        "repository": {"uri": documents.uri, "key_uri": documents.key.uri()},
+        "embedder": {"path": embedder.uri, "digest": str(embedder.digest)},
+    }
+    if previous is not None:
+        references["previous_index"] = previous
+    config = run_config(refs, references, settings, RECIPE_TABLES)
     return RagIndexConfig.from_dict(config).to_dict()
 
 
@@ -169,6 +191,7 @@ _NESTED = {
     "embedding": EmbeddingSettings,
     "index": IndexSettings,
     "evaluation": EvaluationSettings,
+    "previous_index": PreviousIndexSettings,
 }
 
 _CHECKS = {
@@ -193,4 +216,9 @@ _CHECKS = {
     "index.ef_construction": int_in(8, 4096),
     "index.ef_search": int_in(8, 4096),
     "evaluation.k": int_in(1, 100),
+    "previous_index.uri": text(),
+    "previous_index.run_id": text(is_run_id, f"a run id ({RUN_ID_RULE})"),
+    "previous_index.manifest_digest": text(
+        is_sha256, "a digest of the form sha256:<64 lowercase hex>"
+    ),
 }

@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import random
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from coco_ai.workloads.dataset import FACT_TEMPLATES, FactTemplate
 
@@ -128,6 +128,27 @@ def generate_repository(n: int = DEFAULT_DOCUMENTS, seed: int = 0) -> Repository
         )
         documents.append(Document(doc_id, kind, title, "\n\n".join(paragraphs)))
     return Repository(tuple(documents), tuple(questions))
+
+
+def revise_repository(
+    n: int = DEFAULT_DOCUMENTS, seed: int = 0, *, changed: int = 0, removed: int = 0, added: int = 0
+) -> Repository:
+    """A later version of ``generate_repository(n, seed)``: its first ``changed`` documents
+    edited (a sentence appended), the next ``removed`` ones dropped with their questions, and
+    ``added`` new documents (those ``generate_repository(n + added, seed)`` adds) at the end."""
+    if changed + removed > n:
+        raise ValueError(f"cannot change {changed} and remove {removed} of {n} documents")
+    grown = generate_repository(n + added, seed)
+    dropped = {d.id for d in grown.documents[changed : changed + removed]}
+    documents = [
+        replace(d, text=d.text + "\n\nRevised: the procedure was re-validated.")
+        if i < changed
+        else d
+        for i, d in enumerate(grown.documents)
+        if d.id not in dropped
+    ]
+    questions = tuple(q for q in grown.questions if q.doc_id not in dropped)
+    return Repository(tuple(documents), questions)
 
 
 def to_jsonl(repository: Repository) -> bytes:

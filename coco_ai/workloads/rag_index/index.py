@@ -6,8 +6,10 @@ encrypts (docs/ARCHITECTURE.md, "Choices"). An index directory holds:
 
     index.faiss     the FAISS index (faiss.write_index): HNSW or flat, inner product
     chunks.jsonl    one line per vector, in vector order: doc_id, index, start, end, text
-    documents.json  the documents indexed: id, kind, title, SHA-256 of the text, chunk count
-    index.json      engine, FAISS version, dimension, metric, counts, settings, metrics
+    documents.json  the documents indexed: id, kind, title, SHA-256 of the text, chunk count,
+                    and how this build got its vectors (status: reused | added | changed)
+    index.json      engine, FAISS version, dimension, metric, counts, settings, metrics and,
+                    when incremental, the earlier index and the ids it had that were dropped
 
 Vectors are unit length, so inner product = cosine similarity.
 """
@@ -16,7 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -103,6 +105,7 @@ def write_index_dir(
     index,
     chunks: Sequence[Chunk],
     documents: Sequence[Document],
+    status: Mapping[str, str],
     info: dict[str, Any],
 ) -> None:
     """The index directory (module docstring) in ``out``, a private plaintext dir."""
@@ -123,6 +126,7 @@ def write_index_dir(
             "title": d.title,
             "sha256": document_digest(d),
             "chunks": per_doc.get(d.id, 0),
+            "status": status[d.id],
         }
         for d in documents
     ]

@@ -13,6 +13,12 @@ The manifest (checkpoint format v2) names the repository ciphertext's digest as
 digest as ``training_config_digest`` (the config, with the chunker, embedding and index
 settings, is public beside it) and the retrieval metrics; per-document digests are in the
 encrypted ``documents.json``.
+
+With ``previous_index`` in the config the build is incremental
+(coco_ai.workloads.rag_index.incremental): unchanged documents keep the earlier index's vectors,
+changed and added ones are embedded, removed ones dropped. The signed metrics count each
+(``documents_reused`` / ``_added`` / ``_changed`` / ``_removed``, ``chunks_embedded``); which
+document is which stays encrypted, in ``documents.json`` and ``index.json``.
 """
 
 from __future__ import annotations
@@ -36,6 +42,7 @@ from coco_ai.workloads.rag_index.corpus import (
 from coco_ai.workloads.tee import (
     EXIT_BASE_MODEL,
     EXIT_DATASET,
+    EXIT_KEY_RELEASE,
     TeeWorkload,
     WorkloadError,
     private_tmpdir,
@@ -91,9 +98,12 @@ class RagIndexWorkload(TeeWorkload):
             stack.callback(shutil.rmtree, plain, ignore_errors=True)
             with phase("embedder_check"):
                 embedder = self._embedder(plain / "embedder")
+            with phase("previous_index"):
+                previous = self._previous_index(guest, plain / "previous")
             index_dir = plain / "index"
             index_dir.mkdir()
-            metrics = self._index(repository, embedder, index_dir)
+            metrics = self._index(repository, embedder, index_dir, previous)
+            del previous
             del repository
 
             encrypted = Path(tempfile.mkdtemp(prefix="coco-ai-index-"))
@@ -189,19 +199,89 @@ class RagIndexWorkload(TeeWorkload):
         self.log(f"embedding dimension {embedder.dim}")
         return embedder
 
-    def _index(self, repository: Repository, embedder, out: Path) -> dict[str, Any]:
-        """Chunk, embed, index, evaluate; write the index directory; the metrics."""
+    def _previous_index(self, guest, scratch: Path):
+        """The earlier index named by the config, decrypted under its run's key (derived from
+        the run-key root here) and read; None for a full build. A named index that does not
+        authenticate, or is not the named manifest, fails the run: someone tampered with it."""
+        from coco_ai.crypto import decrypt_checkpoint
+        from coco_ai.crypto.errors import CheckpointError
+        from coco_ai.run_keys import RunKeyError, derive_run_key
+        from coco_ai.workloads.rag_index.incremental import PreviousIndexError, read_previous
+
+        cfg = self.config
+        named = cfg.previous_index
+        if named is None:
+            return None
+        root = self._fetch_key(guest, cfg.run_key_root_uri, "run-key root")
+        try:
+            key = derive_run_key(root, named.run_id)
+        except RunKeyError as exc:
+            raise WorkloadError(f"previous index key: {exc}", EXIT_KEY_RELEASE) from None
+        del root
+        what = f"previous index {named.uri} (run {named.run_id})"
+        try:
+            manifest = with_retries(
+                f"reading {what}",
+                lambda: decrypt_checkpoint(named.uri, scratch, kek=key),
+                attempts=cfg.store_attempts,
+                backoff_s=cfg.store_backoff_s,
+                log=self.log,
+                retry=lambda exc: not isinstance(exc, CheckpointError | ValueError),
+            )
+            if manifest.run_id != named.run_id or manifest.digest() != named.manifest_digest:
+                raise PreviousIndexError(
+                    f"its manifest (run {manifest.run_id}, {manifest.digest()}) is not the one "
+                    f"named ({named.manifest_digest})"
+                )
+            previous = read_previous(scratch)
+        except (CheckpointError, ValueError) as exc:  # PreviousIndexError is a ValueError
+            first = str(exc).splitlines()[0] if str(exc) else ""
+            raise WorkloadError(
+                f"{what} cannot be reused: {type(exc).__name__}: {first}", EXIT_DATASET
+            ) from None
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+        self.log(f"{what}: {len(previous.documents)} documents")
+        return previous
+
+    def _index(self, repository: Repository, embedder, out: Path, previous) -> dict[str, Any]:
+        """Chunk, embed (what the earlier index does not already hold), index, evaluate; write
+        the index directory; the metrics."""
+        import numpy as np
+
         from coco_ai.workloads.rag_index import index as engine
         from coco_ai.workloads.rag_index.chunker import chunk_documents
+        from coco_ai.workloads.rag_index.incremental import plan_reuse, vector_settings
 
         cfg = self.config
         with self._phase("chunk"):
             chunks = chunk_documents(repository.documents, cfg.chunker)
+            settings = cfg.to_dict()
+            plan = plan_reuse(
+                previous,
+                repository.documents,
+                chunks,
+                vector_settings(cfg.embedder.digest, settings["chunker"], settings["embedding"]),
+            )
+        if previous is not None:
+            self.log(
+                "incremental: "
+                + ", ".join(f"{k.removeprefix('documents_')} {v}" for k, v in plan.counts().items())
+                + (f" (nothing reused: {plan.reason})" if plan.reason else "")
+            )
         with self._phase("embed"):
             start = time.perf_counter()
-            vectors = embedder.embed([c.embed_text for c in chunks])
-            embed_s = time.perf_counter() - start
-        self.log(f"{len(chunks)} chunks embedded ({len(chunks) / embed_s:.1f} chunks/s)")
+            todo = [i for i in range(len(chunks)) if i not in plan.reused]
+            fresh = embedder.embed([chunks[i].embed_text for i in todo]) if todo else None
+            vectors = np.empty((len(chunks), embedder.dim), dtype=np.float32)
+            for i, vector in plan.reused.items():
+                vectors[i] = vector
+            if fresh is not None:
+                vectors[todo] = fresh
+            embed_s = max(time.perf_counter() - start, 1e-9)
+        self.log(
+            f"{len(todo)} of {len(chunks)} chunks embedded ({len(todo) / embed_s:.1f} chunks/s)"
+        )
         with self._phase("build_index"):
             start = time.perf_counter()
             index = engine.build_index(vectors, cfg.index)
@@ -225,8 +305,10 @@ class RagIndexWorkload(TeeWorkload):
             "hit_rate_at_k": quality.hit_rate_at_k,
             "mrr_at_k": quality.mrr_at_k,
             "ann_recall_at_10": recall,
-            "embed_chunks_per_s": len(chunks) / embed_s,
+            "embed_chunks_per_s": len(todo) / embed_s,
             "index_build_seconds": build_s,
+            "chunks_embedded": len(todo),
+            **plan.counts(),
         }
         self.log(
             f"retrieval: hit rate@1 {quality.hit_rate_at_1:.3f}, hit rate@{k} "
@@ -239,6 +321,7 @@ class RagIndexWorkload(TeeWorkload):
                 index,
                 chunks,
                 repository.documents,
+                plan.status,
                 {
                     "engine": cfg.index.engine,
                     "faiss_version": engine.faiss_version(),
@@ -250,9 +333,22 @@ class RagIndexWorkload(TeeWorkload):
                     "embedding": cfg.to_dict()["embedding"],
                     "index": cfg.to_dict()["index"],
                     "metrics": metrics,
+                    "incremental": self._incremental_record(plan),
                 },
             )
         return metrics
+
+    def _incremental_record(self, plan) -> dict[str, Any] | None:
+        """index.json's account of what was reused (encrypted with the index: ids stay inside)."""
+        named = self.config.previous_index
+        if named is None:
+            return None
+        return {
+            "previous_run_id": named.run_id,
+            "previous_manifest_digest": named.manifest_digest,
+            "removed": plan.removed,
+            "nothing_reused_because": plan.reason or None,
+        }
 
     def _encrypt(self, src: Path, dst: Path, key: bytes, repository_digest: str, metrics):
         from coco_ai.crypto import encrypt_checkpoint

@@ -12,15 +12,18 @@
 Every response carries ``X-CoCo-AI-Signature``: ES256 (raw r||s, base64url) by the attested TEE
 key over ``response_signing_input`` (method, path, the caller's nonce, status, body digest).
 
-Access: callers send ``Authorization: Bearer <caller id>.<base64url credential>`` and
-``X-CoCo-AI-Attestation: <their EAR token>``; anything else gets 401 with one fixed body, before
-the request body is read. Limits (config ``limits``) apply only after that: a body over
+Access: callers send ``Authorization: Bearer <caller id>.<base64url credential>``,
+``X-CoCo-AI-Attestation: <their EAR token>``, a fresh ``X-CoCo-AI-Nonce`` and
+``X-CoCo-AI-Proof: <unix seconds>.<ES256 signature>`` by the TEE key their token attests over
+``request_signing_input`` (method, path, nonce, time, this service's run id): proof that the
+caller holds the key, so a stolen credential and token are not enough, and a proof is good
+once, for this service, within ``PROOF_WINDOW_S``. Anything else gets 401 with one fixed body,
+before the request body is read. Limits (config ``limits``) apply only after that: a body over
 ``max_body_bytes`` is 413, anything malformed 400 naming the field, never echoing content.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 import time
@@ -34,30 +37,22 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from coco_ai.workloads.rag_serve.config import Limits
-from coco_ai.workloads.rag_serve.service import LoadedService
+from coco_ai.workloads.rag_serve.service import LoadedService, RequestProof
+from coco_ai.workloads.rag_serve.signing import (
+    TeeSigner,
+    request_signing_input,
+    response_signing_input,
+)
 
 SIGNATURE_HEADER = "X-CoCo-AI-Signature"
 NONCE_HEADER = "X-CoCo-AI-Nonce"
 ATTESTATION_HEADER = "X-CoCo-AI-Attestation"
+PROOF_HEADER = "X-CoCo-AI-Proof"
 UNAUTHORIZED_BODY = b'{"error":"unauthorized"}'
 MODEL_NAME = "coco-ai-rag-extractive"
 _NONCE = re.compile(r"[A-Za-z0-9_-]{16,128}")
 _BEARER = re.compile(r"Bearer ([A-Za-z0-9][A-Za-z0-9._-]{0,127})\.([A-Za-z0-9_-]{43})")
-_SIGNING_CONTEXT = b"coco-ai/rag-response/v1"
-
-
-def response_signing_input(method: str, path: str, nonce: str, status: int, body: bytes) -> bytes:
-    """What the service signs for each response, and the client verifies."""
-    return b"\n".join(
-        [
-            _SIGNING_CONTEXT,
-            method.encode(),
-            path.encode(),
-            nonce.encode(),
-            str(status).encode(),
-            hashlib.sha256(body).hexdigest().encode(),
-        ]
-    )
+_PROOF = re.compile(r"([0-9]{1,12})\.([A-Za-z0-9_-]{86})")
 
 
 class _BadRequest(Exception):
@@ -65,25 +60,6 @@ class _BadRequest(Exception):
         super().__init__(reason)
         self.status = status
         self.reason = reason
-
-
-class ResponseSigner:
-    """Signs with the TEE private key whose public half the service's EAR token attests."""
-
-    def __init__(self, tee_key_pem: bytes) -> None:
-        from cryptography.hazmat.primitives.serialization import load_pem_private_key
-
-        self._key = load_pem_private_key(tee_key_pem, password=None)
-
-    def sign(self, data: bytes) -> str:
-        from cryptography.hazmat.primitives import hashes
-        from cryptography.hazmat.primitives.asymmetric import ec
-        from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
-
-        from coco_ai.kbs.wire import b64url_encode
-
-        r, s = decode_dss_signature(self._key.sign(data, ec.ECDSA(hashes.SHA256())))
-        return b64url_encode(r.to_bytes(32, "big") + s.to_bytes(32, "big"))
 
 
 def tee_key_certificate(tee_key_pem: bytes, *, lifetime_s: int = 7 * 24 * 3600) -> bytes:
@@ -121,11 +97,13 @@ def build_app(
     default_k: int,
     certificate_pem: bytes | None = None,
 ) -> Starlette:
+    from coco_ai.guest.initdata import RUN_ID_KEY
     from coco_ai.kbs.ear import unverified_claims
     from coco_ai.kbs.wire import b64url_decode
 
     _, tee_key_pem = service.attestation()
-    signer = ResponseSigner(tee_key_pem)
+    signer = TeeSigner(tee_key_pem)
+    own_run = service.claims[RUN_ID_KEY]
 
     def reply(request: Request, status: int, body: bytes) -> Response:
         nonce = request.headers.get(NONCE_HEADER, "")
@@ -151,8 +129,17 @@ def build_app(
             presented = b64url_decode(credential)
         except ValueError:
             presented = b""
-        ok = await run_in_threadpool(service.gate.admits, caller, presented, token)
-        return bool(match) and ok
+        proof = _PROOF.fullmatch(request.headers.get(PROOF_HEADER, ""))
+        nonce = request.headers.get(NONCE_HEADER, "")
+        timestamp, signature = (int(proof.group(1)), proof.group(2)) if proof else (0, "A" * 86)
+        possession = RequestProof(
+            nonce,
+            timestamp,
+            request_signing_input(request.method, request.url.path, nonce, timestamp, own_run),
+            signature,
+        )
+        ok = await run_in_threadpool(service.gate.admits, caller, presented, token, possession)
+        return bool(match) and bool(proof) and bool(_NONCE.fullmatch(nonce)) and ok
 
     async def read_json(request: Request) -> dict[str, Any]:
         declared = request.headers.get("content-length")

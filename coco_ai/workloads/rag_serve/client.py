@@ -12,9 +12,12 @@ query is only ever sent to the attested TEE. Every later response must carry a
 signature by that key over the request's method, path, a fresh nonce, status and body: a
 response from anything else — another process, a replay — is refused, whatever it says.
 
-The caller's credential and its own attestation token come from its own TEE's guest API
-(:meth:`RagServiceClient.from_guest`): the credential is a KBS resource Trustee releases only to
-a TEE whose initdata names it (coco_ai.workloads.rag_serve.identity).
+The caller's credential, its own attestation token and the TEE key that token attests come
+from its own TEE's guest API (:meth:`RagServiceClient.from_guest`): the credential is a KBS
+resource Trustee releases only to a TEE whose initdata names it
+(coco_ai.workloads.rag_serve.identity), and every request carries a proof of possession of the
+key, signed over the request's method, path, nonce, time and the verified service's run id
+(coco_ai.workloads.rag_serve.signing), so the credential and token alone do not get in.
 """
 
 from __future__ import annotations
@@ -31,10 +34,16 @@ import httpx
 from coco_ai.workloads.rag_serve.app import (
     ATTESTATION_HEADER,
     NONCE_HEADER,
+    PROOF_HEADER,
     SIGNATURE_HEADER,
-    response_signing_input,
 )
 from coco_ai.workloads.rag_serve.identity import INDEX_MANIFEST_KEY, SERVICE_ROLE
+from coco_ai.workloads.rag_serve.signing import (
+    TeeSigner,
+    request_signing_input,
+    response_signing_input,
+    verify_es256,
+)
 
 
 class ServiceVerificationError(Exception):
@@ -74,19 +83,22 @@ class ServiceTrust:
 TOKEN_REFRESH_MARGIN_S = 30
 
 
-def _cached_token(fetch: Callable[[], str], clock: Callable[[], float] = time.time):
-    """``fetch`` (the caller's guest API ``/aa/token``), called again only near the token's exp."""
+def _cached_attestation(
+    fetch: Callable[[], tuple[str, bytes]], clock: Callable[[], float] = time.time
+):
+    """``fetch`` (the caller's guest API ``/aa/token``: the token and the TEE key it attests),
+    called again only near the token's exp."""
     from coco_ai.kbs.ear import unverified_claims
 
-    held: list[tuple[str, float]] = []
+    held: list[tuple[tuple[str, bytes], float]] = []
 
-    def token() -> str:
+    def attestation() -> tuple[str, bytes]:
         if not held or clock() > held[0][1] - TOKEN_REFRESH_MARGIN_S:
             fresh = fetch()
-            held[:] = [(fresh, float(unverified_claims(fresh).expires_at))]
+            held[:] = [(fresh, float(unverified_claims(fresh[0]).expires_at))]
         return held[0][0]
 
-    return token
+    return attestation
 
 
 class RagServiceClient:
@@ -97,14 +109,15 @@ class RagServiceClient:
         *,
         caller_id: str,
         credential: bytes,
-        attestation_token: Callable[[], str],
+        attestation: Callable[[], tuple[str, bytes]],
         timeout: float = 60.0,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._trust = trust
         self._caller_id = caller_id
         self._credential = credential
-        self._token = attestation_token
+        self._attestation = attestation  # (EAR token, PEM of the TEE key it attests)
+        self._service_run = ""  # the verified service's run id (what each proof is bound to)
         self._clock = clock
         self._service_key = None  # the attested signing key, once verify_service succeeded
         self._url, self._timeout = url, timeout
@@ -127,7 +140,7 @@ class RagServiceClient:
             trust,
             caller_id=caller_id,
             credential=credential,
-            attestation_token=_cached_token(lambda: guest.get_token()[0]),
+            attestation=_cached_attestation(guest.get_token),
             **kwargs,
         )
 
@@ -146,7 +159,7 @@ class RagServiceClient:
         from jwcrypto.common import JWException
 
         from coco_ai.crypto.manifest import same_ec_key
-        from coco_ai.guest.initdata import IMAGE_DIGEST_KEY, WORKLOAD_KEY
+        from coco_ai.guest.initdata import IMAGE_DIGEST_KEY, RUN_ID_KEY, WORKLOAD_KEY
         from coco_ai.kbs.ear import verify_ear_token
         from coco_ai.kbs.errors import KbsError
 
@@ -190,6 +203,7 @@ class RagServiceClient:
         if self._tls:
             self._pin_certificate(doc.get("certificate"), service_key)
         self._service_key = service_key
+        self._service_run = str(init.get(RUN_ID_KEY, ""))
         return {k: v for k, v in init.items() if isinstance(v, str)}
 
     def _pin_certificate(self, certificate: object, service_key) -> None:
@@ -242,21 +256,22 @@ class RagServiceClient:
         return parsed
 
     def _send(self, path: str, content: bytes, extra: dict[str, str]) -> tuple[int, bytes]:
-        from cryptography.exceptions import InvalidSignature
-        from cryptography.hazmat.primitives import hashes
-        from cryptography.hazmat.primitives.asymmetric import ec
-        from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
-
-        from coco_ai.kbs.wire import b64url_decode, b64url_encode
+        from coco_ai.kbs.wire import b64url_encode
 
         if self._service_key is None:
             self.verify_service()
         nonce = secrets.token_urlsafe(24)
+        token, tee_key_pem = self._attestation()
+        now = int(self._clock())
+        proof = TeeSigner(tee_key_pem).sign(
+            request_signing_input("POST", path, nonce, now, self._service_run)
+        )
         headers = {
             "Content-Type": "application/json",
             "Authorization": f"Bearer {self._caller_id}.{b64url_encode(self._credential)}",
-            ATTESTATION_HEADER: self._token(),
+            ATTESTATION_HEADER: token,
             NONCE_HEADER: nonce,
+            PROOF_HEADER: f"{now}.{proof}",
             **extra,
         }
         try:
@@ -264,18 +279,10 @@ class RagServiceClient:
         except httpx.HTTPError as exc:
             raise ServiceVerificationError(f"service unreachable: {exc}") from None
         signed = response_signing_input("POST", path, nonce, resp.status_code, resp.content)
-        try:
-            raw = b64url_decode(resp.headers.get(SIGNATURE_HEADER, ""))
-            if len(raw) != 64:
-                raise ValueError
-            signature = encode_dss_signature(
-                int.from_bytes(raw[:32], "big"), int.from_bytes(raw[32:], "big")
-            )
-            self._service_key.verify(signature, signed, ec.ECDSA(hashes.SHA256()))
-        except (ValueError, InvalidSignature):
+        if not verify_es256(self._service_key, signed, resp.headers.get(SIGNATURE_HEADER, "")):
             raise ServiceVerificationError(
                 f"response to {path} is not signed by the attested service key"
-            ) from None
+            )
         return resp.status_code, resp.content
 
 

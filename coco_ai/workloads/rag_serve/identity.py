@@ -41,6 +41,24 @@ def credential_path(caller_id: str) -> ResourcePath:
     return ResourcePath(CREDENTIAL_REPOSITORY, CREDENTIAL_TYPE, validate_segment(caller_id))
 
 
+def issue_caller_credential(admin, caller_id: str) -> bytes:
+    """The data owner admits ``caller_id``: a fresh random credential written to Trustee
+    (``admin`` is a coco_ai.kbs.client.KbsAdminClient). A service whose initdata names the
+    caller, and the caller's own TEE, obtain it after attestation; the bytes are returned for
+    the owner's tests only (`coco-ai rag caller admit` never shows them)."""
+    import secrets
+
+    credential = secrets.token_bytes(CREDENTIAL_SIZE)
+    admin.set_resource(credential_path(caller_id), credential)
+    return credential
+
+
+def revoke_caller_credential(admin, caller_id: str) -> None:
+    """Delete the caller's credential from Trustee: a running service drops the caller at its
+    next credential refresh (``credential_refresh_s``), and no TEE can obtain it again."""
+    admin.delete_resource(credential_path(caller_id))
+
+
 def service_claims(
     *,
     run_id: str,

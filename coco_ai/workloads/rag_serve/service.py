@@ -147,10 +147,30 @@ class Retriever:
         return best[2], [best[3]]
 
 
+@dataclass(frozen=True)
+class RequestProof:
+    """A request's proof of possession: the caller's ES256 signature, by the TEE key its token
+    attests, over ``signed`` (coco_ai.workloads.rag_serve.signing.request_signing_input, which
+    covers ``nonce`` and ``timestamp``)."""
+
+    nonce: str
+    timestamp: int
+    signed: bytes
+    signature: str
+
+
+#: how far a proof's time may be from the service's clock, and how long its nonce is remembered
+PROOF_WINDOW_S = 60
+#: nonces remembered at most (a flood needs admitted callers; when full, old ones go first)
+_NONCE_CACHE_SIZE = 65536
+
+
 class CallerGate:
-    """Admits a request when its credential is the one Trustee released for the named caller
-    and its attestation token (chained to the anchor, unexpired, every submod affirming) names
-    that caller's credential in its initdata.
+    """Admits a request when its credential is the one Trustee released for the named caller,
+    its attestation token (chained to the anchor, unexpired, every submod affirming) names that
+    caller's credential in its initdata, and its proof is signed by the key that token attests,
+    within ``PROOF_WINDOW_S`` of the service's clock, with a nonce not seen before: a stolen
+    credential and token are useless without the caller's TEE key, and a proof is good once.
 
     A token's verification is cached for its lifetime (tokens are public evidence; what the
     cache saves is the chain and signature check of a token already seen). Both checks always
@@ -173,9 +193,12 @@ class CallerGate:
         self._clock = clock
         self._credentials: dict[str, bytes] = {}
         self._decoy = hashlib.sha256(trust_anchor_pem).digest()
-        # token -> (exp, the credential URI it names, "" if not affirming): a caller's token is
-        # verified once (chain, signature, claims), then only its expiry is checked again
-        self._verified_tokens: dict[str, tuple[float, str]] = {}
+        # token -> (exp, the credential URI it names, "" if not affirming, its attested key or
+        # None): a caller's token is verified once (chain, signature, claims), then only its
+        # expiry is checked again
+        self._verified_tokens: dict[str, tuple[float, str, Any]] = {}
+        self._nonces: dict[str, float] = {}  # nonce -> when it may be forgotten
+        self._lock = threading.Lock()
         self.refresh()
 
     @property
@@ -199,9 +222,10 @@ class CallerGate:
         self._credentials = fresh  # one assignment: a request sees the old set or the new one
         return refused
 
-    def admits(self, caller: str, credential: bytes, token: str) -> bool:
+    def admits(self, caller: str, credential: bytes, token: str, proof: RequestProof) -> bool:
         from coco_ai.kbs.ear import verify_ear_token
         from coco_ai.kbs.errors import KbsError
+        from coco_ai.workloads.rag_serve.signing import verify_es256
 
         credentials = self._credentials
         expected = credentials.get(caller, self._decoy)
@@ -212,17 +236,56 @@ class CallerGate:
             try:
                 claims = verify_ear_token(token, self._anchor, now=now)
                 named = (claims.init_data_claims() or {}).get(CALLER_KEY)
-                verified = (claims.expires_at, str(named) if claims.all_affirming() else "")
+                verified = (
+                    claims.expires_at,
+                    str(named) if claims.all_affirming() else "",
+                    _attested_key(claims),
+                )
             except (KbsError, ValueError, TypeError):
-                verified = (0.0, "")
+                verified = (0.0, "", None)
             if len(self._verified_tokens) >= _TOKEN_CACHE_SIZE:
                 self._verified_tokens.clear()
             self._verified_tokens[token] = verified
-        expires_at, named = verified
+        expires_at, named, key = verified
         expected_uri = _credential_uri_or_empty(caller)
         # an empty name (a token naming no caller, or an unusable caller id) never matches
         attested = now < expires_at and bool(named) and hmac.compare_digest(named, expected_uri)
-        return same and attested
+        possessed = (
+            key is not None
+            and abs(now - proof.timestamp) <= PROOF_WINDOW_S
+            and verify_es256(key, proof.signed, proof.signature)
+        )
+        return same and attested and possessed and self._first_use(proof.nonce, now)
+
+    def _first_use(self, nonce: str, now: float) -> bool:
+        """Remember an admitted request's nonce for the proof window: a replay is refused."""
+        with self._lock:
+            if nonce in self._nonces:
+                return False
+            if len(self._nonces) >= _NONCE_CACHE_SIZE:
+                for old in [n for n, until in self._nonces.items() if until < now]:
+                    del self._nonces[old]
+                while len(self._nonces) >= _NONCE_CACHE_SIZE:  # all live: the oldest go first
+                    del self._nonces[next(iter(self._nonces))]
+            self._nonces[nonce] = now + 2 * PROOF_WINDOW_S
+            return True
+
+
+def _attested_key(claims):
+    """The caller's attested TEE public key (its token's tee-pubkey, P-256), or None."""
+    from jwcrypto import jwk
+    from jwcrypto.common import JWException
+
+    from coco_ai.kbs.errors import KbsError
+
+    try:
+        attested = claims.tee_pubkey()
+        if attested.get("kty") != "EC" or attested.get("crv") != "P-256":
+            return None
+        key = jwk.JWK(**{k: attested[k] for k in ("kty", "crv", "x", "y")})
+        return key.get_op_key("verify")
+    except (KbsError, KeyError, TypeError, ValueError, JWException):
+        return None
 
 
 def _credential_uri_or_empty(caller: str) -> str:
