@@ -26,15 +26,79 @@ END = "<!-- fault-matrix:end -->"
 
 #: Faults of issue 16 that no test of the tier covers yet.
 NOT_YET = [
-    ("Airflow", "api-server restart while a run is followed", "any"),
-    ("Airflow", "worker killed (beyond the fine-tune)", "each task"),
-    ("Airflow", "task timeout", "each task"),
-    ("Airflow", "run cleared from the UI mid fine-tune", "fine-tune"),
+    ("Airflow", "worker killed", "checkpoint upload"),
+    ("Airflow", "task timeout", "gate, key release, upload, promotion, revoke"),
 ]
 
 #: Faults tested in tiers that need a whole deployment (tests/e2e, tests/distributed): their
 #: outcome is asserted there; the table names the test instead of a measured time.
 OTHER_TIERS = [
+    (
+        "Airflow",
+        "api-server killed (SIGKILL) and restarted while the demo follows a run",
+        "fine-tune",
+        "recovered: the task's Execution API calls and the demo's REST follower ride out the "
+        "outage; one attempt, run promoted",
+        "none (grant revoked)",
+        "none",
+        "tests/e2e/test_airflow_faults.py::"
+        "test_api_server_restart_and_a_cleared_finetune_each_end_in_one_promotion",
+    ),
+    (
+        "Airflow",
+        "running fine-tune cleared over REST/UI (with its downstream tasks)",
+        "fine-tune",
+        "recovered: the running try is terminated (workload stopped), the workload runs again "
+        "under the run's grant; run promoted once",
+        "none (grant revoked by the teardown)",
+        "none",
+        "tests/e2e/test_airflow_faults.py::"
+        "test_api_server_restart_and_a_cleared_finetune_each_end_in_one_promotion",
+    ),
+    (
+        "Airflow",
+        "fine-tune task process killed (SIGKILL to it alone: OOM killer, lost supervisor)",
+        "fine-tune",
+        "failed closed: the workload and its emulator die with it (PR_SET_PDEATHSIG), later "
+        "tasks upstream_failed, teardown revokes",
+        "none (grant revoked)",
+        "none",
+        "tests/e2e/test_airflow_faults.py::"
+        "test_killed_task_processes_and_workload_timeout_each_end_closed",
+    ),
+    (
+        "Airflow",
+        "task process killed (SIGKILL to it alone) in the gate, key release and revoke",
+        "gate, key release, revoke",
+        "recovered: each idempotent step's retry succeeds (grant written again, revoked)",
+        "none (grant revoked by the retry)",
+        "none",
+        "tests/e2e/test_airflow_faults.py::"
+        "test_killed_task_processes_and_workload_timeout_each_end_closed",
+    ),
+    (
+        "Airflow",
+        "execution_timeout on the workload",
+        "fine-tune",
+        "failed closed: the task fails 'Process timed out', the workload is stopped, later "
+        "tasks upstream_failed, teardown revokes",
+        "none (grant revoked)",
+        "none",
+        "tests/e2e/test_airflow_faults.py::"
+        "test_killed_task_processes_and_workload_timeout_each_end_closed",
+    ),
+    (
+        "Airflow",
+        "promotion process killed (SIGKILL) before registering, between registering and the "
+        "alias move, or after it",
+        "promotion",
+        "failed closed: the alias stays on the champion (or has moved whole); the retry "
+        "(task cleared) finishes it with one new version",
+        "n/a (revoke_keys runs as usual)",
+        "a version marked coco-ai.alias_pending, never served, until the retry",
+        "tests/promotion/test_promotion_crash.py::"
+        "test_a_promotion_killed_mid_registration_is_finished_by_its_retry",
+    ),
     (
         "Airflow",
         "run marked failed over REST/UI mid fine-tune",

@@ -104,6 +104,10 @@ class AirflowSettings:
                 "AIRFLOW__CORE__PARALLELISM": str(self.parallelism),
                 "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "False",
                 "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{self.base_url}/execution/",
+                # A task starting while the api-server restarts (~40 s on 2 cores) must ride it
+                # out: the default 5 attempts (randomised exponential waits, ~15 s at most)
+                # fail the task before it runs; 10 wait ~2.5 min on average.
+                "AIRFLOW__WORKERS__EXECUTION_API_RETRIES": "10",
                 "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": f"{self.username}:admin",
                 "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(self.passwords_file),
                 "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": db,
@@ -289,10 +293,22 @@ class AirflowRestClient:
         self.request("PATCH", f"/api/v2/dags/{dag_id}", json={"is_paused": False})
 
     def trigger(self, dag_id: str, conf: Mapping[str, Any], note: str | None = None) -> dict:
-        body: dict[str, Any] = {"logical_date": None, "conf": dict(conf)}
+        """Start a run. Its id is chosen here (``manual__<UTC time>-<random>``, Airflow's own
+        form plus a suffix no other trigger picks), which makes the POST safe to repeat: a
+        trigger whose answer was lost (api-server restarting, 5xx after the commit) is sent
+        again, and a repeat that finds the run (409) returns it."""
+        from datetime import UTC, datetime
+
+        run_id = f"manual__{datetime.now(UTC).isoformat()}-{secrets.token_hex(3)}"
+        body: dict[str, Any] = {"dag_run_id": run_id, "logical_date": None, "conf": dict(conf)}
         if note:
             body["note"] = note
-        return self.request("POST", f"/api/v2/dags/{dag_id}/dagRuns", json=body)
+        try:
+            return self.request("POST", f"/api/v2/dags/{dag_id}/dagRuns", json=body, retry=True)
+        except AirflowApiError as exc:
+            if exc.status != 409:
+                raise
+            return self.dag_run(dag_id, run_id)
 
     def dag_run(self, dag_id: str, run_id: str) -> dict:
         return self.request("GET", f"/api/v2/dags/{dag_id}/dagRuns/{quote(run_id, safe='')}")

@@ -19,6 +19,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+from coco_ai.devstack.airflow import AirflowApiError
+from coco_ai.devstack.processes import ServiceError
 from coco_ai.devstack.stack import DAG_ID, RUN_KEY_ROOT_FILE, StackInfo
 
 TASKS = (
@@ -32,6 +34,10 @@ TASKS = (
 _FINAL = ("success", "failed")
 FINETUNE_TASK = "confidential_finetune"
 PROGRESS_POLL_S = 2.0
+#: How long a follower keeps following while the api-server does not answer (each REST call
+#: already retries for ~16 s): a restarted api-server is back well within it, the run goes on
+#: meanwhile (the scheduler and workers do not need the follower).
+API_OUTAGE_S = 180.0
 
 # The workload's progress line (coco_ai.workloads.finetune.workload), as relayed into the
 # task log: "[finetune] step 12/90 epoch 1 loss 2.3456 tokens/s 812 eta 00:01:05".
@@ -145,19 +151,39 @@ def run_pipeline(
         run_id = run["dag_run_id"]
         progress(f"triggered {DAG_ID} run {run_id} through the REST API")
         seen: dict[str, str] = {}
+        unanswered_since: float | None = None
         while True:
-            dag_run = client.dag_run(DAG_ID, run_id)
-            tis = {ti["task_id"]: ti for ti in client.task_instances(DAG_ID, run_id)}
-            finetune = tis.get(FINETUNE_TASK) or {}
-            if (
-                training is not None
-                and finetune.get("state") == "running"
-                and time.monotonic() - last_log_read >= PROGRESS_POLL_S
-            ):
-                last_log_read = time.monotonic()
-                log = client.task_log(DAG_ID, run_id, FINETUNE_TASK, finetune["try_number"])
-                if (now := latest_progress(log)) is not None:
-                    training(now)
+            try:
+                dag_run = client.dag_run(DAG_ID, run_id)
+                tis = {ti["task_id"]: ti for ti in client.task_instances(DAG_ID, run_id)}
+                finetune = tis.get(FINETUNE_TASK) or {}
+                if (
+                    training is not None
+                    and finetune.get("state") == "running"
+                    and time.monotonic() - last_log_read >= PROGRESS_POLL_S
+                ):
+                    last_log_read = time.monotonic()
+                    log = client.task_log(DAG_ID, run_id, FINETUNE_TASK, finetune["try_number"])
+                    if (now := latest_progress(log)) is not None:
+                        training(now)
+            except (ServiceError, AirflowApiError) as exc:
+                if isinstance(exc, AirflowApiError) and exc.status < 500:
+                    raise
+                if unanswered_since is None:
+                    unanswered_since = time.monotonic()
+                    progress(f"the Airflow api-server does not answer ({exc}); still following")
+                elif time.monotonic() - unanswered_since > API_OUTAGE_S:
+                    raise ServiceError(
+                        f"the Airflow api-server at {info.api_url} has not answered for "
+                        f"{time.monotonic() - unanswered_since:.0f} s while following run "
+                        f"{run_id}; the run itself may still go on: {exc}"
+                    ) from exc
+                time.sleep(1)
+                continue
+            if unanswered_since is not None:
+                down_s = time.monotonic() - unanswered_since
+                progress(f"the Airflow api-server answers again (after {down_s:.0f} s)")
+                unanswered_since = None
             for task_id in TASKS:
                 state = (tis.get(task_id) or {}).get("state") or "none"
                 if seen.get(task_id) != state:

@@ -279,7 +279,10 @@ def _check_challenger(
     owner policy, a challenger whose champion metric is worse than the served champion's."""
     reasons = []
     earlier = find_model_version(name, evidence.manifest_digest, registry_uri=registry_uri)
-    if earlier is not None:
+    # A version still waiting for the alias was registered by a promotion of this manifest
+    # that was killed before moving the alias: finishing it is no rollback (the champion rule
+    # below still applies).
+    if earlier is not None and not earlier.alias_pending:
         reasons.append(
             f"rollback: this checkpoint is already version {earlier.version} of {name}; "
             "moving the serving alias back to it is refused"

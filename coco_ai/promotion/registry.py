@@ -5,6 +5,11 @@ metrics); it never sees a key or plaintext. A version is keyed by its manifest d
 the same manifest again returns the existing version instead of creating a duplicate, so a retried
 promotion is harmless. Callers register only after verification and signing succeeded
 (`coco_ai.promotion.promote` enforces that order).
+
+Creating a version and moving the alias to it are two registry calls; a version is created with
+the tag ``coco-ai.alias_pending`` (the alias it is to get), removed once the alias points at it.
+A promotion killed between the two leaves the tag, so its retry can tell an interrupted
+registration (finish it) from a replay of a version that was served and replaced (a rollback).
 """
 
 from __future__ import annotations
@@ -25,6 +30,8 @@ from coco_ai.promotion.errors import RegistryError
 TAG_PREFIX = "coco-ai."
 METRIC_TAG_PREFIX = TAG_PREFIX + "metric."
 MANIFEST_DIGEST_TAG = TAG_PREFIX + "manifest_digest"
+#: on a version whose registration has not yet moved the alias to it (see the module docstring)
+ALIAS_PENDING_TAG = TAG_PREFIX + "alias_pending"
 DEFAULT_ALIAS = "serving"
 REGISTRY_URI_ENV = "COCO_AI_REGISTRY_URI"
 HOME_ENV = "COCO_AI_HOME"
@@ -40,6 +47,11 @@ class RegisteredVersion:
     source: str
     tags: dict[str, str]
     aliases: tuple[str, ...]
+
+    @property
+    def alias_pending(self) -> bool:
+        """Registered by a promotion that stopped before moving the alias to it."""
+        return ALIAS_PENDING_TAG in self.tags
 
 
 def default_registry_uri() -> str:
@@ -131,6 +143,7 @@ def register_model_version(
 
     Idempotent on the manifest digest: the same manifest returns the version already registered
     (its tags refreshed to `provenance`, e.g. a new signature digest) and moves `alias` to it.
+    A new version carries ``ALIAS_PENDING_TAG`` until the alias points at it.
     """
     from mlflow.exceptions import MlflowException
 
@@ -156,12 +169,14 @@ def register_model_version(
             created = client.create_model_version(
                 name,
                 source=checkpoint_uri,
-                tags=tags,
+                tags={**tags, ALIAS_PENDING_TAG: alias},
                 description="Attested, verified and signed by coco_ai.promotion",
             )
             version = int(created.version)
         if alias:
             client.set_registered_model_alias(name, alias, str(version))
+        if existing is None or existing.alias_pending:
+            client.delete_model_version_tag(name, str(version), ALIAS_PENDING_TAG)
     except MlflowException as exc:
         raise RegistryError(f"model registry refused {name!r}: {exc.message}") from None
     return name, version

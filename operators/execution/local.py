@@ -77,6 +77,26 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _die_with_task_process(parent_pid: int):
+    """A ``preexec_fn``: the child gets SIGKILL when the task process that started it dies.
+
+    The TEE processes run in sessions of their own (so ``_stop`` can signal each whole tree),
+    out of reach of the signals that stop the task process; without this, a task process
+    killed outright (SIGKILL after its grace period, the OOM killer, its worker lost) would
+    leave the workload training on with the run's keys.
+    """
+
+    def preexec() -> None:
+        import ctypes
+
+        pr_set_pdeathsig = 1
+        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
+        if os.getppid() != parent_pid:  # the parent died before the line above
+            os._exit(1)
+
+    return preexec
+
+
 def _stop(proc: subprocess.Popen | None, grace_s: float = 10.0) -> None:
     if proc is None or proc.poll() is not None:
         return
@@ -101,6 +121,7 @@ def _start_emulator(initdata_path: Path, gpus: int, log_path: Path) -> tuple[sub
             stdin=subprocess.DEVNULL,
             env=tee_environment(),
             start_new_session=True,
+            preexec_fn=_die_with_task_process(os.getpid()),
         )
     deadline = time.monotonic() + _EMULATOR_START_TIMEOUT_S
     while time.monotonic() < deadline:
@@ -125,7 +146,9 @@ class LocalRun:
     ``run()`` starts the emulator with the run's initdata (so Trustee sees the run's initdata
     digest and ``sample``/``sampledevice`` evidence), then ``python -m <module> --config F``,
     streams its output to ``log`` and raises LocalWorkloadError on failure or past the
-    deadline. ``kill()`` (the task was killed or marked failed) stops both processes.
+    deadline. ``kill()`` (the task was killed, timed out, marked failed or cleared) stops both
+    processes and keeps the run from starting any more; should the task process die without
+    calling it, both processes die with it (``_die_with_task_process``).
     """
 
     def __init__(
@@ -151,6 +174,7 @@ class LocalRun:
         self.deadline_s = deadline_s
         self.log = log
         self._procs: list[subprocess.Popen] = []
+        self._killed = False
 
     def run(self) -> None:
         root = Path(setting("local_workdir") or tempfile.gettempdir()) / "coco-ai-local"
@@ -162,6 +186,7 @@ class LocalRun:
         emulator, url = _start_emulator(initdata_path, self.gpus, run_dir / "emulator.log")
         self._procs.append(emulator)
         try:
+            self._raise_if_killed()
             config_path = run_dir / "workload.json"
             config_path.write_text(
                 json.dumps({**self.config, "guest_api_url": url}, indent=2, sort_keys=True)
@@ -172,9 +197,17 @@ class LocalRun:
             self.kill()
 
     def kill(self) -> None:
+        self._killed = True
         for proc in reversed(self._procs):
             _stop(proc, grace_s=5)
         self._procs.clear()
+
+    def _raise_if_killed(self) -> None:
+        # kill() runs from a signal handler (the task's on_kill) and may come while a process
+        # is being started, before it is in _procs: stop what started since, start nothing more
+        if self._killed:
+            self.kill()
+            raise LocalWorkloadError("the task was killed; the workload was stopped")
 
     def _run_streaming(self, argv: list[str]) -> None:
         proc = subprocess.Popen(
@@ -184,10 +217,12 @@ class LocalRun:
             stdin=subprocess.DEVNULL,
             env=tee_environment(),
             start_new_session=True,
+            preexec_fn=_die_with_task_process(os.getpid()),
             text=True,
             bufsize=1,
         )
         self._procs.append(proc)
+        self._raise_if_killed()
         expired = threading.Event()
 
         def _expire() -> None:
