@@ -313,3 +313,79 @@ def test_partially_written_checkpoint_is_never_uploaded(
         keys_left="n/a",
         artefacts_left="none at the destination",
     )
+
+
+# The upload task's process, killed outright (SIGKILL: the OOM killer, a lost worker) or reaching
+# its execution_timeout (Airflow's own SIGALRM timeout, as the Task SDK's runner applies it; the
+# process then exits 3) right after its first part reached the store: the same transfer a task's
+# attempt runs.
+_INTERRUPTED_MID_UPLOAD = textwrap.dedent(
+    """
+    import json, os, signal, sys, time
+    from airflow.sdk.exceptions import AirflowTaskTimeout
+    from airflow.sdk.execution_time.timeout import timeout
+    from coco_ai.crypto.transfer import copy_checkpoint
+    from coco_ai.storage.store import PART_UPLOADED
+
+    src, uri, options, how = sys.argv[1], sys.argv[2], json.loads(sys.argv[3]), sys.argv[4]
+
+    def progress(event):
+        if event.kind == PART_UPLOADED and event.part == 1:
+            if how == "kill":
+                os.kill(os.getpid(), signal.SIGKILL)
+            with timeout(1):  # the deadline passes while the next part is on its way
+                time.sleep(600)
+
+    try:
+        copy_checkpoint(src, uri, dst_options=options, on_progress=progress)
+    except AirflowTaskTimeout:
+        sys.exit(3)
+    """
+)
+
+
+@pytest.mark.parametrize("how", ["kill", "timeout"])
+def test_upload_process_interrupted_mid_transfer_and_its_retry_resumes(
+    ckpt_dir, bucket, s3_admin, moto_endpoint, matrix, how
+):
+    import subprocess
+
+    uri = f"s3://{bucket}/runs/interrupted"
+    options = {**_options(moto_endpoint), **PARTS}
+    clock = Stopwatch()
+    argv = [str(ckpt_dir), uri, json.dumps(options), how]
+    proc = subprocess.run(
+        [sys.executable, "-c", _INTERRUPTED_MID_UPLOAD, *argv],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == (-9 if how == "kill" else 3), proc.stderr
+    # a reader sees no checkpoint; the started multipart upload is kept for the retry
+    assert not is_complete(uri, **_options(moto_endpoint))
+    with pytest.raises(IncompleteCheckpointError):
+        read_manifest(open_store(uri, **_options(moto_endpoint)))
+    assert len(_open_uploads(s3_admin, bucket)) == 1
+    events = recorder()
+    manifest = _copy(ckpt_dir, uri, moto_endpoint, events)  # the task's next attempt
+    elapsed = clock.elapsed()
+    parts = {
+        k: [e.part for e in events.events if e.kind == k] for k in (PART_REUSED, PART_UPLOADED)
+    }
+    assert parts == {PART_REUSED: [1], PART_UPLOADED: [2, 3]}
+    verify_objects(open_store(uri, **_options(moto_endpoint)), manifest)
+    assert _open_uploads(s3_admin, bucket) == []
+    matrix(
+        component="Airflow",
+        fault=(
+            "upload task process killed (SIGKILL) after its first part"
+            if how == "kill"
+            else "upload task's execution_timeout passed after its first part"
+        ),
+        step="checkpoint upload (S3 multipart)",
+        outcome="failed closed (no manifest, nothing readable); the retry resumes (1 of 3 parts "
+        "reused)",
+        recover_s=elapsed,
+        keys_left="n/a (the upload holds no key)",
+        artefacts_left="one open multipart upload until the retry (or the sweep)",
+    )

@@ -385,3 +385,50 @@ def test_key_fetch_through_a_slow_trustee(guest, kbs_proxy, matrix):
         keys_left="none",
         artefacts_left="none",
     )
+
+
+# -- execution_timeout in the steps that talk to Trustee ----------------------------------------
+
+
+def _timed_out(operator, context: dict) -> None:
+    """``operator.execute`` under Airflow's own timeout (SIGALRM raising AirflowTaskTimeout, then
+    ``on_kill``, as the Task SDK's runner applies ``execution_timeout``); it must time out."""
+    from airflow.sdk.exceptions import AirflowTaskTimeout
+    from airflow.sdk.execution_time.timeout import timeout
+
+    with pytest.raises(AirflowTaskTimeout), timeout(0.5):
+        operator.execute(context)
+    operator.on_kill()
+
+
+@pytest.mark.parametrize("step", ["attestation gate", "key release", "revoke"])
+def test_execution_timeout_in_a_trustee_step_and_its_retry(trustee, conn, inputs, matrix, step):
+    """Trustee answers slowly (0.8 s a request, under the client's 1 s timeout) and the task's
+    deadline (0.5 s) passes mid-request: the timeout is not swallowed by the client's retries, and
+    the step's retry (Trustee fast again) completes it; nothing is left granted."""
+    run = f"timeout-{step.split()[0]}"
+    make = {"attestation gate": _gate, "key release": lambda: _key_release(inputs)}
+    if step == "revoke":
+        _granted(trustee, conn, inputs, run)
+    conn.delay = 0.8
+    operator = _revoke() if step == "revoke" else make[step]()
+    _timed_out(operator, _context(run))
+    conn.clear()
+    conn.wait_idle()  # a request the timeout abandoned has reached Trustee (or failed) by now
+    clock = Stopwatch()
+    retry = _revoke() if step == "revoke" else make[step]()
+    retry.execute(_context(run))
+    elapsed = clock.elapsed()
+    if step == "key release":
+        assert _grant(trustee, run) is not None
+        _revoke().execute(_context(run))  # what revoke_keys (all_done) does at the end
+    assert _grant(trustee, run) is None
+    matrix(
+        component="Airflow",
+        fault="execution_timeout passed mid-request (Trustee slow: 0.8 s a request)",
+        step=step if step != "revoke" else "revoke_keys",
+        outcome="failed closed (AirflowTaskTimeout, on_kill); the retry completes the step",
+        recover_s=elapsed,
+        keys_left="none (grant revoked)" if step != "attestation gate" else "none",
+        artefacts_left="none",
+    )

@@ -22,18 +22,27 @@ HERE = Path(__file__).resolve().parent
 
 
 @pytest.mark.parametrize(
-    ("crash_at", "registered_before_retry"),
+    ("crash_at", "registered_before_retry", "how"),
     [
         # record and signature written, nothing registered yet
-        ("create_model_version", False),
+        ("create_model_version", False, "kill"),
         # the version registered, the alias not yet moved to it
-        ("set_registered_model_alias", True),
+        ("set_registered_model_alias", True, "kill"),
+        # ... and the same point reached by the task's execution_timeout instead of a kill
+        ("set_registered_model_alias", True, "timeout"),
         # the alias moved, the pending mark not yet cleared
-        ("delete_model_version_tag", True),
+        ("delete_model_version_tag", True, "kill"),
     ],
 )
 def test_a_promotion_killed_mid_registration_is_finished_by_its_retry(
-    crash_at, registered_before_retry, checkpoints, initdata, owner_policy, promotion_keys, tmp_path
+    crash_at,
+    registered_before_retry,
+    how,
+    checkpoints,
+    initdata,
+    owner_policy,
+    promotion_keys,
+    tmp_path,
 ):
     registry = sqlite_registry_uri(tmp_path / "registry" / "mlflow.db")
     common = {
@@ -48,12 +57,13 @@ def test_a_promotion_killed_mid_registration_is_finished_by_its_retry(
     args.write_bytes(pickle.dumps({"checkpoint_uri": challenger, **common}))
 
     crashed = subprocess.run(
-        [sys.executable, str(HERE / "crash_promote.py"), str(args), crash_at],
+        [sys.executable, str(HERE / "crash_promote.py"), str(args), crash_at, how],
         capture_output=True,
         text=True,
         timeout=300,
     )
-    assert crashed.returncode == -signal.SIGKILL, crashed.stderr[-3000:]
+    expected = -signal.SIGKILL if how == "kill" else 3  # crash_promote.TIMED_OUT
+    assert crashed.returncode == expected, crashed.stderr[-3000:]
 
     versions = {v.version: v for v in model_versions(MODEL, registry_uri=registry)}
     assert sorted(versions) == ([1, 2] if registered_before_retry else [1])
