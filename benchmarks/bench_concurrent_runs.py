@@ -71,7 +71,7 @@ def measure_level(stack, count: int, datasets: list[dict]) -> dict:
     watched = {"scheduler": pids["airflow-scheduler"], "trustee": pids["trustee"]}
     cpu0 = {name: _tree_cpu_s(pid) for name, pid in watched.items()}
     machine0 = _machine_cpu_s()
-    versions_before = {v.version for v in stack.registry_versions()}
+    versions_before = stack.versions_by_name()
     releases_before = len(StateDir(stack.info.trustee_state_dir).releases())
 
     start = time.monotonic()

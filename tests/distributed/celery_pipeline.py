@@ -1,6 +1,6 @@
-"""The pipeline DAG on a CeleryExecutor deployment: the stack, and the checks that concurrent runs
-stayed apart. Shared by tests/distributed/test_target_dag.py and
-benchmarks/bench_concurrent_runs.py."""
+"""The pipeline DAGs on a CeleryExecutor deployment: the stack, and the checks that concurrent
+runs (fine-tunes and RAG indexings, mixed) stayed apart. Shared by
+tests/distributed/test_target_dag.py and benchmarks/bench_concurrent_runs.py."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import os
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from coco_ai.devstack import DAG_ID, DevStack, StackInfo, stop_stack
@@ -38,20 +38,24 @@ class CeleryStack:
     info: StackInfo
     client: AirflowRestClient
     workers: CeleryWorkers
+    dag_of: dict[str, str] = field(default_factory=dict)  # dag run id -> its DAG
 
     def log_tail(self) -> str:
         assert self.devstack.deployment is not None
         return components_log_tail(self.devstack.deployment)
 
-    def trigger(self, conf: dict) -> str:
-        return self.client.trigger(DAG_ID, conf)["dag_run_id"]
+    def trigger(self, conf: dict, dag_id: str = DAG_ID) -> str:
+        run_id = self.client.trigger(dag_id, conf)["dag_run_id"]
+        self.dag_of[run_id] = dag_id
+        return run_id
 
     def finish(self, run_id: str, timeout: float = TIMEOUT) -> tuple[str, dict[str, dict]]:
         """Wait for the run and for its teardown (the key revocation) to be final."""
-        state = wait_run(self.client, DAG_ID, run_id, timeout, diagnostics=self.log_tail)
+        dag_id = self.dag_of.get(run_id, DAG_ID)
+        state = wait_run(self.client, dag_id, run_id, timeout, diagnostics=self.log_tail)
         final = ("success", "failed", "upstream_failed", "skipped")
-        wait_task(self.client, DAG_ID, run_id, "revoke_keys", final, 120, self.log_tail)
-        tis = index_task_instances(self.client.task_instances(DAG_ID, run_id))
+        wait_task(self.client, dag_id, run_id, "revoke_keys", final, 120, self.log_tail)
+        tis = index_task_instances(self.client.task_instances(dag_id, run_id))
         return state, tis
 
     def resource(self, path: str) -> bytes | None:
@@ -61,17 +65,32 @@ class CeleryStack:
         record = StateDir(self.info.trustee_state_dir).get_resource(path)
         return record.data if record else None
 
-    def registry_versions(self) -> list:
+    @property
+    def registered_names(self) -> dict[str, str]:
+        """The registered name of each workload kind's promoted outputs."""
+        return {
+            "finetune": self.info.registered_model_name,
+            "rag_index": self.info.registered_index_name,
+        }
+
+    def registry_versions(self, name: str | None = None) -> list:
         from coco_ai.promotion import model_versions
 
-        return model_versions(self.info.registered_model_name, registry_uri=self.info.registry_uri)
+        name = name or self.info.registered_model_name
+        return model_versions(name, registry_uri=self.info.registry_uri)
 
-    def serving_version(self):
+    def versions_by_name(self) -> dict[str, set[int]]:
+        """Every registered name's versions now (what a test compares the runs' promotions to)."""
+        return {
+            name: {v.version for v in self.registry_versions(name)}
+            for name in self.registered_names.values()
+        }
+
+    def serving_version(self, name: str | None = None):
         from coco_ai.promotion import version_by_alias
 
-        return version_by_alias(
-            self.info.registered_model_name, "serving", registry_uri=self.info.registry_uri
-        )
+        name = name or self.info.registered_model_name
+        return version_by_alias(name, "serving", registry_uri=self.info.registry_uri)
 
 
 @contextmanager
@@ -154,32 +173,38 @@ def cross_run_problems(
     stack: CeleryStack,
     outcomes: dict[str, tuple[str, dict[str, dict]]],
     releases: list[dict],
-    versions_before: set[int],
+    versions_before: dict[str, set[int]],
 ) -> list[str]:
-    """Every way concurrent runs could have leaked into each other, as readable findings."""
+    """Every way concurrent runs — of either pipeline DAG — could have leaked into each other,
+    as readable findings. ``versions_before``: :meth:`CeleryStack.versions_by_name` before."""
     client = stack.client
     problems: list[str] = []
     refs_of = {}  # coco run id -> its references
-    promoted = []  # (version, created_at) of what each run promoted
+    promoted: dict[str, list[int]] = {name: [] for name in versions_before}
     for dag_run_id, (state, tis) in outcomes.items():
+        dag_id = stack.dag_of.get(dag_run_id, DAG_ID)
         summary = {task_id: ti["state"] for task_id, ti in tis.items()}
-        refs = RunRefs.from_xcom(client.xcom(DAG_ID, dag_run_id, "key_release"))
+        refs = RunRefs.from_xcom(client.xcom(dag_id, dag_run_id, "key_release"))
         refs_of[refs.run_id] = refs
         if summary.get("revoke_keys") != "success" or stack.resource(refs.grant.url_path()):
             problems.append(f"{dag_run_id}: grant not revoked ({summary})")
         if summary.get("attested_promotion") != "success":
-            # The champion rule may refuse a run whose checkpoint is older than one already
+            # The champion rule may refuse a run whose output is older than one already
             # served (a rollback): that is the only acceptable failure.
             log = stack.log_tail()
-            if state != "failed" or summary.get("confidential_finetune") != "success":
+            workload_task = f"confidential_{refs.workload}"
+            if state != "failed" or summary.get(workload_task) != "success":
                 problems.append(f"{dag_run_id}: failed before promotion: {summary}\n{log}")
             continue
-        result = client.xcom(DAG_ID, dag_run_id, "attested_promotion")
+        result = client.xcom(dag_id, dag_run_id, "attested_promotion")
         if result["run_id"] != refs.run_id:
             problems.append(f"{dag_run_id}: promoted run {result['run_id']}, not {refs.run_id}")
         if f"/{refs.run_id}" not in result["checkpoint_uri"]:
             problems.append(f"{dag_run_id}: promoted {result['checkpoint_uri']}")
-        promoted.append(result["version"])
+        name = stack.registered_names[refs.workload]
+        if result["model_name"] != name:
+            problems.append(f"{dag_run_id}: a {refs.workload} output registered as {name}")
+        promoted.setdefault(name, []).append(result["version"])
 
     run_claim = "io.coco-ai.run-id"
     for entry in releases:
@@ -199,21 +224,23 @@ def cross_run_problems(
         if not any(e["path"] == refs.grant.url_path() for e in releases):
             problems.append(f"run {run_id}'s own grant was never released to it")
 
-    created = {
-        v.version: float(v.tags["coco-ai.created_at"])
-        for v in stack.registry_versions()
-        if v.version not in versions_before
-    }
-    if sorted(promoted) != sorted(created):
-        problems.append(f"registry gained versions {sorted(created)}, runs promoted {promoted}")
-    if not promoted:
+    if not any(promoted.values()):
         problems.append("no run promoted")
-    # Monotonic: a higher version always holds a newer checkpoint, and the alias ends on the
-    # highest.
-    in_version_order = [created[v] for v in sorted(created)]
-    if in_version_order != sorted(in_version_order):
-        problems.append(f"a newer version holds an older checkpoint: {created}")
-    served = stack.serving_version()
-    if promoted and (served is None or served.version != max(promoted)):
-        problems.append(f"serving alias on {served and served.version}, not {max(promoted)}")
+    for name, versions in promoted.items():
+        created = {
+            v.version: float(v.tags["coco-ai.created_at"])
+            for v in stack.registry_versions(name)
+            if v.version not in versions_before.get(name, set())
+        }
+        if sorted(versions) != sorted(created):
+            problems.append(f"{name} gained versions {sorted(created)}, runs promoted {versions}")
+        # Monotonic: a higher version always holds a newer output, and the alias ends on the
+        # highest.
+        in_version_order = [created[v] for v in sorted(created)]
+        if in_version_order != sorted(in_version_order):
+            problems.append(f"{name}: a newer version holds an older output: {created}")
+        served = stack.serving_version(name)
+        if versions and (served is None or served.version != max(versions)):
+            on = served and served.version
+            problems.append(f"{name}: serving alias on {on}, not {max(versions)}")
     return problems

@@ -140,10 +140,12 @@ def _wait_for_workload(workers: CeleryWorkers, timeout: float = 120.0) -> int:
 
 
 def test_concurrent_runs_never_share_keys_or_checkpoints(celery_stack: CeleryStack) -> None:
-    """COCO_CONCURRENT_RUNS runs (default 4; benchmarks/bench_concurrent_runs.py runs 20) on
-    two data-set versions at once: each TEE receives only its own run's grant and its own data
-    set's key (Trustee's release audit), each promotion is its own run's checkpoint, every grant
-    is revoked, and the serving alias only ever moves to newer versions."""
+    """COCO_CONCURRENT_RUNS runs (default 4; benchmarks/bench_concurrent_runs.py runs 20) at
+    once, mixed: fine-tunes on two data-set versions and a RAG indexing: each TEE receives only
+    its own run's grant and its own input's key (Trustee's release audit), each promotion is its
+    own run's output under its kind's registered name, every grant is revoked, and each serving
+    alias only ever moves to newer versions."""
+    from coco_ai.devstack.stack import RAG_DAG_ID
     from coco_ai.trustee_dev.state import StateDir
 
     count = int(os.environ.get("COCO_CONCURRENT_RUNS", "4"))
@@ -152,10 +154,15 @@ def test_concurrent_runs_never_share_keys_or_checkpoints(celery_stack: CelerySta
         "dataset_uri": celery_stack.info.dataset_uri,
         "dataset_key_uri": celery_stack.info.dataset_key_uri,
     }
-    versions_before = {v.version for v in celery_stack.registry_versions()}
+    versions_before = celery_stack.versions_by_name()
     releases_before = len(StateDir(celery_stack.info.trustee_state_dir).releases())
 
-    runs = [celery_stack.trigger({**DAG_CONF, **(first, second)[i % 2]}) for i in range(count)]
+    def start(i: int) -> str:
+        if i % 3 == 2:  # every third run indexes the stack's document repository
+            return celery_stack.trigger({}, RAG_DAG_ID)
+        return celery_stack.trigger({**DAG_CONF, **(first, second)[i % 3]})
+
+    runs = [start(i) for i in range(count)]
     outcomes = {run_id: celery_stack.finish(run_id) for run_id in runs}
 
     releases = StateDir(celery_stack.info.trustee_state_dir).releases()[releases_before:]

@@ -390,21 +390,36 @@ def test_key_fetch_through_a_slow_trustee(guest, kbs_proxy, matrix):
 # -- execution_timeout in the steps that talk to Trustee ----------------------------------------
 
 
-def _timed_out(operator, context: dict) -> None:
-    """``operator.execute`` under Airflow's own timeout (SIGALRM raising AirflowTaskTimeout, then
-    ``on_kill``, as the Task SDK's runner applies ``execution_timeout``); it must time out."""
+def _timed_out(operator, context: dict, monkeypatch) -> None:
+    """``operator.execute`` whose deadline passes while its first Trustee request is in flight:
+    Airflow's own timeout (SIGALRM raising AirflowTaskTimeout, then ``on_kill``, as the Task
+    SDK's runner applies ``execution_timeout``), armed as that request starts so that where it
+    fires does not depend on the box's load. It must surface as a timeout."""
     from airflow.sdk.exceptions import AirflowTaskTimeout
     from airflow.sdk.execution_time.timeout import timeout
 
-    with pytest.raises(AirflowTaskTimeout), timeout(0.5):
+    from coco_ai.kbs import client
+
+    send = client._Http.request
+
+    def deadline_mid_request(self, *args, **kwargs):
+        monkeypatch.setattr(client._Http, "request", send)  # the first request only
+        with timeout(0.3):
+            return send(self, *args, **kwargs)
+
+    monkeypatch.setattr(client._Http, "request", deadline_mid_request)
+    with pytest.raises(AirflowTaskTimeout):
         operator.execute(context)
+    monkeypatch.setattr(client._Http, "request", send)
     operator.on_kill()
 
 
 @pytest.mark.parametrize("step", ["attestation gate", "key release", "revoke"])
-def test_execution_timeout_in_a_trustee_step_and_its_retry(trustee, conn, inputs, matrix, step):
+def test_execution_timeout_in_a_trustee_step_and_its_retry(
+    trustee, conn, inputs, matrix, step, monkeypatch
+):
     """Trustee answers slowly (0.8 s a request, under the client's 1 s timeout) and the task's
-    deadline (0.5 s) passes mid-request: the timeout is not swallowed by the client's retries, and
+    deadline passes mid-request: the timeout is not swallowed by the client's retries, and
     the step's retry (Trustee fast again) completes it; nothing is left granted."""
     run = f"timeout-{step.split()[0]}"
     make = {"attestation gate": _gate, "key release": lambda: _key_release(inputs)}
@@ -412,7 +427,7 @@ def test_execution_timeout_in_a_trustee_step_and_its_retry(trustee, conn, inputs
         _granted(trustee, conn, inputs, run)
     conn.delay = 0.8
     operator = _revoke() if step == "revoke" else make[step]()
-    _timed_out(operator, _context(run))
+    _timed_out(operator, _context(run), monkeypatch)
     conn.clear()
     conn.wait_idle()  # a request the timeout abandoned has reached Trustee (or failed) by now
     clock = Stopwatch()
