@@ -57,7 +57,8 @@ import time
 from pathlib import Path
 
 MIB = 1024 * 1024
-# moto's server moves ~10-30 MB/s on the shared 2-CPU machine: S3 memory figures stop at 1 GiB
+# moto's server moves ~10-30 MB/s on the shared 2-CPU machine: by default S3 memory figures
+# stop at 1 GiB (--s3-memory-max-mib 4096 adds the 4 GiB one, minutes)
 S3_MEMORY_MAX = 1024 * MIB
 KEY_URI = "kbs:///bench/checkpoint/key"
 CTX = {"kind": "checkpoint-file", "run_id": "bench", "checkpoint_id": "b", "path": "w"}
@@ -450,8 +451,26 @@ class _MotoServer:
         self._proc.wait(timeout=30)
 
 
-def _headline(total: int, files: int, segment: int, repeat: int, workdir: Path, s3) -> dict:
-    """The product's path with its digests against raw AES-GCM and a plain copy / upload."""
+def _fsync_tree(root: Path) -> None:
+    """Every file under `root` on the disk (the durable variants' last step)."""
+    for path in root.rglob("*"):
+        if path.is_file():
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+
+
+def _headline(
+    total: int, files: int, segment: int, repeat: int, workdir: Path, s3, *, durable: bool
+) -> dict:
+    """The product's path with its digests against raw AES-GCM and a plain copy / upload.
+
+    Every variant writes a fresh output, removed after it outside the timing, followed by a
+    `sync` (also outside), so no variant pays for another's page-cache writeback; the order of
+    the variants is reversed every other round. With `durable` the file-to-file variants end
+    with an fsync of everything they wrote (timed): the disk-bound figure."""
     from coco_ai.crypto.checkpoint import (
         decrypt_checkpoint,
         encrypt_checkpoint,
@@ -463,58 +482,69 @@ def _headline(total: int, files: int, segment: int, repeat: int, workdir: Path, 
     src = _model_dir(workdir / "hl-model", total, files, sparse=False)
     kek = os.urandom(32)
     scratch = workdir / "hl-out"
-    rounds = {"n": 0}
-
-    def fresh(name: str) -> Path:
-        p = scratch / name
-        shutil.rmtree(p, ignore_errors=True)
-        return p
-
-    def product_encrypt() -> None:
-        encrypt_checkpoint(
-            src, fresh("ckpt"), kek=kek, key_uri=KEY_URI, run_id="bench", meta={},
-            segment_size=segment,
-        )  # fmt: skip
-
-    def s3_product() -> None:
-        rounds["n"] += 1
-        encrypt_checkpoint_to_store(
-            src, f"s3://bench/stream-{rounds['n']}", kek=kek, key_uri=KEY_URI, run_id="bench",
-            meta={}, segment_size=segment, storage_options=s3.options,
-        )  # fmt: skip
-
-    def s3_local_then_upload() -> None:
-        encrypt_checkpoint(
-            src, fresh("ckpt2"), kek=kek, key_uri=KEY_URI, run_id="bench", meta={},
-            segment_size=segment,
-        )  # fmt: skip
-        upload_checkpoint(scratch / "ckpt2", f"s3://bench/two-step-{rounds['n']}", **s3.options)
-
     scratch.mkdir()
+    # what the decrypt variants and the plain upload read: written once, before the rounds
+    ckpt = scratch / "ckpt"
+    encrypt_checkpoint(
+        src, ckpt, kek=kek, key_uri=KEY_URI, run_id="bench", meta={}, segment_size=segment
+    )
+    out = scratch / "out"
+    n = {"s3": 0}
+
+    def to_file(fn):
+        def run() -> None:
+            fn(out)
+            if durable:
+                _fsync_tree(out)
+
+        return run
+
+    def s3_prefix(kind: str) -> str:  # a new one per upload
+        n["s3"] += 1
+        return f"{kind}-{n['s3']}"
+
+    def encrypt(dst: Path) -> None:
+        encrypt_checkpoint(
+            src, dst, kek=kek, key_uri=KEY_URI, run_id="bench", meta={}, segment_size=segment
+        )
+
     fns = {
-        "copy": lambda: _copy_dir(src, fresh("copy")),
-        "raw_aes_gcm_encrypt": lambda: _raw_encrypt_dir(src, fresh("raw-enc"), segment),
-        "encrypt_checkpoint": product_encrypt,
-        "decrypt_checkpoint": lambda: decrypt_checkpoint(scratch / "ckpt", fresh("dec"), kek=kek),
-        "raw_aes_gcm_decrypt": lambda: _raw_decrypt_ckpt(scratch / "ckpt", fresh("raw-dec"), kek),
-        "copy_ciphertext": lambda: _copy_dir(scratch / "ckpt" / "objects", fresh("copy-ct")),
+        "copy": to_file(lambda dst: _copy_dir(src, dst)),
+        "raw_aes_gcm_encrypt": to_file(lambda dst: _raw_encrypt_dir(src, dst, segment)),
+        "encrypt_checkpoint": to_file(encrypt),
+        "copy_ciphertext": to_file(lambda dst: _copy_dir(ckpt / "objects", dst)),
+        "raw_aes_gcm_decrypt": to_file(lambda dst: _raw_decrypt_ckpt(ckpt, dst, kek)),
+        "decrypt_checkpoint": to_file(lambda dst: decrypt_checkpoint(ckpt, dst, kek=kek)),
     }
     if s3 is not None:
+
+        def s3_product() -> None:
+            encrypt_checkpoint_to_store(
+                src, f"s3://bench/{s3_prefix('stream')}", kek=kek, key_uri=KEY_URI,
+                run_id="bench", meta={}, segment_size=segment, storage_options=s3.options,
+            )  # fmt: skip
+
+        def s3_local_then_upload() -> None:
+            encrypt(out)
+            upload_checkpoint(out, f"s3://bench/{s3_prefix('two-step')}", **s3.options)
+
         fns |= {
             "s3_plain_multipart_upload": lambda: s3.plain_multipart_upload(
-                scratch / "ckpt", f"plain-{rounds['n']}", DEFAULT_PART_SIZE
+                ckpt, s3_prefix("plain"), DEFAULT_PART_SIZE
             ),
             "s3_encrypt_checkpoint_to_store": s3_product,
             "s3_encrypt_then_upload_checkpoint": s3_local_then_upload,
         }
     times: dict[str, list[float]] = {name: [] for name in fns}
-    for _ in range(repeat):
-        for name, fn in fns.items():
+    for r in range(repeat):
+        for name in list(fns) if r % 2 == 0 else list(reversed(fns)):
+            os.sync()
             t0 = time.perf_counter()
-            fn()
+            fns[name]()
             times[name].append(time.perf_counter() - t0)
-        if s3 is not None:
-            s3.empty()
+            shutil.rmtree(out, ignore_errors=True)
+            if s3 is not None and name.startswith("s3_"):
+                s3.empty()
     shutil.rmtree(scratch)
     shutil.rmtree(src)
     report = {
@@ -522,6 +552,7 @@ def _headline(total: int, files: int, segment: int, repeat: int, workdir: Path, 
         "files": files + 1,
         "segment_size": segment,
         "rounds": repeat,
+        "durable": durable,
         "MB_per_s": _mb_per_s(total, times),
         "ratio_encrypt_vs_raw_aes_gcm_to_file": _ratio(
             times, "raw_aes_gcm_encrypt", "encrypt_checkpoint"
@@ -601,7 +632,7 @@ print(json.dumps({"baseline_kib": base, "peak_kib": status("VmHWM"), "seconds": 
 """
 
 
-def _memory(size: int, files: int, workdir: Path, s3) -> dict:
+def _memory(size: int, files: int, workdir: Path, s3, s3_max: int) -> dict:
     """Peak RSS of each operation on a `files`-shard sparse model of `size` bytes, each in a
     fresh process; MB/s beside a plain copy of the same set (sparse: the copy reads holes)."""
     d = workdir / f"mem-{size}"
@@ -609,7 +640,7 @@ def _memory(size: int, files: int, workdir: Path, s3) -> dict:
     _model_dir(d / "plain", size, files, sparse=True)
     env = {**os.environ, "BENCH_KEK": os.urandom(32).hex()}  # benchmark-only throwaway key
     ops = ["encrypt", "verify", "decrypt"]
-    if s3 is not None and size <= S3_MEMORY_MAX:
+    if s3 is not None and size <= s3_max:
         env["BENCH_S3"] = json.dumps(s3.options)
         ops.append("encrypt_to_s3")
     result: dict = {"bytes": size, "files": files + 1}
@@ -648,6 +679,23 @@ def main() -> int:
     ap.add_argument("--repeat", type=int, default=None, help="rounds per throughput figure")
     ap.add_argument("--no-s3", action="store_true", help="skip the S3 (moto server) figures")
     ap.add_argument(
+        "--headline-mib",
+        type=int,
+        default=None,
+        help="size of the headline's model (default 512, quick 64; 4096 for the 4 GiB figure)",
+    )
+    ap.add_argument(
+        "--durable",
+        action="store_true",
+        help="headline file variants end with an fsync of what they wrote (disk-bound figure)",
+    )
+    ap.add_argument(
+        "--s3-memory-max-mib",
+        type=int,
+        default=S3_MEMORY_MAX // MIB,
+        help="largest memory-section size also run into S3 (4096: the 4 GiB figure, minutes)",
+    )
+    ap.add_argument(
         "--sections",
         default="headline,memory,throughput,verify",
         help="comma-separated subset of headline,memory,throughput,verify",
@@ -664,6 +712,7 @@ def main() -> int:
             [64 * MIB, 1024 * MIB, 4096 * MIB],
             args.repeat or 3,
         )
+    hl_size = args.headline_mib * MIB if args.headline_mib else hl_size
     shards = 4
     workdir = Path(tempfile.mkdtemp(prefix="bench-ckpt-", dir=args.workdir))
     s3 = None if args.no_s3 else _MotoServer()
@@ -684,9 +733,12 @@ def main() -> int:
         }
         # memory first: its subprocesses should not fork a parent holding GiB of buffers
         if "memory" in sections:
-            report["memory"] = [_memory(s, shards, workdir, s3) for s in mem_sizes]
+            s3_max = args.s3_memory_max_mib * MIB
+            report["memory"] = [_memory(s, shards, workdir, s3, s3_max) for s in mem_sizes]
         if "headline" in sections:
-            report["headline"] = _headline(hl_size, shards, segment, repeat, workdir, s3)
+            report["headline"] = _headline(
+                hl_size, shards, segment, repeat, workdir, s3, durable=args.durable
+            )
         if "throughput" in sections:
             report["throughput"] = _throughput(tp_size, segment, repeat, workdir)
         if "verify" in sections:
