@@ -56,6 +56,7 @@ import io
 import json
 import mmap
 import os
+import resource
 import shutil
 import statistics
 import subprocess
@@ -459,6 +460,11 @@ class _MotoServer:
         self._proc.wait(timeout=30)
 
 
+def _cpu_s() -> float:
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
 def _fsync_tree(root: Path) -> None:
     """Every file under `root` on the disk (the durable variants' last step)."""
     for path in root.rglob("*"):
@@ -544,12 +550,14 @@ def _headline(
             "s3_encrypt_then_upload_checkpoint": s3_local_then_upload,
         }
     times: dict[str, list[float]] = {name: [] for name in fns}
+    cpu: dict[str, list[float]] = {name: [] for name in fns}
     for r in range(repeat):
         for name in list(fns) if r % 2 == 0 else list(reversed(fns)):
             os.sync()
-            t0 = time.perf_counter()
+            c0, t0 = _cpu_s(), time.perf_counter()
             fns[name]()
             times[name].append(time.perf_counter() - t0)
+            cpu[name].append(_cpu_s() - c0)
             shutil.rmtree(out, ignore_errors=True)
             if s3 is not None and name.startswith("s3_"):
                 s3.empty()
@@ -562,6 +570,9 @@ def _headline(
         "rounds": repeat,
         "durable": durable,
         "MB_per_s": _mb_per_s(total, times),
+        # this process's CPU seconds (all threads, user + system; not moto's, not the kernel's
+        # writeback): what the load of other processes does not change
+        "cpu_s": {k: round(statistics.median(v), 3) for k, v in cpu.items()},
         "ratio_encrypt_vs_raw_aes_gcm_to_file": _ratio(
             times, "raw_aes_gcm_encrypt", "encrypt_checkpoint"
         ),
