@@ -54,7 +54,6 @@ import argparse
 import hashlib
 import io
 import json
-import mmap
 import os
 import resource
 import shutil
@@ -117,6 +116,7 @@ def _throughput(size: int, segment: int, repeat: int, workdir: Path) -> dict:
         encrypt_stream,
         read_header,
     )
+    from coco_ai.storage.views import _map_file
 
     data = os.urandom(size)
     kek = os.urandom(32)
@@ -172,9 +172,9 @@ def _throughput(size: int, segment: int, repeat: int, workdir: Path) -> dict:
     ]
     pt_lengths = [min(segment, size - i * segment) for i in range(count)]
 
-    def mapped(path: Path) -> memoryview:  # unmapped when the last view of it goes
+    def mapped(path: Path) -> memoryview:  # as the stream maps; unmapped with its last view
         with open(path, "rb") as f:
-            return memoryview(mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ))
+            return memoryview(_map_file(f))
 
     def raw_encrypt_file() -> None:
         whole = mapped(plain_file)
@@ -329,9 +329,12 @@ def _model_dir(d: Path, total: int, files: int, *, sparse: bool) -> Path:
 
 
 def _raw_encrypt_dir(src: Path, dst: Path, segment: int) -> None:
-    """AES-256-GCM alone, file to file: map each file, `encrypt_into` one reused buffer per
-    segment, write it (no header, no hashing, one thread)."""
+    """AES-256-GCM alone, file to file: map each file as the product maps it (`_map_file`:
+    read-only, sequential advice), `encrypt_into` one reused buffer per segment, write it (no
+    header, no hashing, one thread)."""
     from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+    from coco_ai.storage.views import _map_file
 
     aead = AESGCM(AESGCM.generate_key(bit_length=256))
     out = memoryview(bytearray(segment + 16))
@@ -339,7 +342,7 @@ def _raw_encrypt_dir(src: Path, dst: Path, segment: int) -> None:
     for path in sorted(src.iterdir()):
         with open(path, "rb") as f, open(dst / path.name, "wb") as o:
             size = os.fstat(f.fileno()).st_size
-            whole = memoryview(mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)) if size else b""
+            whole = memoryview(_map_file(f)) if size else b""
             for i, off in enumerate(range(0, size, segment)):
                 chunk = whole[off : off + segment]
                 n = len(chunk) + 16
@@ -350,12 +353,13 @@ def _raw_encrypt_dir(src: Path, dst: Path, segment: int) -> None:
 
 def _raw_decrypt_ckpt(ckpt: Path, dst: Path, kek: bytes) -> None:
     """AES-256-GCM alone over the very ciphertext `decrypt_checkpoint` reads: each object's key
-    unwrapped and its nonces and AADs derived (microseconds), then map, `decrypt_into`, write
-    (no checks of manifest, context or digests, no hashing, one thread)."""
+    unwrapped and its nonces and AADs derived (microseconds), then map (as the product maps),
+    `decrypt_into`, write (no checks of manifest, context or digests, no hashing, one thread)."""
     from cryptography.hazmat.primitives.ciphers.aead import AESGCM
     from cryptography.hazmat.primitives.keywrap import aes_key_unwrap
 
     from coco_ai.crypto.stream import _segment_nonce_aad, read_header
+    from coco_ai.storage.views import _map_file
 
     dst.mkdir()
     for path in sorted((ckpt / "objects").iterdir()):
@@ -365,7 +369,8 @@ def _raw_decrypt_ckpt(ckpt: Path, dst: Path, kek: bytes) -> None:
             digest = hashlib.sha256(header.raw).digest()
             seg, size, count = header.segment_size, header.plaintext_size, header.segment_count
             out = memoryview(bytearray(seg))
-            whole = memoryview(mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ))
+            f.seek(0)
+            whole = memoryview(_map_file(f))
             pos = len(header.raw)
             for i in range(count):
                 n = min(seg, size - i * seg)
