@@ -25,10 +25,13 @@ from coco_ai.storage import open_store
 
 MANIFEST_FORMAT = "coco-ai/checkpoint-manifest"
 # Version 2 (file format 2, key-committing headers) drops the plaintext SHA-256 per file: the
-# signed ciphertext SHA-256 identifies the plaintext. Version 1 manifests are still read; the
-# manifest version and the file format version are the same number.
-MANIFEST_VERSION = 2
-READABLE_MANIFEST_VERSIONS = (1, 2)
+# signed ciphertext SHA-256 identifies the plaintext. Version 3 (same file format 2) adds each
+# file's header SHA-256, which is what a key holder checks on decrypt instead of hashing the
+# whole ciphertext again (docs/formats/checkpoint.md §4). Versions 1 and 2 are still read.
+MANIFEST_VERSION = 3
+READABLE_MANIFEST_VERSIONS = (1, 2, 3)
+#: the format version of the encrypted files each manifest version lists
+FILE_FORMAT_OF_MANIFEST = {1: 1, 2: 2, 3: 2}
 MANIFEST_FILE = "manifest.json"
 SIGNATURE_FILE = "manifest.jws"
 TOKEN_FILE = "token.jwt"  # noqa: S105  (a file name)
@@ -90,6 +93,7 @@ class FileEntry:
     ciphertext_size: int
     ciphertext_sha256: str
     segment_size: int
+    header_sha256: str | None = None  # SHA-256 of the file's header: manifest version 3 only
 
     @property
     def object_name(self) -> str:
@@ -106,11 +110,19 @@ class FileEntry:
         }
         if self.sha256 is not None:
             d["sha256"] = self.sha256
+        if self.header_sha256 is not None:
+            d["header_sha256"] = self.header_sha256
         return d
+
+    @staticmethod
+    def fields_of(version: int) -> set[str]:
+        """The keys an entry has in a manifest of `version`."""
+        common = {"path", "size", "ciphertext_size", "ciphertext_sha256", "segment_size"}
+        return common | {1: {"sha256"}, 2: set(), 3: {"header_sha256"}}[version]
 
     @classmethod
     def from_dict(cls, d: Any, version: int = MANIFEST_VERSION) -> FileEntry:
-        fields = set(cls.__dataclass_fields__) - ({"sha256"} if version >= 2 else set())
+        fields = cls.fields_of(version)
         if not isinstance(d, dict) or set(d) != fields:
             raise ManifestError(
                 f"file entry has wrong fields for manifest version {version}: "
@@ -119,7 +131,7 @@ class FileEntry:
         for k in ("size", "ciphertext_size", "segment_size"):
             if not isinstance(d[k], int) or isinstance(d[k], bool) or d[k] < 0:
                 raise ManifestError(f"file entry {k} must be a non-negative integer")
-        for k in fields & {"sha256", "ciphertext_sha256"}:
+        for k in fields & {"sha256", "ciphertext_sha256", "header_sha256"}:
             if not isinstance(d[k], str) or not _HEX64.fullmatch(d[k]):
                 raise ManifestError(f"file entry {k} must be 64 lowercase hex digits")
         return cls(
@@ -129,6 +141,7 @@ class FileEntry:
             ciphertext_size=d["ciphertext_size"],
             ciphertext_sha256=d["ciphertext_sha256"],
             segment_size=d["segment_size"],
+            header_sha256=d.get("header_sha256"),
         )
 
 
@@ -161,16 +174,18 @@ class Manifest:
     dataset_digest: str | None = None
     training_config_digest: str | None = None
     metrics: dict[str, float | int] = field(default_factory=dict)
-    version: int = MANIFEST_VERSION  # also the format version of its encrypted files
+    version: int = MANIFEST_VERSION  # its files' format version: FILE_FORMAT_OF_MANIFEST
 
     def __post_init__(self) -> None:
         if self.version not in READABLE_MANIFEST_VERSIONS:
             raise ManifestError(f"unsupported manifest version {self.version!r}")
-        if any((f.sha256 is None) != (self.version >= 2) for f in self.files):
-            raise ManifestError(
-                f"manifest version {self.version} entries "
-                + ("carry no plaintext sha256" if self.version >= 2 else "need a plaintext sha256")
-            )
+        want = FileEntry.fields_of(self.version)
+        for f in self.files:
+            if set(f.to_dict()) != want:
+                raise ManifestError(
+                    f"manifest version {self.version} entries have exactly {sorted(want)} "
+                    f"({f.path!r} has {sorted(f.to_dict())})"
+                )
         validate_id(self.run_id, "run id")
         validate_id(self.checkpoint_id, "checkpoint id")
         try:
@@ -213,6 +228,11 @@ class Manifest:
             metrics=_check_metrics(meta.get("metrics", {})),
         )
 
+    @property
+    def file_format_version(self) -> int:
+        """The format version every encrypted file of this manifest has."""
+        return FILE_FORMAT_OF_MANIFEST[self.version]
+
     def file_context(self, path: str) -> dict[str, Any]:
         """The context bound into the header of the encrypted file at `path`."""
         return file_context(self.run_id, self.checkpoint_id, path)
@@ -222,7 +242,7 @@ class Manifest:
             "format": MANIFEST_FORMAT,
             "format_version": self.version,
             "encryption": {
-                "format_version": self.version,
+                "format_version": self.file_format_version,
                 "suite": "AES-256-GCM-STREAM+A256KW",
             },
             "checkpoint_id": self.checkpoint_id,
@@ -257,7 +277,10 @@ class Manifest:
         if version not in READABLE_MANIFEST_VERSIONS or isinstance(version, bool):
             raise ManifestError(f"unsupported manifest version {version!r}")
         enc = d.get("encryption")
-        if not isinstance(enc, dict) or enc.get("format_version") != version:
+        if (
+            not isinstance(enc, dict)
+            or enc.get("format_version") != FILE_FORMAT_OF_MANIFEST[version]
+        ):
             raise ManifestError(f"unsupported encryption format {enc!r} for manifest {version}")
         files = d.get("files")
         if not isinstance(files, list):

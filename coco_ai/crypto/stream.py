@@ -127,12 +127,14 @@ class FileHeader:
 @dataclass(frozen=True)
 class StreamResult:
     """Sizes and SHA-256 digests (hex) of what was streamed; a digest is empty when it was not
-    computed (`digests=False`, or `plaintext_digest=False` for the plaintext one)."""
+    computed (`digests=False`, or `plaintext_digest=False` for the plaintext one). The header's
+    digest costs nothing (every segment's AAD holds it) and is always there."""
 
     plaintext_size: int
     ciphertext_size: int
     plaintext_sha256: str
     ciphertext_sha256: str
+    header_sha256: str = ""
 
 
 def segment_count(plaintext_size: int, segment_size: int) -> int:
@@ -477,6 +479,7 @@ def encrypt_stream(
         ciphertext_size=len(header) + plaintext_size + TAG_SIZE * count,
         plaintext_sha256=pt_hash.hexdigest() if pt_hash else "",
         ciphertext_sha256=ct_hash.hexdigest() if ct_hash else "",
+        header_sha256=hashlib.sha256(header).hexdigest(),
     )
 
 
@@ -532,7 +535,7 @@ def encrypt_to_writer(
             src, aead, prefix, header, plaintext_size, segment_size, [write_checked], slots=2
         )
         writer.commit()
-    return StreamResult(plaintext_size, size, "", digest)
+    return StreamResult(plaintext_size, size, "", digest, hashlib.sha256(header).hexdigest())
 
 
 def open_header(
@@ -585,6 +588,7 @@ def decrypt_stream(
     digests: bool = True,
     plaintext_digest: bool = True,
     expected_version: int | None = None,
+    expected_header_sha256: str | None = None,
 ) -> StreamResult:
     """Decrypt one encrypted file (format version 1 or 2) from `src` to `dst`, authenticating
     every segment.
@@ -594,12 +598,20 @@ def decrypt_stream(
     `expected_context=None` skips the context check (only for tools that display headers).
     With `digests` the ciphertext SHA-256 and (unless `plaintext_digest` is False) the
     plaintext SHA-256 are computed, each in its own thread beside the cipher.
-    `expected_version` refuses a file of another format version (the manifest's).
+    `expected_version` refuses a file of another format version (the manifest's);
+    `expected_header_sha256` a file whose header is not that one, before any key is used.
     """
     header = read_header(src)
     if expected_version is not None and header.version != expected_version:
         raise HeaderError(
             f"file is format version {header.version}, its manifest says {expected_version}"
+        )
+    header_digest = hashlib.sha256(header.raw).digest()
+    if expected_header_sha256 is not None and not hmac.compare_digest(
+        header_digest.hex(), expected_header_sha256
+    ):
+        raise IntegrityError(
+            "file header is not the one its manifest lists (another encryption of this file)"
         )
     aead = open_header(
         header, kek=kek, expected_context=expected_context, expected_key_uri=expected_key_uri
@@ -611,7 +623,6 @@ def decrypt_stream(
             raise TruncatedError(f"ciphertext truncated: {body - left} bytes missing")
         if left > body:
             raise TrailingDataError(f"{left - body} bytes after the final segment")
-    header_digest = hashlib.sha256(header.raw).digest()
     seg = header.segment_size
     pt_hash = hashlib.sha256() if digests and plaintext_digest else None
     ct_hash = hashlib.sha256(header.raw) if digests else None
@@ -659,6 +670,7 @@ def decrypt_stream(
         ciphertext_size=header.ciphertext_size,
         plaintext_sha256=pt_hash.hexdigest() if pt_hash else "",
         ciphertext_sha256=ct_hash.hexdigest() if ct_hash else "",
+        header_sha256=header_digest.hex(),
     )
 
 

@@ -6,6 +6,7 @@ Every failing case also asserts that no destination and no staging directory is 
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import shutil
@@ -23,6 +24,7 @@ from coco_ai.crypto.errors import (
     SegmentAuthError,
 )
 from coco_ai.crypto.manifest import MANIFEST_FILE, Manifest
+from coco_ai.crypto.stream import read_header
 from coco_ai.crypto.transfer import verify_objects
 from coco_ai.kbs.wire import canonical_json
 from coco_ai.storage import open_store
@@ -69,7 +71,8 @@ def test_manifest_lists_every_file_with_digests(plain_dir, tmp_path, kek):
     raw = (tmp_path / "ckpt" / MANIFEST_FILE).read_bytes()
     assert raw == canonical_json(json.loads(raw)) == m.canonical_bytes()
     d = json.loads(raw)
-    assert d["format_version"] == 2 and d["encryption"]["format_version"] == 2
+    # manifest version 3 lists files of format 2
+    assert d["format_version"] == 3 and d["encryption"]["format_version"] == 2
     assert d["run_id"] == "run-a" and d["key_uri"] == KEY_URI
     assert d["checkpoint_id"] == "ck-1" and d["created_at"] == 1_700_000_000
     assert d["metrics"] == META["metrics"] and d["dataset_digest"] == META["dataset_digest"]
@@ -78,10 +81,12 @@ def test_manifest_lists_every_file_with_digests(plain_dir, tmp_path, kek):
     for f in d["files"]:
         plain = (plain_dir / f["path"]).read_bytes()
         obj = (tmp_path / "ckpt" / "objects" / f["ciphertext_sha256"]).read_bytes()
-        # version 2: no plaintext digest (the signed ciphertext digest identifies the file)
+        # no plaintext digest (the signed ciphertext digest identifies the file)
         assert f["size"] == len(plain) and "sha256" not in f
         assert f["ciphertext_size"] == len(obj)
         assert f["ciphertext_sha256"] == hashlib.sha256(obj).hexdigest()
+        header = read_header(io.BytesIO(obj)).raw
+        assert obj.startswith(header) and f["header_sha256"] == hashlib.sha256(header).hexdigest()
         assert f["segment_size"] == SEGMENT
     assert sorted(os.listdir(tmp_path / "ckpt")) == ["manifest.json", "objects"]
 
@@ -137,10 +142,37 @@ def test_file_swapped_from_another_checkpoint(plain_dir, tmp_path, kek):
     e1 = next(f for f in m1.files if f.path == "adapter_model.safetensors")
     e2 = next(f for f in m2.files if f.path == "adapter_model.safetensors")
     shutil.copy(tmp_path / "c2" / e2.object_name, tmp_path / "c1" / e1.object_name)
-    with pytest.raises(ContextMismatchError, match=m2.checkpoint_id):
+    with pytest.raises(IntegrityError, match="header is not the one its manifest lists"):
         decrypt_checkpoint(tmp_path / "c1", tmp_path / "out", kek=kek)
     assert_nothing_written(tmp_path / "out")
     with pytest.raises(IntegrityError):
+        verify_objects(open_store(str(tmp_path / "c1")), m1)
+    # the (unsigned) manifest edited to list the swapped file's digests: the header's context
+    swapped = e1.__class__(**{**e2.__dict__})
+    forged = Manifest(
+        **{**m1.__dict__, "files": tuple(swapped if f is e1 else f for f in m1.files)}
+    )
+    (tmp_path / "c1" / MANIFEST_FILE).write_bytes(forged.canonical_bytes())
+    (tmp_path / "c1" / e1.object_name).rename(tmp_path / "c1" / e2.object_name)
+    with pytest.raises(ContextMismatchError, match=m2.checkpoint_id):
+        decrypt_checkpoint(tmp_path / "c1", tmp_path / "out", kek=kek)
+    assert_nothing_written(tmp_path / "out")
+
+
+def test_another_encryption_of_the_same_file_refused(plain_dir, tmp_path, kek):
+    """A retry encrypts the same file again (same run, checkpoint id and path, new data key):
+    authentic under the key and bound to the same context, but not the file the manifest lists.
+    Decryption compares the header's SHA-256 with the manifest before using any key."""
+    m1 = make(plain_dir, tmp_path / "c1", kek, checkpoint_id="ck-retried")
+    m2 = make(plain_dir, tmp_path / "c2", kek, checkpoint_id="ck-retried")
+    e1 = next(f for f in m1.files if f.path == "adapter_model.safetensors")
+    e2 = next(f for f in m2.files if f.path == "adapter_model.safetensors")
+    assert e1.header_sha256 != e2.header_sha256
+    shutil.copy(tmp_path / "c2" / e2.object_name, tmp_path / "c1" / e1.object_name)
+    with pytest.raises(IntegrityError, match="header is not the one its manifest lists"):
+        decrypt_checkpoint(tmp_path / "c1", tmp_path / "out", kek=kek)
+    assert_nothing_written(tmp_path / "out")
+    with pytest.raises(IntegrityError, match="SHA-256"):
         verify_objects(open_store(str(tmp_path / "c1")), m1)
 
 

@@ -1,7 +1,8 @@
-"""Format versions: checkpoints and blobs written by the version-1 code still verify and decrypt.
+"""Format versions: checkpoints and blobs written by older code still verify and decrypt.
 
-The fixtures in fixtures/v1 were written once by the code before version 2 (see their README);
-these tests read them with today's code, and check that versions are never mixed.
+The fixtures in fixtures/v1 were written once by the code before version 2, those in
+fixtures/v2 by the code before manifest version 3 (see their READMEs); these tests read them
+with today's code, and check that versions are never mixed.
 """
 
 from __future__ import annotations
@@ -29,6 +30,8 @@ from .helpers import KEY_URI, SEGMENT
 
 V1 = Path(__file__).parent / "fixtures" / "v1"
 V1_KEK = (V1 / "kek.bin").read_bytes()
+V2 = Path(__file__).parent / "fixtures" / "v2"
+V2_KEK = (V2 / "kek.bin").read_bytes()
 
 
 @pytest.fixture
@@ -73,6 +76,63 @@ def test_v1_plaintext_digest_still_checked(v1_ckpt, tmp_path):
     with pytest.raises(IntegrityError, match="digests differ"):
         decrypt_checkpoint(v1_ckpt, tmp_path / "out", kek=V1_KEK)
     assert not (tmp_path / "out").exists()
+
+
+@pytest.fixture
+def v2_ckpt(tmp_path) -> Path:
+    """A writable copy of the version-2 checkpoint."""
+    return Path(shutil.copytree(V2 / "checkpoint", tmp_path / "v2"))
+
+
+def test_v2_manifest_reads_and_reserializes_byte_for_byte():
+    raw = (V2 / "checkpoint" / MANIFEST_FILE).read_bytes()
+    m = Manifest.from_bytes(raw)
+    assert m.version == 2 and m.file_format_version == 2
+    assert all(f.sha256 is None and f.header_sha256 is None for f in m.files)
+    assert m.canonical_bytes() == raw
+
+
+def test_v2_checkpoint_verifies_without_key_and_signed():
+    store = open_store(str(V2 / "checkpoint"))
+    verify_objects(store, read_manifest(store)[0])
+    v = verify_checkpoint(
+        V2 / "checkpoint",
+        trust_anchor_pem=(V2 / "ca.pem").read_bytes(),
+        policy=VerificationPolicy.for_run("run-v2"),
+    )
+    assert v.manifest.version == 2 and v.manifest.checkpoint_id == "ckpt-v2"
+
+
+def test_v2_checkpoint_decrypts_to_its_plaintext(tmp_path):
+    m = decrypt_checkpoint(V2 / "checkpoint", tmp_path / "out", kek=V2_KEK)
+    assert m.version == 2
+    assert plain_files(tmp_path / "out") == plain_files(V1 / "plain")
+
+
+def test_v2_ciphertext_digest_still_checked_on_decrypt(v2_ckpt, tmp_path):
+    """Version 2 lists no header digest: decryption hashes the ciphertext, as it did. An
+    (unsigned) manifest edited to name an object by another digest is refused."""
+    m = read_manifest(open_store(str(v2_ckpt)))[0]
+    e = next(f for f in m.files if f.path == "adapter_model.safetensors")
+    edited = FileEntry(**{**e.__dict__, "ciphertext_sha256": "0" * 64})
+    forged = Manifest(**{**m.__dict__, "files": tuple(edited if f is e else f for f in m.files)})
+    (v2_ckpt / MANIFEST_FILE).write_bytes(forged.canonical_bytes())
+    (v2_ckpt / e.object_name).rename(v2_ckpt / edited.object_name)
+    with pytest.raises(IntegrityError, match="digests differ"):
+        decrypt_checkpoint(v2_ckpt, tmp_path / "out", kek=V2_KEK)
+    assert not (tmp_path / "out").exists()
+
+
+def test_v2_checkpoint_through_the_cli(tmp_path):
+    kek_file = tmp_path / "kek"
+    kek_file.write_bytes(V2_KEK)
+    out = tmp_path / "out"
+    rc = main(
+        ["checkpoint", "decrypt", "--key-file", str(kek_file), str(V2 / "checkpoint"), str(out)]
+    )
+    assert rc == EXIT_OK
+    assert plain_files(out) == plain_files(V1 / "plain")
+    assert main(["checkpoint", "verify", str(V2 / "checkpoint")]) == EXIT_OK
 
 
 def test_v1_checkpoint_through_the_cli(tmp_path):
@@ -121,12 +181,15 @@ def test_v1_file_listed_in_a_v2_manifest_refused(v1_ckpt, tmp_path):
     assert not (tmp_path / "out").exists()
 
 
-def test_v2_file_listed_in_a_v1_manifest_refused(plain_dir, tmp_path, kek):
+def test_format_2_file_listed_in_a_v1_manifest_refused(plain_dir, tmp_path, kek):
     m = encrypt_checkpoint(
         plain_dir, tmp_path / "ckpt", kek=kek, key_uri=KEY_URI, run_id="r", meta={},
         segment_size=SEGMENT,
     )  # fmt: skip
-    files = tuple(FileEntry(**{**f.__dict__, "sha256": "0" * 64}) for f in m.files)
+    assert m.version == 3 and m.file_format_version == 2
+    files = tuple(
+        FileEntry(**{**f.__dict__, "sha256": "0" * 64, "header_sha256": None}) for f in m.files
+    )
     v1 = Manifest(**{**m.__dict__, "files": files, "version": 1})
     (tmp_path / "ckpt" / MANIFEST_FILE).write_bytes(v1.canonical_bytes())
     with pytest.raises(HeaderError, match="format version 2, its manifest says 1"):
@@ -135,11 +198,16 @@ def test_v2_file_listed_in_a_v1_manifest_refused(plain_dir, tmp_path, kek):
 
 @pytest.mark.parametrize(
     ("version", "drop", "why"),
-    [(1, "sha256", "wrong fields for manifest version 1"), (3, None, "unsupported manifest")],
+    [
+        (1, "sha256", "wrong fields for manifest version 1"),
+        (3, "sha256", "wrong fields for manifest version 3"),  # no header digest
+        (4, None, "unsupported manifest"),
+    ],
 )
 def test_manifest_version_and_fields_must_agree(version, drop, why):
     d = json.loads((V1 / "checkpoint" / MANIFEST_FILE).read_bytes())
-    d["format_version"] = d["encryption"]["format_version"] = version
+    d["format_version"] = version
+    d["encryption"]["format_version"] = min(version, 2)
     for f in d["files"]:
         f.pop(drop or "", None)
     with pytest.raises(ManifestError, match=why):
@@ -153,8 +221,9 @@ def test_v2_manifest_with_plaintext_digest_refused():
         Manifest.from_bytes(canonical_json(d))
 
 
-def test_manifest_and_encryption_versions_must_match():
-    d = json.loads((V1 / "checkpoint" / MANIFEST_FILE).read_bytes())
-    d["encryption"]["format_version"] = 2
+@pytest.mark.parametrize(("manifest", "files"), [(1, 2), (2, 1), (3, 3), (3, 1)])
+def test_manifest_and_encryption_versions_must_match(manifest, files):
+    d = json.loads((V2 / "checkpoint" / MANIFEST_FILE).read_bytes())
+    d["format_version"], d["encryption"]["format_version"] = manifest, files
     with pytest.raises(ManifestError, match="unsupported encryption format"):
         Manifest.from_bytes(canonical_json(d))

@@ -126,7 +126,7 @@ def test_checkpoint_to_s3_then_verify_and_decrypt(s3, plain_dir, tmp_path, kek):
         on_progress=events,
         storage_options={**s3[1], **PARTS},
     )
-    assert m.version == 2 and is_complete(uri, **s3[1])
+    assert m.version == 3 and all(f.header_sha256 for f in m.files) and is_complete(uri, **s3[1])
     assert [e.part for e in events.events if e.kind == PART_UPLOADED] == [1, 2, 3]
     assert sum(e.kind == OBJECT_WRITTEN for e in events.events) == 2
     verify_objects(open_store(uri, **s3[1]), m)
