@@ -3,7 +3,7 @@
 # fused LM head, Liger layer kernels) vs a plain PEFT loop.
 # Usage (on the lent GPU machine, from anywhere):
 #   benchmarks/gpu/run.sh                 both models at seq 512 (batch 16), then at seq 2048
-#                                         (batch 4): gpu_bench-seq512.json, gpu_bench-seq2048.json
+#                                         (batch 8): gpu_bench-seq512.json, gpu_bench-seq2048.json
 #   benchmarks/gpu/run.sh [bench_gpu.py options]   one run, e.g. --models llama-1.1b --seq-len 2048
 # Needs python3 with torch (CUDA), transformers and peft; no network, no model weights. The TRL
 # column needs trl and datasets: with TRL_WHEELS=<dir of wheels> they are installed from there
@@ -29,4 +29,4 @@ if [[ $# -gt 0 ]]; then
 fi
 out="${OUT:-.}"
 bench --seq-len 512 --batch-size 16 --out "$out/gpu_bench-seq512.json"
-bench --seq-len 2048 --batch-size 4 --out "$out/gpu_bench-seq2048.json"
+bench --seq-len 2048 --batch-size 8 --out "$out/gpu_bench-seq2048.json"
