@@ -216,10 +216,11 @@ def peer_worker(spec: dict) -> dict:
     eval_enc = core.encode_examples(tok, eval_set, 256)[: spec["eval_records"]]
     questions = [e.instruction for e in eval_set[:SAMPLE_QUESTIONS]]
 
-    def assess() -> tuple[float, float, float, list[str]]:
-        """(eval loss, eval s, eval + sample answers s, answers): the workload's way for ours
-        and TRL (batched, packed), the textbook way for plain (what the workload did before)."""
-        start = time.perf_counter()
+    def assess() -> tuple[float, float, float, float, list[str]]:
+        """(eval loss, eval s, eval + sample answers s and CPU s, answers): the workload's way
+        for ours and TRL (batched, packed), the textbook way for plain (what the workload did
+        before)."""
+        start, cpu_start = time.perf_counter(), time.process_time()
         if trainer == "plain":
             loss = plain_evaluate(model, eval_enc, batch_size=batch, device=runtime.device,
                                   dtype=runtime.autocast_dtype)  # fmt: skip
@@ -232,7 +233,7 @@ def peer_worker(spec: dict) -> dict:
                                  pad_id=tok.pad_token_id, pack_length=256).loss  # fmt: skip
             eval_s = time.perf_counter() - start
             answers = core.answer(model, tok, questions, runtime, max_new_tokens=MAX_NEW_TOKENS)
-        return loss, eval_s, time.perf_counter() - start, answers
+        return loss, eval_s, time.perf_counter() - start, time.process_time() - cpu_start, answers
 
     before = assess() if spec.get("assess_before") else None
     model = core.add_lora(model, LoraSettings(), seed=0)
@@ -257,7 +258,7 @@ def peer_worker(spec: dict) -> dict:
         )  # fmt: skip
     cpu = time.process_time() - cpu_start
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
-    loss, eval_s, assess_s, answers = assess()
+    loss, eval_s, assess_s, assess_cpu_s, answers = assess()
     out = {
         "trainer": trainer,
         "precision": runtime.precision,
@@ -268,6 +269,7 @@ def peer_worker(spec: dict) -> dict:
         "eval_loss": loss,
         "eval_s": eval_s,
         "eval_and_samples_s": assess_s,
+        "eval_and_samples_cpu_s": assess_cpu_s,
         "answers": answers,
         "peak_rss_mib": peak / 2**20,
         "rss_before_training_mib": rss_before / 2**20,
@@ -275,7 +277,8 @@ def peer_worker(spec: dict) -> dict:
     if before is not None:
         out["eval_loss_before"] = before[0]
         out["eval_and_samples_before_s"] = before[2]
-        out["answers_before"] = before[3]
+        out["eval_and_samples_before_cpu_s"] = before[3]
+        out["answers_before"] = before[4]
     return out
 
 
@@ -360,17 +363,20 @@ def bench_peers(size: str, rounds: int, root: Path, precision: str) -> dict:
 #: loop, fp32), the second the packed loop in fp32, the third the packed loop in bf16 (what
 #: ``precision = "auto"`` picks on a CPU with native bf16 matmuls)
 DEMO_RUNS = (("plain", "fp32"), ("ours", "fp32"), ("ours", "bf16"))
+DEMO_RATIO_KEYS = ("train_s", "train_cpu_s", "eval_and_samples_s", "eval_and_samples_cpu_s",
+                   "total_s", "total_cpu_s")  # fmt: skip
 
 
-def bench_demo(root: Path, epochs: int) -> dict:
+def bench_demo(root: Path, epochs: int, train_records: int | None) -> dict:
     """The demo's fine-tune on SmolLM2 (all 320 train / 80 held-out records, the default recipe,
-    ``epochs`` epochs), the workload's phases without its fixed confidential steps: assess
-    (held-out loss + 3 greedy sample answers), train, assess again. The runs go side by side,
+    ``epochs`` epochs; ``train_records`` limits the training set, to time the assessments
+    alone), the workload's phases without its fixed confidential steps: assess (held-out loss
+    + 3 greedy sample answers), train, assess again. The runs go side by side,
     one process (one thread) each, so that a busy box slows them alike."""
     from concurrent.futures import ThreadPoolExecutor
 
     model_dir = _model_dir("135m", root, [])
-    common = {"model_dir": str(model_dir), "examples": 400, "train_records": None,
+    common = {"model_dir": str(model_dir), "examples": 400, "train_records": train_records,
               "eval_records": None, "lr": 1e-3, "epochs": epochs, "assess_before": True,
               "scratch": str(root / "demo")}  # fmt: skip
     specs = [{"trainer": t, "precision": p, **common} for t, p in DEMO_RUNS]
@@ -379,6 +385,7 @@ def bench_demo(root: Path, epochs: int) -> dict:
     runs = []
     for (trainer, _), r in zip(DEMO_RUNS, results, strict=True):
         assess_s = r["eval_and_samples_before_s"] + r["eval_and_samples_s"]
+        assess_cpu_s = r["eval_and_samples_before_cpu_s"] + r["eval_and_samples_cpu_s"]
         runs.append(
             {
                 "trainer": trainer,
@@ -388,7 +395,9 @@ def bench_demo(root: Path, epochs: int) -> dict:
                 "tokens": r["tokens"],
                 "tokens_per_s": round(r["tokens"] / r["train_s"], 1),
                 "eval_and_samples_s": round(assess_s, 1),
+                "eval_and_samples_cpu_s": round(assess_cpu_s, 1),
                 "total_s": round(r["train_s"] + assess_s, 1),
+                "total_cpu_s": round(r["train_cpu_s"] + assess_cpu_s, 1),
                 "eval_loss_before": round(r["eval_loss_before"], 4),
                 "eval_loss": round(r["eval_loss"], 4),
                 "peak_rss_mib": round(r["peak_rss_mib"], 1),
@@ -397,10 +406,7 @@ def bench_demo(root: Path, epochs: int) -> dict:
         )
     base = runs[0]
     for r in runs[1:]:
-        r["vs_plain_fp32"] = {
-            key: round(r[key] / base[key], 4)
-            for key in ("train_s", "train_cpu_s", "eval_and_samples_s", "total_s")
-        }
+        r["vs_plain_fp32"] = {key: round(r[key] / base[key], 4) for key in DEMO_RATIO_KEYS}
     return {"model": "135m", "epochs": epochs, "runs": runs}
 
 
@@ -413,6 +419,7 @@ def main() -> None:
     )  # fmt: skip
     p.add_argument("--precision", default="fp32", help="peers: fp32, bf16 or both (fp32,bf16)")
     p.add_argument("--epochs", type=int, default=3, help="demo: epochs (the demo's: 3)")
+    p.add_argument("--train-records", type=int, default=None, help="demo: fewer train records")
     p.add_argument("--rounds", type=int, default=None, help="rounds per size")
     p.add_argument("--sizes", default=None, help=f"comma-separated subset of {', '.join(SIZES)}")
     p.add_argument("--out", help="also write the JSON here")
@@ -463,7 +470,7 @@ def main() -> None:
             summary["demo"] = {
                 "goal": "the same held-out eval loss in <= 1/2 the plain fp32 loop's train + "
                 "assess time; eval + samples in <= 1/3 (vs_plain_fp32 ratios <= 0.5, <= 0.33)",
-                **bench_demo(Path(tmp), args.epochs),
+                **bench_demo(Path(tmp), args.epochs, args.train_records),
             }
     summary["load_average_at_end"] = list(os.getloadavg())
     summary["wall_s"] = round(time.perf_counter() - started, 1)
