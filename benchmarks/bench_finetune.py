@@ -15,13 +15,13 @@ Rounds rotate the order; ratios are medians over rounds, all from the same run.
 ``--precision fp32,bf16`` runs the comparison in each precision (bf16: autocast with the frozen
 base weights in bf16, for all three trainers alike).
 
-**Demo** (``--section demo``, not part of ``all``: three processes side by side, 10-30 minutes):
-the demo's SmolLM2 fine-tune (320 train / 80 held-out records, the default recipe, ``--epochs``:
-3 as the demo, fewer to save time) with the
-workload's phases minus its fixed confidential steps (assess, train, assess), by the plain loop in
-fp32 (what ``make demo`` ran when issue 15 was filed), the packed loop in fp32 and the packed loop
-in bf16; train and eval + sample-answer wall times as ratios to the first, and the held-out loss
-each reaches.
+**Demo** (``--section demo``, not part of ``all``: three processes side by side, 10-30 minutes
+per epoch on a busy box): the demo's SmolLM2 fine-tune (320 train / 80 held-out records, the
+default recipe; ``--epochs``: 3 as the demo, fewer to save time; ``--train-records N`` to time
+the assessments alone) with the workload's phases minus its fixed confidential steps (assess,
+train, assess), by the plain loop in fp32 (what ``make demo`` ran when issue 15 was filed), the
+packed loop in fp32 and the packed loop in bf16: training and eval + sample-answer seconds (wall
+and CPU) as ratios to the first, and the held-out loss each reaches.
 
 **Confidential** (``--section confidential``): the whole confidential workload (Trustee stand-in
 over TLS, guest-components emulator, key release after attestation, encrypted data set, LoRA
@@ -34,7 +34,7 @@ jobs, so ratios use tokens per CPU-second of training (one torch thread: no Open
 so CPU time is what the loop itself costs) and wall-clock figures are reported beside them.
 
     nice -n 5 .venv/bin/python benchmarks/bench_finetune.py [--quick] [--section S] [--out FILE]
-        [--precision fp32,bf16] [--epochs N]
+        [--precision fp32,bf16] [--epochs N] [--train-records N]
 """
 
 from __future__ import annotations
