@@ -439,6 +439,9 @@ def main() -> None:
     unknown = [s for s in sizes if s not in SIZES]
     if unknown:
         p.error(f"unknown size {unknown[0]!r}; known: {', '.join(SIZES)}")
+    bad = [x for x in args.precision.split(",") if x not in ("fp32", "bf16")]
+    if bad:
+        p.error(f"unknown precision {bad[0]!r}; known: fp32, bf16")
     started = time.perf_counter()
     summary: dict = {
         "benchmark": "finetune_cpu_peers_and_confidential_cost",
