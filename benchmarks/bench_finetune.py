@@ -87,7 +87,7 @@ def _bare_tokens_per_s(model_dir: Path, cfg, examples) -> tuple[float, float]:
     from coco_ai.workloads.finetune import train as core
 
     t = cfg.training
-    runtime = core.select_runtime("cpu", "fp32")
+    runtime = core.select_runtime(t.device, t.precision)  # as the workload picks it
     model, tok = core.load_model(model_dir, runtime)
     model = core.add_lora(model, cfg.lora, t.seed)
     train_set, _ = split_examples(examples, t.eval_fraction, t.seed)
