@@ -12,6 +12,17 @@ train wall seconds for the epoch, the held-out eval loss it reaches, peak RSS; a
 plain, the wall time of evaluation + greedy sample answers (batched + packed vs one by one).
 Rounds rotate the order; ratios are medians over rounds, all from the same run.
 
+``--precision fp32,bf16`` runs the comparison in each precision (bf16: autocast with the frozen
+base weights in bf16, for all three trainers alike).
+
+**Demo** (``--section demo``, not part of ``all``: three processes side by side, 10-30 minutes
+per epoch on a busy box): the demo's SmolLM2 fine-tune (320 train / 80 held-out records, the
+default recipe; ``--epochs``: 3 as the demo, fewer to save time; ``--train-records N`` to time
+the assessments alone) with the workload's phases minus its fixed confidential steps (assess,
+train, assess), by the plain loop in fp32 (what ``make demo`` ran when issue 15 was filed), the
+packed loop in fp32 and the packed loop in bf16: training and eval + sample-answer seconds (wall
+and CPU) as ratios to the first, and the held-out loss each reaches.
+
 **Confidential** (``--section confidential``): the whole confidential workload (Trustee stand-in
 over TLS, guest-components emulator, key release after attestation, encrypted data set, LoRA
 training, encryption, TEE signature, upload to a file:// staging store) against the same training
@@ -23,6 +34,7 @@ jobs, so ratios use tokens per CPU-second of training (one torch thread: no Open
 so CPU time is what the loop itself costs) and wall-clock figures are reported beside them.
 
     nice -n 5 .venv/bin/python benchmarks/bench_finetune.py [--quick] [--section S] [--out FILE]
+        [--precision fp32,bf16] [--epochs N] [--train-records N]
 """
 
 from __future__ import annotations
@@ -75,7 +87,7 @@ def _bare_tokens_per_s(model_dir: Path, cfg, examples) -> tuple[float, float]:
     from coco_ai.workloads.finetune import train as core
 
     t = cfg.training
-    runtime = core.select_runtime("cpu", "fp32")
+    runtime = core.select_runtime(t.device, t.precision)  # as the workload picks it
     model, tok = core.load_model(model_dir, runtime)
     model = core.add_lora(model, cfg.lora, t.seed)
     train_set, _ = split_examples(examples, t.eval_fraction, t.seed)
@@ -181,7 +193,10 @@ SAMPLE_QUESTIONS, MAX_NEW_TOKENS = 3, 48  # the demo's settings
 
 
 def peer_worker(spec: dict) -> dict:
-    """One trainer, one epoch, in this (fresh) process; the figures as a dict."""
+    """One trainer in this (fresh) process; the figures as a dict. ``spec``: trainer, precision
+    (fp32 | bf16: autocast + frozen base weights in bf16, for every trainer alike), epochs,
+    train/eval record counts (None: all), and ``assess_before``: also evaluate and answer the
+    sample questions before training, as the workload does."""
     import resource
 
     import psutil
@@ -193,61 +208,92 @@ def peer_worker(spec: dict) -> dict:
     from coco_ai.workloads.finetune.config import LoraSettings, TrainingSettings
 
     torch.set_num_threads(1)
-    trainer, batch = spec["trainer"], 8
+    trainer, batch, epochs = spec["trainer"], 8, spec.get("epochs", 1)
     train_set, eval_set = split_examples(generate_examples(spec["examples"], seed=0), 0.2, 0)
-    runtime = core.select_runtime("cpu", "fp32")
+    runtime = core.select_runtime("cpu", spec.get("precision", "fp32"))
     model, tok = core.load_model(spec["model_dir"], runtime)
     train_enc = core.encode_examples(tok, train_set, 256)[: spec["train_records"]]
     eval_enc = core.encode_examples(tok, eval_set, 256)[: spec["eval_records"]]
-    prompts = [core.prompt_ids(tok, e.instruction) for e in eval_set[:SAMPLE_QUESTIONS]]
+    questions = [e.instruction for e in eval_set[:SAMPLE_QUESTIONS]]
+
+    def assess() -> tuple[float, float, float, float, list[str]]:
+        """(eval loss, eval s, eval + sample answers s and CPU s, answers): the workload's way
+        for ours and TRL (batched, packed), the textbook way for plain (what the workload did
+        before)."""
+        start, cpu_start = time.perf_counter(), time.process_time()
+        if trainer == "plain":
+            loss = plain_evaluate(model, eval_enc, batch_size=batch, device=runtime.device,
+                                  dtype=runtime.autocast_dtype)  # fmt: skip
+            eval_s = time.perf_counter() - start
+            prompts = [core.prompt_ids(tok, q) for q in questions]
+            answers = plain_answers(model, tok, prompts, max_new_tokens=MAX_NEW_TOKENS,
+                                    device=runtime.device)  # fmt: skip
+        else:
+            loss = core.evaluate(model, eval_enc, runtime, batch_size=batch,
+                                 pad_id=tok.pad_token_id, pack_length=256).loss  # fmt: skip
+            eval_s = time.perf_counter() - start
+            answers = core.answer(model, tok, questions, runtime, max_new_tokens=MAX_NEW_TOKENS)
+        return loss, eval_s, time.perf_counter() - start, time.process_time() - cpu_start, answers
+
+    before = assess() if spec.get("assess_before") else None
     model = core.add_lora(model, LoraSettings(), seed=0)
     rss_before = psutil.Process().memory_info().rss
-    steps = -(-len(train_enc) // batch)
+    steps = epochs * -(-len(train_enc) // batch)
     cpu_start = time.process_time()
     if trainer == "ours":
-        settings = TrainingSettings(batch_size=batch, learning_rate=spec["lr"], seed=0)
+        settings = TrainingSettings(
+            epochs=epochs, batch_size=batch, learning_rate=spec["lr"], seed=0
+        )
         r = core.train(model, train_enc, settings, runtime, pad_id=tok.pad_token_id)
         tokens, seconds = r.tokens, r.seconds
     elif trainer == "plain":
         tokens, seconds = plain_peft_loop(
             model, train_enc, steps=steps, batch_size=batch, lr=spec["lr"],
-            device=runtime.device, dtype=None, seed=0,
+            device=runtime.device, dtype=runtime.autocast_dtype, seed=0,
         )  # fmt: skip
     else:
         tokens, seconds = trl_sft_train(
             model, tok, train_enc, steps=None, batch_size=batch, lr=spec["lr"], seed=0,
-            bf16=False, out_dir=spec["scratch"],
+            bf16=runtime.autocast_dtype is not None, out_dir=spec["scratch"], epochs=epochs,
         )  # fmt: skip
     cpu = time.process_time() - cpu_start
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
-    start = time.perf_counter()
-    if trainer == "plain":
-        loss = plain_evaluate(model, eval_enc, batch_size=batch, device=runtime.device, dtype=None)
-        eval_s = time.perf_counter() - start
-        answers = plain_answers(model, tok, prompts, max_new_tokens=MAX_NEW_TOKENS,
-                                device=runtime.device)  # fmt: skip
-    else:
-        loss = core.evaluate(model, eval_enc, runtime, batch_size=batch,
-                             pad_id=tok.pad_token_id, pack_length=256).loss  # fmt: skip
-        eval_s = time.perf_counter() - start
-        questions = [e.instruction for e in eval_set[:SAMPLE_QUESTIONS]]
-        answers = core.answer(model, tok, questions, runtime, max_new_tokens=MAX_NEW_TOKENS)
-    return {
+    loss, eval_s, assess_s, assess_cpu_s, answers = assess()
+    out = {
         "trainer": trainer,
+        "precision": runtime.precision,
         "records": len(train_enc),
         "tokens": tokens,
         "train_s": seconds,
         "train_cpu_s": cpu,
         "eval_loss": loss,
         "eval_s": eval_s,
-        "eval_and_samples_s": time.perf_counter() - start,
+        "eval_and_samples_s": assess_s,
+        "eval_and_samples_cpu_s": assess_cpu_s,
         "answers": answers,
         "peak_rss_mib": peak / 2**20,
         "rss_before_training_mib": rss_before / 2**20,
     }
+    if before is not None:
+        out["eval_loss_before"] = before[0]
+        out["eval_and_samples_before_s"] = before[2]
+        out["eval_and_samples_before_cpu_s"] = before[3]
+        out["answers_before"] = before[4]
+    return out
 
 
-def bench_peers(size: str, rounds: int, root: Path) -> dict:
+def _run_worker(spec: dict) -> dict:
+    """One trainer in a fresh process (its own peak memory); its figures."""
+    proc = subprocess.run(
+        [sys.executable, __file__, "--worker", json.dumps(spec)],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    if proc.returncode != 0:
+        raise SystemExit(f"{spec['trainer']} ({spec}) failed:\n{proc.stderr[-4000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def bench_peers(size: str, rounds: int, root: Path, precision: str) -> dict:
     from coco_ai.workloads.dataset import corpus_text, generate_examples
 
     train_records, eval_records, lr, _ = PEER_SIZES[size]
@@ -257,17 +303,12 @@ def bench_peers(size: str, rounds: int, root: Path) -> dict:
     for i in range(rounds):
         for trainer in TRAINERS[i % 3 :] + TRAINERS[: i % 3]:  # rotate the order
             spec = {
-                "trainer": trainer, "model_dir": str(model_dir), "examples": examples,
-                "train_records": train_records, "eval_records": eval_records, "lr": lr,
-                "scratch": str(root / f"trl-{size}-{i}"),
+                "trainer": trainer, "precision": precision, "model_dir": str(model_dir),
+                "examples": examples, "train_records": train_records,
+                "eval_records": eval_records, "lr": lr,
+                "scratch": str(root / f"trl-{size}-{precision}-{i}"),
             }  # fmt: skip
-            proc = subprocess.run(
-                [sys.executable, __file__, "--worker", json.dumps(spec)],
-                capture_output=True, text=True, check=False,
-            )  # fmt: skip
-            if proc.returncode != 0:
-                raise SystemExit(f"{trainer} on {size} failed:\n{proc.stderr[-4000:]}")
-            runs[trainer].append(json.loads(proc.stdout.strip().splitlines()[-1]))
+            runs[trainer].append(_run_worker(spec))
 
     def med(trainer: str, key: str) -> float:
         return statistics.median(r[key] for r in runs[trainer])
@@ -275,7 +316,12 @@ def bench_peers(size: str, rounds: int, root: Path) -> dict:
     def rate(r: dict, key: str) -> float:
         return r["tokens"] / r[key]
 
-    out: dict = {"model": size, "train_records": train_records, "eval_records": eval_records}
+    out: dict = {
+        "model": size,
+        "precision": precision,
+        "train_records": train_records,
+        "eval_records": eval_records,
+    }
     for t in TRAINERS:
         rs = runs[t]
         out[t] = {
@@ -311,10 +357,69 @@ def bench_peers(size: str, rounds: int, root: Path) -> dict:
     return out
 
 
+# ---- the demo's fine-tune -----------------------------------------------------------------------
+
+#: (trainer, precision): the first is what ``make demo`` ran when issue 15 was filed (the plain
+#: loop, fp32), the second the packed loop in fp32, the third the packed loop in bf16 (what
+#: ``precision = "auto"`` picks on a CPU with native bf16 matmuls)
+DEMO_RUNS = (("plain", "fp32"), ("ours", "fp32"), ("ours", "bf16"))
+DEMO_RATIO_KEYS = ("train_s", "train_cpu_s", "eval_and_samples_s", "eval_and_samples_cpu_s",
+                   "total_s", "total_cpu_s")  # fmt: skip
+
+
+def bench_demo(root: Path, epochs: int, train_records: int | None) -> dict:
+    """The demo's fine-tune on SmolLM2 (all 320 train / 80 held-out records, the default recipe,
+    ``epochs`` epochs; ``train_records`` limits the training set, to time the assessments
+    alone), the workload's phases without its fixed confidential steps: assess (held-out loss
+    + 3 greedy sample answers), train, assess again. The runs go side by side,
+    one process (one thread) each, so that a busy box slows them alike."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    model_dir = _model_dir("135m", root, [])
+    common = {"model_dir": str(model_dir), "examples": 400, "train_records": train_records,
+              "eval_records": None, "lr": 1e-3, "epochs": epochs, "assess_before": True,
+              "scratch": str(root / "demo")}  # fmt: skip
+    specs = [{"trainer": t, "precision": p, **common} for t, p in DEMO_RUNS]
+    with ThreadPoolExecutor(len(specs)) as pool:
+        results = list(pool.map(_run_worker, specs))
+    runs = []
+    for (trainer, _), r in zip(DEMO_RUNS, results, strict=True):
+        assess_s = r["eval_and_samples_before_s"] + r["eval_and_samples_s"]
+        assess_cpu_s = r["eval_and_samples_before_cpu_s"] + r["eval_and_samples_cpu_s"]
+        runs.append(
+            {
+                "trainer": trainer,
+                "precision": r["precision"],
+                "train_s": round(r["train_s"], 1),
+                "train_cpu_s": round(r["train_cpu_s"], 1),
+                "tokens": r["tokens"],
+                "tokens_per_s": round(r["tokens"] / r["train_s"], 1),
+                "eval_and_samples_s": round(assess_s, 1),
+                "eval_and_samples_cpu_s": round(assess_cpu_s, 1),
+                "total_s": round(r["train_s"] + assess_s, 1),
+                "total_cpu_s": round(r["train_cpu_s"] + assess_cpu_s, 1),
+                "eval_loss_before": round(r["eval_loss_before"], 4),
+                "eval_loss": round(r["eval_loss"], 4),
+                "peak_rss_mib": round(r["peak_rss_mib"], 1),
+                "answer_after": r["answers"][0],
+            }
+        )
+    base = runs[0]
+    for r in runs[1:]:
+        r["vs_plain_fp32"] = {key: round(r[key] / base[key], 4) for key in DEMO_RATIO_KEYS}
+    return {"model": "135m", "epochs": epochs, "runs": runs}
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="1M model only")
-    p.add_argument("--section", choices=("peers", "confidential", "all"), default="all")
+    p.add_argument(
+        "--section", choices=("peers", "confidential", "demo", "all"), default="all",
+        help="demo: the demo's whole SmolLM2 fine-tune, before/after (not part of 'all')",
+    )  # fmt: skip
+    p.add_argument("--precision", default="fp32", help="peers: fp32, bf16 or both (fp32,bf16)")
+    p.add_argument("--epochs", type=int, default=3, help="demo: epochs (the demo's: 3)")
+    p.add_argument("--train-records", type=int, default=None, help="demo: fewer train records")
     p.add_argument("--rounds", type=int, default=None, help="rounds per size")
     p.add_argument("--sizes", default=None, help=f"comma-separated subset of {', '.join(SIZES)}")
     p.add_argument("--out", help="also write the JSON here")
@@ -334,6 +439,9 @@ def main() -> None:
     unknown = [s for s in sizes if s not in SIZES]
     if unknown:
         p.error(f"unknown size {unknown[0]!r}; known: {', '.join(SIZES)}")
+    bad = [x for x in args.precision.split(",") if x not in ("fp32", "bf16")]
+    if bad:
+        p.error(f"unknown precision {bad[0]!r}; known: fp32, bf16")
     started = time.perf_counter()
     summary: dict = {
         "benchmark": "finetune_cpu_peers_and_confidential_cost",
@@ -343,7 +451,11 @@ def main() -> None:
     }
     with tempfile.TemporaryDirectory(prefix="bench-finetune-") as tmp:
         if args.section in ("peers", "all"):
-            peers = [bench_peers(s, args.rounds or PEER_SIZES[s][3], Path(tmp)) for s in sizes]
+            peers = [
+                bench_peers(s, args.rounds or PEER_SIZES[s][3], Path(tmp), precision)
+                for precision in args.precision.split(",")
+                for s in sizes
+            ]
             summary["peers"] = {
                 "goal": "ours >= 1.0x trl and >= 1.5x plain (median tokens per CPU-second)",
                 "results": peers,
@@ -356,6 +468,12 @@ def main() -> None:
                 "fixed_phases": list(FIXED_PHASES),
                 "results": results,
                 "min_ratio": min(r["ratio"] for r in results),
+            }
+        if args.section == "demo":
+            summary["demo"] = {
+                "goal": "the same held-out eval loss in <= 1/2 the plain fp32 loop's train + "
+                "assess time; eval + samples in <= 1/3 (vs_plain_fp32 ratios <= 0.5, <= 0.33)",
+                **bench_demo(Path(tmp), args.epochs, args.train_records),
             }
     summary["load_average_at_end"] = list(os.getloadavg())
     summary["wall_s"] = round(time.perf_counter() - started, 1)

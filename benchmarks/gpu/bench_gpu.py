@@ -89,8 +89,9 @@ def synthetic_examples(core, n: int, seq_len: int, vocab: int, seed: int):
 
 
 def plain_peft_loop(model, encoded, *, steps, batch_size, lr, device, dtype, seed):
-    """The textbook PEFT loop (DataLoader + collate, AdamW, linear decay, clipping, autocast).
-    Returns (real tokens trained, wall seconds)."""
+    """The textbook PEFT loop (DataLoader + collate, AdamW, linear decay, clipping, autocast),
+    ``steps`` batches over as many epochs as that takes. Returns (real tokens trained, wall
+    seconds)."""
     import torch
     from torch.nn.utils.rnn import pad_sequence
 
@@ -115,12 +116,14 @@ def plain_peft_loop(model, encoded, *, steps, batch_size, lr, device, dtype, see
         collate_fn=collate,
         generator=torch.Generator().manual_seed(seed),
     )
+    # as many epochs as ``steps`` needs (each reshuffled by the loader's generator)
+    batches = (batch for _ in range(-(-steps // len(loader))) for batch in loader)
     model.train()
     tokens = 0
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     start = time.perf_counter()
-    for _, batch in zip(range(steps), loader, strict=False):
+    for _, batch in zip(range(steps), batches, strict=False):
         tokens += int(batch["attention_mask"].sum())
         batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
         with torch.autocast(device_type=device.type, dtype=dtype, enabled=dtype is not None):
@@ -135,7 +138,9 @@ def plain_peft_loop(model, encoded, *, steps, batch_size, lr, device, dtype, see
     return tokens, time.perf_counter() - start
 
 
-def trl_sft_train(model, tokenizer, encoded, *, steps, batch_size, lr, seed, bf16, out_dir):
+def trl_sft_train(
+    model, tokenizer, encoded, *, steps, batch_size, lr, seed, bf16, out_dir, epochs=1
+):
     """TRL ``SFTTrainer`` as its docs recommend for speed: ``packing=True`` (best-fit-decreasing
     bins, which switches on padding-free batches with position ids) and TRL's own fused LM head
     (log-probabilities only at labelled positions, in tiles). Liger is Triton-only (on CPU its
@@ -160,8 +165,8 @@ def trl_sft_train(model, tokenizer, encoded, *, steps, batch_size, lr, seed, bf1
         packing=True,
         max_length=bin_tokens,
         per_device_train_batch_size=1,
-        max_steps=-1 if steps is None else steps,  # None: one epoch
-        num_train_epochs=1,
+        max_steps=-1 if steps is None else steps,  # None: ``epochs`` epochs
+        num_train_epochs=epochs,
         learning_rate=lr,
         lr_scheduler_type="linear",
         warmup_steps=0,

@@ -201,3 +201,40 @@ def test_batched_answers_equal_one_by_one(lora_model, examples):
     single = [core.answer(model, tok, [q], RUNTIME, max_new_tokens=12)[0] for q in questions]
     assert batched == single
     assert any(batched)
+
+
+def test_packing_holds_in_bf16(tiny_model: Path, records):
+    """The same code path in bf16 (autocast, frozen base weights in bf16: what "auto" picks on a
+    CPU with native bf16): records stay isolated bit for bit, and each record's packed loss is
+    its unpacked loss up to bf16 rounding."""
+    runtime = core.select_runtime("cpu", "bf16")
+    model, tok = core.load_model(tiny_model, runtime)
+    assert next(model.parameters()).dtype == torch.bfloat16
+    model = core.add_lora(model, LoraSettings(), seed=0).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.02, generator=torch.Generator().manual_seed(1))
+    batch = core.pack_batch(records, 10_000, tok.pad_token_id)  # all in one row
+    assert batch.input_ids.shape[0] == 1
+    with runtime.autocast():
+        packed = _logits(model, batch.input_ids, batch.position_ids, batch.attention_mask)
+        first = batch.segments[0]
+        changed = batch.input_ids.clone()
+        changed[0, first.start : first.end] = torch.flip(changed[0, first.start : first.end], [0])
+        after = _logits(model, changed, batch.position_ids, batch.attention_mask)
+    others = torch.ones(batch.input_ids.shape[1], dtype=torch.bool)
+    others[first.start : first.end] = False
+    assert not torch.equal(after[0, ~others], packed[0, ~others])
+    torch.testing.assert_close(after[0, others], packed[0, others], rtol=0, atol=0)
+    for seg in batch.segments:
+        only = torch.full_like(batch.targets, core.IGNORE_INDEX)
+        only[seg.row, seg.start : seg.end] = batch.targets[seg.row, seg.start : seg.end]
+        r = records[seg.record]
+        with torch.no_grad():
+            packed_loss, n = core.summed_loss(model, dataclasses.replace(batch, targets=only),
+                                              runtime)  # fmt: skip
+            with runtime.autocast():
+                mean = model(input_ids=torch.tensor([r.input_ids]),
+                             labels=torch.tensor([r.labels])).loss  # fmt: skip
+        torch.testing.assert_close(packed_loss / n, mean.float(), rtol=2e-2, atol=2e-2)

@@ -103,3 +103,13 @@ def test_batches_hold_batch_size_records_packed(tiny_model: Path, examples) -> N
     shuffled = list(core.make_batches(enc, 3, tok.pad_token_id, pack_length=48,
                                       generator=torch.Generator().manual_seed(0)))  # fmt: skip
     assert sum(b.tokens for b in shuffled) == sum(len(r.input_ids) for r in enc)
+
+
+def test_auto_precision_is_bf16_exactly_where_the_cpu_computes_it(monkeypatch) -> None:
+    for native in (True, False):
+        monkeypatch.setattr(core, "cpu_has_native_bf16", lambda native=native: native)
+        runtime = core.select_runtime("cpu", "auto")
+        assert runtime.precision == ("bf16" if native else "fp32")
+        assert runtime.autocast_dtype == (torch.bfloat16 if native else None)
+        assert core.select_runtime("cpu", "fp32").autocast_dtype is None  # explicit wins
+    assert core.select_runtime("cpu", "bf16").precision == "bf16"
