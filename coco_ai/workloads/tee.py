@@ -210,6 +210,21 @@ class TeeWorkload:
 
         return stack.enter_context(GuestClient(self.config.guest_api_url))
 
+    def _store_call(
+        self, what: str, fn: Callable[[], T], *, retry: Callable[[Exception], bool] = lambda e: True
+    ) -> T:
+        """``fn`` with the config's bounded object-store retries (``store_attempts``,
+        ``store_backoff_s``); see :func:`with_retries`."""
+        cfg = self.config
+        return with_retries(
+            what,
+            fn,
+            attempts=cfg.store_attempts,
+            backoff_s=cfg.store_backoff_s,
+            log=self.log,
+            retry=retry,
+        )
+
     @contextmanager
     def _phase(self, name: str) -> Iterator[None]:
         start, cpu_start = time.perf_counter(), time.process_time()
@@ -241,12 +256,9 @@ class TeeWorkload:
                 return False
             return True
 
-        occupied = with_retries(
+        occupied = self._store_call(
             f"staging store {cfg.staging_uri}",
             probe,
-            attempts=cfg.store_attempts,
-            backoff_s=cfg.store_backoff_s,
-            log=self.log,
         )
         if occupied:
             raise WorkloadError(
@@ -259,7 +271,6 @@ class TeeWorkload:
         it: local paths are stat'ed, object stores asked with bounded retries."""
         from coco_ai.storage import open_store
 
-        cfg = self.config
         if not _is_remote(path) or path.startswith("file://"):
             local = Path(path.removeprefix("file://"))
             files = [local] if local.is_file() else [p for p in local.rglob("*") if p.is_file()]
@@ -271,12 +282,9 @@ class TeeWorkload:
             names = store.list(name)  # a model directory; an object lists nothing
             return sum(store.size(n) for n in names) if names else store.size(name)
 
-        return with_retries(
+        return self._store_call(
             f"sizing {what} {path}",
             size,
-            attempts=cfg.store_attempts,
-            backoff_s=cfg.store_backoff_s,
-            log=self.log,
             retry=lambda exc: not isinstance(exc, FileNotFoundError),
         )
 
@@ -368,12 +376,9 @@ class TeeWorkload:
                     (scratch / name.rpartition("/")[2]).write_bytes(store.read_bytes(name))
                 return scratch
 
-            model_dir = with_retries(
+            model_dir = self._store_call(
                 f"downloading {what} {path}",
                 download,
-                attempts=self.config.store_attempts,
-                backoff_s=self.config.store_backoff_s,
-                log=self.log,
             )
         else:
             model_dir = Path(path.removeprefix("file://"))
@@ -413,12 +418,9 @@ class TeeWorkload:
         from coco_ai.crypto.transfer import upload_checkpoint
 
         cfg = self.config
-        with_retries(
+        self._store_call(
             f"upload to staging {cfg.staging_uri}",
             lambda: upload_checkpoint(str(src), cfg.staging_uri),
-            attempts=cfg.store_attempts,
-            backoff_s=cfg.store_backoff_s,
-            log=self.log,
         )
         self.log(f"uploaded to {cfg.staging_uri}")
 

@@ -143,22 +143,30 @@ def _fail_closed(ckpt_dir, uri, proxy, moto_endpoint):
     return err.value
 
 
-def test_store_down_mid_upload_fails_closed_and_the_retry_resumes(
-    ckpt_dir, bucket, s3_proxy, s3_admin, moto_endpoint, matrix
-):
-    uri = f"s3://{bucket}/runs/resume"
-    _fail_closed(ckpt_dir, uri, s3_proxy, moto_endpoint)
-    assert len(_open_uploads(s3_admin, bucket)) == 1  # kept for the retry to resume
+def _retry_resumes_after_the_first_part(ckpt_dir, uri, via, moto_endpoint, s3_admin, bucket):
+    """The transfer again (through ``via``): it reuses the part the failed one completed, sends
+    the other two, completes, and leaves no multipart upload open."""
     events = recorder()
-    clock = Stopwatch()
-    manifest = _copy(ckpt_dir, uri, s3_proxy.url, events)
-    elapsed = clock.elapsed()
+    manifest = _copy(ckpt_dir, uri, via, events)
     parts = {
         k: [e.part for e in events.events if e.kind == k] for k in (PART_REUSED, PART_UPLOADED)
     }
     assert parts == {PART_REUSED: [1], PART_UPLOADED: [2, 3]}
     verify_objects(open_store(uri, **_options(moto_endpoint)), manifest)
     assert _open_uploads(s3_admin, bucket) == []
+
+
+def test_store_down_mid_upload_fails_closed_and_the_retry_resumes(
+    ckpt_dir, bucket, s3_proxy, s3_admin, moto_endpoint, matrix
+):
+    uri = f"s3://{bucket}/runs/resume"
+    _fail_closed(ckpt_dir, uri, s3_proxy, moto_endpoint)
+    assert len(_open_uploads(s3_admin, bucket)) == 1  # kept for the retry to resume
+    clock = Stopwatch()
+    _retry_resumes_after_the_first_part(
+        ckpt_dir, uri, s3_proxy.url, moto_endpoint, s3_admin, bucket
+    )
+    elapsed = clock.elapsed()
     matrix(
         component="object store",
         fault="connection reset on every try of one part (store unusable)",
@@ -366,15 +374,11 @@ def test_upload_process_interrupted_mid_transfer_and_its_retry_resumes(
     with pytest.raises(IncompleteCheckpointError):
         read_manifest(open_store(uri, **_options(moto_endpoint)))
     assert len(_open_uploads(s3_admin, bucket)) == 1
-    events = recorder()
-    manifest = _copy(ckpt_dir, uri, moto_endpoint, events)  # the task's next attempt
+    # the task's next attempt
+    _retry_resumes_after_the_first_part(
+        ckpt_dir, uri, moto_endpoint, moto_endpoint, s3_admin, bucket
+    )
     elapsed = clock.elapsed()
-    parts = {
-        k: [e.part for e in events.events if e.kind == k] for k in (PART_REUSED, PART_UPLOADED)
-    }
-    assert parts == {PART_REUSED: [1], PART_UPLOADED: [2, 3]}
-    verify_objects(open_store(uri, **_options(moto_endpoint)), manifest)
-    assert _open_uploads(s3_admin, bucket) == []
     matrix(
         component="Airflow",
         fault=(

@@ -165,12 +165,9 @@ class FinetuneWorkload(TeeWorkload):
 
         cfg = self.config
         parent, name = split_object_uri(cfg.dataset.uri)
-        blob = with_retries(
+        blob = self._store_call(
             f"reading data set {cfg.dataset.uri}",
             lambda: open_store(parent).read_bytes(name),
-            attempts=cfg.store_attempts,
-            backoff_s=cfg.store_backoff_s,
-            log=self.log,
         )
         digest = sha256_digest(blob)
         try:

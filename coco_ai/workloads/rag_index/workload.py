@@ -48,7 +48,6 @@ from coco_ai.workloads.tee import (
     private_tmpdir,
     sha256_digest,
     split_object_uri,
-    with_retries,
 )
 
 # aad context every encrypted document repository is bound to (with its key URI): a data set or
@@ -152,12 +151,9 @@ class RagIndexWorkload(TeeWorkload):
             return store.read_bytes(name)
 
         try:
-            blob = with_retries(
+            blob = self._store_call(
                 f"reading repository {cfg.repository.uri}",
                 read,
-                attempts=cfg.store_attempts,
-                backoff_s=cfg.store_backoff_s,
-                log=self.log,
                 retry=lambda exc: not isinstance(exc, _TooLarge),
             )
         except _TooLarge as exc:
@@ -225,12 +221,9 @@ class RagIndexWorkload(TeeWorkload):
         del root
         what = f"previous index {named.uri} (run {named.run_id})"
         try:
-            manifest = with_retries(
+            manifest = self._store_call(
                 f"reading {what}",
                 lambda: decrypt_checkpoint(named.uri, scratch, kek=key),
-                attempts=cfg.store_attempts,
-                backoff_s=cfg.store_backoff_s,
-                log=self.log,
                 retry=lambda exc: not isinstance(exc, CheckpointError | ValueError),
             )
             if manifest.run_id != named.run_id or manifest.digest() != named.manifest_digest:
