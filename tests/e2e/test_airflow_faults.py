@@ -23,6 +23,7 @@ import pytest
 from test_operator_interventions import _wait, _workload_pids
 
 from coco_ai.devstack import DAG_ID, DevStack, stop_stack
+from coco_ai.devstack.airflow import _RETRY_DELAYS_S
 from coco_ai.devstack.demo import run_pipeline
 from coco_ai.devstack.processes import stop_service
 from coco_ai.runs import RunRefs
@@ -175,7 +176,9 @@ def test_api_server_restart_and_a_cleared_finetune_each_end_in_one_promotion(sta
     (api_server,) = [s for s in info.services if s.name == "airflow-api-server" and s.alive()]
     down_at = time.monotonic()
     stop_service(api_server, grace_s=0, term_signal=signal.SIGKILL)
-    time.sleep(5)  # down long enough for the follower and the task's heartbeat to notice
+    # down longer than the REST client's own retries of one call (~16 s), so that the demo's
+    # follower itself has to ride out the outage (and says so), as the task's heartbeat does
+    time.sleep(sum(_RETRY_DELAYS_S) + 5)
     devstack.start_component("api-server")
     _wait("the api-server back", lambda: _api_up(info.api_url), 120)
     back_s = time.monotonic() - down_at
