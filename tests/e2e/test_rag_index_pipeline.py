@@ -247,9 +247,15 @@ def test_no_document_chunk_question_or_key_in_the_metadata_db(e2e_stack, confide
 
 
 def test_no_document_chunk_question_or_key_in_any_log(e2e_stack, rest_run, confidential_text):
+    run, _ = rest_run
     task_logs, service_logs = log_files(e2e_stack)
-    indexing = [p for p in task_logs if "task_id=confidential_rag_index" in str(p)]
-    assert indexing and "[rag-index] retrieval: hit rate@1" in indexing[0].read_text()  # streamed
+    # the REST run's indexing log (the directory order of the runs' logs is the file system's)
+    (indexing,) = [
+        p
+        for p in task_logs
+        if f"run_id={run.run_id}/" in str(p) and "task_id=confidential_rag_index" in str(p)
+    ]
+    assert "[rag-index] retrieval: hit rate@1" in indexing.read_text()  # streamed
     found = [
         f"{p}: {name}"
         for p in task_logs + service_logs
