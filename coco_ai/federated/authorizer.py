@@ -17,7 +17,12 @@ federation, now. ``verify()`` (in every peer) checks, failing closed on any doub
    replay) in an accepted role, and an accepted participant id;
 4. the JWS verifies (ES256 only) with the attested TEE key; its ``sub`` is that participant;
 5. ``aud`` is this federation; ``iat`` is no older than ``max_token_age_s`` and not in the
-   future, and within the EAR token's validity; the nonce was never seen (replay cache).
+   future, and within the EAR token's validity; the nonce was never seen (replay cache);
+6. the party is held by one TEE: the first TEE key accepted for an identity is the only one
+   accepted for it afterwards (:class:`IdentityBinding`). Two TEEs running the approved code
+   with the same initdata claims are indistinguishable to attestation; this stops the second
+   from joining as the same party (a second update, twice the weight). A party whose TEE is
+   restarted (a new key) is refused until the federation is started again.
 
 NVFlare's ``CCManager`` calls ``verify(token)`` without the site name the token came with; use
 :meth:`TrusteeCCAuthorizer.verify_peer` to learn the attested identity and compare it with the
@@ -105,6 +110,23 @@ class ReplayCache:
             self._seen[nonce] = keep_until
 
 
+class IdentityBinding:
+    """Each federation identity → the thumbprint of the one TEE key accepted for it."""
+
+    def __init__(self) -> None:
+        self._keys: dict[str, str] = {}
+        self._lock = threading.Lock()
+
+    def admit(self, identity: FederationIdentity, thumbprint: str) -> None:
+        with self._lock:
+            held = self._keys.setdefault(str(identity), thumbprint)
+        if held != thumbprint:
+            raise FederationAuthError(
+                f"{identity} is already held by another TEE (key {held[:16]}…): a second TEE "
+                "claiming the same identity is refused"
+            )
+
+
 class TrusteeCCAuthorizer(CCAuthorizer):
     """One party's issuer and verifier of Trustee-attested CC tokens (an NVFlare component).
 
@@ -157,6 +179,7 @@ class TrusteeCCAuthorizer(CCAuthorizer):
         self.leeway_s = leeway_s
         self._clock = clock
         self._replay = ReplayCache()
+        self._holders = IdentityBinding()
 
     def get_namespace(self) -> str:
         return NAMESPACE
@@ -269,6 +292,7 @@ class TrusteeCCAuthorizer(CCAuthorizer):
         self._replay.admit(
             nonce, keep_until=iat + self.max_token_age_s + 2 * self.leeway_s, now=now
         )
+        self._holders.admit(identity, key.thumbprint())
         return AttestedPeer(identity=identity, claims=claims, tee_pubkey=tee_pubkey, issued_at=iat)
 
     def _check_attestation(self, claims: EarClaims) -> None:

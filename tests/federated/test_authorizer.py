@@ -153,6 +153,27 @@ def test_replayed_token_is_refused(trustee, party_factory, verifier_for) -> None
     assert verifier.verify(token) is False
 
 
+def test_a_second_tee_claiming_a_held_identity_is_refused(
+    trustee, party_factory, verifier_for
+) -> None:
+    """Two TEEs with the same approved code and the same identity claims (a clone): the first
+    to be accepted holds the identity; the other is refused, every round, while the holder's
+    fresh tokens keep being accepted."""
+    holder = party_factory("dept-a")
+    clone = party_factory("dept-a", gpus=2)  # another emulator: its own TEE key, same claims
+    assert clone.identity == holder.identity
+    verifier = verifier_for()
+    assert verifier.verify_peer(authorizer_of(holder, trustee).generate()).identity == (
+        holder.identity
+    )
+    for _ in range(2):
+        with pytest.raises(FederationAuthError, match="already held by another TEE"):
+            verifier.verify_peer(authorizer_of(clone, trustee).generate())
+    assert verifier.verify(authorizer_of(holder, trustee).generate()) is True
+    # another party is not affected
+    assert verifier.verify(authorizer_of(party_factory("dept-b"), trustee).generate()) is True
+
+
 def test_stale_and_expired_tokens_are_refused(trustee, party_factory, verifier_for) -> None:
     token = authorizer_of(party_factory("dept-a"), trustee).generate()
     later = time.time() + 120
