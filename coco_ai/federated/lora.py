@@ -209,12 +209,27 @@ class LoraTrainer(Executor):
             return out.to_shareable()
 
 
+def update_digest(weights: dict[str, Any]) -> str:
+    """``sha256:`` over an update's tensor names, shapes and float32 bytes, in name order."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for name in sorted(weights):
+        array = np.ascontiguousarray(np.asarray(weights[name], dtype=np.float32))
+        h.update(f"{name}\0{array.shape}\0".encode())
+        h.update(array.tobytes())
+    return "sha256:" + h.hexdigest()
+
+
 class AdapterUpdateCheck(Filter):
     """The aggregator's check of each participant's update (a task result filter): exactly the
     adapter's tensor names and shapes, finite values, a global L2 norm of at most ``max_norm``,
-    and a positive step count. A failing update is replaced by a BAD_TASK_DATA reply, which
-    ScatterAndGather leaves out of the average (or, below its minimum of responses, turns into a
-    failed run): the sender contributes nothing."""
+    a positive step count, and never an update accepted before (its SHA-256 over names, shapes
+    and bytes: a replayed update, from an earlier round or another party, counts once at most;
+    ScatterAndGather itself discards results that carry an earlier round's cookie). A failing
+    update is replaced by a BAD_TASK_DATA reply, which ScatterAndGather leaves out of the
+    average (or, below its minimum of responses, turns into a failed run): the sender
+    contributes nothing."""
 
     def __init__(
         self,
@@ -229,6 +244,7 @@ class AdapterUpdateCheck(Filter):
         self.max_norm = float(max_norm)
         self.lora = (lora_r, lora_alpha, tuple(target_modules))
         self._layout: dict[str, tuple[int, ...]] | None = None
+        self._accepted: set[str] = set()  # digests of the updates accepted so far
 
     def layout(self) -> dict[str, tuple[int, ...]]:
         """Adapter tensor name -> shape, from the base model (computed once)."""
@@ -265,7 +281,11 @@ class AdapterUpdateCheck(Filter):
             return shareable
         reason = self.problem(shareable)
         if reason is None:
-            return shareable
+            digest = update_digest(from_shareable(shareable).data)
+            if digest not in self._accepted:
+                self._accepted.add(digest)
+                return shareable
+            reason = f"replayed update ({digest[:19]}… was accepted before)"
         peer = fl_ctx.get_peer_context()
         sender = peer.get_identity_name() if peer else "unknown"
         self.log_error(fl_ctx, f"update from {sender} refused: {reason}")

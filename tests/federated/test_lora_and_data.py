@@ -96,3 +96,8 @@ def test_aggregator_refuses_bad_updates(tiny_model_dir) -> None:
         reply = check.process(dxo.to_shareable(), ctx)
         assert reply.get_return_code() == ReturnCode.BAD_TASK_DATA, what
     assert "exceeds 100" in check.problem(bad["norm"].to_shareable())
+    # the good update sent again (an earlier round's, or another party's copy): refused
+    replayed = check.process(update({k: v.copy() for k, v in good.items()}).to_shareable(), ctx)
+    assert replayed.get_return_code() == ReturnCode.BAD_TASK_DATA
+    fresh = update({k: v + 0.001 for k, v in good.items()}).to_shareable()
+    assert check.process(fresh, ctx) is fresh  # a new update still passes
