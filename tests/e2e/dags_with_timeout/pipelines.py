@@ -11,6 +11,8 @@ import runpy
 from datetime import timedelta
 from pathlib import Path
 
+from airflow.timetables.simple import NullTimetable
+
 _REPO_DAGS = Path(__file__).resolve().parents[3] / "dags"
 
 finetune = runpy.run_path(str(_REPO_DAGS / "confidential_finetune.py"))["dag"]
@@ -19,6 +21,8 @@ grant_sweep = runpy.run_path(str(_REPO_DAGS / "coco_ai_grant_sweep.py"))["dag"]
 
 finetune_timeout = copy.deepcopy(finetune)
 finetune_timeout.dag_id = "confidential_finetune_timeout"
+# runs only when a test triggers it: never on the fine-tune's data-set events or its cron
+finetune_timeout.timetable = NullTimetable()
 finetune_timeout.get_task("confidential_finetune").execution_timeout = timedelta(
     seconds=float(os.environ.get("COCO_TEST_WORKLOAD_TIMEOUT_S", "20"))
 )
