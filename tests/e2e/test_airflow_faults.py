@@ -34,7 +34,9 @@ HERE = Path(__file__).resolve().parent
 TIMEOUT_DAG_ID = "confidential_finetune_timeout"
 WORKLOAD_TIMEOUT_S = 25
 FINETUNE = "confidential_finetune"
-LONG_RUN = {"epochs": 3, "lora_r": 4}  # long enough to be caught mid-training
+# Neither run may finish: one is killed mid-training, the other must outlast the workload
+# timeout. Far more epochs than either needs, so that fast training (bf16) cannot finish first.
+LONG_RUN = {"epochs": 60, "lora_r": 4}
 SHORT_RUN = {"epochs": 1, "lora_r": 4}
 FINAL = ("success", "failed", "upstream_failed", "skipped")
 

@@ -15,8 +15,8 @@ from coco_ai.workloads.dataset import to_jsonl
 # the fine-tune workload as the workloads tier runs it (its fixtures: tests/faults/conftest.py)
 from tests.workloads.test_workload_e2e import RUN_ID, make_config, run_workload
 
-LIFETIME_S = 6  # the stand-in's EAR token lifetime (Trustee's default: 300 s)
-MARGIN_S = 3  # the guest re-attests this long before its token expires (signing fits in it)
+LIFETIME_S = 3  # the stand-in's EAR token lifetime (Trustee's default: 300 s)
+MARGIN_S = 1.5  # the guest re-attests this long before its token expires (signing fits in it)
 
 
 def test_token_expiring_mid_training_is_renewed_before_signing(
@@ -39,7 +39,7 @@ def test_token_expiring_mid_training_is_renewed_before_signing(
         (store / "northwind.jsonl.enc").write_bytes(stack.encrypt_dataset(to_jsonl(examples)))
         # long enough that the key-release token has expired before the checkpoint is signed,
         # also where training is fast (bf16 on a CPU that has it)
-        cfg = make_config(tmp_path, stack, store, tiny_model, training__epochs=10)
+        cfg = make_config(tmp_path, stack, store, tiny_model, training__epochs=20)
         started = time.monotonic()
         proc = run_workload(tmp_path, cfg)
         took = time.monotonic() - started
