@@ -401,7 +401,8 @@ def bench_demo(root: Path, epochs: int, train_records: int | None) -> dict:
                 "eval_loss_before": round(r["eval_loss_before"], 4),
                 "eval_loss": round(r["eval_loss"], 4),
                 "peak_rss_mib": round(r["peak_rss_mib"], 1),
-                "answer_after": r["answers"][0],
+                "answers_before": r["answers_before"],
+                "answers_after": r["answers"],
             }
         )
     base = runs[0]

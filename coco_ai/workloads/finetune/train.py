@@ -24,7 +24,9 @@ Speed comes from doing less work, not from device-specific kernels:
   never holds more than ``LOSS_CHUNK`` rows of logits and computes the hidden-state gradient in
   the same pass (the fused-linear-cross-entropy idea, in plain torch so it runs on CPU too).
 - **Evaluation** packs the same way, with records sorted by length; **sample answers** are
-  generated in one left-padded batch with the KV cache.
+  generated in one left-padded batch with the KV cache. Both run on faster weights that are put
+  back exactly afterwards (:func:`inference_weights`): LoRA merged into the base projections,
+  and on a bf16 CPU every linear's weight laid out once for oneDNN.
 
 The loop avoids per-step host/device synchronisation: step losses stay on the device and are read
 only when a progress line is due (at most every ``log_interval_s``) and at the end.
@@ -33,6 +35,7 @@ only when a progress line is due (at most every ``log_interval_s``) and at the e
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -41,6 +44,7 @@ from pathlib import Path
 
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
+from peft.tuners.lora import LoraLayer
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
 
 from coco_ai.workloads.dataset import Example
@@ -50,6 +54,7 @@ IGNORE_INDEX = -100
 MAX_GRAD_NORM = 1.0
 LOSS_CHUNK = 2048  # rows of logits alive at once in the loss (2048 x 49152 fp32 = 384 MiB)
 FALLBACK_PROMPT = "### Instruction:\n{instruction}\n### Response:\n"
+PACK_ROWS = 8  # rows per call that bf16 CPU weights are laid out for (see _pack_linears)
 
 
 @dataclass(frozen=True)
@@ -330,7 +335,9 @@ def summed_loss(model, batch: Batch, runtime: Runtime) -> tuple[torch.Tensor, in
             input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=False
         ).last_hidden_state
         hidden, wanted = hidden[keep], targets[keep]
-        if type(head) is torch.nn.Linear and head.bias is None and not head.weight.requires_grad:
+        # a frozen head (or no gradient wanted: evaluation) takes the chunked loss
+        frozen = not head.weight.requires_grad or not torch.is_grad_enabled()
+        if type(head) is torch.nn.Linear and head.bias is None and frozen:
             loss = _LinearCrossEntropy.apply(hidden, head.weight, wanted, LOSS_CHUNK)
         else:  # a trained or adapted head (e.g. LoRA on lm_head): let autograd see it
             logits = head(hidden).float()
@@ -353,6 +360,101 @@ def add_lora(model, lora: LoraSettings, seed: int) -> PeftModel:
         raise ValueError(f"lora.target_modules: {exc}") from None
 
 
+_Merged = list[tuple[LoraLayer, torch.nn.Parameter, torch.Tensor]]
+
+
+def _merge_lora(model, merged: _Merged) -> None:
+    """Merge each plain LoRA layer's active adapters into its base weight, rounding once:
+    ``W + scaling * B @ A`` is summed in fp32 and stored in the base weight's dtype. Appends to
+    ``merged`` what :func:`_unmerge_lora` puts back: the base weights' own tensors, not a
+    subtraction (in bf16, ``W + D - D`` is not ``W``). Layers that are already merged, disabled
+    or not plain LoRA (DoRA and other variants, a LoRA bias) keep running unmerged."""
+    for layer in model.modules():
+        if (
+            not isinstance(layer, LoraLayer)
+            or layer.merged
+            or layer.disable_adapters
+            or any(layer.lora_variant.get(a) or layer.lora_bias.get(a) for a in layer.lora_A)
+        ):
+            continue
+        adapters = [a for a in layer.active_adapters if a in layer.lora_A]
+        if not adapters:
+            continue
+        weight = layer.get_base_layer().weight
+        base = weight.data
+        delta = sum(layer.get_delta_weight(a).float() for a in adapters)
+        merged.append((layer, weight, base))
+        weight.data = (base.float() + delta).to(base.dtype)
+        layer.merged_adapters = adapters  # PEFT's forward now runs the base layer alone
+
+
+def _unmerge_lora(merged: _Merged) -> None:
+    for layer, weight, base in merged:
+        weight.data = base
+        layer.merged_adapters = []
+
+
+def _packed_linear(packed: torch.Tensor, bias: torch.Tensor | None, x: torch.Tensor):
+    return torch.ops.mkldnn._linear_pointwise(
+        x.to(torch.bfloat16).contiguous(), packed, bias, "none", [], ""
+    )
+
+
+def _pack_linears(model, patched: list[torch.nn.Linear]) -> None:
+    """Give every bf16 ``nn.Linear`` a forward over its weight re-laid once in oneDNN's blocked
+    layout. A plain bf16 linear re-lays the weight on every call, which costs a decoding step as
+    much as the multiply (one thread, SmolLM2's 576x1536 at 3 rows: 80 vs 160 us). The layout
+    is the one oneDNN picks for ``PACK_ROWS`` rows per call; it serves any number of rows, and
+    its products here equal the plain linear's bit for bit (a layout for one row does not: it
+    sums in another order). Linear layers in another dtype (the fp32 LoRA matrices) keep their
+    forward. Appends the patched layers to ``patched``."""
+    for module in model.modules():
+        if type(module) is torch.nn.Linear and module.weight.dtype == torch.bfloat16:
+            packed = torch.ops.mkldnn._reorder_linear_weight(module.weight.detach(), PACK_ROWS)
+            bias = None if module.bias is None else module.bias.detach()
+            patched.append(module)
+            module.forward = functools.partial(_packed_linear, packed, bias)
+
+
+@contextlib.contextmanager
+def inference_weights(model, runtime: Runtime) -> Iterator[None]:
+    """Faster weights for a model in eval mode, the model's own put back bit for bit on exit.
+
+    - LoRA merged into the base projections (:func:`_merge_lora`): one matmul per projection
+      instead of the base's, the adapter's two and their casts. Decoding with 120 LoRA-wrapped
+      projections cost 4.1 CPU-s against 2.5 for the base model (SmolLM2, bf16). In fp32 the
+      merged product equals the unmerged one to rounding; in bf16 the merged weight is rounded
+      to bf16, where unmerged only the adapter's output is, so held-out losses agree to under
+      1e-3 (relative; 5e-4 on SmolLM2) and a greedy answer can take another word after a few
+      dozen tokens. The adapter is only read, so what is saved afterwards is what training
+      produced.
+    - On a CPU in bf16 (oneDNN present), every bf16 linear runs on a pre-laid weight
+      (:func:`_pack_linears`).
+
+    Dropout is skipped by a merged layer, so this is for eval mode only."""
+    if model.training:
+        raise RuntimeError(
+            "inference_weights needs the model in eval mode (dropout is merged away)"
+        )
+    pack = (
+        runtime.device.type == "cpu"
+        and runtime.autocast_dtype == torch.bfloat16
+        and torch.backends.mkldnn.is_available()
+    )
+    merged: _Merged = []
+    patched: list[torch.nn.Linear] = []
+    try:
+        if isinstance(model, PeftModel):
+            _merge_lora(model, merged)
+        if pack:
+            _pack_linears(model, patched)
+        yield
+    finally:
+        for module in patched:
+            del module.forward  # back to nn.Linear.forward
+        _unmerge_lora(merged)
+
+
 @torch.no_grad()
 def evaluate(
     model,
@@ -368,10 +470,11 @@ def evaluate(
     model.eval()
     total = torch.zeros((), dtype=torch.float64, device=runtime.device)
     count = 0
-    for batch in make_batches(encoded, batch_size, pad_id, pack_length=pack_length):
-        loss, n = summed_loss(model, batch, runtime)
-        total += loss
-        count += n
+    with inference_weights(model, runtime):
+        for batch in make_batches(encoded, batch_size, pad_id, pack_length=pack_length):
+            loss, n = summed_loss(model, batch, runtime)
+            total += loss
+            count += n
     model.train(was_training)
     loss = total.item() / max(count, 1)
     return EvalResult(loss, math.exp(min(loss, 700.0)), count)
@@ -457,7 +560,8 @@ def answer(
     *,
     max_new_tokens: int,
 ) -> list[str]:
-    """Greedy answers, all prompts in one left-padded batch decoded with the KV cache."""
+    """Greedy answers, all prompts in one left-padded batch decoded with the KV cache, on
+    :func:`inference_weights`."""
     if not instructions:
         return []
     was_training = model.training
@@ -469,7 +573,7 @@ def answer(
     for j, p in enumerate(prompts):
         ids[j, width - len(p) :] = torch.tensor(p)
         mask[j, width - len(p) :] = 1
-    with runtime.autocast():
+    with inference_weights(model, runtime), runtime.autocast():
         gen = model.generate(
             input_ids=ids.to(runtime.device),
             attention_mask=mask.to(runtime.device),
