@@ -5,7 +5,7 @@ image without the crypto stack. One code path for fp32 and bf16 (autocast, froze
 stored in bf16, LoRA weights and optimiser state in fp32) on CPU and CUDA; ``precision = "auto"``
 picks bf16 where the device computes it natively (see :func:`select_runtime`).
 
-Speed comes from doing less work, not from device-specific kernels:
+Speed comes from doing less work, not from hand-written kernels:
 
 - **Padding-free packing behind a shared prefix.** The records of a step are laid end to end in
   a few rows of at most ``pack_length`` tokens (first-fit decreasing), behind one copy per row
