@@ -527,8 +527,7 @@ class DevStack:
 
     def _dataset(self, admin: Any) -> str:
         """Encrypt the demo data set under a fresh key held only by Trustee (data owner's step)."""
-        from coco_ai.workloads.dataset import generate_examples, to_jsonl
-        from coco_ai.workloads.finetune.workload import DATASET_AAD
+        from coco_ai.workloads.dataset import DATASET_AAD, generate_examples, to_jsonl
 
         return self._publish_encrypted(
             admin,
