@@ -174,7 +174,10 @@ def party_config(tmp_path: Path, stack: FederationStack, inputs, participant_id:
             "server_host": "localhost",
             "server_port": over.pop("port"),
         },
-        "trust": {"anchor_path": str(stack.anchor_path), "signer_path": str(stack.signer_path)},
+        "trust": {
+            "anchor_pem": stack.anchor_path.read_text(),
+            "signer_pem": stack.signer_path.read_text(),
+        },
         "base_model": {"path": str(inputs["model"]), "digest": model_digest(inputs["model"])},
         "min_participants": over.pop("min_participants", 3),
         "training": {"local_steps": 2, "batch_size": 8},

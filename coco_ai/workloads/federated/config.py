@@ -84,11 +84,13 @@ class FederationSettings:
 
 @dataclass(frozen=True)
 class TrustSettings:
-    """The attestation trust anchor peers' EAR tokens must chain to (public PEM files in the
-    TEE's image or config), and the pinned token signer (production)."""
+    """The attestation trust anchor peers' EAR tokens must chain to, and the pinned token
+    signer (public PEM certificates: the owner policy's). The party accepts them only if its
+    own token, fresh from its attestation agent, verifies under them: an anchor that is not the
+    real Trustee's is refused before any peer is judged by it."""
 
-    anchor_path: str
-    signer_path: str | None = None
+    anchor_pem: str
+    signer_pem: str | None = None
 
 
 @dataclass(frozen=True)
@@ -209,8 +211,8 @@ _CHECKS = {
     "party.participants": _participants,
     "party.server_host": text(lambda v: bool(_HOST.match(v)), "a host name or IP address"),
     "party.server_port": int_in(1, 65535),
-    "trust.anchor_path": text(),
-    "trust.signer_path": lambda name, v: None if v is None else text()(name, v),
+    "trust.anchor_pem": text(lambda v: "-----BEGIN CERTIFICATE-----" in v, "a PEM certificate"),
+    "trust.signer_pem": lambda name, v: None if v is None else text()(name, v),
     "training.local_steps": int_in(1, 100_000),
     "training.batch_size": int_in(1, 4096),
     "training.learning_rate": float_in(0.0, 1.0, lo_open=True),

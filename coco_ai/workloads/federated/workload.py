@@ -98,14 +98,30 @@ class FederatedParty(TeeWorkload):
         party = self.config.party
         return FederationIdentity(party.federation, party.role, party.participant_id)
 
-    def _check_attested_identity(self, guest) -> None:
-        """This TEE's own token names this run and exactly the party of the config."""
+    def _check_attested_identity(self, guest, trust_dir: Path) -> None:
+        """This TEE's own token verifies under the config's trust anchor (and signer) and names
+        this run and exactly the party of the config. Writes the anchor and signer into
+        ``trust_dir`` for the CC authorizer."""
         from coco_ai.federated.identity import FederationIdentity, FederationIdentityError
         from coco_ai.guest.initdata import RUN_ID_KEY
-        from coco_ai.kbs.ear import unverified_claims
+        from coco_ai.kbs.ear import TokenVerifierError, verify_ear_token
 
+        trust = self.config.trust
         token, _ = self._attestation_token(guest)
-        claims = unverified_claims(token).init_data_claims() or {}
+        signer = trust.signer_pem.encode() if trust.signer_pem else None
+        try:
+            verified = verify_ear_token(token, trust.anchor_pem.encode(), signer_pem=signer)
+        except TokenVerifierError as exc:
+            raise WorkloadError(
+                f"this TEE's own attestation token does not verify under the configured trust "
+                f"anchor: {exc}",
+                EXIT_ATTESTATION,
+            ) from None
+        trust_dir.mkdir(parents=True, exist_ok=True)
+        (trust_dir / "anchor.pem").write_text(trust.anchor_pem)
+        if trust.signer_pem:
+            (trust_dir / "signer.pem").write_text(trust.signer_pem)
+        claims = verified.init_data_claims() or {}
         try:
             attested = FederationIdentity.from_claims(claims)
         except FederationIdentityError as exc:
@@ -150,8 +166,10 @@ class FederatedParty(TeeWorkload):
             kit,
             bundle,
             guest_api_url=cfg.guest_api_url,
-            trust_anchor_path=cfg.trust.anchor_path,
-            token_signer_path=cfg.trust.signer_path,
+            trust_anchor_path=str(workspace / "trust" / "anchor.pem"),
+            token_signer_path=str(workspace / "trust" / "signer.pem")
+            if cfg.trust.signer_pem
+            else None,
             cc_enabled_sites=[party.aggregator_id, *party.participants],
             min_gpus=fed.min_gpus,
             allow_development_evidence=fed.allow_development_evidence,
@@ -193,15 +211,15 @@ class FederatedParty(TeeWorkload):
                 {"data set": cfg.dataset.uri, "base model": cfg.base_model.path},
                 cfg.tee_memory_bytes,
             )
+        private = private_tmpdir("coco-ai-fl-participant-")
+        stack.callback(shutil.rmtree, private, ignore_errors=True)
         with phase("keys"):  # the first request attests
-            self._check_attested_identity(guest)
+            self._check_attested_identity(guest, private / "nvflare" / "trust")
             data_key = self._fetch_key(guest, cfg.dataset.key_uri, "data-set key")
             bundle = self._credentials(guest)
         with phase("dataset"):
             examples, dataset_digest = self._load_dataset(cfg.dataset, data_key)
             del data_key
-        private = private_tmpdir("coco-ai-fl-participant-")
-        stack.callback(shutil.rmtree, private, ignore_errors=True)
         with phase("base_model_check"):
             base_dir = self._pinned_model(
                 cfg.base_model.path, cfg.base_model.digest, private / "base", "base model"
@@ -266,12 +284,12 @@ class FederatedParty(TeeWorkload):
             self._check_staging()
         with phase("memory_check"):
             self._check_memory({"base model": cfg.base_model.path}, cfg.tee_memory_bytes)
-        with phase("keys"):
-            self._check_attested_identity(guest)
-            bundle = self._credentials(guest)
-            checkpoint_key = self._run_key(guest)
         private = private_tmpdir("coco-ai-fl-aggregator-")
         stack.callback(shutil.rmtree, private, ignore_errors=True)
+        with phase("keys"):
+            self._check_attested_identity(guest, private / "nvflare" / "trust")
+            bundle = self._credentials(guest)
+            checkpoint_key = self._run_key(guest)
         with phase("base_model_check"):
             base_dir = self._pinned_model(
                 cfg.base_model.path, cfg.base_model.digest, private / "base", "base model"
