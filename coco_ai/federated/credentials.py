@@ -1,16 +1,16 @@
 """Per-identity mTLS credentials of a federation, kept in Trustee and released by its policy.
 
 The data owner (``coco-ai federation provision``, never Airflow) creates a federation CA for one
-run, issues each party a certificate and key, uploads each party's bundle as the KBS resource
-``kbs:///coco-ai-fl/<run-id>/<role>.<participant-id>`` and drops the CA key, so no further
+federation, issues each party a certificate and key, uploads each party's bundle as the KBS resource
+``kbs:///coco-ai-fl/<federation>/<role>.<participant-id>`` and drops the CA key, so no further
 certificate of this federation can ever be issued. The resource policies' federation_binding_ok
 rule releases a bundle only to a TEE whose attestation is affirming (CPU and every GPU, approved
-code) and whose initdata names exactly that run, role and participant; the party fetches it
+code) and whose initdata names exactly that federation, role and participant; the party fetches it
 through its confidential data hub and configures NVFlare's mutual TLS with it.
 
 Bundle (UTF-8 JSON, one KBS resource)::
 
-    {"version": 1, "run_id", "role", "participant_id",
+    {"version": 1, "federation", "role", "participant_id",
      "ca": <federation CA PEM>, "cert": <party certificate PEM>, "key": <PKCS#8 PEM>,
      "admin_cert", "admin_key"}   # the last two: the aggregator's only
 
@@ -18,7 +18,7 @@ The aggregator's bundle also carries the NVFlare admin credential it submits the
 (CN ``<aggregator id>@admin``, role ``project_admin``): the job is started from inside the
 aggregator's TEE, so no admin key has to exist outside a TEE for a pipeline run.
 
-The certificate: subject CN = participant id, O = "coco-ai federation <run-id>", OU = role;
+The certificate: subject CN = participant id, O = "coco-ai federation <federation>", OU = role;
 SAN DNS = participant id (plus, for the aggregator, the host names and IPs its peers dial);
 extended key usage clientAuth for participants, serverAuth + clientAuth for the aggregator.
 """
@@ -56,7 +56,7 @@ _NVFLARE_PAIR = {
 }
 #: The NVFlare role of the job-submitting admin (its certificate's unstructuredName).
 NVFLARE_ADMIN_ROLE = "project_admin"
-_BUNDLE_FIELDS = {"version", "run_id", "role", "participant_id", "ca", "cert", "key"}
+_BUNDLE_FIELDS = {"version", "federation", "role", "participant_id", "ca", "cert", "key"}
 _ADMIN_FIELDS = {"admin_cert", "admin_key"}
 
 
@@ -87,7 +87,7 @@ class CredentialBundle:
     def to_bytes(self) -> bytes:
         doc = {
             "version": BUNDLE_VERSION,
-            "run_id": self.identity.run_id,
+            "federation": self.identity.federation,
             "role": self.identity.role,
             "participant_id": self.identity.participant_id,
             "ca": self.ca_pem.decode("ascii"),
@@ -115,7 +115,7 @@ class CredentialBundle:
             raise CredentialError(f"credential bundle version {doc['version']!r} is not 1")
         if not all(isinstance(doc[k], str) for k in fields - {"version"}):
             raise CredentialError("credential bundle fields must be strings")
-        identity = FederationIdentity(doc["run_id"], doc["role"], doc["participant_id"])
+        identity = FederationIdentity(doc["federation"], doc["role"], doc["participant_id"])
         if identity != expected:
             raise CredentialError(f"credential bundle is for {identity}, not {expected}")
         submitter = None
@@ -208,7 +208,7 @@ class Federation:
     """The result of issuing: the CA certificate, every party's bundle and, when asked for,
     the job submitter's admin credential."""
 
-    run_id: str
+    federation: str
     ca_pem: bytes
     bundles: tuple[CredentialBundle, ...]
     admin: AdminCredential | None = None
@@ -216,7 +216,7 @@ class Federation:
     def summary(self) -> dict:
         """What the data owner may publish: resource URIs and certificate fingerprints."""
         return {
-            "run_id": self.run_id,
+            "federation": self.federation,
             "ca_sha256": _fingerprint(self.ca_pem),
             "parties": [
                 {
@@ -231,7 +231,7 @@ class Federation:
 
 
 def issue_federation(
-    run_id: str,
+    federation: str,
     aggregator_id: str,
     participant_ids: Sequence[str],
     *,
@@ -247,11 +247,11 @@ def issue_federation(
     ids = [aggregator_id, *participant_ids]
     if len(set(ids)) != len(ids):
         raise CredentialError("participant ids (the aggregator's included) must be distinct")
-    identities = [FederationIdentity(run_id, AGGREGATOR, aggregator_id)] + [
-        FederationIdentity(run_id, PARTICIPANT, p) for p in participant_ids
+    identities = [FederationIdentity(federation, AGGREGATOR, aggregator_id)] + [
+        FederationIdentity(federation, PARTICIPANT, p) for p in participant_ids
     ]
     start = dt.datetime.now(dt.UTC) - dt.timedelta(minutes=5)
-    organisation = x509.NameAttribute(NameOID.ORGANIZATION_NAME, f"coco-ai federation {run_id}")
+    organisation = x509.NameAttribute(NameOID.ORGANIZATION_NAME, f"coco-ai federation {federation}")
     ca_key = _new_key()
     ca_name = x509.Name([organisation, x509.NameAttribute(NameOID.COMMON_NAME, "federation CA")])
     ca = (
@@ -331,7 +331,7 @@ def issue_federation(
         if not admin_name or any(ord(c) < 0x21 or c in '\\/"' for c in admin_name):
             raise CredentialError(f"admin name {admin_name!r} must be printable, without spaces")
         admin = issue_admin(admin_name)
-    return Federation(run_id, ca_pem, tuple(bundles), admin)
+    return Federation(federation, ca_pem, tuple(bundles), admin)
 
 
 def provision(admin: KbsAdminClient, federation: Federation) -> list[str]:

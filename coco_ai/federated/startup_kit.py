@@ -47,6 +47,7 @@ def install_confidential_kit(
     token_expiration_s: int = 60,
     peer_request_timeout_s: float = 30.0,
     extra_allowed_classes: Sequence[str] = (),
+    run_id: str | None = None,
 ) -> Path:
     """Install ``bundle`` and the CC components into ``kit_dir``; returns the resources file.
 
@@ -55,7 +56,9 @@ def install_confidential_kit(
     installed job classes (e.g. coco_ai.federated.lora's) the kit's class allow list must admit.
     ``peer_request_timeout_s`` bounds the CC manager's requests for a peer's fresh token and for
     the site list (NVFlare's default, 10 s, is short enough that one slow attestation-agent
-    answer on a loaded host shuts the whole federation down).
+    answer on a loaded host shuts the whole federation down). ``run_id``, when given, is the
+    pipeline run every peer's attestation must name (parties of another run of the same
+    federation are refused).
     """
     kit = Path(kit_dir)
     startup, local = kit / "startup", kit / "local"
@@ -81,13 +84,15 @@ def install_confidential_kit(
     authorizer_args: dict[str, Any] = {
         "guest_api_url": guest_api_url,
         "trust_anchor_path": trust_anchor_path,
-        "run_id": bundle.identity.run_id,
+        "federation": bundle.identity.federation,
         "min_gpus": min_gpus,
         "allow_development_evidence": allow_development_evidence,
         "accepted_participants": list(cc_enabled_sites),
     }
     if token_signer_path is not None:
         authorizer_args["token_signer_path"] = token_signer_path
+    if run_id is not None:
+        authorizer_args["run_id"] = run_id
     components += [
         {"id": AUTHORIZER_ID, "path": AUTHORIZER_CLASS, "args": authorizer_args},
         {

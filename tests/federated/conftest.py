@@ -1,6 +1,7 @@
 """Fixtures for the federation tests: one Trustee stand-in (TLS, development policy set, real
 Rego), its admin client, and federation parties, each a guest-components emulator on loopback
-whose initdata names the party's identity (and binds the approved code)."""
+whose initdata names the party's identity and, as the pipeline adds it, its run id (and binds the
+approved code)."""
 
 from __future__ import annotations
 
@@ -14,13 +15,14 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 from coco_ai.federated.identity import FederationIdentity
 from coco_ai.guest.client import GuestClient
 from coco_ai.guest.emulator import GuestComponentsEmulator, RunningServer, serve_in_thread
-from coco_ai.guest.initdata import build_initdata
+from coco_ai.guest.initdata import RUN_ID_KEY, build_initdata
 from coco_ai.kbs.admin_auth import admin_auth_for
 from coco_ai.kbs.client import KbsAdminClient
 from coco_ai.trustee_dev.server import RunningServer as TrusteeServer
 from coco_ai.trustee_dev.server import serve_in_thread as serve_trustee
 from tests.code_binding import APPROVED_IMAGE, APPROVED_MODULE
 
+FEDERATION = "northwind-fed"
 RUN_ID = "fl-run-1"
 
 
@@ -79,18 +81,30 @@ def party_factory(trustee: TrusteeServer, trustee_ca: bytes) -> Iterator[Callabl
         participant_id: str,
         *,
         role: str = "participant",
-        run_id: str = RUN_ID,
+        federation: str = FEDERATION,
+        run_id: str | None = RUN_ID,
         gpus: int = 1,
         claims: dict[str, str] | None = None,
     ) -> Party:
-        key = (participant_id, role, run_id, gpus, tuple(sorted((claims or {}).items())))
+        key = (
+            participant_id,
+            role,
+            federation,
+            run_id,
+            gpus,
+            tuple(sorted((claims or {}).items())),
+        )
         if key in cache:
             return cache[key]
-        identity = FederationIdentity(run_id, role, participant_id)
+        identity = FederationIdentity(federation, role, participant_id)
+        if claims is None:
+            claims = identity.claims()
+            if run_id is not None:
+                claims[RUN_ID_KEY] = run_id
         initdata = build_initdata(
             trustee.url,
             trustee_ca,
-            claims if claims is not None else identity.claims(),
+            claims,
             image=APPROVED_IMAGE,
             module=APPROVED_MODULE,
         )

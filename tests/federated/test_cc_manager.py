@@ -15,7 +15,7 @@ from nvflare.app_opt.confidential_computing.cc_manager import (
 
 from coco_ai.federated.authorizer import NAMESPACE, TrusteeCCAuthorizer
 from coco_ai.federated.cc_manager import IdentityBoundCCManager
-from tests.federated.conftest import RUN_ID
+from tests.federated.conftest import FEDERATION
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -40,14 +40,14 @@ def test_token_is_accepted_only_under_its_attested_site_name(trustee, party_fact
     verifier = TrusteeCCAuthorizer(
         aggregator.url,
         str(trustee.token_anchor_path),
-        RUN_ID,
+        FEDERATION,
         allow_development_evidence=True,
     )
     manager = manager_with(verifier, ["server", "dept-a", "dept-b"])
 
     def cc_info(participant_id: str) -> list[dict]:
         party = party_factory(participant_id)
-        issuer = TrusteeCCAuthorizer(party.url, str(trustee.token_anchor_path), RUN_ID)
+        issuer = TrusteeCCAuthorizer(party.url, str(trustee.token_anchor_path), FEDERATION)
         return [{CC_TOKEN: issuer.generate(), CC_NAMESPACE: NAMESPACE}]
 
     ok, invalid = manager._verify_participants_tokens({"dept-a": cc_info("dept-a")})

@@ -31,7 +31,7 @@ from coco_ai.workloads.dataset import corpus_text, generate_examples, to_jsonl
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
 
-RUN = "fl-run-poc"
+FEDERATION_ID = "fed-poc"
 PARTICIPANTS = ("dept-a", "dept-b", "dept-c")
 SITES = (POC_SERVER_NAME, *PARTICIPANTS)
 
@@ -47,7 +47,7 @@ ADMIN = "admin@nvidia.com"  # the POC admin kit's name
 
 @pytest.fixture(scope="module")
 def federation(admin):
-    issued = issue_federation(RUN, POC_SERVER_NAME, PARTICIPANTS, admin_name=ADMIN)
+    issued = issue_federation(FEDERATION_ID, POC_SERVER_NAME, PARTICIPANTS, admin_name=ADMIN)
     provision(admin, issued)
     yield issued
     revoke(admin, [b.identity for b in issued.bundles])
@@ -73,13 +73,13 @@ class Federation:
         `attested_as`, the CC components use the guest of that other identity instead."""
         bundle = self.bundles[site]
         identity = bundle.identity
-        guest = self.party_factory(site, role=identity.role, run_id=RUN)
+        guest = self.party_factory(site, role=identity.role, federation=FEDERATION_ID)
         released = guest.client.get_resource(identity.credential_path().uri())
         assert CredentialBundle.from_bytes(released, identity) == bundle
         cc_guest = guest
         if attested_as is not None:
             role = AGGREGATOR if attested_as == POC_SERVER_NAME else "participant"
-            cc_guest = self.party_factory(attested_as, role=role, run_id=RUN)
+            cc_guest = self.party_factory(attested_as, role=role, federation=FEDERATION_ID)
         install_confidential_kit(
             self.prod / site,
             CredentialBundle.from_bytes(released, identity),
