@@ -34,7 +34,7 @@ from coco_ai.workloads.models import model_digest
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(420)]
 
 RUN_ID = "fl-pipeline-run-1"
-FEDERATION = RUN_ID  # TODO(identity split): the data owner's federation id, distinct from the run
+FEDERATION = "northwind-2026"  # the data owner's federation (membership and credentials)
 AGGREGATOR_ID = "aggregator"
 PARTICIPANTS = ("dept-a", "dept-b", "dept-c")
 

@@ -150,15 +150,28 @@ def load_config(path: str | Path) -> FederatedConfig:
 
 
 def config_for_run(refs: RunRefs, settings: Mapping[str, Any]) -> dict[str, Any]:
-    """The config of one party of a pipeline run: the run's references, the party and trust
-    tables and the optional recipe tables of ``settings``; a participant's data set from its
-    keyed input. Validated here and again in the TEE."""
+    """The config of one party of a pipeline run: the run's references; the party table, whose
+    federation, role and participant id come from the party's own claims in ``refs`` (its
+    initdata) and the rest (aggregator, participants, address) from ``settings``; the trust and
+    optional recipe tables of ``settings``; a participant's data set from its keyed input.
+    Validated here and again in the TEE (which also checks its attestation names the party)."""
+    from coco_ai.federated.identity import FederationIdentity, FederationIdentityError
+
     settings = dict(settings)
     references: dict[str, Any] = {}
     for table in ("party", "trust"):
         if table not in settings:
             raise ConfigError(f"{table}: the federation settings name no {table} table")
-        references[table] = settings.pop(table)
+        references[table] = dict(settings.pop(table))
+    try:
+        identity = FederationIdentity.from_claims(refs.party_claims)
+    except FederationIdentityError as exc:
+        raise ConfigError(f"party: the run's references name no federation party: {exc}") from None
+    references["party"].update(
+        federation=identity.federation,
+        role=identity.role,
+        participant_id=identity.participant_id,
+    )
     if settings.get("min_participants") is not None:
         references["min_participants"] = settings.pop("min_participants")
     settings.pop("min_participants", None)

@@ -175,6 +175,7 @@ class FederatedParty(TeeWorkload):
             allow_development_evidence=fed.allow_development_evidence,
             verify_frequency_s=fed.verify_frequency_s,
             extra_allowed_classes=_JOB_CLASSES,
+            run_id=cfg.run_id,  # peers of this pipeline run only
         )
         return kit
 
