@@ -321,8 +321,11 @@ class RunRefs:
             initdata_annotation=str(data["initdata_annotation"]),
             party_claims=dict(party_claims),
         )
-        _with_party({}, refs.party_claims)
-        refs.initdata()  # the annotation must be the initdata the digest names
+        refs.expected_claims()  # party claims name nothing the run's claims already name
+        initdata = refs.initdata()  # the annotation must be the initdata the digest names
+        for key, value in refs.party_claims.items():
+            if initdata.claim(key) != value:
+                raise RunRefsError(f"run references: party claim {key!r} is not the initdata's")
         for name, derived in (
             ("checkpoint_key_uri", refs.checkpoint_key.uri()),
             ("grant_uri", refs.grant.uri()),

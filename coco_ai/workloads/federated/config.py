@@ -145,6 +145,21 @@ class FederatedConfig:
         return config
 
 
+def recipe_for(settings: Mapping[str, Any]) -> dict[str, Any]:
+    """The recipe tables (``lora``, ``training``, ``federation``) a run with these optional
+    settings trains with, validated, defaults filled (``None`` values keep the defaults): what
+    the data owner digests (coco_ai.workloads.finetune.config.recipe_digest) to approve it."""
+    defaults = {"lora": FederatedConfig.__dataclass_fields__["lora"].default_factory()}
+    recipe = {}
+    for name in RECIPE_TABLES:
+        cls = _NESTED[name]
+        values = {k: v for k, v in (settings.get(name) or {}).items() if v is not None}
+        base = dataclasses.asdict(defaults[name]) if name in defaults else {}
+        built = build_checked(cls, {**base, **values}, name + ".", checks=_CHECKS)
+        recipe[name] = jsonable(dataclasses.asdict(built))
+    return recipe
+
+
 def load_config(path: str | Path) -> FederatedConfig:
     return FederatedConfig.from_dict(read_config_file(path))
 
