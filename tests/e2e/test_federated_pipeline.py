@@ -42,18 +42,10 @@ def fl_stack(tmp_path_factory) -> E2EStack:
 
 @pytest.fixture(scope="module")
 def fl_run(fl_stack):
+    from coco_ai.devstack.federated_demo import federated_conf
+
     info = fl_stack.info
-    conf = {
-        "federation": info.federation,
-        "aggregator_id": FEDERATION_AGGREGATOR,
-        "participants": info.federated_participants,
-        "min_participants": 3,
-        "rounds": ROUNDS,
-        "local_steps": 2,
-        "gpu_count": 1,
-        "tee": "sample",
-        "allow_development_evidence": True,
-    }
+    conf = federated_conf(info, rounds=ROUNDS, local_steps=2)
     client = info.client()
     try:
         run = client.trigger(FEDERATED_DAG_ID, conf, note="e2e: federated REST")
