@@ -95,6 +95,11 @@ class AttestedPeer:
     issued_at: int
     ear_token: str  # the verified EAR token, verbatim (the run's record of who took part)
 
+    @property
+    def tee_key_thumbprint(self) -> str:
+        """RFC 7638 SHA-256 thumbprint (base64url) of the attested TEE key."""
+        return jwk.JWK(**{k: self.tee_pubkey[k] for k in ("kty", "crv", "x", "y")}).thumbprint()
+
 
 class ReplayCache:
     """Nonces seen within the freshness window; a nonce is accepted once."""

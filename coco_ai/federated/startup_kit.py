@@ -26,6 +26,8 @@ AUTHORIZER_ID = "coco_ai_trustee_cc_authorizer"
 CC_MANAGER_ID = "coco_ai_cc_manager"
 AUTHORIZER_CLASS = "coco_ai.federated.authorizer.TrusteeCCAuthorizer"
 CC_MANAGER_CLASS = "coco_ai.federated.cc_manager.IdentityBoundCCManager"
+#: The server job component that carries out the CC manager's drops inside a job.
+DROPPED_SITE_GUARD_CLASS = "coco_ai.federated.cc_manager.DroppedSiteGuard"
 _RESOURCES = "resources.json"
 
 
@@ -48,6 +50,7 @@ def install_confidential_kit(
     peer_request_timeout_s: float = 30.0,
     extra_allowed_classes: Sequence[str] = (),
     run_id: str | None = None,
+    record_dir: str | None = None,
 ) -> Path:
     """Install ``bundle`` and the CC components into ``kit_dir``; returns the resources file.
 
@@ -58,7 +61,8 @@ def install_confidential_kit(
     the site list (NVFlare's default, 10 s, is short enough that one slow attestation-agent
     answer on a loaded host shuts the whole federation down). ``run_id``, when given, is the
     pipeline run every peer's attestation must name (parties of another run of the same
-    federation are refused).
+    federation are refused). ``record_dir`` (the aggregator's) is where the CC manager records
+    each attested peer and each dropped participant (docs/formats/federated.md, section 2).
     """
     kit = Path(kit_dir)
     startup, local = kit / "startup", kit / "local"
@@ -93,28 +97,31 @@ def install_confidential_kit(
         authorizer_args["token_signer_path"] = token_signer_path
     if run_id is not None:
         authorizer_args["run_id"] = run_id
+    cc_manager_args: dict[str, Any] = {
+        "cc_issuers_conf": [{"issuer_id": AUTHORIZER_ID, "token_expiration": token_expiration_s}],
+        "cc_verifier_ids": [AUTHORIZER_ID],
+        "verify_frequency": verify_frequency_s,
+        "cc_enabled_sites": list(cc_enabled_sites),
+        "get_site_request_timeout": peer_request_timeout_s,
+        "get_token_request_timeout": peer_request_timeout_s,
+    }
+    if record_dir is not None:
+        cc_manager_args["record_dir"] = str(record_dir)
     components += [
         {"id": AUTHORIZER_ID, "path": AUTHORIZER_CLASS, "args": authorizer_args},
-        {
-            "id": CC_MANAGER_ID,
-            "path": CC_MANAGER_CLASS,
-            "args": {
-                "cc_issuers_conf": [
-                    {"issuer_id": AUTHORIZER_ID, "token_expiration": token_expiration_s}
-                ],
-                "cc_verifier_ids": [AUTHORIZER_ID],
-                "verify_frequency": verify_frequency_s,
-                "cc_enabled_sites": list(cc_enabled_sites),
-                "get_site_request_timeout": peer_request_timeout_s,
-                "get_token_request_timeout": peer_request_timeout_s,
-            },
-        },
+        {"id": CC_MANAGER_ID, "path": CC_MANAGER_CLASS, "args": cc_manager_args},
     ]
     resources["components"] = components
     allowed = resources.get("class_allow_list")
     if isinstance(allowed, list):
         resources["class_allow_list"] = sorted(
-            {*allowed, AUTHORIZER_CLASS, CC_MANAGER_CLASS, *extra_allowed_classes}
+            {
+                *allowed,
+                AUTHORIZER_CLASS,
+                CC_MANAGER_CLASS,
+                DROPPED_SITE_GUARD_CLASS,
+                *extra_allowed_classes,
+            }
         )
     target = local / _RESOURCES
     target.write_text(json.dumps(resources, indent=2) + "\n")

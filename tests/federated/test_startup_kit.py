@@ -10,6 +10,7 @@ from coco_ai.federated.credentials import issue_federation
 from coco_ai.federated.startup_kit import (
     AUTHORIZER_CLASS,
     CC_MANAGER_CLASS,
+    DROPPED_SITE_GUARD_CLASS,
     StartupKitError,
     install_confidential_kit,
 )
@@ -38,7 +39,9 @@ def test_install_into_a_kit_and_refusals(tmp_path) -> None:
         "coco_ai_trustee_cc_authorizer",
         "coco_ai_cc_manager",
     ]
-    assert {AUTHORIZER_CLASS, CC_MANAGER_CLASS, "x.Y"} == set(resources["class_allow_list"])
+    assert {AUTHORIZER_CLASS, CC_MANAGER_CLASS, DROPPED_SITE_GUARD_CLASS, "x.Y"} == set(
+        resources["class_allow_list"]
+    )
     authorizer = resources["components"][1]["args"]
     assert authorizer["federation"] == "fed-kit"
     assert "run_id" not in authorizer  # no run pinned unless asked
