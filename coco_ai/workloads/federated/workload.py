@@ -55,7 +55,8 @@ RECORD_FORMAT = "coco-ai/fl-contributions/v1"
 _PERSISTOR = "coco_ai.federated.lora.LoraAdapterPersistor"
 _TRAINER = "coco_ai.federated.lora.LoraTrainer"
 _UPDATE_CHECK = "coco_ai.federated.lora.AdapterUpdateCheck"
-_JOB_CLASSES = (_PERSISTOR, _TRAINER, _UPDATE_CHECK)
+_DROPPED_SITE_GUARD = "coco_ai.federated.cc_manager.DroppedSiteGuard"
+_JOB_CLASSES = (_PERSISTOR, _TRAINER, _UPDATE_CHECK, _DROPPED_SITE_GUARD)
 
 
 @dataclass(frozen=True)
@@ -150,9 +151,10 @@ class FederatedParty(TeeWorkload):
         except CredentialError as exc:
             raise WorkloadError(f"federation credentials {uri}: {exc}", EXIT_ATTESTATION) from None
 
-    def _kit(self, workspace: Path, bundle) -> Path:
+    def _kit(self, workspace: Path, bundle, record_dir: Path | None = None) -> Path:
         """This site's NVFlare startup kit, with the Trustee-released credentials and the CC
-        components installed, pointed at the aggregator."""
+        components installed, pointed at the aggregator; the aggregator's CC manager records
+        every attestation it accepts and every participant it drops in ``record_dir``."""
         from coco_ai.federated.local import POC_SERVER_NAME, prepare_kits, retarget_kit
         from coco_ai.federated.startup_kit import install_confidential_kit
 
@@ -176,6 +178,7 @@ class FederatedParty(TeeWorkload):
             verify_frequency_s=fed.verify_frequency_s,
             extra_allowed_classes=_JOB_CLASSES,
             run_id=cfg.run_id,  # peers of this pipeline run only
+            record_dir=str(record_dir) if record_dir is not None else None,
         )
         return kit
 
@@ -297,7 +300,7 @@ class FederatedParty(TeeWorkload):
             )
         record_dir, output_dir = private / "record", private / "global"
         with phase("kit"):
-            kit = self._kit(private / "nvflare", bundle)
+            kit = self._kit(private / "nvflare", bundle, record_dir)
             admin_kit = kit.parent / POC_ADMIN_KIT
             retarget_kit(admin_kit, host="localhost", server_identity=cfg.party.aggregator_id)
             bundle.submitter.write_startup_files(admin_kit / "startup")
@@ -402,6 +405,9 @@ class FederatedParty(TeeWorkload):
                     "InTimeAccumulateWeightedAggregator",
                     "args": {"expected_data_kind": "WEIGHTS"},
                 },
+                # removes a participant the CC manager dropped (failed re-validation) from the
+                # job: no further task, its results refused
+                {"id": "dropped_site_guard", "path": _DROPPED_SITE_GUARD},
             ],
         }
         client = {
@@ -499,6 +505,7 @@ class FederatedParty(TeeWorkload):
         """The contribution record: per round, the accepted updates (site, update digest, data
         set digest, steps), and per contributing site the EAR token its attestation was last
         verified with. Every round must have at least ``min_participants`` accepted updates."""
+        from coco_ai.federated.cc_manager import DROPPED_DIR
         from coco_ai.federated.lora import REFUSED_RECORD, UPDATES_RECORD
 
         cfg = self.config
@@ -542,18 +549,28 @@ class FederatedParty(TeeWorkload):
         unknown = sorted(set(contributors) - set(cfg.party.participants))
         if unknown:
             raise WorkloadError(f"updates from sites outside the run: {unknown}", EXIT_INTERNAL)
+        dropped = [
+            {"site": d.get("site"), "reason": d.get("reason"), "at": d.get("at")}
+            for d in (
+                json.loads(path.read_text())
+                for path in sorted((record_dir / DROPPED_DIR).glob("*.json"))
+            )
+        ]
         return {
             "format": RECORD_FORMAT,
             "federation": cfg.party.federation,
             "aggregator": cfg.party.aggregator_id,
             "registered": sorted(joined),
+            "dropped": dropped,
             "rounds": rounds,
             "participants": {site: self._peer_record(record_dir, site) for site in contributors},
         }
 
     def _peer_record(self, record_dir: Path, site: str) -> dict[str, Any]:
         """The attestation the aggregator's CC manager last accepted for ``site``."""
-        path = record_dir / "peers" / f"{site}.json"
+        from coco_ai.federated.cc_manager import PEERS_DIR
+
+        path = record_dir / PEERS_DIR / f"{site}.json"
         try:
             peer = json.loads(path.read_text())
         except (OSError, ValueError):
