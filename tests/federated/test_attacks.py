@@ -163,7 +163,9 @@ def test_certificates_of_another_federation_or_self_signed_are_refused(poc) -> N
     poc.install("dept-a")
     poc.install("dept-b", bundle=next(b for b in other.bundles if b.identity.role == PARTICIPANT))
     poc.install("dept-c", bundle=self_signed)
-    for site in SITES:
+    poc.start(POC_SERVER_NAME)
+    poc.wait_for("the server", lambda: "Server started" in poc.text(POC_SERVER_NAME))
+    for site in PARTICIPANTS:
         poc.start(site)
     poc.wait_for(
         "dept-a registered and cross-validated, dept-b refusing the server's certificate",
