@@ -1,7 +1,9 @@
 """Attacks on a real NVFlare federation on loopback (server and clients as separate processes
 in secure mode, each beside its own guest-components emulator): in each, the bad party
-contributes nothing and obtains no credential, and the others carry on, or the job fails when
-fewer than its minimum remain."""
+contributes nothing, and the others carry on, or the job fails when fewer than its minimum
+remain. No credential reaches a bad party: the impostors and strangers here hold only
+credentials the test gave them, and a TEE whose attestation fails obtains none from Trustee
+(tests/federated/test_credentials.py, test_credentials_are_refused_once_the_attestation_fails)."""
 
 from __future__ import annotations
 
