@@ -48,10 +48,14 @@ def accepted_contributions(server_log: str) -> list[tuple[str, int]]:
     ]
 
 
-def start_all(poc, **install) -> dict:
+def start_all(poc, gpus: dict[str, int] | None = None, **install) -> dict:
+    """Every site installed and started; `gpus` gives a site its own emulator with that many GPUs
+    (the session's emulators are shared by the tests: one a test alters must be its own)."""
     guests = {}
     for site in SITES:
-        guests[site] = poc.install(site, extra_allowed_classes=JOB_CLASSES, **install)
+        guests[site] = poc.install(
+            site, extra_allowed_classes=JOB_CLASSES, gpus=(gpus or {}).get(site, 1), **install
+        )
         poc.start(site)
     poc.wait_for(
         "every participant registered",
@@ -67,7 +71,7 @@ def test_participant_whose_attestation_is_revoked_mid_run_is_dropped(
     aggregator's next re-validation refuses it and drops it; it gets no later round's task, its
     later results are refused, the record says so, and dept-a and dept-b finish the job."""
     model, data, _ = northwind
-    guests = start_all(poc, verify_frequency_s=VERIFY_S)
+    guests = start_all(poc, gpus={"dept-c": 2}, verify_frequency_s=VERIFY_S)
     revoked = guests["dept-c"]
     job, output = tmp_path / "job", tmp_path / "aggregator-output"
     write_lora_fedavg_job(
