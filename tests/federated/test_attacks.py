@@ -75,7 +75,7 @@ def test_participant_whose_attestation_is_revoked_mid_run_is_dropped(
     revoked = guests["dept-c"]
     job, output = tmp_path / "job", tmp_path / "aggregator-output"
     write_lora_fedavg_job(
-        job, model, data, output, rounds=3, min_clients=2, wait_time_after_min_received=2
+        job, model, data, output, rounds=2, min_clients=2, wait_time_after_min_received=2
     )
 
     def revoke_when_training_starts() -> None:
@@ -100,9 +100,10 @@ def test_participant_whose_attestation_is_revoked_mid_run_is_dropped(
     drop_at = server.index("dropping participant dept-c")
     later = accepted_contributions(server[drop_at:])
     assert "dept-c" not in {site for site, _ in later}
+    assert "assigned task to client dept-c" not in server[drop_at:]
     rounds = accepted_contributions(server)
     for site in ("dept-a", "dept-b"):
-        assert {r for s, r in rounds if s == site} == {0, 1, 2}
+        assert {r for s, r in rounds if s == site} == {0, 1}
     # The record of attested peers holds the others' last accepted attestation.
     for site in ("dept-a", "dept-b", POC_SERVER_NAME):
         peer = json.loads((poc.record_dir / "peers" / f"{site}.json").read_text())
@@ -226,6 +227,7 @@ def test_participant_killed_mid_round(poc, northwind, tmp_path, min_clients, com
     assert "dept-c" not in {site for site, _ in accepted_contributions(server)}
     dropped = json.loads((poc.record_dir / "dropped" / "dept-c.json").read_text())
     assert dropped["site"] == "dept-c"
+    assert "assigned task to client dept-c" not in server[server.index("dropping participant") :]
     if completes:
         assert meta["status"] == "FINISHED:COMPLETED", (meta, server[-4000:])
         rounds = accepted_contributions(server)
