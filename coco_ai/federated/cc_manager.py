@@ -169,6 +169,7 @@ class IdentityBoundCCManager(CCManager):
             # The aggregator itself is no longer attested: nobody may train with it.
             self._shutdown_system(f"aggregator's own CC validation failed: {error}", fl_ctx)
             return False
+        dropped = []
         for fqcn, site in self._get_all_sites():
             if site == self.site_name:
                 continue
@@ -179,7 +180,11 @@ class IdentityBoundCCManager(CCManager):
                 error = self._validate_participants_tokens({site: cc_info})
             if error:
                 self._drop_site(site, error, engine)
-        self.logger.info("Cross-site validation passed")
+                dropped.append(site)
+        if dropped:
+            self.logger.warning(f"Cross-site validation dropped {dropped}; the others passed")
+        else:
+            self.logger.info("Cross-site validation passed")
         return True
 
     def _get_all_cc_enabled_sites(self, fl_ctx: FLContext) -> list[tuple[str, str]]:

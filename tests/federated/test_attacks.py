@@ -1,7 +1,9 @@
 """Attacks on a real NVFlare federation on loopback (server and clients as separate processes
 in secure mode, each beside its own guest-components emulator): in each, the bad party
-contributes nothing and obtains no credential, and the others carry on, or the job fails when
-fewer than its minimum remain."""
+contributes nothing, and the others carry on, or the job fails when fewer than its minimum
+remain. No credential reaches a bad party: the impostors and strangers here hold only
+credentials the test gave them, and a TEE whose attestation fails obtains none from Trustee
+(tests/federated/test_credentials.py, test_credentials_are_refused_once_the_attestation_fails)."""
 
 from __future__ import annotations
 
@@ -46,10 +48,14 @@ def accepted_contributions(server_log: str) -> list[tuple[str, int]]:
     ]
 
 
-def start_all(poc, **install) -> dict:
+def start_all(poc, gpus: dict[str, int] | None = None, **install) -> dict:
+    """Every site installed and started; `gpus` gives a site its own emulator with that many GPUs
+    (the session's emulators are shared by the tests: one a test alters must be its own)."""
     guests = {}
     for site in SITES:
-        guests[site] = poc.install(site, extra_allowed_classes=JOB_CLASSES, **install)
+        guests[site] = poc.install(
+            site, extra_allowed_classes=JOB_CLASSES, gpus=(gpus or {}).get(site, 1), **install
+        )
         poc.start(site)
     poc.wait_for(
         "every participant registered",
@@ -65,11 +71,11 @@ def test_participant_whose_attestation_is_revoked_mid_run_is_dropped(
     aggregator's next re-validation refuses it and drops it; it gets no later round's task, its
     later results are refused, the record says so, and dept-a and dept-b finish the job."""
     model, data, _ = northwind
-    guests = start_all(poc, verify_frequency_s=VERIFY_S)
+    guests = start_all(poc, gpus={"dept-c": 2}, verify_frequency_s=VERIFY_S)
     revoked = guests["dept-c"]
     job, output = tmp_path / "job", tmp_path / "aggregator-output"
     write_lora_fedavg_job(
-        job, model, data, output, rounds=3, min_clients=2, wait_time_after_min_received=2
+        job, model, data, output, rounds=2, min_clients=2, wait_time_after_min_received=2
     )
 
     def revoke_when_training_starts() -> None:
@@ -94,9 +100,10 @@ def test_participant_whose_attestation_is_revoked_mid_run_is_dropped(
     drop_at = server.index("dropping participant dept-c")
     later = accepted_contributions(server[drop_at:])
     assert "dept-c" not in {site for site, _ in later}
+    assert "assigned task to client dept-c" not in server[drop_at:]
     rounds = accepted_contributions(server)
     for site in ("dept-a", "dept-b"):
-        assert {r for s, r in rounds if s == site} == {0, 1, 2}
+        assert {r for s, r in rounds if s == site} == {0, 1}
     # The record of attested peers holds the others' last accepted attestation.
     for site in ("dept-a", "dept-b", POC_SERVER_NAME):
         peer = json.loads((poc.record_dir / "peers" / f"{site}.json").read_text())
@@ -159,29 +166,36 @@ def test_certificates_of_another_federation_or_self_signed_are_refused(poc) -> N
         cert_pem,
         key_pem,
     )
-    poc.install(POC_SERVER_NAME)
+    poc.install(POC_SERVER_NAME, verify_frequency_s=VERIFY_S)
     poc.install("dept-a")
     poc.install("dept-b", bundle=next(b for b in other.bundles if b.identity.role == PARTICIPANT))
     poc.install("dept-c", bundle=self_signed)
-    for site in SITES:
+    poc.start(POC_SERVER_NAME)
+    poc.wait_for("the server", lambda: "Server started" in poc.text(POC_SERVER_NAME))
+    for site in PARTICIPANTS:
         poc.start(site)
     poc.wait_for(
-        "dept-a registered and cross-validated, dept-b and dept-c failing to connect",
+        "dept-a registered and cross-validated, dept-b refusing the server's certificate",
         lambda: (
             "client dept-a registered" in poc.text(POC_SERVER_NAME)
             and "Cross-site validation passed" in poc.text("dept-a")
-            and all(
-                poc.text(site).count("CERTIFICATE_VERIFY_FAILED") >= 1
-                or "connection" in poc.text(site).lower()
-                for site in ("dept-b", "dept-c")
-            )
+            and "CERTIFICATE_VERIFY_FAILED" in poc.text("dept-b")
         ),
+    )
+    # Several more of the aggregator's re-validations, each over the registered sites only.
+    poc.wait_for(
+        "three more re-validations by the aggregator",
+        lambda: poc.text(POC_SERVER_NAME).count("Cross-site validation passed") >= 4,
     )
     server = poc.text(POC_SERVER_NAME)
     for site in ("dept-b", "dept-c"):
         assert f"client {site} registered" not in server
+        assert f"Successfully registered client:{site}" not in poc.text(site)
         assert f"Received token refresh request from {site}" not in server
-    print({site: poc.text(site)[-1500:] for site in ("dept-b", "dept-c")})
+    assert (
+        "Found 2 sites (excluding admin clients): [('server', 'server'), ('dept-a', 'dept-a')]"
+        in (server)
+    )
 
 
 @pytest.mark.parametrize(("min_clients", "completes"), [(2, True), (3, False)])
@@ -213,6 +227,7 @@ def test_participant_killed_mid_round(poc, northwind, tmp_path, min_clients, com
     assert "dept-c" not in {site for site, _ in accepted_contributions(server)}
     dropped = json.loads((poc.record_dir / "dropped" / "dept-c.json").read_text())
     assert dropped["site"] == "dept-c"
+    assert "assigned task to client dept-c" not in server[server.index("dropping participant") :]
     if completes:
         assert meta["status"] == "FINISHED:COMPLETED", (meta, server[-4000:])
         rounds = accepted_contributions(server)

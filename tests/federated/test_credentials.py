@@ -275,3 +275,19 @@ def test_provision_and_revoke_commands(trustee, trustee_ca, party_factory, tmp_p
         party.client.get_resource(identity.credential_path().uri())
     assert cli.main(["federation", "provision", *common[:-2], "--participant", "Bad.Id",
                      "--ca-out", str(ca_out)]) == 2  # fmt: skip
+
+
+def test_credentials_are_refused_once_the_attestation_fails(federation, party_factory) -> None:
+    """A party attested with its GPU obtains its credentials; once its TEE attests without the
+    GPU (as in the mid-run revocation attack) its fresh attestation obtains nothing."""
+    party = party_factory("dept-a", gpus=3)  # its own emulator: the change below stays in it
+    bundle = bundle_of(federation, "dept-a")
+    uri = bundle.identity.credential_path().uri()
+    assert CredentialBundle.from_bytes(party.client.get_resource(uri), bundle.identity) == bundle
+    party.emulator._kbs.devices = ()  # the GPU stops producing evidence
+    party.emulator.token_refresh_margin_s = float("inf")  # every token from fresh evidence
+    ear, _ = party.client.get_token()
+    assert unverified_claims(ear).gpu_submods() == []
+    with pytest.raises(GuestError) as err:
+        party.client.get_resource(uri)
+    assert err.value.policy_denied, err.value.message
