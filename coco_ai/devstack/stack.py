@@ -636,10 +636,10 @@ class DevStack:
         provisioned in Trustee (coco-ai federation provision). Returns the participants as the
         federated DAG's Param takes them."""
         from coco_ai.federated.credentials import issue_federation, provision
-        from coco_ai.federated.data import split_by_topic
         from coco_ai.federated.identity import AGGREGATOR, FederationIdentity
         from coco_ai.trustee_dev.state import StateDir
         from coco_ai.workloads.dataset import DATASET_AAD, generate_examples, to_jsonl
+        from coco_ai.workloads.federated.data import split_by_topic
 
         split = split_by_topic(generate_examples(), FEDERATION_PARTICIPANTS)
         participants = []

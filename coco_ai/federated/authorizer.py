@@ -60,10 +60,14 @@ from coco_ai.federated.identity import (
 )
 from coco_ai.guest.client import GuestClient, GuestError
 from coco_ai.guest.initdata import RUN_ID_KEY
-from coco_ai.kbs.ear import EarClaims, unverified_claims, verify_ear_token
+from coco_ai.kbs.ear import (
+    DEVELOPMENT_EVIDENCE,
+    EarClaims,
+    unverified_claims,
+    verify_ear_token,
+)
 from coco_ai.kbs.errors import KbsError
 from coco_ai.kbs.wire import b64url_decode
-from coco_ai.promotion.verify import DEVELOPMENT_EVIDENCE
 from coco_ai.runs import RUN_ID_RULE, is_run_id
 
 NAMESPACE = "x-coco-ai-trustee"

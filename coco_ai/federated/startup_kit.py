@@ -56,7 +56,7 @@ def install_confidential_kit(
 
     ``cc_enabled_sites`` are the site names of the whole federation (aggregator included); they
     are also the only participant ids the authorizer accepts. ``extra_allowed_classes`` are the
-    installed job classes (e.g. coco_ai.federated.lora's) the kit's class allow list must admit.
+    installed job classes (the federated job's) the kit's class allow list must admit.
     ``peer_request_timeout_s`` bounds the CC manager's requests for a peer's fresh token and for
     the site list (NVFlare's default, 10 s, is short enough that one slow attestation-agent
     answer on a loaded host shuts the whole federation down). ``run_id``, when given, is the

@@ -145,8 +145,7 @@ def _peer_problems(
     min_gpus: int,
     leeway: int,
 ) -> list[str]:
-    from coco_ai.promotion.verify import DEVELOPMENT_EVIDENCE
-    from coco_ai.kbs.ear import TokenVerifierError, verify_ear_token
+    from coco_ai.kbs.ear import DEVELOPMENT_EVIDENCE, TokenVerifierError, verify_ear_token
 
     if not isinstance(peer, Mapping) or not isinstance(peer.get("ear_token"), str):
         return ["no EAR token"]

@@ -49,7 +49,7 @@ from coco_ai.guest.initdata import (
     WORKLOAD_KEY,
     Initdata,
 )
-from coco_ai.kbs.ear import EarClaims
+from coco_ai.kbs.ear import DEVELOPMENT_EVIDENCE, EarClaims
 from coco_ai.kbs.errors import KbsError
 from coco_ai.owner_policy import OwnerPolicy, SignedOwnerPolicy
 from coco_ai.promotion import _policy
@@ -64,8 +64,6 @@ _DIGEST_SETS = (
     "contributor_datasets",
     "approved_images",
 )
-#: Trustee's development verifiers (sample CPU, sampledevice GPU): no hardware behind them
-DEVELOPMENT_EVIDENCE = ("sample", "sampledevice")
 #: the kind of a run whose initdata names none (initdata built before the workload claim)
 DEFAULT_WORKLOAD = "finetune"
 

@@ -131,9 +131,9 @@ POC_FEDERATION = "fed-poc"
 PARTICIPANTS = ("dept-a", "dept-b", "dept-c")
 SITES = (POC_SERVER_NAME, *PARTICIPANTS)
 ADMIN = "admin@nvidia.com"  # the POC admin kit's name
-LORA_TRAINER = "coco_ai.federated.lora.LoraTrainer"
-LORA_PERSISTOR = "coco_ai.federated.lora.LoraAdapterPersistor"
-UPDATE_CHECK = "coco_ai.federated.lora.AdapterUpdateCheck"
+LORA_TRAINER = "coco_ai.workloads.federated.job.LoraTrainer"
+LORA_PERSISTOR = "coco_ai.workloads.federated.job.LoraAdapterPersistor"
+UPDATE_CHECK = "coco_ai.workloads.federated.job.AdapterUpdateCheck"
 JOB_CLASSES = (LORA_TRAINER, LORA_PERSISTOR, UPDATE_CHECK)
 
 
@@ -246,7 +246,7 @@ def northwind(tmp_path_factory) -> tuple[Path, Path, dict]:
     """The tiny model, and the generated data split by topic across the participants."""
     import torch
 
-    from coco_ai.federated.data import split_by_topic
+    from coco_ai.workloads.federated.data import split_by_topic
     from coco_ai.workloads.models import build_tiny_model
 
     torch.set_num_threads(1)

@@ -22,7 +22,7 @@ from pki import make_cert, pem, private_pem
 from coco_ai.federated.credentials import CredentialBundle, issue_federation
 from coco_ai.federated.identity import PARTICIPANT, FederationIdentity
 from coco_ai.federated.local import POC_SERVER_NAME, run_job
-from coco_ai.federated.lora import GLOBAL_ADAPTER_FILE
+from coco_ai.workloads.federated.job import GLOBAL_ADAPTER_FILE
 from tests.federated.conftest import (
     ADMIN,
     JOB_CLASSES,

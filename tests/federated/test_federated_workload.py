@@ -21,13 +21,13 @@ import pytest
 from coco_ai.devstack.stack import local_image_reference
 from coco_ai.digest import Digest
 from coco_ai.federated.credentials import issue_federation, provision
-from coco_ai.federated.data import split_by_topic
 from coco_ai.federated.identity import AGGREGATOR, PARTICIPANT, FederationIdentity
 from coco_ai.guest.initdata import build_initdata
 from coco_ai.kbs.resource_path import ResourcePath
 from coco_ai.run_keys import DEFAULT_ROOT, Grant, checkpoint_key_path, grant_path
 from coco_ai.runs import run_claims
 from coco_ai.workloads.dataset import DATASET_AAD, generate_examples, to_jsonl
+from coco_ai.workloads.federated.data import split_by_topic
 from coco_ai.workloads.kinds import FL_AGGREGATOR, FL_PARTICIPANT
 from coco_ai.workloads.models import model_digest
 

@@ -61,7 +61,7 @@ class PartySettings:
 
 @dataclass(frozen=True)
 class FederatedTrainingSettings:
-    """One participant's local training per round (coco_ai.federated.lora.LoraTrainer)."""
+    """One participant's local training per round (coco_ai.workloads.federated.job.LoraTrainer)."""
 
     local_steps: int = 4
     batch_size: int = 8

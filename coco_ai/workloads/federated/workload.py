@@ -52,9 +52,9 @@ MODEL_IN_KIT = "local/coco-ai/base_model"
 DATA_IN_KIT = "local/coco-ai/data"
 ADAPTER_DIR = "adapter"
 RECORD_FORMAT = "coco-ai/fl-contributions/v1"
-_PERSISTOR = "coco_ai.federated.lora.LoraAdapterPersistor"
-_TRAINER = "coco_ai.federated.lora.LoraTrainer"
-_UPDATE_CHECK = "coco_ai.federated.lora.AdapterUpdateCheck"
+_PERSISTOR = "coco_ai.workloads.federated.job.LoraAdapterPersistor"
+_TRAINER = "coco_ai.workloads.federated.job.LoraTrainer"
+_UPDATE_CHECK = "coco_ai.workloads.federated.job.AdapterUpdateCheck"
 _DROPPED_SITE_GUARD = "coco_ai.federated.cc_manager.DroppedSiteGuard"
 _JOB_CLASSES = (_PERSISTOR, _TRAINER, _UPDATE_CHECK, _DROPPED_SITE_GUARD)
 
@@ -506,7 +506,7 @@ class FederatedParty(TeeWorkload):
         set digest, steps), and per contributing site the EAR token its attestation was last
         verified with. Every round must have at least ``min_participants`` accepted updates."""
         from coco_ai.federated.cc_manager import DROPPED_DIR
-        from coco_ai.federated.lora import REFUSED_RECORD, UPDATES_RECORD
+        from coco_ai.workloads.federated.job import REFUSED_RECORD, UPDATES_RECORD
 
         cfg = self.config
         updates = _read_jsonl(record_dir / UPDATES_RECORD)
@@ -593,7 +593,11 @@ class FederatedParty(TeeWorkload):
         """The final global adapter as a PEFT adapter directory, and the run's metrics."""
         import numpy as np
 
-        from coco_ai.federated.lora import GLOBAL_ADAPTER_FILE, _adapter_model, load_adapter_weights
+        from coco_ai.workloads.federated.job import (
+            GLOBAL_ADAPTER_FILE,
+            _adapter_model,
+            load_adapter_weights,
+        )
 
         cfg = self.config
         try:
