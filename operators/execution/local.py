@@ -172,7 +172,9 @@ class LocalRun:
 
     def run(self) -> None:
         root = Path(setting("local_workdir") or tempfile.gettempdir()) / "coco-ai-local"
-        run_dir = root / self.config["run_id"]
+        # one folder per TEE: the parties of one federated run share the run id and run side
+        # by side, each with its own initdata (its identity claims)
+        run_dir = root / self.config["run_id"] / self.initdata.digest().hex()[:16]
         run_dir.mkdir(parents=True, exist_ok=True)
         initdata_path = run_dir / "initdata.toml"
         initdata_path.write_bytes(self.initdata.toml_bytes())  # the digest is over these bytes

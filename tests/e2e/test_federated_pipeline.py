@@ -123,7 +123,7 @@ def test_progress_per_round_reaches_the_task_logs(fl_stack, fl_run) -> None:
 def test_no_key_or_credential_reaches_airflow(fl_stack, fl_run) -> None:
     from coco_ai.federated.credentials import CredentialBundle
 
-    secrets: dict[str, bytes] = {"run key": fl_run.key}
+    secrets: dict[str, bytes] = {"run key": fl_run.checkpoint_key}
     for participant in fl_stack.info.federated_participants:
         key_path = participant["dataset_key_uri"].removeprefix("kbs:///")
         key = fl_stack.resource(key_path)
