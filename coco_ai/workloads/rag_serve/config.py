@@ -29,6 +29,7 @@ from coco_ai.workloads.finetune.config import (
 CONFIG_ENV = "COCO_AI_RAG_SERVE_CONFIG"
 #: where the launcher leaves secrets it unsealed for the service (the sealed-secrets seam)
 CREDENTIALS_DIR_ENV = "COCO_AI_RAG_SERVE_CREDENTIALS_DIR"
+ANSWER_MODES = ("extractive", "generative")
 
 
 @dataclass(frozen=True)
@@ -57,6 +58,11 @@ class ServeConfig:
     store_backoff_s: float = 1.0
     credential_refresh_s: float = 30.0  # how soon a revoked caller credential stops working
     default_k: int = 5
+    # extractive (the default: better than SmolLM2-135M generating, docs/formats/rag.md §5.4) or
+    # generative: a causal LM at generator_path, pinned by the initdata, answers from the chunks
+    answer_mode: str = "extractive"
+    generator_path: str = ""
+    max_new_tokens: int = 48
     limits: Limits = field(default_factory=Limits)
 
     def to_dict(self) -> dict[str, Any]:
@@ -67,6 +73,8 @@ class ServeConfig:
         config = build_checked(cls, data, "", checks=_CHECKS, nested={"limits": Limits})
         if config.default_k > config.limits.max_k:
             raise ConfigError(f"default_k: {config.default_k} exceeds limits.max_k")
+        if config.answer_mode == "generative" and not config.generator_path:
+            raise ConfigError("generator_path: required when answer_mode is generative")
         return config
 
 
@@ -74,6 +82,10 @@ def _boolean(name: str, v: Any) -> bool:
     if not isinstance(v, bool):
         raise ConfigError(f"{name}: expected true or false, got {type(v).__name__}")
     return v
+
+
+def _optional_text(name: str, v: Any) -> str:
+    return v if v == "" else text()(name, v)
 
 
 def load_config(path: str | Path) -> ServeConfig:
@@ -93,6 +105,9 @@ _CHECKS = {
     "store_backoff_s": float_in(0, 60),
     "credential_refresh_s": float_in(0.1, 3600),
     "default_k": int_in(1, 100),
+    "answer_mode": text(lambda v: v in ANSWER_MODES, " or ".join(ANSWER_MODES)),
+    "generator_path": _optional_text,
+    "max_new_tokens": int_in(1, 512),
     "limits.max_body_bytes": int_in(256, 1_048_576),
     "limits.max_query_chars": int_in(16, 65_536),
     "limits.max_k": int_in(1, 100),
