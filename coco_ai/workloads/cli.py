@@ -111,6 +111,38 @@ def register(subparsers) -> None:
         cmd.add_argument("--index-run", required=True, help="the run that built the index")
         cmd.set_defaults(func=func)
 
+    rdoc = rag_sub.add_parser(
+        "document",
+        help="prove, or check, that a document is in an attested index (its signed manifest's "
+        "keyed per-document digests; docs/formats/rag.md section 4.1)",
+    )
+    doc_sub = rdoc.add_subparsers(dest="document_command", required=True)
+    prove = doc_sub.add_parser(
+        "prove",
+        help="print the inclusion proof of one document (data owner: needs the run-key root)",
+        description="Print the proof that a document is in the index of INDEX_RUN: its id, "
+        "its text digest and its opening (a key for that one document, derived from the run "
+        "key; it reveals nothing about other documents). The root is read here, never sent.",
+    )
+    prove.add_argument("--index-run", required=True, help="the run that built the index")
+    prove.add_argument(
+        "--run-key-root-file", required=True, help="the data owner's 32-byte run-key root"
+    )
+    prove.add_argument("--repository", required=True, help="the plaintext JSONL repository")
+    prove.add_argument("--doc-id", required=True, help="the document to prove")
+    prove.set_defaults(func=_prove_document)
+    check = doc_sub.add_parser(
+        "check",
+        help="verify an index (token, signature, objects) and that a proof's document is in it",
+    )
+    check.add_argument("--index", required=True, help="store location of the index checkpoint")
+    check.add_argument("--trust-anchor", required=True, help="attestation trust anchor (PEM)")
+    check.add_argument("--proof", required=True, help="the proof JSON (from prove)")
+    check.add_argument(
+        "--repository", help="plaintext JSONL repository: also check the document's text"
+    )
+    check.set_defaults(func=_check_document)
+
     model = subparsers.add_parser("model", help="prepare base models and compute their digests")
     m_sub = model.add_subparsers(dest="model_command", metavar="SUBCOMMAND")
     prep = m_sub.add_parser(
@@ -188,6 +220,63 @@ def _publish_index_key(args: argparse.Namespace) -> int:
     except (KbsError, RunKeyError, ValueError, OSError) as exc:
         return _err(f"rag index-key publish: {exc}")
     print(json.dumps({"index_run": args.index_run, "index_key_uri": path.uri()}, indent=2))
+    return 0
+
+
+def _repository_document(path: str, doc_id: str):
+    from coco_ai.workloads.rag_index.corpus import parse_repository
+
+    documents = {d.id: d for d in parse_repository(Path(path).read_bytes()).documents}
+    if doc_id not in documents:
+        raise ValueError(f"the repository has no document {doc_id!r}")
+    return documents[doc_id]
+
+
+def _prove_document(args: argparse.Namespace) -> int:
+    from coco_ai.run_keys import RunKeyError, derive_run_key, read_key_file
+    from coco_ai.workloads.rag_index.inclusion import prove
+    from coco_ai.workloads.rag_index.index import document_digest
+
+    try:
+        document = _repository_document(args.repository, args.doc_id)
+        key = derive_run_key(read_key_file(args.run_key_root_file), args.index_run)
+        proof = prove(key, args.index_run, document.id, document_digest(document))
+    except (RunKeyError, ValueError, OSError) as exc:
+        return _err(f"rag document prove: {exc}")
+    print(json.dumps(proof.to_dict(), indent=2))
+    return 0
+
+
+def _check_document(args: argparse.Namespace) -> int:
+    from coco_ai.crypto import VerificationPolicy, verify_checkpoint
+    from coco_ai.crypto.errors import CheckpointError
+    from coco_ai.guest.initdata import WORKLOAD_KEY
+    from coco_ai.kbs.errors import KbsError
+    from coco_ai.workloads.kinds import RAG_INDEX
+    from coco_ai.workloads.rag_index.inclusion import InclusionProof, check_inclusion
+
+    try:
+        proof = InclusionProof.from_dict(json.loads(Path(args.proof).read_text(encoding="utf-8")))
+        text = None
+        if args.repository:
+            text = _repository_document(args.repository, proof.doc_id).text
+        policy = VerificationPolicy.for_run(
+            proof.run_id, min_gpus=0, init_data_claims={WORKLOAD_KEY: RAG_INDEX.name}
+        )
+        verified = verify_checkpoint(
+            args.index, trust_anchor_pem=Path(args.trust_anchor).read_bytes(), policy=policy
+        )
+        check_inclusion(verified.manifest, proof, text)
+    except (CheckpointError, KbsError, ValueError, OSError) as exc:
+        return _err(f"rag document check: {exc}")
+    report = {
+        "doc_id": proof.doc_id,
+        "index_run": proof.run_id,
+        "manifest_digest": verified.manifest_digest,
+        "included": True,
+        "text_checked": text is not None,
+    }
+    print(json.dumps(report, indent=2))
     return 0
 
 
