@@ -45,6 +45,7 @@ from coco_ai.workloads.rag_serve.identity import (
     INDEX_MANIFEST_KEY,
     INDEX_RUN_KEY,
     SERVICE_ROLE,
+    STORE_OPTIONS_KEY,
     TRUST_ANCHOR_KEY,
     admitted_callers,
     anchor_digest,
@@ -56,6 +57,7 @@ from coco_ai.workloads.tee import (
     EXIT_BASE_MODEL,
     EXIT_CONFIG,
     EXIT_DATASET,
+    EXIT_KEY_RELEASE,
     TeeWorkload,
     WorkloadError,
     private_tmpdir,
@@ -344,6 +346,7 @@ class ServiceStartup(TeeWorkload):
 
     NAME = "rag-serve"
     config: ServeConfig
+    _unsealed_options: dict[str, Any] | None = None  # the config's sealed store credentials
 
     def start(self, *, clock: Callable[[], float] = time.time) -> LoadedService:
         from coco_ai.guest.client import GuestClient
@@ -364,6 +367,9 @@ class ServiceStartup(TeeWorkload):
             claims = dict(unverified_claims(token).init_data_claims() or {})
         claims = self._check_identity(claims)
         anchor = self._trust_anchor(claims)
+        if self.config.sealed_storage_options:
+            with self._phase("store_credentials"):
+                self._unsealed_options = self._unseal_storage_options(guest, claims)
         index_run = claims[INDEX_RUN_KEY]
         with self._phase("verify_index"):
             manifest_digest, manifest = self._verify_index(anchor, claims)
@@ -420,9 +426,9 @@ class ServiceStartup(TeeWorkload):
         return {k: v for k, v in claims.items() if isinstance(v, str)}
 
     def _trust_anchor(self, claims: dict[str, str]) -> bytes:
-        path = self.config.trust_anchor_file
+        path = self.config.trust_anchor_file or "trust_anchor_pem"
         try:
-            anchor = Path(path).read_bytes()
+            anchor = self.config.trust_anchor_pem.encode() or Path(path).read_bytes()
         except OSError as exc:
             raise WorkloadError(
                 f"cannot read trust anchor {path}: {exc.strerror}", EXIT_CONFIG
@@ -475,15 +481,48 @@ class ServiceStartup(TeeWorkload):
         self.log(f"index {verified.manifest_digest} of run {index_run} verified")
         return verified.manifest_digest, verified.manifest
 
+    def _unseal_storage_options(self, guest, claims: dict[str, str]) -> dict[str, Any]:
+        """The config's sealed store credentials, unsealed through this TEE's CDH; the resource
+        the sealed secret names must be the one the initdata pins. Kept in memory only."""
+        from coco_ai.guest.sealed import SealedSecretError, unseal_secret
+
+        pinned = claims.get(STORE_OPTIONS_KEY)
+        if not pinned:
+            raise WorkloadError(
+                f"sealed_storage_options is set but this TEE's initdata pins no "
+                f"{STORE_OPTIONS_KEY}",
+                EXIT_ATTESTATION,
+            )
+        try:
+            plaintext = unseal_secret(
+                self.config.sealed_storage_options, guest.get_resource, expected_resource=pinned
+            )
+        except SealedSecretError as exc:
+            raise WorkloadError(f"sealed_storage_options: {exc}", EXIT_KEY_RELEASE) from None
+        try:
+            options = json.loads(plaintext)
+        except ValueError:
+            options = None
+        if not isinstance(options, dict):
+            raise WorkloadError(
+                "sealed_storage_options: the unsealed credentials are not a JSON object",
+                EXIT_CONFIG,
+            )
+        self.log(f"store credentials unsealed from {pinned}")
+        return options
+
     def _storage_options(self) -> dict[str, Any]:
-        """The index store's credentials (fsspec options), if any: ``storage-options.json`` in
-        the directory ``COCO_AI_RAG_SERVE_CREDENTIALS_DIR`` names, where the pod's launcher
-        leaves what it unsealed (CoCo sealed secrets, unsealed by the CDH inside the TEE). Read
-        here, never logged; without it the store's own environment defaults apply."""
+        """The index store's credentials (fsspec options), if any: the config's sealed ones
+        (unsealed at start), else ``storage-options.json`` in the directory
+        ``COCO_AI_RAG_SERVE_CREDENTIALS_DIR`` names, where a launcher (``coco-ai guest exec``)
+        leaves what it unsealed. Never logged; without either the store's own environment
+        defaults apply."""
         import os
 
         from coco_ai.workloads.rag_serve.config import CREDENTIALS_DIR_ENV
 
+        if self._unsealed_options is not None:
+            return self._unsealed_options
         directory = os.environ.get(CREDENTIALS_DIR_ENV)
         if not directory:
             return {}
