@@ -73,6 +73,29 @@ def register(subparsers) -> None:
         "--config", help="service config file (or env COCO_AI_RAG_SERVE_CONFIG)", default=None
     )
     rserve.set_defaults(func=_serve)
+    rpod = rag_sub.add_parser(
+        "serve-manifest",
+        help="print the Kubernetes objects of the retrieval service as a Kata confidential pod "
+        "(data owner; docs/formats/rag.md section 5.6)",
+    )
+    rpod.add_argument("--kbs-url", required=True, help="Trustee KBS URL the guest attests to")
+    rpod.add_argument("--kbs-ca", required=True, help="PEM the guest pins for the KBS")
+    rpod.add_argument("--image", required=True, help="the service image, host/path@sha256:<hex>")
+    rpod.add_argument("--run-id", required=True, help="the service's own run id")
+    rpod.add_argument("--index-run", required=True, help="the promoted index's run")
+    rpod.add_argument("--index-manifest", required=True, help="its promoted manifest digest")
+    rpod.add_argument("--index-uri", required=True, help="store location of the index")
+    rpod.add_argument("--embedder-path", required=True, help="store location of the embedder")
+    rpod.add_argument("--trust-anchor", required=True, help="attestation trust anchor (PEM)")
+    rpod.add_argument("--caller", action="append", default=[], help="admitted caller (repeat)")
+    rpod.add_argument("--store-options-uri", help="kbs:/// URI of the store credentials")
+    rpod.add_argument(
+        "--sealed-storage-options", help="file holding the sealed secret that points at it"
+    )
+    rpod.add_argument("--runtime-class", default="kata-qemu-tdx")
+    rpod.add_argument("--namespace", default="confidential-ai")
+    rpod.add_argument("--port", type=int, default=8443)
+    rpod.set_defaults(func=_serve_manifest)
     rcaller = rag_sub.add_parser(
         "caller",
         help="admit or revoke a caller of the attested retrieval service (data owner, Trustee "
@@ -277,6 +300,53 @@ def _check_document(args: argparse.Namespace) -> int:
         "text_checked": text is not None,
     }
     print(json.dumps(report, indent=2))
+    return 0
+
+
+def _serve_manifest(args: argparse.Namespace) -> int:
+    import yaml
+
+    from coco_ai.workloads.rag_serve.identity import service_claims
+    from coco_ai.workloads.rag_serve.kubernetes import service_manifests
+
+    if (args.store_options_uri is None) != (args.sealed_storage_options is None):
+        return _err(
+            "rag serve-manifest: --store-options-uri and --sealed-storage-options go together"
+        )
+    try:
+        anchor = Path(args.trust_anchor).read_bytes()
+        config = {
+            "run_id": args.run_id,
+            "index_uri": args.index_uri,
+            "embedder_path": args.embedder_path,
+            "trust_anchor_pem": anchor.decode("ascii"),
+            "host": "0.0.0.0",  # noqa: S104 - the pod's own address; TLS, callers attested
+            "port": args.port,
+        }
+        if args.sealed_storage_options:
+            sealed = Path(args.sealed_storage_options).read_text(encoding="ascii").strip()
+            config["sealed_storage_options"] = sealed
+        claims = service_claims(
+            run_id=args.run_id,
+            image=args.image,
+            index_run_id=args.index_run,
+            index_manifest_digest=args.index_manifest,
+            trust_anchor_pem=anchor,
+            callers=args.caller,
+            store_options_uri=args.store_options_uri,
+        )
+        objects = service_manifests(
+            config=config,
+            claims=claims,
+            image=args.image,
+            kbs_url=args.kbs_url,
+            kbs_ca_pem=Path(args.kbs_ca).read_bytes(),
+            namespace=args.namespace,
+            runtime_class=args.runtime_class,
+        )
+    except (ValueError, OSError) as exc:  # ConfigError, InitdataError… are ValueErrors
+        return _err(f"rag serve-manifest: {exc}")
+    print(yaml.safe_dump_all(objects, sort_keys=False, width=100), end="")
     return 0
 
 
