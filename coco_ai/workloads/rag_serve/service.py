@@ -484,7 +484,7 @@ class ServiceStartup(TeeWorkload):
     def _unseal_storage_options(self, guest, claims: dict[str, str]) -> dict[str, Any]:
         """The config's sealed store credentials, unsealed through this TEE's CDH; the resource
         the sealed secret names must be the one the initdata pins. Kept in memory only."""
-        from coco_ai.guest.sealed import SealedSecretError, unseal_secret
+        from coco_ai.guest.sealed import SealedSecretError
 
         pinned = claims.get(STORE_OPTIONS_KEY)
         if not pinned:
@@ -494,9 +494,7 @@ class ServiceStartup(TeeWorkload):
                 EXIT_ATTESTATION,
             )
         try:
-            plaintext = unseal_secret(
-                self.config.sealed_storage_options, guest.get_resource, expected_resource=pinned
-            )
+            plaintext = guest.unseal_secret(self.config.sealed_storage_options, pinned)
         except SealedSecretError as exc:
             raise WorkloadError(f"sealed_storage_options: {exc}", EXIT_KEY_RELEASE) from None
         try:
