@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -139,6 +140,7 @@ def main() -> None:
                 "seconds": round(time.perf_counter() - t0, 1),
                 "sample": {"question": questions[0], "answer": predictions[0]},
             }
+            print(f"{name}: {cells[name]['f1']} F1, {cells[name]['seconds']} s", file=sys.stderr)
 
         base = Generator.load(base_dir, max_new_tokens=args.max_new_tokens)
         cell("base", questions, base)
@@ -147,6 +149,7 @@ def main() -> None:
         t0 = time.perf_counter()
         model, tokenizer, runtime, trained = fine_tune(base_dir, examples, args.epochs)
         train_s = time.perf_counter() - t0
+        print(f"fine-tuned: {trained.steps} steps, {train_s:.0f} s", file=sys.stderr)
         tuned = Generator(model, tokenizer, runtime, max_new_tokens=args.max_new_tokens)
         cell("finetuned", questions, tuned)
         cell("finetuned+retrieval", with_context, tuned)
