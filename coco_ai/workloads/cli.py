@@ -405,8 +405,7 @@ def _generate(args: argparse.Namespace) -> int:
 
 
 def _encrypt(args: argparse.Namespace) -> int:
-    from coco_ai.workloads.dataset import DatasetError, parse_jsonl
-    from coco_ai.workloads.finetune.workload import DATASET_AAD
+    from coco_ai.workloads.dataset import DATASET_AAD, DatasetError, parse_jsonl
 
     def count(plaintext: bytes) -> dict[str, int]:
         return {"records": len(parse_jsonl(plaintext))}
