@@ -38,6 +38,33 @@ from nvflare.app_common.app_constant import AppConstants
 GLOBAL_ADAPTER_FILE = "global_adapter.npz"
 #: Meta key of a participant's result: its mean eval loss on its own held-out phrasings.
 LOCAL_EVAL_LOSS = "local_eval_loss"
+#: Meta key of a participant's result: the digest of the encrypted data set it trains on, as
+#: ``<data_dir>/<site>.digest`` names it (written by the participant's workload).
+DATASET_DIGEST = "dataset_digest"
+#: The aggregator's record of every update it accepted (JSON Lines, in ``record_dir``).
+UPDATES_RECORD = "updates.jsonl"
+#: ... and of every update it refused.
+REFUSED_RECORD = "refused.jsonl"
+
+
+def _in_workspace(path: str, fl_ctx: FLContext) -> Path:
+    """``path``, relative paths taken from the site's NVFlare workspace root: the job is the
+    same for every site, while each site's TEE keeps its model and data in its own workspace."""
+    resolved = Path(path)
+    if resolved.is_absolute():
+        return resolved
+    return Path(fl_ctx.get_engine().get_workspace().get_root_dir()) / resolved
+
+
+def _append_record(record_dir: str | None, name: str, entry: dict[str, Any]) -> None:
+    if record_dir is None:
+        return
+    import json
+
+    directory = Path(record_dir)
+    directory.mkdir(parents=True, exist_ok=True)
+    with (directory / name).open("a") as fh:
+        fh.write(json.dumps(entry, sort_keys=True) + "\n")
 
 
 def _lora_settings(r: int, alpha: int, target_modules: Sequence[str]):
@@ -142,13 +169,17 @@ class LoraTrainer(Executor):
         self._state: dict[str, Any] | None = None
         self._lock = threading.Lock()
 
-    def _setup(self, site: str) -> dict[str, Any]:
+    def _setup(self, fl_ctx: FLContext) -> dict[str, Any]:
         from coco_ai.workloads.dataset import parse_jsonl, split_examples
         from coco_ai.workloads.finetune.train import encode_examples
 
+        site = fl_ctx.get_identity_name()
         r, alpha, targets, seed = self.lora
-        model, tokenizer, runtime = _adapter_model(self.model_dir, r, alpha, targets, seed)
-        examples = parse_jsonl((Path(self.data_dir) / f"{site}.jsonl").read_bytes())
+        model_dir = _in_workspace(self.model_dir, fl_ctx)
+        model, tokenizer, runtime = _adapter_model(str(model_dir), r, alpha, targets, seed)
+        data_dir = _in_workspace(self.data_dir, fl_ctx)
+        examples = parse_jsonl((data_dir / f"{site}.jsonl").read_bytes())
+        digest_file = data_dir / f"{site}.digest"
         train, held = split_examples(examples, 0.2, seed)
         return {
             "model": model,
@@ -156,6 +187,7 @@ class LoraTrainer(Executor):
             "pad_id": tokenizer.pad_token_id,
             "train": encode_examples(tokenizer, train, 256),
             "eval": encode_examples(tokenizer, held, 256),
+            "dataset_digest": digest_file.read_text().strip() if digest_file.is_file() else None,
         }
 
     def execute(
@@ -168,7 +200,7 @@ class LoraTrainer(Executor):
 
         with self._lock:
             if self._state is None:
-                self._state = self._setup(fl_ctx.get_identity_name())
+                self._state = self._setup(fl_ctx)
             state = self._state
             try:
                 dxo = from_shareable(shareable)
@@ -201,11 +233,10 @@ class LoraTrainer(Executor):
                 f"round {shareable.get_header(AppConstants.CURRENT_ROUND)}: {result.steps} steps, "
                 f"last loss {result.step_losses[-1]:.4f}, local eval loss {local.loss:.4f}",
             )
-            out = DXO(
-                DataKind.WEIGHTS,
-                data=adapter_weights(state["model"]),
-                meta={MetaKey.NUM_STEPS_CURRENT_ROUND: result.steps, LOCAL_EVAL_LOSS: local.loss},
-            )
+            meta = {MetaKey.NUM_STEPS_CURRENT_ROUND: result.steps, LOCAL_EVAL_LOSS: local.loss}
+            if state["dataset_digest"]:
+                meta[DATASET_DIGEST] = state["dataset_digest"]
+            out = DXO(DataKind.WEIGHTS, data=adapter_weights(state["model"]), meta=meta)
             return out.to_shareable()
 
 
@@ -238,9 +269,11 @@ class AdapterUpdateCheck(Filter):
         lora_r: int = 8,
         lora_alpha: int = 16,
         target_modules: Sequence[str] = ("q_proj", "k_proj", "v_proj", "o_proj"),
+        record_dir: str | None = None,
     ) -> None:
         super().__init__()
         self.model_dir = model_dir
+        self.record_dir = record_dir
         self.max_norm = float(max_norm)
         self.lora = (lora_r, lora_alpha, tuple(target_modules))
         self._layout: dict[str, tuple[int, ...]] | None = None
@@ -279,14 +312,33 @@ class AdapterUpdateCheck(Filter):
     def process(self, shareable: Shareable, fl_ctx: FLContext) -> Shareable:
         if shareable.get_return_code(ReturnCode.OK) != ReturnCode.OK:
             return shareable
-        reason = self.problem(shareable)
-        if reason is None:
-            digest = update_digest(from_shareable(shareable).data)
-            if digest not in self._accepted:
-                self._accepted.add(digest)
-                return shareable
-            reason = f"replayed update ({digest[:19]}… was accepted before)"
         peer = fl_ctx.get_peer_context()
         sender = peer.get_identity_name() if peer else "unknown"
+        round_number = fl_ctx.get_prop(AppConstants.CURRENT_ROUND)
+        reason = self.problem(shareable)
+        if reason is None:
+            dxo = from_shareable(shareable)
+            digest = update_digest(dxo.data)
+            if digest not in self._accepted:
+                self._accepted.add(digest)
+                _append_record(
+                    self.record_dir,
+                    UPDATES_RECORD,
+                    {
+                        "round": round_number,
+                        "site": sender,
+                        "update_digest": digest,
+                        "num_steps": dxo.get_meta_prop(MetaKey.NUM_STEPS_CURRENT_ROUND),
+                        "local_eval_loss": dxo.get_meta_prop(LOCAL_EVAL_LOSS),
+                        "dataset_digest": dxo.get_meta_prop(DATASET_DIGEST),
+                    },
+                )
+                return shareable
+            reason = f"replayed update ({digest[:19]}… was accepted before)"
         self.log_error(fl_ctx, f"update from {sender} refused: {reason}")
+        _append_record(
+            self.record_dir,
+            REFUSED_RECORD,
+            {"round": round_number, "site": sender, "reason": reason},
+        )
         return make_reply(ReturnCode.BAD_TASK_DATA)
