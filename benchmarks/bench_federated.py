@@ -79,9 +79,16 @@ class ByteCountingRelay:
                 client, _ = self._listener.accept()
             except OSError:
                 return
+            threading.Thread(target=self._connect, args=(client,), daemon=True).start()
+
+    def _connect(self, client: socket.socket) -> None:
+        try:
             server = socket.create_connection(("127.0.0.1", self.target_port))
-            for src, dst, direction in ((client, server, "up"), (server, client, "down")):
-                threading.Thread(target=self._pump, args=(src, dst, direction), daemon=True).start()
+        except OSError:  # the server is not listening yet: the client retries
+            client.close()
+            return
+        for src, dst, direction in ((client, server, "up"), (server, client, "down")):
+            threading.Thread(target=self._pump, args=(src, dst, direction), daemon=True).start()
 
     def _pump(self, src: socket.socket, dst: socket.socket, direction: str) -> None:
         try:
@@ -186,7 +193,7 @@ def _round_times(kit: Path, site_log: Path) -> tuple[dict[int, float], dict[int,
     return started, finished
 
 
-def _wait_for(what: str, check, processes, timeout: float) -> None:
+def _wait_for(what: str, check, processes, logs, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if check():
@@ -194,7 +201,8 @@ def _wait_for(what: str, check, processes, timeout: float) -> None:
         if processes[0].poll() is not None:
             break
         time.sleep(0.2)
-    raise RuntimeError(f"timed out waiting for {what}")
+    tails = "\n".join(f"--- {log}\n{log.read_text(errors='replace')[-2000:]}" for log in logs)
+    raise RuntimeError(f"timed out waiting for {what}\n{tails}")
 
 
 def run_arm(arm: str, root: Path, ctx: dict, args) -> dict:
@@ -253,6 +261,7 @@ def run_arm(arm: str, root: Path, ctx: dict, args) -> dict:
                 for p in PARTICIPANTS
             ),
             processes,
+            list(logs.values()),
             timeout=180,
         )
         job = write_fedavg_job(
