@@ -8,7 +8,7 @@ STAMP := $(VENV)/.coco-ai-installed
 # pytest's own flags can be added: make test PYTEST_ARGS="-k kbs"
 PYTEST_ARGS ?=
 
-.PHONY: setup system-deps test test-fast lint bench demo demo-stop clean
+.PHONY: setup system-deps test test-fast lint bench demo demo-federated demo-stop clean
 
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -49,6 +49,10 @@ bench: setup
 ## demo: setup + the embedded default end to end (Trustee stand-in, Airflow on loopback)
 demo: setup
 	$(VENV)/bin/coco-ai demo --model smollm2
+
+## demo-federated: setup + confidential_federated_finetune on the embedded default (SmolLM2, three participants)
+demo-federated: setup
+	$(VENV)/bin/coco-ai demo --federated --model smollm2
 
 demo-stop:
 	$(VENV)/bin/coco-ai demo stop

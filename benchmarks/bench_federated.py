@@ -18,7 +18,7 @@ over the same window as the round times, per round and as a multiple of the adap
 size. Headline: ``overhead_fraction`` = confidential / baseline round time - 1 within each
 repeat (goal <= 0.10).
 
-**Quality** (``--section quality``): :func:`coco_ai.federated.quality.compare_federated_with_solo`
+**Quality** (``--section quality``): ``compare_federated_with_solo``
 (global held-out eval loss of the federation, run in NVFlare's simulator, vs each participant
 alone with the same trainer and steps).
 
@@ -158,15 +158,13 @@ def _parties(trustee, federation):
 def _allow_job_classes(kit: Path) -> None:
     """The baseline kit's resources.json: NVFlare's default, admitting the installed job
     classes (install_confidential_kit does the same for the confidential kit)."""
-    from coco_ai.federated.quality import LORA_PERSISTOR, LORA_TRAINER, UPDATE_CHECK
+    from coco_ai.workloads.federated.job import JOB_CLASSES
 
     local = kit / "local"
     resources = json.loads((local / "resources.json.default").read_text())
     allowed = resources.get("class_allow_list")
     if isinstance(allowed, list):
-        resources["class_allow_list"] = sorted(
-            {*allowed, LORA_TRAINER, LORA_PERSISTOR, UPDATE_CHECK}
-        )
+        resources["class_allow_list"] = sorted({*allowed, *JOB_CLASSES})
     (local / "resources.json").write_text(json.dumps(resources, indent=2))
 
 
@@ -216,9 +214,9 @@ def run_arm(arm: str, root: Path, ctx: dict, args) -> dict:
         start_site,
         stop_site,
     )
-    from coco_ai.federated.quality import write_fedavg_job
     from coco_ai.federated.startup_kit import install_confidential_kit
     from coco_ai.trustee_dev.server import free_port
+    from coco_ai.workloads.federated.job import trainer_args, write_fedavg_job
 
     sites = (POC_SERVER_NAME, *PARTICIPANTS)
     began = time.time()
@@ -266,13 +264,16 @@ def run_arm(arm: str, root: Path, ctx: dict, args) -> dict:
         )
         job = write_fedavg_job(
             root / "job",
-            model_dir=ctx["model"],
-            data_dir=ctx["data"],
-            output_dir=root / "aggregator-output",
-            participants=PARTICIPANTS,
+            name="lora-fedavg",
+            model_dir=str(ctx["model"]),
+            output_dir=str(root / "aggregator-output"),
+            min_clients=len(PARTICIPANTS),
             rounds=args.rounds,
-            local_steps=args.local_steps,
-            learning_rate=args.learning_rate,
+            trainer_args=trainer_args(
+                ctx["model"], ctx["data"], args.local_steps, learning_rate=args.learning_rate
+            ),
+            # the baseline kit runs no CC manager
+            guard_drops=arm == "confidential",
         )
         meta = run_job(prod / ADMIN, ADMIN, job, timeout_s=args.job_timeout)
     finally:
@@ -306,10 +307,8 @@ def run_arm(arm: str, root: Path, ctx: dict, args) -> dict:
 def section_overhead(args, work: Path, model: Path, examples) -> dict:
     from coco_ai.federated.credentials import issue_federation, provision, revoke
     from coco_ai.federated.local import POC_SERVER_NAME
-    from coco_ai.federated.quality import (
-        LORA_PERSISTOR,
-        LORA_TRAINER,
-        UPDATE_CHECK,
+    from coco_ai.workloads.federated.job import JOB_CLASSES
+    from coco_ai.workloads.federated.quality import (
         global_split,
         initial_adapter,
         write_site_data,
@@ -328,7 +327,7 @@ def section_overhead(args, work: Path, model: Path, examples) -> dict:
         "model": model,
         "data": data,
         "adapter_bytes": sum(v.size * 4 for v in adapter.values()),
-        "job_classes": [LORA_TRAINER, LORA_PERSISTOR, UPDATE_CHECK],
+        "job_classes": list(JOB_CLASSES),
     }
     repeats = []
     try:
@@ -370,7 +369,7 @@ def section_overhead(args, work: Path, model: Path, examples) -> dict:
 
 
 def section_quality(args, work: Path, model: Path, examples) -> dict:
-    from coco_ai.federated.quality import compare_federated_with_solo
+    from coco_ai.workloads.federated.quality import compare_federated_with_solo
 
     _, rounds, local_steps, learning_rate = SETTINGS[args.model]["quality"]
     report = compare_federated_with_solo(

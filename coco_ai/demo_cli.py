@@ -39,6 +39,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         action="store_true",
         help="skip the RAG half (index the documents, ask the attested retrieval service)",
     )
+    demo.add_argument(
+        "--federated",
+        action="store_true",
+        help="run confidential_federated_finetune instead: three departments and an aggregator, "
+        "each in its own emulated TEE, fine-tune one adapter together",
+    )
     demo.add_argument("--dir", type=Path, help="state directory (default: <repo>/.demo)")
     demo.add_argument("--port", type=int, help="Airflow API/UI port (default: a free port)")
     demo.add_argument(
@@ -83,7 +89,11 @@ def _run(args: argparse.Namespace) -> int:
         _progress(f"reusing the running stack in {root}")
     else:
         try:
-            info = DevStack(root, model=args.model, api_port=args.port, progress=_progress).start()
+            # a federation runs its aggregator and every participant at once: a slot each
+            slots = {"parallelism": 6} if args.federated else {}
+            info = DevStack(
+                root, model=args.model, api_port=args.port, progress=_progress, **slots
+            ).start()
         except (ServiceError, ValueError, OSError) as exc:
             _progress(f"could not start the stack: {exc}")
             return 1
@@ -96,6 +106,8 @@ def _run(args: argparse.Namespace) -> int:
         relay.finish()  # a task's state change starts on its own line, below the bar
         _progress(message)
 
+    if args.federated:
+        return _run_federated(args, info, root, started_here, progress)
     try:
         epochs = args.epochs or DEFAULT_EPOCHS[args.model]
         summary = run_pipeline(
@@ -124,6 +136,27 @@ def _run(args: argparse.Namespace) -> int:
         _progress(f"UI at {info.api_url} stays up; stop everything with `coco-ai demo stop`")
     rag_ok = args.no_rag or summary["rag"]["state"] == "success"
     return 0 if summary["state"] == "success" and rag_ok else 1
+
+
+def _run_federated(args, info, root: Path, started_here: bool, progress) -> int:
+    from coco_ai.devstack import stop_stack
+    from coco_ai.devstack.demo import to_json
+    from coco_ai.devstack.federated_demo import format_federated, run_federated_demo
+
+    try:
+        summary = run_federated_demo(info, progress=progress, timeout_s=args.timeout)
+    except KeyboardInterrupt:
+        _progress("interrupted")
+        return 130
+    except Exception as exc:  # the stack is stopped below; say what failed
+        _progress(f"the run could not be followed: {type(exc).__name__}: {exc}")
+        return 1
+    finally:
+        if started_here and not args.keep_running:
+            _progress("stopping the stack (use --keep-running to keep the UI)")
+            stop_stack(root)
+    print(to_json(summary) if args.json else format_federated(summary))
+    return 0 if summary["state"] == "success" else 1
 
 
 def _stop(args: argparse.Namespace) -> int:

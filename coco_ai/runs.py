@@ -20,6 +20,7 @@ from coco_ai.digest import Digest
 from coco_ai.guest.agent_policy import AgentPolicyError, qualified_pinned_image
 from coco_ai.guest.initdata import (
     CHECKPOINT_KEY_KEY,
+    CUSTOM_KEY_PREFIX,
     IMAGE_DIGEST_KEY,
     RUN_GRANT_KEY,
     RUN_ID_KEY,
@@ -123,6 +124,17 @@ def run_claims(
     return claims
 
 
+def _with_party(claims: dict[str, str], party: Mapping[str, str]) -> dict[str, str]:
+    """The run's claims plus a party's own (a federation party's identity): ``io.coco-ai.``
+    keys with string values that name nothing the run's claims already name."""
+    for key, value in party.items():
+        if not key.startswith(CUSTOM_KEY_PREFIX) or not isinstance(value, str):
+            raise RunRefsError(f"party claim {key!r} must be an {CUSTOM_KEY_PREFIX}* string")
+        if key in claims:
+            raise RunRefsError(f"party claim {key!r} would replace the run's own")
+    return {**claims, **party}
+
+
 def _input_keys(inputs: Mapping[str, RunInput]) -> dict[str, ResourcePath]:
     return {name: item.key for name, item in inputs.items() if item.key is not None}
 
@@ -139,6 +151,8 @@ class RunRefs:
     staging_uri: str
     initdata_digest: Digest
     initdata_annotation: str = field(repr=False)
+    #: a party's own claims beside the run's (a federation party: its federation, role and id)
+    party_claims: Mapping[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not isinstance(self.workload, str) or not _NAME.match(self.workload):
@@ -165,15 +179,21 @@ class RunRefs:
         staging_root: str,
         kbs_url: str,
         kbs_ca_pem: str | bytes | None,
+        party_claims: Mapping[str, str] | None = None,
     ) -> RunRefs:
         """The run's references with its initdata, built from exactly `expected_claims`; the
-        initdata's agent policy lets the guest launch exactly `module` (the workload kind's)."""
-        claims = run_claims(
-            workload=workload,
-            run_id=run_id,
-            image=image,
-            run_key_root=run_key_root,
-            input_keys=_input_keys(inputs),
+        initdata's agent policy lets the guest launch exactly `module` (the workload kind's).
+        ``party_claims``: one party's own claims, for a run of several TEEs (a federation)."""
+        party_claims = dict(party_claims or {})
+        claims = _with_party(
+            run_claims(
+                workload=workload,
+                run_id=run_id,
+                image=image,
+                run_key_root=run_key_root,
+                input_keys=_input_keys(inputs),
+            ),
+            party_claims,
         )
         initdata = build_initdata(kbs_url, kbs_ca_pem, claims, image=image, module=module)
         return cls(
@@ -185,6 +205,7 @@ class RunRefs:
             staging_uri=staging_location(staging_root, run_id),
             initdata_digest=Digest(initdata.algorithm, initdata.digest().hex()),
             initdata_annotation=initdata.annotation(),
+            party_claims=party_claims,
         )
 
     @property
@@ -203,12 +224,15 @@ class RunRefs:
 
     def expected_claims(self) -> dict[str, str]:
         """The ``io.coco-ai.*`` init_data_claims a TEE of this run presents to Trustee."""
-        return run_claims(
-            workload=self.workload,
-            run_id=self.run_id,
-            image=self.image,
-            run_key_root=self.run_key_root,
-            input_keys=_input_keys(self.inputs),
+        return _with_party(
+            run_claims(
+                workload=self.workload,
+                run_id=self.run_id,
+                image=self.image,
+                run_key_root=self.run_key_root,
+                input_keys=_input_keys(self.inputs),
+            ),
+            self.party_claims,
         )
 
     def initdata(self) -> Initdata:
@@ -243,6 +267,7 @@ class RunRefs:
             "staging_uri": self.staging_uri,
             "initdata_digest": str(self.initdata_digest),
             "initdata_annotation": self.initdata_annotation,
+            "party_claims": dict(sorted(self.party_claims.items())),
         }
 
     @classmethod
@@ -282,6 +307,9 @@ class RunRefs:
             raise RunRefsError(f"run references: {exc}") from None
         if not isinstance(data["staging_uri"], str) or not data["staging_uri"]:
             raise RunRefsError("run references: staging_uri is missing")
+        party_claims = data.get("party_claims") or {}
+        if not isinstance(party_claims, Mapping):
+            raise RunRefsError("run references: party_claims must be an object")
         refs = cls(
             workload=data["workload"],
             run_id=data["run_id"],
@@ -291,8 +319,13 @@ class RunRefs:
             staging_uri=data["staging_uri"],
             initdata_digest=initdata_digest,
             initdata_annotation=str(data["initdata_annotation"]),
+            party_claims=dict(party_claims),
         )
-        refs.initdata()  # the annotation must be the initdata the digest names
+        refs.expected_claims()  # party claims name nothing the run's claims already name
+        initdata = refs.initdata()  # the annotation must be the initdata the digest names
+        for key, value in refs.party_claims.items():
+            if initdata.claim(key) != value:
+                raise RunRefsError(f"run references: party claim {key!r} is not the initdata's")
         for name, derived in (
             ("checkpoint_key_uri", refs.checkpoint_key.uri()),
             ("grant_uri", refs.grant.uri()),

@@ -16,7 +16,11 @@ from airflow.sdk import DAG
 from coco_ai_airflow.keys import GrantSweepOperator
 
 #: the DAGs whose runs hold grants
-PIPELINE_DAGS = ["confidential_finetune", "confidential_rag_index"]
+PIPELINE_DAGS = [
+    "confidential_finetune",
+    "confidential_rag_index",
+    "confidential_federated_finetune",
+]
 
 with DAG(
     dag_id="coco_ai_grant_sweep",

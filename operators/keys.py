@@ -75,6 +75,11 @@ class KeyReleaseOperator(BaseOperator):
     derives its checkpoint key (``run_key_root``, default ``[coco_ai] run_key_root_uri``: the data
     owner's root in Trustee). Airflow never holds a key.
 
+    A run of several TEEs (a federation) plans one party per task: ``party`` (templated,
+    ``{"federation", "role", "participant_id"}``) adds the party's identity to its initdata
+    (coco_ai.federated.identity); the party that derives the run's key (the aggregator) is
+    granted, the others are planned with ``grant=False`` (their keys are their data owners').
+
     Returns :meth:`coco_ai.runs.RunRefs.to_xcom`: references only, read by every later step.
     When the run was triggered by an Asset event whose extra names ``<input>_uri`` (and
     ``<input>_key_uri``), that version of the input is used instead of the argument.
@@ -93,7 +98,7 @@ class KeyReleaseOperator(BaseOperator):
         )
     """
 
-    template_fields = ("inputs", "image", "staging_root", "run_key_root")
+    template_fields = ("inputs", "image", "staging_root", "run_key_root", "party")
     template_fields_renderers: ClassVar[dict[str, str]] = {"inputs": "json"}
     ui_color = "#fde2e4"
 
@@ -105,6 +110,8 @@ class KeyReleaseOperator(BaseOperator):
         image: str | None = None,
         staging_root: str | None = None,
         run_key_root: str | None = None,
+        party: dict[str, str] | None = None,
+        grant: bool = True,
         trustee_conn_id: str = TrusteeHook.default_conn_name,
         **kwargs: Any,
     ) -> None:
@@ -114,6 +121,8 @@ class KeyReleaseOperator(BaseOperator):
         self.image = image
         self.staging_root = staging_root
         self.run_key_root = run_key_root
+        self.party = party
+        self.grant = grant
         self.trustee_conn_id = trustee_conn_id
 
     def execute(self, context: Context) -> dict[str, Any]:
@@ -136,6 +145,15 @@ class KeyReleaseOperator(BaseOperator):
 
         run_key_root = parse_resource_uri(self.run_key_root or setting("run_key_root_uri"))
 
+        party_claims = {}
+        if self.party:
+            from coco_ai.federated.identity import FederationIdentity
+
+            party = dict(self.party)
+            party_claims = FederationIdentity(
+                party.get("federation"), party.get("role"), party.get("participant_id")
+            ).claims()
+
         hook = TrusteeHook(self.trustee_conn_id)
         settings = hook.settings
         refs = RunRefs.plan(
@@ -148,8 +166,14 @@ class KeyReleaseOperator(BaseOperator):
             staging_root=staging_root,
             kbs_url=settings.kbs_url,
             kbs_ca_pem=settings.ca_cert_pem,
+            party_claims=party_claims,
         )
         self.log.info("Run initdata digest %s", refs.initdata_digest)
+        if not self.grant:
+            self.log.info(
+                "Planned %s of run %s (no grant: it derives no run key)", kind.name, run_id
+            )
+            return refs.to_xcom()
         with hook.get_conn() as client:
             client.set_resource(refs.grant, Grant(run_id, refs.initdata_digest).to_bytes())
         self.log.info(

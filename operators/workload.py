@@ -134,6 +134,8 @@ class ConfidentialWorkloadOperator(KubernetesPodOperator):
         self.runtime_class_name = kubernetes.runtime_class_for(str(self.tee))
         self.container_resources = kubernetes.gpu_resources(self.gpus(), self.container_resources)
         self.annotations = kubernetes.annotations_with_initdata(self.annotations, refs)
+        self.labels = kubernetes.confidential_labels(self.labels, refs)
+        self.service_account_name = self.service_account_name or kubernetes.WORKLOAD_SERVICE_ACCOUNT
         kubernetes.check_no_secrets(self.env_vars, self.secrets, self.env_from, self.configmaps)
         self.cmds, self.arguments = kubernetes.launch_command(
             workload_kind(refs.workload).module, self.build_workload_config()

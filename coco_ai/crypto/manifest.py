@@ -28,10 +28,14 @@ MANIFEST_FORMAT = "coco-ai/checkpoint-manifest"
 # signed ciphertext SHA-256 identifies the plaintext. Version 3 (same file format 2) adds each
 # file's header SHA-256, which is what a key holder checks on decrypt instead of hashing the
 # whole ciphertext again (docs/formats/checkpoint.md §4). Versions 1 and 2 are still read.
+# Version 4 is version 3 plus a signed list of keyed per-document digests (``documents``; a RAG
+# index's, docs/formats/rag.md §4.1): written only by a checkpoint that has one, so every other
+# checkpoint stays version 3, byte for byte.
 MANIFEST_VERSION = 3
-READABLE_MANIFEST_VERSIONS = (1, 2, 3)
+DOCUMENTS_MANIFEST_VERSION = 4
+READABLE_MANIFEST_VERSIONS = (1, 2, 3, 4)
 #: the format version of the encrypted files each manifest version lists
-FILE_FORMAT_OF_MANIFEST = {1: 1, 2: 2, 3: 2}
+FILE_FORMAT_OF_MANIFEST = {1: 1, 2: 2, 3: 2, 4: 2}
 MANIFEST_FILE = "manifest.json"
 SIGNATURE_FILE = "manifest.jws"
 TOKEN_FILE = "token.jwt"  # noqa: S105  (a file name)
@@ -44,6 +48,7 @@ PUBLIC_FILES = (TOKEN_FILE, SIGNATURE_FILE, CONFIG_FILE)
 JWS_TYPE = "coco-ai-manifest+jws"
 
 _HEX64 = re.compile(r"[0-9a-f]{64}")
+_SCHEME = re.compile(r"[a-z0-9][a-z0-9/._-]{0,127}")
 _ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@+-]{0,127}")
 _META_KEYS = frozenset(
     {
@@ -53,6 +58,7 @@ _META_KEYS = frozenset(
         "metrics",
         "checkpoint_id",
         "created_at",
+        "documents",
     }
 )
 
@@ -118,7 +124,9 @@ class FileEntry:
     def fields_of(version: int) -> set[str]:
         """The keys an entry has in a manifest of `version`."""
         common = {"path", "size", "ciphertext_size", "ciphertext_sha256", "segment_size"}
-        return common | {1: {"sha256"}, 2: set(), 3: {"header_sha256"}}[version]
+        return (
+            common | {1: {"sha256"}, 2: set(), 3: {"header_sha256"}, 4: {"header_sha256"}}[version]
+        )
 
     @classmethod
     def from_dict(cls, d: Any, version: int = MANIFEST_VERSION) -> FileEntry:
@@ -156,6 +164,38 @@ def _check_metrics(metrics: Any) -> dict[str, float | int]:
     return dict(metrics)
 
 
+@dataclass(frozen=True)
+class DocumentDigests:
+    """A signed list of per-document digests (manifest version 4): ``scheme`` names how each
+    digest was made (its owner checks it; here only the shape is), ``digests`` are 64 lowercase
+    hex digits, sorted, unique (the order says nothing about the documents)."""
+
+    scheme: str
+    digests: tuple[str, ...]
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.scheme, str) or not _SCHEME.fullmatch(self.scheme):
+            raise ManifestError(f"documents scheme {self.scheme!r} is not a scheme name")
+        digests = self.digests
+        if not isinstance(digests, tuple) or not all(
+            isinstance(d, str) and _HEX64.fullmatch(d) for d in digests
+        ):
+            raise ManifestError("documents digests must be 64 lowercase hex digits each")
+        if list(digests) != sorted(set(digests)):
+            raise ManifestError("documents digests must be sorted and unique")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"scheme": self.scheme, "digests": list(self.digests)}
+
+    @classmethod
+    def from_dict(cls, d: Any) -> DocumentDigests:
+        if not isinstance(d, dict) or set(d) != {"scheme", "digests"}:
+            raise ManifestError("documents must be exactly {scheme, digests}")
+        if not isinstance(d["digests"], list):
+            raise ManifestError("documents digests must be a list")
+        return cls(d["scheme"], tuple(d["digests"]))
+
+
 def _opt_str(d: Mapping[str, Any], key: str) -> str | None:
     v = d.get(key)
     if v is not None and (not isinstance(v, str) or not v):
@@ -175,6 +215,7 @@ class Manifest:
     training_config_digest: str | None = None
     metrics: dict[str, float | int] = field(default_factory=dict)
     version: int = MANIFEST_VERSION  # its files' format version: FILE_FORMAT_OF_MANIFEST
+    documents: DocumentDigests | None = None  # version 4 exactly
 
     def __post_init__(self) -> None:
         if self.version not in READABLE_MANIFEST_VERSIONS:
@@ -202,6 +243,11 @@ class Manifest:
         if len({f.ciphertext_sha256 for f in self.files}) != len(self.files):
             raise ManifestError("two entries share one ciphertext")
         _check_metrics(self.metrics)
+        if (self.documents is not None) != (self.version == DOCUMENTS_MANIFEST_VERSION):
+            raise ManifestError(
+                f"manifest version {self.version} "
+                + ("lists no documents" if self.documents is None else "cannot list documents")
+            )
 
     @classmethod
     def build(
@@ -216,6 +262,9 @@ class Manifest:
         unknown = set(meta) - _META_KEYS
         if unknown:
             raise ManifestError(f"unknown manifest meta keys: {sorted(unknown)}")
+        documents = meta.get("documents")
+        if documents is not None and not isinstance(documents, DocumentDigests):
+            documents = DocumentDigests.from_dict(documents)
         return cls(
             checkpoint_id=meta.get("checkpoint_id") or uuid.uuid4().hex,
             run_id=run_id,
@@ -226,6 +275,8 @@ class Manifest:
             dataset_digest=_opt_str(meta, "dataset_digest"),
             training_config_digest=_opt_str(meta, "training_config_digest"),
             metrics=_check_metrics(meta.get("metrics", {})),
+            version=MANIFEST_VERSION if documents is None else DOCUMENTS_MANIFEST_VERSION,
+            documents=documents,
         )
 
     @property
@@ -238,7 +289,7 @@ class Manifest:
         return file_context(self.run_id, self.checkpoint_id, path)
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        d = {
             "format": MANIFEST_FORMAT,
             "format_version": self.version,
             "encryption": {
@@ -255,6 +306,9 @@ class Manifest:
             "metrics": self.metrics,
             "files": [f.to_dict() for f in self.files],
         }
+        if self.documents is not None:
+            d["documents"] = self.documents.to_dict()
+        return d
 
     def canonical_bytes(self) -> bytes:
         return canonical_json(self.to_dict())
@@ -297,6 +351,7 @@ class Manifest:
                 training_config_digest=_opt_str(d, "training_config_digest"),
                 metrics=d.get("metrics"),
                 version=version,
+                documents=(DocumentDigests.from_dict(d["documents"]) if "documents" in d else None),
             )
         except TypeError as exc:
             raise ManifestError(f"manifest field has the wrong type: {exc}") from None

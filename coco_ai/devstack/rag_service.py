@@ -100,6 +100,8 @@ def start_rag_service(
     callers: list[str],
     credential_refresh_s: float = 30.0,
     limits: dict[str, int] | None = None,
+    generator_path: str | None = None,
+    generator_digest: str | None = None,
     clock=None,
     out=None,
 ) -> RagServiceStack:
@@ -107,7 +109,10 @@ def start_rag_service(
     the index's key and admitted the callers first: identity.publish_index_key and
     issue_caller_credential); raises
     coco_ai.workloads.tee.WorkloadError (with its exit code) when it refuses to start. ``out``
-    receives the service's log lines (default stdout); ``clock`` is the service's clock."""
+    receives the service's log lines (default stdout); ``clock`` is the service's clock.
+    ``generator_path``: answer generatively with that model, whose digest the initdata pins
+    (``generator_digest``, by default the directory's own)."""
+    from coco_ai.workloads.models import model_digest
     from coco_ai.workloads.rag_serve.config import ServeConfig
     from coco_ai.workloads.rag_serve.server import serve
     from coco_ai.workloads.rag_serve.service import ServiceStartup
@@ -123,6 +128,9 @@ def start_rag_service(
         index_manifest_digest=index_manifest_digest,
         trust_anchor_pem=trust_anchor_pem,
         callers=callers,
+        generator_digest=(
+            None if generator_path is None else generator_digest or model_digest(generator_path)
+        ),
     )
     guest = start_emulator(trustee_url, trustee_ca_pem, claims, image=image, module=SERVICE_MODULE)
     try:
@@ -138,6 +146,11 @@ def start_rag_service(
                 "store_backoff_s": 0.05,
                 "credential_refresh_s": credential_refresh_s,
                 "limits": limits or {},
+                **(
+                    {}
+                    if generator_path is None
+                    else {"answer_mode": "generative", "generator_path": generator_path}
+                ),
             }
         )
         startup = ServiceStartup(config, out=out)

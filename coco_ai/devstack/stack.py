@@ -65,6 +65,12 @@ from coco_ai.workloads.rag_index.embedder import minilm_dir
 
 DAG_ID = "confidential_finetune"
 RAG_DAG_ID = "confidential_rag_index"
+FEDERATED_DAG_ID = "confidential_federated_finetune"
+#: The development federation the data owner provisions: an aggregator and three departments,
+#: each with its own topics of the data set under its own key.
+FEDERATION = "northwind-fl"
+FEDERATION_AGGREGATOR = "aggregator"
+FEDERATION_PARTICIPANTS = ("dept-a", "dept-b", "dept-c")
 STATE_FILE = "state.json"
 SERVICES_FILE = "services.json"
 DATASET_NAME = "demo-v1"
@@ -115,6 +121,11 @@ class StackInfo:
     documents_key_uri: str = ""
     embedder: str = ""
     registered_index_name: str = ""
+    #: the federated pipeline: the data owner's federation and each participant's data set
+    #: ({"id", "dataset_uri", "dataset_key_uri"}: the DAG's participants Param)
+    federation: str = ""
+    federated_participants: list[dict[str, str]] = field(default_factory=list)
+    registered_federated_name: str = ""
 
     def to_json(self) -> str:
         data = asdict(self)
@@ -254,6 +265,10 @@ def _cli() -> list[str]:
 
 REGISTERED_MODEL_NAME = "coco-ai-finetuned"
 REGISTERED_INDEX_NAME = "coco-ai-rag-index"
+REGISTERED_FEDERATED_NAME = "coco-ai-federated"
+#: the federated recipes the development owner policy approves: (rounds, local steps) of the
+#: tests and the demo, with development evidence among peers (the emulator's)
+DEV_APPROVED_FEDERATIONS = ((2, 2), (3, 4))
 OWNER_KEY_FILE = "owner-key.pem"  # the data owner's policy-signing key, under keys/ (0600)
 DEV_CHAMPION_MAX_REGRESSION = 0.05
 #: the recipes the development owner policy approves (the demo's and its tests' settings)
@@ -402,6 +417,7 @@ class DevStack:
         documents_uri: str,
         embedder: Path,
         image: str,
+        participant_datasets: Sequence[str] = (),
     ) -> tuple[Path, Path]:
         """The data owner's key pair and signed development policy: (public key, policy JWS).
 
@@ -409,13 +425,17 @@ class DevStack:
         model, encrypted data set, the recipes the demo and its tests train with, the stand-in's
         token CA and signer, the demo's promotion key; for RAG indexes (section
         workloads.rag_index) the encrypted document repository, the embedder and the default
-        indexing recipe (the DAG form's defaults). Development evidence is accepted: this is
-        a development policy, and a production verifier refuses it by its own policy.
+        indexing recipe (the DAG form's defaults); for federated runs (workloads.fl_aggregator
+        and fl_participant) the base model, the development federation recipes and each
+        participant's data set. Development evidence is accepted: this is a development policy,
+        and a production verifier refuses it by its own policy.
         """
         from cryptography.hazmat.primitives import serialization
 
         from coco_ai.owner_policy import OwnerPolicy, generate_owner_key
         from coco_ai.storage.store import object_digest
+        from coco_ai.workloads.federated.config import RECIPE_TABLES as FEDERATED_TABLES
+        from coco_ai.workloads.federated.config import recipe_for as federated_recipe_for
         from coco_ai.workloads.finetune.config import recipe_digest, recipe_for
         from coco_ai.workloads.models import model_digest
         from coco_ai.workloads.rag_index.config import recipe_digest as index_recipe_digest
@@ -475,7 +495,40 @@ class DevStack:
                         # min_ann_recall_at_10 keeps the kind's 0.95 floor; a re-index of the
                         # same repository and recipe retrieves exactly as well as the last one
                         "champion": {"max_regression": DEV_CHAMPION_MAX_REGRESSION},
-                    }
+                    },
+                    "fl_aggregator": {
+                        "registry_name": REGISTERED_FEDERATED_NAME,
+                        "approved": {
+                            "base_model": [model_digest(base_model)],
+                            "recipes": [
+                                recipe_digest(
+                                    federated_recipe_for(
+                                        {
+                                            "training": {"local_steps": steps},
+                                            "federation": {
+                                                "rounds": rounds,
+                                                "allow_development_evidence": True,
+                                            },
+                                        }
+                                    ),
+                                    FEDERATED_TABLES,
+                                )
+                                for rounds, steps in DEV_APPROVED_FEDERATIONS
+                            ],
+                        },
+                        "thresholds": {"min_participants": 2},
+                        "champion": {},
+                    },
+                    # the participants' data sets: what promotion accepts in a contribution
+                    # record (their outputs are never promoted themselves)
+                    "fl_participant": {
+                        "registry_name": REGISTERED_FEDERATED_NAME,
+                        "approved": {
+                            "dataset": [object_digest(uri) for uri in participant_datasets],
+                            "base_model": [model_digest(base_model)],
+                            "recipes": [],
+                        },
+                    },
                 },
             }
         )
@@ -527,8 +580,7 @@ class DevStack:
 
     def _dataset(self, admin: Any) -> str:
         """Encrypt the demo data set under a fresh key held only by Trustee (data owner's step)."""
-        from coco_ai.workloads.dataset import generate_examples, to_jsonl
-        from coco_ai.workloads.finetune.workload import DATASET_AAD
+        from coco_ai.workloads.dataset import DATASET_AAD, generate_examples, to_jsonl
 
         return self._publish_encrypted(
             admin,
@@ -577,6 +629,39 @@ class DevStack:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(blob)
         return f"file://{path}"
+
+    def _federation(self, admin: Any) -> list[dict[str, str]]:
+        """The data owner's federation: each participant's topics of the data set encrypted
+        under its own owner's key (only Trustee keeps it), and every party's credentials
+        provisioned in Trustee (coco-ai federation provision). Returns the participants as the
+        federated DAG's Param takes them."""
+        from coco_ai.federated.credentials import issue_federation, provision
+        from coco_ai.federated.identity import AGGREGATOR, FederationIdentity
+        from coco_ai.trustee_dev.state import StateDir
+        from coco_ai.workloads.dataset import DATASET_AAD, generate_examples, to_jsonl
+        from coco_ai.workloads.federated.data import split_by_topic
+
+        split = split_by_topic(generate_examples(), FEDERATION_PARTICIPANTS)
+        participants = []
+        for participant in FEDERATION_PARTICIPANTS:
+            key_path = f"coco-ai/fl-dataset-key/{participant}"
+            uri = self._publish_encrypted(
+                admin,
+                f"fl-{participant}",
+                key_path,
+                lambda records=split[participant]: to_jsonl(records),
+                DATASET_AAD,
+            )
+            participants.append(
+                {"id": participant, "dataset_uri": uri, "dataset_key_uri": f"kbs:///{key_path}"}
+            )
+        aggregator = FederationIdentity(FEDERATION, AGGREGATOR, FEDERATION_AGGREGATOR)
+        if not StateDir(self.trustee_dir).get_resource(aggregator.credential_path().url_path()):
+            provision(
+                admin,
+                issue_federation(FEDERATION, FEDERATION_AGGREGATOR, FEDERATION_PARTICIPANTS),
+            )
+        return participants
 
     def _run_key_root(self, admin: Any) -> None:
         """Store the data owner's run-key root in Trustee (coco_ai.run_keys), keeping the data
@@ -659,6 +744,8 @@ class DevStack:
                 self.progress("encrypting the demo data set; its key goes to Trustee only")
                 dataset_uri = self._dataset(admin)
                 documents_uri = self._documents(admin)
+                self.progress("provisioning the development federation's credentials")
+                participants = self._federation(admin)
                 self._run_key_root(admin)
                 self._approve_workload_image(admin, image)
             self.progress(f"preparing the base model ({self.model})")
@@ -675,6 +762,7 @@ class DevStack:
                 documents_uri=documents_uri,
                 embedder=embedder,
                 image=image,
+                participant_datasets=[p["dataset_uri"] for p in participants],
             )
 
             registry_uri = f"sqlite:///{self.root / 'mlflow' / 'mlflow.db'}"
@@ -754,6 +842,9 @@ class DevStack:
                 documents_key_uri=f"kbs:///{DOCUMENTS_KEY_PATH}",
                 embedder=str(embedder),
                 registered_index_name=REGISTERED_INDEX_NAME,
+                federation=FEDERATION,
+                federated_participants=participants,
+                registered_federated_name=REGISTERED_FEDERATED_NAME,
             )
             (self.root / STATE_FILE).write_text(info.to_json())
             client = info.client()
@@ -771,7 +862,7 @@ class DevStack:
                         "trustee_version": self.trustee_version,
                     },
                 )
-                for dag_id in (DAG_ID, RAG_DAG_ID):
+                for dag_id in (DAG_ID, RAG_DAG_ID, FEDERATED_DAG_ID):
                     self.progress(f"waiting for the {dag_id} DAG to be parsed")
                     client.wait_for_dag(dag_id)
                     client.unpause(dag_id)

@@ -21,7 +21,7 @@ from coco_ai.guest.initdata import Initdata
 from coco_ai.kbs.resource_path import parse_resource_path
 from coco_ai.run_keys import DEFAULT_ROOT, Grant, checkpoint_key_path, derive_run_key, grant_path
 from coco_ai.runs import run_claims
-from coco_ai.workloads.finetune.workload import DATASET_AAD
+from coco_ai.workloads.dataset import DATASET_AAD
 from coco_ai.workloads.kinds import FINETUNE, WorkloadKind
 
 

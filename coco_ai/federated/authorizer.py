@@ -3,7 +3,7 @@
 ``generate()`` (in the party's TEE) asks its guest components (``/aa/token``) for the EAR token
 and the attested TEE key, and returns a compact JWS, signed with that key, over::
 
-    {"ear": <EAR token>, "aud": "coco-ai-federation:<run-id>", "nonce": <fresh, 128 bit>,
+    {"ear": <EAR token>, "aud": "coco-ai-federation:<federation>", "nonce": <fresh, 128 bit>,
      "iat": <now>, "sub": <participant id>}
 
 so the token proves possession of the key the EAR token attests (``tee-pubkey``), for this
@@ -13,8 +13,10 @@ federation, now. ``verify()`` (in every peer) checks, failing closed on any doub
    within its validity (``coco_ai.kbs.ear.verify_ear_token``);
 2. cpu0 and every submod affirming, at least ``min_gpus`` GPUs (``coco_ai.crypto.verify.
    check_policy``), and no sample/sampledevice evidence unless development evidence is allowed;
-3. the init_data claims name a party of this federation run (another federation's token is a
-   replay) in an accepted role, and an accepted participant id;
+3. the init_data claims name a party of this federation (another federation's token is a
+   replay) in an accepted role, and an accepted participant id; when the verifier is given the
+   pipeline run id, the claims name that run too (a party started for an earlier run of the
+   same federation is refused);
 4. the JWS verifies (ES256 only) with the attested TEE key; its ``sub`` is that participant;
 5. ``aud`` is this federation; ``iat`` is no older than ``max_token_age_s`` and not in the
    future, and within the EAR token's validity; the nonce was never seen (replay cache);
@@ -54,14 +56,19 @@ from coco_ai.federated.identity import (
     ROLES,
     FederationIdentity,
     FederationIdentityError,
-    check_run_id,
+    check_federation_id,
 )
 from coco_ai.guest.client import GuestClient, GuestError
 from coco_ai.guest.initdata import RUN_ID_KEY
-from coco_ai.kbs.ear import EarClaims, unverified_claims, verify_ear_token
+from coco_ai.kbs.ear import (
+    DEVELOPMENT_EVIDENCE,
+    EarClaims,
+    unverified_claims,
+    verify_ear_token,
+)
 from coco_ai.kbs.errors import KbsError
 from coco_ai.kbs.wire import b64url_decode
-from coco_ai.promotion.verify import DEVELOPMENT_EVIDENCE
+from coco_ai.runs import RUN_ID_RULE, is_run_id
 
 NAMESPACE = "x-coco-ai-trustee"
 TOKEN_TYPE = "coco-ai-fl-cc+jwt"  # noqa: S105 (a JOSE typ, not a secret)
@@ -78,8 +85,8 @@ class FederationAuthError(Exception):
     """A peer token that does not prove an attested party of this federation (says why)."""
 
 
-def federation_audience(run_id: str) -> str:
-    return f"coco-ai-federation:{run_id}"
+def federation_audience(federation: str) -> str:
+    return f"coco-ai-federation:{federation}"
 
 
 @dataclass(frozen=True)
@@ -90,6 +97,12 @@ class AttestedPeer:
     claims: EarClaims
     tee_pubkey: dict
     issued_at: int
+    ear_token: str  # the verified EAR token, verbatim (the run's record of who took part)
+
+    @property
+    def tee_key_thumbprint(self) -> str:
+        """RFC 7638 SHA-256 thumbprint (base64url) of the attested TEE key."""
+        return jwk.JWK(**{k: self.tee_pubkey[k] for k in ("kty", "crv", "x", "y")}).thumbprint()
 
 
 class ReplayCache:
@@ -132,15 +145,17 @@ class TrusteeCCAuthorizer(CCAuthorizer):
 
     Arguments are JSON-friendly so that NVFlare's component config can build it: the guest
     components' API URL, the attestation trust anchor's PEM file (and, in production, the
-    attestation service signer's), the federation run id, and what a peer must show.
+    attestation service signer's), the federation id, the pipeline run id when only that run's
+    parties may take part, and what a peer must show.
     """
 
     def __init__(
         self,
         guest_api_url: str,
         trust_anchor_path: str,
-        run_id: str,
+        federation: str,
         *,
+        run_id: str | None = None,
         token_signer_path: str | None = None,
         min_gpus: int = 1,
         allow_development_evidence: bool = False,
@@ -157,8 +172,11 @@ class TrusteeCCAuthorizer(CCAuthorizer):
             if token_signer_path is not None
             else None
         )
-        self.run_id = check_run_id(run_id)
-        self.audience = federation_audience(run_id)
+        self.federation = check_federation_id(federation)
+        self.audience = federation_audience(federation)
+        if run_id is not None and not is_run_id(run_id):
+            raise ValueError(f"run id {run_id!r} is not a run id ({RUN_ID_RULE})")
+        self.run_id = run_id
         if isinstance(min_gpus, bool) or not isinstance(min_gpus, int) or min_gpus < 0:
             raise ValueError(f"min_gpus must be an integer >= 0, got {min_gpus!r}")
         self.min_gpus = min_gpus
@@ -244,6 +262,11 @@ class TrusteeCCAuthorizer(CCAuthorizer):
             identity = FederationIdentity.from_claims(claims.init_data_claims())
         except FederationIdentityError as exc:
             raise FederationAuthError(str(exc)) from None
+        if identity.federation != self.federation:
+            raise FederationAuthError(
+                f"token names federation {identity.federation!r}, not {self.federation!r} "
+                "(another federation's party)"
+            )
         if identity.role not in self.accepted_roles:
             raise FederationAuthError(f"{identity} is not in an accepted role")
         if (
@@ -293,18 +316,22 @@ class TrusteeCCAuthorizer(CCAuthorizer):
             nonce, keep_until=iat + self.max_token_age_s + 2 * self.leeway_s, now=now
         )
         self._holders.admit(identity, key.thumbprint())
-        return AttestedPeer(identity=identity, claims=claims, tee_pubkey=tee_pubkey, issued_at=iat)
+        return AttestedPeer(
+            identity=identity, claims=claims, tee_pubkey=tee_pubkey, issued_at=iat, ear_token=ear
+        )
 
     def _check_attestation(self, claims: EarClaims) -> None:
+        # The federation claim is checked with the identity; the run claim only when a run is
+        # pinned (check_policy reports a wrong one as a ReplayError).
         policy = VerificationPolicy(
-            run_id=self.run_id,
+            run_id=self.run_id or self.federation,
             min_gpus=self.min_gpus,
-            init_data_claims={RUN_ID_KEY: self.run_id},
+            init_data_claims={RUN_ID_KEY: self.run_id} if self.run_id is not None else {},
         )
         try:
             check_policy(claims, policy)
         except ReplayError as exc:
-            raise FederationAuthError(f"token is not of this federation: {exc}") from None
+            raise FederationAuthError(f"token is not of this pipeline run: {exc}") from None
         except AttestationError as exc:
             raise FederationAuthError(f"attestation refused: {exc}") from None
         if not self.allow_development_evidence:

@@ -4,7 +4,7 @@ Run by the data owner beside Trustee (never by Airflow): `provision` creates the
 and each party's mTLS credentials and uploads them through Trustee's admin API as KBS
 resources that the resource policy releases only to the attested party named in them; it
 prints public facts only (URIs, fingerprints) and writes the CA certificate, which peers and
-verifiers may pin. `revoke` deletes the credentials after the run.
+verifiers may pin. `revoke` deletes the credentials when the federation ends.
 """
 
 from __future__ import annotations
@@ -30,7 +30,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     ):
         cmd = sub.add_parser(name, help=helptext, description=helptext + ".")
         add_admin_arguments(cmd)
-        cmd.add_argument("--run-id", required=True, help="the federation run id")
+        cmd.add_argument(
+            "--federation",
+            required=True,
+            help="the federation id (the data owner's; each pipeline run has its own run id)",
+        )
         cmd.add_argument("--aggregator", required=True, help="the aggregator's participant id")
         cmd.add_argument(
             "--participant", action="append", required=True, help="a participant id (repeatable)"
@@ -54,7 +58,7 @@ def _provision(args: argparse.Namespace) -> int:
 
     try:
         federation = issue_federation(
-            args.run_id,
+            args.federation,
             args.aggregator,
             args.participant,
             aggregator_hosts=args.aggregator_host or ("localhost", "127.0.0.1"),
@@ -75,8 +79,8 @@ def _revoke(args: argparse.Namespace) -> int:
     from coco_ai.kbs.errors import KbsError
 
     try:
-        identities = [FederationIdentity(args.run_id, AGGREGATOR, args.aggregator)] + [
-            FederationIdentity(args.run_id, PARTICIPANT, p) for p in args.participant
+        identities = [FederationIdentity(args.federation, AGGREGATOR, args.aggregator)] + [
+            FederationIdentity(args.federation, PARTICIPANT, p) for p in args.participant
         ]
         with admin_client(args) as admin:
             unconfirmed = revoke(admin, identities)

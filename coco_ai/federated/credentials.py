@@ -1,19 +1,24 @@
 """Per-identity mTLS credentials of a federation, kept in Trustee and released by its policy.
 
 The data owner (``coco-ai federation provision``, never Airflow) creates a federation CA for one
-run, issues each party a certificate and key, uploads each party's bundle as the KBS resource
-``kbs:///coco-ai-fl/<run-id>/<role>.<participant-id>`` and drops the CA key, so no further
+federation, issues each party a certificate and key, uploads each party's bundle as the KBS resource
+``kbs:///coco-ai-fl/<federation>/<role>.<participant-id>`` and drops the CA key, so no further
 certificate of this federation can ever be issued. The resource policies' federation_binding_ok
 rule releases a bundle only to a TEE whose attestation is affirming (CPU and every GPU, approved
-code) and whose initdata names exactly that run, role and participant; the party fetches it
+code) and whose initdata names exactly that federation, role and participant; the party fetches it
 through its confidential data hub and configures NVFlare's mutual TLS with it.
 
 Bundle (UTF-8 JSON, one KBS resource)::
 
-    {"version": 1, "run_id", "role", "participant_id",
-     "ca": <federation CA PEM>, "cert": <party certificate PEM>, "key": <PKCS#8 PEM>}
+    {"version": 1, "federation", "role", "participant_id",
+     "ca": <federation CA PEM>, "cert": <party certificate PEM>, "key": <PKCS#8 PEM>,
+     "admin_cert", "admin_key"}   # the last two: the aggregator's only
 
-The certificate: subject CN = participant id, O = "coco-ai federation <run-id>", OU = role;
+The aggregator's bundle also carries the NVFlare admin credential it submits the run's job with
+(CN ``<aggregator id>@admin``, role ``project_admin``): the job is started from inside the
+aggregator's TEE, so no admin key has to exist outside a TEE for a pipeline run.
+
+The certificate: subject CN = participant id, O = "coco-ai federation <federation>", OU = role;
 SAN DNS = participant id (plus, for the aggregator, the host names and IPs its peers dial);
 extended key usage clientAuth for participants, serverAuth + clientAuth for the aggregator.
 """
@@ -51,7 +56,14 @@ _NVFLARE_PAIR = {
 }
 #: The NVFlare role of the job-submitting admin (its certificate's unstructuredName).
 NVFLARE_ADMIN_ROLE = "project_admin"
-_BUNDLE_FIELDS = {"version", "run_id", "role", "participant_id", "ca", "cert", "key"}
+_BUNDLE_FIELDS = {"version", "federation", "role", "participant_id", "ca", "cert", "key"}
+_ADMIN_FIELDS = {"admin_cert", "admin_key"}
+
+
+def submitter_name(aggregator_id: str) -> str:
+    """The NVFlare admin name of the aggregator's job submitter (``@`` is outside the
+    participant-id alphabet, so it can never be a party's site name)."""
+    return f"{aggregator_id}@admin"
 
 
 class CredentialError(ValueError):
@@ -66,23 +78,26 @@ class CredentialBundle:
     ca_pem: bytes
     cert_pem: bytes
     key_pem: bytes
+    #: the aggregator's job submitter (AdminCredential named submitter_name(id)), else None
+    submitter: AdminCredential | None = None
 
     def __repr__(self) -> str:
         return f"CredentialBundle({self.identity})"
 
     def to_bytes(self) -> bytes:
-        return json.dumps(
-            {
-                "version": BUNDLE_VERSION,
-                "run_id": self.identity.run_id,
-                "role": self.identity.role,
-                "participant_id": self.identity.participant_id,
-                "ca": self.ca_pem.decode("ascii"),
-                "cert": self.cert_pem.decode("ascii"),
-                "key": self.key_pem.decode("ascii"),
-            },
-            sort_keys=True,
-        ).encode("utf-8")
+        doc = {
+            "version": BUNDLE_VERSION,
+            "federation": self.identity.federation,
+            "role": self.identity.role,
+            "participant_id": self.identity.participant_id,
+            "ca": self.ca_pem.decode("ascii"),
+            "cert": self.cert_pem.decode("ascii"),
+            "key": self.key_pem.decode("ascii"),
+        }
+        if self.submitter is not None:
+            doc["admin_cert"] = self.submitter.cert_pem.decode("ascii")
+            doc["admin_key"] = self.submitter.key_pem.decode("ascii")
+        return json.dumps(doc, sort_keys=True).encode("utf-8")
 
     @classmethod
     def from_bytes(
@@ -93,50 +108,61 @@ class CredentialBundle:
             doc = json.loads(data)
         except (ValueError, UnicodeDecodeError):
             raise CredentialError("credential bundle is not UTF-8 JSON") from None
-        if not isinstance(doc, dict) or set(doc) != _BUNDLE_FIELDS:
-            raise CredentialError(f"credential bundle must have exactly {sorted(_BUNDLE_FIELDS)}")
+        fields = _BUNDLE_FIELDS | (_ADMIN_FIELDS if expected.role == AGGREGATOR else set())
+        if not isinstance(doc, dict) or set(doc) != fields:
+            raise CredentialError(f"credential bundle must have exactly {sorted(fields)}")
         if doc["version"] != BUNDLE_VERSION:
             raise CredentialError(f"credential bundle version {doc['version']!r} is not 1")
-        if not all(isinstance(doc[k], str) for k in _BUNDLE_FIELDS - {"version"}):
+        if not all(isinstance(doc[k], str) for k in fields - {"version"}):
             raise CredentialError("credential bundle fields must be strings")
-        identity = FederationIdentity(doc["run_id"], doc["role"], doc["participant_id"])
+        identity = FederationIdentity(doc["federation"], doc["role"], doc["participant_id"])
         if identity != expected:
             raise CredentialError(f"credential bundle is for {identity}, not {expected}")
+        submitter = None
+        if identity.role == AGGREGATOR:
+            submitter = AdminCredential(
+                submitter_name(identity.participant_id),
+                doc["ca"].encode("ascii"),
+                doc["admin_cert"].encode("ascii"),
+                doc["admin_key"].encode("ascii"),
+            )
         bundle = cls(
             identity,
             doc["ca"].encode("ascii"),
             doc["cert"].encode("ascii"),
             doc["key"].encode("ascii"),
+            submitter,
         )
         bundle.check(now=now)
         return bundle
 
     def check(self, *, now: dt.datetime | None = None) -> None:
-        """The certificate is issued by the CA to this identity, valid now, and the key is its."""
+        """The certificate is issued by the CA to this identity, valid now, and the key is its;
+        the aggregator's job submitter likewise, under its admin name and role."""
         ca = _load_cert(self.ca_pem, "federation CA")
-        cert = _load_cert(self.cert_pem, "party certificate")
-        try:
-            key = serialization.load_pem_private_key(self.key_pem, password=None)
-        except (ValueError, TypeError):
-            raise CredentialError("party key is not an unencrypted PEM private key") from None
-        if not isinstance(key, rsa.RSAPrivateKey) or key.key_size < RSA_BITS:
-            raise CredentialError(f"party key is not an RSA key of at least {RSA_BITS} bits")
-        try:
-            cert.verify_directly_issued_by(ca)
-        except (ValueError, TypeError, InvalidSignature):
-            raise CredentialError("party certificate is not issued by the federation CA") from None
-        if key.public_key() != cert.public_key():
-            raise CredentialError("party key does not belong to the party certificate")
         at = now or dt.datetime.now(dt.UTC)
-        for what, c in (("federation CA", ca), ("party certificate", cert)):
-            if not c.not_valid_before_utc <= at <= c.not_valid_after_utc:
-                raise CredentialError(f"{what} is not valid now")
+        if not ca.not_valid_before_utc <= at <= ca.not_valid_after_utc:
+            raise CredentialError("federation CA is not valid now")
+        cert = _check_pair(ca, self.cert_pem, self.key_pem, "party", at)
         names = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
         if [n.value for n in names] != [self.identity.participant_id]:
             raise CredentialError("party certificate's CN is not the participant id")
         units = cert.subject.get_attributes_for_oid(NameOID.ORGANIZATIONAL_UNIT_NAME)
         if [u.value for u in units] != [self.identity.role]:
             raise CredentialError("party certificate's OU is not the party's role")
+        if (self.submitter is None) != (self.identity.role != AGGREGATOR):
+            raise CredentialError("only the aggregator's bundle carries a job submitter")
+        if self.submitter is not None:
+            if self.submitter.ca_pem != self.ca_pem:
+                raise CredentialError("job submitter is not of the bundle's federation CA")
+            admin = _check_pair(ca, self.submitter.cert_pem, self.submitter.key_pem, "admin", at)
+            subject = {
+                NameOID.COMMON_NAME: submitter_name(self.identity.participant_id),
+                NameOID.UNSTRUCTURED_NAME: NVFLARE_ADMIN_ROLE,
+            }
+            for oid, value in subject.items():
+                if [a.value for a in admin.subject.get_attributes_for_oid(oid)] != [value]:
+                    raise CredentialError(f"admin certificate's {oid._name} is not {value!r}")
 
     def write_startup_files(self, directory: str | Path) -> dict[str, Path]:
         """Write the NVFlare startup-kit files (``rootCA.pem`` and the role's pair, key 0600)
@@ -182,7 +208,7 @@ class Federation:
     """The result of issuing: the CA certificate, every party's bundle and, when asked for,
     the job submitter's admin credential."""
 
-    run_id: str
+    federation: str
     ca_pem: bytes
     bundles: tuple[CredentialBundle, ...]
     admin: AdminCredential | None = None
@@ -190,7 +216,7 @@ class Federation:
     def summary(self) -> dict:
         """What the data owner may publish: resource URIs and certificate fingerprints."""
         return {
-            "run_id": self.run_id,
+            "federation": self.federation,
             "ca_sha256": _fingerprint(self.ca_pem),
             "parties": [
                 {
@@ -205,7 +231,7 @@ class Federation:
 
 
 def issue_federation(
-    run_id: str,
+    federation: str,
     aggregator_id: str,
     participant_ids: Sequence[str],
     *,
@@ -221,11 +247,11 @@ def issue_federation(
     ids = [aggregator_id, *participant_ids]
     if len(set(ids)) != len(ids):
         raise CredentialError("participant ids (the aggregator's included) must be distinct")
-    identities = [FederationIdentity(run_id, AGGREGATOR, aggregator_id)] + [
-        FederationIdentity(run_id, PARTICIPANT, p) for p in participant_ids
+    identities = [FederationIdentity(federation, AGGREGATOR, aggregator_id)] + [
+        FederationIdentity(federation, PARTICIPANT, p) for p in participant_ids
     ]
     start = dt.datetime.now(dt.UTC) - dt.timedelta(minutes=5)
-    organisation = x509.NameAttribute(NameOID.ORGANIZATION_NAME, f"coco-ai federation {run_id}")
+    organisation = x509.NameAttribute(NameOID.ORGANIZATION_NAME, f"coco-ai federation {federation}")
     ca_key = _new_key()
     ca_name = x509.Name([organisation, x509.NameAttribute(NameOID.COMMON_NAME, "federation CA")])
     ca = (
@@ -236,6 +262,34 @@ def issue_federation(
     )
     ca_pem = ca.public_bytes(serialization.Encoding.PEM)
     hosts = list(aggregator_hosts)
+
+    def issue_admin(name: str) -> AdminCredential:
+        key = _new_key()
+        subject = x509.Name(
+            [
+                x509.NameAttribute(NameOID.COMMON_NAME, name),
+                organisation,
+                x509.NameAttribute(NameOID.UNSTRUCTURED_NAME, NVFLARE_ADMIN_ROLE),
+            ]
+        )
+        cert = (
+            _builder(subject, ca_name, key.public_key(), start, validity)
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(_key_usage(ca=False), critical=True)
+            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+            .sign(ca_key, hashes.SHA256())
+        )
+        return AdminCredential(
+            name,
+            ca_pem,
+            cert.public_bytes(serialization.Encoding.PEM),
+            key.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption(),
+            ),
+        )
+
     bundles = []
     for identity in identities:
         key = _new_key()
@@ -264,41 +318,20 @@ def issue_federation(
             serialization.PrivateFormat.PKCS8,
             serialization.NoEncryption(),
         )
+        submitter = None
+        if identity.role == AGGREGATOR:
+            submitter = issue_admin(submitter_name(identity.participant_id))
         bundles.append(
             CredentialBundle(
-                identity, ca_pem, cert.public_bytes(serialization.Encoding.PEM), key_pem
+                identity, ca_pem, cert.public_bytes(serialization.Encoding.PEM), key_pem, submitter
             )
         )
     admin = None
     if admin_name is not None:
         if not admin_name or any(ord(c) < 0x21 or c in '\\/"' for c in admin_name):
             raise CredentialError(f"admin name {admin_name!r} must be printable, without spaces")
-        key = _new_key()
-        subject = x509.Name(
-            [
-                x509.NameAttribute(NameOID.COMMON_NAME, admin_name),
-                organisation,
-                x509.NameAttribute(NameOID.UNSTRUCTURED_NAME, NVFLARE_ADMIN_ROLE),
-            ]
-        )
-        cert = (
-            _builder(subject, ca_name, key.public_key(), start, validity)
-            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(_key_usage(ca=False), critical=True)
-            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
-            .sign(ca_key, hashes.SHA256())
-        )
-        admin = AdminCredential(
-            admin_name,
-            ca_pem,
-            cert.public_bytes(serialization.Encoding.PEM),
-            key.private_bytes(
-                serialization.Encoding.PEM,
-                serialization.PrivateFormat.PKCS8,
-                serialization.NoEncryption(),
-            ),
-        )
-    return Federation(run_id, ca_pem, tuple(bundles), admin)
+        admin = issue_admin(admin_name)
+    return Federation(federation, ca_pem, tuple(bundles), admin)
 
 
 def provision(admin: KbsAdminClient, federation: Federation) -> list[str]:
@@ -322,6 +355,28 @@ def revoke(admin: KbsAdminClient, identities: Iterable[FederationIdentity]) -> l
         except ResourceDeleteUnconfirmed:
             unconfirmed.append(path.uri())
     return unconfirmed
+
+
+def _check_pair(
+    ca: x509.Certificate, cert_pem: bytes, key_pem: bytes, what: str, at: dt.datetime
+) -> x509.Certificate:
+    """The ``what`` certificate, issued by ``ca``, valid at ``at``, with ``key_pem`` its key."""
+    cert = _load_cert(cert_pem, f"{what} certificate")
+    try:
+        key = serialization.load_pem_private_key(key_pem, password=None)
+    except (ValueError, TypeError):
+        raise CredentialError(f"{what} key is not an unencrypted PEM private key") from None
+    if not isinstance(key, rsa.RSAPrivateKey) or key.key_size < RSA_BITS:
+        raise CredentialError(f"{what} key is not an RSA key of at least {RSA_BITS} bits")
+    try:
+        cert.verify_directly_issued_by(ca)
+    except (ValueError, TypeError, InvalidSignature):
+        raise CredentialError(f"{what} certificate is not issued by the federation CA") from None
+    if key.public_key() != cert.public_key():
+        raise CredentialError(f"{what} key does not belong to the {what} certificate")
+    if not cert.not_valid_before_utc <= at <= cert.not_valid_after_utc:
+        raise CredentialError(f"{what} certificate is not valid now")
+    return cert
 
 
 def _new_key() -> rsa.RSAPrivateKey:

@@ -22,6 +22,8 @@ from coco_ai.federated.identity import AGGREGATOR
 
 #: The site name NVFlare's POC provisioning gives the server: the aggregator's participant id.
 POC_SERVER_NAME = "server"
+#: The kit NVFlare's POC provisioning makes for the project admin (the job submitter's).
+POC_ADMIN_KIT = "admin@nvidia.com"
 _ORG = "nvidia"  # the organisation POC provisioning writes into every kit
 
 
@@ -48,6 +50,28 @@ def prepare_kits(workspace: str | Path, participant_ids: Sequence[str], *, port:
     project_file.write_text(yaml.safe_dump(project, sort_keys=False))
     prepare_poc_provision(list(participant_ids), len(participant_ids), str(ws), None)
     return Path(get_prod_dir(str(ws)))
+
+
+def retarget_kit(kit_dir: str | Path, *, host: str, server_identity: str) -> None:
+    """Point a POC client or admin kit at the aggregator: dial ``host`` (at the kit's port) and
+    accept only a server certificate whose CN is ``server_identity`` (the aggregator's id). A
+    server kit is left as it is."""
+    import json
+
+    startup = Path(kit_dir) / "startup"
+    client, admin = startup / "fed_client.json", startup / "fed_admin.json"
+    if client.is_file():
+        doc = json.loads(client.read_text())
+        for server in doc["servers"]:
+            port = server["service"]["target"].rpartition(":")[2]
+            server["service"]["target"] = f"{host}:{port}"
+            server["identity"] = server_identity
+        client.write_text(json.dumps(doc, indent=2))
+    if admin.is_file():
+        doc = json.loads(admin.read_text())
+        doc["admin"]["host"] = host
+        doc["admin"]["server_identity"] = server_identity
+        admin.write_text(json.dumps(doc, indent=2))
 
 
 def site_command(kit_dir: str | Path, site: str, role: str) -> list[str]:

@@ -42,9 +42,11 @@ IMAGE_DIGEST_KEY = "io.coco-ai.image-digest"
 CHECKPOINT_KEY_KEY = "io.coco-ai.checkpoint-key"
 RUN_GRANT_KEY = "io.coco-ai.run-grant"
 RUN_KEY_ROOT_KEY = "io.coco-ai.run-key-root"
-# A federation party's identity (coco_ai.federated.identity): its role (aggregator or
-# participant) and its participant id; the federation run is RUN_ID_KEY. The resource policies
-# release a party's credentials only to initdata naming that identity and run.
+# A federation party's identity (coco_ai.federated.identity): the federation (the data owner's
+# id for its membership and credentials, provisioned ahead of any pipeline run; not the run id),
+# its role (aggregator or participant) and its participant id. The resource policies release a
+# party's credentials only to initdata naming that identity.
+FEDERATION_KEY = "io.coco-ai.fl-federation"
 FEDERATION_ROLE_KEY = "io.coco-ai.fl-role"
 FEDERATION_PARTICIPANT_KEY = "io.coco-ai.fl-participant"
 

@@ -49,6 +49,8 @@ EAR_ALG = "ES256"
 TRUSTEE_EAT_PROFILE = "tag:github.com,2024:confidential-containers/Trustee"
 ANNOTATED_EVIDENCE = "ear.veraison.annotated-evidence"
 EAR_STATUSES = ("none", "affirming", "warning", "contraindicated")
+#: Trustee's development verifiers (sample CPU, sampledevice GPU): no hardware behind them
+DEVELOPMENT_EVIDENCE = ("sample", "sampledevice")
 
 _MAX_CHAIN = 8
 _TLS_PURPOSES = {

@@ -93,9 +93,10 @@ per_run_binding_ok if {
 }
 
 # A federation party's credentials (coco_ai.federated.credentials) live at
-# kbs:///coco-ai-fl/<run-id>/<role>.<participant-id> and go only to a TEE whose initdata names
-# that run (io.coco-ai.run-id), that role (io.coco-ai.fl-role) and that participant
-# (io.coco-ai.fl-participant): another party's, or another federation's, TEE gets nothing.
+# kbs:///coco-ai-fl/<federation>/<role>.<participant-id> and go only to a TEE whose initdata
+# names that federation (io.coco-ai.fl-federation), that role (io.coco-ai.fl-role) and that
+# participant (io.coco-ai.fl-participant): another party's, or another federation's, TEE gets
+# nothing.
 federation_repository := "coco-ai-fl"
 
 federation_roles := {"aggregator", "participant"}
@@ -106,7 +107,7 @@ federation_binding_ok if not bound_to_federation_identity
 
 federation_binding_ok if {
 	bound_to_federation_identity
-	init_data_claims["io.coco-ai.run-id"] == data["resource-path"][1]
+	init_data_claims["io.coco-ai.fl-federation"] == data["resource-path"][1]
 	role := init_data_claims["io.coco-ai.fl-role"]
 	role in federation_roles
 	participant := init_data_claims["io.coco-ai.fl-participant"]

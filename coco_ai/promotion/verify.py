@@ -49,7 +49,7 @@ from coco_ai.guest.initdata import (
     WORKLOAD_KEY,
     Initdata,
 )
-from coco_ai.kbs.ear import EarClaims
+from coco_ai.kbs.ear import DEVELOPMENT_EVIDENCE, EarClaims
 from coco_ai.kbs.errors import KbsError
 from coco_ai.owner_policy import OwnerPolicy, SignedOwnerPolicy
 from coco_ai.promotion import _policy
@@ -61,10 +61,9 @@ _DIGEST_SETS = (
     "approved_base_models",
     "approved_datasets",
     "approved_training_recipes",
+    "contributor_datasets",
     "approved_images",
 )
-#: Trustee's development verifiers (sample CPU, sampledevice GPU): no hardware behind them
-DEVELOPMENT_EVIDENCE = ("sample", "sampledevice")
 #: the kind of a run whose initdata names none (initdata built before the workload claim)
 DEFAULT_WORKLOAD = "finetune"
 
@@ -116,6 +115,9 @@ class PromotionExpectations:
     #: the kind's thresholds (coco_ai.workloads.kinds.Threshold names) to apply, by name
     thresholds: Mapping[str, float] = field(default_factory=dict)
     leeway: int = 0  # clock skew tolerated when judging the token, seconds
+    #: a federated aggregator's contributors: the data sets the owner approves for participants
+    #: (coco_ai.promotion.contributions)
+    contributor_datasets: frozenset[str] = frozenset()
 
     def __post_init__(self) -> None:
         for what in (*_DIGEST_SETS, "appraisal_policy_ids"):
@@ -210,6 +212,7 @@ class PromotionExpectations:
             token_signer_pem=policy.token_signer_pem.encode(),
             thresholds=section.limits(),
             leeway=leeway,
+            contributor_datasets=_contributor_datasets(policy, kind.name),
         )
 
     @property
@@ -265,6 +268,16 @@ class PromotionExpectations:
         if self.checkpoint_key_uri is not None:
             data["checkpoint_key_uri"] = self.checkpoint_key_uri
         return data
+
+
+def _contributor_datasets(policy: OwnerPolicy, workload: str) -> frozenset[str]:
+    """For a federated aggregator: the participants' data sets the owner approves (its
+    ``workloads.fl_participant`` section); none without that section."""
+    from coco_ai.promotion.contributions import PARTICIPANT_WORKLOAD
+
+    if workload != "fl_aggregator" or PARTICIPANT_WORKLOAD not in policy.workloads:
+        return frozenset()
+    return policy.workloads[PARTICIPANT_WORKLOAD].approved_inputs.get("dataset", frozenset())
 
 
 def check_code_binding(initdata: Initdata, policy: OwnerPolicy) -> None:
@@ -402,6 +415,14 @@ def verify_for_promotion(
     config_text = _read_text(store, CONFIG_FILE)
     recipe, config_reasons = _training_config(config_text, manifest, expectations)
     reasons += config_reasons
+    policy_data = expectations.policy_data()
+    if expectations.workload == "fl_aggregator" and not config_reasons:
+        contribution_reasons = _contributions(
+            config_text, manifest, claims, trust_anchor_pem, expectations
+        )
+        reasons += contribution_reasons
+        if not contribution_reasons:  # every contribution approved: so is the record
+            policy_data["approved_datasets"] = [manifest.dataset_digest]
 
     checkpoint = {
         "uri": checkpoint_uri,
@@ -422,7 +443,7 @@ def verify_for_promotion(
             "checkpoint": checkpoint,
             "metrics": dict(manifest.metrics),
         },
-        expectations.policy_data(),
+        policy_data,
     )
     reasons += [f"promotion policy: {d}" for d in decision.deny]
     if reasons or not decision.allow:
@@ -496,6 +517,33 @@ def _attestation_summary(claims: EarClaims) -> dict[str, Any]:
         "run_id": init_claims.get(RUN_ID_KEY),
         "image_digest": init_claims.get(IMAGE_DIGEST_KEY),
     }
+
+
+def _contributions(
+    text: str | None,
+    manifest: Manifest,
+    claims: EarClaims,
+    trust_anchor_pem: bytes,
+    expectations: PromotionExpectations,
+) -> list[str]:
+    from coco_ai.promotion.contributions import contribution_problems
+
+    assert text is not None  # _training_config refused its absence
+    return contribution_problems(
+        json.loads(text),
+        dataset_digest=manifest.dataset_digest,
+        run_id=expectations.run_id,
+        aggregator_claims=claims.init_data_claims() or {},
+        trust_anchor_pem=trust_anchor_pem,
+        token_signer_pem=expectations.token_signer_pem,
+        approved_images=expectations.approved_images,
+        approved_datasets=expectations.contributor_datasets,
+        appraisal_policy_ids=expectations.appraisal_policy_ids,
+        allow_development_evidence=expectations.allow_development_evidence,
+        min_gpus=expectations.min_gpus,
+        min_participants=expectations.thresholds.get("min_participants"),
+        leeway=expectations.leeway,
+    )
 
 
 def _training_config(

@@ -73,6 +73,29 @@ def register(subparsers) -> None:
         "--config", help="service config file (or env COCO_AI_RAG_SERVE_CONFIG)", default=None
     )
     rserve.set_defaults(func=_serve)
+    rpod = rag_sub.add_parser(
+        "serve-manifest",
+        help="print the Kubernetes objects of the retrieval service as a Kata confidential pod "
+        "(data owner; docs/formats/rag.md section 5.6)",
+    )
+    rpod.add_argument("--kbs-url", required=True, help="Trustee KBS URL the guest attests to")
+    rpod.add_argument("--kbs-ca", required=True, help="PEM the guest pins for the KBS")
+    rpod.add_argument("--image", required=True, help="the service image, host/path@sha256:<hex>")
+    rpod.add_argument("--run-id", required=True, help="the service's own run id")
+    rpod.add_argument("--index-run", required=True, help="the promoted index's run")
+    rpod.add_argument("--index-manifest", required=True, help="its promoted manifest digest")
+    rpod.add_argument("--index-uri", required=True, help="store location of the index")
+    rpod.add_argument("--embedder-path", required=True, help="store location of the embedder")
+    rpod.add_argument("--trust-anchor", required=True, help="attestation trust anchor (PEM)")
+    rpod.add_argument("--caller", action="append", default=[], help="admitted caller (repeat)")
+    rpod.add_argument("--store-options-uri", help="kbs:/// URI of the store credentials")
+    rpod.add_argument(
+        "--sealed-storage-options", help="file holding the sealed secret that points at it"
+    )
+    rpod.add_argument("--runtime-class", default="kata-qemu-tdx")
+    rpod.add_argument("--namespace", default="confidential-ai")
+    rpod.add_argument("--port", type=int, default=8443)
+    rpod.set_defaults(func=_serve_manifest)
     rcaller = rag_sub.add_parser(
         "caller",
         help="admit or revoke a caller of the attested retrieval service (data owner, Trustee "
@@ -110,6 +133,38 @@ def register(subparsers) -> None:
         add_admin_arguments(cmd)
         cmd.add_argument("--index-run", required=True, help="the run that built the index")
         cmd.set_defaults(func=func)
+
+    rdoc = rag_sub.add_parser(
+        "document",
+        help="prove, or check, that a document is in an attested index (its signed manifest's "
+        "keyed per-document digests; docs/formats/rag.md section 4.1)",
+    )
+    doc_sub = rdoc.add_subparsers(dest="document_command", required=True)
+    prove = doc_sub.add_parser(
+        "prove",
+        help="print the inclusion proof of one document (data owner: needs the run-key root)",
+        description="Print the proof that a document is in the index of INDEX_RUN: its id, "
+        "its text digest and its opening (a key for that one document, derived from the run "
+        "key; it reveals nothing about other documents). The root is read here, never sent.",
+    )
+    prove.add_argument("--index-run", required=True, help="the run that built the index")
+    prove.add_argument(
+        "--run-key-root-file", required=True, help="the data owner's 32-byte run-key root"
+    )
+    prove.add_argument("--repository", required=True, help="the plaintext JSONL repository")
+    prove.add_argument("--doc-id", required=True, help="the document to prove")
+    prove.set_defaults(func=_prove_document)
+    check = doc_sub.add_parser(
+        "check",
+        help="verify an index (token, signature, objects) and that a proof's document is in it",
+    )
+    check.add_argument("--index", required=True, help="store location of the index checkpoint")
+    check.add_argument("--trust-anchor", required=True, help="attestation trust anchor (PEM)")
+    check.add_argument("--proof", required=True, help="the proof JSON (from prove)")
+    check.add_argument(
+        "--repository", help="plaintext JSONL repository: also check the document's text"
+    )
+    check.set_defaults(func=_check_document)
 
     model = subparsers.add_parser("model", help="prepare base models and compute their digests")
     m_sub = model.add_subparsers(dest="model_command", metavar="SUBCOMMAND")
@@ -191,6 +246,110 @@ def _publish_index_key(args: argparse.Namespace) -> int:
     return 0
 
 
+def _repository_document(path: str, doc_id: str):
+    from coco_ai.workloads.rag_index.corpus import parse_repository
+
+    documents = {d.id: d for d in parse_repository(Path(path).read_bytes()).documents}
+    if doc_id not in documents:
+        raise ValueError(f"the repository has no document {doc_id!r}")
+    return documents[doc_id]
+
+
+def _prove_document(args: argparse.Namespace) -> int:
+    from coco_ai.run_keys import RunKeyError, derive_run_key, read_key_file
+    from coco_ai.workloads.rag_index.inclusion import prove
+    from coco_ai.workloads.rag_index.index import document_digest
+
+    try:
+        document = _repository_document(args.repository, args.doc_id)
+        key = derive_run_key(read_key_file(args.run_key_root_file), args.index_run)
+        proof = prove(key, args.index_run, document.id, document_digest(document))
+    except (RunKeyError, ValueError, OSError) as exc:
+        return _err(f"rag document prove: {exc}")
+    print(json.dumps(proof.to_dict(), indent=2))
+    return 0
+
+
+def _check_document(args: argparse.Namespace) -> int:
+    from coco_ai.crypto import VerificationPolicy, verify_checkpoint
+    from coco_ai.crypto.errors import CheckpointError
+    from coco_ai.guest.initdata import WORKLOAD_KEY
+    from coco_ai.kbs.errors import KbsError
+    from coco_ai.workloads.kinds import RAG_INDEX
+    from coco_ai.workloads.rag_index.inclusion import InclusionProof, check_inclusion
+
+    try:
+        proof = InclusionProof.from_dict(json.loads(Path(args.proof).read_text(encoding="utf-8")))
+        text = None
+        if args.repository:
+            text = _repository_document(args.repository, proof.doc_id).text
+        policy = VerificationPolicy.for_run(
+            proof.run_id, min_gpus=0, init_data_claims={WORKLOAD_KEY: RAG_INDEX.name}
+        )
+        verified = verify_checkpoint(
+            args.index, trust_anchor_pem=Path(args.trust_anchor).read_bytes(), policy=policy
+        )
+        check_inclusion(verified.manifest, proof, text)
+    except (CheckpointError, KbsError, ValueError, OSError) as exc:
+        return _err(f"rag document check: {exc}")
+    report = {
+        "doc_id": proof.doc_id,
+        "index_run": proof.run_id,
+        "manifest_digest": verified.manifest_digest,
+        "included": True,
+        "text_checked": text is not None,
+    }
+    print(json.dumps(report, indent=2))
+    return 0
+
+
+def _serve_manifest(args: argparse.Namespace) -> int:
+    import yaml
+
+    from coco_ai.workloads.rag_serve.identity import service_claims
+    from coco_ai.workloads.rag_serve.kubernetes import service_manifests
+
+    if (args.store_options_uri is None) != (args.sealed_storage_options is None):
+        return _err(
+            "rag serve-manifest: --store-options-uri and --sealed-storage-options go together"
+        )
+    try:
+        anchor = Path(args.trust_anchor).read_bytes()
+        config = {
+            "run_id": args.run_id,
+            "index_uri": args.index_uri,
+            "embedder_path": args.embedder_path,
+            "trust_anchor_pem": anchor.decode("ascii"),
+            "host": "0.0.0.0",  # noqa: S104 - the pod's own address; TLS, callers attested
+            "port": args.port,
+        }
+        if args.sealed_storage_options:
+            sealed = Path(args.sealed_storage_options).read_text(encoding="ascii").strip()
+            config["sealed_storage_options"] = sealed
+        claims = service_claims(
+            run_id=args.run_id,
+            image=args.image,
+            index_run_id=args.index_run,
+            index_manifest_digest=args.index_manifest,
+            trust_anchor_pem=anchor,
+            callers=args.caller,
+            store_options_uri=args.store_options_uri,
+        )
+        objects = service_manifests(
+            config=config,
+            claims=claims,
+            image=args.image,
+            kbs_url=args.kbs_url,
+            kbs_ca_pem=Path(args.kbs_ca).read_bytes(),
+            namespace=args.namespace,
+            runtime_class=args.runtime_class,
+        )
+    except (ValueError, OSError) as exc:  # ConfigError, InitdataError… are ValueErrors
+        return _err(f"rag serve-manifest: {exc}")
+    print(yaml.safe_dump_all(objects, sort_keys=False, width=100), end="")
+    return 0
+
+
 def _withdraw_index_key(args: argparse.Namespace) -> int:
     from coco_ai.kbs.errors import KbsError
     from coco_ai.workloads.rag_serve.identity import index_key_path, withdraw_index_key
@@ -246,8 +405,7 @@ def _generate(args: argparse.Namespace) -> int:
 
 
 def _encrypt(args: argparse.Namespace) -> int:
-    from coco_ai.workloads.dataset import DatasetError, parse_jsonl
-    from coco_ai.workloads.finetune.workload import DATASET_AAD
+    from coco_ai.workloads.dataset import DATASET_AAD, DatasetError, parse_jsonl
 
     def count(plaintext: bytes) -> dict[str, int]:
         return {"records": len(parse_jsonl(plaintext))}

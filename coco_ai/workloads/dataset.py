@@ -18,6 +18,9 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 MAX_FIELD_CHARS = 8192
+# aad context every encrypted data set is bound to (with its key URI): a checkpoint file or any
+# other blob under the same key cannot be passed off as a data set
+DATASET_AAD = {"type": "coco-ai/dataset-jsonl", "version": 1}
 MIN_TRAIN_EXAMPLES = 4
 MIN_EVAL_EXAMPLES = 2
 DEFAULT_EXAMPLES = 400

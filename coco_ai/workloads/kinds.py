@@ -18,6 +18,8 @@ from typing import Any
 
 from coco_ai.runs import RunRefs
 from coco_ai.storage import object_digest
+from coco_ai.workloads.federated.config import RECIPE_TABLES as FEDERATED_RECIPE
+from coco_ai.workloads.federated.config import config_for_run as federated_config
 from coco_ai.workloads.finetune.config import RECIPE_TABLES as FINETUNE_RECIPE
 from coco_ai.workloads.finetune.config import config_for_run as finetune_config
 from coco_ai.workloads.models import model_digest
@@ -147,7 +149,55 @@ RAG_INDEX = WorkloadKind(
     ),
 )
 
-KINDS = {kind.name: kind for kind in (FINETUNE, RAG_INDEX)}
+_BASE_MODEL = WorkloadInput(
+    "base_model",
+    keyed=False,
+    digest=model_digest,
+    manifest_field="base_model_digest",
+    label="base model",
+    config_digest=("base_model", "digest"),
+)
+_FEDERATED_PROMOTION = PromotionRules(
+    recipe_tables=FEDERATED_RECIPE,
+    recipe_label="federation recipe",
+    thresholds=(
+        # the participants' held-out loss after the last round, weighted by their steps
+        Threshold("max_eval_loss", minimum=False, metric="eval_loss"),
+        # the quorum: accepted updates in the round that had the fewest
+        Threshold("min_participants", minimum=True, metric="min_round_participants"),
+    ),
+    champion_metric="eval_loss",
+    higher_is_better=False,
+)
+
+# Federated fine-tuning (coco_ai.workloads.federated): one module, one TEE per party. The
+# aggregator's output — the global adapter with its contribution record — is what is promoted;
+# a participant (its data owner's keyed data set) stages nothing, so its rules never apply.
+FL_AGGREGATOR = WorkloadKind(
+    name="fl_aggregator",
+    module="coco_ai.workloads.federated",
+    inputs=(_BASE_MODEL,),
+    config=federated_config,
+    promotion=_FEDERATED_PROMOTION,
+)
+FL_PARTICIPANT = WorkloadKind(
+    name="fl_participant",
+    module="coco_ai.workloads.federated",
+    inputs=(
+        WorkloadInput(
+            "dataset",
+            keyed=True,
+            digest=object_digest,
+            manifest_field="dataset_digest",
+            label="data set",
+        ),
+        _BASE_MODEL,
+    ),
+    config=federated_config,
+    promotion=_FEDERATED_PROMOTION,
+)
+
+KINDS = {kind.name: kind for kind in (FINETUNE, RAG_INDEX, FL_AGGREGATOR, FL_PARTICIPANT)}
 
 
 def workload_kind(name: str) -> WorkloadKind:

@@ -356,6 +356,37 @@ class TeeWorkload:
         self.log(f"checkpoint key {cfg.checkpoint_key_uri} derived (grant {grant_uri})")
         return key
 
+    def _load_dataset(self, dataset, data_key: bytes) -> tuple[list, str]:
+        """The examples of the encrypted data set ``dataset`` (``uri``, ``key_uri``), decrypted
+        in memory with ``data_key``, and its ciphertext's digest."""
+        from coco_ai.crypto import decrypt_blob
+        from coco_ai.crypto.errors import CheckpointError
+        from coco_ai.storage import open_store
+        from coco_ai.workloads.dataset import DATASET_AAD, DatasetError, parse_jsonl
+
+        parent, name = split_object_uri(dataset.uri)
+        blob = self._store_call(
+            f"reading data set {dataset.uri}",
+            lambda: open_store(parent).read_bytes(name),
+        )
+        digest = sha256_digest(blob)
+        try:
+            plaintext = decrypt_blob(
+                blob, kek=data_key, aad_context=DATASET_AAD, key_uri=dataset.key_uri
+            )
+        except CheckpointError as exc:
+            raise WorkloadError(
+                f"data set {dataset.uri} does not decrypt under {dataset.key_uri} "
+                f"(wrong key or tampered): {type(exc).__name__}: {exc}",
+                EXIT_DATASET,
+            ) from None
+        try:
+            examples = parse_jsonl(plaintext)
+        except DatasetError as exc:
+            raise WorkloadError(f"data set {dataset.uri}: {exc}", EXIT_DATASET) from None
+        self.log(f"data set {digest}: {len(examples)} records")
+        return examples, digest
+
     def _pinned_model(self, path: str, digest: str, scratch: Path, what: str) -> Path:
         """The model directory at ``path`` (downloaded into ``scratch`` first if it is in an
         object store: a flat Hugging Face directory); its model_digest must be ``digest``."""

@@ -234,6 +234,7 @@ OWNER_FILES: dict[str, str] = {
 # which docker-compose.yaml leaves unchanged.
 OWNER_POLICY_MODEL_NAME = "coco-ai-finetuned"
 # The registered name of promoted RAG indexes in the first policy (the devstack's too).
+OWNER_POLICY_FEDERATED_NAME = "coco-ai-federated"
 OWNER_POLICY_INDEX_NAME = "coco-ai-rag-index"
 OWNER_POLICY_ID = "coco-ai-compose"
 
@@ -539,7 +540,20 @@ def initial_owner_policy_document(secrets_dir: Path) -> dict:
                 "registry_name": OWNER_POLICY_INDEX_NAME,
                 "approved": {"documents": [], "embedder": [], "recipes": []},
                 "champion": {"max_regression": 0.0},
-            }
+            },
+            # Federated fine-tunes (confidential_federated_finetune): the aggregator's global
+            # adapter, at least two contributors per round; the participants' data sets are
+            # approved in fl_participant. Both approve nothing until the data owner adds digests.
+            "fl_aggregator": {
+                "registry_name": OWNER_POLICY_FEDERATED_NAME,
+                "approved": {"base_model": [], "recipes": []},
+                "thresholds": {"min_participants": 2},
+                "champion": {"max_regression": 0.0},
+            },
+            "fl_participant": {
+                "registry_name": OWNER_POLICY_FEDERATED_NAME,
+                "approved": {"dataset": [], "base_model": [], "recipes": []},
+            },
         },
     }
 

@@ -33,6 +33,13 @@ from coco_ai.guest.initdata import INITDATA_ANNOTATION, InitdataError
 from coco_ai.runs import RunRefs, RunRefsError
 
 RUNTIME_CLASSES = {"tdx": "kata-qemu-nvidia-gpu-tdx", "snp": "kata-qemu-nvidia-gpu-snp"}
+#: Labels of every confidential pod: deploy/kubernetes's NetworkPolicies select them by these
+#: (the pods reach only Trustee, the object store and DNS; a federation's parties, each other)
+CONFIDENTIAL_LABEL = "coco-ai.io/confidential"
+WORKLOAD_LABEL = "coco-ai.io/workload"
+FL_ROLE_LABEL = "coco-ai.io/fl-role"
+#: deploy/kubernetes/serviceaccounts.yaml: no API token, no RBAC
+WORKLOAD_SERVICE_ACCOUNT = "coco-ai-workload"
 GPU_RESOURCE = "nvidia.com/pgpu"
 _SECRET_NAME = re.compile(r"KEY|TOKEN|SECRET|PASSW|CREDENTIAL|PRIVATE", re.IGNORECASE)
 
@@ -107,6 +114,22 @@ def lock_down(pod: k8s.V1Pod) -> k8s.V1Pod:
             "the guest's agent policy starts nothing else"
         )
     return pod
+
+
+def confidential_labels(labels: dict[str, str] | None, refs: RunRefs) -> dict[str, str]:
+    """``labels`` plus the confidential pod's own: confidential, its workload kind and, for a
+    federation party, its role. A given label may not say otherwise."""
+    from coco_ai.guest.initdata import FEDERATION_ROLE_KEY
+
+    ours = {CONFIDENTIAL_LABEL: "true", WORKLOAD_LABEL: refs.workload}
+    role = refs.party_claims.get(FEDERATION_ROLE_KEY)
+    if role:
+        ours[FL_ROLE_LABEL] = role
+    merged = dict(labels or {})
+    clash = sorted(k for k, v in ours.items() if merged.get(k, v) != v)
+    if clash:
+        raise PodSpecError(f"labels {', '.join(clash)} are the operator's to set")
+    return {**merged, **ours}
 
 
 def annotations_with_initdata(annotations: dict[str, str] | None, refs: RunRefs) -> dict:

@@ -17,7 +17,6 @@ import json
 import logging
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -30,6 +29,7 @@ from typing import Any
 import httpx
 
 from coco_ai.guest.initdata import Initdata
+from coco_ai.net import free_loopback_port
 from coco_ai_airflow._settings import setting
 
 LOCAL_TEES = ("sample",)
@@ -71,12 +71,6 @@ def guest_command() -> list[str]:
     return [str(Path(sys.executable).with_name("coco-ai")), "guest", "serve"]
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _die_with_task_process(parent_pid: int):
     """A ``preexec_fn``: the child gets SIGKILL when the task process that started it dies.
 
@@ -109,7 +103,7 @@ def _stop(proc: subprocess.Popen | None, grace_s: float = 10.0) -> None:
 
 
 def _start_emulator(initdata_path: Path, gpus: int, log_path: Path) -> tuple[subprocess.Popen, str]:
-    port = _free_port()
+    port = free_loopback_port()
     url = f"http://127.0.0.1:{port}"
     argv = [*guest_command(), "--initdata", str(initdata_path), "--port", str(port)]
     argv += ["--gpus", str(gpus)]
@@ -178,7 +172,9 @@ class LocalRun:
 
     def run(self) -> None:
         root = Path(setting("local_workdir") or tempfile.gettempdir()) / "coco-ai-local"
-        run_dir = root / self.config["run_id"]
+        # one folder per TEE: the parties of one federated run share the run id and run side
+        # by side, each with its own initdata (its identity claims)
+        run_dir = root / self.config["run_id"] / self.initdata.digest().hex()[:16]
         run_dir.mkdir(parents=True, exist_ok=True)
         initdata_path = run_dir / "initdata.toml"
         initdata_path.write_bytes(self.initdata.toml_bytes())  # the digest is over these bytes

@@ -201,7 +201,8 @@ def test_format_2_file_listed_in_a_v1_manifest_refused(plain_dir, tmp_path, kek)
     [
         (1, "sha256", "wrong fields for manifest version 1"),
         (3, "sha256", "wrong fields for manifest version 3"),  # no header digest
-        (4, None, "unsupported manifest"),
+        (4, "sha256", "wrong fields for manifest version 4"),  # no header digest
+        (5, None, "unsupported manifest"),
     ],
 )
 def test_manifest_version_and_fields_must_agree(version, drop, why):

@@ -225,7 +225,8 @@ def test_env_file_is_ignored_by_git() -> None:
 
 
 def test_no_insecure_trustee_admin_mode_anywhere() -> None:
-    paths = [COMPOSE, *TRUSTEE_DIR.iterdir(), *(REPO_ROOT / "deploy" / "kubernetes").iterdir()]
+    kubernetes = (p for p in (REPO_ROOT / "deploy" / "kubernetes").rglob("*") if p.is_file())
+    paths = [COMPOSE, *TRUSTEE_DIR.iterdir(), *kubernetes]
     for path in paths:
         assert "InsecureAllowAll" not in path.read_text(), path
 
@@ -453,3 +454,23 @@ def test_the_worker_signs_with_the_promotion_key_and_the_view_checks_its_public_
     api = services["airflow-apiserver"]
     public = _env(api)["AIRFLOW__COCO_AI__MODEL_SIGNING_PUBLIC_KEY"]
     assert public.removeprefix("/run/secrets/") in api["secrets"]
+
+
+def test_rag_serve_runs_beside_its_emulator_with_no_secret_and_only_public_inputs(
+    services: dict,
+) -> None:
+    """The retrieval service: built from images/rag, started only with the `rag` profile, its
+    inputs a read-only directory of public material (initdata, config with the sealed store
+    credentials, trust anchor), no file secret, no env, its port on loopback."""
+    rag = services["rag-serve"]
+    assert rag["build"] == {"context": ".", "dockerfile": "images/rag/Dockerfile"}
+    assert rag["profiles"] == ["rag"]
+    assert "secrets" not in rag and "environment" not in rag and "env_file" not in rag
+    assert rag["volumes"] == ["./deploy/compose/rag-serve:/etc/coco-ai/rag-serve:ro"]
+    assert rag["ports"] == ["127.0.0.1:8444:8443"]
+    (script,) = rag["command"]
+    assert "coco-ai guest serve --initdata /etc/coco-ai/rag-serve/initdata.toml" in script
+    assert script.rstrip().endswith(
+        "exec python -m coco_ai.workloads.rag_serve --config /etc/coco-ai/rag-serve/config.json"
+    )
+    assert rag["depends_on"]["trustee-init"]["condition"] == "service_completed_successfully"

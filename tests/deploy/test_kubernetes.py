@@ -38,8 +38,13 @@ def test_manifest_is_strictly_valid_for_kubernetes_1_34(doc: dict) -> None:
     kubernetes_validate.validate(doc, KUBERNETES_VERSION, strict=True)
 
 
+def _named(kind: str, name: str) -> dict:
+    (doc,) = [d for d in _kind(kind) if d["metadata"]["name"] == name]
+    return doc
+
+
 def test_strict_validation_rejects_an_unknown_field() -> None:
-    bad = dict(_kind("NetworkPolicy")[0])
+    bad = dict(_named("NetworkPolicy", "coco-ai-confidential-pods"))
     bad["spec"] = {**bad["spec"], "egres": []}
     with pytest.raises(kubernetes_validate.ValidationError):
         kubernetes_validate.validate(bad, KUBERNETES_VERSION, strict=True)
@@ -52,6 +57,7 @@ def test_expected_objects_are_shipped_and_no_runtime_class() -> None:
     assert ("Role", "coco-ai-pod-launcher") in kinds
     assert ("RoleBinding", "coco-ai-pod-launcher") in kinds
     assert ("NetworkPolicy", "coco-ai-confidential-pods") in kinds
+    assert ("Service", "coco-ai-fl-aggregator") in kinds
     # RuntimeClasses belong to the cluster admin (Kata / CoCo install); only documented here.
     assert not _kind("RuntimeClass")
     assert not _kind("ClusterRole") and not _kind("ClusterRoleBinding")
@@ -93,7 +99,7 @@ def test_workload_service_account_gets_no_token() -> None:
 
 
 def test_network_policy_allows_only_broker_object_store_and_dns() -> None:
-    (policy,) = _kind("NetworkPolicy")
+    policy = _named("NetworkPolicy", "coco-ai-confidential-pods")
     spec = policy["spec"]
     assert spec["podSelector"] == {"matchLabels": CONFIDENTIAL_LABEL}
     assert set(spec["policyTypes"]) == {"Ingress", "Egress"}
@@ -125,3 +131,28 @@ def test_readme_documents_runtime_classes_and_prerequisites() -> None:
         "3.29",
     ):
         assert needle in readme, needle
+
+
+def test_federation_parties_reach_only_the_aggregators_port() -> None:
+    """The aggregator's Service selects the pod the operator labels as the aggregator; the only
+    traffic the federation policies add is participant -> aggregator on that port."""
+    from coco_ai_airflow.execution.kubernetes import CONFIDENTIAL_LABEL, FL_ROLE_LABEL
+
+    aggregator = {CONFIDENTIAL_LABEL: "true", FL_ROLE_LABEL: "aggregator"}
+    participant = {CONFIDENTIAL_LABEL: "true", FL_ROLE_LABEL: "participant"}
+    service = _named("Service", "coco-ai-fl-aggregator")
+    assert service["spec"]["selector"] == aggregator
+    (port,) = service["spec"]["ports"]
+    assert (port["protocol"], port["port"], port["targetPort"]) == ("TCP", 8002, 8002)
+    inbound = _named("NetworkPolicy", "coco-ai-fl-aggregator")["spec"]
+    assert inbound["podSelector"] == {"matchLabels": aggregator}
+    assert inbound["policyTypes"] == ["Ingress"]
+    (rule,) = inbound["ingress"]
+    assert rule["from"] == [{"podSelector": {"matchLabels": participant}}]
+    assert rule["ports"] == [{"protocol": "TCP", "port": 8002}]
+    outbound = _named("NetworkPolicy", "coco-ai-fl-participants")["spec"]
+    assert outbound["podSelector"] == {"matchLabels": participant}
+    assert outbound["policyTypes"] == ["Egress"]
+    (rule,) = outbound["egress"]
+    assert rule["to"] == [{"podSelector": {"matchLabels": aggregator}}]
+    assert rule["ports"] == [{"protocol": "TCP", "port": 8002}]

@@ -148,8 +148,7 @@ def publish_dataset_version(stack: CeleryStack, name: str, *, seed: int) -> dict
     import secrets
 
     from coco_ai.crypto import encrypt_blob
-    from coco_ai.workloads.dataset import generate_examples, to_jsonl
-    from coco_ai.workloads.finetune.workload import DATASET_AAD
+    from coco_ai.workloads.dataset import DATASET_AAD, generate_examples, to_jsonl
 
     key_path = f"coco-ai/dataset-key/{name}"
     key = secrets.token_bytes(32)

@@ -15,8 +15,7 @@ pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(600)]
 
 def test_new_dataset_version_event_triggers_a_run_on_that_version(e2e_stack, follow):
     from coco_ai.crypto import encrypt_blob
-    from coco_ai.workloads.dataset import generate_examples, to_jsonl
-    from coco_ai.workloads.finetune.workload import DATASET_AAD
+    from coco_ai.workloads.dataset import DATASET_AAD, generate_examples, to_jsonl
 
     # the data owner encrypts version 2 under a new key that only Trustee receives
     key_path = "coco-ai/dataset-key/demo-v2"

@@ -22,32 +22,39 @@ from coco_ai.federated.authorizer import (
     federation_audience,
 )
 from coco_ai.federated.identity import FederationIdentity
-from coco_ai.guest.initdata import FEDERATION_PARTICIPANT_KEY, FEDERATION_ROLE_KEY, RUN_ID_KEY
+from coco_ai.guest.initdata import (
+    FEDERATION_KEY,
+    FEDERATION_PARTICIPANT_KEY,
+    FEDERATION_ROLE_KEY,
+    RUN_ID_KEY,
+)
 from coco_ai.kbs.ear import sign_ear_token, unverified_claims
 from coco_ai.kbs.wire import b64url_decode
-from tests.federated.conftest import RUN_ID, Party
+from tests.federated.conftest import FEDERATION, RUN_ID, Party
 
 pytestmark = pytest.mark.timeout(120)
 
 
 @pytest.fixture()
 def verifier_for(trustee, party_factory) -> Callable[..., TrusteeCCAuthorizer]:
-    """An authorizer as the aggregator runs it (its own guest, this run, the stand-in's anchor
-    with its signer pinned); development evidence allowed unless a test says otherwise."""
+    """An authorizer as the aggregator runs it (its own guest, this federation, the stand-in's
+    anchor with its signer pinned); development evidence allowed unless a test says otherwise."""
 
     def make(**kwargs) -> TrusteeCCAuthorizer:
         kwargs.setdefault("allow_development_evidence", True)
         kwargs.setdefault("token_signer_path", str(trustee.token_signer_path))
-        run_id = kwargs.pop("run_id", RUN_ID)
-        aggregator = party_factory("server", role="aggregator", run_id=run_id)
-        return TrusteeCCAuthorizer(aggregator.url, str(trustee.token_anchor_path), run_id, **kwargs)
+        federation = kwargs.pop("federation", FEDERATION)
+        aggregator = party_factory("server", role="aggregator", federation=federation)
+        return TrusteeCCAuthorizer(
+            aggregator.url, str(trustee.token_anchor_path), federation, **kwargs
+        )
 
     return make
 
 
 def authorizer_of(party: Party, trustee, **kwargs) -> TrusteeCCAuthorizer:
     return TrusteeCCAuthorizer(
-        party.url, str(trustee.token_anchor_path), party.identity.run_id, **kwargs
+        party.url, str(trustee.token_anchor_path), party.identity.federation, **kwargs
     )
 
 
@@ -70,15 +77,16 @@ def test_attested_participant_is_accepted_with_its_identity(
     verifier = verifier_for()
     assert isinstance(verifier, CCAuthorizer) and verifier.get_namespace() == NAMESPACE
     peer = verifier.verify_peer(token)
-    assert peer.identity == FederationIdentity(RUN_ID, "participant", "dept-a")
+    assert peer.identity == FederationIdentity(FEDERATION, "participant", "dept-a")
     assert peer.claims.gpu_submods() == ["gpu0"]
+    assert peer.ear_token == json.loads(b64url_decode(token.split(".")[1]))["ear"]
     # The aggregator's own token verifies at the participant the same way (mutual).
     aggregator = party_factory("server", role="aggregator")
     at_participant = authorizer_of(
         party, trustee, allow_development_evidence=True, accepted_roles=["aggregator"]
     )
     assert at_participant.verify_peer(authorizer_of(aggregator, trustee).generate()).identity == (
-        FederationIdentity(RUN_ID, "aggregator", "server")
+        FederationIdentity(FEDERATION, "aggregator", "server")
     )
     # Each generate() is fresh: a second token is accepted too (its own nonce).
     assert verifier.verify(authorizer_of(party, trustee).generate()) is True
@@ -112,7 +120,7 @@ def test_identity_comes_from_the_attested_initdata_not_from_the_sender(
 def test_initdata_without_a_federation_identity_is_refused(
     trustee, party_factory, verifier_for
 ) -> None:
-    party = party_factory("anon", claims={RUN_ID_KEY: RUN_ID})
+    party = party_factory("anon", claims={RUN_ID_KEY: RUN_ID, FEDERATION_KEY: FEDERATION})
     ear, key_pem = party.client.get_token()
     token = resign(
         authorizer_of(party_factory("dept-a"), trustee).generate(),
@@ -125,7 +133,7 @@ def test_initdata_without_a_federation_identity_is_refused(
     bad_role = party_factory(
         "dept-x",
         claims={
-            RUN_ID_KEY: RUN_ID,
+            FEDERATION_KEY: FEDERATION,
             FEDERATION_ROLE_KEY: "observer",
             FEDERATION_PARTICIPANT_KEY: "x",
         },
@@ -193,17 +201,43 @@ def test_wrong_audience_is_refused(trustee, party_factory, verifier_for) -> None
     party = party_factory("dept-a")
     _, key_pem = party.client.get_token()
     token = resign(
-        authorizer_of(party, trustee).generate(), key_pem, aud=federation_audience("fl-run-2")
+        authorizer_of(party, trustee).generate(), key_pem, aud=federation_audience("other-fed")
     )
-    with pytest.raises(FederationAuthError, match="audience 'coco-ai-federation:fl-run-2'"):
+    with pytest.raises(FederationAuthError, match="audience 'coco-ai-federation:other-fed'"):
         verifier_for().verify_peer(token)
 
 
 def test_party_of_another_federation_is_refused(trustee, party_factory, verifier_for) -> None:
-    other = party_factory("dept-a", run_id="fl-run-2")
+    """Same participant id, same run id, another federation: its token (signed for its own
+    federation's audience, or re-signed for ours) is refused."""
+    other = party_factory("dept-a", federation="other-fed")
     token = authorizer_of(other, trustee).generate()
-    with pytest.raises(FederationAuthError, match="not of this federation"):
+    with pytest.raises(FederationAuthError, match="names federation 'other-fed', not"):
         verifier_for().verify_peer(token)
+    _, key_pem = other.client.get_token()
+    retargeted = resign(token, key_pem, aud=federation_audience(FEDERATION))
+    with pytest.raises(FederationAuthError, match="names federation 'other-fed', not"):
+        verifier_for().verify_peer(retargeted)
+
+
+def test_party_of_an_earlier_run_of_the_federation_is_refused_when_the_run_is_pinned(
+    trustee, party_factory, verifier_for
+) -> None:
+    """Two pipeline runs of one federation: a verifier pinned to the second run refuses a party
+    started for the first (its initdata names the first run), accepts one of the second, and
+    refuses one whose initdata names no run at all."""
+    earlier = party_factory("dept-a", run_id="fl-run-0")
+    current = party_factory("dept-a", run_id=RUN_ID)
+    unpinned = party_factory("dept-a", run_id=None)
+    with pytest.raises(FederationAuthError, match=r"not of this pipeline run.*'fl-run-0'"):
+        verifier_for(run_id=RUN_ID).verify_peer(authorizer_of(earlier, trustee).generate())
+    with pytest.raises(FederationAuthError, match=r"not of this pipeline run.*None"):
+        verifier_for(run_id=RUN_ID).verify_peer(authorizer_of(unpinned, trustee).generate())
+    peer = verifier_for(run_id=RUN_ID).verify_peer(authorizer_of(current, trustee).generate())
+    assert peer.identity == FederationIdentity(FEDERATION, "participant", "dept-a")
+    assert peer.claims.init_data_claims()[RUN_ID_KEY] == RUN_ID
+    # Without a pinned run only the federation is checked: the earlier run's party is accepted.
+    assert verifier_for().verify(authorizer_of(earlier, trustee).generate()) is True
 
 
 def test_self_signed_ear_token_is_refused(trustee, party_factory, verifier_for) -> None:
@@ -255,14 +289,16 @@ def test_bad_configuration_is_refused(trustee, tmp_path) -> None:
     not_pem = tmp_path / "anchor.txt"
     not_pem.write_text("no certificate here")
     with pytest.raises(ValueError, match="is not PEM"):
-        TrusteeCCAuthorizer("http://127.0.0.1:1", str(not_pem), RUN_ID)
+        TrusteeCCAuthorizer("http://127.0.0.1:1", str(not_pem), FEDERATION)
     with pytest.raises(ValueError, match="cannot read"):
-        TrusteeCCAuthorizer("http://127.0.0.1:1", str(tmp_path / "absent.pem"), RUN_ID)
+        TrusteeCCAuthorizer("http://127.0.0.1:1", str(tmp_path / "absent.pem"), FEDERATION)
     anchor = str(trustee.token_anchor_path)
-    with pytest.raises(ValueError, match="federation run id"):
+    with pytest.raises(ValueError, match="federation id"):
         TrusteeCCAuthorizer("http://127.0.0.1:1", anchor, "../x")
+    with pytest.raises(ValueError, match="is not a run id"):
+        TrusteeCCAuthorizer("http://127.0.0.1:1", anchor, FEDERATION, run_id="a/b")
     with pytest.raises(ValueError, match="accepted_roles"):
-        TrusteeCCAuthorizer("http://127.0.0.1:1", anchor, RUN_ID, accepted_roles=["observer"])
+        TrusteeCCAuthorizer("http://127.0.0.1:1", anchor, FEDERATION, accepted_roles=["observer"])
 
 
 def test_generate_fails_closed_without_guest_or_identity(trustee, party_factory) -> None:
@@ -272,10 +308,10 @@ def test_generate_fails_closed_without_guest_or_identity(trustee, party_factory)
         sock.bind(("127.0.0.1", 0))
         closed_port = sock.getsockname()[1]
     nowhere = TrusteeCCAuthorizer(
-        f"http://127.0.0.1:{closed_port}", str(trustee.token_anchor_path), RUN_ID
+        f"http://127.0.0.1:{closed_port}", str(trustee.token_anchor_path), FEDERATION
     )
     with pytest.raises(CCTokenGenerateError, match="no token"):
         nowhere.generate()
-    anon = party_factory("anon", claims={RUN_ID_KEY: RUN_ID})
+    anon = party_factory("anon", claims={RUN_ID_KEY: RUN_ID, FEDERATION_KEY: FEDERATION})
     with pytest.raises(CCTokenGenerateError, match="names no party"):
         authorizer_of(anon, trustee).generate()

@@ -25,11 +25,16 @@ from coco_ai.federated.credentials import (
 )
 from coco_ai.federated.identity import FederationIdentity, FederationIdentityError
 from coco_ai.guest.client import GuestError
-from coco_ai.guest.initdata import FEDERATION_PARTICIPANT_KEY, FEDERATION_ROLE_KEY, RUN_ID_KEY
+from coco_ai.guest.initdata import (
+    FEDERATION_KEY,
+    FEDERATION_PARTICIPANT_KEY,
+    FEDERATION_ROLE_KEY,
+    RUN_ID_KEY,
+)
 from coco_ai.kbs.ear import unverified_claims
 from coco_ai.trustee_dev.policy import evaluate_resource_policy
 from tests.code_binding import APPROVED_IMAGE
-from tests.federated.conftest import RUN_ID
+from tests.federated.conftest import FEDERATION, RUN_ID
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -38,7 +43,7 @@ PARTICIPANTS = ("dept-a", "dept-b", "dept-c")
 
 @pytest.fixture(scope="module")
 def federation(admin):
-    issued = issue_federation(RUN_ID, "server", PARTICIPANTS)
+    issued = issue_federation(FEDERATION, "server", PARTICIPANTS)
     provision(admin, issued)
     yield issued
     revoke(admin, [b.identity for b in issued.bundles])
@@ -56,23 +61,30 @@ def test_each_party_obtains_exactly_its_own_credentials(federation, party_factor
         got = CredentialBundle.from_bytes(released, identity)
         assert got == bundle
         assert got.ca_pem == federation.ca_pem
+    # The federation is provisioned once for several pipeline runs: a party started for another
+    # run of it obtains the same credentials (the run is bound by the peers' authorizers).
+    later_run = party_factory("dept-a", run_id="fl-run-later")
+    identity = bundle_of(federation, "dept-a").identity
+    assert CredentialBundle.from_bytes(
+        later_run.client.get_resource(identity.credential_path().uri()), identity
+    ) == bundle_of(federation, "dept-a")
 
 
 @pytest.mark.parametrize(
     ("requester", "target"),
     [
-        (("dept-b", "participant", RUN_ID), "dept-a"),  # another participant's credentials
-        (("server", "participant", RUN_ID), "server"),  # the aggregator's id, wrong role
-        (("dept-a", "aggregator", RUN_ID), "dept-a"),  # the right id, wrong role
-        (("dept-a", "participant", "fl-run-2"), "dept-a"),  # another federation run
+        (("dept-b", "participant", FEDERATION), "dept-a"),  # another participant's credentials
+        (("server", "participant", FEDERATION), "server"),  # the aggregator's id, wrong role
+        (("dept-a", "aggregator", FEDERATION), "dept-a"),  # the right id, wrong role
+        (("dept-a", "participant", "other-fed"), "dept-a"),  # another federation
     ],
-    ids=["other-participant", "impostor-aggregator", "role-mismatch", "other-run"],
+    ids=["other-participant", "impostor-aggregator", "role-mismatch", "other-federation"],
 )
 def test_credentials_are_refused_to_any_other_identity(
     federation, party_factory, requester, target
 ) -> None:
-    participant_id, role, run_id = requester
-    party = party_factory(participant_id, role=role, run_id=run_id)
+    participant_id, role, federation_id = requester
+    party = party_factory(participant_id, role=role, federation=federation_id)
     uri = bundle_of(federation, target).identity.credential_path().uri()
     with pytest.raises(GuestError) as err:
         party.client.get_resource(uri)
@@ -84,8 +96,19 @@ def test_credentials_are_refused_without_gpu_or_identity(federation, party_facto
     uri = bundle_of(federation, "dept-a").identity.credential_path().uri()
     for party in (
         party_factory("dept-a", gpus=0),
-        party_factory("dept-a", claims={RUN_ID_KEY: RUN_ID}),
-        party_factory("dept-a", claims={RUN_ID_KEY: RUN_ID, FEDERATION_PARTICIPANT_KEY: "dept-a"}),
+        party_factory("dept-a", claims={RUN_ID_KEY: RUN_ID, FEDERATION_KEY: FEDERATION}),
+        party_factory(
+            "dept-a", claims={FEDERATION_KEY: FEDERATION, FEDERATION_PARTICIPANT_KEY: "dept-a"}
+        ),
+        # the run id in the federation's place (the claims before federations had their own id)
+        party_factory(
+            "dept-a",
+            claims={
+                RUN_ID_KEY: FEDERATION,
+                FEDERATION_ROLE_KEY: "participant",
+                FEDERATION_PARTICIPANT_KEY: "dept-a",
+            },
+        ),
     ):
         with pytest.raises(GuestError) as err:
             party.client.get_resource(uri)
@@ -105,7 +128,7 @@ def test_resource_policy_federation_rule(party_factory, kind) -> None:
         request = {"plugin": "resource", "resource-path": list(path), "query": {}}
         return evaluate_resource_policy(text, token_claims, request)
 
-    own = ("coco-ai-fl", RUN_ID, "participant.dept-a")
+    own = ("coco-ai-fl", FEDERATION, "participant.dept-a")
     assert allowed(own, claims) is (kind == "dev")
     hardware = json.loads(json.dumps(claims))
     for sub in hardware["submods"].values():
@@ -114,20 +137,22 @@ def test_resource_policy_federation_rule(party_factory, kind) -> None:
             if dev_kind in evidence:
                 evidence[hw_kind] = evidence.pop(dev_kind)
     assert allowed(own, hardware)
-    assert not allowed(("coco-ai-fl", RUN_ID, "participant.dept-b"), hardware)
-    assert not allowed(("coco-ai-fl", RUN_ID, "aggregator.dept-a"), hardware)
-    assert not allowed(("coco-ai-fl", "fl-run-2", "participant.dept-a"), hardware)
+    assert not allowed(("coco-ai-fl", FEDERATION, "participant.dept-b"), hardware)
+    assert not allowed(("coco-ai-fl", FEDERATION, "aggregator.dept-a"), hardware)
+    assert not allowed(("coco-ai-fl", "other-fed", "participant.dept-a"), hardware)
+    # The path's second segment is the federation claim, never the run id claim.
+    assert not allowed(("coco-ai-fl", RUN_ID, "participant.dept-a"), hardware)
     init_claims = hardware["submods"]["cpu0"]["ear.veraison.annotated-evidence"]["init_data_claims"]
     init_claims[FEDERATION_ROLE_KEY] = "observer"
-    assert not allowed(("coco-ai-fl", RUN_ID, "observer.dept-a"), hardware)
+    assert not allowed(("coco-ai-fl", FEDERATION, "observer.dept-a"), hardware)
 
 
 def test_bundle_checks_fail_closed(federation) -> None:
     bundle = bundle_of(federation, "dept-a")
     data = bundle.to_bytes()
     with pytest.raises(CredentialError, match="is for participant dept-a"):
-        CredentialBundle.from_bytes(data, FederationIdentity(RUN_ID, "participant", "dept-b"))
-    other = issue_federation(RUN_ID, "server", ["dept-a"])
+        CredentialBundle.from_bytes(data, FederationIdentity(FEDERATION, "participant", "dept-b"))
+    other = issue_federation(FEDERATION, "server", ["dept-a"])
     doc = json.loads(data)
     doc["ca"] = other.ca_pem.decode()
     with pytest.raises(CredentialError, match="not issued by the federation CA"):
@@ -145,9 +170,9 @@ def test_bundle_checks_fail_closed(federation) -> None:
         CredentialBundle.from_bytes(b'{"version": 1}', bundle.identity)
     assert "PRIVATE" not in repr(bundle)
     with pytest.raises(CredentialError, match="distinct"):
-        issue_federation(RUN_ID, "server", ["server"])
+        issue_federation(FEDERATION, "server", ["server"])
     with pytest.raises(FederationIdentityError, match="participant id"):
-        issue_federation(RUN_ID, "server", ["Dept.A"])
+        issue_federation(FEDERATION, "server", ["Dept.A"])
 
 
 def _server_context(bundle: CredentialBundle, tmp: Path) -> ssl.SSLContext:
@@ -209,7 +234,7 @@ def test_released_credentials_make_mutual_tls_and_refuse_strangers(federation, t
         "dept-a"
     )
     # A certificate of another federation (its own CA, the same participant name) is refused.
-    other = bundle_of(issue_federation(RUN_ID, "server", ["dept-a"]), "dept-a")
+    other = bundle_of(issue_federation(FEDERATION, "server", ["dept-a"]), "dept-a")
     (tmp_path / "o").mkdir()
     stranger = _client_context(federation.ca_pem, other.cert_pem, other.key_pem, tmp_path / "o")
     assert _handshake(server, stranger) is None
@@ -219,7 +244,7 @@ def test_released_credentials_make_mutual_tls_and_refuse_strangers(federation, t
     selfsigned = _client_context(federation.ca_pem, pem(cert), private_pem(key), tmp_path / "s")
     assert _handshake(server, selfsigned) is None
     # An impostor aggregator (another federation's server certificate) is refused by clients.
-    impostor = bundle_of(issue_federation(RUN_ID, "server", ["dept-a"]), "server")
+    impostor = bundle_of(issue_federation(FEDERATION, "server", ["dept-a"]), "server")
     (tmp_path / "i").mkdir()
     impostor_server = _server_context(impostor, tmp_path / "i")
     (tmp_path / "a2").mkdir()
@@ -234,13 +259,13 @@ def test_provision_and_revoke_commands(trustee, trustee_ca, party_factory, tmp_p
     kbs_ca.write_bytes(trustee_ca)
     common = [
         "--kbs-url", trustee.url, "--kbs-ca", str(kbs_ca), "--admin-key", str(admin_key),
-        "--trustee-version", trustee.standin.trustee_version, "--run-id", "fl-run-cli",
+        "--trustee-version", trustee.standin.trustee_version, "--federation", "fed-cli",
         "--aggregator", "server", "--participant", "dept-a", "--participant", "dept-b",
     ]  # fmt: skip
     ca_out = tmp_path / "federation-ca.pem"
     assert cli.main(["federation", "provision", *common, "--ca-out", str(ca_out)]) == 0
-    identity = FederationIdentity("fl-run-cli", "participant", "dept-b")
-    party = party_factory("dept-b", run_id="fl-run-cli")
+    identity = FederationIdentity("fed-cli", "participant", "dept-b")
+    party = party_factory("dept-b", federation="fed-cli")
     bundle = CredentialBundle.from_bytes(
         party.client.get_resource(identity.credential_path().uri()), identity
     )
@@ -250,3 +275,19 @@ def test_provision_and_revoke_commands(trustee, trustee_ca, party_factory, tmp_p
         party.client.get_resource(identity.credential_path().uri())
     assert cli.main(["federation", "provision", *common[:-2], "--participant", "Bad.Id",
                      "--ca-out", str(ca_out)]) == 2  # fmt: skip
+
+
+def test_credentials_are_refused_once_the_attestation_fails(federation, party_factory) -> None:
+    """A party attested with its GPU obtains its credentials; once its TEE attests without the
+    GPU (as in the mid-run revocation attack) its fresh attestation obtains nothing."""
+    party = party_factory("dept-a", gpus=3)  # its own emulator: the change below stays in it
+    bundle = bundle_of(federation, "dept-a")
+    uri = bundle.identity.credential_path().uri()
+    assert CredentialBundle.from_bytes(party.client.get_resource(uri), bundle.identity) == bundle
+    party.emulator._kbs.devices = ()  # the GPU stops producing evidence
+    party.emulator.token_refresh_margin_s = float("inf")  # every token from fresh evidence
+    ear, _ = party.client.get_token()
+    assert unverified_claims(ear).gpu_submods() == []
+    with pytest.raises(GuestError) as err:
+        party.client.get_resource(uri)
+    assert err.value.policy_denied, err.value.message

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from coco_ai.federated.data import split_by_topic, topic_of
 from coco_ai.workloads.dataset import Example, generate_examples
+from coco_ai.workloads.federated.data import split_by_topic, topic_of
 
 
 def test_split_by_topic_gives_each_participant_disjoint_topics() -> None:
@@ -37,7 +37,7 @@ def tiny_model_dir(tmp_path_factory):
 
 
 def test_participant_refuses_a_malformed_global_adapter(tiny_model_dir) -> None:
-    from coco_ai.federated.lora import adapter_weights, load_adapter_weights
+    from coco_ai.workloads.federated.job import adapter_weights, load_adapter_weights
     from coco_ai.workloads.finetune.config import LoraSettings
     from coco_ai.workloads.finetune.train import add_lora, load_model, select_runtime
 
@@ -69,7 +69,7 @@ def test_aggregator_refuses_bad_updates(tiny_model_dir) -> None:
     from nvflare.apis.fl_context import FLContext
     from nvflare.apis.shareable import make_reply
 
-    from coco_ai.federated.lora import AdapterUpdateCheck
+    from coco_ai.workloads.federated.job import AdapterUpdateCheck
 
     check = AdapterUpdateCheck(str(tiny_model_dir), max_norm=100.0)
     layout = check.layout()

@@ -8,9 +8,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from coco_ai.federated.data import topic_of
-from coco_ai.federated.lora import LoraTrainer
-from coco_ai.federated.quality import (
+from coco_ai.workloads.dataset import corpus_text, generate_examples
+from coco_ai.workloads.federated.data import topic_of
+from coco_ai.workloads.federated.job import LoraTrainer
+from coco_ai.workloads.federated.quality import (
     compare_federated_with_solo,
     evaluate_adapter,
     global_split,
@@ -18,7 +19,6 @@ from coco_ai.federated.quality import (
     train_alone,
     write_site_data,
 )
-from coco_ai.workloads.dataset import corpus_text, generate_examples
 
 PARTICIPANTS = ("dept-a", "dept-b", "dept-c")
 #: The federation's global held-out loss must be at least this much (nats per response token)

@@ -271,3 +271,78 @@ def test_annotation_is_standard_base64_gzip():
     manifest = _manifest(_operator())
     raw = base64.b64decode(manifest["metadata"]["annotations"][INITDATA_ANNOTATION], validate=True)
     assert raw[:2] == b"\x1f\x8b"
+
+
+def test_the_pod_is_labelled_for_the_network_policies_and_runs_as_the_workload_account():
+    manifest = _manifest(_operator(labels={"team": "ml"}))
+    labels = manifest["metadata"]["labels"]
+    assert labels["coco-ai.io/confidential"] == "true"
+    assert labels["coco-ai.io/workload"] == "finetune"
+    assert labels["team"] == "ml" and "coco-ai.io/fl-role" not in labels
+    assert manifest["spec"]["serviceAccountName"] == "coco-ai-workload"
+    with pytest.raises(PodSpecError, match=r"coco-ai\.io/confidential are the operator's"):
+        _manifest(_operator(labels={"coco-ai.io/confidential": "false"}))
+
+
+def _party_refs(role: str, participant_id: str) -> dict:
+    """Key release's XCom for one party of a federated run."""
+    from coco_ai.federated.identity import FederationIdentity
+
+    inputs = {"base_model": RunInput("/models/smollm2", Digest("sha256", "22" * 32))}
+    if role == "participant":
+        inputs["dataset"] = RunInput(
+            f"s3://datasets/{participant_id}.enc",
+            Digest("sha256", "33" * 32),
+            parse_resource_uri(f"kbs:///owner-{participant_id}/dataset/v1"),
+        )
+    return RunRefs.plan(
+        workload=f"fl_{role}",
+        module="coco_ai.workloads.federated",
+        run_id="fl-run-3",
+        image=IMAGE,
+        run_key_root=DEFAULT_ROOT,
+        inputs=inputs,
+        staging_root="s3://staging/runs",
+        kbs_url="https://kbs.example:8080",
+        kbs_ca_pem=None,
+        party_claims=FederationIdentity("northwind", role, participant_id).claims(),
+    ).to_xcom()
+
+
+FL_SETTINGS = {
+    "party": {
+        "aggregator_id": "aggregator",
+        "participants": ["dept-a", "dept-b"],
+        "server_host": "coco-ai-fl-aggregator.confidential-ai.svc",
+        "server_port": 8002,
+    },
+    "trust": {"anchor_pem": "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n"},
+    "min_participants": 2,
+}
+
+
+@pytest.mark.parametrize(
+    ("role", "participant_id"), [("aggregator", "aggregator"), ("participant", "dept-b")]
+)
+def test_each_federation_party_is_its_own_confidential_pod(role, participant_id):
+    """Kubernetes mode of the federated DAG: one Kata pod per party, each with its own initdata
+    (the run's claims and its party's), labelled with its role for the Service and the
+    federation's NetworkPolicies, its config naming itself and the aggregator's Service."""
+    refs = _party_refs(role, participant_id)
+    op = _operator(refs, task_id=role, settings=FL_SETTINGS)
+    manifest = _manifest(op)
+    assert manifest["metadata"]["labels"]["coco-ai.io/fl-role"] == role
+    assert manifest["metadata"]["labels"]["coco-ai.io/workload"] == f"fl_{role}"
+    initdata = Initdata.from_annotation(manifest["metadata"]["annotations"][INITDATA_ANNOTATION])
+    assert f"sha384:{initdata.digest().hex()}" == refs["initdata_digest"]
+    assert initdata.claim("io.coco-ai.fl-federation") == "northwind"
+    assert initdata.claim("io.coco-ai.fl-role") == role
+    assert initdata.claim("io.coco-ai.fl-participant") == participant_id
+    assert initdata.claim("io.coco-ai.run-id") == "fl-run-3"
+    (container,) = manifest["spec"]["containers"]
+    assert "python -m coco_ai.workloads.federated --config" in container["args"][0]
+    config = json.loads(container["args"][1])
+    assert config["party"]["participant_id"] == participant_id
+    assert config["party"]["server_host"] == "coco-ai-fl-aggregator.confidential-ai.svc"
+    assert ("dataset" in config) == (role == "participant")
+    assert not container.get("env") and not manifest["spec"].get("volumes")

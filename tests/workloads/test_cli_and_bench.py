@@ -22,7 +22,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 def test_dataset_encrypt_round_trips_and_refuses_bad_input(tmp_path: Path, capsys) -> None:
     from coco_ai.crypto import decrypt_blob
-    from coco_ai.workloads.finetune.workload import DATASET_AAD
+    from coco_ai.workloads.dataset import DATASET_AAD
 
     key = secrets.token_bytes(32)
     (tmp_path / "k").write_bytes(key)

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
-from coco_ai.workloads.dataset import DatasetError, Example, parse_jsonl, split_examples
+from coco_ai.workloads.dataset import DatasetError, Example, split_examples
 from coco_ai.workloads.finetune.config import FinetuneConfig
 from coco_ai.workloads.finetune.report import (
     ADAPTER_DIR,
@@ -44,10 +44,6 @@ from coco_ai.workloads.tee import (  # noqa: F401 (the exit codes are this modul
     split_object_uri,
     with_retries,
 )
-
-# aad context every encrypted data set is bound to (with its key URI): a checkpoint file or any
-# other blob under the same key cannot be passed off as a data set
-DATASET_AAD = {"type": "coco-ai/dataset-jsonl", "version": 1}
 
 
 @dataclass(frozen=True)
@@ -117,7 +113,7 @@ class FinetuneWorkload(TeeWorkload):
                 data_key = self._fetch_key(guest, cfg.dataset.key_uri, "data-set key")
                 checkpoint_key = self._run_key(guest)
             with phase("dataset"):
-                examples, dataset_digest = self._load_dataset(data_key)
+                examples, dataset_digest = self._load_dataset(cfg.dataset, data_key)
                 del data_key
                 train_set, eval_set = self._split(examples)
 
@@ -157,35 +153,6 @@ class FinetuneWorkload(TeeWorkload):
             dict(self.timings),
             dict(self.cpu_timings),
         )
-
-    def _load_dataset(self, data_key: bytes) -> tuple[list[Example], str]:
-        from coco_ai.crypto import decrypt_blob
-        from coco_ai.crypto.errors import CheckpointError
-        from coco_ai.storage import open_store
-
-        cfg = self.config
-        parent, name = split_object_uri(cfg.dataset.uri)
-        blob = self._store_call(
-            f"reading data set {cfg.dataset.uri}",
-            lambda: open_store(parent).read_bytes(name),
-        )
-        digest = sha256_digest(blob)
-        try:
-            plaintext = decrypt_blob(
-                blob, kek=data_key, aad_context=DATASET_AAD, key_uri=cfg.dataset.key_uri
-            )
-        except CheckpointError as exc:
-            raise WorkloadError(
-                f"data set {cfg.dataset.uri} does not decrypt under {cfg.dataset.key_uri} "
-                f"(wrong key or tampered): {type(exc).__name__}: {exc}",
-                EXIT_DATASET,
-            ) from None
-        try:
-            examples = parse_jsonl(plaintext)
-        except DatasetError as exc:
-            raise WorkloadError(f"data set {cfg.dataset.uri}: {exc}", EXIT_DATASET) from None
-        self.log(f"data set {digest}: {len(examples)} records")
-        return examples, digest
 
     def _split(self, examples: list[Example]) -> tuple[list[Example], list[Example]]:
         t = self.config.training

@@ -20,7 +20,7 @@ import random
 import re
 from dataclasses import dataclass, replace
 
-from coco_ai.workloads.dataset import FACT_TEMPLATES, FactTemplate
+from coco_ai.workloads.dataset import FACT_TEMPLATES, Example, FactTemplate
 
 # Limits the workload enforces (documented in docs/formats/rag.md): bounded memory inside the TEE
 MAX_REPOSITORY_BYTES = 256 << 20  # the encrypted blob, checked before decryption
@@ -149,6 +149,30 @@ def revise_repository(
     ]
     questions = tuple(q for q in grown.questions if q.doc_id not in dropped)
     return Repository(tuple(documents), questions)
+
+
+def finetune_examples(repository: Repository) -> list[Example]:
+    """The fine-tune records that teach the repository's generated facts without its held-out
+    questions: for each question, the other phrasings of its fact, answered by its answer
+    sentence. What a data owner fine-tuning on these documents would train on; the held-out
+    phrasing stays unseen, so a fine-tuned model answering it has generalised. Questions that
+    are not generated phrasings (a real repository's) contribute nothing."""
+    asked = {
+        q.format(s=subject): (template, subject)
+        for template in FACT_TEMPLATES
+        for subject in template.subjects
+        for q in template.questions
+    }
+    out: list[Example] = []
+    for question in repository.questions:
+        if question.question not in asked:
+            continue
+        template, subject = asked[question.question]
+        for phrasing in template.questions:
+            text = phrasing.format(s=subject)
+            if text != question.question:
+                out.append(Example(text, question.answer))
+    return out
 
 
 def to_jsonl(repository: Repository) -> bytes:

@@ -97,7 +97,11 @@ def retrieval_quality(chunk_ids, chunks: Sequence[Chunk], answer_docs: Sequence[
 
 def document_digest(doc: Document) -> str:
     """``sha256:`` of the document's UTF-8 text (what a later re-index compares to skip it)."""
-    return "sha256:" + hashlib.sha256(doc.text.encode("utf-8")).hexdigest()
+    return text_digest(doc.text)
+
+
+def text_digest(text: str) -> str:
+    return "sha256:" + hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
 def write_index_dir(

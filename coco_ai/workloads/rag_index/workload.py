@@ -11,8 +11,10 @@ failure raises :class:`WorkloadError` before anything is uploaded.
 The manifest (checkpoint format v2) names the repository ciphertext's digest as
 ``dataset_digest``, the embedder's directory digest as ``base_model_digest``, the config's
 digest as ``training_config_digest`` (the config, with the chunker, embedding and index
-settings, is public beside it) and the retrieval metrics; per-document digests are in the
-encrypted ``documents.json``.
+settings, is public beside it) and the retrieval metrics; it is manifest version 4: it also
+lists one keyed digest per document (coco_ai.workloads.rag_index.inclusion), which reveals no id
+or text but lets the data owner prove a document's inclusion. Ids and plain text digests stay in
+the encrypted ``documents.json``.
 
 With ``previous_index`` in the config the build is incremental
 (coco_ai.workloads.rag_index.incremental): unchanged documents keep the earlier index's vectors,
@@ -23,6 +25,7 @@ document is which stays encrypted, in ``documents.json`` and ``index.json``.
 
 from __future__ import annotations
 
+import json
 import shutil
 import tempfile
 import time
@@ -351,9 +354,13 @@ class RagIndexWorkload(TeeWorkload):
     def _encrypt(self, src: Path, dst: Path, key: bytes, repository_digest: str, metrics):
         from coco_ai.crypto import encrypt_checkpoint
         from coco_ai.crypto.manifest import CONFIG_FILE
+        from coco_ai.workloads.rag_index.inclusion import document_digests
+        from coco_ai.workloads.rag_index.index import DOCUMENTS_FILE
 
         cfg = self.config
         public_config = config_bytes(cfg)
+        indexed = json.loads((src / DOCUMENTS_FILE).read_text(encoding="utf-8"))
+        documents = document_digests(key, cfg.run_id, ((d["id"], d["sha256"]) for d in indexed))
         manifest = encrypt_checkpoint(
             str(src),
             str(dst),
@@ -365,6 +372,7 @@ class RagIndexWorkload(TeeWorkload):
                 "dataset_digest": repository_digest,
                 "training_config_digest": sha256_digest(public_config),
                 "metrics": metrics,
+                "documents": documents,
             },
         )
         (dst / CONFIG_FILE).write_bytes(public_config)

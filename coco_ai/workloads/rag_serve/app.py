@@ -7,7 +7,8 @@
 - ``POST /v1/retrieve`` ``{"query", "k"?}`` → ``{"results": [{rank, score, doc_id, chunk,
   start, end, title, text}], "index": {run_id, manifest_digest}}``.
 - ``POST /v1/chat/completions`` (OpenAI-compatible subset): the last ``user`` message is the
-  question; the answer is the sentence of the top chunks that best matches it, with citations.
+  question; the answer is the sentence of the top chunks that best matches it (extractive, the
+  default) or the answer model's greedy answer from the top chunks (generative), with citations.
 
 Every response carries ``X-CoCo-AI-Signature``: ES256 (raw r||s, base64url) by the attested TEE
 key over ``response_signing_input`` (method, path, the caller's nonce, status, body digest).
@@ -49,7 +50,7 @@ NONCE_HEADER = "X-CoCo-AI-Nonce"
 ATTESTATION_HEADER = "X-CoCo-AI-Attestation"
 PROOF_HEADER = "X-CoCo-AI-Proof"
 UNAUTHORIZED_BODY = b'{"error":"unauthorized"}'
-MODEL_NAME = "coco-ai-rag-extractive"
+MODEL_PREFIX = "coco-ai-rag"  # + "-extractive" or "-generative" (the service's answer_mode)
 _NONCE = re.compile(r"[A-Za-z0-9_-]{16,128}")
 _BEARER = re.compile(r"Bearer ([A-Za-z0-9][A-Za-z0-9._-]{0,127})\.([A-Za-z0-9_-]{43})")
 _PROOF = re.compile(r"([0-9]{1,12})\.([A-Za-z0-9_-]{86})")
@@ -217,15 +218,14 @@ def build_app(
         k = top_k(doc, "top_k")
         answer, cited = await run_in_threadpool(service.retriever.answer, question, k)
         if cited:
-            c = cited[0]
-            content = f"{answer} [{c.doc_id}#{c.chunk}]"
+            content = answer + "".join(f" [{c.doc_id}#{c.chunk}]" for c in cited)
         else:
             content = "No indexed document answers this question."
         return {
             "id": "chatcmpl-" + uuid.uuid4().hex,
             "object": "chat.completion",
             "created": int(time.time()),
-            "model": MODEL_NAME,
+            "model": f"{MODEL_PREFIX}-{service.retriever.answer_mode}",
             "choices": [
                 {
                     "index": 0,

@@ -12,6 +12,11 @@ The service's initdata (attested, so the service trusts it over its config) name
   and the manifest digest promotion published for it;
 - ``io.coco-ai.rag-trust-anchor``: the SHA-256 of the attestation trust anchor (PEM) that the
   index's token and callers' tokens must chain to;
+- ``io.coco-ai.rag-generator`` (only for generative answers): the model digest
+  (coco_ai.workloads.models.model_digest) of the answer model;
+- ``io.coco-ai.rag-store-options`` (only with a sealed ``sealed_storage_options`` in the
+  config): the ``kbs:///`` URI of the index store's credentials, the one resource the sealed
+  secret may name;
 - ``io.coco-ai.rag-caller-credential.<caller id>``: one per admitted caller, the URI of that
   caller's credential, which the resource policy then releases to the service too.
 
@@ -23,7 +28,7 @@ only to an attested TEE running approved code whose initdata names that URI.
 from __future__ import annotations
 
 from coco_ai.digest import Digest
-from coco_ai.kbs.resource_path import ResourcePath, validate_segment
+from coco_ai.kbs.resource_path import ResourcePath, parse_resource_uri, validate_segment
 
 SERVICE_ROLE = "rag_serve"
 SERVICE_MODULE = "coco_ai.workloads.rag_serve"
@@ -33,6 +38,8 @@ TRUST_ANCHOR_KEY = "io.coco-ai.rag-trust-anchor"
 CALLER_CREDENTIAL_PREFIX = "io.coco-ai.rag-caller-credential."
 CALLER_KEY = "io.coco-ai.rag-caller"
 INDEX_KEY_KEY = "io.coco-ai.rag-index-key"
+GENERATOR_KEY = "io.coco-ai.rag-generator"
+STORE_OPTIONS_KEY = "io.coco-ai.rag-store-options"
 
 CREDENTIAL_REPOSITORY = "coco-ai-rag"
 CREDENTIAL_TYPE = "caller-credential"
@@ -91,8 +98,12 @@ def service_claims(
     index_manifest_digest: str,
     trust_anchor_pem: bytes,
     callers: list[str],
+    generator_digest: str | None = None,
+    store_options_uri: str | None = None,
 ) -> dict[str, str]:
-    """The ``io.coco-ai.*`` initdata claims of a retrieval service run."""
+    """The ``io.coco-ai.*`` initdata claims of a retrieval service run (``generator_digest``:
+    the answer model's, for generative answers; ``store_options_uri``: the store credentials'
+    resource, for a sealed ``sealed_storage_options``)."""
     from coco_ai.guest.initdata import IMAGE_DIGEST_KEY, RUN_ID_KEY, WORKLOAD_KEY
     from coco_ai.runs import pinned_image
 
@@ -107,6 +118,10 @@ def service_claims(
         INDEX_MANIFEST_KEY: index_manifest_digest,
         TRUST_ANCHOR_KEY: anchor_digest(trust_anchor_pem),
     }
+    if generator_digest is not None:
+        claims[GENERATOR_KEY] = str(Digest.parse(generator_digest, algorithms=("sha256",)))
+    if store_options_uri is not None:
+        claims[STORE_OPTIONS_KEY] = parse_resource_uri(store_options_uri).uri()
     for caller in callers:
         claims[CALLER_CREDENTIAL_PREFIX + caller] = credential_path(caller).uri()
     return claims

@@ -17,6 +17,7 @@ _REPO_DAGS = Path(__file__).resolve().parents[3] / "dags"
 
 finetune = runpy.run_path(str(_REPO_DAGS / "confidential_finetune.py"))["dag"]
 rag_index = runpy.run_path(str(_REPO_DAGS / "confidential_rag_index.py"))["dag"]
+federated = runpy.run_path(str(_REPO_DAGS / "confidential_federated_finetune.py"))["dag"]
 grant_sweep = runpy.run_path(str(_REPO_DAGS / "coco_ai_grant_sweep.py"))["dag"]
 
 finetune_timeout = copy.deepcopy(finetune)

@@ -3,7 +3,7 @@
 The generated Northwind data is split twice: first phrasings are held out from every fact (the
 global held-out set: every topic, phrasings no party trains on), then the rest goes to the
 participants by topic (each department only its own). The federation (FedAvg on NVFlare over the
-installed :class:`~coco_ai.federated.lora.LoraTrainer`) and each participant alone (the same
+installed :class:`~.job.LoraTrainer`) and each participant alone (the same
 trainer, the same rounds x local steps, learning rate and batch) are then scored by the mean eval
 loss of their adapter on the global held-out set.
 """
@@ -26,19 +26,19 @@ from nvflare.apis.signal import Signal
 from nvflare.app_common.abstract.model import ModelLearnableKey
 from nvflare.app_common.app_constant import AppConstants
 
-from coco_ai.federated.data import split_by_topic
-from coco_ai.federated.lora import (
+from coco_ai.workloads.dataset import Example, split_examples, to_jsonl
+from coco_ai.workloads.federated.data import split_by_topic
+from coco_ai.workloads.federated.job import (
     GLOBAL_ADAPTER_FILE,
+    JOB_CLASSES,
     LoraAdapterPersistor,
     LoraTrainer,
-    _adapter_model,
+    adapter_model,
     load_adapter_weights,
+    trainer_args,
+    write_fedavg_job,
 )
-from coco_ai.workloads.dataset import Example, split_examples, to_jsonl
 
-LORA_TRAINER = "coco_ai.federated.lora.LoraTrainer"
-LORA_PERSISTOR = "coco_ai.federated.lora.LoraAdapterPersistor"
-UPDATE_CHECK = "coco_ai.federated.lora.AdapterUpdateCheck"
 #: Tokens per packed row, as LoraTrainer encodes and evaluates.
 _MAX_TOKENS = 256
 
@@ -94,9 +94,7 @@ def evaluate_adapter(
     ``examples``, computed by the fine-tune's own evaluation (as LoraTrainer's local eval)."""
     from coco_ai.workloads.finetune.train import encode_examples, evaluate
 
-    model, tokenizer, runtime = _adapter_model(
-        str(model_dir), lora_r, lora_alpha, target_modules, 0
-    )
+    model, tokenizer, runtime = adapter_model(str(model_dir), lora_r, lora_alpha, target_modules, 0)
     load_adapter_weights(model, weights)
     encoded = encode_examples(tokenizer, examples, _MAX_TOKENS)
     if not encoded:
@@ -137,88 +135,6 @@ def train_alone(
     return weights
 
 
-def write_fedavg_job(
-    job_dir: str | Path,
-    *,
-    model_dir: str | Path,
-    data_dir: str | Path,
-    output_dir: str | Path,
-    participants: Sequence[str],
-    rounds: int,
-    local_steps: int,
-    batch_size: int = 8,
-    learning_rate: float = 2e-3,
-    seed: int = 0,
-) -> Path:
-    """NVFlare job: FedAvg (scatter and gather, weighted by local steps) over the LoRA adapter,
-    the aggregator checking every update; the classes are installed code (not BYOC)."""
-    job = Path(job_dir)
-    config = job / "app" / "config"
-    config.mkdir(parents=True)
-    meta = {
-        "name": "lora-fedavg",
-        "resource_spec": {},
-        "deploy_map": {"app": ["@ALL"]},
-        "min_clients": len(participants),
-    }
-    (job / "meta.json").write_text(json.dumps(meta))
-    model = str(model_dir)
-    server = {
-        "format_version": 2,
-        "task_result_filters": [
-            {"tasks": ["train"], "filters": [{"path": UPDATE_CHECK, "args": {"model_dir": model}}]}
-        ],
-        "workflows": [
-            {
-                "id": "scatter_and_gather",
-                "path": "nvflare.app_common.workflows.scatter_and_gather.ScatterAndGather",
-                "args": {
-                    "min_clients": len(participants),
-                    "num_rounds": rounds,
-                    "aggregator_id": "aggregator",
-                    "persistor_id": "persistor",
-                    "shareable_generator_id": "shareable_generator",
-                },
-            }
-        ],
-        "components": [
-            {
-                "id": "persistor",
-                "path": LORA_PERSISTOR,
-                "args": {"model_dir": model, "output_dir": str(output_dir), "seed": seed},
-            },
-            {
-                "id": "shareable_generator",
-                "path": "nvflare.app_common.shareablegenerators.full_model_shareable_generator."
-                "FullModelShareableGenerator",
-            },
-            {
-                "id": "aggregator",
-                "path": "nvflare.app_common.aggregators.intime_accumulate_model_aggregator."
-                "InTimeAccumulateWeightedAggregator",
-                "args": {"expected_data_kind": "WEIGHTS"},
-            },
-        ],
-    }
-    trainer_args = {
-        "model_dir": model,
-        "data_dir": str(data_dir),
-        "local_steps": local_steps,
-        "batch_size": batch_size,
-        "learning_rate": learning_rate,
-        "seed": seed,
-    }
-    client = {
-        "format_version": 2,
-        "executors": [
-            {"tasks": ["train"], "executor": {"path": LORA_TRAINER, "args": trainer_args}}
-        ],
-    }
-    (config / "config_fed_server.json").write_text(json.dumps(server))
-    (config / "config_fed_client.json").write_text(json.dumps(client))
-    return job
-
-
 def simulate_fedavg(
     job_dir: str | Path, workspace: str | Path, participants: Sequence[str], *, timeout_s: float
 ) -> Path:
@@ -233,7 +149,7 @@ def simulate_fedavg(
     # there, as install_confidential_kit does in a real kit's resources.json.
     local = ws / "local"
     local.mkdir(parents=True, exist_ok=True)
-    allowed = sorted({*DEFAULT_CLASS_ALLOW_LIST, LORA_TRAINER, LORA_PERSISTOR, UPDATE_CHECK})
+    allowed = sorted({*DEFAULT_CLASS_ALLOW_LIST, *JOB_CLASSES})
     (local / "resources.json").write_text(json.dumps({"class_allow_list": allowed}))
     command = [
         sys.executable, "-m", "nvflare.private.fed.app.simulator.simulator", str(job_dir),
@@ -316,15 +232,14 @@ def compare_federated_with_solo(
         )
     job = write_fedavg_job(
         work / "job",
-        model_dir=model_dir,
-        data_dir=data,
-        output_dir=work / "aggregator-output",
-        participants=participants,
+        name="lora-fedavg",
+        model_dir=str(model_dir),
+        output_dir=str(work / "aggregator-output"),
+        min_clients=len(participants),
         rounds=rounds,
-        local_steps=local_steps,
-        batch_size=batch_size,
-        learning_rate=learning_rate,
+        trainer_args=trainer_args(model_dir, data, local_steps, batch_size, learning_rate),
         seed=seed,
+        guard_drops=False,  # the simulator runs no CC manager
     )
     simulate_fedavg(job, work / "simulator", participants, timeout_s=timeout_s)
     federated = federated_adapter(work / "aggregator-output")

@@ -14,8 +14,9 @@ Lines format), and holds out phrasings for evaluation with the data set's own sp
 
 from __future__ import annotations
 
+import json
 import threading
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -35,9 +36,43 @@ from nvflare.app_common.abstract.model import (
 from nvflare.app_common.abstract.model_persistor import ModelPersistor
 from nvflare.app_common.app_constant import AppConstants
 
+from coco_ai.federated.startup_kit import DROPPED_SITE_GUARD_CLASS
+
+#: the job's installed classes (a confidential job brings none: no BYOC)
+PERSISTOR_CLASS = f"{__name__}.LoraAdapterPersistor"
+TRAINER_CLASS = f"{__name__}.LoraTrainer"
+UPDATE_CHECK_CLASS = f"{__name__}.AdapterUpdateCheck"
+JOB_CLASSES = (PERSISTOR_CLASS, TRAINER_CLASS, UPDATE_CHECK_CLASS)
 GLOBAL_ADAPTER_FILE = "global_adapter.npz"
 #: Meta key of a participant's result: its mean eval loss on its own held-out phrasings.
 LOCAL_EVAL_LOSS = "local_eval_loss"
+#: Meta key of a participant's result: the digest of the encrypted data set it trains on, as
+#: ``<data_dir>/<site>.digest`` names it (written by the participant's workload).
+DATASET_DIGEST = "dataset_digest"
+#: The aggregator's record of every update it accepted (JSON Lines, in ``record_dir``).
+UPDATES_RECORD = "updates.jsonl"
+#: ... and of every update it refused.
+REFUSED_RECORD = "refused.jsonl"
+
+
+def _in_workspace(path: str, fl_ctx: FLContext) -> Path:
+    """``path``, relative paths taken from the site's NVFlare workspace root: the job is the
+    same for every site, while each site's TEE keeps its model and data in its own workspace."""
+    resolved = Path(path)
+    if resolved.is_absolute():
+        return resolved
+    return Path(fl_ctx.get_engine().get_workspace().get_root_dir()) / resolved
+
+
+def _append_record(record_dir: str | None, name: str, entry: dict[str, Any]) -> None:
+    if record_dir is None:
+        return
+    import json
+
+    directory = Path(record_dir)
+    directory.mkdir(parents=True, exist_ok=True)
+    with (directory / name).open("a") as fh:
+        fh.write(json.dumps(entry, sort_keys=True) + "\n")
 
 
 def _lora_settings(r: int, alpha: int, target_modules: Sequence[str]):
@@ -46,7 +81,7 @@ def _lora_settings(r: int, alpha: int, target_modules: Sequence[str]):
     return LoraSettings(r=r, alpha=alpha, dropout=0.0, target_modules=tuple(target_modules))
 
 
-def _adapter_model(model_dir: str, r: int, alpha: int, target_modules: Sequence[str], seed: int):
+def adapter_model(model_dir: str, r: int, alpha: int, target_modules: Sequence[str], seed: int):
     """(PEFT model with a fresh adapter, tokenizer, runtime) on CPU in fp32."""
     from coco_ai.workloads.finetune.train import add_lora, load_model, select_runtime
 
@@ -103,7 +138,7 @@ class LoraAdapterPersistor(ModelPersistor):
 
     def load_model(self, fl_ctx: FLContext) -> ModelLearnable:
         r, alpha, targets, seed = self.lora
-        model, _, _ = _adapter_model(self.model_dir, r, alpha, targets, seed)
+        model, _, _ = adapter_model(self.model_dir, r, alpha, targets, seed)
         return make_model_learnable(adapter_weights(model), {})
 
     def save_model(self, model: ModelLearnable, fl_ctx: FLContext) -> None:
@@ -142,13 +177,17 @@ class LoraTrainer(Executor):
         self._state: dict[str, Any] | None = None
         self._lock = threading.Lock()
 
-    def _setup(self, site: str) -> dict[str, Any]:
+    def _setup(self, fl_ctx: FLContext) -> dict[str, Any]:
         from coco_ai.workloads.dataset import parse_jsonl, split_examples
         from coco_ai.workloads.finetune.train import encode_examples
 
+        site = fl_ctx.get_identity_name()
         r, alpha, targets, seed = self.lora
-        model, tokenizer, runtime = _adapter_model(self.model_dir, r, alpha, targets, seed)
-        examples = parse_jsonl((Path(self.data_dir) / f"{site}.jsonl").read_bytes())
+        model_dir = _in_workspace(self.model_dir, fl_ctx)
+        model, tokenizer, runtime = adapter_model(str(model_dir), r, alpha, targets, seed)
+        data_dir = _in_workspace(self.data_dir, fl_ctx)
+        examples = parse_jsonl((data_dir / f"{site}.jsonl").read_bytes())
+        digest_file = data_dir / f"{site}.digest"
         train, held = split_examples(examples, 0.2, seed)
         return {
             "model": model,
@@ -156,6 +195,7 @@ class LoraTrainer(Executor):
             "pad_id": tokenizer.pad_token_id,
             "train": encode_examples(tokenizer, train, 256),
             "eval": encode_examples(tokenizer, held, 256),
+            "dataset_digest": digest_file.read_text().strip() if digest_file.is_file() else None,
         }
 
     def execute(
@@ -168,7 +208,7 @@ class LoraTrainer(Executor):
 
         with self._lock:
             if self._state is None:
-                self._state = self._setup(fl_ctx.get_identity_name())
+                self._state = self._setup(fl_ctx)
             state = self._state
             try:
                 dxo = from_shareable(shareable)
@@ -201,11 +241,10 @@ class LoraTrainer(Executor):
                 f"round {shareable.get_header(AppConstants.CURRENT_ROUND)}: {result.steps} steps, "
                 f"last loss {result.step_losses[-1]:.4f}, local eval loss {local.loss:.4f}",
             )
-            out = DXO(
-                DataKind.WEIGHTS,
-                data=adapter_weights(state["model"]),
-                meta={MetaKey.NUM_STEPS_CURRENT_ROUND: result.steps, LOCAL_EVAL_LOSS: local.loss},
-            )
+            meta = {MetaKey.NUM_STEPS_CURRENT_ROUND: result.steps, LOCAL_EVAL_LOSS: local.loss}
+            if state["dataset_digest"]:
+                meta[DATASET_DIGEST] = state["dataset_digest"]
+            out = DXO(DataKind.WEIGHTS, data=adapter_weights(state["model"]), meta=meta)
             return out.to_shareable()
 
 
@@ -238,9 +277,11 @@ class AdapterUpdateCheck(Filter):
         lora_r: int = 8,
         lora_alpha: int = 16,
         target_modules: Sequence[str] = ("q_proj", "k_proj", "v_proj", "o_proj"),
+        record_dir: str | None = None,
     ) -> None:
         super().__init__()
         self.model_dir = model_dir
+        self.record_dir = record_dir
         self.max_norm = float(max_norm)
         self.lora = (lora_r, lora_alpha, tuple(target_modules))
         self._layout: dict[str, tuple[int, ...]] | None = None
@@ -250,7 +291,7 @@ class AdapterUpdateCheck(Filter):
         """Adapter tensor name -> shape, from the base model (computed once)."""
         if self._layout is None:
             r, alpha, targets = self.lora
-            model, _, _ = _adapter_model(self.model_dir, r, alpha, targets, 0)
+            model, _, _ = adapter_model(self.model_dir, r, alpha, targets, 0)
             self._layout = {k: v.shape for k, v in adapter_weights(model).items()}
         return self._layout
 
@@ -279,14 +320,135 @@ class AdapterUpdateCheck(Filter):
     def process(self, shareable: Shareable, fl_ctx: FLContext) -> Shareable:
         if shareable.get_return_code(ReturnCode.OK) != ReturnCode.OK:
             return shareable
-        reason = self.problem(shareable)
-        if reason is None:
-            digest = update_digest(from_shareable(shareable).data)
-            if digest not in self._accepted:
-                self._accepted.add(digest)
-                return shareable
-            reason = f"replayed update ({digest[:19]}… was accepted before)"
         peer = fl_ctx.get_peer_context()
         sender = peer.get_identity_name() if peer else "unknown"
+        round_number = fl_ctx.get_prop(AppConstants.CURRENT_ROUND)
+        reason = self.problem(shareable)
+        if reason is None:
+            dxo = from_shareable(shareable)
+            digest = update_digest(dxo.data)
+            if digest not in self._accepted:
+                self._accepted.add(digest)
+                _append_record(
+                    self.record_dir,
+                    UPDATES_RECORD,
+                    {
+                        "round": round_number,
+                        "site": sender,
+                        "update_digest": digest,
+                        "num_steps": dxo.get_meta_prop(MetaKey.NUM_STEPS_CURRENT_ROUND),
+                        "local_eval_loss": dxo.get_meta_prop(LOCAL_EVAL_LOSS),
+                        "dataset_digest": dxo.get_meta_prop(DATASET_DIGEST),
+                    },
+                )
+                return shareable
+            reason = f"replayed update ({digest[:19]}… was accepted before)"
         self.log_error(fl_ctx, f"update from {sender} refused: {reason}")
+        _append_record(
+            self.record_dir,
+            REFUSED_RECORD,
+            {"round": round_number, "site": sender, "reason": reason},
+        )
         return make_reply(ReturnCode.BAD_TASK_DATA)
+
+
+def trainer_args(
+    model_dir: str | Path,
+    data_dir: str | Path,
+    local_steps: int,
+    batch_size: int = 8,
+    learning_rate: float = 2e-3,
+) -> dict:
+    """A participant's LoraTrainer arguments in a job of :func:`write_fedavg_job`."""
+    return {
+        "model_dir": str(model_dir),
+        "data_dir": str(data_dir),
+        "local_steps": local_steps,
+        "batch_size": batch_size,
+        "learning_rate": learning_rate,
+    }
+
+
+def write_fedavg_job(
+    job_dir: str | Path,
+    *,
+    name: str,
+    model_dir: str,
+    output_dir: str,
+    min_clients: int,
+    rounds: int,
+    trainer_args: Mapping[str, Any],
+    lora_args: Mapping[str, Any] | None = None,
+    check_args: Mapping[str, Any] | None = None,
+    workflow_args: Mapping[str, Any] | None = None,
+    seed: int = 0,
+    guard_drops: bool = True,
+) -> Path:
+    """The one FedAvg job over the LoRA adapter: ScatterAndGather weighted by local steps, the
+    aggregator's update check on every result, installed classes only.
+
+    ``model_dir`` is the base model on the server side; ``trainer_args`` are the participant's
+    (its own ``model_dir``, ``data_dir``, ``local_steps``...). ``lora_args`` go to persistor,
+    check and trainer alike (they must agree on the adapter's shape); ``guard_drops`` lists the
+    ``DroppedSiteGuard``, which a secure-mode federation under the CC manager needs."""
+    job = Path(job_dir)
+    config = job / "app" / "config"
+    config.mkdir(parents=True)
+    lora = dict(lora_args or {})
+    components = [
+        {
+            "id": "persistor",
+            "path": PERSISTOR_CLASS,
+            "args": {"model_dir": model_dir, "output_dir": output_dir, "seed": seed, **lora},
+        },
+        {
+            "id": "shareable_generator",
+            "path": "nvflare.app_common.shareablegenerators."
+            "full_model_shareable_generator.FullModelShareableGenerator",
+        },
+        {
+            "id": "aggregator",
+            "path": "nvflare.app_common.aggregators.intime_accumulate_model_aggregator."
+            "InTimeAccumulateWeightedAggregator",
+            "args": {"expected_data_kind": "WEIGHTS"},
+        },
+    ]
+    if guard_drops:
+        components.append({"id": "dropped_site_guard", "path": DROPPED_SITE_GUARD_CLASS})
+    check = {"model_dir": model_dir, **lora, **(check_args or {})}
+    server = {
+        "format_version": 2,
+        "task_result_filters": [
+            {"tasks": ["train"], "filters": [{"path": UPDATE_CHECK_CLASS, "args": check}]}
+        ],
+        "workflows": [
+            {
+                "id": "scatter_and_gather",
+                "path": "nvflare.app_common.workflows.scatter_and_gather.ScatterAndGather",
+                "args": {
+                    "min_clients": min_clients,
+                    "num_rounds": rounds,
+                    "aggregator_id": "aggregator",
+                    "persistor_id": "persistor",
+                    "shareable_generator_id": "shareable_generator",
+                    **(workflow_args or {}),
+                },
+            }
+        ],
+        "components": components,
+    }
+    trainer = {"seed": seed, **trainer_args, **lora}
+    client = {
+        "format_version": 2,
+        "executors": [{"tasks": ["train"], "executor": {"path": TRAINER_CLASS, "args": trainer}}],
+    }
+    meta = {
+        "name": name[:128],
+        "resource_spec": {},
+        "deploy_map": {"app": ["@ALL"]},
+        "min_clients": min_clients,
+    }
+    (job / "meta.json").write_text(json.dumps(meta))
+    (config / "config_fed_server.json").write_text(json.dumps(server))
+    (config / "config_fed_client.json").write_text(json.dumps(client))
+    return job

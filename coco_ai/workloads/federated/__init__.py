@@ -1,0 +1,1 @@
+"""The confidential federated fine-tune: one party (aggregator or participant) per TEE."""
