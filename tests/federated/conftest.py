@@ -5,7 +5,6 @@ approved code), and the harness of the real NVFlare federations on loopback (`po
 
 from __future__ import annotations
 
-import json
 import socket
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -18,7 +17,7 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 from coco_ai.federated.credentials import CredentialBundle, issue_federation, provision, revoke
 from coco_ai.federated.identity import AGGREGATOR, PARTICIPANT, FederationIdentity
 from coco_ai.federated.local import POC_SERVER_NAME, prepare_kits, start_site, stop_site
-from coco_ai.federated.startup_kit import DROPPED_SITE_GUARD_CLASS, install_confidential_kit
+from coco_ai.federated.startup_kit import install_confidential_kit
 from coco_ai.guest.client import GuestClient
 from coco_ai.guest.emulator import GuestComponentsEmulator, RunningServer, serve_in_thread
 from coco_ai.guest.initdata import RUN_ID_KEY, build_initdata
@@ -27,6 +26,8 @@ from coco_ai.kbs.client import KbsAdminClient
 from coco_ai.trustee_dev.server import RunningServer as TrusteeServer
 from coco_ai.trustee_dev.server import serve_in_thread as serve_trustee
 from coco_ai.workloads.dataset import corpus_text, generate_examples, to_jsonl
+from coco_ai.workloads.federated.job import write_fedavg_job
+from coco_ai.workloads.federated.quality import trainer_args
 from tests.code_binding import APPROVED_IMAGE, APPROVED_MODULE
 
 FEDERATION = "northwind-fed"
@@ -131,10 +132,6 @@ POC_FEDERATION = "fed-poc"
 PARTICIPANTS = ("dept-a", "dept-b", "dept-c")
 SITES = (POC_SERVER_NAME, *PARTICIPANTS)
 ADMIN = "admin@nvidia.com"  # the POC admin kit's name
-LORA_TRAINER = "coco_ai.workloads.federated.job.LoraTrainer"
-LORA_PERSISTOR = "coco_ai.workloads.federated.job.LoraAdapterPersistor"
-UPDATE_CHECK = "coco_ai.workloads.federated.job.AdapterUpdateCheck"
-JOB_CLASSES = (LORA_TRAINER, LORA_PERSISTOR, UPDATE_CHECK)
 
 
 def free_port() -> int:
@@ -271,65 +268,14 @@ def write_lora_fedavg_job(
     min_clients: int = len(PARTICIPANTS),
     wait_time_after_min_received: int = 10,
 ) -> None:
-    """FedAvg (scatter and gather, weighted by local steps) over the LoRA adapter; the job's
-    classes are installed code, so the job brings none (not BYOC)."""
-    config = job_dir / "app" / "config"
-    config.mkdir(parents=True)
-    meta = {"name": "lora-fedavg", "resource_spec": {}, "deploy_map": {"app": ["@ALL"]}}
-    (job_dir / "meta.json").write_text(json.dumps({**meta, "min_clients": min_clients}))
-    server = {
-        "format_version": 2,
-        "task_result_filters": [
-            {
-                "tasks": ["train"],
-                "filters": [{"path": UPDATE_CHECK, "args": {"model_dir": str(model)}}],
-            }
-        ],
-        "workflows": [
-            {
-                "id": "scatter_and_gather",
-                "path": "nvflare.app_common.workflows.scatter_and_gather.ScatterAndGather",
-                "args": {
-                    "min_clients": min_clients,
-                    "num_rounds": rounds,
-                    "wait_time_after_min_received": wait_time_after_min_received,
-                    "aggregator_id": "aggregator",
-                    "persistor_id": "persistor",
-                    "shareable_generator_id": "shareable_generator",
-                },
-            }
-        ],
-        "components": [
-            {"id": "dropped_site_guard", "path": DROPPED_SITE_GUARD_CLASS},
-            {
-                "id": "persistor",
-                "path": LORA_PERSISTOR,
-                "args": {"model_dir": str(model), "output_dir": str(output)},
-            },
-            {
-                "id": "shareable_generator",
-                "path": "nvflare.app_common.shareablegenerators.full_model_shareable_generator."
-                "FullModelShareableGenerator",
-            },
-            {
-                "id": "aggregator",
-                "path": "nvflare.app_common.aggregators.intime_accumulate_model_aggregator."
-                "InTimeAccumulateWeightedAggregator",
-                "args": {"expected_data_kind": "WEIGHTS"},
-            },
-        ],
-    }
-    client = {
-        "format_version": 2,
-        "executors": [
-            {
-                "tasks": ["train"],
-                "executor": {
-                    "path": LORA_TRAINER,
-                    "args": {"model_dir": str(model), "data_dir": str(data), "local_steps": 2},
-                },
-            }
-        ],
-    }
-    (config / "config_fed_server.json").write_text(json.dumps(server))
-    (config / "config_fed_client.json").write_text(json.dumps(client))
+    """The one FedAvg job (as the aggregator writes it) for the loopback federation."""
+    write_fedavg_job(
+        job_dir,
+        name="lora-fedavg",
+        model_dir=str(model),
+        output_dir=str(output),
+        min_clients=min_clients,
+        rounds=rounds,
+        trainer_args=trainer_args(model, data, local_steps=2),
+        workflow_args={"wait_time_after_min_received": wait_time_after_min_received},
+    )

@@ -22,10 +22,9 @@ from pki import make_cert, pem, private_pem
 from coco_ai.federated.credentials import CredentialBundle, issue_federation
 from coco_ai.federated.identity import PARTICIPANT, FederationIdentity
 from coco_ai.federated.local import POC_SERVER_NAME, run_job
-from coco_ai.workloads.federated.job import GLOBAL_ADAPTER_FILE
+from coco_ai.workloads.federated.job import GLOBAL_ADAPTER_FILE, JOB_CLASSES
 from tests.federated.conftest import (
     ADMIN,
-    JOB_CLASSES,
     PARTICIPANTS,
     POC_FEDERATION,
     SITES,

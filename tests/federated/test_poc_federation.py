@@ -13,8 +13,8 @@ import pytest
 from coco_ai.federated.authorizer import NAMESPACE
 from coco_ai.federated.local import POC_SERVER_NAME, run_job
 from coco_ai.workloads.federated.data import topic_of
-from coco_ai.workloads.federated.job import GLOBAL_ADAPTER_FILE
-from tests.federated.conftest import ADMIN, JOB_CLASSES, PARTICIPANTS, SITES, write_lora_fedavg_job
+from coco_ai.workloads.federated.job import GLOBAL_ADAPTER_FILE, JOB_CLASSES
+from tests.federated.conftest import ADMIN, PARTICIPANTS, SITES, write_lora_fedavg_job
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
 

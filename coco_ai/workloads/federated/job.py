@@ -14,8 +14,9 @@ Lines format), and holds out phrasings for evaluation with the data set's own sp
 
 from __future__ import annotations
 
+import json
 import threading
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +36,13 @@ from nvflare.app_common.abstract.model import (
 from nvflare.app_common.abstract.model_persistor import ModelPersistor
 from nvflare.app_common.app_constant import AppConstants
 
+from coco_ai.federated.startup_kit import DROPPED_SITE_GUARD_CLASS
+
+#: the job's installed classes (a confidential job brings none: no BYOC)
+PERSISTOR_CLASS = f"{__name__}.LoraAdapterPersistor"
+TRAINER_CLASS = f"{__name__}.LoraTrainer"
+UPDATE_CHECK_CLASS = f"{__name__}.AdapterUpdateCheck"
+JOB_CLASSES = (PERSISTOR_CLASS, TRAINER_CLASS, UPDATE_CHECK_CLASS)
 GLOBAL_ADAPTER_FILE = "global_adapter.npz"
 #: Meta key of a participant's result: its mean eval loss on its own held-out phrasings.
 LOCAL_EVAL_LOSS = "local_eval_loss"
@@ -73,7 +81,7 @@ def _lora_settings(r: int, alpha: int, target_modules: Sequence[str]):
     return LoraSettings(r=r, alpha=alpha, dropout=0.0, target_modules=tuple(target_modules))
 
 
-def _adapter_model(model_dir: str, r: int, alpha: int, target_modules: Sequence[str], seed: int):
+def adapter_model(model_dir: str, r: int, alpha: int, target_modules: Sequence[str], seed: int):
     """(PEFT model with a fresh adapter, tokenizer, runtime) on CPU in fp32."""
     from coco_ai.workloads.finetune.train import add_lora, load_model, select_runtime
 
@@ -130,7 +138,7 @@ class LoraAdapterPersistor(ModelPersistor):
 
     def load_model(self, fl_ctx: FLContext) -> ModelLearnable:
         r, alpha, targets, seed = self.lora
-        model, _, _ = _adapter_model(self.model_dir, r, alpha, targets, seed)
+        model, _, _ = adapter_model(self.model_dir, r, alpha, targets, seed)
         return make_model_learnable(adapter_weights(model), {})
 
     def save_model(self, model: ModelLearnable, fl_ctx: FLContext) -> None:
@@ -176,7 +184,7 @@ class LoraTrainer(Executor):
         site = fl_ctx.get_identity_name()
         r, alpha, targets, seed = self.lora
         model_dir = _in_workspace(self.model_dir, fl_ctx)
-        model, tokenizer, runtime = _adapter_model(str(model_dir), r, alpha, targets, seed)
+        model, tokenizer, runtime = adapter_model(str(model_dir), r, alpha, targets, seed)
         data_dir = _in_workspace(self.data_dir, fl_ctx)
         examples = parse_jsonl((data_dir / f"{site}.jsonl").read_bytes())
         digest_file = data_dir / f"{site}.digest"
@@ -283,7 +291,7 @@ class AdapterUpdateCheck(Filter):
         """Adapter tensor name -> shape, from the base model (computed once)."""
         if self._layout is None:
             r, alpha, targets = self.lora
-            model, _, _ = _adapter_model(self.model_dir, r, alpha, targets, 0)
+            model, _, _ = adapter_model(self.model_dir, r, alpha, targets, 0)
             self._layout = {k: v.shape for k, v in adapter_weights(model).items()}
         return self._layout
 
@@ -342,3 +350,105 @@ class AdapterUpdateCheck(Filter):
             {"round": round_number, "site": sender, "reason": reason},
         )
         return make_reply(ReturnCode.BAD_TASK_DATA)
+
+
+def trainer_args(
+    model_dir: str | Path,
+    data_dir: str | Path,
+    local_steps: int,
+    batch_size: int = 8,
+    learning_rate: float = 2e-3,
+) -> dict:
+    """A participant's LoraTrainer arguments in a job of :func:`write_fedavg_job`."""
+    return {
+        "model_dir": str(model_dir),
+        "data_dir": str(data_dir),
+        "local_steps": local_steps,
+        "batch_size": batch_size,
+        "learning_rate": learning_rate,
+    }
+
+
+def write_fedavg_job(
+    job_dir: str | Path,
+    *,
+    name: str,
+    model_dir: str,
+    output_dir: str,
+    min_clients: int,
+    rounds: int,
+    trainer_args: Mapping[str, Any],
+    lora_args: Mapping[str, Any] | None = None,
+    check_args: Mapping[str, Any] | None = None,
+    workflow_args: Mapping[str, Any] | None = None,
+    seed: int = 0,
+    guard_drops: bool = True,
+) -> Path:
+    """The one FedAvg job over the LoRA adapter: ScatterAndGather weighted by local steps, the
+    aggregator's update check on every result, installed classes only.
+
+    ``model_dir`` is the base model on the server side; ``trainer_args`` are the participant's
+    (its own ``model_dir``, ``data_dir``, ``local_steps``...). ``lora_args`` go to persistor,
+    check and trainer alike (they must agree on the adapter's shape); ``guard_drops`` lists the
+    ``DroppedSiteGuard``, which a secure-mode federation under the CC manager needs."""
+    job = Path(job_dir)
+    config = job / "app" / "config"
+    config.mkdir(parents=True)
+    lora = dict(lora_args or {})
+    components = [
+        {
+            "id": "persistor",
+            "path": PERSISTOR_CLASS,
+            "args": {"model_dir": model_dir, "output_dir": output_dir, "seed": seed, **lora},
+        },
+        {
+            "id": "shareable_generator",
+            "path": "nvflare.app_common.shareablegenerators."
+            "full_model_shareable_generator.FullModelShareableGenerator",
+        },
+        {
+            "id": "aggregator",
+            "path": "nvflare.app_common.aggregators.intime_accumulate_model_aggregator."
+            "InTimeAccumulateWeightedAggregator",
+            "args": {"expected_data_kind": "WEIGHTS"},
+        },
+    ]
+    if guard_drops:
+        components.append({"id": "dropped_site_guard", "path": DROPPED_SITE_GUARD_CLASS})
+    check = {"model_dir": model_dir, **lora, **(check_args or {})}
+    server = {
+        "format_version": 2,
+        "task_result_filters": [
+            {"tasks": ["train"], "filters": [{"path": UPDATE_CHECK_CLASS, "args": check}]}
+        ],
+        "workflows": [
+            {
+                "id": "scatter_and_gather",
+                "path": "nvflare.app_common.workflows.scatter_and_gather.ScatterAndGather",
+                "args": {
+                    "min_clients": min_clients,
+                    "num_rounds": rounds,
+                    "aggregator_id": "aggregator",
+                    "persistor_id": "persistor",
+                    "shareable_generator_id": "shareable_generator",
+                    **(workflow_args or {}),
+                },
+            }
+        ],
+        "components": components,
+    }
+    trainer = {"seed": seed, **trainer_args, **lora}
+    client = {
+        "format_version": 2,
+        "executors": [{"tasks": ["train"], "executor": {"path": TRAINER_CLASS, "args": trainer}}],
+    }
+    meta = {
+        "name": name[:128],
+        "resource_spec": {},
+        "deploy_map": {"app": ["@ALL"]},
+        "min_clients": min_clients,
+    }
+    (job / "meta.json").write_text(json.dumps(meta))
+    (config / "config_fed_server.json").write_text(json.dumps(server))
+    (config / "config_fed_client.json").write_text(json.dumps(client))
+    return job

@@ -52,11 +52,6 @@ MODEL_IN_KIT = "local/coco-ai/base_model"
 DATA_IN_KIT = "local/coco-ai/data"
 ADAPTER_DIR = "adapter"
 RECORD_FORMAT = "coco-ai/fl-contributions/v1"
-_PERSISTOR = "coco_ai.workloads.federated.job.LoraAdapterPersistor"
-_TRAINER = "coco_ai.workloads.federated.job.LoraTrainer"
-_UPDATE_CHECK = "coco_ai.workloads.federated.job.AdapterUpdateCheck"
-_DROPPED_SITE_GUARD = "coco_ai.federated.cc_manager.DroppedSiteGuard"
-_JOB_CLASSES = (_PERSISTOR, _TRAINER, _UPDATE_CHECK, _DROPPED_SITE_GUARD)
 
 
 @dataclass(frozen=True)
@@ -157,6 +152,7 @@ class FederatedParty(TeeWorkload):
         every attestation it accepts and every participant it drops in ``record_dir``."""
         from coco_ai.federated.local import POC_SERVER_NAME, prepare_kits, retarget_kit
         from coco_ai.federated.startup_kit import install_confidential_kit
+        from coco_ai.workloads.federated.job import JOB_CLASSES
 
         cfg = self.config
         party, fed = cfg.party, cfg.federation
@@ -176,7 +172,7 @@ class FederatedParty(TeeWorkload):
             min_gpus=fed.min_gpus,
             allow_development_evidence=fed.allow_development_evidence,
             verify_frequency_s=fed.verify_frequency_s,
-            extra_allowed_classes=_JOB_CLASSES,
+            extra_allowed_classes=JOB_CLASSES,
             run_id=cfg.run_id,  # peers of this pipeline run only
             record_dir=str(record_dir) if record_dir is not None else None,
         )
@@ -342,105 +338,34 @@ class FederatedParty(TeeWorkload):
         return FederationResult("aggregator", manifest.digest(), cfg.staging_uri, metrics)
 
     def _write_job(self, job_dir: Path, base_dir: Path, output_dir: Path, record: Path) -> None:
-        """The run's NVFlare job: ScatterAndGather (FedAvg weighted by local steps) over the
-        LoRA adapter, with the update check on every result; installed code only (no BYOC)."""
+        """The run's NVFlare job (the one FedAvg job), its limits and recipe from the config."""
+        from coco_ai.workloads.federated.job import write_fedavg_job
+
         cfg = self.config
         lora, training, fed = cfg.lora, cfg.training, cfg.federation
-        lora_args = {
-            "lora_r": lora.r,
-            "lora_alpha": lora.alpha,
-            "target_modules": list(lora.target_modules),
-        }
-        server = {
-            "format_version": 2,
-            "task_result_filters": [
-                {
-                    "tasks": ["train"],
-                    "filters": [
-                        {
-                            "path": _UPDATE_CHECK,
-                            "args": {
-                                "model_dir": str(base_dir),
-                                "max_norm": fed.max_update_norm,
-                                "record_dir": str(record),
-                                **lora_args,
-                            },
-                        }
-                    ],
-                }
-            ],
-            "workflows": [
-                {
-                    "id": "scatter_and_gather",
-                    "path": "nvflare.app_common.workflows.scatter_and_gather.ScatterAndGather",
-                    "args": {
-                        "min_clients": cfg.min_participants,
-                        "num_rounds": fed.rounds,
-                        "aggregator_id": "aggregator",
-                        "persistor_id": "persistor",
-                        "shareable_generator_id": "shareable_generator",
-                        "train_timeout": fed.job_timeout_s,
-                    },
-                }
-            ],
-            "components": [
-                {
-                    "id": "persistor",
-                    "path": _PERSISTOR,
-                    "args": {
-                        "model_dir": str(base_dir),
-                        "output_dir": str(output_dir),
-                        "seed": training.seed,
-                        **lora_args,
-                    },
-                },
-                {
-                    "id": "shareable_generator",
-                    "path": "nvflare.app_common.shareablegenerators."
-                    "full_model_shareable_generator.FullModelShareableGenerator",
-                },
-                {
-                    "id": "aggregator",
-                    "path": "nvflare.app_common.aggregators.intime_accumulate_model_aggregator."
-                    "InTimeAccumulateWeightedAggregator",
-                    "args": {"expected_data_kind": "WEIGHTS"},
-                },
-                # removes a participant the CC manager dropped (failed re-validation) from the
-                # job: no further task, its results refused
-                {"id": "dropped_site_guard", "path": _DROPPED_SITE_GUARD},
-            ],
-        }
-        client = {
-            "format_version": 2,
-            "executors": [
-                {
-                    "tasks": ["train"],
-                    "executor": {
-                        "path": _TRAINER,
-                        "args": {
-                            "model_dir": MODEL_IN_KIT,
-                            "data_dir": DATA_IN_KIT,
-                            "local_steps": training.local_steps,
-                            "batch_size": training.batch_size,
-                            "learning_rate": training.learning_rate,
-                            "seed": training.seed,
-                            **lora_args,
-                        },
-                    },
-                }
-            ],
-        }
-        config_dir = job_dir / "app" / "config"
-        config_dir.mkdir(parents=True)
-        meta = {
-            "name": f"coco-ai-{cfg.run_id}"[:128],
-            "resource_spec": {},
-            "deploy_map": {"app": ["@ALL"]},
-            "min_clients": cfg.min_participants,
-        }
-        (job_dir / "meta.json").write_text(json.dumps(meta))
-        (config_dir / "config_fed_server.json").write_text(json.dumps(server))
-        (config_dir / "config_fed_client.json").write_text(json.dumps(client))
+        write_fedavg_job(
+            job_dir,
+            name=f"coco-ai-{cfg.run_id}",
+            model_dir=str(base_dir),
+            output_dir=str(output_dir),
+            min_clients=cfg.min_participants,
+            rounds=fed.rounds,
+            trainer_args={
+                "model_dir": MODEL_IN_KIT,
+                "data_dir": DATA_IN_KIT,
+                "local_steps": training.local_steps,
+                "batch_size": training.batch_size,
+                "learning_rate": training.learning_rate,
+            },
+            lora_args={
+                "lora_r": lora.r,
+                "lora_alpha": lora.alpha,
+                "target_modules": list(lora.target_modules),
+            },
+            check_args={"max_norm": fed.max_update_norm, "record_dir": str(record)},
+            workflow_args={"train_timeout": fed.job_timeout_s},
+            seed=training.seed,
+        )
 
     def _await_quorum(self, server: subprocess.Popen, log_path: Path) -> list[str]:
         """Wait until every participant of the run registered (their CC tokens verified), or
@@ -595,7 +520,7 @@ class FederatedParty(TeeWorkload):
 
         from coco_ai.workloads.federated.job import (
             GLOBAL_ADAPTER_FILE,
-            _adapter_model,
+            adapter_model,
             load_adapter_weights,
         )
 
@@ -606,7 +531,7 @@ class FederatedParty(TeeWorkload):
         except OSError as exc:
             raise WorkloadError(f"no global adapter was saved: {exc}", EXIT_INTERNAL) from None
         lora = cfg.lora
-        model, _, _ = _adapter_model(
+        model, _, _ = adapter_model(
             str(base_dir), lora.r, lora.alpha, lora.target_modules, cfg.training.seed
         )
         try:
