@@ -122,38 +122,24 @@ def _assert_failed_closed(info, client, dag_id, run_id, refs, tis, registry_befo
 
 
 def test_api_server_restart_and_a_cleared_finetune_each_end_in_one_promotion(stack):
-    """Two runs side by side.
-
-    Run A, followed by the demo's REST follower (coco_ai.devstack.demo.run_pipeline): the
-    api-server is killed (SIGKILL, a crashed container) and started again mid fine-tune; the
-    task's Execution API calls and the follower ride out the outage, the run promotes.
+    """Two runs, one after the other (both promote into one registry, where a checkpoint older
+    than the latest version is a refused rollback: the order they finish in must be the order
+    they were created in, which side by side the outage would decide).
 
     Run B: its running fine-tune is cleared over the REST API the UI uses (with its downstream
     tasks). Airflow terminates the running try (on_kill stops its workload) and runs the
     workload again under the run's grant, which the teardown has not revoked yet; the run
     promotes exactly once and the grant is revoked at the end.
+
+    Run A, followed by the demo's REST follower (coco_ai.devstack.demo.run_pipeline): the
+    api-server is killed (SIGKILL, a crashed container) and started again while its fine-tune
+    runs; the task's Execution API calls and the follower ride out the outage, the run promotes.
     """
     devstack, info, client = stack
     registry_before = _registry(info)
-    messages: list[str] = []
-    outcome: dict = {}
-
-    def follow() -> None:
-        try:
-            outcome["summary"] = run_pipeline(info, SHORT_RUN, progress=messages.append)
-        except BaseException as exc:  # reported by the main thread
-            outcome["error"] = exc
-
-    follower = threading.Thread(target=follow, daemon=True)
-    follower.start()
-    _wait(
-        "the demo's run", lambda: "error" in outcome or any("triggered" in m for m in messages), 60
-    )
-    assert "error" not in outcome, repr(outcome["error"])
-    followed_run = next(m for m in messages if "triggered" in m).split(" run ")[1].split()[0]
-    cleared_run = client.trigger(DAG_ID, SHORT_RUN, note="cleared mid fine-tune")["dag_run_id"]
 
     # B: clear the running fine-tune
+    cleared_run = client.trigger(DAG_ID, SHORT_RUN, note="cleared mid fine-tune")["dag_run_id"]
     cleared_refs, first_try = _wait_workload(client, DAG_ID, cleared_run)
     client.request(
         "POST",
@@ -172,8 +158,32 @@ def test_api_server_restart_and_a_cleared_finetune_each_end_in_one_promotion(sta
         lambda: not set(first_try) & set(_workload_pids(cleared_refs.run_id)),
         90,
     )
+    cleared_tis = _wait_final(client, DAG_ID, cleared_run, timeout_s=600)
+    states = {task_id: ti["state"] for task_id, ti in cleared_tis.items()}
+    assert client.dag_run(DAG_ID, cleared_run)["state"] == "success", states
+    assert set(states.values()) == {"success"}, states
+    assert cleared_tis[FINETUNE]["try_number"] == 2, cleared_tis[FINETUNE]
+    promoted = client.xcom(DAG_ID, cleared_run, "attested_promotion")
+    assert promoted["run_id"] == cleared_refs.run_id
+    assert _grant(info, cleared_refs) is None
 
     # A: kill and restart the api-server while its fine-tune runs
+    messages: list[str] = []
+    outcome: dict = {}
+
+    def follow() -> None:
+        try:
+            outcome["summary"] = run_pipeline(info, SHORT_RUN, progress=messages.append)
+        except BaseException as exc:  # reported by the main thread
+            outcome["error"] = exc
+
+    follower = threading.Thread(target=follow, daemon=True)
+    follower.start()
+    _wait(
+        "the demo's run", lambda: "error" in outcome or any("triggered" in m for m in messages), 60
+    )
+    assert "error" not in outcome, repr(outcome["error"])
+    followed_run = next(m for m in messages if "triggered" in m).split(" run ")[1].split()[0]
     followed_refs, _ = _wait_workload(client, DAG_ID, followed_run)
     (api_server,) = [s for s in info.services if s.name == "airflow-api-server" and s.alive()]
     down_at = time.monotonic()
@@ -199,18 +209,9 @@ def test_api_server_restart_and_a_cleared_finetune_each_end_in_one_promotion(sta
     assert followed_tis["revoke_keys"]["state"] == "success"
     assert _grant(info, followed_refs) is None
 
-    cleared_tis = _wait_final(client, DAG_ID, cleared_run, timeout_s=600)
-    states = {task_id: ti["state"] for task_id, ti in cleared_tis.items()}
-    assert client.dag_run(DAG_ID, cleared_run)["state"] == "success", states
-    assert set(states.values()) == {"success"}, states
-    assert cleared_tis[FINETUNE]["try_number"] == 2, cleared_tis[FINETUNE]
-    promoted = client.xcom(DAG_ID, cleared_run, "attested_promotion")
-    assert promoted["run_id"] == cleared_refs.run_id
-    assert _grant(info, cleared_refs) is None
-
     # exactly one promotion per run
     assert _registry(info) == sorted(
-        [*registry_before, summary["registry"]["version"], promoted["version"]]
+        [*registry_before, promoted["version"], summary["registry"]["version"]]
     )
     print(
         f"api-server back {back_s:.1f}s after the kill, followed run {summary['wall_seconds']}s; "
