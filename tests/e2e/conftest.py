@@ -90,6 +90,8 @@ def e2e_stack(tmp_path_factory) -> E2EStack:
     ]
     info = DevStack(
         root,
+        # a federated run holds four task slots at once (aggregator + three participants)
+        parallelism=6,
         extra_env={
             "AIRFLOW__COCO_AI__LOCAL_GUEST_COMMAND": json.dumps(guest),
             # `stranger` is authenticated but has no role: Airflow authorises it for nothing

@@ -3,8 +3,7 @@ aggregator and three participants, each a local TEE process beside its own guest
 emulator, to a promoted global adapter whose contribution record `coco-ai verify` re-checks; and
 no data-set key, run key, credential key or training record anywhere Airflow keeps anything.
 
-Its own stack (module scope): the four parties run at once, so the scheduler needs more slots
-than the session stack's two."""
+On the session stack, whose scheduler has the slots for the four parties at once."""
 
 from __future__ import annotations
 
@@ -14,9 +13,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import E2EStack, find_secrets, follow_run, log_files, metadata_db_findings
+from conftest import find_secrets, follow_run, log_files, metadata_db_findings
 
-from coco_ai.devstack import DevStack, stop_stack
 from coco_ai.devstack.stack import (
     FEDERATED_DAG_ID,
     FEDERATION,
@@ -31,34 +29,24 @@ ROUNDS = 2
 
 
 @pytest.fixture(scope="module")
-def fl_stack(tmp_path_factory) -> E2EStack:
-    root = tmp_path_factory.mktemp("coco-fl")
-    info = DevStack(root, parallelism=6).start()
-    try:
-        yield E2EStack(info, root, root / "no-recorded-keys")
-    finally:
-        stop_stack(root)
-
-
-@pytest.fixture(scope="module")
-def fl_run(fl_stack):
+def fl_run(e2e_stack):
     from coco_ai.devstack.federated_demo import federated_conf
 
-    info = fl_stack.info
+    info = e2e_stack.info
     conf = federated_conf(info, rounds=ROUNDS, local_steps=2)
     client = info.client()
     try:
         run = client.trigger(FEDERATED_DAG_ID, conf, note="e2e: federated REST")
     finally:
         client.close()
-    return follow_run(fl_stack, run["dag_run_id"], dag_id=FEDERATED_DAG_ID, timeout_s=900)
+    return follow_run(e2e_stack, run["dag_run_id"], dag_id=FEDERATED_DAG_ID, timeout_s=900)
 
 
-def test_a_federation_promotes_a_global_adapter_with_its_contributors(fl_stack, fl_run) -> None:
+def test_a_federation_promotes_a_global_adapter_with_its_contributors(e2e_stack, fl_run) -> None:
     states = {t: ti["state"] for t, ti in fl_run.tasks.items()}
     assert fl_run.state == "success", states
     assert set(states.values()) == {"success"}, states
-    info = fl_stack.info
+    info = e2e_stack.info
     client = info.client()
     try:
         promoted = client.xcom(FEDERATED_DAG_ID, fl_run.run_id, "attested_promotion")
@@ -75,7 +63,7 @@ def test_a_federation_promotes_a_global_adapter_with_its_contributors(fl_stack, 
     assert FederationIdentity.from_claims(refs.party_claims) == FederationIdentity(
         FEDERATION, AGGREGATOR, FEDERATION_AGGREGATOR
     )
-    assert fl_stack.resource(refs.grant.url_path()) is None
+    assert e2e_stack.resource(refs.grant.url_path()) is None
     # the record the aggregator signed lists every participant in every round
     from coco_ai.crypto.manifest import CONFIG_FILE
     from coco_ai.storage import open_store
@@ -105,8 +93,8 @@ def test_a_federation_promotes_a_global_adapter_with_its_contributors(fl_stack, 
     assert json.loads(verify.stdout)["verdict"] == "verified"
 
 
-def test_progress_per_round_reaches_the_task_logs(fl_stack, fl_run) -> None:
-    task_logs, _ = log_files(fl_stack)
+def test_progress_per_round_reaches_the_task_logs(e2e_stack, fl_run) -> None:
+    task_logs, _ = log_files(e2e_stack)
     mine = [p for p in task_logs if f"run_id={fl_run.run_id}/" in str(p)]
     aggregator = "".join(
         p.read_text(errors="replace") for p in mine if "task_id=aggregator" in str(p)
@@ -120,13 +108,13 @@ def test_progress_per_round_reaches_the_task_logs(fl_stack, fl_run) -> None:
         assert f"round {ROUNDS - 1}: 2 steps" in text, path
 
 
-def test_no_key_or_credential_reaches_airflow(fl_stack, fl_run) -> None:
+def test_no_key_or_credential_reaches_airflow(e2e_stack, fl_run) -> None:
     from coco_ai.federated.credentials import CredentialBundle
 
     secrets: dict[str, bytes] = {"run key": fl_run.checkpoint_key}
-    for participant in fl_stack.info.federated_participants:
+    for participant in e2e_stack.info.federated_participants:
         key_path = participant["dataset_key_uri"].removeprefix("kbs:///")
-        key = fl_stack.resource(key_path)
+        key = e2e_stack.resource(key_path)
         assert key is not None
         secrets[f"data-set key of {participant['id']}"] = key
     for role, party in [(AGGREGATOR, FEDERATION_AGGREGATOR)] + [
@@ -134,13 +122,13 @@ def test_no_key_or_credential_reaches_airflow(fl_stack, fl_run) -> None:
     ]:
         identity = FederationIdentity(FEDERATION, role, party)
         bundle = CredentialBundle.from_bytes(
-            fl_stack.resource(identity.credential_path().url_path()), identity
+            e2e_stack.resource(identity.credential_path().url_path()), identity
         )
         # the PEM body of the private key (its base64 lines, joined)
         body = b"".join(bundle.key_pem.splitlines()[1:-1])
         secrets[f"TLS key of {party}"] = body[:64]
-    found, rows = metadata_db_findings(fl_stack, secrets)
+    found, rows = metadata_db_findings(e2e_stack, secrets)
     assert rows > 0 and found == []
-    task_logs, service_logs = log_files(fl_stack)
+    task_logs, service_logs = log_files(e2e_stack)
     for path in task_logs + service_logs:
         assert find_secrets(path.read_bytes(), secrets) == [], path
