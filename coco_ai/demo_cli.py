@@ -107,20 +107,39 @@ def _run(args: argparse.Namespace) -> int:
         _progress(message)
 
     if args.federated:
-        return _run_federated(args, info, root, started_here, progress)
-    try:
-        epochs = args.epochs or DEFAULT_EPOCHS[args.model]
-        summary = run_pipeline(
-            info,
-            {"epochs": epochs},
-            progress=progress,
-            training=relay.show,
-            timeout_s=args.timeout,
-        )
-        if not args.no_rag:
-            from coco_ai.devstack.rag_demo import run_rag_demo
+        from coco_ai.devstack.federated_demo import format_federated, run_federated_demo
 
-            summary["rag"] = run_rag_demo(info, progress=progress, timeout_s=args.timeout)
+        def follow() -> dict:
+            return run_federated_demo(info, progress=progress, timeout_s=args.timeout)
+
+        def succeeded(summary: dict) -> bool:
+            return summary["state"] == "success"
+
+        formatted = format_federated
+    else:
+
+        def follow() -> dict:
+            epochs = args.epochs or DEFAULT_EPOCHS[args.model]
+            summary = run_pipeline(
+                info,
+                {"epochs": epochs},
+                progress=progress,
+                training=relay.show,
+                timeout_s=args.timeout,
+            )
+            if not args.no_rag:
+                from coco_ai.devstack.rag_demo import run_rag_demo
+
+                summary["rag"] = run_rag_demo(info, progress=progress, timeout_s=args.timeout)
+            return summary
+
+        def succeeded(summary: dict) -> bool:
+            rag_ok = args.no_rag or summary["rag"]["state"] == "success"
+            return summary["state"] == "success" and rag_ok
+
+        formatted = format_summary
+    try:
+        summary = follow()
     except KeyboardInterrupt:
         _progress("interrupted")
         return 130
@@ -131,32 +150,10 @@ def _run(args: argparse.Namespace) -> int:
         if started_here and not args.keep_running:
             _progress("stopping the stack (use --keep-running to keep the UI)")
             stop_stack(root)
-    print(to_json(summary) if args.json else format_summary(summary))
+    print(to_json(summary) if args.json else formatted(summary))
     if args.keep_running or not started_here:
         _progress(f"UI at {info.api_url} stays up; stop everything with `coco-ai demo stop`")
-    rag_ok = args.no_rag or summary["rag"]["state"] == "success"
-    return 0 if summary["state"] == "success" and rag_ok else 1
-
-
-def _run_federated(args, info, root: Path, started_here: bool, progress) -> int:
-    from coco_ai.devstack import stop_stack
-    from coco_ai.devstack.demo import to_json
-    from coco_ai.devstack.federated_demo import format_federated, run_federated_demo
-
-    try:
-        summary = run_federated_demo(info, progress=progress, timeout_s=args.timeout)
-    except KeyboardInterrupt:
-        _progress("interrupted")
-        return 130
-    except Exception as exc:  # the stack is stopped below; say what failed
-        _progress(f"the run could not be followed: {type(exc).__name__}: {exc}")
-        return 1
-    finally:
-        if started_here and not args.keep_running:
-            _progress("stopping the stack (use --keep-running to keep the UI)")
-            stop_stack(root)
-    print(to_json(summary) if args.json else format_federated(summary))
-    return 0 if summary["state"] == "success" else 1
+    return 0 if succeeded(summary) else 1
 
 
 def _stop(args: argparse.Namespace) -> int:
