@@ -33,7 +33,11 @@ def test_derivation_is_hkdf_sha256_over_the_run_id_and_separates_runs():
     assert derive_run_key(os.urandom(32), "run-a") != expected
 
 
-@pytest.mark.parametrize(("root", "run_id"), [(b"short", "run-a"), (os.urandom(32), "../x")])
+@pytest.mark.parametrize(
+    ("root", "run_id"),
+    [(b"short", "run-a"), (bytes(range(32)), "../x")],
+    ids=["short-root", "path-run-id"],
+)
 def test_derivation_refuses_a_bad_root_or_run_id(root, run_id):
     with pytest.raises(ValueError):
         derive_run_key(root, run_id)

@@ -94,7 +94,9 @@ def test_meta_file(plain_dir, tmp_path, key_file):
     assert m.metrics == {"loss": 1.5} and m.dataset_digest == "sha256:ab"
 
 
-@pytest.mark.parametrize("key_bytes", [b"", b"short", os.urandom(33)])
+@pytest.mark.parametrize(
+    "key_bytes", [b"", b"short", bytes(range(33))], ids=["empty", "short", "33-bytes"]
+)
 def test_bad_key_file_is_usage_error(plain_dir, tmp_path, key_bytes, capsys):
     bad = tmp_path / "bad.key"
     bad.write_bytes(key_bytes)
