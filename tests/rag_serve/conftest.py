@@ -124,18 +124,36 @@ def service(
     credentials,
     clock_offset,
     service_log,
+    service_plaintext_dirs,
 ):
     from coco_ai.devstack.rag_service import start_rag_service
     from coco_ai.devstack.stack import local_image_reference
+    from coco_ai.workloads.rag_serve import service as service_module
 
-    with start_rag_service(
-        tmp_path_factory.mktemp("service"),
-        **service_kwargs(stack, index_uri, manifest_digest, embedder),
-        image=local_image_reference(),
-        clock=lambda: time.time() + clock_offset[0],
-        out=service_log,
-    ) as running:
-        yield running
+    def recorded_tmpdir(prefix: str) -> Path:
+        made = real_tmpdir(prefix)
+        service_plaintext_dirs.append(made)
+        return made
+
+    # the plaintext dirs this service makes, for the test that they are gone (other tests, or
+    # another pytest-xdist worker, may have service dirs of their own in /dev/shm meanwhile)
+    real_tmpdir = service_module.private_tmpdir
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(service_module, "private_tmpdir", recorded_tmpdir)
+        with start_rag_service(
+            tmp_path_factory.mktemp("service"),
+            **service_kwargs(stack, index_uri, manifest_digest, embedder),
+            image=local_image_reference(),
+            clock=lambda: time.time() + clock_offset[0],
+            out=service_log,
+        ) as running:
+            yield running
+
+
+@pytest.fixture(scope="session")
+def service_plaintext_dirs() -> list[Path]:
+    """The plaintext dirs the session's service made (filled by `service`)."""
+    return []
 
 
 def service_kwargs(stack, index_uri, manifest_digest, embedder, **override):

@@ -380,10 +380,9 @@ def test_an_impostor_relaying_the_attestation_cannot_answer(
 
 
 def test_nothing_confidential_in_the_service_log_or_left_on_disk(
-    service, service_log, credentials, repository
+    service, service_log, service_plaintext_dirs, credentials, repository
 ) -> None:
     import base64
-    from pathlib import Path
 
     log = service_log.getvalue()
     assert "index of run" in log and "caller(s) admitted" in log  # it did log, counts only
@@ -393,6 +392,6 @@ def test_nothing_confidential_in_the_service_log_or_left_on_disk(
     for doc in repository.documents:
         assert doc.text[:40] not in log and doc.title not in log
     assert MARKER not in log
-    shm = Path("/dev/shm")  # the decrypted index dir is gone once the service serves
-    if shm.is_dir():
-        assert not list(shm.glob("coco-ai-rag-serve-*"))
+    # the decrypted index dir is gone once the service serves
+    assert service_plaintext_dirs, "the service made no plaintext dir: the check checks nothing"
+    assert not [d for d in service_plaintext_dirs if d.exists()]
