@@ -19,7 +19,7 @@ import secrets
 import subprocess
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,6 +33,8 @@ LOCAL_COMPONENTS = ("scheduler", "dag-processor", "triggerer", "api-server")
 CELERY_WORKER = "celery worker"
 CELERY_EXECUTOR = "CeleryExecutor"
 # Inherited from the caller; everything else (notably any AIRFLOW_* of the caller) is not.
+#: the states a DAG run ends in
+FINAL_RUN_STATES = ("success", "failed")
 _PASS_ENV = ("HOME", "LANG", "LC_ALL", "TZ", "TMPDIR", "USER", "LOGNAME")
 _HEALTH_COMPONENTS = ("metadatabase", "scheduler", "triggerer", "dag_processor")
 # Transient api-server answers, and the waits between repeats of an idempotent call (~15 s).
@@ -309,6 +311,29 @@ class AirflowRestClient:
             if exc.status != 409:
                 raise
             return self.dag_run(dag_id, run_id)
+
+    def run_to_end(
+        self,
+        dag_id: str,
+        conf: Mapping[str, Any],
+        *,
+        note: str,
+        timeout_s: float,
+        progress: Callable[[str], None],
+        what: str = "",
+    ) -> dict[str, Any]:
+        """Trigger a run and poll it until it ends; ``{dag_id, run_id, state, wall_seconds}``.
+        ``progress`` hears of the trigger (with ``what``, e.g. ": 3 participants") and the end."""
+        started = time.monotonic()
+        run_id = self.trigger(dag_id, conf, note=note)["dag_run_id"]
+        progress(f"triggered {dag_id} run {run_id}{what}")
+        while (state := self.dag_run(dag_id, run_id)["state"]) not in FINAL_RUN_STATES:
+            if time.monotonic() - started > timeout_s:
+                raise TimeoutError(f"run {run_id} did not finish within {timeout_s:.0f} s")
+            time.sleep(2)
+        wall_s = round(time.monotonic() - started, 1)
+        progress(f"{dag_id}: {state} in {wall_s} s")
+        return {"dag_id": dag_id, "run_id": run_id, "state": state, "wall_seconds": wall_s}
 
     def dag_run(self, dag_id: str, run_id: str) -> dict:
         return self.request("GET", f"/api/v2/dags/{dag_id}/dagRuns/{quote(run_id, safe='')}")

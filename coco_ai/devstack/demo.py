@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from coco_ai.devstack.airflow import AirflowApiError
+from coco_ai.devstack.airflow import FINAL_RUN_STATES, AirflowApiError
 from coco_ai.devstack.processes import ServiceError
 from coco_ai.devstack.stack import DAG_ID, RUN_KEY_ROOT_FILE, StackInfo
 
@@ -31,7 +31,6 @@ TASKS = (
     "attested_promotion",
     "revoke_keys",
 )
-_FINAL = ("success", "failed")
 FINETUNE_TASK = "confidential_finetune"
 PROGRESS_POLL_S = 2.0
 #: How long a follower keeps following while the api-server does not answer (each REST call
@@ -191,7 +190,7 @@ def run_pipeline(
                     if state != "none":
                         elapsed = time.monotonic() - started
                         progress(f"[{elapsed:6.1f} s] {task_id}: {state}")
-            if dag_run["state"] in _FINAL:
+            if dag_run["state"] in FINAL_RUN_STATES:
                 break
             if time.monotonic() - started > timeout_s:
                 raise TimeoutError(f"run {run_id} did not finish within {timeout_s:.0f} s")

@@ -9,7 +9,6 @@ the federated recipes); the trigger names only references.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -17,7 +16,6 @@ from coco_ai.devstack.stack import FEDERATED_DAG_ID, FEDERATION_AGGREGATOR, Stac
 
 #: the federated recipe the demo runs (one of the development owner policy's approved ones)
 DEMO_ROUNDS, DEMO_LOCAL_STEPS = 3, 4
-_FINAL = ("success", "failed")
 
 
 def federated_conf(info: StackInfo, *, rounds: int, local_steps: int) -> dict[str, Any]:
@@ -49,29 +47,18 @@ def run_federated_demo(
 
     client = info.client()
     try:
-        started = time.monotonic()
         conf = federated_conf(info, rounds=rounds, local_steps=local_steps)
-        run_id = client.trigger(FEDERATED_DAG_ID, conf, note="coco-ai demo: federated")[
-            "dag_run_id"
-        ]
-        progress(
-            f"triggered {FEDERATED_DAG_ID} run {run_id}: {len(conf['participants'])} "
-            f"participants, {rounds} rounds"
+        summary = client.run_to_end(
+            FEDERATED_DAG_ID,
+            conf,
+            note="coco-ai demo: federated",
+            timeout_s=timeout_s,
+            progress=progress,
+            what=f": {len(conf['participants'])} participants, {rounds} rounds",
         )
-        while (state := client.dag_run(FEDERATED_DAG_ID, run_id)["state"]) not in _FINAL:
-            if time.monotonic() - started > timeout_s:
-                raise TimeoutError(f"run {run_id} did not finish within {timeout_s:.0f} s")
-            time.sleep(2)
-        summary: dict[str, Any] = {
-            "dag_id": FEDERATED_DAG_ID,
-            "run_id": run_id,
-            "state": state,
-            "wall_seconds": round(time.monotonic() - started, 1),
-        }
-        progress(f"{FEDERATED_DAG_ID}: {state} in {summary['wall_seconds']} s")
-        if state != "success":
+        if summary["state"] != "success":
             return summary
-        promoted = client.xcom(FEDERATED_DAG_ID, run_id, "attested_promotion")
+        promoted = client.xcom(FEDERATED_DAG_ID, summary["run_id"], "attested_promotion")
     finally:
         client.close()
     import json

@@ -11,7 +11,6 @@ show them: here the data owner runs the demo).
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -19,7 +18,6 @@ from typing import Any
 from coco_ai.devstack.stack import RAG_DAG_ID, StackInfo, local_image_reference
 
 CALLER_ID = "demo-caller"
-_FINAL = ("success", "failed")
 
 
 def run_rag_demo(
@@ -31,22 +29,17 @@ def run_rag_demo(
     """Index, promote, serve, ask; the summary's ``rag`` section."""
     client = info.client()
     try:
-        started = time.monotonic()
-        run_id = client.trigger(RAG_DAG_ID, {}, note="coco-ai demo: RAG index")["dag_run_id"]
-        progress(f"triggered {RAG_DAG_ID} run {run_id} through the REST API")
-        while (state := client.dag_run(RAG_DAG_ID, run_id)["state"]) not in _FINAL:
-            if time.monotonic() - started > timeout_s:
-                raise TimeoutError(f"run {run_id} did not finish within {timeout_s:.0f} s")
-            time.sleep(2)
-        summary: dict[str, Any] = {
-            "dag_id": RAG_DAG_ID,
-            "run_id": run_id,
-            "state": state,
-            "wall_seconds": round(time.monotonic() - started, 1),
-        }
-        progress(f"{RAG_DAG_ID}: {state} in {summary['wall_seconds']} s")
-        if state != "success":
+        summary = client.run_to_end(
+            RAG_DAG_ID,
+            {},
+            note="coco-ai demo: RAG index",
+            timeout_s=timeout_s,
+            progress=progress,
+            what=" through the REST API",
+        )
+        if summary["state"] != "success":
             return summary
+        run_id = summary["run_id"]
         promoted = client.xcom(RAG_DAG_ID, run_id, "attested_promotion")
         refs = client.xcom(RAG_DAG_ID, run_id, "key_release")
     finally:
