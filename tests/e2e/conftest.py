@@ -71,6 +71,29 @@ class E2EStack:
         assert r.status_code in (200, 201), r.text
         return r.json()["access_token"]
 
+    def third_party_verify(self, registered_name: str) -> dict:
+        """`coco-ai verify` of `registered_name@serving` as a third party holding only the owner's
+        public key; its JSON verdict (the command must succeed)."""
+        import subprocess
+
+        verify = subprocess.run(
+            [
+                str(Path(sys.executable).with_name("coco-ai")),
+                "verify",
+                f"models:/{registered_name}@serving",
+                "--owner-key",
+                self.info.owner_public_key,
+                "--registry",
+                self.info.registry_uri,
+                "--json",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert verify.returncode == 0, verify.stdout + verify.stderr
+        return json.loads(verify.stdout)
+
     def registry_versions(self) -> int:
         from coco_ai.promotion import model_versions
 

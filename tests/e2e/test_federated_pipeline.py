@@ -8,9 +8,6 @@ On the session stack, whose scheduler has the slots for the four parties at once
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 from conftest import find_secrets, follow_run, log_files, metadata_db_findings
@@ -74,23 +71,7 @@ def test_a_federation_promotes_a_global_adapter_with_its_contributors(e2e_stack,
     for entry in record["rounds"]:
         assert [a["site"] for a in entry["accepted"]] == list(FEDERATION_PARTICIPANTS)
     # a third party with the owner's public key alone re-verifies it, contributions included
-    verify = subprocess.run(
-        [
-            str(Path(sys.executable).with_name("coco-ai")),
-            "verify",
-            f"models:/{info.registered_federated_name}@serving",
-            "--owner-key",
-            info.owner_public_key,
-            "--registry",
-            info.registry_uri,
-            "--json",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert verify.returncode == 0, verify.stdout + verify.stderr
-    assert json.loads(verify.stdout)["verdict"] == "verified"
+    assert e2e_stack.third_party_verify(info.registered_federated_name)["verdict"] == "verified"
 
 
 def test_progress_per_round_reaches_the_task_logs(e2e_stack, fl_run) -> None:

@@ -8,8 +8,6 @@ from __future__ import annotations
 import json
 import re
 import secrets
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -97,23 +95,7 @@ def test_a_rest_triggered_run_promotes_an_index_that_coco_ai_verify_verifies(e2e
     assert run.refs["workload"] == "rag_index"
     assert e2e_stack.resource(RunRefs.from_xcom(run.refs).grant.url_path()) is None
     # a third party with the owner's public key alone: coco-ai verify on the registry entry
-    verify = subprocess.run(
-        [
-            str(Path(sys.executable).with_name("coco-ai")),
-            "verify",
-            f"models:/{info.registered_index_name}@serving",
-            "--owner-key",
-            info.owner_public_key,
-            "--registry",
-            info.registry_uri,
-            "--json",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert verify.returncode == 0, verify.stdout + verify.stderr
-    verdict = json.loads(verify.stdout)
+    verdict = e2e_stack.third_party_verify(info.registered_index_name)
     assert verdict["verdict"] == "verified"
     assert verdict["checkpoint_uri"] == promoted["checkpoint_uri"]
 
