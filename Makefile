@@ -7,6 +7,9 @@ PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.coco-ai-installed
 # pytest's own flags can be added: make test PYTEST_ARGS="-k kbs"
 PYTEST_ARGS ?=
+# make test runs the suite on this many pytest-xdist workers (tests/conftest.py keeps a module's
+# tests, and every test on the shared e2e stack, on one worker); TEST_WORKERS=0: one process
+TEST_WORKERS ?= 2
 
 .PHONY: setup system-deps test test-fast lint bench demo demo-federated demo-stop clean
 
@@ -32,11 +35,11 @@ system-deps:
 
 ## test: setup + the whole suite (what CI runs)
 test: setup system-deps
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest -n $(TEST_WORKERS) $(PYTEST_ARGS)
 
 ## test-fast: everything except the slow tiers, for development
 test-fast: setup
-	$(PY) -m pytest -m "not slow and not e2e and not browser and not distributed and not faults" $(PYTEST_ARGS)
+	$(PY) -m pytest -n $(TEST_WORKERS) -m "not slow and not e2e and not browser and not distributed and not faults" $(PYTEST_ARGS)
 
 lint: setup
 	$(VENV)/bin/ruff check .

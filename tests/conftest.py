@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import tempfile
 from pathlib import Path
@@ -20,6 +21,46 @@ os.environ.setdefault("AIRFLOW__CORE__DAGS_FOLDER", str(REPO_ROOT / "dags"))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+# `make test` runs on two pytest-xdist workers. A work unit (what one worker runs, in order) is a
+# test module (its module-scoped stack starts once), except that every module on the shared e2e
+# stack is one unit (a second stack would cost ~100 s and its share of the two cores). The
+# heaviest tiers are collected first, so that their units start first and the short ones fill in.
+_HEAVY_FIRST = ("tests/distributed/", "tests/e2e/", "tests/federated/", "tests/faults/")
+
+
+def _module(nodeid: str) -> str:
+    return nodeid.split("::", 1)[0]
+
+
+@functools.cache
+def _on_the_e2e_stack(module: str) -> bool:
+    """Whether a test module uses the session's e2e stack (it names the `e2e_stack` fixture)."""
+    return module.startswith("tests/e2e/") and "e2e_stack" in (REPO_ROOT / module).read_text()
+
+
+def pytest_collection_modifyitems(config, items):
+    def tier(item) -> int:
+        module = _module(item.nodeid)
+        return next(
+            (i for i, t in enumerate(_HEAVY_FIRST) if module.startswith(t)), len(_HEAVY_FIRST)
+        )
+
+    items.sort(key=tier)  # stable: each module keeps its own order
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config, log):
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ModuleOrStackScheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            module = _module(nodeid)
+            return "e2e-stack" if _on_the_e2e_stack(module) else module
+
+    config.option.loadscopereorder = False  # keep the collection order: heaviest tiers first
+    return ModuleOrStackScheduling(config, log)
 
 
 @pytest.fixture(scope="session")
