@@ -34,7 +34,8 @@ The other sections:
   mapped read-only afresh each run, as the stream path maps it (file I/O on both sides). (a)
   also measures the page cache: a freshly written ciphertext file maps with smaller folios
   than the plaintext file (docs/architecture/checkpoint.md, "Measured"). "with digests" is
-  the product's encrypt (ciphertext BLAKE3, no plaintext digest), and, for decrypt, the
+  the product's encrypt (ciphertext BLAKE3, no plaintext digest; beside it the same with
+  SHA-256, manifest version 3's digest), and, for decrypt, the
   version-1/2 path (ciphertext and plaintext SHA-256; versions 3-5 decrypt without hashing);
 - verify without key (`verify_objects`: re-read every object from the store and BLAKE3 it,
   on every core) against `blake3` (same threads) over the same bytes in memory, and against
@@ -194,7 +195,8 @@ def _throughput(size: int, segment: int, repeat: int, workdir: Path) -> dict:
             file_aead.decrypt_into(nonce, whole[pos : pos + n + 16], seg_aad, back[:n])
             pos += n + 16
 
-    def fmt_encrypt(digests: bool = False) -> None:  # with digests: the product's (BLAKE3)
+    def fmt_encrypt(digests: bool = False, algorithm: str = "blake3") -> None:
+        """With digests: the product's (the ciphertext's BLAKE3), or manifest 3's SHA-256."""
         with open(plain_file, "rb") as f:
             encrypt_stream(
                 f,
@@ -205,6 +207,7 @@ def _throughput(size: int, segment: int, repeat: int, workdir: Path) -> dict:
                 segment_size=segment,
                 digests=digests,
                 plaintext_digest=False,
+                ciphertext_algorithm=algorithm,
             )
 
     def fmt_decrypt(digests: bool = False) -> None:  # with digests: versions 1 and 2 (SHA-256)
@@ -241,6 +244,7 @@ def _throughput(size: int, segment: int, repeat: int, workdir: Path) -> dict:
             ),
             "blob_decrypt": lambda: decrypt_blob(blob, kek=kek, aad_context={}),
             "stream_encrypt_with_digests": lambda: fmt_encrypt(True),
+            "stream_encrypt_with_sha256_digest": lambda: fmt_encrypt(True, "sha256"),
             "stream_decrypt_with_digests": lambda: fmt_decrypt(True),
             "sha256": lambda: hashlib.sha256(data).digest(),
             "blake3": lambda: blake3.blake3(data).digest(),
@@ -270,6 +274,13 @@ def _throughput(size: int, segment: int, repeat: int, workdir: Path) -> dict:
         "ratio_decrypt_blob_vs_raw_aes_gcm": _ratio(t, "raw_decrypt", "blob_decrypt"),
         "ratio_encrypt_with_digests_vs_raw_aes_gcm": _ratio(
             t, "raw_encrypt", "stream_encrypt_with_digests"
+        ),
+        # the same path hashing with SHA-256 (manifest version 3) instead of BLAKE3 (version 5)
+        "ratio_encrypt_with_blake3_vs_with_sha256": _ratio(
+            t, "stream_encrypt_with_sha256_digest", "stream_encrypt_with_digests"
+        ),
+        "ratio_encrypt_with_sha256_digest_vs_raw_aes_gcm": _ratio(
+            t, "raw_encrypt", "stream_encrypt_with_sha256_digest"
         ),
         # > 1: the cipher and the hash overlap (the serial sum of the two, one thread)
         "ratio_encrypt_with_digests_vs_aes_plus_blake3": _ratio(
