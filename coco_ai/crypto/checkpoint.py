@@ -53,7 +53,7 @@ CIPHERTEXT_ALGORITHM = CIPHERTEXT_ALGORITHM_OF_MANIFEST[MANIFEST_VERSION]
 
 # Files processed at once where each is hashed. One file's digest is one sequential stream, the
 # slowest stage of its pipeline: a second file is what puts the second core to work on a sharded
-# model. Without a hash (decrypting manifest version 3) a file's cipher and writer threads
+# model. Without a hash (decrypting manifest version 3 or later) a file's cipher and writer threads
 # already fill two cores, and a second file only adds contention (measured: more CPU, no gain).
 FILE_WORKERS = 2
 

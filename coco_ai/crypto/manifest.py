@@ -34,7 +34,7 @@ MANIFEST_FORMAT = "coco-ai/checkpoint-manifest"
 # checkpoint stays version 3, byte for byte.
 # Version 5 (written now, with or without documents) is version 3/4 with each file's keyless
 # ciphertext digest in BLAKE3-256 (``ciphertext_blake3``) instead of SHA-256: the digest every
-# encryption computes, at about twice SHA-256's speed per core (docs/formats/checkpoint.md §4).
+# encryption computes, two to four times as fast as SHA-256 on a core (formats/checkpoint.md §4).
 MANIFEST_VERSION = 5
 DOCUMENTS_MANIFEST_VERSION = 4
 READABLE_MANIFEST_VERSIONS = (1, 2, 3, 4, 5)

@@ -1,8 +1,8 @@
 """The keyless content digests objects are named and verified by: one constructor for all.
 
 SHA-256 names the objects of checkpoint manifests versions 1-4 (and every ``sha256:`` digest
-elsewhere); BLAKE3-256 those of manifest version 5, because it runs at about twice SHA-256's
-speed per core, fast enough to hash a checkpoint beside AES-GCM without slowing it
+elsewhere); BLAKE3-256 those of manifest version 5, because it runs at two to four times
+SHA-256's speed per core, fast enough to hash a checkpoint beside AES-GCM on another core
 (docs/formats/checkpoint.md §4). Both are 32 bytes (64 hex digits).
 """
 
@@ -13,8 +13,8 @@ from typing import Any
 
 import blake3
 
-#: algorithm name -> digest size in bytes
-HASH_ALGORITHMS = {"sha256": 32, "blake3": 32}
+#: the algorithms `new_hash` knows
+HASH_ALGORITHMS = ("sha256", "blake3")
 
 
 def new_hash(algorithm: str, *, threads: bool = False) -> Any:
