@@ -1,4 +1,4 @@
-"""Checkpoint format benchmark: throughput against raw AES-256-GCM / SHA-256, and peak memory.
+"""Checkpoint format benchmark: throughput against raw AES-256-GCM / BLAKE3, and peak memory.
 
 Prints one JSON document. Every ratio divides by a baseline measured in this same run.
 
@@ -18,7 +18,8 @@ Each variant writes a fresh output and starts from the same state, outside its t
 previous output removed and synced, a scratch file of the same size written and removed: no
 variant pays for another's writeback or freed memory); the order is reversed every other round.
 By default the outputs stay in the page cache (the CPU-bound figure: a raw AES-GCM loop then
-runs at memory speed and SHA-256, one core per file, is what the digests cost); `--durable`
+runs at memory speed and the ciphertext's BLAKE3 (manifest version 5), in its own thread beside
+the cipher, is what the digests cost); `--durable`
 ends every file-to-file variant with an fsync of what it wrote (the disk-bound figure, where
 the goal against a plain copy applies).
 `--headline-mib 4096` runs the headline on a 4 GiB model.
@@ -32,10 +33,13 @@ The other sections:
   decrypt: the file `encrypt_stream` wrote, opened with its own data key, nonces and AADs),
   mapped read-only afresh each run, as the stream path maps it (file I/O on both sides). (a)
   also measures the page cache: a freshly written ciphertext file maps with smaller folios
-  than the plaintext file (docs/architecture/checkpoint.md, "Measured");
-- verify without key (`verify_objects`: re-read every object from the store and SHA-256 it)
-  against plain `hashlib.sha256` over the same bytes in memory, and against hashing the same
-  file read in the same chunks;
+  than the plaintext file (docs/architecture/checkpoint.md, "Measured"). "with digests" is
+  the product's encrypt (ciphertext BLAKE3, no plaintext digest; beside it the same with
+  SHA-256, manifest version 3's digest), and, for decrypt, the
+  version-1/2 path (ciphertext and plaintext SHA-256; versions 3-5 decrypt without hashing);
+- verify without key (`verify_objects`: re-read every object from the store and BLAKE3 it,
+  on every core) against `blake3` (same threads) over the same bytes in memory, and against
+  hashing the same file read in the same chunks;
 - peak memory: `encrypt_checkpoint`, keyless verification, `decrypt_checkpoint` and (up to
   1 GiB, or `--s3-memory-max-mib 4096`) `encrypt_checkpoint_to_store` into S3 of a 4-shard
   sparse model of 64 MiB, 1 GiB and 4 GiB, each in a fresh subprocess, peak RSS minus the
@@ -107,6 +111,7 @@ def _mb_per_s(size: int, times: dict[str, list[float]]) -> dict[str, float]:
 
 
 def _throughput(size: int, segment: int, repeat: int, workdir: Path) -> dict:
+    import blake3
     from cryptography.hazmat.primitives.ciphers.aead import AESGCM
     from cryptography.hazmat.primitives.keywrap import aes_key_unwrap
 
@@ -190,7 +195,8 @@ def _throughput(size: int, segment: int, repeat: int, workdir: Path) -> dict:
             file_aead.decrypt_into(nonce, whole[pos : pos + n + 16], seg_aad, back[:n])
             pos += n + 16
 
-    def fmt_encrypt(digests: bool = False) -> None:
+    def fmt_encrypt(digests: bool = False, algorithm: str = "blake3") -> None:
+        """With digests: the product's (the ciphertext's BLAKE3), or manifest 3's SHA-256."""
         with open(plain_file, "rb") as f:
             encrypt_stream(
                 f,
@@ -200,11 +206,16 @@ def _throughput(size: int, segment: int, repeat: int, workdir: Path) -> dict:
                 context=CTX,
                 segment_size=segment,
                 digests=digests,
+                plaintext_digest=False,
+                ciphertext_algorithm=algorithm,
             )
 
-    def fmt_decrypt(digests: bool = False) -> None:
+    def fmt_decrypt(digests: bool = False) -> None:  # with digests: versions 1 and 2 (SHA-256)
         with open(ct_file, "rb") as f:
-            decrypt_stream(f, _Sink(), kek=kek, expected_context=CTX, digests=digests)
+            decrypt_stream(
+                f, _Sink(), kek=kek, expected_context=CTX, digests=digests,
+                ciphertext_algorithm="sha256",
+            )  # fmt: skip
 
     def bytesio_encrypt() -> None:  # a non-file stream: one copy per segment (readinto)
         encrypt_stream(
@@ -233,15 +244,17 @@ def _throughput(size: int, segment: int, repeat: int, workdir: Path) -> dict:
             ),
             "blob_decrypt": lambda: decrypt_blob(blob, kek=kek, aad_context={}),
             "stream_encrypt_with_digests": lambda: fmt_encrypt(True),
+            "stream_encrypt_with_sha256_digest": lambda: fmt_encrypt(True, "sha256"),
             "stream_decrypt_with_digests": lambda: fmt_decrypt(True),
             "sha256": lambda: hashlib.sha256(data).digest(),
+            "blake3": lambda: blake3.blake3(data).digest(),
         },
         repeat,
     )
     plain_file.unlink()
     ct_file.unlink()
-    t["raw_encrypt_plus_2_sha256"] = [
-        a + 2 * h for a, h in zip(t["raw_encrypt"], t["sha256"], strict=True)
+    t["raw_encrypt_plus_blake3"] = [
+        a + h for a, h in zip(t["raw_encrypt"], t["blake3"], strict=True)
     ]
     return {
         "bytes": size,
@@ -262,8 +275,16 @@ def _throughput(size: int, segment: int, repeat: int, workdir: Path) -> dict:
         "ratio_encrypt_with_digests_vs_raw_aes_gcm": _ratio(
             t, "raw_encrypt", "stream_encrypt_with_digests"
         ),
-        "ratio_encrypt_with_digests_vs_aes_plus_2_sha256": _ratio(
-            t, "raw_encrypt_plus_2_sha256", "stream_encrypt_with_digests"
+        # the same path hashing with SHA-256 (manifest version 3) instead of BLAKE3 (version 5)
+        "ratio_encrypt_with_blake3_vs_with_sha256": _ratio(
+            t, "stream_encrypt_with_sha256_digest", "stream_encrypt_with_digests"
+        ),
+        "ratio_encrypt_with_sha256_digest_vs_raw_aes_gcm": _ratio(
+            t, "raw_encrypt", "stream_encrypt_with_sha256_digest"
+        ),
+        # > 1: the cipher and the hash overlap (the serial sum of the two, one thread)
+        "ratio_encrypt_with_digests_vs_aes_plus_blake3": _ratio(
+            t, "raw_encrypt_plus_blake3", "stream_encrypt_with_digests"
         ),
     }
 
@@ -272,6 +293,7 @@ def _verify_throughput(size: int, workdir: Path, repeat: int) -> dict:
     from coco_ai.crypto.checkpoint import encrypt_checkpoint
     from coco_ai.crypto.transfer import read_manifest, verify_objects
     from coco_ai.storage import open_store
+    from coco_ai.storage.hashing import new_hash
 
     src = workdir / "verify-src"
     src.mkdir()
@@ -282,20 +304,21 @@ def _verify_throughput(size: int, workdir: Path, repeat: int) -> dict:
     store = open_store(str(ckpt))
     manifest, _ = read_manifest(store)
     (obj,) = (ckpt / "objects").iterdir()
-    data = obj.read_bytes()  # same bytes, in memory, for the plain SHA-256 baseline
+    data = obj.read_bytes()  # same bytes, in memory, for the plain BLAKE3 baseline
 
-    def file_sha256() -> None:
+    def file_blake3() -> None:
         with open(obj, "rb") as f:
-            h, buf = hashlib.sha256(), memoryview(bytearray(8 * MIB))
+            h, buf = new_hash("blake3", threads=True), memoryview(bytearray(8 * MIB))
             while n := f.readinto(buf):
                 h.update(buf[:n])
 
+    def mem_blake3() -> None:
+        h = new_hash("blake3", threads=True)
+        h.update(data)
+        h.digest()
+
     t = _rounds(
-        {
-            "verify": lambda: verify_objects(store, manifest),
-            "mem": lambda: hashlib.sha256(data).digest(),
-            "file": file_sha256,
-        },
+        {"verify": lambda: verify_objects(store, manifest), "mem": mem_blake3, "file": file_blake3},
         repeat,
     )
     shutil.rmtree(ckpt)
@@ -306,11 +329,11 @@ def _verify_throughput(size: int, workdir: Path, repeat: int) -> dict:
         "rounds": repeat,
         "MB_per_s": {
             "verify_without_key": mbps["verify"],
-            "sha256_in_memory": mbps["mem"],
-            "sha256_of_file": mbps["file"],
+            "blake3_in_memory": mbps["mem"],
+            "blake3_of_file": mbps["file"],
         },
-        "ratio_verify_vs_sha256_in_memory": _ratio(t, "mem", "verify"),
-        "ratio_verify_vs_sha256_of_file": _ratio(t, "file", "verify"),
+        "ratio_verify_vs_blake3_in_memory": _ratio(t, "mem", "verify"),
+        "ratio_verify_vs_blake3_of_file": _ratio(t, "file", "verify"),
     }
 
 

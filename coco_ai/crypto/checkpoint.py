@@ -6,11 +6,13 @@ file succeeded, so a failure (bad input, wrong key, tampering, crash) leaves not
 segments are encrypted); there every object appears only complete and verified, and the
 manifest, written last, is the commit point.
 
-New checkpoints have manifest version 3 over files of format 2: each entry lists the file's
-ciphertext size and SHA-256 (what keyless verification and content addressing use) and its
-header SHA-256 (what decryption checks: the segments are bound to the header and authenticated
-under its committed key, so the whole ciphertext is not hashed again). Version 1 (plaintext
-SHA-256s) and version 2 checkpoints still verify and decrypt, hashing the ciphertext as before.
+New checkpoints have manifest version 5 over files of format 2: each entry lists the file's
+ciphertext size and BLAKE3-256 (what keyless verification and content addressing use; hashed
+in its own thread while AES-GCM seals the next segment) and its header SHA-256 (what decryption
+checks: the segments are bound to the header and authenticated under its committed key, so the
+whole ciphertext is not hashed again). Versions 3 and 4 (ciphertext SHA-256) decrypt the same
+way; version 1 (plaintext SHA-256s) and version 2 checkpoints still verify and decrypt, hashing
+the ciphertext as before.
 """
 
 from __future__ import annotations
@@ -26,7 +28,9 @@ from typing import Any, BinaryIO
 
 from coco_ai.crypto.errors import IntegrityError
 from coco_ai.crypto.manifest import (
+    CIPHERTEXT_ALGORITHM_OF_MANIFEST,
     MANIFEST_FILE,
+    MANIFEST_VERSION,
     OBJECTS_DIR,
     FileEntry,
     Manifest,
@@ -44,9 +48,12 @@ from coco_ai.crypto.transfer import check_object_set, read_manifest
 from coco_ai.storage import open_store
 from coco_ai.storage.store import ProgressCallback
 
-# Files processed at once where each is hashed. One file's SHA-256 is one sequential stream, the
+#: the keyless ciphertext digest of what is written now
+CIPHERTEXT_ALGORITHM = CIPHERTEXT_ALGORITHM_OF_MANIFEST[MANIFEST_VERSION]
+
+# Files processed at once where each is hashed. One file's digest is one sequential stream, the
 # slowest stage of its pipeline: a second file is what puts the second core to work on a sharded
-# model. Without a hash (decrypting manifest version 3) a file's cipher and writer threads
+# model. Without a hash (decrypting manifest version 3 or later) a file's cipher and writer threads
 # already fill two cores, and a second file only adds contention (measured: more CPU, no gain).
 FILE_WORKERS = 2
 
@@ -142,8 +149,9 @@ def encrypt_checkpoint(
                     context=file_context(run_id, checkpoint_id, rel),
                     segment_size=segment_size,
                     plaintext_digest=False,
+                    ciphertext_algorithm=CIPHERTEXT_ALGORITHM,
                 )
-            os.rename(tmp, staging / OBJECTS_DIR / r.ciphertext_sha256)
+            os.rename(tmp, staging / OBJECTS_DIR / r.ciphertext_digest)
             return _entry(rel, r, segment_size)
 
         entries = _for_each(encrypt_one, _largest_first(src, files))
@@ -157,14 +165,17 @@ def encrypt_checkpoint(
 
 
 def _entry(rel: str, r: Any, segment_size: int) -> FileEntry:
+    """The manifest entry (version 5) of a file `encrypt_stream`/`encrypt_to_writer` wrote."""
+    assert r.ciphertext_algorithm == CIPHERTEXT_ALGORITHM
     return FileEntry(
         path=rel,
         size=r.plaintext_size,
         sha256=None,
         ciphertext_size=r.ciphertext_size,
-        ciphertext_sha256=r.ciphertext_sha256,
+        ciphertext_sha256=None,
         segment_size=segment_size,
         header_sha256=r.header_sha256,
+        ciphertext_blake3=r.ciphertext_digest,
     )
 
 
@@ -202,7 +213,7 @@ def encrypt_checkpoint_to_store(
     """Encrypt every file of `src_dir` straight into the store at `dest_uri` (no local copy of
     the ciphertext); same files, keys and bindings as `encrypt_checkpoint`.
 
-    Each object is committed only complete and with the SHA-256 it is named by (see
+    Each object is committed only complete and with the BLAKE3 digest it is named by (see
     `encrypt_to_writer`); with `write_manifest` the unsigned manifest follows, last. A signing
     workload passes `write_manifest=False`, then `sign_manifest(manifest, key, token,
     dst_dir=dest_uri)` writes token, signature and manifest (manifest last). A failed try leaves
@@ -225,10 +236,11 @@ def encrypt_checkpoint_to_store(
             r = encrypt_to_writer(
                 f,
                 # verified by encrypt_to_writer (segment tags of both passes), not hashed again
-                lambda size, sha256: store.open_writer(
-                    f"{OBJECTS_DIR}/{sha256}",
+                lambda size, digest: store.open_writer(
+                    f"{OBJECTS_DIR}/{digest}",
                     size,
-                    sha256=sha256,
+                    digest=digest,
+                    algorithm=CIPHERTEXT_ALGORITHM,
                     on_progress=on_progress,
                     hash_check=False,
                 ),
@@ -236,6 +248,7 @@ def encrypt_checkpoint_to_store(
                 key_uri=key_uri,
                 context=file_context(run_id, checkpoint_id, rel),
                 segment_size=segment_size,
+                ciphertext_algorithm=CIPHERTEXT_ALGORITHM,
             )
         return _entry(rel, r, segment_size)
 
@@ -253,7 +266,7 @@ def decrypt_entry(
 ):
     """Decrypt the object of `entry` from `src` to `dst` and check it against the manifest:
     authenticated, bound to this run, checkpoint and path, of the manifest's file format
-    version, sizes as listed; in manifest version 3 the header SHA-256 as listed (checked
+    version, sizes as listed; from manifest version 3 on the header SHA-256 as listed (checked
     first; every segment is bound to that header and authenticated under its committed key),
     in versions 1 and 2 the ciphertext SHA-256 (and the plaintext SHA-256 in version 1)."""
     by_header = entry.header_sha256 is not None
@@ -267,11 +280,12 @@ def decrypt_entry(
         plaintext_digest=entry.sha256 is not None,
         expected_version=manifest.file_format_version,
         expected_header_sha256=entry.header_sha256,
+        ciphertext_algorithm=entry.ciphertext_algorithm,
     )
     got = (r.plaintext_size, r.ciphertext_size, r.plaintext_sha256 or None)
     want = (entry.size, entry.ciphertext_size, entry.sha256)
     if not by_header:
-        got, want = (*got, r.ciphertext_sha256), (*want, entry.ciphertext_sha256)
+        got, want = (*got, r.ciphertext_digest), (*want, entry.ciphertext_digest)
     if got != want:
         raise IntegrityError(f"{entry.path}: sizes or digests differ from the manifest")
     return r

@@ -18,13 +18,15 @@ from elsewhere fail too. The header tag (GCM over the header, with a nonce no se
 authenticates the header itself before any segment is read. Version 2 adds a key commitment
 (HMAC-SHA256 of a fixed label under the data key), checked before anything is decrypted: GCM alone
 does not commit to its key, the commitment makes the ciphertext bytes identify the plaintext, so
-the signed ciphertext SHA-256 in the manifest is the file's identity and no plaintext digest is
-needed (docs/formats/checkpoint.md §2). Readers accept versions 1 and 2; writers write 2.
+the signed ciphertext digest in the manifest (BLAKE3-256 from manifest version 5, SHA-256 before)
+is the file's identity and no plaintext digest is needed (docs/formats/checkpoint.md §2). Readers
+accept versions 1 and 2; writers write 2.
 
 Throughput: AES-GCM runs in the calling thread; hashing and writing each run in their own thread
 on the segments already sealed (`_Pipeline`), so with SHA-256 and the disk on other cores the
-file moves at the speed of its slowest stage instead of the sum of all of them. The primitives
-(`cryptography`'s AEAD, `hashlib`, file writes) release the GIL.
+file moves at the speed of its slowest stage instead of the sum of all of them: AES-GCM of
+segment i+1 overlaps the hashing of segment i. The primitives
+(`cryptography`'s AEAD, `hashlib`, `blake3`, file writes) release the GIL.
 
 Memory is constant: a few preallocated output buffers of one segment each (`_slot_count`), reused
 with `AESGCM.encrypt_into` / `decrypt_into`; input comes from a read-only map of the file (no copy)
@@ -61,6 +63,7 @@ from coco_ai.crypto.errors import (
     TruncatedError,
 )
 from coco_ai.kbs.wire import canonical_json, parse_resource_uri
+from coco_ai.storage.hashing import new_hash
 from coco_ai.storage.views import read_views
 
 MAGIC = b"COCOAI"
@@ -126,15 +129,17 @@ class FileHeader:
 
 @dataclass(frozen=True)
 class StreamResult:
-    """Sizes and SHA-256 digests (hex) of what was streamed; a digest is empty when it was not
-    computed (`digests=False`, or `plaintext_digest=False` for the plaintext one). The header's
-    digest costs nothing (every segment's AAD holds it) and is always there."""
+    """Sizes and digests (hex) of what was streamed: the plaintext's SHA-256, the ciphertext's
+    (header included) in `ciphertext_algorithm`; a digest is empty when it was not computed
+    (`digests=False`, or `plaintext_digest=False` for the plaintext one). The header's SHA-256
+    costs nothing (every segment's AAD holds it) and is always there."""
 
     plaintext_size: int
     ciphertext_size: int
     plaintext_sha256: str
-    ciphertext_sha256: str
+    ciphertext_digest: str
     header_sha256: str = ""
+    ciphertext_algorithm: str = "blake3"
 
 
 def segment_count(plaintext_size: int, segment_size: int) -> int:
@@ -453,19 +458,23 @@ def encrypt_stream(
     plaintext_size: int | None = None,
     digests: bool = True,
     plaintext_digest: bool = True,
+    ciphertext_algorithm: str = "blake3",
 ) -> StreamResult:
     """Encrypt everything left in `src` to `dst` under a fresh data key wrapped by `kek`.
 
     `src` must be seekable or `plaintext_size` given: the size is authenticated in the header so
     truncation and extension are detected exactly. `context` is bound into every segment.
-    With `digests`, the ciphertext SHA-256 (header included) and, unless `plaintext_digest` is
-    False, the plaintext SHA-256 are computed, each in its own thread beside the cipher.
+    With `digests`, the ciphertext digest in `ciphertext_algorithm` (header included) and,
+    unless `plaintext_digest` is False, the plaintext SHA-256 are computed, each in its own
+    thread beside the cipher.
     """
     if plaintext_size is None:
         plaintext_size = _stream_size(src)
+    ct_hash = new_hash(ciphertext_algorithm) if digests else None
     aead, prefix, header = _new_file(kek, key_uri, context, segment_size, plaintext_size)
     pt_hash = hashlib.sha256() if digests and plaintext_digest else None
-    ct_hash = hashlib.sha256(header) if digests else None
+    if ct_hash is not None:
+        ct_hash.update(header)
     dst.write(header)
     consumers = [_writer(dst)]
     if ct_hash is not None:
@@ -478,8 +487,9 @@ def encrypt_stream(
         plaintext_size=plaintext_size,
         ciphertext_size=len(header) + plaintext_size + TAG_SIZE * count,
         plaintext_sha256=pt_hash.hexdigest() if pt_hash else "",
-        ciphertext_sha256=ct_hash.hexdigest() if ct_hash else "",
+        ciphertext_digest=ct_hash.hexdigest() if ct_hash else "",
         header_sha256=hashlib.sha256(header).hexdigest(),
+        ciphertext_algorithm=ciphertext_algorithm,
     )
 
 
@@ -491,13 +501,14 @@ def encrypt_to_writer(
     key_uri: str,
     context: Mapping[str, Any],
     segment_size: int = DEFAULT_SEGMENT_SIZE,
+    ciphertext_algorithm: str = "blake3",
 ) -> StreamResult:
-    """Encrypt the seekable `src` into a destination named by the ciphertext's own SHA-256,
-    without staging the ciphertext anywhere.
+    """Encrypt the seekable `src` into a destination named by the ciphertext's own digest (in
+    `ciphertext_algorithm`), without staging the ciphertext anywhere.
 
     Two passes under one data key and nonce prefix, so both give the same bytes: the first
     hashes the ciphertext (its digest names the object) and keeps every segment's GCM tag; the
-    second streams the ciphertext into `open_writer(ciphertext_size, ciphertext_sha256)` (an
+    second streams the ciphertext into `open_writer(ciphertext_size, ciphertext_digest)` (an
     `ObjectWriter`-like object: `write`, `commit`, context manager aborting on error) and
     commits only if every segment's tag is the one of the first pass. A tag is a MAC of the
     segment under the secret data key, so a source that changed between the passes is caught
@@ -506,8 +517,9 @@ def encrypt_to_writer(
     later segments. The plaintext digest is not computed (format version 2 does not need it)."""
     origin = src.tell()
     plaintext_size = _stream_size(src)
+    ct_hash = new_hash(ciphertext_algorithm)
     aead, prefix, header = _new_file(kek, key_uri, context, segment_size, plaintext_size)
-    ct_hash = hashlib.sha256(header)
+    ct_hash.update(header)
     tags: list[bytes] = []
     _seal_segments(
         src,
@@ -535,7 +547,9 @@ def encrypt_to_writer(
             src, aead, prefix, header, plaintext_size, segment_size, [write_checked], slots=2
         )
         writer.commit()
-    return StreamResult(plaintext_size, size, "", digest, hashlib.sha256(header).hexdigest())
+    return StreamResult(
+        plaintext_size, size, "", digest, hashlib.sha256(header).hexdigest(), ciphertext_algorithm
+    )
 
 
 def open_header(
@@ -589,6 +603,7 @@ def decrypt_stream(
     plaintext_digest: bool = True,
     expected_version: int | None = None,
     expected_header_sha256: str | None = None,
+    ciphertext_algorithm: str = "blake3",
 ) -> StreamResult:
     """Decrypt one encrypted file (format version 1 or 2) from `src` to `dst`, authenticating
     every segment.
@@ -596,11 +611,13 @@ def decrypt_stream(
     Writes only authenticated plaintext, but a failure can leave a prefix in `dst`: callers
     write to a temporary and discard it on error (the checkpoint functions do).
     `expected_context=None` skips the context check (only for tools that display headers).
-    With `digests` the ciphertext SHA-256 and (unless `plaintext_digest` is False) the
-    plaintext SHA-256 are computed, each in its own thread beside the cipher.
+    With `digests` the ciphertext digest in `ciphertext_algorithm` and (unless
+    `plaintext_digest` is False) the plaintext SHA-256 are computed, each in its own thread
+    beside the cipher.
     `expected_version` refuses a file of another format version (the manifest's);
     `expected_header_sha256` a file whose header is not that one, before any key is used.
     """
+    ct_hash = new_hash(ciphertext_algorithm) if digests else None
     header = read_header(src)
     if expected_version is not None and header.version != expected_version:
         raise HeaderError(
@@ -625,9 +642,9 @@ def decrypt_stream(
             raise TrailingDataError(f"{left - body} bytes after the final segment")
     seg = header.segment_size
     pt_hash = hashlib.sha256() if digests and plaintext_digest else None
-    ct_hash = hashlib.sha256(header.raw) if digests else None
     consumers = [_writer(dst)]
     if ct_hash is not None:
+        ct_hash.update(header.raw)
         consumers.append(_hasher(ct_hash, of_output=False))  # the ciphertext is the input
     if pt_hash is not None:
         consumers.append(_hasher(pt_hash, of_output=True))
@@ -669,8 +686,9 @@ def decrypt_stream(
         plaintext_size=header.plaintext_size,
         ciphertext_size=header.ciphertext_size,
         plaintext_sha256=pt_hash.hexdigest() if pt_hash else "",
-        ciphertext_sha256=ct_hash.hexdigest() if ct_hash else "",
+        ciphertext_digest=ct_hash.hexdigest() if ct_hash else "",
         header_sha256=header_digest.hex(),
+        ciphertext_algorithm=ciphertext_algorithm,
     )
 
 

@@ -3,7 +3,8 @@ last) and keyless verification at a location. Builds on `coco_ai.storage` (the s
 the manifest and its signature verification (`coco_ai.crypto.manifest`, `.verify`).
 
 A checkpoint is complete at a location exactly when `manifest.json` is there; it is written
-after every object has been uploaded and re-read from the store with the right SHA-256, and
+after every object has been uploaded and re-read from the store with the right digest (each
+entry's: BLAKE3-256 in manifest version 5, SHA-256 before), and
 after the token and signature. A crash at any point before leaves no manifest: readers see an
 incomplete checkpoint, and a retry of the same transfer skips verified objects, resumes the
 interrupted one (S3 multipart parts or the local `.uploads/` prefix) and finishes.
@@ -22,6 +23,7 @@ from coco_ai.crypto.manifest import (
     PUBLIC_FILES,
     SIGNATURE_FILE,
     TOKEN_FILE,
+    FileEntry,
     Manifest,
 )
 from coco_ai.crypto.verify import VerificationPolicy, VerifiedCheckpoint, verify_signed_manifest
@@ -63,21 +65,40 @@ def check_object_set(store: Store, manifest: Manifest) -> None:
         raise IntegrityError(f"extra file(s) not in the manifest at {store.uri}: {extra}")
 
 
-def verify_objects(store: Store, manifest: Manifest) -> None:
-    """Re-read every object and compare size and SHA-256 with the manifest (no key needed)."""
+def verify_objects(store: Store, manifest: Manifest, *, sha256s: bool = False) -> dict[str, str]:
+    """Re-read every object and compare size and digest with the manifest (no key needed).
+
+    With `sha256s` the same read also gives each object's ``sha256:<hex>`` (returned by object
+    name, else {}): what model signing hashes, so promotion can require that the bytes it signs
+    are the bytes verified here, whichever digest the manifest lists."""
     check_object_set(store, manifest)
+    seen: dict[str, str] = {}
     for e in manifest.files:
         size = store.size(e.object_name)
         if size != e.ciphertext_size:
             raise IntegrityError(
                 f"{e.path}: ciphertext is {size} bytes, manifest says {e.ciphertext_size}"
             )
-        if store.sha256(e.object_name) != e.ciphertext_sha256:
-            raise IntegrityError(f"{e.path}: ciphertext SHA-256 differs from the manifest")
+        algorithm = e.ciphertext_algorithm
+        digests = store.digests(
+            e.object_name, tuple({algorithm, "sha256"} if sha256s else {algorithm})
+        )
+        if digests[algorithm] != e.ciphertext_digest:
+            raise IntegrityError(
+                f"{e.path}: ciphertext {algorithm} digest differs from the manifest"
+            )
+        if sha256s:
+            seen[e.object_name] = "sha256:" + digests["sha256"]
+    return seen
 
 
-def _object_ok(store: Store, name: str, size: int, sha256: str) -> bool:
-    return store.exists(name) and store.size(name) == size and store.sha256(name) == sha256
+def _object_ok(store: Store, e: FileEntry) -> bool:
+    name = e.object_name
+    return (
+        store.exists(name)
+        and store.size(name) == e.ciphertext_size
+        and store.digest(name, e.ciphertext_algorithm) == e.ciphertext_digest
+    )
 
 
 def copy_checkpoint(
@@ -121,18 +142,23 @@ def copy_checkpoint(
         return manifest
     for e in manifest.files:
         name = e.object_name
-        if _object_ok(dst, name, e.ciphertext_size, e.ciphertext_sha256):
+        if _object_ok(dst, e):
             if on_progress:
                 on_progress(ProgressEvent(OBJECT_SKIPPED, name, 0, e.ciphertext_size))
             continue
         try:
             with src.open(name) as f:
                 dst.put_stream(
-                    name, f, e.ciphertext_size, sha256=e.ciphertext_sha256, on_progress=on_progress
+                    name,
+                    f,
+                    e.ciphertext_size,
+                    digest=e.ciphertext_digest,
+                    algorithm=e.ciphertext_algorithm,
+                    on_progress=on_progress,
                 )
         except ObjectIntegrityError as exc:
             raise IntegrityError(f"{e.path}: {exc}") from None
-        if dst.sha256(name) != e.ciphertext_sha256:
+        if dst.digest(name, e.ciphertext_algorithm) != e.ciphertext_digest:
             dst.delete(name)
             raise IntegrityError(f"{e.path}: the store returned other bytes than were uploaded")
         if on_progress:

@@ -408,8 +408,11 @@ def verify_for_promotion(
         raise PromotionRefused([_label(exc)]) from None
 
     reasons = []
+    # each object's SHA-256 from the verifying read: model signing hashes SHA-256 whatever
+    # digest the manifest lists (BLAKE3 from version 5), and must sign exactly these bytes
+    object_sha256s: dict[str, str] = {}
     try:
-        verify_objects(store, manifest)
+        object_sha256s = verify_objects(store, manifest, sha256s=True)
     except (CheckpointError, OSError) as exc:
         reasons.append(_label(exc))
     config_text = _read_text(store, CONFIG_FILE)
@@ -450,7 +453,7 @@ def verify_for_promotion(
         raise PromotionRefused(reasons or ["promotion policy did not allow the checkpoint"])
 
     assert signature is not None and token is not None  # verify_signed_manifest checked both
-    files = {f.object_name: "sha256:" + f.ciphertext_sha256 for f in manifest.files}
+    files = dict(object_sha256s)
     files[MANIFEST_FILE] = manifest.digest()
     files[SIGNATURE_FILE] = _sha256(signature.encode())
     files[TOKEN_FILE] = _sha256(token.encode())

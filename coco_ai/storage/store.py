@@ -9,11 +9,12 @@ atomic per object: an object is either absent or complete, never partial, on eve
   (`ListMultipartUploads`) and completes, reusing every part whose ETag (MD5) and size match;
 - other fsspec protocols: temporary object, then move.
 
-Each `put_stream` hashes what it reads and refuses to commit if the SHA-256 differs from the
-expected one; callers then re-read the committed object (`sha256`) to verify the store.
+Each `put_stream` hashes what it reads and refuses to commit if the digest (SHA-256 by default,
+or BLAKE3: `coco_ai.storage.hashing`) differs from the expected one; callers then re-read the
+committed object (`digest`) to verify the store.
 
 `open_writer` is the push-style counterpart for bytes produced on the fly (encryption straight
-into a store): the same atomicity and SHA-256 check, no resume (the producer cannot replay), and
+into a store): the same atomicity and digest check, no resume (the producer cannot replay), and
 on S3 each part is sent by a background thread while the next one is being filled.
 """
 
@@ -34,6 +35,7 @@ from urllib.parse import urlsplit
 import fsspec
 
 from coco_ai.storage.errors import ObjectIntegrityError
+from coco_ai.storage.hashing import new_hash
 from coco_ai.storage.views import read_views
 
 CHUNK_SIZE = 8 * 1024 * 1024
@@ -110,16 +112,22 @@ class Store:
                 out.append(f"{prefix}/{posixpath.basename(info['name'].rstrip('/'))}")
         return sorted(out)
 
-    def sha256(self, name: str) -> str:
-        """SHA-256 (hex) of the stored object, re-read from the store in bounded chunks."""
-        h = hashlib.sha256()
+    def digest(self, name: str, algorithm: str = "sha256") -> str:
+        """The digest (hex) of the stored object in `algorithm`, re-read from the store in
+        bounded chunks."""
+        return self.digests(name, (algorithm,))[algorithm]
+
+    def digests(self, name: str, algorithms: tuple[str, ...]) -> dict[str, str]:
+        """The object's digest in each of `algorithms` (hex), from one read of its bytes."""
+        hashes = {a: new_hash(a, threads=True) for a in algorithms}
         buf = memoryview(bytearray(CHUNK_SIZE))
         with self.open(name) as f:
             for view in read_views(f, itertools.repeat(CHUNK_SIZE), buf):
-                h.update(view)
+                for h in hashes.values():
+                    h.update(view)
                 if len(view) < CHUNK_SIZE:
                     break
-        return h.hexdigest()
+        return {a: h.hexdigest() for a, h in hashes.items()}
 
     # --- writes ------------------------------------------------------------------------------
 
@@ -136,19 +144,21 @@ class Store:
         src: BinaryIO,
         size: int,
         *,
-        sha256: str,
+        digest: str,
+        algorithm: str = "sha256",
         on_progress: ProgressCallback | None = None,
     ) -> None:
-        """Write `size` bytes from the seekable `src` to `name`, committing only if they hash
-        to `sha256`. Resumes an earlier interrupted write of the same name where it can."""
+        """Write `size` bytes from the seekable `src` to `name`, committing only if their
+        `algorithm` digest is `digest`. Resumes an earlier interrupted write of the same name
+        where it can."""
         staging = self._path(f"{UPLOADS_DIR}/{name}")
         self._fs.makedirs(posixpath.dirname(staging), exist_ok=True)
-        h = hashlib.sha256()
+        h = new_hash(algorithm, threads=True)
         with self._fs.open(staging, "wb") as out:
             _copy_hashing(src, out, size, h, name, on_progress)
-        if h.hexdigest() != sha256:
+        if h.hexdigest() != digest:
             self._fs.rm(staging)
-            raise ObjectIntegrityError(f"{name}: source bytes do not hash to the expected SHA-256")
+            raise _digest_mismatch(name, algorithm)
         self._fs.mv(staging, self._path(name))
 
     def delete(self, name: str) -> None:
@@ -181,15 +191,17 @@ class Store:
         name: str,
         size: int,
         *,
-        sha256: str,
+        digest: str,
+        algorithm: str = "sha256",
         on_progress: ProgressCallback | None = None,
         hash_check: bool = True,
     ) -> ObjectWriter:
         """A writer for exactly `size` bytes pushed with `write`; `commit` makes `name` appear
-        only if they hash to `sha256`, `abort` (or leaving a `with` block by an exception)
-        leaves nothing. Memory stays bounded whatever the size. `hash_check=False` skips the
-        SHA-256 (only for a producer that proves its bytes otherwise, as `encrypt_to_writer`
-        does with the segment tags of its two passes)."""
+        only if their `algorithm` digest is `digest`, `abort` (or leaving a `with` block by an
+        exception) leaves nothing. Memory stays bounded whatever the size. `hash_check=False`
+        skips the digest (only for a producer that proves its bytes otherwise, as
+        `encrypt_to_writer` does with the segment tags of its two passes)."""
+        expected = _check(digest, algorithm, hash_check)
         staging = self._path(f"{UPLOADS_DIR}/{name}.{os.urandom(6).hex()}")
         self._fs.makedirs(posixpath.dirname(staging), exist_ok=True)
         f = self._fs.open(staging, "wb")
@@ -201,33 +213,32 @@ class Store:
             elif self._fs.exists(staging):
                 self._fs.rm(staging)
 
-        return ObjectWriter(
-            name, size, sha256 if hash_check else None, f.write, finish, on_progress
-        )
+        return ObjectWriter(name, size, expected, f.write, finish, on_progress)
 
 
 class ObjectWriter:
     """Push-style atomic write of one object: `write` the bytes, then `commit` or `abort`.
 
-    `commit` refuses (and aborts) unless exactly `size` bytes were written, hashing to `sha256`
-    unless that is None (the producer vouches). `write` is called from one thread at a time."""
+    `commit` refuses (and aborts) unless exactly `size` bytes were written, with the digest
+    `expected` = (algorithm, hex) unless that is None (the producer vouches). `write` is called
+    from one thread at a time."""
 
     def __init__(
         self,
         name: str,
         size: int,
-        sha256: str | None,
+        expected: tuple[str, str] | None,
         sink: Callable[[Any], Any],
         finish: Callable[[bool], None],
         on_progress: ProgressCallback | None,
     ) -> None:
         self.name = name
         self.size = size
-        self._sha256 = sha256
+        self._expected = expected
         self._sink = sink
         self._finish = finish
         self._on_progress = on_progress
-        self._hash = hashlib.sha256() if sha256 is not None else None
+        self._hash = new_hash(expected[0]) if expected is not None else None
         self._written = 0
         self._done = False
 
@@ -250,11 +261,9 @@ class ObjectWriter:
             raise ObjectIntegrityError(
                 f"{self.name}: {self._written} bytes written, {self.size} declared"
             )
-        if self._hash is not None and self._hash.hexdigest() != self._sha256:
+        if self._expected is not None and self._hash.hexdigest() != self._expected[1]:
             self.abort()
-            raise ObjectIntegrityError(
-                f"{self.name}: bytes written do not hash to the expected SHA-256"
-            )
+            raise _digest_mismatch(self.name, self._expected[0], "bytes written")
         self._done = True
         self._finish(True)
         if self._on_progress:
@@ -271,6 +280,16 @@ class ObjectWriter:
     def __exit__(self, exc_type: Any, *_: Any) -> None:
         if exc_type is not None:
             self.abort()
+
+
+def _check(digest: str, algorithm: str, hash_check: bool) -> tuple[str, str] | None:
+    """What an ObjectWriter checks at commit: (algorithm, digest), or None without a check."""
+    new_hash(algorithm)  # an unknown algorithm fails here, before anything is written
+    return (algorithm, digest) if hash_check else None
+
+
+def _digest_mismatch(name: str, algorithm: str, what: str = "source bytes") -> Exception:
+    return ObjectIntegrityError(f"{name}: {what} do not hash to the expected {algorithm} digest")
 
 
 def _copy_hashing(
@@ -307,7 +326,8 @@ class _LocalStore(Store):
         src: BinaryIO,
         size: int,
         *,
-        sha256: str,
+        digest: str,
+        algorithm: str = "sha256",
         on_progress: ProgressCallback | None = None,
     ) -> None:
         final = self._path(name)
@@ -319,7 +339,7 @@ class _LocalStore(Store):
         if have > size:  # cannot be a prefix of this content
             os.remove(staging)
             have = 0
-        h = hashlib.sha256()
+        h = new_hash(algorithm, threads=True)
         # The kept prefix is re-hashed from the source, so the check below covers the source.
         _hash_prefix(src, have, h, name)
         if have and on_progress:
@@ -328,14 +348,16 @@ class _LocalStore(Store):
             _copy_hashing(src, out, size, h, name, on_progress, start=have)
             out.flush()
             os.fsync(out.fileno())
-        if h.hexdigest() != sha256:
+        if h.hexdigest() != digest:
             os.remove(staging)
-            raise ObjectIntegrityError(f"{name}: source bytes do not hash to the expected SHA-256")
-        if have and _file_sha256(staging) != sha256:
+            raise _digest_mismatch(name, algorithm)
+        if have and self.digest(f"{UPLOADS_DIR}/{name}", algorithm) != digest:
             # The kept prefix was not this content (e.g. corrupted by the crash): start over.
             os.remove(staging)
             src.seek(origin)
-            self.put_stream(name, src, size, sha256=sha256, on_progress=on_progress)
+            self.put_stream(
+                name, src, size, digest=digest, algorithm=algorithm, on_progress=on_progress
+            )
             return
         os.replace(staging, final)
 
@@ -344,10 +366,12 @@ class _LocalStore(Store):
         name: str,
         size: int,
         *,
-        sha256: str,
+        digest: str,
+        algorithm: str = "sha256",
         on_progress: ProgressCallback | None = None,
         hash_check: bool = True,
     ) -> ObjectWriter:
+        expected = _check(digest, algorithm, hash_check)
         final = self._path(name)
         staging = self._path(f"{UPLOADS_DIR}/{name}.{os.urandom(6).hex()}")
         os.makedirs(os.path.dirname(staging), exist_ok=True)
@@ -366,9 +390,7 @@ class _LocalStore(Store):
             elif os.path.exists(staging):
                 os.remove(staging)
 
-        return ObjectWriter(
-            name, size, sha256 if hash_check else None, f.write, finish, on_progress
-        )
+        return ObjectWriter(name, size, expected, f.write, finish, on_progress)
 
     def put_bytes(self, name: str, data: bytes) -> None:
         final = self._path(name)
@@ -395,11 +417,6 @@ def _hash_prefix(src: BinaryIO, n: int, h: Any, name: str) -> None:
             raise ObjectIntegrityError(f"{name}: source shorter than the partial upload")
         h.update(buf[:got])
         left -= got
-
-
-def _file_sha256(path: str) -> str:
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 class _S3Store(Store):
@@ -438,18 +455,19 @@ class _S3Store(Store):
         src: BinaryIO,
         size: int,
         *,
-        sha256: str,
+        digest: str,
+        algorithm: str = "sha256",
         on_progress: ProgressCallback | None = None,
     ) -> None:
+        h = new_hash(algorithm, threads=True)
         if size < self._threshold:
             data = src.read(size)
-            if len(data) != size or hashlib.sha256(data).hexdigest() != sha256:
-                raise ObjectIntegrityError(
-                    f"{name}: source bytes do not hash to the expected SHA-256"
-                )
+            h.update(data)
+            if len(data) != size or h.hexdigest() != digest:
+                raise _digest_mismatch(name, algorithm)
             self.put_bytes(name, data)
             return
-        self._put_multipart(name, src, size, sha256, on_progress)
+        self._put_multipart(name, src, size, (algorithm, digest), h, on_progress)
         self._fs.invalidate_cache()
 
     def open_writer(
@@ -457,10 +475,12 @@ class _S3Store(Store):
         name: str,
         size: int,
         *,
-        sha256: str,
+        digest: str,
+        algorithm: str = "sha256",
         on_progress: ProgressCallback | None = None,
         hash_check: bool = True,
     ) -> ObjectWriter:
+        expected = _check(digest, algorithm, hash_check)
         key = self._key(name)
         if size < self._threshold:
             buf = bytearray()
@@ -470,7 +490,12 @@ class _S3Store(Store):
                     self.put_bytes(name, bytes(buf))
 
             return ObjectWriter(
-                name, size, sha256 if hash_check else None, buf.extend, finish_small, on_progress
+                name,
+                size,
+                expected,
+                buf.extend,
+                finish_small,
+                on_progress,
             )
         upload = _PartUploader(self._client, self._bucket, key, name, on_progress)
         parts = _PartBuffer(max(self._part_size, -(-size // MAX_PARTS)), upload.send)
@@ -481,9 +506,7 @@ class _S3Store(Store):
             upload.finish(ok)
             self._fs.invalidate_cache()
 
-        return ObjectWriter(
-            name, size, sha256 if hash_check else None, parts.write, finish, on_progress
-        )
+        return ObjectWriter(name, size, expected, parts.write, finish, on_progress)
 
     def abort_incomplete_uploads(
         self, older_than_s: float, *, now: float | None = None
@@ -532,9 +555,12 @@ class _S3Store(Store):
         name: str,
         src: BinaryIO,
         size: int,
-        sha256: str,
+        expected: tuple[str, str],
+        h: Any,
         on_progress: ProgressCallback | None,
     ) -> None:
+        """Upload in parts, hashing with `h`; complete only if its digest is `expected`
+        (algorithm, hex)."""
         key = self._key(name)
         part_size = max(self._part_size, -(-size // MAX_PARTS))
         upload_id = self._find_upload(key)
@@ -543,7 +569,6 @@ class _S3Store(Store):
             upload_id = self._client.create_multipart_upload(Bucket=self._bucket, Key=key)[
                 "UploadId"
             ]
-        h = hashlib.sha256()
         done: list[dict[str, Any]] = []
         for number, offset in enumerate(range(0, size, part_size), start=1):
             data = src.read(min(part_size, size - offset))
@@ -551,7 +576,7 @@ class _S3Store(Store):
                 raise ObjectIntegrityError(f"{name}: source ended early at part {number}")
             h.update(data)
             # MD5 is S3's part ETag; it only decides whether to resend a part. Integrity is
-            # the SHA-256 checked before completing and again by re-reading the object.
+            # the digest checked before completing and again by re-reading the object.
             md5 = hashlib.md5(data, usedforsecurity=False).hexdigest()
             if existing.get(number) == (md5, len(data)):
                 etag, kind = md5, PART_REUSED
@@ -567,9 +592,9 @@ class _S3Store(Store):
             done.append({"PartNumber": number, "ETag": f'"{etag}"'})
             if on_progress:
                 on_progress(ProgressEvent(kind, name, number, len(data)))
-        if h.hexdigest() != sha256:
+        if h.hexdigest() != expected[1]:
             self._client.abort_multipart_upload(Bucket=self._bucket, Key=key, UploadId=upload_id)
-            raise ObjectIntegrityError(f"{name}: source bytes do not hash to the expected SHA-256")
+            raise _digest_mismatch(name, expected[0])
         self._client.complete_multipart_upload(
             Bucket=self._bucket, Key=key, UploadId=upload_id, MultipartUpload={"Parts": done}
         )
@@ -697,7 +722,7 @@ def split_object_uri(uri: str) -> tuple[str, str]:
 def object_digest(uri: str, **storage_options: Any) -> str:
     """``sha256:<hex>`` of the object at ``uri``, read back from its store in bounded chunks."""
     parent, name = split_object_uri(uri)
-    return "sha256:" + open_store(parent, **storage_options).sha256(name)
+    return "sha256:" + open_store(parent, **storage_options).digest(name, "sha256")
 
 
 def open_store(

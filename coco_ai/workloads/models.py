@@ -70,7 +70,7 @@ def _object_store_listing(uri: str) -> bytes:
     objects = sorted((obj.rpartition("/")[2], obj) for obj in store.list(name))
     if not objects:
         raise ModelError(f"model directory {uri} holds no files (or does not exist)")
-    lines = (f"{store.sha256(obj)} {store.size(obj)} {rel}\n" for rel, obj in objects)
+    lines = (f"{store.digest(obj, 'sha256')} {store.size(obj)} {rel}\n" for rel, obj in objects)
     return "".join(lines).encode("utf-8")
 
 

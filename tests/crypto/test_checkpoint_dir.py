@@ -12,6 +12,7 @@ import os
 import shutil
 from pathlib import Path
 
+import blake3
 import pytest
 
 from coco_ai.crypto.checkpoint import decrypt_checkpoint, encrypt_checkpoint
@@ -71,8 +72,8 @@ def test_manifest_lists_every_file_with_digests(plain_dir, tmp_path, kek):
     raw = (tmp_path / "ckpt" / MANIFEST_FILE).read_bytes()
     assert raw == canonical_json(json.loads(raw)) == m.canonical_bytes()
     d = json.loads(raw)
-    # manifest version 3 lists files of format 2
-    assert d["format_version"] == 3 and d["encryption"]["format_version"] == 2
+    # manifest version 5 lists files of format 2
+    assert d["format_version"] == 5 and d["encryption"]["format_version"] == 2
     assert d["run_id"] == "run-a" and d["key_uri"] == KEY_URI
     assert d["checkpoint_id"] == "ck-1" and d["created_at"] == 1_700_000_000
     assert d["metrics"] == META["metrics"] and d["dataset_digest"] == META["dataset_digest"]
@@ -80,11 +81,12 @@ def test_manifest_lists_every_file_with_digests(plain_dir, tmp_path, kek):
     assert [f["path"] for f in d["files"]] == paths
     for f in d["files"]:
         plain = (plain_dir / f["path"]).read_bytes()
-        obj = (tmp_path / "ckpt" / "objects" / f["ciphertext_sha256"]).read_bytes()
-        # no plaintext digest (the signed ciphertext digest identifies the file)
-        assert f["size"] == len(plain) and "sha256" not in f
+        obj = (tmp_path / "ckpt" / "objects" / f["ciphertext_blake3"]).read_bytes()
+        # no plaintext digest (the signed ciphertext digest identifies the file), and the
+        # ciphertext is named by BLAKE3 alone
+        assert f["size"] == len(plain) and "sha256" not in f and "ciphertext_sha256" not in f
         assert f["ciphertext_size"] == len(obj)
-        assert f["ciphertext_sha256"] == hashlib.sha256(obj).hexdigest()
+        assert f["ciphertext_blake3"] == blake3.blake3(obj).hexdigest()
         header = read_header(io.BytesIO(obj)).raw
         assert obj.startswith(header) and f["header_sha256"] == hashlib.sha256(header).hexdigest()
         assert f["segment_size"] == SEGMENT
@@ -131,7 +133,7 @@ def test_flipped_bit_in_last_segment_leaves_nothing(plain_dir, tmp_path, kek):
         decrypt_checkpoint(tmp_path / "ckpt", tmp_path / "out", kek=kek)
     assert e.value.index == 3
     assert_nothing_written(tmp_path / "out")
-    with pytest.raises(IntegrityError, match="SHA-256"):
+    with pytest.raises(IntegrityError, match="blake3 digest differs"):
         verify_objects(open_store(str(tmp_path / "ckpt")), m)
 
 
@@ -172,7 +174,7 @@ def test_another_encryption_of_the_same_file_refused(plain_dir, tmp_path, kek):
     with pytest.raises(IntegrityError, match="header is not the one its manifest lists"):
         decrypt_checkpoint(tmp_path / "c1", tmp_path / "out", kek=kek)
     assert_nothing_written(tmp_path / "out")
-    with pytest.raises(IntegrityError, match="SHA-256"):
+    with pytest.raises(IntegrityError, match="blake3 digest differs"):
         verify_objects(open_store(str(tmp_path / "c1")), m1)
 
 

@@ -8,6 +8,7 @@ import io
 import os
 import struct
 
+import blake3
 import pytest
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.keywrap import aes_key_unwrap
@@ -468,23 +469,37 @@ def test_failed_segment_releases_no_plaintext_of_it(kek, segment):
 
 
 @pytest.mark.parametrize("mapped", [True, False])
-def test_pipelined_digests_are_the_digests_of_the_bytes(kek, tmp_path, mapped):
+@pytest.mark.parametrize("algorithm", ["blake3", "sha256"])
+def test_pipelined_digests_are_the_digests_of_the_bytes(kek, tmp_path, mapped, algorithm):
+    reference = {"blake3": blake3.blake3, "sha256": hashlib.sha256}[algorithm]
     data = os.urandom(9 * SEGMENT + 5)
     (tmp_path / "p").write_bytes(data)
     out = io.BytesIO()
     with open(tmp_path / "p", "rb") as f:
         src = f if mapped else io.BytesIO(f.read())
-        r = encrypt_stream(src, out, kek=kek, key_uri=KEY_URI, context=CTX, segment_size=SEGMENT)
+        r = encrypt_stream(
+            src, out, kek=kek, key_uri=KEY_URI, context=CTX, segment_size=SEGMENT,
+            ciphertext_algorithm=algorithm,
+        )  # fmt: skip
     ct = out.getvalue()
     assert r.plaintext_sha256 == hashlib.sha256(data).hexdigest()
-    assert r.ciphertext_sha256 == hashlib.sha256(ct).hexdigest()
+    assert r.ciphertext_algorithm == algorithm and r.ciphertext_digest == reference(ct).hexdigest()
     (tmp_path / "c").write_bytes(ct)
     back = io.BytesIO()
     with open(tmp_path / "c", "rb") as f:
         src = f if mapped else io.BytesIO(f.read())
-        d = decrypt_stream(src, back, kek=kek, expected_context=CTX)
+        d = decrypt_stream(src, back, kek=kek, expected_context=CTX, ciphertext_algorithm=algorithm)
     assert back.getvalue() == data
-    assert (d.plaintext_sha256, d.ciphertext_sha256) == (r.plaintext_sha256, r.ciphertext_sha256)
+    assert (d.plaintext_sha256, d.ciphertext_digest) == (r.plaintext_sha256, r.ciphertext_digest)
+
+
+def test_unknown_ciphertext_algorithm_refused_before_anything_is_written(kek):
+    out = io.BytesIO()
+    with pytest.raises(ValueError, match="unknown digest algorithm 'md5'"):
+        encrypt_stream(
+            io.BytesIO(b"x"), out, kek=kek, key_uri=KEY_URI, context=CTX, ciphertext_algorithm="md5"
+        )
+    assert out.getvalue() == b""
 
 
 class FailingWriter(io.RawIOBase):

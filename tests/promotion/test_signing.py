@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 
+import blake3
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
@@ -34,7 +36,9 @@ def test_signature_covers_exactly_the_stored_checkpoint(checkpoints, promotion_k
     assert set(sig.files) == before
     manifest = Manifest.from_bytes((ckpt / "manifest.json").read_bytes())
     for entry in manifest.files:  # the signed ciphertext is the manifest's ciphertext
-        assert sig.files[entry.object_name] == "sha256:" + entry.ciphertext_sha256
+        obj = (ckpt / entry.object_name).read_bytes()
+        assert entry.ciphertext_blake3 == blake3.blake3(obj).hexdigest()
+        assert sig.files[entry.object_name] == "sha256:" + hashlib.sha256(obj).hexdigest()
     bundle = json.loads(Path(sig.signature_uri).read_bytes())
     assert bundle["mediaType"] == "application/vnd.dev.sigstore.bundle.v0.3+json"
     assert bundle["verificationMaterial"]["tlogEntries"] == []

@@ -1,6 +1,7 @@
-"""Per-document keyed digests in the index's signed manifest (version 4): the data owner proves
-a document's inclusion with `coco-ai rag document prove`, anyone checks it against the verified
-index with `coco-ai rag document check`; wrong proofs, other runs and old manifests are refused.
+"""Per-document keyed digests in the index's signed manifest (version 5; 4 before): the data
+owner proves a document's inclusion with `coco-ai rag document prove`, anyone checks it against
+the verified index with `coco-ai rag document check`; wrong proofs, other runs and old manifests
+are refused.
 The index is the session's real index run (tests/rag_serve/conftest.py)."""
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ def _cli(*args: str) -> subprocess.CompletedProcess:
 
 
 def test_manifest_lists_one_keyed_digest_per_document_and_no_id(manifest, repository) -> None:
-    assert manifest.version == 4
+    assert manifest.version == 5
     assert manifest.documents is not None and manifest.documents.scheme == SCHEME
     assert len(manifest.documents.digests) == len(repository.documents)
     public = manifest.canonical_bytes().decode()
@@ -86,8 +87,20 @@ def test_every_document_proves_in_and_wrong_proofs_are_refused(manifest, reposit
         check_inclusion(manifest, dataclasses.replace(proof, run_id="run-other"))
 
 
+def _with_sha256_entries(manifest: Manifest, **changes) -> Manifest:
+    """`manifest` as an older version (3 or 4): entries name ciphertexts by SHA-256 (the
+    digests are not recomputed: only the shape is under test)."""
+    files = tuple(
+        dataclasses.replace(f, ciphertext_sha256=f.ciphertext_blake3, ciphertext_blake3=None)
+        for f in manifest.files
+    )
+    return dataclasses.replace(manifest, files=files, **changes)
+
+
 def test_old_manifest_versions_still_parse_and_have_no_documents(manifest) -> None:
-    v3 = dataclasses.replace(manifest, version=3, documents=None)
+    v4 = _with_sha256_entries(manifest, version=4)
+    assert Manifest.from_bytes(v4.canonical_bytes()).documents == manifest.documents
+    v3 = _with_sha256_entries(manifest, version=3, documents=None)
     parsed = Manifest.from_bytes(v3.canonical_bytes())
     assert parsed.version == 3 and parsed.documents is None
     assert "documents" not in json.loads(v3.canonical_bytes())  # (metrics count them)
@@ -95,9 +108,11 @@ def test_old_manifest_versions_still_parse_and_have_no_documents(manifest) -> No
         check_inclusion(parsed, InclusionProof(INDEX_RUN, "x", "sha256:" + "0" * 64, "00" * 32))
     # the version and the field go together, both ways
     with pytest.raises(ManifestError, match="version 3 cannot list documents"):
-        dataclasses.replace(manifest, version=3)
+        _with_sha256_entries(manifest, version=3)
     with pytest.raises(ManifestError, match="version 4 lists no documents"):
-        dataclasses.replace(manifest, documents=None)
+        _with_sha256_entries(manifest, version=4, documents=None)
+    # version 5 lists documents where there are some (an index), and none elsewhere
+    assert dataclasses.replace(manifest, documents=None).version == 5
     edited = json.loads(manifest.canonical_bytes())
     del edited["documents"]
     with pytest.raises(ManifestError):

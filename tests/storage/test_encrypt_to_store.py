@@ -7,6 +7,7 @@ import io
 import os
 import threading
 
+import blake3
 import pytest
 
 from coco_ai.crypto.checkpoint import decrypt_checkpoint, encrypt_checkpoint_to_store
@@ -76,8 +77,12 @@ def test_parts_are_sent_while_later_segments_are_encrypted(s3):
     store = s3_store(s3)
     r = encrypt_to_writer(
         SlowSource(data, log),
-        lambda size, sha: store.open_writer(
-            f"{OBJECTS_DIR}/{sha}", size, sha256=sha, on_progress=on_progress
+        lambda size, digest: store.open_writer(
+            f"{OBJECTS_DIR}/{digest}",
+            size,
+            digest=digest,
+            algorithm="blake3",
+            on_progress=on_progress,
         ),
         kek=os.urandom(32),
         key_uri=KEY_URI,
@@ -91,8 +96,9 @@ def test_parts_are_sent_while_later_segments_are_encrypted(s3):
     assert [log[i][1] for i in parts] == [1, 2, 3]
     # part 1 was uploaded while the source was still being read (= encrypted) in pass 2
     assert second_pass < parts[0] < reads[-1]
-    name = f"{OBJECTS_DIR}/{r.ciphertext_sha256}"
-    assert store.size(name) == r.ciphertext_size and store.sha256(name) == r.ciphertext_sha256
+    name = f"{OBJECTS_DIR}/{r.ciphertext_digest}"
+    assert store.size(name) == r.ciphertext_size
+    assert store.digest(name, "blake3") == r.ciphertext_digest
 
 
 def test_source_changed_between_passes_commits_nothing(s3):
@@ -103,7 +109,9 @@ def test_source_changed_between_passes_commits_nothing(s3):
     with pytest.raises(IntegrityError, match="source changed while it was encrypted"):
         encrypt_to_writer(
             src,
-            lambda size, sha: store.open_writer(f"{OBJECTS_DIR}/{sha}", size, sha256=sha),
+            lambda size, digest: store.open_writer(
+                f"{OBJECTS_DIR}/{digest}", size, digest=digest, algorithm="blake3"
+            ),
             kek=os.urandom(32),
             key_uri=KEY_URI,
             context=CTX,
@@ -126,7 +134,7 @@ def test_checkpoint_to_s3_then_verify_and_decrypt(s3, plain_dir, tmp_path, kek):
         on_progress=events,
         storage_options={**s3[1], **PARTS},
     )
-    assert m.version == 3 and all(f.header_sha256 for f in m.files) and is_complete(uri, **s3[1])
+    assert m.version == 5 and all(f.header_sha256 for f in m.files) and is_complete(uri, **s3[1])
     assert [e.part for e in events.events if e.kind == PART_UPLOADED] == [1, 2, 3]
     assert sum(e.kind == OBJECT_WRITTEN for e in events.events) == 2
     verify_objects(open_store(uri, **s3[1]), m)
@@ -158,7 +166,7 @@ def test_crash_mid_upload_leaves_no_object_and_no_manifest(s3, plain_dir, kek):
     assert len(objects) <= 1
     for key in objects:
         body = s3[2].get_object(Bucket=bucket, Key=key)["Body"].read()
-        assert len(body) < MIB and hashlib.sha256(body).hexdigest() == key.rsplit("/", 1)[1]
+        assert len(body) < MIB and blake3.blake3(body).hexdigest() == key.rsplit("/", 1)[1]
     assert f"runs/run-s/{MANIFEST_FILE}" not in keys
     assert "Uploads" not in s3[2].list_multipart_uploads(Bucket=bucket)
 
@@ -207,18 +215,27 @@ def test_unsigned_then_signed_by_the_caller(tmp_path, plain_dir, kek):
     assert not [p for p in (tmp_path / "ckpt" / ".uploads").rglob("*") if p.is_file()]
 
 
-def test_local_writer_refuses_wrong_bytes(tmp_path):
+@pytest.mark.parametrize("algorithm", ["sha256", "blake3"])
+def test_local_writer_refuses_wrong_bytes(tmp_path, algorithm):
     store = open_store(str(tmp_path / "s"))
-    w = store.open_writer("objects/x", 3, sha256="0" * 64)
+    w = store.open_writer("objects/x", 3, digest="0" * 64, algorithm=algorithm)
     w.write(b"abc")
-    with pytest.raises(ObjectIntegrityError, match="expected SHA-256"):
+    with pytest.raises(ObjectIntegrityError, match=f"expected {algorithm} digest"):
         w.commit()
     with (
         pytest.raises(ObjectIntegrityError, match="more than the declared"),
-        store.open_writer("objects/y", 2, sha256="0" * 64) as w2,
+        store.open_writer("objects/y", 2, digest="0" * 64, algorithm=algorithm) as w2,
     ):
         w2.write(b"abc")
-    assert not store.exists("objects/x") and not store.exists("objects/y")
+    # the right digest of the other algorithm does not pass either
+    other = {"sha256": blake3.blake3, "blake3": hashlib.sha256}[algorithm](b"abc").hexdigest()
+    w3 = store.open_writer("objects/z", 3, digest=other, algorithm=algorithm)
+    w3.write(b"abc")
+    with pytest.raises(ObjectIntegrityError, match=f"expected {algorithm} digest"):
+        w3.commit()
+    with pytest.raises(ValueError, match="unknown digest algorithm 'md5'"):
+        store.open_writer("objects/w", 3, digest="0" * 32, algorithm="md5")
+    assert not any(store.exists(f"objects/{n}") for n in "xyzw")
     assert not [p for p in (tmp_path / "s" / ".uploads").rglob("*") if p.is_file()]
 
 

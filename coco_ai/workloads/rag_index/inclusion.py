@@ -115,7 +115,8 @@ def check_inclusion(manifest: Manifest, proof: InclusionProof, text: str | None 
 
     if manifest.documents is None:
         raise InclusionError(
-            f"manifest version {manifest.version} lists no document digests (version 4 does)"
+            f"manifest version {manifest.version} lists no document digests "
+            "(an index's manifest does: version 4, or 5)"
         )
     if manifest.documents.scheme != SCHEME:
         raise InclusionError(f"manifest documents use scheme {manifest.documents.scheme!r}")
