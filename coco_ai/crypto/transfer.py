@@ -28,6 +28,7 @@ from coco_ai.crypto.manifest import (
 )
 from coco_ai.crypto.verify import VerificationPolicy, VerifiedCheckpoint, verify_signed_manifest
 from coco_ai.storage.errors import ObjectIntegrityError
+from coco_ai.storage.hashing import HASH_NAMES
 from coco_ai.storage.store import (
     OBJECT_SKIPPED,
     OBJECT_WRITTEN,
@@ -85,7 +86,7 @@ def verify_objects(store: Store, manifest: Manifest, *, sha256s: bool = False) -
         )
         if digests[algorithm] != e.ciphertext_digest:
             raise IntegrityError(
-                f"{e.path}: ciphertext {algorithm} digest differs from the manifest"
+                f"{e.path}: ciphertext {HASH_NAMES[algorithm]} differs from the manifest"
             )
         if sha256s:
             seen[e.object_name] = "sha256:" + digests["sha256"]

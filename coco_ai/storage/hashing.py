@@ -13,8 +13,9 @@ from typing import Any
 
 import blake3
 
-#: the algorithms `new_hash` knows
-HASH_ALGORITHMS = ("sha256", "blake3")
+#: the algorithms `new_hash` knows, with the names errors give them
+HASH_NAMES = {"sha256": "SHA-256", "blake3": "BLAKE3"}
+HASH_ALGORITHMS = tuple(HASH_NAMES)
 
 
 def new_hash(algorithm: str, *, threads: bool = False) -> Any:

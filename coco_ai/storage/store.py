@@ -35,7 +35,7 @@ from urllib.parse import urlsplit
 import fsspec
 
 from coco_ai.storage.errors import ObjectIntegrityError
-from coco_ai.storage.hashing import new_hash
+from coco_ai.storage.hashing import HASH_NAMES, new_hash
 from coco_ai.storage.views import read_views
 
 CHUNK_SIZE = 8 * 1024 * 1024
@@ -289,7 +289,9 @@ def _check(digest: str, algorithm: str, hash_check: bool) -> tuple[str, str] | N
 
 
 def _digest_mismatch(name: str, algorithm: str, what: str = "source bytes") -> Exception:
-    return ObjectIntegrityError(f"{name}: {what} do not hash to the expected {algorithm} digest")
+    return ObjectIntegrityError(
+        f"{name}: {what} do not hash to the expected {HASH_NAMES[algorithm]}"
+    )
 
 
 def _copy_hashing(

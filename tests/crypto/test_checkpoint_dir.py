@@ -133,7 +133,7 @@ def test_flipped_bit_in_last_segment_leaves_nothing(plain_dir, tmp_path, kek):
         decrypt_checkpoint(tmp_path / "ckpt", tmp_path / "out", kek=kek)
     assert e.value.index == 3
     assert_nothing_written(tmp_path / "out")
-    with pytest.raises(IntegrityError, match="blake3 digest differs"):
+    with pytest.raises(IntegrityError, match="ciphertext BLAKE3 differs"):
         verify_objects(open_store(str(tmp_path / "ckpt")), m)
 
 
@@ -174,7 +174,7 @@ def test_another_encryption_of_the_same_file_refused(plain_dir, tmp_path, kek):
     with pytest.raises(IntegrityError, match="header is not the one its manifest lists"):
         decrypt_checkpoint(tmp_path / "c1", tmp_path / "out", kek=kek)
     assert_nothing_written(tmp_path / "out")
-    with pytest.raises(IntegrityError, match="blake3 digest differs"):
+    with pytest.raises(IntegrityError, match="ciphertext BLAKE3 differs"):
         verify_objects(open_store(str(tmp_path / "c1")), m1)
 
 

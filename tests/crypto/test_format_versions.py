@@ -285,7 +285,7 @@ def test_v3_object_changed_is_caught_by_sha256_verification(tmp_path):
     data[-1] ^= 1
     obj.write_bytes(bytes(data))
     store = open_store(str(bad))
-    with pytest.raises(IntegrityError, match="ciphertext sha256 digest differs"):
+    with pytest.raises(IntegrityError, match="ciphertext SHA-256 differs"):
         verify_objects(store, read_manifest(store)[0])
 
 
@@ -371,7 +371,7 @@ def test_version_5_object_changed_is_caught_without_a_key(plain_dir, tmp_path, k
     data = bytearray(obj.read_bytes())
     data[len(data) // 2] ^= 1
     obj.write_bytes(bytes(data))
-    with pytest.raises(IntegrityError, match="ciphertext blake3 digest differs"):
+    with pytest.raises(IntegrityError, match="ciphertext BLAKE3 differs"):
         verify_objects(store, m)
     assert main(["checkpoint", "verify", str(tmp_path / "ckpt")]) == EXIT_INTEGRITY
 

@@ -264,7 +264,7 @@ def test_ciphertext_changed_after_signing(ckpt, attestation):
     data = bytearray(obj.read_bytes())
     data[100] ^= 1
     obj.write_bytes(bytes(data))
-    with pytest.raises(IntegrityError, match="blake3 digest differs"):
+    with pytest.raises(IntegrityError, match="ciphertext BLAKE3 differs"):
         verify(ckpt, attestation)
 
 

@@ -128,6 +128,6 @@ def test_tampered_checkpoint_is_never_promoted(e2e_stack, follow):
     assert tampered, "the checkpoint never reached the store"
     _assert_failed_at(run, "attested_promotion")
     log = _task_log(e2e_stack, run.run_id, "attested_promotion")
-    assert "ciphertext SHA-256 differs from the manifest" in log, log[-2000:]
+    assert "ciphertext BLAKE3 differs from the manifest" in log, log[-2000:]
     assert e2e_stack.registry_versions() == before
     assert e2e_stack.resource(RunRefs.from_xcom(run.refs).grant.url_path()) is None

@@ -67,7 +67,7 @@ def _start(tmp_path, stack, embedder, index_uri, manifest_digest, **override):
 @pytest.mark.parametrize(
     ("damage", "message"),
     [
-        (_tampered, "IntegrityError: index.faiss: ciphertext SHA-256 differs from the manifest"),
+        (_tampered, "IntegrityError: index.faiss: ciphertext BLAKE3 differs from the manifest"),
         (_truncated, "IntegrityError: index.faiss: ciphertext is "),
         (_signed_by_another_key, "does not verify with the attested TEE key"),
     ],

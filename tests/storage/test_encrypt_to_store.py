@@ -16,6 +16,7 @@ from coco_ai.crypto.manifest import MANIFEST_FILE, OBJECTS_DIR, file_context
 from coco_ai.crypto.stream import encrypt_to_writer
 from coco_ai.crypto.transfer import is_complete, read_manifest, verify_objects
 from coco_ai.storage import ObjectIntegrityError, open_store
+from coco_ai.storage.hashing import HASH_NAMES
 from coco_ai.storage.store import CHUNK_WRITTEN, OBJECT_WRITTEN, PART_UPLOADED
 
 from .conftest import KEY_URI, MIB, Crash, crash_at, recorder
@@ -220,7 +221,7 @@ def test_local_writer_refuses_wrong_bytes(tmp_path, algorithm):
     store = open_store(str(tmp_path / "s"))
     w = store.open_writer("objects/x", 3, digest="0" * 64, algorithm=algorithm)
     w.write(b"abc")
-    with pytest.raises(ObjectIntegrityError, match=f"expected {algorithm} digest"):
+    with pytest.raises(ObjectIntegrityError, match=f"expected {HASH_NAMES[algorithm]}$"):
         w.commit()
     with (
         pytest.raises(ObjectIntegrityError, match="more than the declared"),
@@ -231,7 +232,7 @@ def test_local_writer_refuses_wrong_bytes(tmp_path, algorithm):
     other = {"sha256": blake3.blake3, "blake3": hashlib.sha256}[algorithm](b"abc").hexdigest()
     w3 = store.open_writer("objects/z", 3, digest=other, algorithm=algorithm)
     w3.write(b"abc")
-    with pytest.raises(ObjectIntegrityError, match=f"expected {algorithm} digest"):
+    with pytest.raises(ObjectIntegrityError, match=f"expected {HASH_NAMES[algorithm]}$"):
         w3.commit()
     with pytest.raises(ValueError, match="unknown digest algorithm 'md5'"):
         store.open_writer("objects/w", 3, digest="0" * 32, algorithm="md5")
