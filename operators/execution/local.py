@@ -33,7 +33,9 @@ from coco_ai.net import free_loopback_port
 from coco_ai_airflow._settings import setting
 
 LOCAL_TEES = ("sample",)
-_EMULATOR_START_TIMEOUT_S = 30
+# generous: on a loaded development machine (several runs starting at once, a test suite beside
+# them) the emulator's imports alone can take tens of seconds; one that exits is caught at once
+_EMULATOR_START_TIMEOUT_S = 120
 _ERROR_TAIL_LINES = 20
 # Passed through to the "TEE" processes; everything else (AIRFLOW_*, cloud credentials) is not.
 _PASS_ENV = ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "TZ", "HF_HOME", "OMP_NUM_THREADS")
@@ -131,7 +133,9 @@ def _start_emulator(initdata_path: Path, gpus: int, log_path: Path) -> tuple[sub
             pass
         time.sleep(0.2)
     _stop(proc)
-    raise LocalWorkloadError(f"guest-components emulator did not answer on {url} in time")
+    raise LocalWorkloadError(
+        f"guest-components emulator did not answer on {url} in {_EMULATOR_START_TIMEOUT_S} s"
+    )
 
 
 class LocalRun:

@@ -44,6 +44,15 @@ class CeleryStack:
         assert self.devstack.deployment is not None
         return components_log_tail(self.devstack.deployment)
 
+    def task_logs_tail(self, dag_id: str, run_id: str, task_ids: list[str], chars=3000) -> str:
+        """The end of each attempt's log of `task_ids` in that run (why a task failed)."""
+        logs = Path(self.info.root) / "airflow" / "logs" / f"dag_id={dag_id}" / f"run_id={run_id}"
+        return "\n".join(
+            f"--- {path.relative_to(logs)} ---\n{path.read_text(errors='replace')[-chars:]}"
+            for task_id in task_ids
+            for path in sorted((logs / f"task_id={task_id}").glob("attempt=*.log"))
+        )
+
     def trigger(self, conf: dict, dag_id: str = DAG_ID) -> str:
         run_id = self.client.trigger(dag_id, conf)["dag_run_id"]
         self.dag_of[run_id] = dag_id
@@ -193,7 +202,11 @@ def cross_run_problems(
             log = stack.log_tail()
             workload_task = f"confidential_{refs.workload}"
             if state != "failed" or summary.get(workload_task) != "success":
-                problems.append(f"{dag_run_id}: failed before promotion: {summary}\n{log}")
+                failed = [t for t, ti in tis.items() if ti["state"] == "failed"]
+                problems.append(
+                    f"{dag_run_id}: failed before promotion: {summary}\n{log}\n"
+                    + stack.task_logs_tail(dag_id, dag_run_id, failed)
+                )
             continue
         result = client.xcom(dag_id, dag_run_id, "attested_promotion")
         if result["run_id"] != refs.run_id:

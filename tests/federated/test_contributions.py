@@ -129,10 +129,15 @@ def test_refusals(trustee, good, party_factory) -> None:
     ):
 
         def swap(r, token=token):
+            from coco_ai.kbs.ear import unverified_claims
+
             r["participants"]["dept-b"]["ear_token"] = token
             r["participants"]["dept-b"]["ear_token_digest"] = (
                 "sha256:" + hashlib.sha256(token.encode()).hexdigest()
             )
+            # verified while fresh, as an aggregator would have: else, on a slow machine, the
+            # refusal is only that the token is newer than its verification
+            r["participants"]["dept-b"]["verified_at"] = unverified_claims(token).issued_at + 1
 
         assert expected in problems(swap)
     # a digest that is not the token's
