@@ -23,6 +23,16 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
+def pytest_configure(config):
+    # Under xdist each worker gets a core: one OpenMP thread per process (the tests' own torch,
+    # and through the environment the Airflow tasks', workloads' and federation sites'). Two
+    # processes each spinning two OpenMP threads on two cores slowed a tiny model's training
+    # ~10x in the e2e tier.
+    workers = config.getoption("numprocesses", None)
+    if isinstance(workers, int) and workers > 1:
+        os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+
 # `make test` runs on two pytest-xdist workers. A work unit (what one worker runs, in order) is a
 # test module (its module-scoped stack starts once), except that every module on the shared e2e
 # stack is one unit (a second stack would cost ~100 s and its share of the two cores). The

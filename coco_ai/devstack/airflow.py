@@ -35,7 +35,8 @@ CELERY_EXECUTOR = "CeleryExecutor"
 # Inherited from the caller; everything else (notably any AIRFLOW_* of the caller) is not.
 #: the states a DAG run ends in
 FINAL_RUN_STATES = ("success", "failed")
-_PASS_ENV = ("HOME", "LANG", "LC_ALL", "TZ", "TMPDIR", "USER", "LOGNAME")
+# OMP_NUM_THREADS: a thread cap set for the stack reaches its tasks and their local workloads
+_PASS_ENV = ("HOME", "LANG", "LC_ALL", "TZ", "TMPDIR", "USER", "LOGNAME", "OMP_NUM_THREADS")
 _HEALTH_COMPONENTS = ("metadatabase", "scheduler", "triggerer", "dag_processor")
 # Transient api-server answers, and the waits between repeats of an idempotent call (~15 s).
 _TRANSIENT_STATUS = frozenset({500, 502, 503, 504})

@@ -38,7 +38,7 @@ import os
 import secrets
 import ssl
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -172,6 +172,22 @@ class StackInfo:
                 current,
                 approved_datasets=current.approved_datasets
                 | {object_digest(uri) for uri in dataset_uris},
+            )
+        )
+
+    def approve_recipes(self, *settings: Mapping[str, Any]) -> int:
+        """The data owner approves more fine-tuning recipes, each given as a run's ``lora`` /
+        ``training`` settings tables (unset values take the defaults, as a run's do), as
+        approve_datasets does for data sets."""
+        from dataclasses import replace
+
+        from coco_ai.workloads.finetune.config import recipe_digest, recipe_for
+
+        return self._resign(
+            lambda current: replace(
+                current,
+                approved_training_recipes=current.approved_training_recipes
+                | {recipe_digest(recipe_for(s)) for s in settings},
             )
         )
 

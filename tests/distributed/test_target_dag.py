@@ -6,7 +6,8 @@ harness, with the api-server, scheduler, dag-processor, triggerer and one Celery
 separate processes: the run crosses the same process boundaries as the compose deployment.
 
 Parameters (environment):
-  COCO_DISTRIBUTED_DAG_CONF    JSON run conf (default {"epochs": 1, "lora_r": 4})
+  COCO_DISTRIBUTED_DAG_CONF    JSON conf of the runs killed mid fine-tune (default {"epochs": 1,
+                               "lora_r": 4}; the others: tests/quick_runs.py)
   COCO_DISTRIBUTED_TIMEOUT     seconds to wait for a run (default 600)
 """
 
@@ -22,6 +23,7 @@ import pytest
 from coco_ai.devstack import DAG_ID
 from coco_ai.devstack.processes import descendants
 from coco_ai.runs import RunRefs
+from tests.quick_runs import approve_quick_runs
 
 from .celery_pipeline import (
     DAG_CONF,
@@ -54,7 +56,7 @@ def celery_stack(postgres: PostgresServer, redis_server: RedisServer) -> Iterato
 
 def test_target_dag_succeeds_on_celery_over_rest(celery_stack: CeleryStack) -> None:
     before = len(celery_stack.registry_versions())
-    run_id = celery_stack.trigger(DAG_CONF)
+    run_id = celery_stack.trigger(approve_quick_runs(celery_stack.info))
     state, tis = celery_stack.finish(run_id)
 
     summary = {task_id: ti["state"] for task_id, ti in tis.items()}
@@ -157,10 +159,12 @@ def test_concurrent_runs_never_share_keys_or_checkpoints(celery_stack: CelerySta
     versions_before = celery_stack.versions_by_name()
     releases_before = len(StateDir(celery_stack.info.trustee_state_dir).releases())
 
+    quick = approve_quick_runs(celery_stack.info)
+
     def start(i: int) -> str:
         if i % 3 == 2:  # every third run indexes the stack's document repository
             return celery_stack.trigger({}, RAG_DAG_ID)
-        return celery_stack.trigger({**DAG_CONF, **(first, second)[i % 3]})
+        return celery_stack.trigger({**quick, **(first, second)[i % 3]})
 
     runs = [start(i) for i in range(count)]
     outcomes = {run_id: celery_stack.finish(run_id) for run_id in runs}

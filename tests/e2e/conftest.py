@@ -27,6 +27,7 @@ from coco_ai.devstack import DAG_ID, DevStack, StackInfo, stop_stack
 from coco_ai.devstack.stack import DATASET_KEY_PATH
 from coco_ai.run_keys import DEFAULT_ROOT
 from coco_ai.runs import RunRefs
+from tests.quick_runs import approve_quick_runs
 
 HERE = Path(__file__).resolve().parent
 TERMINAL = ("success", "failed")
@@ -99,6 +100,12 @@ class E2EStack:
 
         name, uri = self.info.registered_model_name, self.info.registry_uri
         return len(model_versions(name, registry_uri=uri))
+
+
+@pytest.fixture(scope="session")
+def quick_run(e2e_stack) -> dict:
+    """The DAG conf of a run that only has to end, its recipe approved (tests/quick_runs.py)."""
+    return approve_quick_runs(e2e_stack.info)
 
 
 @pytest.fixture(scope="session")

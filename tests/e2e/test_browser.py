@@ -17,6 +17,12 @@ pytestmark = [pytest.mark.e2e, pytest.mark.browser, pytest.mark.slow, pytest.mar
 
 def test_trigger_form_starts_a_run_that_succeeds(e2e_stack, follow, signed_in_page):
     info = e2e_stack.info
+    # the recipe typed below (short: the run only has to end), approved by the data owner
+    typed = {
+        "lora": {"r": 4, "alpha": 16, "dropout": 0.05},
+        "training": {"epochs": 2, "max_steps": 8},
+    }
+    info.approve_recipes(typed)
     page = signed_in_page()
 
     page.goto(f"{info.api_url}/dags/{DAG_ID}")
@@ -29,6 +35,7 @@ def test_trigger_form_starts_a_run_that_succeeds(e2e_stack, follow, signed_in_pa
     dialog.get_by_label("LoRA rank (r)").fill("4")
     dialog.get_by_text("Training", exact=True).click()
     dialog.get_by_label("Epochs").fill("2")
+    dialog.get_by_label("Maximum optimizer steps").fill("8")
     dialog.get_by_role("button", name="Trigger").click()
 
     page.wait_for_url(re.compile(rf".*/dags/{DAG_ID}/runs/.+"))
@@ -39,7 +46,8 @@ def test_trigger_form_starts_a_run_that_succeeds(e2e_stack, follow, signed_in_pa
     client = info.client()
     conf = client.dag_run(DAG_ID, run_id)["conf"]
     client.close()
-    assert conf["lora_r"] == 4 and conf["epochs"] == 2  # what was typed into the form
+    # what was typed into the form
+    assert (conf["lora_r"], conf["epochs"], conf["max_steps"]) == (4, 2, 8)
 
     page.reload()  # the badge updates before the task table; reload before asserting
     badge = page.get_by_test_id("state-badge").first

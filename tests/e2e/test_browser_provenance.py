@@ -37,10 +37,10 @@ CHECKS = (
 
 
 @pytest.fixture(scope="module")
-def promoted(e2e_stack):
+def promoted(e2e_stack, quick_run):
     """One run as `coco-ai demo` drives it; the run's key derived the data owner's way."""
     progress = []
-    summary = run_pipeline(e2e_stack.info, {"epochs": 2}, training=progress.append, timeout_s=600)
+    summary = run_pipeline(e2e_stack.info, quick_run, training=progress.append, timeout_s=600)
     assert summary["state"] == "success", summary["tasks"]
     key = e2e_stack.info.data_owner_run_key(summary["run_refs"]["run_id"])
     return {"summary": summary, "progress": progress, "checkpoint_key": key}

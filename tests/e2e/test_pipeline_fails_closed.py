@@ -95,7 +95,7 @@ def test_broker_refuses_keys_without_gpu_evidence(e2e_stack, follow):
     assert e2e_stack.registry_versions() == before
 
 
-def test_tampered_checkpoint_is_never_promoted(e2e_stack, follow):
+def test_tampered_checkpoint_is_never_promoted(e2e_stack, follow, quick_run):
     """One ciphertext byte flipped in the checkpoint store after upload, before promotion."""
     before = e2e_stack.registry_versions()
     store = Path(e2e_stack.info.checkpoint_store_uri.removeprefix("file://"))
@@ -119,7 +119,7 @@ def test_tampered_checkpoint_is_never_promoted(e2e_stack, follow):
 
     try:
         run = follow(
-            _trigger(e2e_stack, {}, "e2e: tampered checkpoint"),
+            _trigger(e2e_stack, quick_run, "e2e: tampered checkpoint"),
             timeout_s=300,
             on_refs=tamper_when_stored,
         )

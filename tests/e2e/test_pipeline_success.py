@@ -27,15 +27,13 @@ pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(900)]
 
 
 @pytest.fixture(scope="module")
-def successful_run(e2e_stack, follow):
+def successful_run(e2e_stack, follow, quick_run):
     before = e2e_stack.registry_versions()
     cfg = ac.Configuration(host=e2e_stack.info.api_url, access_token=e2e_stack.token())
     with ac.ApiClient(cfg) as api:
         run = DagRunApi(api).trigger_dag_run(
             DAG_ID,
-            TriggerDAGRunPostBody(
-                logical_date=None, conf={"epochs": 1, "lora_r": 4}, note="e2e: REST client"
-            ),
+            TriggerDAGRunPostBody(logical_date=None, conf=quick_run, note="e2e: REST client"),
         )
     assert run.state.value == "queued"
     followed = follow(run.dag_run_id)

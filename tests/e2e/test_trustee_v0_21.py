@@ -10,6 +10,7 @@ import pytest
 
 from coco_ai.devstack import DAG_ID
 from coco_ai.runs import RunRefs
+from tests.quick_runs import approve_quick_runs
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(900)]
 
@@ -18,9 +19,8 @@ def test_pipeline_succeeds_against_trustee_v0_21(v021_stack, follow_v021):
     client = v021_stack.info.client()
     try:
         connection = client.request("GET", "/api/v2/connections/trustee_default")
-        run_id = client.trigger(DAG_ID, {"epochs": 1, "lora_r": 4}, note="e2e: v0.21.0")[
-            "dag_run_id"
-        ]
+        conf = approve_quick_runs(v021_stack.info)
+        run_id = client.trigger(DAG_ID, conf, note="e2e: v0.21.0")["dag_run_id"]
     finally:
         client.close()
     extra = json.loads(connection["extra"])
