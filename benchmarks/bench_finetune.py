@@ -22,7 +22,8 @@ the assessments alone) with the workload's phases minus its fixed confidential s
 train, assess), by the plain loop in fp32 (what ``make demo`` ran when issue 15 was filed), the
 packed loop in fp32 and the packed loop in bf16: training and eval + sample-answer seconds (wall
 and CPU) as ratios to the first, and the held-out loss each reaches. ``--serial``: one after
-another instead (on a quiet box: no run shares the caches and memory bandwidth with another).
+another instead (on a quiet box: no run shares the caches and memory bandwidth with another);
+``--serial --threads 2``: each with the whole box, as ``make demo`` runs (compare wall seconds).
 
 **Confidential** (``--section confidential``): the whole confidential workload (Trustee stand-in
 over TLS, guest-components emulator, key release after attestation, encrypted data set, LoRA
@@ -208,7 +209,7 @@ def peer_worker(spec: dict) -> dict:
     from coco_ai.workloads.finetune import train as core
     from coco_ai.workloads.finetune.config import LoraSettings, TrainingSettings
 
-    torch.set_num_threads(1)
+    torch.set_num_threads(spec.get("threads", 1))
     trainer, batch, epochs = spec["trainer"], 8, spec.get("epochs", 1)
     train_set, eval_set = split_examples(generate_examples(spec["examples"], seed=0), 0.2, 0)
     runtime = core.select_runtime("cpu", spec.get("precision", "fp32"))
@@ -368,18 +369,21 @@ DEMO_RATIO_KEYS = ("train_s", "train_cpu_s", "eval_and_samples_s", "eval_and_sam
                    "total_s", "total_cpu_s")  # fmt: skip
 
 
-def bench_demo(root: Path, epochs: int, train_records: int | None, serial: bool = False) -> dict:
+def bench_demo(
+    root: Path, epochs: int, train_records: int | None, serial: bool = False, threads: int = 1
+) -> dict:
     """The demo's fine-tune on SmolLM2 (all 320 train / 80 held-out records, the default recipe,
     ``epochs`` epochs; ``train_records`` limits the training set, to time the assessments
     alone), the workload's phases without its fixed confidential steps: assess (held-out loss
     + 3 greedy sample answers), train, assess again. The runs go side by side (unless
-    `serial`), one process (one thread) each, so that a busy box slows them alike."""
+    `serial`), one process (`threads` torch threads) each, so that a busy box slows them
+    alike."""
     from concurrent.futures import ThreadPoolExecutor
 
     model_dir = _model_dir("135m", root, [])
     common = {"model_dir": str(model_dir), "examples": 400, "train_records": train_records,
               "eval_records": None, "lr": 1e-3, "epochs": epochs, "assess_before": True,
-              "scratch": str(root / "demo")}  # fmt: skip
+              "scratch": str(root / "demo"), "threads": threads}  # fmt: skip
     specs = [{"trainer": t, "precision": p, **common} for t, p in DEMO_RUNS]
     with ThreadPoolExecutor(1 if serial else len(specs)) as pool:
         results = list(pool.map(_run_worker, specs))
@@ -409,7 +413,7 @@ def bench_demo(root: Path, epochs: int, train_records: int | None, serial: bool 
     base = runs[0]
     for r in runs[1:]:
         r["vs_plain_fp32"] = {key: round(r[key] / base[key], 4) for key in DEMO_RATIO_KEYS}
-    return {"model": "135m", "epochs": epochs, "serial": serial, "runs": runs}
+    return {"model": "135m", "epochs": epochs, "serial": serial, "threads": threads, "runs": runs}
 
 
 def main() -> None:
@@ -423,6 +427,7 @@ def main() -> None:
     p.add_argument("--epochs", type=int, default=3, help="demo: epochs (the demo's: 3)")
     p.add_argument("--train-records", type=int, default=None, help="demo: fewer train records")
     p.add_argument("--serial", action="store_true", help="demo: one trainer after another")
+    p.add_argument("--threads", type=int, default=1, help="demo: torch threads per trainer")
     p.add_argument("--rounds", type=int, default=None, help="rounds per size")
     p.add_argument("--sizes", default=None, help=f"comma-separated subset of {', '.join(SIZES)}")
     p.add_argument("--out", help="also write the JSON here")
@@ -476,7 +481,7 @@ def main() -> None:
             summary["demo"] = {
                 "goal": "the same held-out eval loss in <= 1/2 the plain fp32 loop's train + "
                 "assess time; eval + samples in <= 1/3 (vs_plain_fp32 ratios <= 0.5, <= 0.33)",
-                **bench_demo(Path(tmp), args.epochs, args.train_records, args.serial),
+                **bench_demo(Path(tmp), args.epochs, args.train_records, args.serial, args.threads),
             }
     summary["load_average_at_end"] = list(os.getloadavg())
     summary["wall_s"] = round(time.perf_counter() - started, 1)
