@@ -92,7 +92,11 @@ def test_staging_disk_full_while_writing_the_encrypted_checkpoint_fails_closed(
     config.write_text(json.dumps(cfg))
     scratch = tmp_path / "scratch"
     scratch.mkdir()
-    env = {"TMPDIR": str(scratch), "COCO_AI_FINETUNE_CONFIG": str(config), "OMP_NUM_THREADS": "2"}
+    env = {
+        "TMPDIR": str(scratch),
+        "COCO_AI_FINETUNE_CONFIG": str(config),
+        "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2"),
+    }
     clock = Stopwatch()
     proc = in_mount_namespace(
         on_tmpfs(scratch, "64k", [sys.executable, "-m", "coco_ai.workloads.finetune"]),

@@ -50,7 +50,7 @@ def _serve(guest_url: str, config: Path, sealed_dir: Path) -> subprocess.Popen:
     command += ["--sealed-dir", str(sealed_dir)]
     command += ["--expect-file", f"{sealed_dir / STORAGE_OPTIONS_FILE}={OPTIONS_URI}", "--"]
     command += [sys.executable, "-m", "coco_ai.cli", "rag", "serve", "--config", str(config)]
-    env = {**os.environ, "OMP_NUM_THREADS": "2", CREDENTIALS_DIR_ENV: str(sealed_dir)}
+    env = {"OMP_NUM_THREADS": "2", **os.environ, CREDENTIALS_DIR_ENV: str(sealed_dir)}
     for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_ENDPOINT_URL"):
         env.pop(name, None)  # the sealed secret is the only way to the store
     return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)

@@ -164,7 +164,7 @@ def test_cli_exits_non_zero_with_one_line(
             [sys.executable, "-m", "coco_ai.cli", "rag", "serve", "--config", str(config)],
             capture_output=True,
             text=True,
-            env={**os.environ, "OMP_NUM_THREADS": "2"},
+            env={"OMP_NUM_THREADS": "2", **os.environ},
             timeout=240,
         )
     assert proc.returncode == EXIT_DATASET, proc.stderr

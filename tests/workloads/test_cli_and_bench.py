@@ -57,7 +57,7 @@ def test_model_digest_cli(tiny_model: Path, capsys) -> None:
 @pytest.mark.timeout(320)  # three trainers (TRL included) on a tiny model; the box is shared
 def test_gpu_bench_cpu_smoke_and_fail_fast_without_cuda(tmp_path: Path) -> None:
     script = REPO / "benchmarks" / "gpu" / "bench_gpu.py"
-    env = {"OMP_NUM_THREADS": "2", **os.environ, "OUT": str(tmp_path)}  # the suite's cap wins
+    env = {"OMP_NUM_THREADS": "2", **os.environ, "OUT": str(tmp_path)}
     proc = subprocess.run([sys.executable, str(script), "--cpu-smoke"], capture_output=True,
                           text=True, env=env, timeout=300)  # fmt: skip
     assert proc.returncode == 0, proc.stderr

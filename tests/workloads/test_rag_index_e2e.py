@@ -132,7 +132,7 @@ def run_subprocess(tmp_path: Path, cfg: dict) -> subprocess.CompletedProcess:
         [sys.executable, "-m", "coco_ai.workloads.rag_index", "--config", str(path)],
         capture_output=True,
         text=True,
-        env={**os.environ, "OMP_NUM_THREADS": "2"},
+        env={"OMP_NUM_THREADS": "2", **os.environ},
         timeout=240,
     )
 

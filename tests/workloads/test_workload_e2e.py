@@ -90,7 +90,7 @@ def make_config(tmp_path: Path, stack, store: Path, tiny_model: Path, **override
 def run_workload(tmp_path: Path, cfg: dict) -> subprocess.CompletedProcess:
     path = tmp_path / "finetune.json"
     path.write_text(json.dumps(cfg))
-    env = {**os.environ, "OMP_NUM_THREADS": "2", "COCO_AI_FINETUNE_CONFIG": str(path)}
+    env = {"OMP_NUM_THREADS": "2", **os.environ, "COCO_AI_FINETUNE_CONFIG": str(path)}
     return subprocess.run(
         [sys.executable, "-m", "coco_ai.workloads.finetune"],
         capture_output=True,
