@@ -32,10 +32,10 @@ from coco_ai.devstack.processes import ServiceError, ServiceProcess, start_servi
 LOCAL_COMPONENTS = ("scheduler", "dag-processor", "triggerer", "api-server")
 CELERY_WORKER = "celery worker"
 CELERY_EXECUTOR = "CeleryExecutor"
-# Inherited from the caller; everything else (notably any AIRFLOW_* of the caller) is not.
 #: the states a DAG run ends in
 FINAL_RUN_STATES = ("success", "failed")
-# OMP_NUM_THREADS: a thread cap set for the stack reaches its tasks and their local workloads
+# Inherited from the caller; everything else (notably any AIRFLOW_* of the caller) is not.
+# OMP_NUM_THREADS: a thread cap set for the stack reaches its tasks and their local workloads.
 _PASS_ENV = ("HOME", "LANG", "LC_ALL", "TZ", "TMPDIR", "USER", "LOGNAME", "OMP_NUM_THREADS")
 _HEALTH_COMPONENTS = ("metadatabase", "scheduler", "triggerer", "dag_processor")
 # Transient api-server answers, and the waits between repeats of an idempotent call (~15 s).
