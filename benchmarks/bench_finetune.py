@@ -231,10 +231,12 @@ def peer_worker(spec: dict) -> dict:
             answers = plain_answers(model, tok, prompts, max_new_tokens=MAX_NEW_TOKENS,
                                     device=runtime.device)  # fmt: skip
         else:
-            loss = core.evaluate(model, eval_enc, runtime, batch_size=batch,
-                                 pad_id=tok.pad_token_id, pack_length=256).loss  # fmt: skip
-            eval_s = time.perf_counter() - start
-            answers = core.answer(model, tok, questions, runtime, max_new_tokens=MAX_NEW_TOKENS)
+            model.eval()
+            with core.inference_weights(model, runtime):  # once for both, as the workload
+                loss = core.evaluate(model, eval_enc, runtime, batch_size=batch,
+                                     pad_id=tok.pad_token_id, pack_length=256).loss  # fmt: skip
+                eval_s = time.perf_counter() - start
+                answers = core.answer(model, tok, questions, runtime, max_new_tokens=MAX_NEW_TOKENS)
         return loss, eval_s, time.perf_counter() - start, time.process_time() - cpu_start, answers
 
     before = assess() if spec.get("assess_before") else None

@@ -419,7 +419,7 @@ def functional_check(core, device, dtype) -> dict:
         model.save_pretrained(Path(tmp) / "adapter")
         base, _ = core.load_model(model_dir, runtime)
         reloaded = PeftModel.from_pretrained(base, Path(tmp) / "adapter").eval()
-        batch = next(core.make_batches(eval_enc, 8, pad, pack_length=128))
+        batch = next(core.eval_batches(eval_enc, 8, pad, pack_length=128))
         inputs = {
             "input_ids": batch.input_ids.to(device),
             "position_ids": batch.position_ids.to(device),

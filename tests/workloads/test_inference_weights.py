@@ -91,7 +91,7 @@ def test_bf16_answers_part_only_at_near_ties(tuned):
     if tuned["precision"] != "bf16":
         pytest.skip("fp32 answers are compared for equality")
     model, tok, runtime = tuned["model"], tuned["tok"], tuned["runtime"]
-    batch = next(core.make_batches(tuned["eval_enc"], 8, tok.pad_token_id, pack_length=64))
+    batch = next(core.eval_batches(tuned["eval_enc"], 8, tok.pad_token_id, pack_length=64))
     inputs = dict(input_ids=batch.input_ids, position_ids=batch.position_ids,
                   attention_mask=batch.attention_mask)  # fmt: skip
     prompts = [core.prompt_ids(tok, q) for q in tuned["questions"]]
@@ -191,3 +191,22 @@ def test_refused_in_training_mode(tuned):
             pass
     finally:
         model.eval()
+
+
+def test_nested_use_merges_and_lays_out_once(tuned):
+    """An assessment enters once around evaluation and answers: the inner uses neither merge
+    again (a second merge would add the adapter twice) nor put back early."""
+    model, runtime = tuned["model"], tuned["runtime"]
+    before = _snapshot(model)
+    with core.inference_weights(model, runtime):
+        outer = _snapshot(model)
+        forwards = {id(m): vars(m).get("forward") for m in model.modules()}
+        with core.inference_weights(model, runtime):
+            assert all(torch.equal(t, model.state_dict()[n]) for n, t in outer.items())
+            assert forwards == {id(m): vars(m).get("forward") for m in model.modules()}
+        assert all(torch.equal(t, model.state_dict()[n]) for n, t in outer.items())
+        assert forwards == {id(m): vars(m).get("forward") for m in model.modules()}
+        loss, answers = _assess(tuned)  # evaluate and answer enter it again inside
+    assert all(torch.equal(t, model.state_dict()[n]) for n, t in before.items())
+    assert not any("forward" in vars(m) for m in model.modules())
+    assert (loss, answers) == _assess(tuned)  # the same as each entering on its own

@@ -60,7 +60,7 @@ def test_adapter_reload_gives_identical_logits(trained, tiny_model: Path) -> Non
     reloaded = PeftModel.from_pretrained(base, trained["adapter"], local_files_only=True).eval()
     model = trained["model"].eval()
     batch = next(
-        core.make_batches(trained["eval_enc"], 8, trained["tok"].pad_token_id, pack_length=64)
+        core.eval_batches(trained["eval_enc"], 8, trained["tok"].pad_token_id, pack_length=64)
     )
     inputs = {
         "input_ids": batch.input_ids,
@@ -88,21 +88,57 @@ def test_labels_mask_the_prompt(tiny_model: Path, examples) -> None:
     assert core.encode_examples(tok, examples[:1], len(prompt)) == []
 
 
-def test_batches_hold_batch_size_records_packed(tiny_model: Path, examples) -> None:
+def test_training_batches_hold_batch_size_records_packed(tiny_model: Path, examples) -> None:
     _, tok = core.load_model(tiny_model, core.select_runtime("cpu"))
     enc = core.encode_examples(tok, examples[:8], 512)
-    batches = list(core.make_batches(enc, 3, tok.pad_token_id, pack_length=48))
+    batches = list(core.make_batches(enc, 3, tok.pad_token_id, pack_length=48,
+                                     generator=torch.Generator().manual_seed(0)))  # fmt: skip
     assert [b.records for b in batches] == [3, 3, 2]
-    by_length = sorted(enc, key=lambda r: len(r.input_ids))  # evaluation order: by length
-    for i, b in enumerate(batches):
-        rows = by_length[3 * i : 3 * i + 3]
-        assert b.tokens == sum(len(r.input_ids) for r in rows)
+    assert sum(b.tokens for b in batches) == sum(len(r.input_ids) for r in enc)
+    for b in batches:
+        # each row holds one copy of the shared prefix; padding only where a row ends short
         real = int((b.input_ids != tok.pad_token_id).sum())
-        assert real == b.tokens  # padding only where a row ends short (no pad id in the data)
+        assert real == b.tokens - b.shared * (b.records - b.input_ids.shape[0])
         assert b.input_ids.numel() - real < b.input_ids.shape[1]  # less than one row of padding
-    shuffled = list(core.make_batches(enc, 3, tok.pad_token_id, pack_length=48,
-                                      generator=torch.Generator().manual_seed(0)))  # fmt: skip
-    assert sum(b.tokens for b in shuffled) == sum(len(r.input_ids) for r in enc)
+    again = list(core.make_batches(enc, 3, tok.pad_token_id, pack_length=48,
+                                   generator=torch.Generator().manual_seed(0)))  # fmt: skip
+    assert all(torch.equal(a.input_ids, b.input_ids) for a, b in zip(batches, again, strict=True))
+
+
+def test_evaluation_packs_the_whole_set_into_at_most_batch_size_rows_a_forward(
+    tiny_model: Path, examples
+) -> None:
+    _, tok = core.load_model(tiny_model, core.select_runtime("cpu"))
+    enc = core.encode_examples(tok, examples[:40], 512)
+    pad = tok.pad_token_id
+    batches = list(core.eval_batches(enc, 3, pad, pack_length=160))
+    rows = [b.input_ids.shape[0] for b in batches]
+    assert len(batches) > 1 and max(rows) <= 3 and max(rows) - min(rows) <= 1  # split evenly
+    # every record exactly once (segments index the whole set), all its tokens
+    assert sorted(s.record for b in batches for s in b.segments) == list(range(len(enc)))
+    assert sum(b.tokens for b in batches) == sum(len(r.input_ids) for r in enc)
+    # packed across the whole set: no more rows than packing 3 records at a time
+    by_three = core.make_batches(enc, 3, pad, pack_length=160, generator=torch.Generator())
+    assert sum(rows) < sum(b.input_ids.shape[0] for b in by_three)
+    assert list(core.eval_batches([], 3, pad, pack_length=64)) == []
+
+
+def test_evaluation_loss_is_the_mean_over_every_response_token(tiny_model: Path, examples) -> None:
+    """Several forwards of packed rows score each response token once: the token-weighted mean
+    of transformers' own per-record loss."""
+    runtime = core.select_runtime("cpu", "fp32")
+    model, tok = core.load_model(tiny_model, runtime)
+    enc = core.encode_examples(tok, examples[:20], 512)
+    result = core.evaluate(model, enc, runtime, batch_size=2, pad_id=tok.pad_token_id,
+                           pack_length=64)  # fmt: skip
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for r in enc:
+            n = sum(1 for x in r.labels[1:] if x != core.IGNORE_INDEX)
+            mean = model(input_ids=torch.tensor([r.input_ids]), labels=torch.tensor([r.labels]))
+            total, count = total + float(mean.loss) * n, count + n
+    assert result.tokens == count
+    assert result.loss == pytest.approx(total / count, rel=1e-5)
 
 
 def test_auto_precision_is_bf16_exactly_where_the_cpu_computes_it(monkeypatch) -> None:

@@ -248,20 +248,23 @@ class FinetuneWorkload(TeeWorkload):
         from coco_ai.workloads.finetune import train as core
 
         t = self.config.training
-        with self._phase("evaluate"):
-            result = core.evaluate(
-                model,
-                eval_enc,
-                runtime,
-                batch_size=t.batch_size,
-                pad_id=tokenizer.pad_token_id,
-                pack_length=t.pack_length,
-            )
-        self.log(f"eval {when}: loss {result.loss:.4f} perplexity {result.perplexity:.2f}")
-        with self._phase("samples"):
-            answers = core.answer(
-                model, tokenizer, questions, runtime, max_new_tokens=t.max_new_tokens
-            )
+        model.eval()
+        with ExitStack() as weights:
+            with self._phase("evaluate"):  # merged and laid out once, for both phases
+                weights.enter_context(core.inference_weights(model, runtime))
+                result = core.evaluate(
+                    model,
+                    eval_enc,
+                    runtime,
+                    batch_size=t.batch_size,
+                    pad_id=tokenizer.pad_token_id,
+                    pack_length=t.pack_length,
+                )
+            self.log(f"eval {when}: loss {result.loss:.4f} perplexity {result.perplexity:.2f}")
+            with self._phase("samples"):
+                answers = core.answer(
+                    model, tokenizer, questions, runtime, max_new_tokens=t.max_new_tokens
+                )
         return _Assessment(result, answers)
 
     def _add_lora(self, model):
