@@ -117,7 +117,7 @@ def test_evaluation_packs_the_whole_set_into_at_most_batch_size_rows_a_forward(
     # every record exactly once (segments index the whole set), all its tokens
     assert sorted(s.record for b in batches for s in b.segments) == list(range(len(enc)))
     assert sum(b.tokens for b in batches) == sum(len(r.input_ids) for r in enc)
-    # packed across the whole set: no more rows than packing 3 records at a time
+    # packed across the whole set: fewer rows than packing 3 records at a time
     by_three = core.make_batches(enc, 3, pad, pack_length=160, generator=torch.Generator())
     assert sum(rows) < sum(b.input_ids.shape[0] for b in by_three)
     assert list(core.eval_batches([], 3, pad, pack_length=64)) == []

@@ -229,11 +229,18 @@ def shared_prefix_length(records: Sequence[Encoded]) -> int:
     return max(n, 0)
 
 
-def pack_batch(records: Sequence[Encoded], pack_length: int, pad_id: int) -> Batch:
-    """Pack one step's records (see the module docstring)."""
+def _plan_rows(records: Sequence[Encoded], pack_length: int) -> tuple[int, list[list[int]]]:
+    """(shared prefix length, rows of record indices): each row at most ``pack_length`` tokens
+    with its copy of the prefix."""
     shared = shared_prefix_length(records)
     rest = [len(r.input_ids) - shared for r in records]
-    return _lay_out(records, pack_rows(rest, max(pack_length - shared, 1)), shared, pad_id)
+    return shared, pack_rows(rest, max(pack_length - shared, 1))
+
+
+def pack_batch(records: Sequence[Encoded], pack_length: int, pad_id: int) -> Batch:
+    """Pack one step's records (see the module docstring)."""
+    shared, rows = _plan_rows(records, pack_length)
+    return _lay_out(records, rows, shared, pad_id)
 
 
 def _lay_out(
@@ -301,9 +308,7 @@ def eval_batches(
     ``batch_size`` rows: never more tokens than a training step of full rows holds."""
     if not encoded:
         return
-    shared = shared_prefix_length(encoded)
-    rest = [len(r.input_ids) - shared for r in encoded]
-    rows = pack_rows(rest, max(pack_length - shared, 1))
+    shared, rows = _plan_rows(encoded, pack_length)
     forwards = math.ceil(len(rows) / batch_size)
     bounds = [round(k * len(rows) / forwards) for k in range(forwards + 1)]
     for start, end in itertools.pairwise(bounds):
